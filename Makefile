@@ -1,0 +1,42 @@
+# FedOnco-Bench: the two commands a new user runs are `make bench` and `make test`.
+# Both create .venv on first use. TORCH_SPEC pins the CPU wheel on the reference machine;
+# a GPU user overrides it, e.g. `make venv TORCH_SPEC='torch>=2.4'` (PyPI's Linux torch is a CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+CONFIG ?= configs/quick.toml
+OUT ?= runs
+
+.PHONY: venv bench test lint format perf clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+bench: venv
+	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT)
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+perf: venv
+	$(PY) bench/perf_data.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Release-service client, shadow models, membership-inference attacks and audit metrics."""

@@ -1,0 +1,1 @@
+"""Benchmark orchestration, reports and performance scripts."""

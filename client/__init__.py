@@ -1,0 +1,1 @@
+"""Site process: local training (plain / FedProx / DP-SGD) and the secure-aggregation client side."""

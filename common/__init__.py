@@ -1,0 +1,1 @@
+"""Code shared by every FedOnco-Bench process: config, data, model, wire format, metrics."""

@@ -1,0 +1,176 @@
+"""Run configuration: frozen pydantic models loaded from TOML.
+
+A profile (``configs/<name>.toml``) holds everything a run needs. Models forbid unknown keys, so a
+typo is an error that names the field instead of a silently ignored setting. Environment variables
+are only for deployment facts (addresses, site id, TLS paths), never for these settings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SITE_NAMES = ("A", "B", "C", "D", "E")
+SIZE_CLASSES = ("tiny", "small", "medium", "large")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the file and the field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SiteOverride(_Frozen):
+    """Per-site knobs a profile may set on top of the severity preset (all optional)."""
+
+    size_fraction: float | None = Field(None, gt=0)
+    dose: float | None = Field(None, gt=0, description="relative tube current-time product")
+    kernel_cutoff: float | None = Field(None, ge=0.2, le=3.0)
+    psf_mm: float | None = Field(None, ge=0)
+    hu_offset: float | None = Field(None, ge=-100, le=100)
+    hu_gain: float | None = Field(None, ge=0.8, le=1.2)
+    fov_mm: float | None = Field(None, ge=250, le=500)
+    prevalence: float | None = Field(None, ge=0, le=1)
+    size_mix: tuple[float, float, float, float] | None = None
+    contrast_hu: tuple[float, float] | None = None
+
+    @field_validator("size_mix")
+    @classmethod
+    def _mix(cls, v):
+        if v is not None and (min(v) < 0 or abs(sum(v) - 1.0) > 1e-6):
+            raise ValueError("size_mix must be 4 non-negative probabilities summing to 1")
+        return v
+
+    @field_validator("contrast_hu")
+    @classmethod
+    def _contrast(cls, v):
+        if v is not None and not (0 < v[0] <= v[1]):
+            raise ValueError("contrast_hu must be [lo, hi] with 0 < lo <= hi")
+        return v
+
+
+class DataConfig(_Frozen):
+    """The synthetic CT generator and the splits it writes (DESIGN.md §5)."""
+
+    generator: Literal["procedural"] = "procedural"
+    image_size: int = Field(256, ge=32, le=1024)
+    severity: Literal["iid", "mild", "moderate", "extreme"] = "moderate"
+    stress: Literal["none", "paper"] = "none"
+    train_total: int = Field(4000, ge=5, description="training slices over all sites")
+    holdout_per_site: int = Field(200, ge=1)
+    test_per_site: int = Field(200, ge=1)
+    attacker_size: int = Field(1000, ge=0, description="attacker pool, over all 5 distributions")
+    attacker_seed: int | None = Field(None, ge=0, description="default: seed + 1000003")
+    noise_ref_hu: float = Field(12.0, gt=0, description="noise sigma at dose 1, ref kernel")
+    window: tuple[float, float] = (-160.0, 240.0)
+    shard_size: int = Field(256, ge=1)
+    overrides: dict[str, SiteOverride] = Field(default_factory=dict)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v):
+        if v % 16:
+            raise ValueError("image_size must be a multiple of 16 (the U-Net pools twice)")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v):
+        if not v[0] < v[1]:
+            raise ValueError("window must be [lo, hi] HU with lo < hi")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _sites(cls, v):
+        unknown = sorted(set(v) - set(SITE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown site(s) {unknown}; sites are {list(SITE_NAMES)}")
+        return v
+
+
+class Config(_Frozen):
+    profile: str = "custom"
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _seeds_differ(self):
+        if self.data.attacker_seed is not None and self.data.attacker_seed == self.seed:
+            raise ValueError("data.attacker_seed must differ from seed (the pool is public data)")
+        return self
+
+    @property
+    def attacker_seed(self) -> int:
+        s = self.data.attacker_seed
+        return self.seed + 1_000_003 if s is None else s
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a TOML profile. Raises ConfigError naming the file and the offending field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(data, str(path))
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_profile(name: str) -> Config:
+    path = CONFIG_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
+    return load_config(path)
+
+
+def resolve_config(config: str | None, profile: str | None) -> Config:
+    """CLI helper: exactly one of --config PATH or --profile NAME (default profile: quick)."""
+    if config and profile:
+        raise ConfigError("give either --config or --profile, not both")
+    if config:
+        return load_config(config)
+    return load_profile(profile or "quick")
+
+
+def with_overrides(cfg: Config, **fields: Any) -> Config:
+    """A copy of cfg with top-level or dotted fields replaced, re-validated."""
+    data = cfg.model_dump(mode="json")
+    for key, value in fields.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return parse_config(data, "overrides")

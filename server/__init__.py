@@ -1,0 +1,1 @@
+"""Aggregation server: round loop, strategies, secure-aggregation server side."""
