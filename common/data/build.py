@@ -1,0 +1,181 @@
+"""Write a whole dataset: every split of every site, in parallel, atomically.
+
+The dataset is assembled in a temporary sibling directory and renamed into place only when every
+shard, the manifest, the summary and the gallery are written; a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.config import SITE_NAMES, Config
+from common.data.generate import SPLITS, render_slice
+from common.data.sites import SiteSpec, resolve_sites, split_counts
+from common.data.store import FORMAT_VERSION, npz_bytes, sha256_bytes, shard_name, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    split: str
+    site_index: int
+    k: int  # shard number within (split, site)
+    start: int  # first slice index
+    n: int
+    seed: int
+    spec: SiteSpec
+    size: int
+    noise_ref_hu: float
+
+
+def split_sizes(cfg: Config) -> dict[str, list[int]]:
+    """Slices per split and site (train by site size fractions; attacker pool spread evenly)."""
+    d = cfg.data
+    sites = resolve_sites(d)
+    sizes = {
+        "train": split_counts(d.train_total, [s.size_fraction for s in sites]),
+        "holdout": [d.holdout_per_site] * len(sites),
+        "test": [d.test_per_site] * len(sites),
+        "attacker": split_counts(d.attacker_size, [1.0] * len(sites))
+        if d.attacker_size
+        else [0] * 5,
+    }
+    return sizes
+
+
+def plan(cfg: Config) -> list[ShardJob]:
+    sites = resolve_sites(cfg.data)
+    jobs = []
+    for split, counts in split_sizes(cfg).items():
+        seed = cfg.attacker_seed if split == "attacker" else cfg.seed
+        for i, (spec, n) in enumerate(zip(sites, counts, strict=True)):
+            for k, start in enumerate(range(0, n, cfg.data.shard_size)):
+                m = min(cfg.data.shard_size, n - start)
+                jobs.append(
+                    ShardJob(
+                        split,
+                        i,
+                        k,
+                        start,
+                        m,
+                        seed,
+                        spec,
+                        cfg.data.image_size,
+                        cfg.data.noise_ref_hu,
+                    )
+                )
+    return jobs
+
+
+def make_shard(job: ShardJob) -> tuple[dict, bytes]:
+    images, masks, samples = [], [], []
+    for idx in range(job.start, job.start + job.n):
+        s = render_slice(
+            job.seed, job.site_index, job.split, idx, job.spec, job.size, job.noise_ref_hu
+        )
+        images.append(s.image)
+        masks.append(s.mask)
+        samples.append(s.params)
+    data = npz_bytes(
+        {
+            "image": np.stack(images),
+            "mask": np.stack(masks),
+            "index": np.arange(job.start, job.start + job.n, dtype=np.int32),
+        }
+    )
+    entry = {
+        "file": shard_name(job.split, job.spec.name, job.k),
+        "site": job.spec.name,
+        "split": job.split,
+        "start": job.start,
+        "n": job.n,
+        "sha256": sha256_bytes(data),
+        "samples": samples,
+    }
+    return entry, data
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; use --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise OSError(f"cannot write the dataset to {out}: {err.strerror or err}") from None
+    return tmp
+
+
+def build_dataset(
+    cfg: Config,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    force: bool = False,
+    gallery: bool = True,
+) -> dict:
+    """Generate the dataset of `cfg` into `out`. Returns the manifest."""
+    from common.data.summary import render_gallery, site_summary, summary_markdown
+
+    out = Path(out)
+    tmp = _prepare_out(out, force)
+    try:
+        jobs = plan(cfg)
+        total = sum(j.n for j in jobs)
+        workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+        shards = []
+        with tqdm(total=total, unit="slice", desc="generating", disable=None) as bar:
+            pool = ProcessPoolExecutor(workers) if workers > 1 else None
+            results = pool.map(make_shard, jobs) if pool else map(make_shard, jobs)
+            for entry, data in results:
+                (tmp / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / entry["file"]).write_bytes(data)
+                shards.append(entry)
+                bar.update(entry["n"])
+            if pool:
+                pool.shutdown()
+        sites = resolve_sites(cfg.data)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "generator": cfg.data.generator,
+            "seed": cfg.seed,
+            "attacker_seed": cfg.attacker_seed,
+            "profile": cfg.profile,
+            "config": cfg.model_dump(mode="json"),
+            "image_size": cfg.data.image_size,
+            "window": list(cfg.data.window),
+            "sites": [s.to_dict() for s in sites],
+            "site_names": list(SITE_NAMES),
+            "splits": list(SPLITS),
+            "shards": shards,
+        }
+        manifest["summary"] = site_summary(manifest)
+        write_json(tmp / "manifest.json", manifest)
+        (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))
+        if gallery:
+            render_gallery(tmp, manifest, tmp / "gallery.png")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %d slices in %d shards to %s", total, len(shards), out)
+    return manifest

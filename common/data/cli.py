@@ -1,0 +1,24 @@
+"""`fedonco data`: generate the dataset of a profile and print its per-site summary."""
+
+from __future__ import annotations
+
+import logging
+
+from common.config import resolve_config, with_overrides
+from common.data.build import build_dataset
+from common.data.summary import summary_markdown
+
+log = logging.getLogger(__name__)
+
+
+def run_data(args) -> int:
+    cfg = resolve_config(args.config, args.profile)
+    if args.seed is not None:
+        cfg = with_overrides(cfg, seed=args.seed)
+    manifest = build_dataset(
+        cfg, args.out, workers=args.workers, force=args.force, gallery=not args.no_gallery
+    )
+    print(f"\nDataset '{cfg.profile}' (seed {cfg.seed}, {cfg.data.image_size}px, severity "
+          f"{cfg.data.severity}, stress {cfg.data.stress}) written to {args.out}\n")  # fmt: skip
+    print(summary_markdown(manifest["summary"]))
+    return 0

@@ -1,0 +1,83 @@
+import pytest
+
+from common.cli import main
+from common.config import ConfigError, load_config, load_profile, parse_config, with_overrides
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_shipped_profiles_load(name):
+    cfg = load_profile(name)
+    assert cfg.profile == name
+    assert cfg.attacker_seed != cfg.seed
+
+
+def test_paper_profile_matches_the_paper():
+    d = load_profile("paper").data
+    assert d.image_size == 256
+    assert 5 * d.test_per_site == 1000
+    assert 5 * d.holdout_per_site >= 500  # room for 500 MIA non-members
+
+
+def test_unknown_profile_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="unknown profile 'nope'.*quick"):
+        load_profile("nope")
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"data": {"train_total": -3}}, "data.train_total"),
+        ({"data": {"image_size": 100}}, "data.image_size"),
+        ({"data": {"severity": "wild"}}, "data.severity"),
+        ({"data": {"typo_field": 1}}, "data.typo_field"),
+        ({"data": {"overrides": {"Z": {"dose": 1.0}}}}, "data.overrides"),
+        (
+            {"data": {"overrides": {"A": {"size_mix": [0.5, 0.5, 0.5, 0.5]}}}},
+            "data.overrides.A.size_mix",
+        ),
+        ({"data": {"overrides": {"A": {"dose": 0}}}}, "data.overrides.A.dose"),
+        ({"seed": 3, "data": {"attacker_seed": 3}}, "attacker_seed"),
+    ],
+)
+def test_bad_config_names_the_field(data, field):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "test.toml")
+    assert field in str(err.value)
+    assert "test.toml" in str(err.value)
+
+
+def test_config_is_frozen():
+    cfg = load_profile("smoke")
+    with pytest.raises(Exception, match="frozen"):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+def test_bad_toml_file(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[data\nimage_size=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_with_overrides_revalidates():
+    cfg = load_profile("smoke")
+    assert with_overrides(cfg, **{"data.image_size": 32}).data.image_size == 32
+    with pytest.raises(ConfigError, match="data.image_size"):
+        with_overrides(cfg, **{"data.image_size": 33})
+
+
+def test_cli_reports_bad_profile(tmp_path, capsys):
+    rc = main(["data", "--profile", "nope", "--out", str(tmp_path / "d")])
+    assert rc == 2
+    assert "unknown profile" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "data" in out and "bench" in out

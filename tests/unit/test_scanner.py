@@ -1,0 +1,92 @@
+"""The scanner model: noise that behaves like FBP CT noise, and resolution per kernel."""
+
+import numpy as np
+import pytest
+
+from common.data.scanner import ct_noise, kernel_noise_gain, radial_nps, scan, sigma_map
+
+
+def _rng(s=0):
+    return np.random.default_rng(s)
+
+
+def test_ct_noise_has_unit_variance():
+    n = ct_noise(_rng(), 128, 0.8)
+    assert n.std() == pytest.approx(1.0, rel=0.05)
+    assert abs(n.mean()) < 0.05
+
+
+def test_nps_is_ct_like_not_white():
+    """FBP noise: ~no power at DC, a peak at mid frequency, roll-off by the kernel."""
+    f, p = radial_nps(ct_noise(_rng(1), 256, 0.8), bins=16)
+    peak = int(np.argmax(p))
+    assert p[0] < 0.25 * p.max()  # ramp: low-frequency power suppressed
+    assert 2 <= peak <= 12  # peak at mid frequency
+    assert p[-1] < 0.5 * p.max()  # apodisation rolls off high frequencies
+    white_f, white_p = radial_nps(_rng(1).standard_normal((256, 256)), bins=16)
+    assert white_p.max() / white_p.min() < 1.5  # the test can tell white noise apart
+
+
+def test_smooth_kernel_gives_coarser_noise_than_sharp():
+    _, p_smooth = radial_nps(ct_noise(_rng(2), 256, 0.5))
+    _, p_sharp = radial_nps(ct_noise(_rng(2), 256, 1.3))
+    assert np.argmax(p_smooth) < np.argmax(p_sharp)
+
+
+def test_noise_is_spatially_correlated():
+    n = ct_noise(_rng(3), 256, 0.5)
+    lag1 = np.corrcoef(n[:, :-1].ravel(), n[:, 1:].ravel())[0, 1]
+    assert lag1 > 0.3
+
+
+def test_kernel_gain_orders_noise():
+    assert kernel_noise_gain(0.8) == pytest.approx(1.0)
+    assert kernel_noise_gain(0.5) < 1.0 < kernel_noise_gain(1.3)
+
+
+def test_noise_is_larger_in_the_body_centre_and_for_large_patients():
+    m = sigma_map(64, 380.0, (160.0, 115.0), 0.0, 10.0)
+    assert m[32, 32] == pytest.approx(10.0, rel=0.05)
+    assert m[32, 32] > m[32, 8] and m[32, 32] > m[8, 32]
+    big = sigma_map(64, 380.0, (175.0, 130.0), 0.0, 10.0)
+    assert big[32, 32] > 1.2 * m[32, 32]
+
+
+def _flat_scan(dose, cutoff, seed=0):
+    hu = np.full((128, 128), 60.0, np.float32)
+    img, noise = scan(
+        np.random.default_rng(seed), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0,
+        dose=dose, kernel_cutoff=cutoff, psf_mm=0.6, hu_offset=0.0, hu_gain=1.0, noise_ref_hu=12.0,
+    )  # fmt: skip
+    return img, noise
+
+
+def test_dose_scales_noise_as_inverse_sqrt():
+    _, n1 = _flat_scan(1.0, 0.8)
+    _, n4 = _flat_scan(4.0, 0.8)
+    c = slice(54, 74)
+    assert n1[c, c].std() / n4[c, c].std() == pytest.approx(2.0, rel=0.05)
+
+
+def test_calibration_offset_and_gain():
+    hu = np.full((64, 64), 100.0, np.float32)
+    img, noise = scan(
+        np.random.default_rng(0), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0,
+        dose=1e6, kernel_cutoff=0.8, psf_mm=0.6, hu_offset=10.0, hu_gain=1.02, noise_ref_hu=12.0,
+    )  # fmt: skip
+    assert abs(np.median(img) - 112.0) <= 1
+
+
+def test_smooth_kernel_blurs_edges():
+    hu = np.full((128, 128), -100.0, np.float32)
+    hu[:, 64:] = 100.0
+
+    def edge_width(cutoff):
+        img, _ = scan(
+            np.random.default_rng(0), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0,
+            dose=1e8, kernel_cutoff=cutoff, psf_mm=0.3, hu_offset=0.0, hu_gain=1.0, noise_ref_hu=12.0,
+        )  # fmt: skip
+        row = img[64, 40:90].astype(float)
+        return int(((row > -80) & (row < 80)).sum())
+
+    assert edge_width(0.4) > edge_width(1.3)
