@@ -90,3 +90,45 @@ def test_smooth_kernel_blurs_edges():
         return int(((row > -80) & (row < 80)).sum())
 
     assert edge_width(0.4) > edge_width(1.3)
+
+
+def _model_nps(f, window):
+    m = f * window**2
+    return m / m.max()
+
+
+def test_fbp_physics_has_the_nps_our_model_uses():
+    """The premise of the noise model, checked against real physics: Poisson counts on a sinogram
+    of a water cylinder, reconstructed by FBP (scikit-image, Hann filter), give image noise whose
+    radial NPS follows |f| * W(f)^2 for that filter's window W."""
+    radon_mod = pytest.importorskip("skimage.transform")
+    n = 128
+    y, x = np.mgrid[:n, :n]
+    mu = np.where(np.hypot(x - n / 2 + 0.5, y - n / 2 + 0.5) < 0.45 * n, 0.0585, 0.0)
+    theta = np.linspace(0, 180, 360, endpoint=False)
+    sino = radon_mod.radon(mu, theta=theta, circle=True)
+    clean = radon_mod.iradon(sino, theta=theta, filter_name="hann", circle=True)
+    rng = np.random.default_rng(0)
+    acc = 0
+    for _ in range(4):
+        counts = np.maximum(rng.poisson(2e4 * np.exp(-sino)), 1)
+        rec = radon_mod.iradon(-np.log(counts / 2e4), theta=theta, filter_name="hann", circle=True)
+        f, p = radial_nps((rec - clean)[32:96, 32:96])
+        acc = acc + p
+    measured = acc / acc.max()
+    model = _model_nps(f, 0.5 * (1 + np.cos(np.pi * f)))
+    assert np.corrcoef(measured, model)[0, 1] > 0.9
+    assert abs(int(np.argmax(measured)) - int(np.argmax(model))) <= 2
+    assert measured[0] < 0.5  # low frequencies suppressed: white noise would be flat at 1
+
+
+def test_generated_noise_matches_its_analytic_nps():
+    from common.data.scanner import kernel_window
+
+    for cutoff in (0.5, 0.8, 1.3):
+        acc = 0
+        for s in range(4):
+            f, p = radial_nps(ct_noise(_rng(10 + s), 128, cutoff)[32:96, 32:96])
+            acc = acc + p
+        model = _model_nps(f, kernel_window(f, cutoff))
+        assert np.corrcoef(acc / acc.max(), model)[0, 1] > 0.95, cutoff
