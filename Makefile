@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/quick.toml
 OUT ?= runs
 
-.PHONY: venv bench test lint format perf clean
+.PHONY: venv bench test lint format perf clean proto proto-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ perf: venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+proto: venv
+	$(PY) proto/gen.py
+
+proto-check: venv
+	$(PY) proto/gen.py --check

@@ -61,7 +61,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             build_dataset(cfg, f"{tmp}/ds", workers=workers, gallery=False)
-            rows.append((f"dataset writer, {workers} worker(s)", n_total / (time.perf_counter() - t)))
+            rows.append(
+                (f"dataset writer, {workers} worker(s)", n_total / (time.perf_counter() - t))
+            )
     print(f"\nGenerator throughput at {args.size}x{args.size}, {os.cpu_count()} CPU cores\n")
     print("| stage | slices/s | ratio to baseline |\n|---|---|---|")
     for name, r in rows:

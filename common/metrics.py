@@ -1,0 +1,140 @@
+"""Segmentation metrics (numpy, evaluation) and the training loss (torch).
+
+Conventions (all on one slice = one image; inputs are tumor probabilities in [0, 1] and binary
+masks, shaped (N, H, W) or (N, 1, H, W)):
+
+- A pixel is predicted tumor when ``prob > threshold`` (0.5, i.e. logit > 0).
+- ``dice`` (the primary): hard Dice 2|P∩G| / (|P| + |G|) computed per image and averaged over the
+  images whose mask contains tumor. Tumor-free images are excluded (their Dice is 0/0); NaN when
+  there is no tumor image at all.
+- ``dice_global``: one hard Dice over all pixels of all images (sums over the whole set), so large
+  tumors weigh more. 1.0 when both the prediction and the masks are empty everywhere.
+- ``fp_rate_empty``: over tumor-free images, the fraction with at least one predicted tumor
+  pixel. NaN when there is no tumor-free image.
+- ``ce_loss``: mean per-pixel binary cross-entropy, probabilities clipped to [eps, 1 - eps].
+
+``SegMetrics`` accumulates these over batches, so a test set never has to sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-7
+
+
+def _flatten(probs: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs, masks = np.asarray(probs), np.asarray(masks)
+    if probs.shape != masks.shape:
+        raise ValueError(f"probs shape {probs.shape} != masks shape {masks.shape}")
+    if probs.ndim not in (3, 4) or (probs.ndim == 4 and probs.shape[1] != 1):
+        raise ValueError(f"expected (N, H, W) or (N, 1, H, W), got {probs.shape}")
+    if probs.size and (np.isnan(probs).any() or probs.min() < 0 or probs.max() > 1):
+        raise ValueError("probs must be probabilities in [0, 1] (apply a sigmoid to logits)")
+    if masks.size and not np.isin(masks, (0, 1)).all():
+        raise ValueError("masks must be binary (0 or 1)")
+    n = probs.shape[0]
+    return probs.reshape(n, -1).astype(np.float64), masks.reshape(n, -1).astype(bool)
+
+
+@dataclass
+class SegMetrics:
+    """Accumulates the metrics above over batches; ``compute()`` returns them as a dict."""
+
+    threshold: float = 0.5
+    per_image_dice: list[float] = field(default_factory=list)  # tumor images only
+    intersection: int = 0
+    pred_sum: int = 0
+    true_sum: int = 0
+    empty_images: int = 0
+    empty_with_fp: int = 0
+    bce_sum: float = 0.0
+    pixels: int = 0
+
+    def update(self, probs: np.ndarray, masks: np.ndarray) -> None:
+        p, g = _flatten(probs, masks)
+        pred = p > self.threshold
+        inter = (pred & g).sum(axis=1)
+        psum, gsum = pred.sum(axis=1), g.sum(axis=1)
+        tumor = gsum > 0
+        self.per_image_dice += (2.0 * inter[tumor] / (psum[tumor] + gsum[tumor])).tolist()
+        self.intersection += int(inter.sum())
+        self.pred_sum += int(psum.sum())
+        self.true_sum += int(gsum.sum())
+        self.empty_images += int((~tumor).sum())
+        self.empty_with_fp += int(((psum > 0) & ~tumor).sum())
+        pc = np.clip(p, EPS, 1 - EPS)
+        self.bce_sum += float(-(np.where(g, np.log(pc), np.log1p(-pc))).sum())
+        self.pixels += p.size
+
+    def compute(self) -> dict[str, float]:
+        denom = self.pred_sum + self.true_sum
+        return {
+            "dice": float(np.mean(self.per_image_dice)) if self.per_image_dice else float("nan"),
+            "dice_global": 2.0 * self.intersection / denom if denom else 1.0,
+            "fp_rate_empty": (
+                self.empty_with_fp / self.empty_images if self.empty_images else float("nan")
+            ),
+            "ce_loss": self.bce_sum / self.pixels if self.pixels else float("nan"),
+            "n_tumor_images": float(len(self.per_image_dice)),
+            "n_empty_images": float(self.empty_images),
+        }
+
+
+def segmentation_metrics(
+    probs: np.ndarray, masks: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
+    """All metrics of this module for one set of images (see the module docstring)."""
+    acc = SegMetrics(threshold=threshold)
+    acc.update(probs, masks)
+    return acc.compute()
+
+
+def dice_per_image(probs: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Hard Dice of each image; NaN for tumor-free images (excluded from the primary Dice)."""
+    p, g = _flatten(probs, masks)
+    pred = p > threshold
+    inter, denom = (pred & g).sum(axis=1), pred.sum(axis=1) + g.sum(axis=1)
+    out = np.full(p.shape[0], np.nan)
+    tumor = g.sum(axis=1) > 0
+    out[tumor] = 2.0 * inter[tumor] / denom[tumor]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# training loss
+# ----------------------------------------------------------------------------------------------
+
+
+def seg_loss(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    reduction: Literal["mean", "none"] = "mean",
+    smooth: float = 1.0,
+) -> torch.Tensor:
+    """BCE + soft-Dice loss, computed PER IMAGE, then averaged (or not) over the batch.
+
+    Each image's loss depends on that image only (mean pixel BCE + 1 - soft Dice with additive
+    ``smooth``), so the batch loss is a mean of per-sample losses: what DP-SGD's per-sample
+    gradients require. A tumor-free image with an empty prediction has a soft Dice close to 1.
+    ``reduction="none"`` returns one loss per image, shape (B,).
+    """
+    if logits.shape != masks.shape:
+        raise ValueError(f"logits shape {tuple(logits.shape)} != masks {tuple(masks.shape)}")
+    if logits.dim() < 2:
+        raise ValueError(f"expected a batch of images (B, ...), got {tuple(logits.shape)}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    b = logits.shape[0]
+    x, y = logits.reshape(b, -1), masks.reshape(b, -1).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(dim=1)
+    p = torch.sigmoid(x)
+    soft_dice = (2.0 * (p * y).sum(dim=1) + smooth) / (p.sum(dim=1) + y.sum(dim=1) + smooth)
+    loss = bce + (1.0 - soft_dice)
+    return loss if reduction == "none" else loss.mean()

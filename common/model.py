@@ -1,0 +1,183 @@
+"""The paper's 2D U-Net and the helpers that move its weights in and out as numpy.
+
+Architecture: two down-blocks, a bottleneck, two up-blocks with skip connections, a 1x1 head that
+outputs one tumor logit per pixel. A block is two (3x3 conv without bias -> norm -> ReLU); down is
+a 2x2 max-pool; up is a 2x2 stride-2 transposed conv. Parameters: 117,073 at base 16 and
+1,230,373 at base 52 (the paper's ~1.2M), the same for BatchNorm and GroupNorm. The input side
+must be a multiple of 4 (two poolings).
+
+What travels between a site and the server is ``get_params``: every FLOAT entry of the
+state_dict, i.e. the parameters AND the BatchNorm running_mean / running_var buffers (FedAvg
+averages those too). Integer buffers (BatchNorm ``num_batches_tracked``) never leave the model:
+they only count local steps, are unused with the default momentum, and averaging counters is
+meaningless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+Norm = Literal["batch", "group"]
+
+# Every normalisation layer, found by module type (never by a "bn" substring in the name).
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def _norm(norm: Norm, channels: int, groups: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"unknown norm {norm!r}; use 'batch' or 'group'")
+
+
+class ConvBlock(nn.Sequential):
+    """Two (3x3 conv without bias -> norm -> ReLU)."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: Norm, groups: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+            _norm(norm, out_ch, groups),
+            nn.ReLU(inplace=False),  # not in place: Opacus' per-sample hooks need the inputs
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            _norm(norm, out_ch, groups),
+            nn.ReLU(inplace=False),
+        )
+
+
+class UNet(nn.Module):
+    """2-level 2D U-Net for binary tumor segmentation: (B, in_ch, H, W) -> logits (B, 1, H, W)."""
+
+    def __init__(
+        self, in_ch: int = 1, base: int = 16, norm: Norm = "batch", groups: int = 8
+    ) -> None:
+        super().__init__()
+        if in_ch < 1 or base < 1:
+            raise ValueError(f"in_ch and base must be positive, got in_ch={in_ch}, base={base}")
+        if norm == "group" and base % groups:
+            divisors = [g for g in range(1, base + 1) if base % g == 0]
+            raise ValueError(
+                f"GroupNorm needs groups to divide every channel count; base={base} is not "
+                f"divisible by groups={groups}. Use groups in {divisors}, or change base."
+            )
+        b = base
+        self.enc1 = ConvBlock(in_ch, b, norm, groups)
+        self.enc2 = ConvBlock(b, 2 * b, norm, groups)
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = ConvBlock(2 * b, 4 * b, norm, groups)
+        self.up2 = nn.ConvTranspose2d(4 * b, 2 * b, kernel_size=2, stride=2)
+        self.dec2 = ConvBlock(4 * b, 2 * b, norm, groups)
+        self.up1 = nn.ConvTranspose2d(2 * b, b, kernel_size=2, stride=2)
+        self.dec1 = ConvBlock(2 * b, b, norm, groups)
+        self.head = nn.Conv2d(b, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"input height and width must be multiples of 4, got {x.shape}")
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        z = self.bottleneck(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(z), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        return self.head(d1)
+
+
+def build_model(base: int = 16, norm: Norm = "batch", groups: int = 8, seed: int = 0) -> UNet:
+    """A U-Net whose initial weights depend only on ``seed``.
+
+    The global torch RNG is neither read nor changed: initialisation runs inside a forked RNG
+    seeded with ``seed``, so every method of a benchmark starts from the same weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(in_ch=1, base=base, norm=norm, groups=groups)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _to_numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def state_sha256(state: Mapping[str, torch.Tensor | np.ndarray]) -> str:
+    """sha256 over sorted names, dtype, shape and little-endian bytes of each entry.
+
+    Accepts a torch state_dict or a name -> numpy dict; both give the same hash for the same
+    values and dtypes, so the server (numpy) and a site (torch) can compare models.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        arr = _to_numpy(state[name])
+        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        header = f"{name}\0{arr.dtype.name}\0{','.join(map(str, arr.shape))}\0{le.nbytes}\0"
+        h.update(header.encode())
+        h.update(le.tobytes())
+    return h.hexdigest()
+
+
+def float_keys(model: nn.Module) -> list[str]:
+    """Sorted state_dict keys with a floating dtype: what get_params / set_params move."""
+    return sorted(k for k, v in model.state_dict().items() if v.is_floating_point())
+
+
+def get_params(model: nn.Module) -> dict[str, np.ndarray]:
+    """Copies of every float state_dict entry (parameters and BatchNorm running stats)."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().numpy().copy() for k in float_keys(model)}
+
+
+def set_params(model: nn.Module, params: Mapping[str, np.ndarray], *, strict: bool = True) -> None:
+    """Copy ``params`` into the model in place (optimizer references stay valid).
+
+    With ``strict`` the names must be exactly the float keys; with ``strict=False`` a subset is
+    allowed and the other entries are left untouched (FedBN: norm layers stay local). Unknown or
+    integer names, and shape mismatches, raise ValueError before anything is written.
+    """
+    state = model.state_dict()
+    allowed = set(float_keys(model))
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"not float state_dict entries of this model: {unknown}")
+    missing = sorted(allowed - set(params))
+    if strict and missing:
+        raise ValueError(f"missing entries (pass strict=False to set a subset): {missing}")
+    for name, value in params.items():
+        if tuple(value.shape) != tuple(state[name].shape):
+            raise ValueError(
+                f"{name}: shape {tuple(value.shape)} does not match the model's "
+                f"{tuple(state[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, value in params.items():
+            state[name].copy_(torch.as_tensor(np.asarray(value)))
+
+
+def norm_keys(model: nn.Module) -> set[str]:
+    """state_dict keys (parameters and buffers) of every normalisation layer, found by type."""
+    keys: set[str] = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            prefix = f"{module_name}." if module_name else ""
+            keys.update(prefix + k for k in module.state_dict())
+    return keys

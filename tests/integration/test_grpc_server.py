@@ -1,0 +1,81 @@
+"""create_server / create_channel on 127.0.0.1: message limits, health service, port 0."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common import serde
+from common.grpc_options import create_channel, create_server
+from common.model import build_model, get_params
+from common.rpc import federation_pb2, federation_pb2_grpc
+
+
+class _EchoSizes(federation_pb2_grpc.FederationServicer):
+    """Decodes a pushed update and remembers it; no round logic."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, np.ndarray] = {}
+
+    def PushUpdate(self, request, context):  # noqa: N802 (gRPC method name)
+        try:
+            self.received = serde.proto_to_ndarrays(request.tensors)
+        except serde.TensorFormatError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        return federation_pb2.PushUpdateResponse()
+
+
+@pytest.fixture()
+def served():
+    servicer = _EchoSizes()
+    server, port = create_server(
+        "127.0.0.1:0", [(federation_pb2_grpc.add_FederationServicer_to_server, servicer)]
+    )
+    server.start()
+    channel = create_channel(f"127.0.0.1:{port}")
+    try:
+        yield servicer, channel
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def test_paper_size_model_passes_the_message_limit(served) -> None:
+    servicer, channel = served
+    params = get_params(build_model(base=52, seed=0))  # ~1.23M params, > 4 MiB of float32
+    tensors = serde.ndarrays_to_proto(params)
+    assert serde.tensors_nbytes(tensors) > 4 * 1024 * 1024
+    stub = federation_pb2_grpc.FederationStub(channel)
+    request = federation_pb2.PushUpdateRequest(site_id="A", run_id="r", round=1, tensors=tensors)
+    stub.PushUpdate(request, timeout=30, wait_for_ready=True)
+    assert set(servicer.received) == set(params)
+    for k, v in params.items():
+        np.testing.assert_array_equal(servicer.received[k], v)
+
+
+def test_bad_tensor_comes_back_as_invalid_argument(served) -> None:
+    _, channel = served
+    stub = federation_pb2_grpc.FederationStub(channel)
+    bad = serde.Tensor(name="w", dtype="float32", shape=[2], data=b"\0" * 7)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PushUpdate(federation_pb2.PushUpdateRequest(tensors=[bad]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'w'" in err.value.details() and "7 bytes" in err.value.details()
+
+
+def test_health_service_reports_serving(served) -> None:
+    _, channel = served
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_binding_a_taken_port_fails_loudly() -> None:
+    server, port = create_server("127.0.0.1:0", [])
+    try:
+        with pytest.raises(ValueError, match="cannot bind"):
+            create_server(f"127.0.0.1:{port}", [])
+    finally:
+        server.stop(None)
