@@ -1,23 +1,114 @@
 """`fedonco bench`: the benchmark end to end, into runs/<run_id>/.
 
-Federated training, secure aggregation, DP-SGD and the membership-inference audit land in later
-issues; today the benchmark generates the profile's dataset (with its per-site summary table and
-gallery) and records the resolved config and library versions, and says so.
+For each method of the profile, a real server process and five real client processes talk gRPC
+over 127.0.0.1; this orchestrator only starts them, watches progress and collects what they
+wrote. Secure aggregation, DP-SGD and the membership-inference audit join in later issues.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from common.config import resolve_config, with_overrides
+from tqdm import tqdm
+
+from bench.report import write_report
+from common.config import SITE_NAMES, Config, resolve_config, with_overrides
 from common.data.build import build_dataset
 from common.data.summary import summary_markdown
 from common.versions import collect_versions
 
 log = logging.getLogger(__name__)
+
+
+def _fedonco(*args: str) -> list[str]:
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_dir: Path) -> dict:
+    """One FL run: a server and five clients as separate processes on 127.0.0.1."""
+    mdir = run_dir / method
+    logs = mdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    port_file = mdir / "port"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs: list[subprocess.Popen] = []
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        procs.append(p)
+        return p
+
+    t0 = time.perf_counter()
+    server = spawn("server", _fedonco(
+        "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
+        "--run-dir", str(mdir), "--address", "127.0.0.1:0", "--port-file", str(port_file), "--threads", "1"))  # fmt: skip
+    try:
+        end = time.monotonic() + 60
+        while not port_file.exists():
+            if server.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"{method}: server did not start:\n{_tail(logs / 'server.log')}")
+            time.sleep(0.1)
+        port = port_file.read_text().strip()
+        for site in SITE_NAMES:
+            spawn(f"client{site}", _fedonco(
+                "client", "--config", str(config_path), "--site", site, "--server", f"127.0.0.1:{port}",
+                "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1"))  # fmt: skip
+        _watch(cfg, method, mdir, server)
+        if server.returncode != 0:
+            raise RuntimeError(
+                f"{method}: server exited {server.returncode}:\n{_tail(logs / 'server.log')}"
+            )
+        for p in procs[1:]:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                log.warning("a client did not exit after the run; terminating it")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    result = json.loads((mdir / "result.json").read_text())
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> None:
+    """A progress bar over rounds (read from the server's state.json) until the server exits."""
+    state = mdir / "state.json"
+    done = 0
+    with tqdm(total=cfg.train.rounds, desc=f"{method:8s}", unit="round") as bar:
+        while server.poll() is None:
+            time.sleep(0.5)
+            try:
+                st = json.loads(state.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if st["round"] > done:
+                bar.update(st["round"] - done)
+                done = st["round"]
+                last = st["history"][-1]
+                n_ok = len(last.get("fit", {}).get("sites", {}))
+                bar.set_postfix(dice=f"{last['eval']['overall'].get('dice', float('nan')):.3f}",
+                                sites=f"{n_ok}/{len(last['selected'])}")  # fmt: skip
 
 
 def run_bench(args) -> int:
@@ -27,14 +118,18 @@ def run_bench(args) -> int:
     run_id = f"{cfg.profile}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out) / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
+    config_path = run_dir / "config.json"
+    config_path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=1) + "\n")
+    t0 = time.perf_counter()
     manifest = build_dataset(cfg, run_dir / "data")
-    table = summary_markdown(manifest["summary"])
-    print(f"\nRun {run_dir}\n\nDataset per site:\n\n{table}")
+    print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
+    results = {}
+    for method in cfg.fl.methods:
+        results[method] = run_method(cfg, config_path, method, run_dir, run_dir / "data")
+    table = write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
+    print(f"\nRun {run_dir}\n\n{table}")
     print(
-        "NOTE: federated training (FedAvg/FedProx/FedBN), secure aggregation, DP-SGD and the "
-        "membership-inference audit are not implemented yet; this run generated the dataset, "
-        f"its summary and {run_dir / 'data' / 'gallery.png'} only."
+        "Not yet in this benchmark: secure aggregation, DP-SGD and the membership-inference audit."
     )
     return 0

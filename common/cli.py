@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from common.config import ConfigError
@@ -39,6 +40,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     p.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
     p.set_defaults(func="common.data.cli:run_data")
+
+    p = sub.add_parser(
+        "server",
+        help="run the aggregation server for one method",
+        description="Wait for the sites, run the configured rounds of one FL method, evaluate "
+        "after every round, checkpoint, and write history.json / result.json into the run "
+        "directory. Sites dial this server; it never dials them.",
+    )
+    p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
+    p.add_argument("--method", choices=["fedavg", "fedprox", "fedbn"], help="FL method")
+    p.add_argument("--data", required=True, help="dataset directory (the server reads 'test')")
+    p.add_argument("--run-dir", help="new run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last round")
+    p.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50051"),
+                   help="host:port to listen on; port 0 picks a free one (default %(default)s)")  # fmt: skip
+    p.add_argument("--port-file", help="write the bound port to this file")
+    p.add_argument("--rounds", type=int, help="override train.rounds")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.set_defaults(func="server.app:run_server_cmd")
+
+    p = sub.add_parser(
+        "client",
+        help="run one hospital site",
+        description="One site: dials the server, trains on its own training slices only, and "
+        "pushes weighted updates. Retries with backoff while the server is not up.",
+    )
+    p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
+    p.add_argument("--site", help="site id A-E (env FEDONCO_SITE)")
+    p.add_argument("--server", help="server host:port (env FEDONCO_SERVER)")
+    p.add_argument(
+        "--data", required=True, help="dataset directory (only this site's shards are read)"
+    )
+    p.add_argument("--state-dir", help="where local state is kept (default: DATA-state)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--retry-timeout", type=float, default=120.0,
+                   help="give up after the server was unreachable this long (s)")  # fmt: skip
+    p.set_defaults(func="client.app:run_client_cmd")
 
     p = sub.add_parser(
         "bench",

@@ -7,6 +7,7 @@ are only for deployment facts (addresses, site id, TLS paths), never for these s
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -100,10 +101,55 @@ class DataConfig(_Frozen):
         return v
 
 
+class ModelConfig(_Frozen):
+    """The paper's 2D U-Net (DESIGN.md §6); base 52 gives ~1.2M parameters."""
+
+    base: int = Field(16, ge=4, le=128)
+    norm: Literal["batch", "group"] = "batch"
+    groups: int = Field(4, ge=1, description="GroupNorm groups (must divide base)")
+
+
+class TrainConfig(_Frozen):
+    """Local training at every site, the same for every method."""
+
+    rounds: int = Field(3, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    eval_batch_size: int = Field(64, ge=1)
+
+
+METHODS = ("fedavg", "fedprox", "fedbn")
+
+
+class FLConfig(_Frozen):
+    """Federation: which methods the benchmark runs and how rounds are organised."""
+
+    methods: tuple[str, ...] = METHODS
+    proximal_mu: float = Field(0.01, ge=0)
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_fit_sites: int = Field(3, ge=1, le=5, description="fewer updates -> the round is skipped")
+    round_timeout_s: float = Field(600.0, gt=0, description="a site later than this is left out")
+    wait_for_sites_s: float = Field(120.0, gt=0, description="how long to wait for registration")
+    heartbeat_s: float = Field(2.0, gt=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        bad = [m for m in v if m not in METHODS]
+        if bad or not v:
+            raise ValueError(f"unknown method(s) {bad}; known: {list(METHODS)}")
+        return v
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    fl: FLConfig = Field(default_factory=FLConfig)
 
     @model_validator(mode="after")
     def _seeds_differ(self):
@@ -133,10 +179,15 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Load a TOML profile. Raises ConfigError naming the file and the offending field."""
+    """Load a TOML profile (or a run's resolved config.json). Raises ConfigError naming the file and the offending field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix == ".json":  # a run's resolved config.json
+        try:
+            return parse_config(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from None
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:

@@ -72,18 +72,45 @@ class SegMetrics:
         self.bce_sum += float(-(np.where(g, np.log(pc), np.log1p(-pc))).sum())
         self.pixels += p.size
 
-    def compute(self) -> dict[str, float]:
-        denom = self.pred_sum + self.true_sum
+    def sums(self) -> dict[str, float]:
+        """Additive counters: the sums of several sites (or batches) pool exactly."""
         return {
-            "dice": float(np.mean(self.per_image_dice)) if self.per_image_dice else float("nan"),
-            "dice_global": 2.0 * self.intersection / denom if denom else 1.0,
-            "fp_rate_empty": (
-                self.empty_with_fp / self.empty_images if self.empty_images else float("nan")
-            ),
-            "ce_loss": self.bce_sum / self.pixels if self.pixels else float("nan"),
-            "n_tumor_images": float(len(self.per_image_dice)),
-            "n_empty_images": float(self.empty_images),
+            "dice_sum": float(np.sum(self.per_image_dice)),
+            "tumor_images": float(len(self.per_image_dice)),
+            "intersection": float(self.intersection),
+            "pred_sum": float(self.pred_sum),
+            "true_sum": float(self.true_sum),
+            "empty_images": float(self.empty_images),
+            "empty_with_fp": float(self.empty_with_fp),
+            "bce_sum": self.bce_sum,
+            "pixels": float(self.pixels),
         }
+
+    def compute(self) -> dict[str, float]:
+        return metrics_from_sums(self.sums())
+
+
+SUM_KEYS = tuple(SegMetrics().sums())
+
+
+def pool_sums(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Add up ``SegMetrics.sums()`` of several sites."""
+    return {k: float(sum(p[k] for p in parts)) for k in SUM_KEYS}
+
+
+def metrics_from_sums(s: dict[str, float]) -> dict[str, float]:
+    """The metrics of the module docstring from (possibly pooled) additive counters."""
+    denom = s["pred_sum"] + s["true_sum"]
+    return {
+        "dice": s["dice_sum"] / s["tumor_images"] if s["tumor_images"] else float("nan"),
+        "dice_global": 2.0 * s["intersection"] / denom if denom else 1.0,
+        "fp_rate_empty": (
+            s["empty_with_fp"] / s["empty_images"] if s["empty_images"] else float("nan")
+        ),
+        "ce_loss": s["bce_sum"] / s["pixels"] if s["pixels"] else float("nan"),
+        "n_tumor_images": s["tumor_images"],
+        "n_empty_images": s["empty_images"],
+    }
 
 
 def segmentation_metrics(

@@ -130,3 +130,20 @@ def test_seg_loss_validation() -> None:
         seg_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 5))
     with pytest.raises(ValueError, match="reduction"):
         seg_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), reduction="sum")  # type: ignore[arg-type]
+
+
+def test_pooled_sums_equal_metrics_of_the_union():
+    from common.metrics import SegMetrics, metrics_from_sums, pool_sums
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((10, 8, 8)) > 0.7).astype(np.uint8)
+    masks[[2, 5]] = 0  # some tumor-free images
+    probs = rng.random((10, 8, 8))
+    whole = SegMetrics()
+    whole.update(probs, masks)
+    a, b = SegMetrics(), SegMetrics()
+    a.update(probs[:4], masks[:4])
+    b.update(probs[4:], masks[4:])
+    pooled = metrics_from_sums(pool_sums([a.sums(), b.sums()]))
+    for k, v in whole.compute().items():
+        assert pooled[k] == pytest.approx(v), k

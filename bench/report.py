@@ -1,0 +1,165 @@
+"""Results of a benchmark run: results.json / .md / .csv, history.json and plots (DESIGN.md §8)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from common.config import SITE_NAMES, Config
+
+SITE_COLS = [f"dice_{s}" for s in SITE_NAMES]
+
+
+def _nan(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def method_entry(method: str, result: dict, history: list[dict]) -> dict:
+    """One method's block of results.json, from its result.json and history.json."""
+    rounds = [r for r in history if "fit" in r]
+    t = [r["timing_s"] for r in history]
+
+    def total(key):
+        return float(sum(x.get(key, 0.0) for x in t))
+
+    def site_max(key):
+        return [
+            max((m.get(key, 0.0) for m in r["fit"]["sites"].values()), default=0.0) for r in rounds
+        ]
+
+    bytes_up = [m.get("bytes_up", 0.0) for r in rounds for m in r["fit"]["sites"].values()]
+    return {
+        "dice": result["dice"],
+        "dice_site_mean": result["dice_site_mean"],
+        "dice_global": result["dice_global"],
+        "fp_rate_empty": result["fp_rate_empty"],
+        "dice_per_site": [result["dice_per_site"].get(s) for s in SITE_NAMES],
+        "ce_loss": result["ce_loss"],
+        "rounds": result["rounds"],
+        "rounds_aborted": sum(1 for r in history if "aborted" in r),
+        "n_params": result["n_params"],
+        "initial_model_sha256": result["initial_model_sha256"],
+        "final_model_sha256": result["final_model_sha256"],
+        "evaluated_at": result["evaluated_at"],
+        "epsilon": None,
+        "delta": None,
+        "accountant": None,
+        "dp": None,
+        "mia": None,
+        "timing_s": {
+            "total": result.get("wall_s"),
+            "train": float(sum(x.get("slowest_train", 0.0) for x in t)),
+            "fit_phase": total("fit_phase"),
+            "aggregate": total("aggregate"),
+            "evaluate": total("evaluate"),
+            "server_encode": total("encode"),
+            "client_serialize": float(sum(site_max("encode_s")) + sum(site_max("decode_s"))),
+            "fl_overhead_mean": float(np.mean([x.get("fl_overhead", 0.0) for x in t]))
+            if t
+            else None,
+        },
+        "bytes_up_per_client_round": float(np.mean(bytes_up)) if bytes_up else None,
+        "failures": {r["round"]: r["failures"] for r in history if r.get("failures")},
+    }
+
+
+def _fmt(x, nd=3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| method | Dice | Dice (site mean) | " + " | ".join(f"Dice {s}" for s in SITE_NAMES)
+        + " | global Dice | FP rate (tumor-free) | CE | rounds | wall s |",
+        "|---" * (8 + len(SITE_NAMES)) + "|",
+    ]  # fmt: skip
+    for m, r in results["methods"].items():
+        lines.append(
+            f"| {m} | {_fmt(r['dice'])} | {_fmt(r['dice_site_mean'])} | "
+            + " | ".join(_fmt(d) for d in r["dice_per_site"])
+            + f" | {_fmt(r['dice_global'])} | {_fmt(r['fp_rate_empty'], 2)} | {_fmt(r['ce_loss'], 4)}"
+            f" | {r['rounds']} | {_fmt(r['timing_s']['total'], 1)} |"
+        )
+    lines += ["", "Time per run (s): slowest site's training summed over rounds, and the rest.", "",
+              "| method | train | client (de)serialize | server encode | fit phase | aggregate | evaluate | FL overhead |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for m, r in results["methods"].items():
+        t = r["timing_s"]
+        lines.append(
+            f"| {m} | {_fmt(t['train'], 1)} | {_fmt(t['client_serialize'], 2)} | {_fmt(t['server_encode'], 3)}"
+            f" | {_fmt(t['fit_phase'], 1)} | {_fmt(t['aggregate'], 3)} | {_fmt(t['evaluate'], 1)}"
+            f" | {100 * t['fl_overhead_mean']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for m, h in histories.items():
+        rnds = [r["round"] for r in h]
+        axes[0].plot(rnds, [_nan(r["eval"]["overall"].get("dice")) for r in h], marker="o", label=m)
+        axes[1].plot(
+            rnds, [_nan(r["eval"]["overall"].get("ce_loss")) for r in h], marker="o", label=m
+        )
+    axes[0].set(xlabel="round", ylabel="Dice (per image, tumor slices)", title="test Dice")
+    axes[1].set(xlabel="round", ylabel="cross-entropy", title="test CE")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    methods = list(results["methods"])
+    w = 0.8 / max(len(methods), 1)
+    x = np.arange(len(SITE_NAMES))
+    for i, m in enumerate(methods):
+        ax.bar(x + i * w, [_nan(d) for d in results["methods"][m]["dice_per_site"]], w, label=m)
+    ax.set_xticks(x + w * (len(methods) - 1) / 2, [f"site {s}" for s in SITE_NAMES])
+    ax.set(ylabel="Dice", title="final test Dice per site", ylim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "dice_per_site.png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    cfg: Config, run_dir: Path, results_by_method: dict, manifest: dict, wall_s: float
+) -> str:
+    histories = {
+        m: json.loads((run_dir / m / "history.json").read_text()) for m in results_by_method
+    }
+    results = {
+        "profile": cfg.profile,
+        "seed": cfg.seed,
+        "sites": list(SITE_NAMES),
+        "data_summary": manifest["summary"],
+        "wall_s": wall_s,
+        "methods": {m: method_entry(m, r, histories[m]) for m, r in results_by_method.items()},
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (run_dir / "history.json").write_text(json.dumps(histories, indent=1, default=float) + "\n")
+    table = markdown(results)
+    (run_dir / "results.md").write_text(
+        f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed})\n\n{table}"
+    )
+    with open(run_dir / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "dice", "dice_site_mean", *SITE_COLS, "dice_global", "fp_rate_empty", "ce_loss",
+                    "rounds", "n_params", "final_model_sha256", "wall_s"])  # fmt: skip
+        for m, r in results["methods"].items():
+            w.writerow([m, r["dice"], r["dice_site_mean"], *r["dice_per_site"], r["dice_global"], r["fp_rate_empty"],
+                        r["ce_loss"], r["rounds"], r["n_params"], r["final_model_sha256"], r["timing_s"]["total"]])  # fmt: skip
+    plots(histories, results, run_dir / "plots")
+    return table

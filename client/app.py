@@ -1,0 +1,210 @@
+"""`fedonco client --site S`: one hospital site. It dials the server (never the reverse), pulls
+tasks, trains on its own slices only, and pushes its weighted update.
+
+Local state that never leaves the site (FedBN's normalisation layers) is kept per round and
+persisted under ``--state-dir``, so a re-run round (after a server restart) starts from exactly
+the state it started from the first time, and a restarted client picks up where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from client.train import train_local, weighted_contribution
+from common.config import Config
+from common.data.loader import ct_dataset, load_arrays
+from common.data.store import npz_bytes, read_manifest
+from common.evaluation import evaluate_sums, to_inputs
+from common.grpc_options import create_channel
+from common.model import build_model, get_params, set_params
+from common.rpc import federation_pb2 as pb
+from common.rpc import federation_pb2_grpc as pb_grpc
+from common.serde import (
+    ndarrays_to_proto,
+    proto_to_ndarrays,
+    scalars_from_proto,
+    scalars_to_proto,
+    tensors_nbytes,
+)
+
+log = logging.getLogger(__name__)
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class SiteClient:
+    def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
+                 retry_timeout_s: float = 120.0) -> None:  # fmt: skip
+        self.cfg, self.site, self.server = cfg, site, server
+        self.data_dir, self.retry_timeout_s = Path(data_dir), retry_timeout_s
+        self.state_dir = Path(state_dir) / f"site{site}"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.train_set = ct_dataset(data_dir, "train", site)  # this site's slices only
+        if len(self.train_set) == 0:
+            raise ValueError(f"site {site} has no training slices in {data_dir}")
+        self.model = build_model(cfg.model.base, cfg.model.norm, cfg.model.groups, cfg.seed)
+        self.initial = get_params(self.model)
+        self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
+        self.run_id = ""
+        self.stub = pb_grpc.FederationStub(create_channel(server))
+
+    # -- local state ----------------------------------------------------------------------------
+
+    def _load_local(self) -> dict[int, dict[str, np.ndarray]]:
+        out = {}
+        for p in self.state_dir.glob("local_round_*.npz"):
+            with np.load(io.BytesIO(p.read_bytes()), allow_pickle=False) as z:
+                out[int(p.stem.split("_")[-1])] = {k: z[k] for k in z.files}
+        return out
+
+    def _local_before(self, rnd: int, keys: list[str]) -> dict[str, np.ndarray]:
+        """Non-shared entries as they were at the end of the last round before ``rnd``."""
+        earlier = [r for r in self.local if r < rnd]
+        src = self.local[max(earlier)] if earlier else self.initial
+        return {k: src[k] for k in keys}
+
+    def _save_local(self, rnd: int, values: dict[str, np.ndarray]) -> None:
+        self.local[rnd] = values
+        path = self.state_dir / f"local_round_{rnd:04d}.npz"
+        path.with_suffix(".tmp").write_bytes(npz_bytes(values))
+        path.with_suffix(".tmp").replace(path)
+        for r in sorted(self.local)[:-2]:  # keep the last two rounds
+            self.local.pop(r)
+            (self.state_dir / f"local_round_{r:04d}.npz").unlink(missing_ok=True)
+
+    # -- RPC with retries -----------------------------------------------------------------------
+
+    def _rpc(self, method, request, timeout: float = 30.0):
+        """Call with deadline and wait_for_ready; retry with backoff while the server is down."""
+        delay, start = 0.2, time.monotonic()
+        while True:
+            try:
+                return method(request, timeout=timeout, wait_for_ready=True)
+            except grpc.RpcError as err:
+                if err.code() not in RETRYABLE or time.monotonic() - start > self.retry_timeout_s:
+                    raise
+                log.info("server not reachable (%s); retrying in %.1fs", err.code().name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def register(self) -> None:
+        resp = self._rpc(self.stub.RegisterSite, pb.RegisterSiteRequest(
+            site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})))  # fmt: skip
+        self.run_id, self.heartbeat_s = resp.run_id, resp.heartbeat_interval_s
+        log.info("site %s joined run %s", self.site, self.run_id)
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def _with_heartbeat(self, rnd: int, fn):
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.heartbeat_s):
+                with contextlib.suppress(grpc.RpcError):
+                    self.stub.Heartbeat(
+                        pb.HeartbeatRequest(site_id=self.site, run_id=self.run_id, round=rnd),
+                        timeout=5,
+                    )
+
+        t = threading.Thread(target=beat, daemon=True)
+        t.start()
+        try:
+            return fn()
+        finally:
+            stop.set()
+            t.join()
+
+    def fit(self, task: pb.FitTask) -> None:
+        t0 = time.perf_counter()
+        shared = proto_to_ndarrays(task.tensors)
+        config = scalars_from_proto(task.config)
+        local_keys = sorted(set(self.initial) - set(shared))
+        set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
+        t_decode = time.perf_counter() - t0
+        loader = DataLoader(self.train_set, batch_size=int(config["batch_size"]), shuffle=True)
+        metrics = self._with_heartbeat(task.round, lambda: train_local(
+            self.model, loader, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
+            seed=int(config["seed"]), proximal_mu=float(config["proximal_mu"]), global_params=shared,
+            optimizer=self.cfg.train.optimizer))  # fmt: skip
+        new = get_params(self.model)
+        if local_keys:
+            self._save_local(task.round, {k: new[k] for k in local_keys})
+        t1 = time.perf_counter()
+        n = len(self.train_set)
+        tensors = ndarrays_to_proto(weighted_contribution({k: new[k] for k in shared}, n))
+        metrics.update(
+            decode_s=t_decode,
+            encode_s=time.perf_counter() - t1,
+            bytes_up=float(tensors_nbytes(tensors)),
+        )
+        self._rpc(self.stub.PushUpdate, pb.PushUpdateRequest(
+            site_id=self.site, run_id=self.run_id, round=task.round, tensors=tensors, num_examples=n,
+            metrics=scalars_to_proto(metrics)), timeout=120)  # fmt: skip
+        log.info(
+            "site %s: round %d trained (loss %.4f, %.1fs)",
+            self.site,
+            task.round,
+            metrics["loss"],
+            metrics["train_time_s"],
+        )
+
+    def evaluate(self, task: pb.EvaluateTask) -> None:
+        shared = proto_to_ndarrays(task.tensors)
+        local_keys = sorted(set(self.initial) - set(shared))
+        set_params(self.model, {**shared, **self._local_before(task.round + 1, local_keys)})
+        manifest = read_manifest(self.data_dir)
+        images, masks, _, _ = load_arrays(self.data_dir, "test", self.site, manifest)
+        sums = evaluate_sums(
+            self.model, to_inputs(images, manifest["window"]), masks, self.cfg.train.eval_batch_size
+        )
+        self._rpc(self.stub.PushEvaluation, pb.PushEvaluationRequest(
+            site_id=self.site, run_id=self.run_id, round=task.round, num_examples=len(images),
+            metrics=scalars_to_proto(sums)))  # fmt: skip
+
+    def run(self) -> int:
+        self.register()
+        last = 0
+        while True:
+            resp = self._rpc(
+                self.stub.PullTask,
+                pb.PullTaskRequest(site_id=self.site, run_id=self.run_id, round=last),
+            )
+            kind = resp.WhichOneof("task")
+            if kind == "fit":
+                self.fit(resp.fit)
+                last = resp.fit.round
+            elif kind == "evaluate":
+                self.evaluate(resp.evaluate)
+            elif kind == "finished":
+                log.info(
+                    "site %s: run finished after %d rounds",
+                    self.site,
+                    resp.finished.rounds_completed,
+                )
+                return 0
+            elif kind == "wait" and resp.wait.retry_after_s > 0:
+                time.sleep(resp.wait.retry_after_s)
+
+
+def run_client_cmd(args) -> int:
+    from common.config import load_config
+
+    cfg = load_config(args.config)
+    torch.set_num_threads(args.threads)
+    site = args.site or os.environ.get("FEDONCO_SITE")
+    server = args.server or os.environ.get("FEDONCO_SERVER")
+    if not site or not server:
+        raise ValueError("give --site and --server (or FEDONCO_SITE / FEDONCO_SERVER)")
+    client = SiteClient(cfg, site, server, Path(args.data), Path(args.state_dir or args.data + "-state"),
+                        retry_timeout_s=args.retry_timeout)  # fmt: skip
+    return client.run()

@@ -1,0 +1,279 @@
+"""`fedonco server`: wait for the sites, run the rounds, evaluate, checkpoint, write history.
+
+The round loop is ``Server.run_round``; everything else is set-up and bookkeeping. A run directory
+holds ``state.json`` (run id, last completed round, history), ``checkpoints/round_NNNN.npz`` (the
+global model after that round), ``history.json`` and, at the end, ``final_model.npz`` and
+``result.json``. ``--resume RUN_DIR`` continues after the last completed round with the same run id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.config import SITE_NAMES, Config
+from common.data.loader import load_arrays
+from common.data.store import npz_bytes, read_manifest
+from common.evaluation import evaluate_sums, summarize, to_inputs
+from common.grpc_options import create_server
+from common.metrics import SUM_KEYS
+from common.model import (
+    build_model,
+    count_parameters,
+    get_params,
+    norm_keys,
+    set_params,
+    state_sha256,
+)
+from common.rpc import federation_pb2_grpc as pb_grpc
+from common.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from server.servicer import FederationServicer
+from server.state import RoundState
+from server.strategies import get_strategy, sum_weighted_updates
+
+log = logging.getLogger(__name__)
+
+
+def make_strategy(cfg: Config, method: str):
+    kw = dict(
+        local_epochs=cfg.train.local_epochs,
+        lr=cfg.train.lr,
+        batch_size=cfg.train.batch_size,
+        fraction_fit=cfg.fl.fraction_fit,
+        min_fit_sites=cfg.fl.min_fit_sites,
+        seed=cfg.seed,
+    )
+    if method == "fedprox":
+        kw["proximal_mu"] = cfg.fl.proximal_mu
+    return get_strategy(method, **kw)
+
+
+def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(npz_bytes(params))
+    tmp.replace(path)
+
+
+def load_params(path: Path) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+    tmp.replace(path)
+
+
+class Server:
+    def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool):
+        self.cfg, self.method, self.run_dir = cfg, method, run_dir
+        self.strategy = make_strategy(cfg, method)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model.base, cfg.model.norm, cfg.model.groups, cfg.seed)
+        initial = get_params(self.model)
+        self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        state_file = run_dir / "state.json"
+        if resume:
+            if not state_file.is_file():
+                raise FileNotFoundError(f"--resume: {state_file} not found")
+            st = json.loads(state_file.read_text())
+            if st["method"] != method:
+                raise ValueError(f"--resume: {run_dir} is a {st['method']} run, not {method}")
+            self.run_id, self.done, self.history = st["run_id"], st["round"], st["history"]
+            self.initial_sha = st["initial_model_sha256"]
+            self.params = (
+                load_params(run_dir / "checkpoints" / f"round_{self.done:04d}.npz")
+                if self.done
+                else initial
+            )
+            log.info("resuming run %s after round %d", self.run_id, self.done)
+        else:
+            if state_file.exists():
+                raise FileExistsError(
+                    f"{run_dir} already holds a run; use --resume or a new directory"
+                )
+            self.run_id = f"{method}-{uuid.uuid4().hex[:12]}"
+            self.done, self.history, self.params = 0, [], initial
+            self.initial_sha = state_sha256(initial)
+            self._save_state()
+        manifest = read_manifest(data_dir)
+        images, self.test_masks, _, self.test_sites = load_arrays(data_dir, "test", None, manifest)
+        self.test_inputs = to_inputs(images, manifest["window"])
+        self.state = RoundState(self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s)
+
+    # -- one round ------------------------------------------------------------------------------
+
+    def run_round(self, rnd: int) -> dict:
+        t0 = time.perf_counter()
+        configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
+        shared = {k: self.params[k] for k in self.shared}
+        payload = ndarrays_to_proto(shared)
+        t_enc = time.perf_counter() - t0
+        updates, failures = self.state.run_phase(
+            "fit", rnd, configs, payload, spec_of(shared), self.cfg.fl.round_timeout_s
+        )
+        t_fit = time.perf_counter() - t0
+        record = {"round": rnd, "selected": sorted(configs), "failures": failures}
+        if len(updates) < self.cfg.fl.min_fit_sites:
+            record["aborted"] = (
+                f"{len(updates)} update(s) < min_fit_sites={self.cfg.fl.min_fit_sites}; model unchanged"
+            )
+            log.warning("round %d: %s", rnd, record["aborted"])
+        else:
+            t1 = time.perf_counter()
+            weighted_sum, total = sum_weighted_updates(
+                {s: (a, n) for s, (a, n, _m) in updates.items()}
+            )
+            metrics = {s: m for s, (_a, _n, m) in updates.items()}
+            self.params = self.strategy.aggregate_fit(
+                rnd, weighted_sum, total, metrics, current=self.params
+            )
+            record["fit"] = {"sites": metrics, "total_weight": total}
+            record["timing_s"] = {"aggregate": time.perf_counter() - t1}
+        round_wall = time.perf_counter() - t0
+        t2 = time.perf_counter()
+        record["eval"] = self.evaluate(rnd)
+        timing = record.setdefault("timing_s", {})
+        slowest = max((m.get("train_time_s", 0.0) for _a, _n, m in updates.values()), default=0.0)
+        timing.update(encode=t_enc, fit_phase=t_fit, round=round_wall, evaluate=time.perf_counter() - t2,
+                      slowest_train=slowest, fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0)  # fmt: skip
+        record["bytes_down_per_site"] = tensors_nbytes(payload)
+        return record
+
+    def evaluate(self, rnd: int) -> dict:
+        """Per-site and pooled metrics: centrally, or at the sites when norm layers stay local."""
+        if self.strategy.keeps_norm_local:
+            shared = {k: self.params[k] for k in self.shared}
+            sites = self.state.alive_sites()
+            results, failures = self.state.run_phase(
+                "evaluate", rnd, {s: {"round": rnd} for s in sites}, ndarrays_to_proto(shared), None,
+                self.cfg.fl.round_timeout_s,
+            )  # fmt: skip
+            sums = {
+                s: {k: float(v) for k, v in m.items() if k in SUM_KEYS}
+                for s, (_n, m) in results.items()
+            }
+            out = summarize(sums)
+            out["where"], out["failures"] = "sites", failures
+            return out
+        set_params(self.model, self.params)
+        sums = {}
+        for site in SITE_NAMES:
+            sel = self.test_sites == site
+            sums[site] = evaluate_sums(self.model, self.test_inputs[torch.from_numpy(sel)], self.test_masks[sel],
+                                       self.cfg.train.eval_batch_size)  # fmt: skip
+        out = summarize(sums)
+        out["where"] = "server"
+        return out
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        _write_json(
+            self.run_dir / "state.json",
+            {"run_id": self.run_id, "method": self.method, "round": self.done, "history": self.history,
+             "initial_model_sha256": self.initial_sha},
+        )  # fmt: skip
+
+    def checkpoint(self, rnd: int) -> None:
+        save_params(self.run_dir / "checkpoints" / f"round_{rnd:04d}.npz", self.params)
+        self.done = rnd
+        self._save_state()
+        for old in (self.run_dir / "checkpoints").glob("round_*.npz"):
+            if old.name != f"round_{rnd:04d}.npz":
+                old.unlink()
+
+    def run(self, address: str, port_file: Path | None = None) -> dict:
+        info = {
+            "method": self.method,
+            "rounds": self.cfg.train.rounds,
+            "model_base": self.cfg.model.base,
+        }
+        servicer = FederationServicer(self.state, info)
+        server, port = create_server(
+            address, [(pb_grpc.add_FederationServicer_to_server, servicer)]
+        )
+        server.start()
+        if port_file:
+            port_file.write_text(str(port))
+        stop = {"flag": False}
+
+        def _term(signum, _frame):
+            log.warning("signal %d: stopping after the current step", signum)
+            stop["flag"] = True
+
+        signal.signal(signal.SIGTERM, _term)
+        try:
+            self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s)
+            rounds = range(self.done + 1, self.cfg.train.rounds + 1)
+            bar = tqdm(rounds, desc=f"{self.method} rounds", unit="round", disable=None)
+            for rnd in bar:
+                record = self.run_round(rnd)
+                self.history.append(record)
+                self.checkpoint(rnd)
+                ev = record["eval"]["overall"]
+                bar.set_postfix(dice=f"{ev.get('dice', float('nan')):.3f}", sites=f"{len(record.get('fit', {}).get('sites', {}))}/{len(record['selected'])}")  # fmt: skip
+                if stop["flag"]:
+                    raise KeyboardInterrupt
+            result = self.finalize()
+            self.state.finish(self.done)
+            time.sleep(min(2.0, 2 * self.cfg.fl.heartbeat_s))  # let the sites hear "finished"
+            return result
+        finally:
+            server.stop(grace=1.0)
+
+    def finalize(self) -> dict:
+        save_params(self.run_dir / "final_model.npz", self.params)
+        _write_json(self.run_dir / "history.json", self.history)
+        last = self.history[-1]["eval"] if self.history else {}
+        result = {
+            "method": self.method,
+            "run_id": self.run_id,
+            "rounds": self.done,
+            "n_params": count_parameters(self.model),
+            "initial_model_sha256": self.initial_sha,
+            "final_model_sha256": state_sha256(self.params),
+            "dice": last.get("overall", {}).get("dice"),
+            "dice_global": last.get("overall", {}).get("dice_global"),
+            "ce_loss": last.get("overall", {}).get("ce_loss"),
+            "fp_rate_empty": last.get("overall", {}).get("fp_rate_empty"),
+            "dice_site_mean": last.get("dice_site_mean"),
+            "dice_per_site": {s: m["dice"] for s, m in last.get("per_site", {}).items()},
+            "evaluated_at": last.get("where"),
+        }
+        _write_json(self.run_dir / "result.json", result)
+        return result
+
+
+def run_server_cmd(args) -> int:
+    from common.config import load_config, with_overrides
+
+    cfg = load_config(args.config)
+    if args.rounds is not None:
+        cfg = with_overrides(cfg, **{"train.rounds": args.rounds})
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // 2))
+    run_dir = Path(args.resume or args.run_dir)
+    if not args.resume and not args.run_dir:
+        raise ValueError("give --run-dir (new run) or --resume RUN_DIR")
+    method = args.method
+    if args.resume and method is None:
+        method = json.loads((run_dir / "state.json").read_text())["method"]
+    if method is None:
+        raise ValueError("give --method (fedavg, fedprox or fedbn)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    srv = Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume))
+    result = srv.run(args.address, Path(args.port_file) if args.port_file else None)
+    print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
+    return 0
