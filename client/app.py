@@ -98,6 +98,9 @@ class SiteClient:
                 delay = min(delay * 2, 5.0)
 
     def register(self) -> None:
+        log.info(
+            "site %s: connecting to %s (waits while the server is not up)", self.site, self.server
+        )
         resp = self._rpc(self.stub.RegisterSite, pb.RegisterSiteRequest(
             site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})))  # fmt: skip
         self.run_id, self.heartbeat_s = resp.run_id, resp.heartbeat_interval_s
@@ -147,9 +150,12 @@ class SiteClient:
             encode_s=time.perf_counter() - t1,
             bytes_up=float(tensors_nbytes(tensors)),
         )
-        self._rpc(self.stub.PushUpdate, pb.PushUpdateRequest(
-            site_id=self.site, run_id=self.run_id, round=task.round, tensors=tensors, num_examples=n,
-            metrics=scalars_to_proto(metrics)), timeout=120)  # fmt: skip
+        request = pb.PushUpdateRequest(
+            site_id=self.site, run_id=self.run_id, round=task.round, tensors=tensors,
+            num_examples=n, metrics=scalars_to_proto(metrics),
+        )  # fmt: skip
+        if not self._push(self.stub.PushUpdate, request, task.round):
+            return
         log.info(
             "site %s: round %d trained (loss %.4f, %.1fs)",
             self.site,
@@ -167,9 +173,27 @@ class SiteClient:
         sums = evaluate_sums(
             self.model, to_inputs(images, manifest["window"]), masks, self.cfg.train.eval_batch_size
         )
-        self._rpc(self.stub.PushEvaluation, pb.PushEvaluationRequest(
+        request = pb.PushEvaluationRequest(
             site_id=self.site, run_id=self.run_id, round=task.round, num_examples=len(images),
-            metrics=scalars_to_proto(sums)))  # fmt: skip
+            metrics=scalars_to_proto(sums),
+        )  # fmt: skip
+        self._push(self.stub.PushEvaluation, request, task.round)
+
+    def _push(self, method, request, rnd: int) -> bool:
+        """Deliver a result. One the server no longer wants (the round moved on, or was re-opened
+        after a server restart) is not fatal: the site goes back to pulling tasks."""
+        try:
+            self._rpc(method, request, timeout=120)
+            return True
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.ALREADY_EXISTS:  # delivered before a lost reply
+                return True
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                log.warning(
+                    "site %s: round %d result not accepted: %s", self.site, rnd, err.details()
+                )
+                return False
+            raise
 
     def run(self) -> int:
         self.register()

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -214,7 +215,8 @@ class Server:
             log.warning("signal %d: stopping after the current step", signum)
             stop["flag"] = True
 
-        signal.signal(signal.SIGTERM, _term)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _term)
         try:
             self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s)
             rounds = range(self.done + 1, self.cfg.train.rounds + 1)

@@ -1,0 +1,281 @@
+"""Federated training over real gRPC on 127.0.0.1 with real server and client processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from bench.run import run_method
+from client.train import weighted_contribution
+from common.config import load_profile, with_overrides
+from common.data.build import build_dataset
+from common.grpc_options import create_channel
+from common.model import build_model, get_params, norm_keys, state_sha256
+from common.rpc import federation_pb2 as pb
+from common.rpc import federation_pb2_grpc as pb_grpc
+from common.serde import ndarrays_to_proto, proto_to_ndarrays
+from server.app import Server, load_params
+
+ROUNDS = 2
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fed")
+    cfg = with_overrides(
+        load_profile("smoke"),
+        **{"train.rounds": ROUNDS, "fl.heartbeat_s": 0.5, "fl.wait_for_sites_s": 60.0},
+    )
+    build_dataset(cfg, root / "data", workers=1, gallery=False)
+    path = root / "config.json"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    return cfg, path, root
+
+
+@pytest.fixture(scope="module")
+def runs(env):
+    cfg, path, root = env
+    out = {}
+    for method in ("fedavg", "fedprox", "fedbn"):
+        out[method] = run_method(cfg, path, method, root / "runs", root / "data")
+    return out
+
+
+def test_every_method_completes(runs, env):
+    cfg, _, root = env
+    for method, result in runs.items():
+        history = json.loads((root / "runs" / method / "history.json").read_text())
+        assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+        for r in history:
+            assert set(r["fit"]["sites"]) == set("ABCDE") and r["failures"] == {}
+            assert set(r["eval"]["per_site"]) == set("ABCDE")
+            assert np.isfinite(r["eval"]["overall"]["ce_loss"])
+        assert result["rounds"] == ROUNDS
+        assert result["final_model_sha256"] != result["initial_model_sha256"]
+    # every method starts from the same initial weights
+    assert len({r["initial_model_sha256"] for r in runs.values()}) == 1
+    # FedProx's term changes training: same seed, different final model than FedAvg
+    assert runs["fedprox"]["final_model_sha256"] != runs["fedavg"]["final_model_sha256"]
+
+
+def test_fedbn_norm_layers_never_leave_the_sites(runs, env):
+    cfg, _, root = env
+    model = build_model(cfg.model.base, cfg.model.norm, cfg.model.groups, cfg.seed)
+    initial = get_params(model)
+    nkeys = norm_keys(model) & set(initial)  # float entries (num_batches_tracked never travels)
+    final = load_params(root / "runs" / "fedbn" / "final_model.npz")
+    for k in nkeys:  # the server never received a norm layer, so its copy is the initial one
+        np.testing.assert_array_equal(final[k], initial[k])
+    assert any(not np.array_equal(final[k], initial[k]) for k in set(final) - nkeys)
+    local = np.load(
+        root / "runs" / "fedbn" / "site-state" / "siteA" / f"local_round_{ROUNDS:04d}.npz"
+    )
+    assert set(local.files) == nkeys  # ... while each site trained its own
+    assert any(not np.array_equal(local[k], initial[k]) for k in nkeys)
+    history = json.loads((root / "runs" / "fedbn" / "history.json").read_text())
+    assert history[-1]["eval"]["where"] == "sites"
+
+
+def test_same_seed_same_final_model(runs, env):
+    cfg, path, root = env
+    again = run_method(cfg, path, "fedavg", root / "again", root / "data")
+    assert again["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+def _spawn(args, log: Path):
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def _wait_round(run_dir: Path, rnd: int, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if json.loads((run_dir / "state.json").read_text())["round"] >= rnd:
+                return
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"round {rnd} not reached")
+
+
+class Fleet:
+    """A server and five clients on a fixed port, killable one by one."""
+
+    def __init__(self, path: Path, root: Path, run_dir: Path, rounds: int):
+        self.path, self.root, self.run_dir = path, root, run_dir
+        self.port, self.rounds = _free_port(), rounds
+        run_dir.mkdir(parents=True)
+        self.clients = {}
+        self.server = None
+
+    def start_server(self, resume=False):
+        where = (
+            ["--resume", str(self.run_dir)]
+            if resume
+            else ["--run-dir", str(self.run_dir), "--method", "fedavg"]
+        )
+        self.server = _spawn(
+            _cli("server", "--config", str(self.path), "--data", str(self.root / "data"), *where,
+                 "--address", f"127.0.0.1:{self.port}", "--rounds", str(self.rounds), "--threads", "1"),
+            self.run_dir / f"server{'-resumed' if resume else ''}.log",
+        )  # fmt: skip
+
+    def start_clients(self):
+        for s in "ABCDE":
+            self.clients[s] = _spawn(
+                _cli("client", "--config", str(self.path), "--site", s, "--server", f"127.0.0.1:{self.port}",
+                     "--data", str(self.root / "data"), "--state-dir", str(self.run_dir / "state")),
+                self.run_dir / f"client{s}.log",
+            )  # fmt: skip
+
+    def stop(self):
+        for p in [self.server, *self.clients.values()]:
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_killed_site_is_left_out_and_the_round_completes(env):
+    cfg, path, root = env
+    fleet = Fleet(path, root, root / "kill", rounds=3)
+    try:
+        fleet.start_server()
+        fleet.start_clients()
+        _wait_round(fleet.run_dir, 1)
+        fleet.clients["E"].send_signal(signal.SIGKILL)
+        assert fleet.server.wait(timeout=180) == 0
+    finally:
+        fleet.stop()
+    history = json.loads((fleet.run_dir / "history.json").read_text())
+    assert len(history) == 3
+    after = history[1:]
+    assert all("E" not in r["fit"]["sites"] for r in after)
+    assert any("E" in r["failures"] for r in after) or all("E" not in r["selected"] for r in after)
+    assert all(set(r["fit"]["sites"]) == set("ABCD") for r in after)
+
+
+def test_server_restart_resumes_to_the_same_final_model(env, runs):
+    cfg, path, root = env
+    fleet = Fleet(path, root, root / "resume", rounds=ROUNDS)
+    try:
+        fleet.start_server()
+        fleet.start_clients()
+        _wait_round(fleet.run_dir, 1)
+        fleet.server.send_signal(signal.SIGKILL)  # a crash, not a clean stop
+        fleet.server.wait()
+        time.sleep(1.0)
+        fleet.start_server(resume=True)
+        assert fleet.server.wait(timeout=180) == 0
+        for p in fleet.clients.values():
+            assert p.wait(timeout=60) == 0
+    finally:
+        fleet.stop()
+    result = json.loads((fleet.run_dir / "result.json").read_text())
+    assert result["rounds"] == ROUNDS
+    assert "resuming" in (fleet.run_dir / "server-resumed.log").read_text()
+    # the same final model as the uninterrupted run with the same seed
+    assert result["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
+
+
+# -- bad input against a real server ---------------------------------------------------------
+
+
+def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
+    cfg, _, root = env
+    cfg = with_overrides(
+        cfg, **{"train.rounds": 1, "fl.min_fit_sites": 1, "fl.wait_for_sites_s": 2.0}
+    )
+    srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
+    port_file = tmp_path / "port"
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("result", srv.run("127.0.0.1:0", port_file)))
+    t.start()
+    while not port_file.exists():
+        time.sleep(0.05)
+    stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
+    run_id = stub.RegisterSite(pb.RegisterSiteRequest(site_id="A"), timeout=10).run_id
+    stub.RegisterSite(pb.RegisterSiteRequest(site_id="B"), timeout=10)
+    task = None
+    while task is None:
+        r = stub.PullTask(pb.PullTaskRequest(site_id="A", run_id=run_id), timeout=10)
+        task = r.fit if r.WhichOneof("task") == "fit" else None
+        stub.Heartbeat(pb.HeartbeatRequest(site_id="B", run_id=run_id), timeout=10)
+    sent = proto_to_ndarrays(task.tensors)
+    mine = {k: v + np.float32(0.5) for k, v in sent.items()}
+    key = sorted(mine)[0]
+
+    def push(tensors, site="A", run=run_id, rnd=1, n=10):
+        req = pb.PushUpdateRequest(
+            site_id=site, run_id=run, round=rnd, tensors=tensors, num_examples=n
+        )
+        return stub.PushUpdate(req, timeout=10)
+
+    def rejected(code, fragment, *args, **kw):
+        with pytest.raises(grpc.RpcError) as err:
+            push(*args, **kw)
+        assert err.value.code() == code, err.value.details()
+        assert fragment in err.value.details()
+
+    good = weighted_contribution(mine, 10)
+    renamed = {**{k: v for k, v in good.items() if k != key}, key + "_x": good[key]}
+    nan = {**good, key: np.full_like(good[key], np.nan)}
+    reshaped = {**good, key: good[key].reshape(-1)[:-1]}
+    as64 = {**good, key: good[key].astype(np.float64)}
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    rejected(invalid, key, ndarrays_to_proto(renamed))
+    rejected(invalid, key, ndarrays_to_proto(reshaped))
+    rejected(invalid, key, ndarrays_to_proto(as64))
+    rejected(invalid, "NaN", ndarrays_to_proto(nan))
+    rejected(invalid, "num_examples", ndarrays_to_proto(good), n=0)
+    rejected(grpc.StatusCode.NOT_FOUND, "unknown site", ndarrays_to_proto(good), site="Z")
+    rejected(grpc.StatusCode.NOT_FOUND, "unknown run", ndarrays_to_proto(good), run="forged")
+    rejected(grpc.StatusCode.FAILED_PRECONDITION, "not open", ndarrays_to_proto(good), rnd=0)
+    rejected(grpc.StatusCode.FAILED_PRECONDITION, "not open", ndarrays_to_proto(good), rnd=7)
+    push(ndarrays_to_proto(good))
+    rejected(grpc.StatusCode.ALREADY_EXISTS, "already sent", ndarrays_to_proto(good))
+    # B's honest update with the initial weights closes the round
+    push(ndarrays_to_proto(weighted_contribution(sent, 30)), site="B", n=30)
+    t.join(timeout=60)
+    final = load_params(tmp_path / "run" / "final_model.npz")
+    for k in sent:  # exactly the weighted mean of the two accepted updates
+        np.testing.assert_allclose(
+            final[k], (10 * mine[k] + 30 * sent[k]) / 40, rtol=1e-5, atol=1e-6
+        )
+    assert box["result"]["final_model_sha256"] == state_sha256(final)
+    assert len(srv.state.rejections) == 10
+
+
+def test_client_waits_for_a_server_that_is_not_up_yet(env, tmp_path):
+    cfg, path, root = env
+    fleet = Fleet(path, root, tmp_path / "late", rounds=1)
+    try:
+        fleet.start_clients()  # clients first: they must retry with backoff
+        time.sleep(3)
+        assert all(p.poll() is None for p in fleet.clients.values())
+        fleet.start_server()
+        assert fleet.server.wait(timeout=120) == 0
+        assert all(p.wait(timeout=60) == 0 for p in fleet.clients.values())
+    finally:
+        fleet.stop()
+    log = (fleet.run_dir / "clientA.log").read_text()
+    assert log.index("connecting to") < log.index("joined run")
