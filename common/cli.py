@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="run the benchmark end to end",
-        description="Run the benchmark for a profile and write runs/<run_id>/. Federated "
-        "training is not implemented yet: for now this generates the dataset, its summary "
-        "table and gallery, and says so.",
+        description="Run the benchmark for a profile: generate the dataset, then run every "
+        "method of fl.methods with a real server and five client processes over 127.0.0.1, and "
+        "write runs/<run_id>/ (config, versions, history, results.json/.md/.csv, plots).",
     )
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")

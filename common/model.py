@@ -62,6 +62,9 @@ class ConvBlock(nn.Sequential):
         )
 
 
+HEAD_BIAS = -3.0
+
+
 class UNet(nn.Module):
     """2-level 2D U-Net for binary tumor segmentation: (B, in_ch, H, W) -> logits (B, 1, H, W)."""
 
@@ -87,6 +90,10 @@ class UNet(nn.Module):
         self.up1 = nn.ConvTranspose2d(2 * b, b, kernel_size=2, stride=2)
         self.dec1 = ConvBlock(2 * b, b, norm, groups)
         self.head = nn.Conv2d(b, 1, kernel_size=1)
+        # Start from a tumor prior of ~5% per pixel (logit -3) instead of p = 0.5 everywhere: the
+        # soft-Dice term otherwise keeps the model on an all-background plateau for many epochs
+        # (measured: 10+ pooled epochs at 96x96 vs 2 with this prior).
+        nn.init.constant_(self.head.bias, HEAD_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 4 or x.shape[-2] % 4:
