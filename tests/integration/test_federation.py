@@ -279,3 +279,31 @@ def test_client_waits_for_a_server_that_is_not_up_yet(env, tmp_path):
         fleet.stop()
     log = (fleet.run_dir / "clientA.log").read_text()
     assert log.index("connecting to") < log.index("joined run")
+
+
+def test_report_follows_the_results_contract(runs, env):
+    from bench.report import write_report
+    from common.data.store import read_manifest
+
+    cfg, _, root = env
+    table = write_report(cfg, root / "runs", runs, read_manifest(root / "data"), 1.0)
+    res = json.loads((root / "runs" / "results.json").read_text())
+    assert res["profile"] == "smoke" and res["seed"] == cfg.seed
+    for method in ("fedavg", "fedprox", "fedbn"):
+        m = res["methods"][method]
+        for key in ("dice", "dice_per_site", "ce_loss", "rounds", "n_params", "initial_model_sha256",
+                    "final_model_sha256", "epsilon", "delta", "accountant", "dp", "mia", "timing_s",
+                    "bytes_up_per_client_round"):  # fmt: skip
+            assert key in m, (method, key)
+        assert len(m["dice_per_site"]) == 5 and m["rounds"] == ROUNDS
+        assert m["timing_s"]["total"] > m["timing_s"]["train"] > 0
+        assert m["bytes_up_per_client_round"] > 4 * m["n_params"] * 0.99  # float32 params and more
+        assert method in table
+    for f in (
+        "results.md",
+        "results.csv",
+        "history.json",
+        "plots/training_curves.png",
+        "plots/dice_per_site.png",
+    ):
+        assert (root / "runs" / f).stat().st_size > 0
