@@ -29,6 +29,7 @@ from common.evaluation import evaluate_sums, to_inputs
 from common.grpc_options import create_channel
 from common.model import build_model, get_params, set_params
 from common.rpc import federation_pb2 as pb
+from common.secagg import SecAggClient, SecAggError, quantize
 from common.rpc import federation_pb2_grpc as pb_grpc
 from common.serde import (
     ndarrays_to_proto,
@@ -56,6 +57,8 @@ class SiteClient:
         self.initial = get_params(self.model)
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
         self.run_id = ""
+        self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
+        self.pending: tuple[int, np.ndarray, int] | None = None  # (round, n_k * params, n_k)
         self.stub = pb_grpc.FederationStub(create_channel(server))
 
     # -- local state ----------------------------------------------------------------------------
@@ -142,8 +145,11 @@ class SiteClient:
         new = get_params(self.model)
         if local_keys:
             self._save_local(task.round, {k: new[k] for k in local_keys})
-        t1 = time.perf_counter()
         n = len(self.train_set)
+        if config.get("secagg"):
+            self._advertise(task.round, {k: new[k] for k in shared}, n, metrics, t_decode)
+            return
+        t1 = time.perf_counter()
         tensors = ndarrays_to_proto(weighted_contribution({k: new[k] for k in shared}, n))
         metrics.update(
             decode_s=t_decode,
@@ -195,6 +201,67 @@ class SiteClient:
                 return False
             raise
 
+    # -- secure aggregation ---------------------------------------------------------------------
+
+    def _advertise(self, rnd: int, params: dict[str, np.ndarray], n: int, metrics: dict, t_decode):
+        """Keep the update here; send only fresh public keys (and n_k, not secret)."""
+        keys = sorted(params)
+        self.secagg = SecAggClient(self.site, self.run_id, rnd)
+        self.pending = (
+            rnd,
+            np.concatenate([params[k].astype(np.float64).ravel() for k in keys]) * n,
+            n,
+        )
+        enc_pk, mask_pk = self.secagg.advertise_keys()
+        metrics.update(decode_s=t_decode)
+        request = pb.AdvertiseKeysRequest(
+            site_id=self.site, run_id=self.run_id, round=rnd,
+            keys=pb.PublicKeys(enc_pk=enc_pk, mask_pk=mask_pk), num_examples=n,
+            metrics=scalars_to_proto(metrics),
+        )  # fmt: skip
+        self._push(self.stub.AdvertiseKeys, request, rnd)
+
+    def secagg_stage(self, task: pb.SecAggTask) -> None:
+        rnd, stage = task.round, task.WhichOneof("stage")
+        if self.secagg is None or self.pending is None or self.pending[0] != rnd:
+            log.warning(
+                "site %s: secure-aggregation stage %s for round %d without an update",
+                self.site,
+                stage,
+                rnd,
+            )
+            return
+        base = {"site_id": self.site, "run_id": self.run_id, "round": rnd}
+        try:
+            if stage == "share_keys":
+                st = task.share_keys
+                keys = {s: (k.enc_pk, k.mask_pk) for s, k in st.public_keys.items()}
+                cts = self.secagg.share_keys(keys, int(st.threshold), list(st.neighbours))
+                self._push(self.stub.ShareKeys, pb.ShareKeysRequest(**base, ciphertexts=cts), rnd)
+            elif stage == "masked_input":
+                st = task.masked_input
+                t0 = time.perf_counter()
+                q, clipped = quantize(self.pending[1], self.pending[2], st.clip, st.scale)
+                masked = self.secagg.masked_input(dict(st.ciphertexts), q)
+                metrics = {
+                    "mask_s": time.perf_counter() - t0,
+                    "clipped": clipped,
+                    "bytes_up": float(masked.nbytes),
+                }
+                tensor = ndarrays_to_proto({"masked": masked})[0]
+                request = pb.PushMaskedInputRequest(
+                    **base, masked=tensor, metrics=scalars_to_proto(metrics)
+                )
+                self._push(self.stub.PushMaskedInput, request, rnd)
+            else:
+                st = task.unmask
+                shares = self.secagg.unmask(list(st.survivors), list(st.dropped))
+                self._push(self.stub.Unmask, pb.UnmaskRequest(**base, shares=shares), rnd)
+        except SecAggError as err:  # e.g. asked for both shares of one peer: refuse, say nothing
+            log.error(
+                "site %s: refused secure-aggregation %s of round %d: %s", self.site, stage, rnd, err
+            )
+
     def run(self) -> int:
         self.register()
         last = 0
@@ -209,6 +276,8 @@ class SiteClient:
                 last = resp.fit.round
             elif kind == "evaluate":
                 self.evaluate(resp.evaluate)
+            elif kind == "secagg":
+                self.secagg_stage(resp.secagg)
             elif kind == "finished":
                 log.info(
                     "site %s: run finished after %d rounds",

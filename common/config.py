@@ -143,6 +143,15 @@ class FLConfig(_Frozen):
         return v
 
 
+class SecAggConfig(_Frozen):
+    """Pairwise-masking secure aggregation (Bonawitz et al. 2017); on by default everywhere."""
+
+    enabled: bool = True
+    threshold: int = Field(3, ge=2, description="t: shares needed to unmask; fewer survivors abort")
+    clip: float = Field(64.0, gt=0, description="per-element clip of params before quantisation")
+    neighbours: int | None = Field(None, ge=2, description="SecAgg+ k-regular graph; None = complete")
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
@@ -150,6 +159,15 @@ class Config(_Frozen):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     fl: FLConfig = Field(default_factory=FLConfig)
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+
+    @model_validator(mode="after")
+    def _secagg_threshold(self):
+        if self.secagg.enabled and self.secagg.threshold > len(SITE_NAMES):
+            raise ValueError(f"secagg.threshold must be <= {len(SITE_NAMES)} sites")
+        if self.secagg.enabled and self.fl.min_fit_sites < self.secagg.threshold:
+            raise ValueError("fl.min_fit_sites must be >= secagg.threshold (fewer cannot unmask)")
+        return self
 
     @model_validator(mode="after")
     def _seeds_differ(self):

@@ -38,6 +38,7 @@ from common.model import (
 )
 from common.rpc import federation_pb2_grpc as pb_grpc
 from common.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from server.secure import secure_aggregate
 from server.servicer import FederationServicer
 from server.state import RoundState
 from server.strategies import get_strategy, sum_weighted_updates
@@ -117,29 +118,26 @@ class Server:
     # -- one round ------------------------------------------------------------------------------
 
     def run_round(self, rnd: int) -> dict:
+        """One round: configure -> sites train -> (secure) sum -> strategy -> evaluate."""
         t0 = time.perf_counter()
         configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
+        for c in configs.values():
+            c["secagg"] = self.cfg.secagg.enabled
         shared = {k: self.params[k] for k in self.shared}
         payload = ndarrays_to_proto(shared)
         t_enc = time.perf_counter() - t0
-        updates, failures = self.state.run_phase(
-            "fit", rnd, configs, payload, spec_of(shared), self.cfg.fl.round_timeout_s
-        )
+        record = {"round": rnd, "selected": sorted(configs)}
+        summed, total, metrics = self.gather(rnd, configs, payload, shared, record)
         t_fit = time.perf_counter() - t0
-        record = {"round": rnd, "selected": sorted(configs), "failures": failures}
-        if len(updates) < self.cfg.fl.min_fit_sites:
-            record["aborted"] = (
-                f"{len(updates)} update(s) < min_fit_sites={self.cfg.fl.min_fit_sites}; model unchanged"
+        if summed is None or len(metrics) < self.cfg.fl.min_fit_sites:
+            record["aborted"] = record.get("aborted") or (
+                f"{len(metrics)} update(s) < min_fit_sites={self.cfg.fl.min_fit_sites}"
             )
-            log.warning("round %d: %s", rnd, record["aborted"])
+            log.warning("round %d: %s; model unchanged", rnd, record["aborted"])
         else:
             t1 = time.perf_counter()
-            weighted_sum, total = sum_weighted_updates(
-                {s: (a, n) for s, (a, n, _m) in updates.items()}
-            )
-            metrics = {s: m for s, (_a, _n, m) in updates.items()}
             self.params = self.strategy.aggregate_fit(
-                rnd, weighted_sum, total, metrics, current=self.params
+                rnd, summed, total, metrics, current=self.params
             )
             record["fit"] = {"sites": metrics, "total_weight": total}
             record["timing_s"] = {"aggregate": time.perf_counter() - t1}
@@ -147,11 +145,37 @@ class Server:
         t2 = time.perf_counter()
         record["eval"] = self.evaluate(rnd)
         timing = record.setdefault("timing_s", {})
-        slowest = max((m.get("train_time_s", 0.0) for _a, _n, m in updates.values()), default=0.0)
+        slowest = max((m.get("train_time_s", 0.0) for m in metrics.values()), default=0.0)
         timing.update(encode=t_enc, fit_phase=t_fit, round=round_wall, evaluate=time.perf_counter() - t2,
-                      slowest_train=slowest, fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0)  # fmt: skip
+                      slowest_train=slowest, fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0,
+                      secagg_server=record.get("secagg", {}).get("secagg_server_s", 0.0))  # fmt: skip
         record["bytes_down_per_site"] = tensors_nbytes(payload)
         return record
+
+    def gather(self, rnd, configs, payload, shared, record):
+        """The sites train; returns (sum of n_k * params_k, sum of n_k, site metrics).
+
+        With secure aggregation the server only ever holds masked vectors and their sum; without
+        it, the plain updates are summed. Either way the strategy sees only the sum.
+        """
+        timeout = self.cfg.fl.round_timeout_s
+        if not self.cfg.secagg.enabled:
+            updates, record["failures"] = self.state.run_phase(
+                "fit", rnd, configs, payload, spec_of(shared), timeout
+            )
+            if not updates:
+                return None, 0.0, {}
+            summed, total = sum_weighted_updates({s: (a, n) for s, (a, n, _m) in updates.items()})
+            return summed, total, {s: m for s, (_a, _n, m) in updates.items()}
+        advertised, record["failures"] = self.state.run_phase(
+            "advertise_keys", rnd, configs, payload, None, timeout
+        )
+        out = secure_aggregate(self.cfg, self.state, rnd, advertised, shared)
+        record["secagg"] = out.record
+        record["failures"].update({s: f"dropped during secure aggregation ({k})"
+                                   for k, sites in out.record["dropouts"].items() for s in sites})  # fmt: skip
+        record["aborted"] = out.record.get("aborted")
+        return out.weighted_sum, out.total_weight, out.metrics
 
     def evaluate(self, rnd: int) -> dict:
         """Per-site and pooled metrics: centrally, or at the sites when norm layers stay local."""

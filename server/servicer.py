@@ -24,6 +24,24 @@ STATUS = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
 }
 LONG_POLL_S = 1.0  # PullTask waits this long for a task before answering "wait"
+SECAGG_STAGES = ("share_keys", "masked_input", "unmask")
+KEY_BYTES = 32  # X25519 public keys
+
+
+def secagg_task(stage: str, rnd: int, p: dict) -> pb.SecAggTask:
+    """Encode one secure-aggregation stage for one site (the payload is a plain dict)."""
+    if stage == "share_keys":
+        keys = {s: pb.PublicKeys(enc_pk=e, mask_pk=m) for s, (e, m) in p["public_keys"].items()}
+        st = pb.ShareKeysStage(
+            public_keys=keys, threshold=p["threshold"], neighbours=p["neighbours"]
+        )
+        return pb.SecAggTask(round=rnd, share_keys=st)
+    if stage == "masked_input":
+        st = pb.MaskedInputStage(ciphertexts=p["ciphertexts"], scale=p["scale"], clip=p["clip"])
+        return pb.SecAggTask(round=rnd, masked_input=st)
+    return pb.SecAggTask(
+        round=rnd, unmask=pb.UnmaskStage(survivors=p["survivors"], dropped=p["dropped"])
+    )
 
 
 class FederationServicer(pb_grpc.FederationServicer):
@@ -54,7 +72,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             context, self.state.next_task, request.site_id, request.run_id, LONG_POLL_S
         )
         resp = pb.PullTaskResponse(run_id=self.state.run_id)
-        if task.kind == "fit":
+        if task.kind in ("fit", "advertise_keys"):
             resp.fit.CopyFrom(
                 pb.FitTask(
                     round=task.round,
@@ -69,6 +87,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                     round=task.round, tensors=task.payload, config=scalars_to_proto(task.config)
                 )
             )
+        elif task.kind in SECAGG_STAGES:
+            resp.secagg.CopyFrom(secagg_task(task.kind, task.round, task.payload))
         elif task.kind == "finished":
             resp.finished.CopyFrom(pb.FinishedTask(rounds_completed=task.round, reason=task.reason))
         else:
@@ -107,3 +127,35 @@ class FederationServicer(pb_grpc.FederationServicer):
             decode,
         )
         return pb.PushEvaluationResponse()
+
+    # -- secure aggregation stages ------------------------------------------------------------
+
+    def _submit(self, context, kind, request, decode):
+        self._call(
+            context, self.state.submit, kind, request.site_id, request.run_id, request.round, decode
+        )
+        return pb.SecAggResponse()
+
+    def AdvertiseKeys(self, request, context):
+        def decode(_spec):
+            keys = (request.keys.enc_pk, request.keys.mask_pk)
+            if any(len(k) != KEY_BYTES for k in keys):
+                raise ValueError(f"public keys must be {KEY_BYTES} bytes each")
+            if request.num_examples <= 0:
+                raise ValueError(f"num_examples must be positive, got {request.num_examples}")
+            return keys, int(request.num_examples), scalars_from_proto(request.metrics)
+
+        return self._submit(context, "advertise_keys", request, decode)
+
+    def ShareKeys(self, request, context):
+        return self._submit(context, "share_keys", request, lambda _s: dict(request.ciphertexts))
+
+    def PushMaskedInput(self, request, context):
+        def decode(spec):
+            masked = proto_to_ndarrays([request.masked], spec)["masked"]
+            return masked, scalars_from_proto(request.metrics)
+
+        return self._submit(context, "masked_input", request, decode)
+
+    def Unmask(self, request, context):
+        return self._submit(context, "unmask", request, lambda _s: dict(request.shares))

@@ -29,14 +29,18 @@ class Rejected(Exception):
 
 @dataclass
 class Phase:
-    kind: str  # "fit" or "evaluate"
+    kind: str  # fit | evaluate | advertise_keys | share_keys | masked_input | unmask
     round: int
     configs: dict[str, dict[str, Any]]  # selected site -> config
-    payload: Any  # what every selected site receives (encoded once by the caller)
+    payload: Any  # what every selected site receives (encoded once by the caller) ...
     spec: dict | None  # expected tensor spec of fit results
     deadline: float  # time.monotonic()
     results: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    payloads: dict[str, Any] | None = None  # ... or, per site, what that site receives
+
+    def payload_for(self, site: str) -> Any:
+        return self.payload if self.payloads is None else self.payloads[site]
 
     @property
     def pending(self) -> set[str]:
@@ -102,7 +106,9 @@ class RoundState:
                 ph = self._phase
                 if ph is not None and site in ph.pending:
                     left = ph.deadline - time.monotonic()
-                    return Task(ph.kind, ph.round, ph.payload, ph.configs[site], max(left, 0.0))
+                    return Task(
+                        ph.kind, ph.round, ph.payload_for(site), ph.configs[site], max(left, 0.0)
+                    )
                 left = end - time.monotonic()
                 if left <= 0:
                     return Task("wait", reason="no task for this site yet")

@@ -59,6 +59,26 @@ class FederationStub:
                 request_serializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.AdvertiseKeys = channel.unary_unary(
+                '/fedonco.v1.Federation/AdvertiseKeys',
+                request_serializer=fedonco_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.SerializeToString,
+                response_deserializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+                _registered_method=True)
+        self.ShareKeys = channel.unary_unary(
+                '/fedonco.v1.Federation/ShareKeys',
+                request_serializer=fedonco_dot_v1_dot_federation__pb2.ShareKeysRequest.SerializeToString,
+                response_deserializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+                _registered_method=True)
+        self.PushMaskedInput = channel.unary_unary(
+                '/fedonco.v1.Federation/PushMaskedInput',
+                request_serializer=fedonco_dot_v1_dot_federation__pb2.PushMaskedInputRequest.SerializeToString,
+                response_deserializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+                _registered_method=True)
+        self.Unmask = channel.unary_unary(
+                '/fedonco.v1.Federation/Unmask',
+                request_serializer=fedonco_dot_v1_dot_federation__pb2.UnmaskRequest.SerializeToString,
+                response_deserializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -99,6 +119,33 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvertiseKeys(self, request, context):
+        """Secure aggregation (Bonawitz et al. 2017), one RPC per stage. With secure aggregation on, a
+        site answers a FitTask with AdvertiseKeys instead of PushUpdate and keeps its update until
+        the masked-input stage; the server only ever sees masked vectors and their sum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushMaskedInput(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unmask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +173,26 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'AdvertiseKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvertiseKeys,
+                    request_deserializer=fedonco_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.FromString,
+                    response_serializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.SerializeToString,
+            ),
+            'ShareKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareKeys,
+                    request_deserializer=fedonco_dot_v1_dot_federation__pb2.ShareKeysRequest.FromString,
+                    response_serializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.SerializeToString,
+            ),
+            'PushMaskedInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushMaskedInput,
+                    request_deserializer=fedonco_dot_v1_dot_federation__pb2.PushMaskedInputRequest.FromString,
+                    response_serializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.SerializeToString,
+            ),
+            'Unmask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unmask,
+                    request_deserializer=fedonco_dot_v1_dot_federation__pb2.UnmaskRequest.FromString,
+                    response_serializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +330,114 @@ class Federation:
             '/fedonco.v1.Federation/Heartbeat',
             fedonco_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             fedonco_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvertiseKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedonco.v1.Federation/AdvertiseKeys',
+            fedonco_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.SerializeToString,
+            fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedonco.v1.Federation/ShareKeys',
+            fedonco_dot_v1_dot_federation__pb2.ShareKeysRequest.SerializeToString,
+            fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushMaskedInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedonco.v1.Federation/PushMaskedInput',
+            fedonco_dot_v1_dot_federation__pb2.PushMaskedInputRequest.SerializeToString,
+            fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unmask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedonco.v1.Federation/Unmask',
+            fedonco_dot_v1_dot_federation__pb2.UnmaskRequest.SerializeToString,
+            fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -310,3 +310,26 @@ def test_report_follows_the_results_contract(runs, env):
         "plots/dice_per_site.png",
     ):
         assert (root / "runs" / f).stat().st_size > 0
+
+
+def test_secure_aggregation_gives_the_plain_model_within_the_bound(env, tmp_path):
+    """Same seed, one round, secagg on vs off: the global models differ by at most the derived
+    quantisation bound (per element: bound on the sum / total weight, plus float32 rounding)."""
+    cfg, _, root = env
+    finals, histories = {}, {}
+    for on in (True, False):
+        c = with_overrides(cfg, **{"train.rounds": 1, "secagg.enabled": on})
+        path = tmp_path / f"cfg-{on}.json"
+        path.write_text(json.dumps(c.model_dump(mode="json")))
+        run_method(c, path, "fedavg", tmp_path / f"run-{on}", root / "data")
+        finals[on] = load_params(tmp_path / f"run-{on}" / "fedavg" / "final_model.npz")
+        histories[on] = json.loads((tmp_path / f"run-{on}" / "fedavg" / "history.json").read_text())
+    rec = histories[True][0]
+    assert "secagg" in rec and "secagg" not in histories[False][0]
+    assert rec["secagg"]["survivors"] == list("ABCDE") and rec["secagg"]["clipped"] == 0
+    bound = rec["secagg"]["error_bound_sum"] / rec["fit"]["total_weight"]
+    assert 0 < bound < 1e-6
+    for k, plain in finals[False].items():
+        tol = bound + np.spacing(np.abs(plain).astype(np.float32))
+        assert np.all(np.abs(finals[True][k].astype(np.float64) - plain) <= tol), k
+    assert rec["fit"]["total_weight"] == histories[False][0]["fit"]["total_weight"]

@@ -1,0 +1,117 @@
+"""Secure aggregation at the server: runs the Bonawitz stages as phases of the round state.
+
+The sites' updates arrive only as masked uint32 vectors; what comes out is the sum over the
+surviving sites (dequantised) and their total weight — exactly the pair a strategy consumes.
+The cryptography lives in ``common.secagg``; this module only moves its messages around.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.config import Config
+from common.secagg import (
+    SecAggAbort,
+    SecAggServer,
+    dequantize,
+    quantization_error_bound,
+    quantization_scale,
+)
+from server.state import RoundState
+
+log = logging.getLogger(__name__)
+
+
+def flatten(params: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    """The shared entries as one float64 vector, in ``keys`` order (sorted names)."""
+    return np.concatenate([np.asarray(params[k], np.float64).ravel() for k in keys])
+
+
+def unflatten(
+    vec: np.ndarray, like: dict[str, np.ndarray], keys: list[str]
+) -> dict[str, np.ndarray]:
+    out, i = {}, 0
+    for k in keys:
+        n = like[k].size
+        out[k] = vec[i : i + n].reshape(like[k].shape)
+        i += n
+    if i != vec.size:
+        raise ValueError(f"vector of {vec.size} elements does not match the {i} shared values")
+    return out
+
+
+@dataclass
+class SecAggOutcome:
+    weighted_sum: dict[str, np.ndarray] | None  # None when the round was aborted
+    total_weight: float
+    metrics: dict[str, dict]  # survivor -> its (non-secret) training metrics
+    record: dict = field(default_factory=dict)  # dropouts per stage, timings, bound
+
+
+def secure_aggregate(
+    cfg: Config, state: RoundState, rnd: int, advertised: dict, shared: dict[str, np.ndarray]
+) -> SecAggOutcome:
+    """Run share keys -> masked input -> unmask for the sites that advertised keys."""
+    keys = sorted(shared)
+    length = int(sum(shared[k].size for k in keys))
+    timeout = cfg.fl.round_timeout_s
+    srv_time = 0.0
+    record: dict = {"dropouts": {}, "threshold": cfg.secagg.threshold}
+
+    def timed(fn, *args):
+        nonlocal srv_time
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            srv_time += time.perf_counter() - t
+
+    def phase(kind, sites, payloads, spec=None):
+        results, failures = state.run_phase(
+            kind, rnd, {s: {} for s in sites}, None, spec, timeout, payloads
+        )
+        record["dropouts"][kind] = sorted(failures)
+        return results
+
+    weights = {s: n for s, (_pk, n, _m) in advertised.items()}
+    try:
+        srv = SecAggServer(state.run_id, rnd, sorted(advertised), cfg.secagg.threshold, length,
+                           neighbours=cfg.secagg.neighbours)  # fmt: skip
+        u1 = timed(srv.receive_keys, {s: pk for s, (pk, _n, _m) in advertised.items()})
+        shares = phase("share_keys", sorted(u1), {
+            s: {"public_keys": {j: u1[j] for j in sorted(u1)}, "threshold": cfg.secagg.threshold,
+                "neighbours": [j for j in srv.neighbours_of(s) if j in u1]}
+            for s in u1})  # fmt: skip
+        routed = timed(srv.route_shares, shares)
+        scale = quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)))
+        masked = phase("masked_input", sorted(routed), {
+            s: {"ciphertexts": routed[s], "scale": scale, "clip": cfg.secagg.clip} for s in routed},
+            spec={"masked": ("uint32", (length,))})  # fmt: skip
+        survivors, dropped = timed(srv.receive_masked, {s: v for s, (v, _m) in masked.items()})
+        revealed = phase(
+            "unmask",
+            survivors,
+            {s: {"survivors": survivors, "dropped": dropped} for s in survivors},
+        )
+        total_u32 = timed(srv.unmask, revealed)
+    except SecAggAbort as err:
+        record.update(aborted=str(err), secagg_server_s=srv_time)
+        log.warning("round %d: secure aggregation aborted: %s", rnd, err)
+        return SecAggOutcome(None, 0.0, {}, record)
+    vec = dequantize(total_u32, scale)
+    metrics = {s: {**advertised[s][2], **masked[s][1]} for s in survivors}
+    record.update(
+        survivors=survivors,
+        dropped=dropped,
+        scale=scale,
+        error_bound_sum=quantization_error_bound(len(survivors), scale),
+        secagg_server_s=srv_time,
+        clipped=int(sum(m.get("clipped", 0) for m in metrics.values())),
+    )
+    return SecAggOutcome(
+        unflatten(vec, shared, keys), float(sum(weights[s] for s in survivors)), metrics, record
+    )
