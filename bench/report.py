@@ -62,14 +62,19 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
                 0.0,
                 total("fit_phase")
                 - float(sum(x.get("slowest_train", 0.0) for x in t))
-                - float(sum(site_max("encode_s")) + sum(site_max("decode_s"))),
+                - float(sum(site_max("encode_s")) + sum(site_max("decode_s")))
+                - float(sum(site_max("mask_s")))
+                - total("secagg_server"),
             ),
+            "secagg_server": total("secagg_server"),
+            "secagg_client_mask": float(sum(site_max("mask_s"))),
             "fl_overhead_mean": float(np.mean([x.get("fl_overhead", 0.0) for x in t]))
             if t
             else None,
         },
         "bytes_up_per_client_round": float(np.mean(bytes_up)) if bytes_up else None,
         "failures": {r["round"]: r["failures"] for r in history if r.get("failures")},
+        "secagg": bool(history and "secagg" in history[0]),
     }
 
 
@@ -92,12 +97,13 @@ def markdown(results: dict) -> str:
         )
     lines += ["", "Time per run (s), summed over rounds: training of the slowest site, the rest of the fit phase,",
               "aggregation and evaluation. FL overhead = (fit phase + aggregation − slowest training) / (fit phase + aggregation), mean over rounds.", "",
-              "| method | train | client (de)serialize | server encode | transfer & wait | fit phase | aggregate | evaluate | FL overhead |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| method | train | client (de)serialize | server encode | secagg mask (client) | secagg unmask (server) | transfer & wait | fit phase | aggregate | evaluate | FL overhead |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for m, r in results["methods"].items():
         t = r["timing_s"]
         lines.append(
             f"| {m} | {_fmt(t['train'], 1)} | {_fmt(t['client_serialize'], 2)} | {_fmt(t['server_encode'], 3)}"
+            f" | {_fmt(t['secagg_client_mask'], 2)} | {_fmt(t['secagg_server'], 2)}"
             f" | {_fmt(t['transfer_and_wait'], 2)} | {_fmt(t['fit_phase'], 1)} | {_fmt(t['aggregate'], 3)} | {_fmt(t['evaluate'], 1)}"
             f" | {100 * t['fl_overhead_mean']:.1f}% |"
         )

@@ -29,8 +29,8 @@ from common.evaluation import evaluate_sums, to_inputs
 from common.grpc_options import create_channel
 from common.model import build_model, get_params, set_params
 from common.rpc import federation_pb2 as pb
-from common.secagg import SecAggClient, SecAggError, quantize
 from common.rpc import federation_pb2_grpc as pb_grpc
+from common.secagg import SecAggClient, SecAggError, quantize
 from common.serde import (
     ndarrays_to_proto,
     proto_to_ndarrays,

@@ -149,7 +149,9 @@ class SecAggConfig(_Frozen):
     enabled: bool = True
     threshold: int = Field(3, ge=2, description="t: shares needed to unmask; fewer survivors abort")
     clip: float = Field(64.0, gt=0, description="per-element clip of params before quantisation")
-    neighbours: int | None = Field(None, ge=2, description="SecAgg+ k-regular graph; None = complete")
+    neighbours: int | None = Field(
+        None, ge=2, description="SecAgg+ k-regular graph; None = complete"
+    )
 
 
 class Config(_Frozen):
@@ -165,6 +167,9 @@ class Config(_Frozen):
     def _secagg_threshold(self):
         if self.secagg.enabled and self.secagg.threshold > len(SITE_NAMES):
             raise ValueError(f"secagg.threshold must be <= {len(SITE_NAMES)} sites")
+        k = self.secagg.neighbours
+        if self.secagg.enabled and k is not None and self.secagg.threshold > k + 1:
+            raise ValueError("secagg.threshold must be <= secagg.neighbours + 1")
         if self.secagg.enabled and self.fl.min_fit_sites < self.secagg.threshold:
             raise ValueError("fl.min_fit_sites must be >= secagg.threshold (fewer cannot unmask)")
         return self

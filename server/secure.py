@@ -16,6 +16,7 @@ import numpy as np
 from common.config import Config
 from common.secagg import (
     SecAggAbort,
+    SecAggError,
     SecAggServer,
     dequantize,
     quantization_error_bound,
@@ -98,7 +99,7 @@ def secure_aggregate(
             {s: {"survivors": survivors, "dropped": dropped} for s in survivors},
         )
         total_u32 = timed(srv.unmask, revealed)
-    except SecAggAbort as err:
+    except (SecAggAbort, SecAggError) as err:
         record.update(aborted=str(err), secagg_server_s=srv_time)
         log.warning("round %d: secure aggregation aborted: %s", rnd, err)
         return SecAggOutcome(None, 0.0, {}, record)

@@ -194,11 +194,22 @@ class RoundState:
         payload: Any,
         spec: dict | None,
         timeout: float,
+        payloads: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Open a phase, wait for every selected site (or its deadline / silence), close it."""
+        """Open a phase, wait for every selected site (or its deadline / silence), close it.
+
+        Every site receives ``payload``, or its own entry of ``payloads`` when given."""
         limit = 3 * self.heartbeat_s + 1.0
         with self._cv:
-            ph = Phase(kind, rnd, dict(configs), payload, spec, time.monotonic() + timeout)
+            ph = Phase(
+                kind,
+                rnd,
+                dict(configs),
+                payload,
+                spec,
+                time.monotonic() + timeout,
+                payloads=payloads,
+            )
             self._phase = ph
             self._cv.notify_all()
             while ph.pending:
