@@ -65,8 +65,10 @@ covers everything the server sees.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -126,7 +128,7 @@ class PrivacyBudgetExhausted(RuntimeError):
 
 
 def _positive_finite(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DPConfigError(f"{name} must be a number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise DPConfigError(f"{name} must be a finite number > 0, got {value!r}")
@@ -163,14 +165,14 @@ class DPSettings:
                 f"choose sigma, or drop target_epsilon"
             )
         if self.noise_multiplier is not None:
-            if isinstance(self.noise_multiplier, (int, float)) and self.noise_multiplier <= 0:
+            if isinstance(self.noise_multiplier, numbers.Real) and self.noise_multiplier <= 0:
                 raise DPConfigError(
                     f"noise_multiplier (sigma) must be > 0, got {self.noise_multiplier}: "
                     f"sigma <= 0 adds no noise and gives no privacy (epsilon = infinity). For a "
                     f"run without DP use the 'groupnorm' method; otherwise use e.g. sigma=1.2"
                 )
             _positive_finite("noise_multiplier (sigma)", self.noise_multiplier)
-        if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
+        if isinstance(self.max_grad_norm, numbers.Real) and self.max_grad_norm <= 0:
             raise DPConfigError(
                 f"max_grad_norm (C) must be > 0, got {self.max_grad_norm}: it bounds each "
                 f"slice's gradient and scales the noise (std = sigma * C); the usual value is 1.0"
@@ -345,7 +347,7 @@ class SiteAccountant:
             raise DPConfigError(
                 f"not a site accountant state (expected format {STATE_FORMAT!r}): {state!r:.200}"
             )
-        acc = cls(state["mechanism"])
+        acc = cls(state.get("mechanism"))
         history = state.get("history")
         if not isinstance(history, list):
             raise DPConfigError("site accountant state: 'history' must be a list")
@@ -424,6 +426,7 @@ def _fast_conv_grad_sample(
     return out
 
 
+@functools.cache
 def _grad_sample_module_cls(mode: str):
     from opacus.grad_sample import GradSampleModule
 
@@ -527,8 +530,11 @@ def check_dp_model(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _generators(seed: int, secure_mode: bool) -> tuple[torch.Generator, torch.Generator]:
-    """(sampling, noise) generators: seeded per (seed, purpose), or /dev/urandom in secure_mode."""
+def _generators(
+    seed: int, secure_mode: bool, device: torch.device
+) -> tuple[torch.Generator, torch.Generator]:
+    """(sampling on CPU, noise on the model's device): seeded per (seed, purpose), or
+    /dev/urandom in secure_mode."""
     if secure_mode:
         try:
             import torchcsprng as csprng
@@ -542,7 +548,7 @@ def _generators(seed: int, secure_mode: bool) -> tuple[torch.Generator, torch.Ge
         return rng, rng
     seeds = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x0D9]).generate_state(2, np.uint64)
     sampling = torch.Generator().manual_seed(int(seeds[0]) >> 1)
-    noise = torch.Generator().manual_seed(int(seeds[1]) >> 1)
+    noise = torch.Generator(device=device).manual_seed(int(seeds[1]) >> 1)
     return sampling, noise
 
 
@@ -622,12 +628,15 @@ def dp_train_local(
             raise PrivacyBudgetExhausted(
                 accountant.epsilon(delta), eps_next, settings.max_epsilon, delta
             )
-    sampling_gen, noise_gen = _generators(seed, settings.secure_mode)
+    device = next(model.parameters()).device
+    sampling_gen, noise_gen = _generators(seed, settings.secure_mode, device)
 
     from opacus.optimizers import DPOptimizer
 
     was_training = model.training
-    anchor = proximal_anchor(model, global_params) if proximal_mu > 0 else None
+    anchor = None
+    if proximal_mu > 0:
+        anchor = {k: v.to(device) for k, v in proximal_anchor(model, global_params).items()}
     params = [p for p in model.parameters() if p.requires_grad]
     seg_sum, prox_sum, batches, seen, empty, sizes = 0.0, 0.0, 0, 0, 0, []
     gsm = make_grad_sample_module(model, grad_sample_mode)
@@ -658,7 +667,7 @@ def dp_train_local(
                             p.grad_sample = p.new_zeros((0, *p.shape))
                         size = 0
                     else:
-                        images, masks = batch
+                        images, masks = (t.to(device) for t in batch)
                         loss = per_sample_backward(gsm, images, masks)
                         size = int(images.shape[0])
                         if last_epoch:

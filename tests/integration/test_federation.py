@@ -202,9 +202,8 @@ def test_server_restart_resumes_to_the_same_final_model(env, runs):
 
 def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     cfg, _, root = env
-    cfg = with_overrides(
-        cfg, **{"train.rounds": 1, "fl.min_fit_sites": 1, "fl.wait_for_sites_s": 2.0}
-    )
+    plain = {"train.rounds": 1, "fl.min_fit_sites": 1, "fl.wait_for_sites_s": 2.0}
+    cfg = with_overrides(cfg, **plain, **{"secagg.enabled": False})  # plain updates in this test
     srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
     port_file = tmp_path / "port"
     box = {}
