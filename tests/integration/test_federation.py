@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -332,3 +333,81 @@ def test_secure_aggregation_gives_the_plain_model_within_the_bound(env, tmp_path
         tol = bound + np.spacing(np.abs(plain).astype(np.float32))
         assert np.all(np.abs(finals[True][k].astype(np.float64) - plain) <= tol), k
     assert rec["fit"]["total_weight"] == histories[False][0]["fit"]["total_weight"]
+
+
+# -- secure aggregation with sites dropping mid-protocol (real gRPC, real SiteClient code) -----
+
+
+def _secagg_round(env, tmp_path, drop_at: dict[str, str]):
+    """One secagg round: an in-process server and five SiteClients in threads; the sites in
+    ``drop_at`` crash (stop answering) when handed that stage."""
+    from client.app import SiteClient
+
+    cfg, _, root = env
+    cfg = with_overrides(
+        cfg, **{"train.rounds": 1, "fl.round_timeout_s": 20.0, "fl.heartbeat_s": 0.5}
+    )
+    srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
+    port_file = tmp_path / "port"
+    box, sent = {}, {}
+
+    class Crash(Exception):
+        pass
+
+    class Site(SiteClient):
+        def secagg_stage(self, task):
+            if drop_at.get(self.site) == task.WhichOneof("stage"):
+                raise Crash
+            if task.WhichOneof("stage") == "masked_input":
+                sent[self.site] = (self.pending[1].copy(), self.pending[2])
+            return super().secagg_stage(task)
+
+    def client(site):
+        with contextlib.suppress(Crash):
+            Site(
+                cfg, site, f"127.0.0.1:{port_file.read_text()}", root / "data", tmp_path / "st"
+            ).run()
+
+    server = threading.Thread(target=lambda: box.setdefault("r", srv.run("127.0.0.1:0", port_file)))
+    server.start()
+    while not port_file.exists():
+        time.sleep(0.05)
+    threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in "ABCDE"]
+    for t in threads:
+        t.start()
+    server.join(timeout=120)
+    assert not server.is_alive()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    return history[0], sent, srv
+
+
+def test_secagg_site_dropping_after_sharing_keys_is_recovered(env, tmp_path):
+    rec, sent, srv = _secagg_round(env, tmp_path, {"E": "masked_input"})
+    assert rec["secagg"]["survivors"] == list("ABCD") and rec["secagg"]["dropped"] == ["E"]
+    assert rec["secagg"]["dropouts"]["masked_input"] == ["E"]
+    total = sum(n for _v, n in sent.values())
+    assert set(sent) == set("ABCD") and rec["fit"]["total_weight"] == total
+    from server.secure import flatten
+
+    keys = sorted(srv.shared)
+    got = flatten(srv.params, keys)
+    expected = sum(v for v, _n in sent.values()) / total
+    bound = rec["secagg"]["error_bound_sum"] / total
+    assert np.all(np.abs(got - expected) <= bound + np.spacing(np.abs(expected).astype(np.float32)))
+
+
+def test_secagg_sites_dropping_during_unmasking_with_t_left(env, tmp_path):
+    rec, _sent, _srv = _secagg_round(env, tmp_path, {"D": "unmask", "E": "unmask"})
+    assert rec["secagg"]["survivors"] == list("ABCDE")  # all masked inputs arrived
+    assert rec["secagg"]["dropouts"]["unmask"] == ["D", "E"]  # 3 = t shares still unmask
+    assert "aborted" not in rec or not rec["aborted"]
+
+
+def test_secagg_fewer_than_t_survivors_aborts_cleanly(env, tmp_path):
+    rec, _sent, srv = _secagg_round(
+        env, tmp_path, {"C": "masked_input", "D": "masked_input", "E": "share_keys"}
+    )
+    assert rec["aborted"] and "fit" not in rec
+    model = build_model(srv.cfg.model.base, srv.cfg.model.norm, srv.cfg.model.groups, srv.cfg.seed)
+    for k, v in get_params(model).items():  # the global model is unchanged
+        np.testing.assert_array_equal(srv.params[k], v)
