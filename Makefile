@@ -37,6 +37,7 @@ format: venv
 
 perf: venv
 	$(PY) bench/perf_data.py
+	$(PY) bench/perf_secagg.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
