@@ -1,8 +1,9 @@
 """`fedonco bench`: the benchmark end to end, into runs/<run_id>/.
 
 For each method of the profile, a real server process and five real client processes talk gRPC
-over 127.0.0.1; this orchestrator only starts them, watches progress and collects what they
-wrote. Secure aggregation, DP-SGD and the membership-inference audit join in later issues.
+over 127.0.0.1 (with secure aggregation unless the profile turns it off); this orchestrator only
+starts them, watches progress and collects what they wrote. DP-SGD and the membership-inference
+audit join in later issues.
 """
 
 from __future__ import annotations
