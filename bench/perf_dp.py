@@ -6,7 +6,9 @@ Part 1: one optimizer step (forward, backward, step; Adam) on the same GroupNorm
 same batch, without DP and with DP-SGD as client/dp.py runs it (``per_sample_backward``, then
 Opacus' DPOptimizer: clip, noise, step) for each per-sample gradient mode: "fast" (client/dp.py's grouped-convolution samplers on Opacus' hooks, the
 default), Opacus' stock "hooks" (unfold conv sampler; functorch for ConvTranspose2d),
-"functorch" (every layer through torch.func) and "ew" (ExpandedWeights). Median seconds per step
+"functorch" (every layer through torch.func), "ew" (ExpandedWeights), and "stock": Opacus
+out of the box (``make_private``'s hooks, a mean loss and a full backward, i.e. without
+``per_sample_backward``'s summed loss and input-only backward). Median seconds per step
 and the ratio to the non-DP step, all measured in this run with the modes interleaved. Each mode's
 per-sample gradients are checked against an independent torch.func reference first; a mode that
 fails or disagrees is reported, not timed.
@@ -35,7 +37,7 @@ from client.dp import (
 from common.metrics import seg_loss
 from common.model import build_model, count_parameters
 
-MODES = ("fast", "hooks", "functorch", "ew")
+MODES = ("fast", "hooks", "functorch", "ew", "stock")
 PAPER_SITES = (1280, 1040, 800, 560, 320)
 
 
@@ -52,6 +54,10 @@ def _reference_grad_samples(model, x, y) -> list[torch.Tensor]:
 
 
 def _wrap(model, mode: str):
+    if mode == "stock":  # what make_private builds: hooks, mean loss, full backward
+        from opacus.grad_sample import GradSampleModule
+
+        return GradSampleModule(model, batch_first=True, loss_reduction="mean")
     if mode == "ew":
         from opacus.grad_sample import GradSampleModuleExpandedWeights
 
@@ -70,8 +76,15 @@ def _dp_step_fn(mode: str, args, x, y):
     model = build_model(args.base, "group", args.groups, seed=0).to(dev)
     gsm = _wrap(model, mode)
     params = list(model.parameters())
+
+    def backward() -> None:
+        if mode == "stock":
+            seg_loss(gsm(x), y).backward()
+        else:
+            per_sample_backward(gsm, x, y)
+
     # correctness: Opacus' grad_sample (per-sample gradients of the per-image loss) vs reference
-    per_sample_backward(gsm, x, y)
+    backward()
     err = max(
         float((p.grad_sample - r).abs().max() / r.abs().max().clamp_min(1e-12))
         for p, r in zip(params, ref, strict=True)
@@ -88,7 +101,7 @@ def _dp_step_fn(mode: str, args, x, y):
 
     def step() -> None:  # what dp_train_local does per step
         opt.zero_grad(set_to_none=True)
-        per_sample_backward(gsm, x, y)
+        backward()
         opt.step()
 
     def close() -> None:
@@ -189,8 +202,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--skip-timing", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.skip_timing:
         step_times(args)
     epsilon_table(args)
