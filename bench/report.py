@@ -45,10 +45,10 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "initial_model_sha256": result["initial_model_sha256"],
         "final_model_sha256": result["final_model_sha256"],
         "evaluated_at": result["evaluated_at"],
-        "epsilon": None,
-        "delta": None,
-        "accountant": None,
-        "dp": None,
+        "epsilon": result.get("epsilon"),
+        "delta": result.get("delta"),
+        "accountant": result.get("accountant"),
+        "dp": result.get("dp"),
         "mia": None,
         "timing_s": {
             "total": result.get("wall_s"),
@@ -85,15 +85,20 @@ def _fmt(x, nd=3) -> str:
 def markdown(results: dict) -> str:
     lines = [
         "| method | Dice | Dice (site mean) | " + " | ".join(f"Dice {s}" for s in SITE_NAMES)
-        + " | global Dice | FP rate (tumor-free) | CE | rounds | wall s |",
-        "|---" * (8 + len(SITE_NAMES)) + "|",
+        + " | global Dice | FP rate (tumor-free) | CE | ε (δ) | rounds | wall s |",
+        "|---" * (9 + len(SITE_NAMES)) + "|",
     ]  # fmt: skip
     for m, r in results["methods"].items():
         lines.append(
             f"| {m} | {_fmt(r['dice'])} | {_fmt(r['dice_site_mean'])} | "
             + " | ".join(_fmt(d) for d in r["dice_per_site"])
             + f" | {_fmt(r['dice_global'])} | {_fmt(r['fp_rate_empty'], 2)} | {_fmt(r['ce_loss'], 4)}"
-            f" | {r['rounds']} | {_fmt(r['timing_s']['total'], 1)} |"
+            + (
+                f" | {r['epsilon']:.2f} ({r['delta']:g})"
+                if r.get("epsilon") is not None
+                else " | ∞"
+            )
+            + f" | {r['rounds']} | {_fmt(r['timing_s']['total'], 1)} |"
         )
     lines += ["", "Time per run (s), summed over rounds: training of the slowest site, the rest of the fit phase,",
               "aggregation and evaluation. FL overhead = (fit phase + aggregation − slowest training) / (fit phase + aggregation), mean over rounds.", "",

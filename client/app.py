@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from client.dp_site import DPState, PrivacyBudgetExhausted
 from client.train import train_local, weighted_contribution
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
 from common.data.store import npz_bytes, read_manifest
 from common.evaluation import evaluate_sums, to_inputs
 from common.grpc_options import create_channel
-from common.model import build_model, get_params, set_params
+from common.model import get_params, model_for, set_params
 from common.rpc import federation_pb2 as pb
 from common.rpc import federation_pb2_grpc as pb_grpc
 from common.secagg import SecAggClient, SecAggError, quantize
@@ -53,10 +54,10 @@ class SiteClient:
         self.train_set = ct_dataset(data_dir, "train", site)  # this site's slices only
         if len(self.train_set) == 0:
             raise ValueError(f"site {site} has no training slices in {data_dir}")
-        self.model = build_model(cfg.model.base, cfg.model.norm, cfg.model.groups, cfg.seed)
-        self.initial = get_params(self.model)
+        self.model = None  # built once the run's method is known (register)
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
-        self.run_id = ""
+        self.run_id, self.method = "", ""
+        self.dp: DPState | None = None
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
         self.pending: tuple[int, np.ndarray, int] | None = None  # (round, n_k * params, n_k)
         self.stub = pb_grpc.FederationStub(create_channel(server))
@@ -107,7 +108,12 @@ class SiteClient:
         resp = self._rpc(self.stub.RegisterSite, pb.RegisterSiteRequest(
             site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})))  # fmt: skip
         self.run_id, self.heartbeat_s = resp.run_id, resp.heartbeat_interval_s
-        log.info("site %s joined run %s", self.site, self.run_id)
+        self.method = str(scalars_from_proto(resp.info).get("method", "fedavg"))
+        self.model = model_for(self.cfg, self.method)
+        self.initial = get_params(self.model)
+        if self.method == "dpsgd":
+            self.dp = DPState(self.cfg, len(self.train_set), self.state_dir, self.run_id)
+        log.info("site %s joined run %s (%s)", self.site, self.run_id, self.method)
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -137,11 +143,19 @@ class SiteClient:
         local_keys = sorted(set(self.initial) - set(shared))
         set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
         t_decode = time.perf_counter() - t0
-        loader = DataLoader(self.train_set, batch_size=int(config["batch_size"]), shuffle=True)
-        metrics = self._with_heartbeat(task.round, lambda: train_local(
-            self.model, loader, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
-            seed=int(config["seed"]), proximal_mu=float(config["proximal_mu"]), global_params=shared,
-            optimizer=self.cfg.train.optimizer))  # fmt: skip
+        if config.get("dp"):
+            try:
+                metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
+                    self.model, self.train_set, task.round, config, shared))  # fmt: skip
+            except PrivacyBudgetExhausted as err:
+                self._decline(task.round, str(err))
+                return
+        else:
+            loader = DataLoader(self.train_set, batch_size=int(config["batch_size"]), shuffle=True)
+            metrics = self._with_heartbeat(task.round, lambda: train_local(
+                self.model, loader, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
+                seed=int(config["seed"]), proximal_mu=float(config["proximal_mu"]),
+                global_params=shared, optimizer=self.cfg.train.optimizer))  # fmt: skip
         new = get_params(self.model)
         if local_keys:
             self._save_local(task.round, {k: new[k] for k in local_keys})
@@ -169,6 +183,11 @@ class SiteClient:
             metrics["loss"],
             metrics["train_time_s"],
         )
+
+    def _decline(self, rnd: int, reason: str) -> None:
+        log.warning("site %s: sitting out round %d: %s", self.site, rnd, reason)
+        request = pb.DeclineRequest(site_id=self.site, run_id=self.run_id, round=rnd, reason=reason)
+        self._push(self.stub.Decline, request, rnd)
 
     def evaluate(self, task: pb.EvaluateTask) -> None:
         shared = proto_to_ndarrays(task.tensors)

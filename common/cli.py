@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from common.config import ConfigError
+from common.config import METHODS, ConfigError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "directory. Sites dial this server; it never dials them.",
     )
     p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
-    p.add_argument("--method", choices=["fedavg", "fedprox", "fedbn"], help="FL method")
+    p.add_argument("--method", choices=list(METHODS), help="FL method")
     p.add_argument("--data", required=True, help="dataset directory (the server reads 'test')")
     p.add_argument("--run-dir", help="new run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last round")

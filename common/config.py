@@ -120,7 +120,8 @@ class TrainConfig(_Frozen):
     eval_batch_size: int = Field(64, ge=1)
 
 
-METHODS = ("fedavg", "fedprox", "fedbn")
+METHODS = ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm")
+GROUPNORM_METHODS = ("dpsgd", "groupnorm")  # the GroupNorm twin of the U-Net (Opacus needs it)
 
 
 class FLConfig(_Frozen):
@@ -154,6 +155,23 @@ class SecAggConfig(_Frozen):
     )
 
 
+class DPConfig(_Frozen):
+    """DP-SGD at each site (method ``dpsgd``): Opacus, Poisson sampling, one accountant per site."""
+
+    noise_multiplier: float | None = Field(1.2, gt=0, description="sigma; null with target_epsilon")
+    max_grad_norm: float = Field(1.0, gt=0, description="C, the per-slice clipping norm")
+    delta: float = Field(1e-5, gt=0, lt=1, description="must also be < 1/N of every site")
+    accountant: Literal["rdp", "prv"] = "rdp"
+    target_epsilon: float | None = Field(None, gt=0, description="sigma computed before training")
+    max_epsilon: float | None = Field(None, gt=0, description="a site stops contributing beyond")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        return self
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
@@ -162,6 +180,7 @@ class Config(_Frozen):
     train: TrainConfig = Field(default_factory=TrainConfig)
     fl: FLConfig = Field(default_factory=FLConfig)
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    dp: DPConfig = Field(default_factory=DPConfig)
 
     @model_validator(mode="after")
     def _secagg_threshold(self):

@@ -117,6 +117,16 @@ def build_model(base: int = 16, norm: Norm = "batch", groups: int = 8, seed: int
         return UNet(in_ch=1, base=base, norm=norm, groups=groups)
 
 
+def model_for(cfg, method: str) -> UNet:
+    """The U-Net of a run's method (``cfg`` is a ``common.config.Config``): the GroupNorm twin for
+    dpsgd (Opacus cannot train BatchNorm) and for groupnorm (the same network without DP, so the
+    benchmark separates the cost of DP from that of the normalisation change)."""
+    from common.config import GROUPNORM_METHODS
+
+    norm = "group" if method in GROUPNORM_METHODS else cfg.model.norm
+    return build_model(cfg.model.base, norm, cfg.model.groups, cfg.seed)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.config import SITE_NAMES, Config
+from common.config import GROUPNORM_METHODS, SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import npz_bytes, read_manifest
 from common.evaluation import evaluate_sums, summarize, to_inputs
 from common.grpc_options import create_server
 from common.metrics import SUM_KEYS
 from common.model import (
-    build_model,
     count_parameters,
     get_params,
+    model_for,
     norm_keys,
     set_params,
     state_sha256,
@@ -44,9 +44,19 @@ from server.state import RoundState
 from server.strategies import get_strategy, sum_weighted_updates
 
 log = logging.getLogger(__name__)
+DP_KEYS = (
+    "epsilon",
+    "delta",
+    "accountant",
+    "noise_multiplier",
+    "max_grad_norm",
+    "sample_rate",
+    "steps",
+)
 
 
 def make_strategy(cfg: Config, method: str):
+    """dpsgd and groupnorm are FedAvg; DP is a training mode at the sites, not a strategy."""
     kw = dict(
         local_epochs=cfg.train.local_epochs,
         lr=cfg.train.lr,
@@ -57,7 +67,7 @@ def make_strategy(cfg: Config, method: str):
     )
     if method == "fedprox":
         kw["proximal_mu"] = cfg.fl.proximal_mu
-    return get_strategy(method, **kw)
+    return get_strategy("fedavg" if method in GROUPNORM_METHODS else method, **kw)
 
 
 def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
@@ -82,7 +92,7 @@ class Server:
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
         self.strategy = make_strategy(cfg, method)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model.base, cfg.model.norm, cfg.model.groups, cfg.seed)
+        self.model = model_for(cfg, method)
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -123,6 +133,7 @@ class Server:
         configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
         for c in configs.values():
             c["secagg"] = self.cfg.secagg.enabled
+            c["dp"] = self.method == "dpsgd"
         shared = {k: self.params[k] for k in self.shared}
         payload = ndarrays_to_proto(shared)
         t_enc = time.perf_counter() - t0
@@ -260,6 +271,29 @@ class Server:
         finally:
             server.stop(grace=1.0)
 
+    def privacy(self) -> dict:
+        """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site."""
+        if self.method != "dpsgd":
+            return {"epsilon": None, "delta": None, "accountant": None, "dp": None}
+        per_site = {}
+        for rec in self.history:  # the latest report of each site
+            for site, m in rec.get("fit", {}).get("sites", {}).items():
+                per_site[site] = {k: m.get(k) for k in DP_KEYS}
+        if not per_site:
+            return {
+                "epsilon": None,
+                "delta": self.cfg.dp.delta,
+                "accountant": self.cfg.dp.accountant,
+                "dp": None,
+            }
+        worst = max(per_site, key=lambda s: per_site[s]["epsilon"])
+        return {
+            "epsilon": per_site[worst]["epsilon"],
+            "delta": per_site[worst]["delta"],
+            "accountant": per_site[worst]["accountant"],
+            "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site},
+        }
+
     def finalize(self) -> dict:
         save_params(self.run_dir / "final_model.npz", self.params)
         _write_json(self.run_dir / "history.json", self.history)
@@ -278,6 +312,7 @@ class Server:
             "dice_site_mean": last.get("dice_site_mean"),
             "dice_per_site": {s: m["dice"] for s, m in last.get("per_site", {}).items()},
             "evaluated_at": last.get("where"),
+            **self.privacy(),
         }
         _write_json(self.run_dir / "result.json", result)
         return result

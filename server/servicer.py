@@ -128,6 +128,17 @@ class FederationServicer(pb_grpc.FederationServicer):
         )
         return pb.PushEvaluationResponse()
 
+    def Decline(self, request, context):
+        self._call(
+            context,
+            self.state.decline,
+            request.site_id,
+            request.run_id,
+            request.round,
+            request.reason,
+        )
+        return pb.DeclineResponse()
+
     # -- secure aggregation stages ------------------------------------------------------------
 
     def _submit(self, context, kind, request, decode):

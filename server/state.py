@@ -143,6 +143,19 @@ class RoundState:
             self._phase.results[site] = result
             self._cv.notify_all()
 
+    def decline(self, site: str, run_id: str, rnd: int, reason: str) -> None:
+        """The site sits out its open task on purpose; the phase stops waiting for it."""
+        with self._cv:
+            self._bind(site, run_id)
+            ph = self._phase
+            if ph is None or ph.round != rnd or site not in ph.pending:
+                raise Rejected(
+                    "failed_precondition", f"site {site} has no open task in round {rnd}"
+                )
+            ph.failures[site] = f"declined: {reason}"[:300]
+            self._cv.notify_all()
+        log.warning("site %s declined round %d: %s", site, rnd, reason)
+
     def _check_open(self, kind: str, site: str, rnd: int) -> None:
         ph = self._phase
         if ph is None or ph.kind != kind or ph.round != rnd:

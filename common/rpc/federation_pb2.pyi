@@ -169,6 +169,22 @@ class PushEvaluationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DeclineRequest(_message.Message):
+    __slots__ = ("site_id", "run_id", "round", "reason")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    run_id: str
+    round: int
+    reason: str
+    def __init__(self, site_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeclineResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class HeartbeatRequest(_message.Message):
     __slots__ = ("site_id", "run_id", "round")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]

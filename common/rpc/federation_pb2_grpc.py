@@ -59,6 +59,11 @@ class FederationStub:
                 request_serializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Decline = channel.unary_unary(
+                '/fedonco.v1.Federation/Decline',
+                request_serializer=fedonco_dot_v1_dot_federation__pb2.DeclineRequest.SerializeToString,
+                response_deserializer=fedonco_dot_v1_dot_federation__pb2.DeclineResponse.FromString,
+                _registered_method=True)
         self.AdvertiseKeys = channel.unary_unary(
                 '/fedonco.v1.Federation/AdvertiseKeys',
                 request_serializer=fedonco_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.SerializeToString,
@@ -119,6 +124,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decline(self, request, context):
+        """A site deliberately sits out a task (e.g. its DP privacy budget is spent): the round goes on
+        without it at once instead of waiting for its deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AdvertiseKeys(self, request, context):
         """Secure aggregation (Bonawitz et al. 2017), one RPC per stage. With secure aggregation on, a
         site answers a FitTask with AdvertiseKeys instead of PushUpdate and keeps its update until
@@ -173,6 +186,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=fedonco_dot_v1_dot_federation__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Decline': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decline,
+                    request_deserializer=fedonco_dot_v1_dot_federation__pb2.DeclineRequest.FromString,
+                    response_serializer=fedonco_dot_v1_dot_federation__pb2.DeclineResponse.SerializeToString,
             ),
             'AdvertiseKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.AdvertiseKeys,
@@ -330,6 +348,33 @@ class Federation:
             '/fedonco.v1.Federation/Heartbeat',
             fedonco_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             fedonco_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedonco.v1.Federation/Decline',
+            fedonco_dot_v1_dot_federation__pb2.DeclineRequest.SerializeToString,
+            fedonco_dot_v1_dot_federation__pb2.DeclineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,7 +47,7 @@ def env(tmp_path_factory):
 def runs(env):
     cfg, path, root = env
     out = {}
-    for method in ("fedavg", "fedprox", "fedbn"):
+    for method in ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"):
         out[method] = run_method(cfg, path, method, root / "runs", root / "data")
     return out
 
@@ -63,8 +63,9 @@ def test_every_method_completes(runs, env):
             assert np.isfinite(r["eval"]["overall"]["ce_loss"])
         assert result["rounds"] == ROUNDS
         assert result["final_model_sha256"] != result["initial_model_sha256"]
-    # every method starts from the same initial weights
-    assert len({r["initial_model_sha256"] for r in runs.values()}) == 1
+    # every method starts from the same initial weights (one BatchNorm, one GroupNorm network)
+    assert len({runs[m]["initial_model_sha256"] for m in ("fedavg", "fedprox", "fedbn")}) == 1
+    assert len({runs[m]["initial_model_sha256"] for m in ("dpsgd", "groupnorm")}) == 1
     # FedProx's term changes training: same seed, different final model than FedAvg
     assert runs["fedprox"]["final_model_sha256"] != runs["fedavg"]["final_model_sha256"]
 
@@ -289,7 +290,7 @@ def test_report_follows_the_results_contract(runs, env):
     table = write_report(cfg, root / "runs", runs, read_manifest(root / "data"), 1.0)
     res = json.loads((root / "runs" / "results.json").read_text())
     assert res["profile"] == "smoke" and res["seed"] == cfg.seed
-    for method in ("fedavg", "fedprox", "fedbn"):
+    for method in ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"):
         m = res["methods"][method]
         for key in ("dice", "dice_per_site", "ce_loss", "rounds", "n_params", "initial_model_sha256",
                     "final_model_sha256", "epsilon", "delta", "accountant", "dp", "mia", "timing_s",
@@ -299,8 +300,10 @@ def test_report_follows_the_results_contract(runs, env):
         assert m["timing_s"]["total"] > m["timing_s"]["train"] > 0
         if method == "fedbn":  # norm layers stay home: fewer bytes than the parameters
             assert m["bytes_up_per_client_round"] < 4 * m["n_params"]
-        else:  # every float32 parameter, plus BatchNorm running statistics
+        elif method in ("fedavg", "fedprox"):  # every float32 parameter, plus BN statistics
             assert m["bytes_up_per_client_round"] > 4 * m["n_params"]
+        else:  # GroupNorm has no running statistics: exactly the parameters (uint32 under secagg)
+            assert m["bytes_up_per_client_round"] == 4 * m["n_params"]
         assert method in table
     for f in (
         "results.md",
@@ -411,3 +414,25 @@ def test_secagg_fewer_than_t_survivors_aborts_cleanly(env, tmp_path):
     model = build_model(srv.cfg.model.base, srv.cfg.model.norm, srv.cfg.model.groups, srv.cfg.seed)
     for k, v in get_params(model).items():  # the global model is unchanged
         np.testing.assert_array_equal(srv.params[k], v)
+
+
+def test_dpsgd_run_reports_the_accountants_epsilon(runs, env):
+    from opacus.accountants import RDPAccountant
+
+    cfg, _, root = env
+    dp, plain = runs["dpsgd"], runs["groupnorm"]
+    assert plain["epsilon"] is None and dp["epsilon"] > 0 and dp["delta"] == cfg.dp.delta
+    history = json.loads((root / "runs" / "dpsgd" / "history.json").read_text())
+    for site in "ABCDE":  # epsilon grows over rounds and equals Opacus' RDP of (sigma, q, steps)
+        eps = [r["fit"]["sites"][site]["epsilon"] for r in history]
+        assert eps == sorted(eps) and eps[0] < eps[-1]
+        last = history[-1]["fit"]["sites"][site]
+        acc = RDPAccountant()
+        acc.history = [(last["noise_multiplier"], last["sample_rate"], int(last["steps_total"]))]
+        assert acc.get_epsilon(last["delta"]) == pytest.approx(last["epsilon"], rel=1e-9)
+        assert "loss" not in last  # only what epsilon covers leaves a DP site
+    worst = max(dp["dp"]["per_site"].values(), key=lambda m: m["epsilon"])
+    assert dp["epsilon"] == worst["epsilon"]
+    # same GroupNorm network and seed: the DP noise makes the difference
+    assert dp["initial_model_sha256"] == plain["initial_model_sha256"]
+    assert dp["final_model_sha256"] != plain["final_model_sha256"]
