@@ -156,7 +156,8 @@ def write_report(
     cfg: Config, run_dir: Path, results_by_method: dict, manifest: dict, wall_s: float
 ) -> str:
     histories = {
-        m: json.loads((run_dir / m / "history.json").read_text()) for m in results_by_method
+        m: json.loads((Path(r["dir"]) / "history.json").read_text())
+        for m, r in results_by_method.items()
     }
     results = {
         "profile": cfg.profile,
@@ -180,4 +181,59 @@ def write_report(
             w.writerow([m, r["dice"], r["dice_site_mean"], *r["dice_per_site"], r["dice_global"], r["fp_rate_empty"],
                         r["ce_loss"], r["rounds"], r["n_params"], r["final_model_sha256"], r["timing_s"]["total"]])  # fmt: skip
     plots(histories, results, run_dir / "plots")
+    dp_rows = {m: r for m, r in results["methods"].items() if r.get("epsilon") is not None}
+    if dp_rows:
+        privacy_utility(results, run_dir / "plots" / "privacy_utility.png")
+        table += "\n" + privacy_table(results)
+        (run_dir / "results.md").write_text(
+            f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed})\n\n{table}"
+        )
     return table
+
+
+def privacy_table(results: dict) -> str:
+    lines = [
+        "| run | σ | C | ε (worst site) | δ | accountant | Dice |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, r in results["methods"].items():
+        dp = r.get("dp") or {}
+        eps = "∞ (no DP)" if r.get("epsilon") is None else f"{r['epsilon']:.2f}"
+        lines.append(f"| {m} | {_fmt(dp.get('noise_multiplier'), 2)} | {_fmt(dp.get('max_grad_norm'), 1)} | {eps}"
+                     f" | {r.get('delta') or 'n/a'} | {r.get('accountant') or 'n/a'} | {_fmt(r['dice'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def privacy_utility(results: dict, path: Path) -> None:
+    """Dice against epsilon for the DP runs; the non-DP GroupNorm reference as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = sorted((r["epsilon"], _nan(r["dice"]), (r.get("dp") or {}).get("noise_multiplier"))
+                 for r in results["methods"].values() if r.get("epsilon") is not None)  # fmt: skip
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="dpsgd")
+    for eps, dice, sigma in pts:
+        ax.annotate(
+            f"σ={sigma:g}" if sigma else "",
+            (eps, dice),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ref = results["methods"].get("groupnorm")
+    if ref is not None:
+        ax.axhline(_nan(ref["dice"]), color="gray", ls="--", label="groupnorm (no DP)")
+    ax.set(
+        xscale="log",
+        xlabel="ε (worst site, δ as configured)",
+        ylabel="Dice",
+        title="privacy vs utility",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

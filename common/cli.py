@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
+    p.add_argument(
+        "--sweep",
+        metavar="KEY=V1,V2,...",
+        help="privacy-utility sweep: run dpsgd once per value of a dp setting (noise_multiplier, "
+        "max_grad_norm or target_epsilon), e.g. noise_multiplier=0.5,1.0,1.2,1.5,2.0; writes "
+        "plots/privacy_utility.png",
+    )
     p.set_defaults(func="bench.run:run_bench")
     return parser
 
