@@ -49,6 +49,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.state = state
         self.run_info = run_info
 
+    def _submit(self, context, kind, request, decode):
+        """Hand a result (decoded lazily, against the open phase's spec) to the round state."""
+        self._call(
+            context, self.state.submit, kind, request.site_id, request.run_id, request.round, decode
+        )
+        return pb.SecAggResponse()
+
     def _call(self, context, fn, *args):
         try:
             return fn(*args)
@@ -102,30 +109,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             arrays = proto_to_ndarrays(request.tensors, spec)
             return arrays, int(request.num_examples), scalars_from_proto(request.metrics)
 
-        self._call(
-            context,
-            self.state.submit,
-            "fit",
-            request.site_id,
-            request.run_id,
-            request.round,
-            decode,
-        )
+        self._submit(context, "fit", request, decode)
         return pb.PushUpdateResponse()
 
     def PushEvaluation(self, request, context):
         def decode(_spec):
             return int(request.num_examples), scalars_from_proto(request.metrics)
 
-        self._call(
-            context,
-            self.state.submit,
-            "evaluate",
-            request.site_id,
-            request.run_id,
-            request.round,
-            decode,
-        )
+        self._submit(context, "evaluate", request, decode)
         return pb.PushEvaluationResponse()
 
     def Decline(self, request, context):
@@ -140,12 +131,6 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.DeclineResponse()
 
     # -- secure aggregation stages ------------------------------------------------------------
-
-    def _submit(self, context, kind, request, decode):
-        self._call(
-            context, self.state.submit, kind, request.site_id, request.run_id, request.round, decode
-        )
-        return pb.SecAggResponse()
 
     def AdvertiseKeys(self, request, context):
         def decode(_spec):
