@@ -156,6 +156,17 @@ def run_sweep(cfg: Config, run_dir: Path, key: str, values: list[float]) -> dict
     return results
 
 
+def check_dp(cfg: Config, manifest: dict) -> None:
+    """The DP settings against every site's size (delta < 1/N, batch <= N), before the run."""
+    from client.dp_site import DPState
+
+    for row in manifest["summary"]:
+        try:
+            DPState.check(cfg, int(row["n_train"]))
+        except ValueError as err:
+            raise ValueError(f"dp settings do not fit site {row['site']}: {err}") from None
+
+
 def run_bench(args) -> int:
     cfg = resolve_config(args.config, args.profile)
     if args.seed is not None:
@@ -170,6 +181,8 @@ def run_bench(args) -> int:
     t0 = time.perf_counter()
     manifest = build_dataset(cfg, run_dir / "data")
     print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
+    if sweep or "dpsgd" in cfg.fl.methods:
+        check_dp(cfg, manifest)  # fail before any process starts, naming the site
     if sweep:
         results = run_sweep(cfg, run_dir, *sweep)
     else:

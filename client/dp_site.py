@@ -30,13 +30,20 @@ __all__ = ["DPState", "PrivacyBudgetExhausted"]
 
 
 class DPState:
-    def __init__(self, cfg: Config, n_site: int, state_dir: Path, run_id: str) -> None:
-        d, t = cfg.dp, cfg.train
-        self.settings = DPSettings(
+    @staticmethod
+    def check(cfg: Config, n_site: int) -> DPSettings:
+        """The run's DP settings, validated against this site's size (raises DPConfigError)."""
+        d = cfg.dp
+        settings = DPSettings(
             noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm, delta=d.delta,
             accountant=d.accountant, target_epsilon=d.target_epsilon, max_epsilon=d.max_epsilon,
         )  # fmt: skip
-        validate_dp(self.settings, n_site, t.batch_size)
+        validate_dp(settings, n_site, cfg.train.batch_size)
+        return settings
+
+    def __init__(self, cfg: Config, n_site: int, state_dir: Path, run_id: str) -> None:
+        d, t = cfg.dp, cfg.train
+        self.settings = self.check(cfg, n_site)
         self.cfg, self.dir, self.run_id = cfg, Path(state_dir), run_id
         steps = t.rounds * t.local_epochs * dp_steps_per_epoch(n_site, t.batch_size)
         self.sigma = resolve_noise_multiplier(
