@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="client.app:run_client_cmd")
 
     p = sub.add_parser(
+        "release",
+        help="serve a released model (the Inference service)",
+        description="release serve --model RUN_DIR/<method>/release: answer Predict(slices) with "
+        "per-pixel tumour probabilities over gRPC (plus the health service). No RPC returns "
+        "weights, gradients or data.",
+    )
+    rsub = p.add_subparsers(dest="release_command", metavar="ACTION", required=True)
+    q = rsub.add_parser("serve", help="run the Inference service")
+    q.add_argument("--model", required=True, help="release directory (model.npz + release.json)")
+    q.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50052"))
+    q.add_argument("--port-file", help="write the bound port to this file")
+    q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
+    q.set_defaults(func="attacks.release:run_release_cmd")
+
+    p = sub.add_parser(
         "bench",
         help="run the benchmark end to end",
         description="Run the benchmark for a profile: generate the dataset, then run every "

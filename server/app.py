@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from attacks.release import export_release
 from common.config import GROUPNORM_METHODS, SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import npz_bytes, read_manifest
@@ -296,6 +297,12 @@ class Server:
 
     def finalize(self) -> dict:
         save_params(self.run_dir / "final_model.npz", self.params)
+        if not self.strategy.keeps_norm_local:  # FedBN: each site holds its own model
+            norm = "group" if self.method in GROUPNORM_METHODS else self.cfg.model.norm
+            export_release(self.run_dir / "release", self.params, {
+                "method": self.method, "base": self.cfg.model.base, "norm": norm,
+                "groups": self.cfg.model.groups, "image_size": self.cfg.data.image_size,
+                "window": list(self.cfg.data.window), "final_model_sha256": state_sha256(self.params)})  # fmt: skip
         _write_json(self.run_dir / "history.json", self.history)
         last = self.history[-1]["eval"] if self.history else {}
         result = {

@@ -436,3 +436,55 @@ def test_dpsgd_run_reports_the_accountants_epsilon(runs, env):
     # same GroupNorm network and seed: the DP noise makes the difference
     assert dp["initial_model_sha256"] == plain["initial_model_sha256"]
     assert dp["final_model_sha256"] != plain["final_model_sha256"]
+
+
+# -- the release service (the attacker's only door) -------------------------------------------
+
+
+def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_path):
+    from attacks.release import RemoteModel, load_release
+    from common.data.loader import load_arrays
+    from common.rpc import inference_pb2 as ipb
+    from common.rpc import inference_pb2_grpc as ipb_grpc
+
+    cfg, _, root = env
+    release = root / "runs" / "fedavg" / "release"
+    info = json.loads((release / "release.json").read_text())
+    assert info["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
+    assert not (root / "runs" / "fedbn" / "release").exists()  # FedBN's models live at the sites
+    port_file = tmp_path / "port"
+    proc = _spawn(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
+                       "--port-file", str(port_file), "--max-batch", "8"), tmp_path / "release.log")  # fmt: skip
+    try:
+        while not port_file.exists():
+            assert proc.poll() is None, (tmp_path / "release.log").read_text()
+            time.sleep(0.05)
+        address = f"127.0.0.1:{port_file.read_text()}"
+        remote = RemoteModel(address)
+        images, _, _, _ = load_arrays(root / "data", "test")
+        probs = remote.predict(images)  # 20 slices in batches of 8
+        assert probs.shape == images.shape and probs.dtype == np.float32
+        model, _ = load_release(release)
+        from common.evaluation import predict_probs, to_inputs
+
+        local = predict_probs(model, to_inputs(images, cfg.data.window))[:, 0]
+        np.testing.assert_allclose(probs, local, atol=1e-6)
+        stub = ipb_grpc.InferenceStub(create_channel(address))
+
+        def refused(arr, code):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Predict(
+                    ipb.PredictRequest(images=ndarrays_to_proto({"images": arr})[0]), timeout=10
+                )
+            assert err.value.code() == code, err.value.details()
+
+        size = cfg.data.image_size
+        refused(images[:2].astype(np.float32), grpc.StatusCode.INVALID_ARGUMENT)
+        refused(images[:2, :16, :16], grpc.StatusCode.INVALID_ARGUMENT)
+        refused(np.zeros((9, size, size), np.int16), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # the service has no way to ask for weights, gradients or data
+        methods = {m.name for m in ipb.DESCRIPTOR.services_by_name["Inference"].methods}
+        assert methods == {"Predict", "Describe"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
