@@ -49,7 +49,7 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "delta": result.get("delta"),
         "accountant": result.get("accountant"),
         "dp": result.get("dp"),
-        "mia": None,
+        "mia": result.get("mia"),
         "timing_s": {
             "total": result.get("wall_s"),
             "train": float(sum(x.get("slowest_train", 0.0) for x in t)),
@@ -112,6 +112,28 @@ def markdown(results: dict) -> str:
             f" | {_fmt(t['transfer_and_wait'], 2)} | {_fmt(t['fit_phase'], 1)} | {_fmt(t['aggregate'], 3)} | {_fmt(t['evaluate'], 1)}"
             f" | {100 * t['fl_overhead_mean']:.1f}% |"
         )
+    mia_rows = [(m, r["mia"]) for m, r in results["methods"].items() if r.get("mia")]
+    if mia_rows:
+        names = sorted({a for _m, mia in mia_rows for a in mia.get("attacks", {})})
+        lines += ["", "Membership inference (black box, over gRPC): AUC [95% CI] / TPR@1%FPR per attack; "
+                  "members from train, non-members from holdout.", "",
+                  "| method | members / non-members | " + " | ".join(names) + " | strongest | DP ceiling TPR@1% |",
+                  "|---" * (4 + len(names)) + "|"]  # fmt: skip
+        for m, mia in mia_rows:
+            cells = []
+            for a in names:
+                x = mia.get("attacks", {}).get(a)
+                cells.append("n/a" if not x else f"{_fmt(x['auc'])} [{_fmt(x['auc_ci95'][0], 2)}, "
+                             f"{_fmt(x['auc_ci95'][1], 2)}] / {_fmt(x['tpr_at_1pct_fpr'], 3)}"
+                             + (" ⚠ " + x["error"] if x.get("error") else ""))  # fmt: skip
+            ceiling = (mia.get("attacks", {}).get(mia.get("attack") or "", {}) or {}).get(
+                "dp_ceiling"
+            ) or {}
+            lines.append(f"| {m} | {mia.get('n_members', 'n/a')} / {mia.get('n_nonmembers', 'n/a')} | "
+                         + " | ".join(cells) + f" | {mia.get('attack') or mia.get('error')} | "
+                         f"{_fmt(ceiling.get('tpr_at_1pct_fpr'), 3)} |")  # fmt: skip
+            if mia.get("warning"):
+                lines.append(f"\n⚠ {m}: {mia['warning']}\n")
     return "\n".join(lines) + "\n"
 
 
@@ -176,10 +198,15 @@ def write_report(
     with open(run_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "dice", "dice_site_mean", *SITE_COLS, "dice_global", "fp_rate_empty", "ce_loss",
+                    "epsilon", "delta", "mia_auc", "mia_auc_lo", "mia_auc_hi", "mia_tpr_at_1pct_fpr", "mia_attack",
                     "rounds", "n_params", "final_model_sha256", "wall_s"])  # fmt: skip
         for m, r in results["methods"].items():
+            mia = r.get("mia") or {}
+            ci = mia.get("auc_ci95") or [None, None]
             w.writerow([m, r["dice"], r["dice_site_mean"], *r["dice_per_site"], r["dice_global"], r["fp_rate_empty"],
-                        r["ce_loss"], r["rounds"], r["n_params"], r["final_model_sha256"], r["timing_s"]["total"]])  # fmt: skip
+                        r["ce_loss"], r["epsilon"], r["delta"], mia.get("auc"), ci[0], ci[1],
+                        mia.get("tpr_at_1pct_fpr"), mia.get("attack"),
+                        r["rounds"], r["n_params"], r["final_model_sha256"], r["timing_s"]["total"]])  # fmt: skip
     plots(histories, results, run_dir / "plots")
     dp_rows = {m: r for m, r in results["methods"].items() if r.get("epsilon") is not None}
     if dp_rows:

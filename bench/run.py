@@ -90,6 +90,10 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     result = json.loads((mdir / "result.json").read_text())
     result["wall_s"] = time.perf_counter() - t0
     result["dir"] = str(mdir)
+    if cfg.mia.enabled:
+        from bench.audit import audit
+
+        result["mia"] = audit(cfg, config_path, mdir, data_dir, result)
     return result
 
 
@@ -191,6 +195,6 @@ def run_bench(args) -> int:
         }
     table = write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
     print(f"\nRun {run_dir}\n\n{table}")
-    print(f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}. "
-          "Not yet in this benchmark: the membership-inference audit.")  # fmt: skip
+    print(f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}; "
+          f"membership-inference audit: {'on' if cfg.mia.enabled else 'OFF'}.")  # fmt: skip
     return 0

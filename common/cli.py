@@ -94,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func="attacks.release:run_release_cmd")
 
     p = sub.add_parser(
+        "attack",
+        help="black-box membership-inference attack on a release service",
+        description="Score candidate slices for membership using only Predict on the target "
+        "release service, the public config and the attacker's own pool (the dataset's "
+        "'attacker' split): blind baseline, loss threshold, learned shadow-model attack, LiRA.",
+    )
+    p.add_argument("--target", required=True, help="release service host:port")
+    p.add_argument("--pool", required=True, help="dataset directory with the 'attacker' split")
+    p.add_argument("--candidates", required=True, help=".npz with 'images' and 'masks' (no labels)")
+    p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
+    p.add_argument("--out", required=True, help="output directory (scores.npz, attack.json)")
+    p.add_argument("--shadows", type=int, help="number of shadow models (default: mia.n_shadows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func="attacks.cli:run_attack_cmd")
+
+    p = sub.add_parser(
         "bench",
         help="run the benchmark end to end",
         description="Run the benchmark for a profile: generate the dataset, then run every "

@@ -172,6 +172,17 @@ class DPConfig(_Frozen):
         return self
 
 
+class MIAConfig(_Frozen):
+    """The membership-inference audit run by the benchmark (the attacker only queries Predict)."""
+
+    enabled: bool = True
+    n_members: int = Field(
+        500, ge=10, description="drawn from the train splits, stratified by site"
+    )
+    n_shadows: int = Field(1, ge=1, description="shadow / reference models of the attacker")
+    bootstrap: int = Field(1000, ge=100)
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
@@ -181,6 +192,7 @@ class Config(_Frozen):
     fl: FLConfig = Field(default_factory=FLConfig)
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     dp: DPConfig = Field(default_factory=DPConfig)
+    mia: MIAConfig = Field(default_factory=MIAConfig)
 
     @model_validator(mode="after")
     def _secagg_threshold(self):

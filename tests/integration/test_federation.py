@@ -488,3 +488,28 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_membership_inference_audit_end_to_end(runs, env):
+    """The bench's audit: release service + attacker processes, the attacker seeing only Predict
+    and a pool directory that holds nothing but the public attacker split."""
+    cfg, _, root = env
+    pool = root / "runs" / "attacker-pool"
+    manifest = json.loads((pool / "manifest.json").read_text())
+    assert {e["split"] for e in manifest["shards"]} == {"attacker"}
+    assert not (pool / "train").exists() and not (pool / "holdout").exists()
+    for method in ("fedavg", "dpsgd"):
+        mia = runs[method]["mia"]
+        assert set(mia["attacks"]) >= {"blind", "loss", "shadow", "lira"}
+        assert (
+            mia["n_members"] == cfg.mia.n_members
+            and mia["n_nonmembers"] == 5 * cfg.data.holdout_per_site
+        )
+        assert mia["attack"] in ("loss", "shadow", "lira") and 0.0 <= mia["auc"] <= 1.0
+        assert mia["attack_info"]["queries"] >= mia["n_members"] + mia["n_nonmembers"]
+        lo, hi = mia["auc_ci95"]
+        assert lo <= mia["auc"] <= hi
+    assert runs["dpsgd"]["mia"]["attacks"]["loss"]["dp_ceiling"] is not None
+    assert "error" in runs["fedbn"]["mia"]  # FedBN's models stay at the sites: nothing released
+    with np.load(root / "runs" / "fedavg" / "audit" / "candidates.npz") as z:
+        assert set(z.files) == {"images", "masks"}  # no labels handed to the attacker

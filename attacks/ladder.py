@@ -1,0 +1,407 @@
+"""The attack ladder: blind baseline, loss threshold, learned shadow attack, offline LiRA.
+
+What the attacker has (threat model T1 of anchors-privacy.md §10): a black box
+``predict(images_hu int16 (N, H, W)) -> tumor probabilities float32 (N, H, W)``, the public
+config (architecture and training recipe), its own pool of (image, mask) slices from the
+``attacker`` split (same public generator, another seed) and the candidates (image, mask) without
+membership labels. It never sees weights, gradients or the training data. Every score is
+"higher = member".
+
+Rungs:
+
+1. ``blind_scores`` never queries the model: a fixed function of the candidate's image and mask.
+   On a proper split (members and non-members from the same distributions) it sits at AUC ≈ 0.5;
+   away from 0.5 it flags a biased split, not a leak.
+2. ``loss_scores`` (Yeom et al.): the negative per-image training loss (BCE + 1 − soft Dice).
+3. ``shadow_attack_scores`` (Shokri et al.; the paper's attack): shadow U-Nets trained like the
+   target on random halves of the pool, per-image output-map features (``attacks.features``) of
+   their in/out pool slices, a scikit-learn classifier, applied to the target's features.
+4. ``lira_scores``: offline LiRA with a fixed (global) variance. The candidates are never in the
+   attacker's pool, so every shadow is an OUT (reference) model for every candidate.
+
+Shadow training approximates the target's federated training by the same code path on one pooled
+"site": ``cfg.train.rounds`` calls of ``client.train.train_local`` (or ``client.dp.dp_train_local``
+for a ``dpsgd`` target, with one accountant over the rounds), each of ``cfg.train.local_epochs``
+epochs with the profile's batch size, learning rate, optimizer (fresh Adam state per round, as at
+a site) and, for ``fedprox``, the proximal term towards the weights at the start of the round.
+What differs from the target: one site instead of five (no averaging, so more sequential steps per
+round), the shadow's data is half the attacker pool rather than ``data.train_total`` slices, and for
+DP the sampling rate is batch_size / |half pool| instead of batch_size / |site|. Every shadow
+starts from the public initial weights (``model_for(cfg, method)``). These are the usual
+shadow-model approximations; the blind baseline and the LiRA calibration are there to expose a
+mismatch that matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from attacks.features import FEATURE_NAMES, IDX, image_features, pixel_maps
+from common.data.loader import window_hu
+from common.model import model_for
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+QUERY_BATCH = 64  # slices per predict call; the release service enforces its own limit too
+LADDER = ("blind", "loss", "shadow", "lira")
+BLIND_WEIGHTS = np.array([1.0, 0.25, 0.25])  # tumor area, mean HU, HU std (see blind_scores)
+
+
+def query(predict: Predict, images: np.ndarray, batch: int = QUERY_BATCH) -> np.ndarray:
+    """Call the black box in batches and check what comes back: float32 (N, H, W) in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W) HU slices, got shape {images.shape}")
+    parts = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        out = np.asarray(predict(chunk), dtype=np.float32)
+        if out.shape != chunk.shape:
+            raise ValueError(
+                f"predict returned shape {out.shape} for a batch of shape {chunk.shape}"
+            )
+        parts.append(out)
+    probs = np.concatenate(parts) if parts else np.zeros(images.shape, np.float32)
+    if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
+        raise ValueError("predict must return probabilities in [0, 1]")
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 1: blind baseline
+
+
+def blind_scores(cand_images: np.ndarray, cand_masks: np.ndarray) -> np.ndarray:
+    """A fixed score from the candidate alone (no model, no labels, nothing fitted).
+
+    A weighted sum of z-scored statistics (z over the candidates; no labels): tumor area
+    (weight 1, the main driver of a slice's loss, so the confounder that matters most for the
+    loss-based rungs), mean HU and HU standard deviation (scanner offset and noise, weight 0.25
+    each). Members and non-members drawn from the same site distributions give AUC ≈ 0.5; a split
+    that differs in prevalence or tumor size (or, more weakly, scanner) moves it away from 0.5.
+    A fixed score only sees a bias along its own statistics: it is a tripwire, not a proof that
+    the split is unbiased.
+    """
+    images = np.asarray(cand_images, dtype=np.float64)
+    masks = np.asarray(cand_masks)
+    if images.ndim != 3 or images.shape != masks.shape:
+        raise ValueError(f"expected (N, H, W) images and masks, got {images.shape}, {masks.shape}")
+    n = len(images)
+    stats = np.stack(
+        [
+            masks.reshape(n, -1).mean(axis=1),
+            images.reshape(n, -1).mean(axis=1),
+            images.reshape(n, -1).std(axis=1),
+        ],
+        axis=1,
+    )
+    sd = stats.std(axis=0)
+    z = (stats - stats.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return z @ BLIND_WEIGHTS
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 2: loss threshold (Yeom)
+
+
+def _loss_from_probs(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    return -image_features(probs, masks)[:, IDX["seg_loss"]]
+
+
+def loss_scores(
+    predict: Predict,
+    cand_images: np.ndarray,
+    cand_masks: np.ndarray,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Yeom et al.: minus the per-image training loss (BCE + 1 − soft Dice); higher = member.
+
+    ``window`` is unused (the black box windows its own input); it keeps the rungs' signatures
+    alike.
+    """
+    del window
+    return _loss_from_probs(query(predict, cand_images), cand_masks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shadow models
+
+
+@dataclass
+class ShadowModel:
+    """A shadow U-Net the attacker owns, and which pool slices it trained on."""
+
+    model: nn.Module
+    member_mask: np.ndarray  # bool over the attacker pool
+    window: tuple[float, float]
+    method: str
+    metrics: dict = field(default_factory=dict)
+
+    @torch.no_grad()
+    def predict(self, images_hu: np.ndarray, batch: int = QUERY_BATCH) -> np.ndarray:
+        """Tumor probabilities float32 (N, H, W) for int16 HU slices (same contract as the target)."""
+        self.model.eval()
+        x = torch.from_numpy(window_hu(np.asarray(images_hu), self.window)).unsqueeze(1)
+        out = [torch.sigmoid(self.model(x[i : i + batch])) for i in range(0, len(x), batch)]
+        if not out:
+            return np.zeros(np.asarray(images_hu).shape, np.float32)
+        return torch.cat(out)[:, 0].numpy().astype(np.float32)
+
+
+def _dataset(images: np.ndarray, masks: np.ndarray, window: tuple[float, float]):
+    from torch.utils.data import TensorDataset
+
+    x = torch.from_numpy(window_hu(images, window)).unsqueeze(1)
+    y = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1)
+    return TensorDataset(x, y)
+
+
+def _train_like_target(cfg, method: str, model: nn.Module, dataset, seed: int) -> dict:
+    """``cfg.train.rounds`` rounds of the sites' local training on one pooled dataset."""
+    from torch.utils.data import DataLoader
+
+    from client.train import train_local
+
+    t = cfg.train
+    mu = cfg.fl.proximal_mu if method == "fedprox" else 0.0
+    metrics: dict = {}
+    if method == "dpsgd":
+        from client.dp import (
+            DPSettings,
+            PrivacyBudgetExhausted,
+            SiteAccountant,
+            dp_steps_per_epoch,
+            dp_train_local,
+            resolve_noise_multiplier,
+            sample_rate_for,
+        )
+
+        d, n = cfg.dp, len(dataset)
+        batch = min(t.batch_size, n)
+        if batch < t.batch_size:
+            log.warning("shadow: batch_size %d > %d shadow slices; using %d", t.batch_size, n, n)
+        settings = DPSettings(
+            noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm, delta=d.delta,
+            accountant=d.accountant, target_epsilon=d.target_epsilon, max_epsilon=d.max_epsilon,
+        )  # fmt: skip
+        sigma = resolve_noise_multiplier(
+            settings,
+            sample_rate=sample_rate_for(n, batch),
+            steps_total=t.rounds * t.local_epochs * dp_steps_per_epoch(n, batch),
+        )
+        accountant = SiteAccountant(settings.accountant)
+        for rnd in range(t.rounds):
+            try:
+                metrics = dp_train_local(
+                    model, dataset, epochs=t.local_epochs, lr=t.lr, batch_size=batch,
+                    seed=seed * 100_003 + rnd, settings=settings, sigma=sigma,
+                    accountant=accountant, proximal_mu=mu, optimizer=t.optimizer,
+                )  # fmt: skip
+            except PrivacyBudgetExhausted as err:  # the target's sites stop here too
+                log.info("shadow: %s", err)
+                break
+        return metrics
+    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True)
+    for rnd in range(t.rounds):
+        metrics = train_local(
+            model, loader, epochs=t.local_epochs, lr=t.lr, seed=seed * 100_003 + rnd,
+            proximal_mu=mu, optimizer=t.optimizer,
+        )  # fmt: skip
+    return metrics
+
+
+def train_shadows(
+    cfg, method: str, pool_images: np.ndarray, pool_masks: np.ndarray, n_shadows: int, seed: int
+) -> list[ShadowModel]:
+    """``n_shadows`` shadow U-Nets, each trained like the target on a random half of the pool.
+
+    ``cfg`` is the public ``common.config.Config``; ``method`` the target's FL method (``dpsgd``
+    gives a DP-SGD shadow with the GroupNorm twin, as for the target).
+    """
+    pool_images, pool_masks = np.asarray(pool_images), np.asarray(pool_masks)
+    if pool_images.ndim != 3 or pool_images.shape != pool_masks.shape:
+        raise ValueError(
+            f"pool images and masks must be (N, H, W), got {pool_images.shape}, {pool_masks.shape}"
+        )
+    if n_shadows < 1:
+        raise ValueError(f"n_shadows must be >= 1, got {n_shadows}")
+    n = len(pool_images)
+    if n < 4:
+        raise ValueError(f"the attacker pool needs at least 4 slices (2 in, 2 out), got {n}")
+    window = tuple(cfg.data.window)
+    shadows = []
+    for i in range(n_shadows):
+        rng = np.random.default_rng([seed, i])
+        member = np.zeros(n, bool)
+        member[rng.permutation(n)[: n // 2]] = True
+        model = model_for(cfg, method)
+        start = time.perf_counter()
+        metrics = _train_like_target(
+            cfg, method, model, _dataset(pool_images[member], pool_masks[member], window),
+            seed=seed * 1009 + i,
+        )  # fmt: skip
+        metrics = {**metrics, "shadow_train_s": time.perf_counter() - start}
+        log.info("shadow %d/%d (%s) trained in %.1fs", i + 1, n_shadows, method,
+                 metrics["shadow_train_s"])  # fmt: skip
+        shadows.append(ShadowModel(model, member, window, method, metrics))
+    return shadows
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 3: learned shadow attack
+
+
+def _classifier(kind: str, n_rows: int):
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "auto":
+        kind = "gb" if n_rows >= 200 else "lr"
+    if kind == "lr":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    if kind == "gb":
+        return GradientBoostingClassifier(n_estimators=200, max_depth=3, subsample=0.8,
+                                          learning_rate=0.05, random_state=0)  # fmt: skip
+    raise ValueError(f"unknown classifier {kind!r}; use 'auto', 'lr' or 'gb'")
+
+
+def _shadow_from_features(
+    train_x: np.ndarray, train_y: np.ndarray, target_x: np.ndarray, classifier: str
+) -> np.ndarray:
+    if train_y.all() or not train_y.any():
+        raise ValueError("the shadow training set needs both members and non-members")
+    clf = _classifier(classifier, len(train_y))
+    clf.fit(train_x, train_y)
+    return clf.predict_proba(target_x)[:, 1]
+
+
+def _shadow_training_set(shadows, pool_images, pool_masks) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for sh in shadows:
+        xs.append(image_features(sh.predict(pool_images), pool_masks))
+        ys.append(sh.member_mask)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def shadow_attack_scores(
+    shadows: list[ShadowModel],
+    predict: Predict,
+    cand_images: np.ndarray,
+    cand_masks: np.ndarray,
+    pool_images: np.ndarray,
+    pool_masks: np.ndarray,
+    window: tuple[float, float] | None = None,
+    *,
+    classifier: str = "auto",
+) -> np.ndarray:
+    """Shokri-style learned attack on the §2.4 feature vector; member probability per candidate.
+
+    ``classifier``: "lr" (standardised logistic regression), "gb" (gradient boosting) or "auto"
+    (gb from 200 shadow rows up, lr below, where boosting just memorises the few rows).
+    """
+    del window
+    x, y = _shadow_training_set(shadows, pool_images, pool_masks)
+    target_x = image_features(query(predict, cand_images), cand_masks)
+    return _shadow_from_features(x, y, target_x, classifier)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 4: offline LiRA, fixed variance
+
+
+def lira_signal(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-image LiRA statistic: mean over pixels of the logit-scaled confidence on the true label,
+    log p_y − log(1 − p_y) (probabilities clipped, see ``attacks.features``)."""
+    return pixel_maps(probs, masks)["phi"].reshape(len(probs), -1).mean(axis=1)
+
+
+def _lira_from_signals(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Offline one-sided LiRA: log P(φ_ref <= φ_target) under N(μ_out(x), σ²) per candidate.
+
+    ``reference`` is (n_shadows, N). μ_out is the per-candidate mean over reference models; σ is
+    one global standard deviation (LiRA's "fixed variance", the stable choice with few shadows):
+    the pooled within-candidate spread with >= 2 shadows, else the spread of φ_ref over the
+    candidates. With a global σ the ranking is that of φ_target − μ_out(x); σ only scales it.
+    """
+    from scipy.stats import norm
+
+    mu = reference.mean(axis=0)
+    if len(reference) >= 2:
+        sigma = float(
+            np.sqrt(((reference - mu) ** 2).sum() / (reference.size - reference.shape[1]))
+        )
+    else:
+        sigma = float(reference.std())
+    sigma = max(sigma, 1e-6)
+    return norm.logcdf((target - mu) / sigma)
+
+
+def lira_scores(
+    shadows: list[ShadowModel],
+    predict: Predict,
+    cand_images: np.ndarray,
+    cand_masks: np.ndarray,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Offline fixed-variance LiRA with the shadows as OUT models; higher = member."""
+    del window
+    target = lira_signal(query(predict, cand_images), cand_masks)
+    reference = np.stack([lira_signal(sh.predict(cand_images), cand_masks) for sh in shadows])
+    return _lira_from_signals(target, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole ladder
+
+
+def run_ladder(
+    predict: Predict,
+    cfg,
+    method: str,
+    pool: tuple[np.ndarray, np.ndarray],
+    candidates: tuple[np.ndarray, np.ndarray],
+    *,
+    n_shadows: int = 1,
+    seed: int = 0,
+    classifier: str = "auto",
+    shadows: list[ShadowModel] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every rung's scores for the candidates: ``{"blind", "loss", "shadow", "lira"}``.
+
+    The target is queried once for all candidates; pass ``shadows`` to reuse trained ones.
+    """
+    pool_images, pool_masks = (np.asarray(a) for a in pool)
+    cand_images, cand_masks = (np.asarray(a) for a in candidates)
+    if cand_images.ndim != 3 or cand_images.shape != cand_masks.shape:
+        raise ValueError(
+            f"candidate images and masks must be (N, H, W), got {cand_images.shape}, "
+            f"{cand_masks.shape}"
+        )
+    t0 = time.perf_counter()
+    target_probs = query(predict, cand_images)
+    target_x = image_features(target_probs, cand_masks)
+    t1 = time.perf_counter()
+    if shadows is None:
+        shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed)
+    t2 = time.perf_counter()
+    x, y = _shadow_training_set(shadows, pool_images, pool_masks)
+    reference = np.stack([lira_signal(sh.predict(cand_images), cand_masks) for sh in shadows])
+    scores = {
+        "blind": blind_scores(cand_images, cand_masks),
+        "loss": -target_x[:, FEATURE_NAMES.index("seg_loss")],
+        "shadow": _shadow_from_features(x, y, target_x, classifier),
+        "lira": _lira_from_signals(lira_signal(target_probs, cand_masks), reference),
+    }
+    log.info("ladder: query %.1fs, shadows %.1fs, attacks %.1fs (%d shadows, %d candidates)",
+             t1 - t0, t2 - t1, time.perf_counter() - t2, len(shadows), len(cand_images))  # fmt: skip
+    return scores

@@ -1,0 +1,131 @@
+"""The membership-inference audit of one released model, run by the benchmark (not the attacker).
+
+The benchmark draws members from the sites' ``train`` splits (stratified by site) and
+non-members from their ``holdout`` splits, hands the attacker the candidate slices and masks
+without labels, starts the release service and the attacker as separate processes, and scores
+what comes back: AUC with a bootstrap CI, TPR at low FPR, per site, and the DP ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.config import SITE_NAMES, Config
+from common.data.loader import load_arrays
+from common.data.store import read_manifest, write_json
+
+log = logging.getLogger(__name__)
+QUERY_ATTACKS = ("loss", "shadow", "lira")  # the blind baseline never queries the model
+
+
+def draw_candidates(data_dir: Path, n_members: int, seed: int):
+    """(images, masks, is_member, sites), shuffled: members stratified by site from train,
+    non-members from holdout (all of it, at least as many as members where available)."""
+    rng = np.random.default_rng([seed, 0xA0D17])
+    parts = []
+    per_site = max(1, n_members // len(SITE_NAMES))
+    for site in SITE_NAMES:
+        for split, member in (("train", True), ("holdout", False)):
+            images, masks, _, _ = load_arrays(data_dir, split, site)
+            k = min(len(images), per_site) if member else len(images)
+            idx = np.sort(rng.choice(len(images), size=k, replace=False))
+            parts.append((images[idx], masks[idx], np.full(k, member), np.full(k, site)))
+    images, masks, member, sites = (np.concatenate(x) for x in zip(*parts, strict=True))
+    order = rng.permutation(len(images))
+    return images[order], masks[order], member[order], sites[order]
+
+
+def attacker_pool(data_dir: Path, out: Path) -> Path:
+    """A dataset directory holding only the public ``attacker`` split (shards + a manifest that
+    lists nothing else): the attacker process is pointed here and cannot read training data."""
+    if (out / "manifest.json").is_file():
+        return out
+    manifest = read_manifest(data_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shards = [e for e in manifest["shards"] if e["split"] == "attacker"]
+    for e in shards:
+        (tmp / e["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data_dir / e["file"], tmp / e["file"])
+    keep = {k: v for k, v in manifest.items() if k not in ("shards", "summary")}  # public facts
+    write_json(tmp / "manifest.json", {**keep, "shards": shards})
+    tmp.rename(out)
+    return out
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict) -> dict:
+    """Serve the release, run the attacker against it, score its answers. Returns results' mia."""
+    from attacks.metrics import audit_metrics, roc_plot
+
+    release = method_dir / "release"
+    if not (release / "release.json").is_file():
+        return {"error": "no released model (FedBN models stay at the sites)", "attacks": {}}
+    out = method_dir / "audit"
+    out.mkdir(parents=True, exist_ok=True)
+    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
+    np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
+    port_file = out / "release.port"
+    port_file.unlink(missing_ok=True)
+    logs = method_dir / "logs"
+    with open(logs / "release.log", "w") as rlog, open(logs / "attacker.log", "w") as alog:
+        server = subprocess.Popen(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
+                                       "--port-file", str(port_file)), stdout=rlog, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            end = time.monotonic() + 60
+            while not port_file.exists():
+                if server.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError(f"release service did not start: see {logs / 'release.log'}")
+                time.sleep(0.1)
+            t0 = time.perf_counter()
+            pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
+            rc = subprocess.run(_cli("attack", "--target", f"127.0.0.1:{port_file.read_text()}", "--pool",
+                                     str(pool), "--candidates", str(out / "candidates.npz"), "--config",
+                                     str(config_path), "--out", str(out), "--seed", str(cfg.seed)),
+                                stdout=alog, stderr=subprocess.STDOUT).returncode  # fmt: skip
+            wall = time.perf_counter() - t0
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    if rc != 0:
+        raise RuntimeError(f"attacker exited {rc}: see {logs / 'attacker.log'}")
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        scores = {k: z[k] for k in z.files}
+    eps, delta = result.get("epsilon"), result.get("delta")
+    attacks = {
+        name: audit_metrics(s, member, sites=sites, epsilon=eps, delta=delta, n_boot=cfg.mia.bootstrap, seed=cfg.seed)
+        for name, s in scores.items()
+    }  # fmt: skip
+    roc_plot({k: (v, member) for k, v in scores.items()}, out / "roc.png")
+    queried = {k: v for k, v in attacks.items() if k in QUERY_ATTACKS}
+    best = max(queried, key=lambda k: queried[k]["auc"]) if queried else None
+    top = attacks[best] if best else {}
+    mia = {
+        "auc": top.get("auc"),
+        "auc_ci95": top.get("auc_ci95"),
+        "tpr_at_1pct_fpr": top.get("tpr_at_1pct_fpr"),
+        "n_members": int(member.sum()),
+        "n_nonmembers": int((~member).sum()),
+        "attack": best,
+        "attacks": attacks,
+        "error": top.get("error"),
+        "attacker_wall_s": wall,
+        "attack_info": json.loads((out / "attack.json").read_text()),
+    }
+    blind = attacks.get("blind", {}).get("auc")
+    if blind is not None and not 0.45 <= blind <= 0.55:
+        mia["warning"] = (
+            f"blind baseline AUC {blind:.3f} outside [0.45, 0.55]: the member/non-member split may be biased"
+        )
+    return mia

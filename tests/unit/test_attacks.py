@@ -1,0 +1,302 @@
+"""Membership-inference ladder and audit metrics on tiny data (32x32 slices, U-Net base 4)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import client.dp
+import client.train
+from attacks import ladder
+from attacks.features import FEATURE_NAMES, IDX, image_features
+from attacks.ladder import (
+    ShadowModel,
+    blind_scores,
+    lira_scores,
+    loss_scores,
+    run_ladder,
+    shadow_attack_scores,
+    train_shadows,
+)
+from attacks.metrics import BROKEN_ATTACK, audit_metrics, rank_auc, roc_plot
+from common.config import Config, DataConfig, ModelConfig, TrainConfig
+from common.data.generate import render_slice
+from common.data.sites import REFERENCE
+from common.model import model_for
+
+SIZE = 32
+WINDOW = (-160.0, 240.0)
+
+
+def _cfg(rounds: int = 4, local_epochs: int = 10, **train) -> Config:
+    return Config(
+        seed=3,
+        data=DataConfig(image_size=SIZE, window=WINDOW),
+        model=ModelConfig(base=4, groups=4),
+        train=TrainConfig(rounds=rounds, local_epochs=local_epochs, batch_size=8, lr=0.01, **train),
+    )
+
+
+def _blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy HU slices with one faint disc each: hard to generalise, easy to memorise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    images = np.empty((n, SIZE, SIZE), np.int16)
+    masks = np.empty((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(8, SIZE - 8, 2)
+        r = rng.uniform(2.5, 6.0)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        hu = rng.normal(60, 45, (SIZE, SIZE)) - 15.0 * mask
+        images[i], masks[i] = np.round(hu).astype(np.int16), mask
+    return images, masks
+
+
+def _model_predict(model):
+    return ShadowModel(model, np.zeros(0, bool), WINDOW, "fedavg").predict
+
+
+# ------------------------------------------------------------------------------------------
+# audit metrics
+
+
+def test_metrics_perfect_separation():
+    y = np.r_[np.ones(100), np.zeros(200)]
+    s = np.r_[np.linspace(2, 3, 100), np.linspace(0, 1, 200)]
+    m = audit_metrics(s, y, n_boot=200)
+    assert m["auc"] == 1.0 and m["auc_ci95"] == [1.0, 1.0]
+    assert m["tpr_at_1pct_fpr"] == 1.0 and m["advantage"] == 1.0
+    assert m["tpr_at_0.1pct_fpr"] is None  # 200 non-members: not estimable
+    assert (m["n_members"], m["n_nonmembers"], m["error"], m["dp_ceiling"]) == (
+        100,
+        200,
+        None,
+        None,
+    )
+
+
+def test_metrics_identical_distributions_cover_chance():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=2000)
+    y = np.r_[np.ones(800), np.zeros(1200)]
+    m = audit_metrics(s, y, n_boot=300, seed=1)
+    assert abs(m["auc"] - 0.5) < 0.04
+    lo, hi = m["auc_ci95"]
+    assert lo < 0.5 < hi and hi - lo < 0.1
+    assert m["tpr_at_0.1pct_fpr"] is not None and m["tpr_at_1pct_fpr"] < 0.05
+    assert m["error"] is None
+
+
+def test_metrics_inverted_scores_are_an_error_not_privacy():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(300), np.zeros(300)]
+    s = rng.normal(size=600) - 1.0 * y  # members score LOWER: a flipped attack
+    m = audit_metrics(s, y, n_boot=300)
+    assert m["auc"] < 0.3 and m["auc_ci95"][1] < 0.5
+    assert m["error"] is not None and m["error"].startswith(BROKEN_ATTACK)
+    # Below 0.5 but indistinguishable from chance is not an error.
+    s2 = rng.normal(size=40)
+    assert audit_metrics(s2, np.r_[np.ones(20), np.zeros(20)], n_boot=300)["error"] is None
+
+
+def test_metrics_match_sklearn_and_split_per_site():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    y = rng.random(400) < 0.5
+    s = rng.normal(size=400) + 0.8 * y
+    s[:50] = np.round(s[:50])  # ties
+    sites = np.array(list("ABCDE"))[np.arange(400) % 5]
+    m = audit_metrics(s, y, sites=sites, n_boot=100)
+    assert math.isclose(m["auc"], roc_auc_score(y, s)) and math.isclose(rank_auc(s, y), m["auc"])
+    assert sorted(m["per_site"]) == list("ABCDE")
+    a = m["per_site"]["A"]
+    sel = sites == "A"
+    assert math.isclose(a["auc"], roc_auc_score(y[sel], s[sel]))
+    assert a["n_members"] + a["n_nonmembers"] == 80
+    assert m["auc_ci95"][0] < m["auc"] < m["auc_ci95"][1]
+
+
+def test_metrics_reject_bad_input():
+    with pytest.raises(ValueError, match="both members and non-members"):
+        audit_metrics(np.arange(5.0), np.ones(5))
+    with pytest.raises(ValueError, match="NaN"):
+        audit_metrics(np.array([0.1, np.nan]), np.array([1, 0]))
+    with pytest.raises(ValueError, match="same length"):
+        audit_metrics(np.arange(3.0), np.array([1, 0]))
+
+
+def test_dp_ceiling_formula():
+    y = np.r_[np.ones(50), np.zeros(50)]
+    s = np.r_[np.ones(50), np.zeros(50)]
+    m = audit_metrics(s, y, epsilon=1.0, delta=1e-5, n_boot=50)
+    c = m["dp_ceiling"]
+    assert math.isclose(c["tpr_at_1pct_fpr"], min(1.0, math.e * 0.01 + 1e-5))
+    assert c["tpr_at_0.1pct_fpr"] is None  # not estimable with 50 non-members
+    assert abs(c["auc"] - 0.73) < 0.01  # anchors-privacy.md §4.3 table
+    big = audit_metrics(s, y, epsilon=12.0, delta=1e-5, n_boot=50)["dp_ceiling"]
+    assert big["tpr_at_1pct_fpr"] == 1.0 and big["auc"] > 0.999  # vacuous at the paper's ε
+
+
+def test_roc_plot_writes_png(tmp_path):
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(100), np.zeros(100)]
+    path = tmp_path / "plots" / "roc.png"
+    roc_plot({"loss": (rng.normal(size=200) + y, y), "blind": (rng.normal(size=200), y)}, path)
+    assert path.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------
+# features
+
+
+def test_image_features_shape_and_known_values():
+    _, masks = _blobs(4, 0)
+    masks[3] = 0  # one tumor-free slice
+    perfect = masks.astype(np.float32)
+    wrong = 1.0 - perfect
+    f_good, f_bad = image_features(perfect, masks), image_features(wrong, masks)
+    assert f_good.shape == (4, len(FEATURE_NAMES)) and np.isfinite(f_good).all()
+    assert np.isfinite(f_bad).all()
+    assert np.allclose(f_good[:, IDX["bce"]], 0, atol=1e-5)
+    assert np.allclose(f_good[:, IDX["hard_dice"]], 1)
+    assert (f_bad[:, IDX["seg_loss"]] > f_good[:, IDX["seg_loss"]] + 1).all()
+    assert (f_good[:, IDX["phi"]] > 10).all() and (f_bad[:, IDX["phi"]] < -10).all()
+    assert list(f_good[:, IDX["has_tumor"]]) == [1, 1, 1, 0]
+    assert f_good[3, IDX["bce_tumor"]] == 0 and f_good[3, IDX["bce_boundary"]] == 0
+    with pytest.raises(ValueError, match="probabilities"):
+        image_features(perfect * 2, masks)
+
+
+# ------------------------------------------------------------------------------------------
+# attack rungs: sanity
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    """A U-Net overfit on 16 member slices; 48 non-members from the same distribution."""
+    cfg = _cfg(rounds=25, local_epochs=10)
+    images, masks = _blobs(64, 10)
+    member = np.zeros(64, bool)
+    member[:16] = True
+    model = model_for(cfg, "fedavg")
+    ladder._train_like_target(
+        cfg, "fedavg", model, ladder._dataset(images[:16], masks[:16], WINDOW), 5
+    )
+    return cfg, _model_predict(model), images, masks, member
+
+
+def test_loss_attack_on_overfit_model_is_well_above_chance(overfit):
+    _, predict, images, masks, member = overfit
+    m = audit_metrics(loss_scores(predict, images, masks, WINDOW), member, n_boot=200)
+    assert m["auc"] > 0.8 and m["error"] is None
+
+
+def test_loss_attack_on_untrained_model_is_near_chance():
+    cfg = _cfg()
+    images, masks = _blobs(96, 11)
+    member = np.arange(96) % 2 == 0
+    predict = _model_predict(model_for(cfg, "fedavg"))
+    m = audit_metrics(loss_scores(predict, images, masks), member, n_boot=300)
+    assert abs(m["auc"] - 0.5) < 0.15 and m["auc_ci95"][0] < 0.5 < m["auc_ci95"][1]
+
+
+def _rendered(split: str, n: int, spec=REFERENCE) -> tuple[np.ndarray, np.ndarray]:
+    slices = [render_slice(0, 0, split, i, spec, SIZE, 12.0) for i in range(n)]
+    return np.stack([s.image for s in slices]), np.stack([s.mask for s in slices])
+
+
+def test_blind_baseline_near_chance_on_proper_split_and_flags_a_biased_one():
+    from dataclasses import replace
+
+    mem, non = _rendered("train", 150), _rendered("holdout", 150)
+    y = np.r_[np.ones(150), np.zeros(150)]
+    images, masks = np.concatenate([mem[0], non[0]]), np.concatenate([mem[1], non[1]])
+    auc = audit_metrics(blind_scores(images, masks), y, n_boot=200)["auc"]
+    assert abs(auc - 0.5) < 0.1
+    # Non-members from a site without tumors: the blind rung must see the split bias.
+    other = _rendered("holdout", 150, replace(REFERENCE, prevalence=0.0))
+    images_b, masks_b = np.concatenate([mem[0], other[0]]), np.concatenate([mem[1], other[1]])
+    auc_b = audit_metrics(blind_scores(images_b, masks_b), y, n_boot=200)["auc"]
+    assert abs(auc_b - 0.5) > 0.15
+
+
+# ------------------------------------------------------------------------------------------
+# shadows
+
+
+def test_shadow_training_reuses_train_local(monkeypatch):
+    calls = []
+    real = client.train.train_local
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client.train, "train_local", counting)
+    cfg = _cfg(rounds=3, local_epochs=1)
+    images, masks = _blobs(12, 4)
+    shadows = train_shadows(cfg, "fedprox", images, masks, n_shadows=2, seed=0)
+    assert len(calls) == 2 * 3
+    assert all(c["epochs"] == 1 and c["lr"] == 0.01 and c["proximal_mu"] == 0.01 for c in calls)
+    assert [int(s.member_mask.sum()) for s in shadows] == [6, 6]
+    assert not np.array_equal(shadows[0].member_mask, shadows[1].member_mask)
+    probs = shadows[0].predict(images)
+    assert probs.shape == images.shape and probs.dtype == np.float32
+
+
+def test_dp_target_gets_a_dp_shadow(monkeypatch):
+    calls = []
+    real = client.dp.dp_train_local
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client.dp, "dp_train_local", counting)
+    monkeypatch.setattr(
+        client.train, "train_local", lambda *a, **k: pytest.fail("DP shadow used train_local")
+    )
+    cfg = _cfg(rounds=2, local_epochs=1)
+    images, masks = _blobs(16, 6)
+    (shadow,) = train_shadows(cfg, "dpsgd", images, masks, n_shadows=1, seed=1)
+    assert len(calls) == 2 and calls[0]["batch_size"] == 8
+    assert calls[0]["accountant"] is calls[1]["accountant"]  # one accountant over the rounds
+    assert calls[1]["accountant"].steps == 2 * 1  # 2 rounds x ceil(8 / 8) steps
+    assert isinstance(shadow.model.enc1[1], torch.nn.GroupNorm)
+
+
+def test_shadow_attack_and_lira_run_end_to_end(overfit):
+    cfg, predict, images, masks, member = overfit
+    pool = _blobs(32, 12)
+    shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=0)
+    s = shadow_attack_scores(shadows, predict, images, masks, *pool, WINDOW)
+    lira = lira_scores(shadows, predict, images, masks, WINDOW)
+    for scores in (s, lira):
+        assert scores.shape == (64,) and np.isfinite(scores).all()
+    assert audit_metrics(s, member, n_boot=100)["auc"] > 0.6
+    assert audit_metrics(lira, member, n_boot=100)["auc"] > 0.6
+
+
+def test_run_ladder_all_rungs(overfit):
+    cfg, predict, images, masks, member = overfit
+    queried = []
+
+    def counting_predict(x):
+        queried.append(len(x))
+        return predict(x)
+
+    start = time.perf_counter()
+    scores = run_ladder(
+        counting_predict, cfg, "fedavg", _blobs(32, 13), (images, masks), n_shadows=1, seed=2
+    )
+    elapsed = time.perf_counter() - start
+    assert set(scores) == set(ladder.LADDER)
+    assert sum(queried) == len(images)  # the target is queried once per candidate
+    aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in scores.items()}
+    assert abs(aucs["blind"] - 0.5) < 0.25 and aucs["loss"] > 0.8
+    print(f"run_ladder: {elapsed:.1f}s, AUCs {aucs}")
