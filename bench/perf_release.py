@@ -1,0 +1,62 @@
+"""Predict throughput of the release service over gRPC on 127.0.0.1 (slices/s), against the same
+model called in-process (the baseline, same run):
+`python bench/perf_release.py [--n 256] [--size 64] [--base 16]` (the quick profile's model)."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from attacks.release import RemoteModel, export_release, serve
+from common.evaluation import predict_probs, to_inputs
+from common.model import build_model, get_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--base", type=int, default=16)
+    args = ap.parse_args()
+    rows = []
+    for size, base, n in ((args.size, args.base, args.n),):
+        with tempfile.TemporaryDirectory() as tmp:
+            model = build_model(base, "batch", 4, seed=0)
+            info = {"method": "fedavg", "base": base, "norm": "batch", "groups": 4, "image_size": size,
+                    "window": [-160, 240]}  # fmt: skip
+            export_release(Path(tmp) / "rel", get_params(model), info)
+            port_file = Path(tmp) / "port"
+            threading.Thread(
+                target=serve, args=(Path(tmp) / "rel", "127.0.0.1:0", port_file), daemon=True
+            ).start()
+            while not port_file.exists():
+                time.sleep(0.05)
+            images = (
+                np.random.default_rng(0).integers(-1000, 400, (args.n, size, size)).astype(np.int16)
+            )
+            remote = RemoteModel(f"127.0.0.1:{port_file.read_text()}")
+            remote.predict(images[:8])  # warm up
+            t = time.perf_counter()
+            remote.predict(images)
+            grpc_rate = n / (time.perf_counter() - t)
+            model.eval()
+            predict_probs(model, to_inputs(images[:8], (-160, 240)))
+            t = time.perf_counter()
+            predict_probs(model, to_inputs(images, (-160, 240)))
+            local_rate = n / (time.perf_counter() - t)
+            rows.append((size, base, local_rate, grpc_rate))
+    print(
+        "\n| image | U-Net base | in-process slices/s (baseline) | Predict over gRPC slices/s | ratio |"
+    )
+    print("|---|---|---|---|---|")
+    for size, base, lr, gr in rows:
+        print(f"| {size}² | {base} | {lr:.1f} | {gr:.1f} | {gr / lr:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
