@@ -65,43 +65,71 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "common.cli", *args]
 
 
-def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict) -> dict:
-    """Serve the release, run the attacker against it, score its answers. Returns results' mia."""
-    from attacks.metrics import audit_metrics, roc_plot
-
-    release = method_dir / "release"
-    if not (release / "release.json").is_file():
-        return {"error": "no released model (FedBN models stay at the sites)", "attacks": {}}
-    out = method_dir / "audit"
+def _attack(cfg, config_path, release: Path, images, masks, out: Path, logs: Path, pool: Path):
+    """Serve one released model and run the attacker against it; returns (scores, info)."""
     out.mkdir(parents=True, exist_ok=True)
-    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
     np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
     port_file = out / "release.port"
     port_file.unlink(missing_ok=True)
-    logs = method_dir / "logs"
-    with open(logs / "release.log", "w") as rlog, open(logs / "attacker.log", "w") as alog:
+    tag = out.name
+    with (
+        open(logs / f"release-{tag}.log", "w") as rlog,
+        open(logs / f"attacker-{tag}.log", "w") as alog,
+    ):
         server = subprocess.Popen(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
                                        "--port-file", str(port_file)), stdout=rlog, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             end = time.monotonic() + 60
             while not port_file.exists():
                 if server.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"release service did not start: see {logs / 'release.log'}")
+                    raise RuntimeError(f"release service did not start: see {rlog.name}")
                 time.sleep(0.1)
-            t0 = time.perf_counter()
-            pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
             rc = subprocess.run(_cli("attack", "--target", f"127.0.0.1:{port_file.read_text()}", "--pool",
                                      str(pool), "--candidates", str(out / "candidates.npz"), "--config",
                                      str(config_path), "--out", str(out), "--seed", str(cfg.seed)),
                                 stdout=alog, stderr=subprocess.STDOUT).returncode  # fmt: skip
-            wall = time.perf_counter() - t0
         finally:
             server.terminate()
             server.wait(timeout=10)
     if rc != 0:
-        raise RuntimeError(f"attacker exited {rc}: see {logs / 'attacker.log'}")
+        raise RuntimeError(f"attacker exited {rc}: see {alog.name}")
     with np.load(out / "scores.npz", allow_pickle=False) as z:
         scores = {k: z[k] for k in z.files}
+    return scores, json.loads((out / "attack.json").read_text())
+
+
+def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict) -> dict:
+    """Serve the release(s), run the attacker against each, score the answers (results' mia).
+
+    FedBN releases one model per site (shared weights + that site's norm layers): each is
+    attacked on its own site's candidates, and the scores are pooled."""
+    from attacks.metrics import audit_metrics, roc_plot
+
+    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
+    pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
+    logs, out = method_dir / "logs", method_dir / "audit"
+    t0 = time.perf_counter()
+    if (method_dir / "release" / "release.json").is_file():
+        targets = {"all": (method_dir / "release", np.ones(len(images), bool))}
+    else:
+        targets = {
+            s: (method_dir / "site-state" / f"site{s}" / "release", sites == s) for s in SITE_NAMES
+        }
+        targets = {s: t for s, t in targets.items() if (t[0] / "release.json").is_file()}
+    if not targets:
+        return {"error": "no released model found", "attacks": {}}
+    scores, info = {}, {"queries": 0, "targets": sorted(targets)}
+    for tag, (release, sel) in targets.items():
+        part, part_info = _attack(
+            cfg, config_path, release, images[sel], masks[sel], out / tag, logs, pool
+        )
+        info["queries"] += part_info["queries"]
+        for k, v in part.items():
+            scores.setdefault(k, np.full(len(images), np.nan))[sel] = v
+    covered = ~np.isnan(next(iter(scores.values())))
+    member, sites = member[covered], sites[covered]
+    scores = {k: v[covered] for k, v in scores.items()}
+    wall = time.perf_counter() - t0
     eps, delta = result.get("epsilon"), result.get("delta")
     attacks = {
         name: audit_metrics(s, member, sites=sites, epsilon=eps, delta=delta, n_boot=cfg.mia.bootstrap, seed=cfg.seed)
@@ -121,7 +149,7 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
         "attacks": attacks,
         "error": top.get("error"),
         "attacker_wall_s": wall,
-        "attack_info": json.loads((out / "attack.json").read_text()),
+        "attack_info": info,
     }
     blind = attacks.get("blind", {}).get("auc")
     if blind is not None and not 0.45 <= blind <= 0.55:

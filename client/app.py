@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from attacks.release import export_release
 from client.dp_site import DPState, PrivacyBudgetExhausted
 from client.train import train_local, weighted_contribution
 from common.config import Config
@@ -184,6 +185,17 @@ class SiteClient:
             metrics["train_time_s"],
         )
 
+    def release(self) -> None:
+        """FedBN: the site's own model (final shared weights + its norm layers) is what it
+        releases; with every other method the server releases the one global model."""
+        if self.method != "fedbn" or not self.local:
+            return
+        info = {"method": self.method, "site": self.site, "base": self.cfg.model.base,
+                "norm": self.cfg.model.norm, "groups": self.cfg.model.groups,
+                "image_size": self.cfg.data.image_size, "window": list(self.cfg.data.window)}  # fmt: skip
+        export_release(self.state_dir / "release", get_params(self.model), info)
+        log.info("site %s released its model to %s", self.site, self.state_dir / "release")
+
     def _decline(self, rnd: int, reason: str) -> None:
         log.warning("site %s: sitting out round %d: %s", self.site, rnd, reason)
         request = pb.DeclineRequest(site_id=self.site, run_id=self.run_id, round=rnd, reason=reason)
@@ -298,6 +310,7 @@ class SiteClient:
             elif kind == "secagg":
                 self.secagg_stage(resp.secagg)
             elif kind == "finished":
+                self.release()
                 log.info(
                     "site %s: run finished after %d rounds",
                     self.site,

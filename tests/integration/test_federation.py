@@ -451,7 +451,9 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
     release = root / "runs" / "fedavg" / "release"
     info = json.loads((release / "release.json").read_text())
     assert info["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
-    assert not (root / "runs" / "fedbn" / "release").exists()  # FedBN's models live at the sites
+    assert not (
+        root / "runs" / "fedbn" / "release"
+    ).exists()  # FedBN's models are released by the sites
     port_file = tmp_path / "port"
     proc = _spawn(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
                        "--port-file", str(port_file), "--max-batch", "8"), tmp_path / "release.log")  # fmt: skip
@@ -510,6 +512,15 @@ def test_membership_inference_audit_end_to_end(runs, env):
         lo, hi = mia["auc_ci95"]
         assert lo <= mia["auc"] <= hi
     assert runs["dpsgd"]["mia"]["attacks"]["loss"]["dp_ceiling"] is not None
-    assert "error" in runs["fedbn"]["mia"]  # FedBN's models stay at the sites: nothing released
-    with np.load(root / "runs" / "fedavg" / "audit" / "candidates.npz") as z:
+    fedbn = runs["fedbn"]["mia"]  # one released model per site, each attacked on its own site
+    assert fedbn["attack_info"]["targets"] == list("ABCDE")
+    assert fedbn["n_members"] == cfg.mia.n_members and set(fedbn["attacks"]) >= {"loss", "lira"}
+    for site in "ABCDE":
+        info = json.loads(
+            (
+                root / "runs" / "fedbn" / "site-state" / f"site{site}" / "release" / "release.json"
+            ).read_text()
+        )
+        assert info["site"] == site and info["method"] == "fedbn"
+    with np.load(root / "runs" / "fedavg" / "audit" / "all" / "candidates.npz") as z:
         assert set(z.files) == {"images", "masks"}  # no labels handed to the attacker
