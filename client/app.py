@@ -32,7 +32,7 @@ from common.grpc_options import create_channel
 from common.model import get_params, model_for, set_params
 from common.rpc import federation_pb2 as pb
 from common.rpc import federation_pb2_grpc as pb_grpc
-from common.secagg import SecAggClient, SecAggError, quantize
+from common.secagg import SecAggClient, SecAggError, flatten, quantize
 from common.serde import (
     ndarrays_to_proto,
     proto_to_ndarrays,
@@ -240,7 +240,7 @@ class SiteClient:
         self.secagg = SecAggClient(self.site, self.run_id, rnd)
         self.pending = (
             rnd,
-            np.concatenate([params[k].astype(np.float64).ravel() for k in keys]) * n,
+            flatten(params, keys) * n,
             n,
         )
         enc_pk, mask_pk = self.secagg.advertise_keys()

@@ -543,3 +543,24 @@ class SecAggServer:
         apply_masks(acc, streams, [self._masked[i] for i in self.u3[1:]])
         self._masked, self._stage = {}, 4
         return acc
+
+
+# -- the update's layout on the wire (sites and server must agree) ----------------------------
+
+
+def flatten(params: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    """The shared entries as one float64 vector, in ``keys`` order (sorted names)."""
+    return np.concatenate([np.asarray(params[k], np.float64).ravel() for k in keys])
+
+
+def unflatten(
+    vec: np.ndarray, like: dict[str, np.ndarray], keys: list[str]
+) -> dict[str, np.ndarray]:
+    out, i = {}, 0
+    for k in keys:
+        n = like[k].size
+        out[k] = vec[i : i + n].reshape(like[k].shape)
+        i += n
+    if i != vec.size:
+        raise ValueError(f"vector of {vec.size} elements does not match the {i} shared values")
+    return out

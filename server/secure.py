@@ -21,28 +21,11 @@ from common.secagg import (
     dequantize,
     quantization_error_bound,
     quantization_scale,
+    unflatten,
 )
 from server.state import RoundState
 
 log = logging.getLogger(__name__)
-
-
-def flatten(params: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
-    """The shared entries as one float64 vector, in ``keys`` order (sorted names)."""
-    return np.concatenate([np.asarray(params[k], np.float64).ravel() for k in keys])
-
-
-def unflatten(
-    vec: np.ndarray, like: dict[str, np.ndarray], keys: list[str]
-) -> dict[str, np.ndarray]:
-    out, i = {}, 0
-    for k in keys:
-        n = like[k].size
-        out[k] = vec[i : i + n].reshape(like[k].shape)
-        i += n
-    if i != vec.size:
-        raise ValueError(f"vector of {vec.size} elements does not match the {i} shared values")
-    return out
 
 
 @dataclass

@@ -390,7 +390,7 @@ def test_secagg_site_dropping_after_sharing_keys_is_recovered(env, tmp_path):
     assert rec["secagg"]["dropouts"]["masked_input"] == ["E"]
     total = sum(n for _v, n in sent.values())
     assert set(sent) == set("ABCD") and rec["fit"]["total_weight"] == total
-    from server.secure import flatten
+    from common.secagg import flatten
 
     keys = sorted(srv.shared)
     got = flatten(srv.params, keys)
