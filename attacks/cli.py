@@ -41,7 +41,7 @@ def run_attack_cmd(args) -> int:
 
     cfg = load_config(args.config)
     t0 = time.perf_counter()
-    target = RemoteModel(args.target)
+    target = RemoteModel(args.target, args.model)
     pool_images, pool_masks, _, _ = load_arrays(args.pool, "attacker")
     if len(pool_images) == 0:
         raise ValueError(f"{args.pool}: no attacker split to train shadow models on")

@@ -8,6 +8,7 @@ what comes back: AUC with a bootstrap CI, TPR at low FPR, per site, and the DP c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -65,17 +66,12 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "common.cli", *args]
 
 
-def _attack(cfg, config_path, release: Path, images, masks, out: Path, logs: Path, pool: Path):
-    """Serve one released model and run the attacker against it; returns (scores, info)."""
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
-    port_file = out / "release.port"
+@contextlib.contextmanager
+def local_release(release: Path, logs: Path, tag: str):
+    """Serve one released model as a separate process on 127.0.0.1; yields its address."""
+    port_file = logs / f"release-{tag}.port"
     port_file.unlink(missing_ok=True)
-    tag = out.name
-    with (
-        open(logs / f"release-{tag}.log", "w") as rlog,
-        open(logs / f"attacker-{tag}.log", "w") as alog,
-    ):
+    with open(logs / f"release-{tag}.log", "w") as rlog:
         server = subprocess.Popen(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
                                        "--port-file", str(port_file)), stdout=rlog, stderr=subprocess.STDOUT)  # fmt: skip
         try:
@@ -84,45 +80,67 @@ def _attack(cfg, config_path, release: Path, images, masks, out: Path, logs: Pat
                 if server.poll() is not None or time.monotonic() > end:
                     raise RuntimeError(f"release service did not start: see {rlog.name}")
                 time.sleep(0.1)
-            rc = subprocess.run(_cli("attack", "--target", f"127.0.0.1:{port_file.read_text()}", "--pool",
-                                     str(pool), "--candidates", str(out / "candidates.npz"), "--config",
-                                     str(config_path), "--out", str(out), "--seed", str(cfg.seed)),
-                                stdout=alog, stderr=subprocess.STDOUT).returncode  # fmt: skip
+            yield f"127.0.0.1:{port_file.read_text()}"
         finally:
             server.terminate()
             server.wait(timeout=10)
+
+
+def run_attacker(cfg, config_path, address: str, model: str, images, masks, out: Path, log_file: Path,
+                 pool: Path):  # fmt: skip
+    """The attacker as its own process: unlabeled candidates, the pool, Predict on ``address``."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
+    with open(log_file, "w") as alog:
+        rc = subprocess.run(_cli("attack", "--target", address, "--model", model, "--pool", str(pool),
+                                 "--candidates", str(out / "candidates.npz"), "--config", str(config_path),
+                                 "--out", str(out), "--seed", str(cfg.seed)),
+                            stdout=alog, stderr=subprocess.STDOUT).returncode  # fmt: skip
     if rc != 0:
-        raise RuntimeError(f"attacker exited {rc}: see {alog.name}")
+        raise RuntimeError(f"attacker exited {rc}: see {log_file}")
     with np.load(out / "scores.npz", allow_pickle=False) as z:
         scores = {k: z[k] for k in z.files}
     return scores, json.loads((out / "attack.json").read_text())
 
 
-def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict) -> dict:
-    """Serve the release(s), run the attacker against each, score the answers (results' mia).
+def local_targets(method_dir: Path) -> dict[str, Path]:
+    """The released model(s) of a run on this machine: {"all": release} or, FedBN, one per site."""
+    if (method_dir / "release" / "release.json").is_file():
+        return {"all": method_dir / "release"}
+    sites = {
+        s: method_dir / "site-state" / method_dir.name / f"site{s}" / "release" for s in SITE_NAMES
+    }
+    return {s: p for s, p in sites.items() if (p / "release.json").is_file()}
 
-    FedBN releases one model per site (shared weights + that site's norm layers): each is
-    attacked on its own site's candidates, and the scores are pooled."""
+
+def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict,
+          targets: dict | None = None, attack=None) -> dict:  # fmt: skip
+    """Run the attacker against the release(s) and score the answers (results' mia).
+
+    ``targets`` maps "all" (one global model) or site IDs (FedBN: shared weights + that site's
+    norm layers, each attacked on its own site's candidates, scores pooled) to what ``attack``
+    needs; by default the run's releases on disk, each served here by a local release process."""
     from attacks.metrics import audit_metrics, roc_plot
 
     images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
     pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
     logs, out = method_dir / "logs", method_dir / "audit"
+    logs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if (method_dir / "release" / "release.json").is_file():
-        targets = {"all": (method_dir / "release", np.ones(len(images), bool))}
-    else:
-        targets = {
-            s: (method_dir / "site-state" / f"site{s}" / "release", sites == s) for s in SITE_NAMES
-        }
-        targets = {s: t for s, t in targets.items() if (t[0] / "release.json").is_file()}
+    if targets is None:
+        targets = local_targets(method_dir)
+
+        def attack(tag, release, images, masks, out):
+            with local_release(release, logs, tag) as address:
+                return run_attacker(cfg, config_path, address, "", images, masks, out,
+                                    logs / f"attacker-{tag}.log", pool)  # fmt: skip
+
     if not targets:
         return {"error": "no released model found", "attacks": {}}
     scores, info = {}, {"queries": 0, "targets": sorted(targets)}
-    for tag, (release, sel) in targets.items():
-        part, part_info = _attack(
-            cfg, config_path, release, images[sel], masks[sel], out / tag, logs, pool
-        )
+    for tag, target in targets.items():
+        sel = np.ones(len(images), bool) if tag == "all" else sites == tag
+        part, part_info = attack(tag, target, images[sel], masks[sel], out / tag)
         info["queries"] += part_info["queries"]
         for k, v in part.items():
             scores.setdefault(k, np.full(len(images), np.nan))[sel] = v

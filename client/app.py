@@ -47,21 +47,31 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 class SiteClient:
     def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
-                 retry_timeout_s: float = 120.0) -> None:  # fmt: skip
+                 retry_timeout_s: float = 120.0, tls_dir: Path | None = None,
+                 publish_dir: Path | None = None) -> None:  # fmt: skip
         self.cfg, self.site, self.server = cfg, site, server
         self.data_dir, self.retry_timeout_s = Path(data_dir), retry_timeout_s
-        self.state_dir = Path(state_dir) / f"site{site}"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_root, self.publish_dir = Path(state_dir), publish_dir
         self.train_set = ct_dataset(data_dir, "train", site)  # this site's slices only
         if len(self.train_set) == 0:
             raise ValueError(f"site {site} has no training slices in {data_dir}")
         self.model = None  # built once the run's method is known (register)
-        self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
         self.run_id, self.method = "", ""
+        self.runs_left = 0  # runs the server will open after this one (a campaign)
+        self.linger = False
         self.dp: DPState | None = None
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
         self.pending: tuple[int, np.ndarray, int] | None = None  # (round, n_k * params, n_k)
-        self.stub = pb_grpc.FederationStub(create_channel(server))
+        creds = None
+        if tls_dir is not None:
+            from common.tls import certificate_site, channel_credentials
+
+            cert_site = certificate_site(tls_dir)
+            if cert_site != site:
+                raise ValueError(f"{tls_dir}: the client certificate is for site {cert_site!r}, "
+                                 f"not {site!r} (the server would refuse it)")  # fmt: skip
+            creds = channel_credentials(tls_dir)
+        self.stub = pb_grpc.FederationStub(create_channel(server, credentials=creds))
 
     # -- local state ----------------------------------------------------------------------------
 
@@ -102,14 +112,32 @@ class SiteClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def register(self) -> None:
+    def register(self, previous_run: str = "") -> None:
+        """Join the open run (one that is not ``previous_run``: between two runs of a campaign
+        the server still answers for the finished one for a moment)."""
         log.info(
             "site %s: connecting to %s (waits while the server is not up)", self.site, self.server
         )
-        resp = self._rpc(self.stub.RegisterSite, pb.RegisterSiteRequest(
-            site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})))  # fmt: skip
+        request = pb.RegisterSiteRequest(
+            site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})
+        )
+        end = time.monotonic() + self.retry_timeout_s
+        while True:
+            resp = self._rpc(self.stub.RegisterSite, request)
+            if resp.run_id != previous_run:
+                break
+            if time.monotonic() > end:
+                raise TimeoutError(f"the server opened no run after {previous_run} in time")
+            time.sleep(0.5)
         self.run_id, self.heartbeat_s = resp.run_id, resp.heartbeat_interval_s
-        self.method = str(scalars_from_proto(resp.info).get("method", "fedavg"))
+        info = scalars_from_proto(resp.info)
+        self.method = str(info.get("method", "fedavg"))
+        self.runs_left = int(info.get("runs_left", 0))
+        self.linger = bool(info.get("linger", 0))
+        # Local state lives per method: a campaign's runs never see each other's norm layers.
+        self.state_dir = self.state_root / self.method / f"site{self.site}"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
         self.model = model_for(self.cfg, self.method)
         self.initial = get_params(self.model)
         if self.method == "dpsgd":
@@ -195,6 +223,9 @@ class SiteClient:
                 "image_size": self.cfg.data.image_size, "window": list(self.cfg.data.window)}  # fmt: skip
         export_release(self.state_dir / "release", get_params(self.model), info)
         log.info("site %s released its model to %s", self.site, self.state_dir / "release")
+        if self.publish_dir is not None:  # e.g. the release service's model store
+            export_release(self.publish_dir / self.run_id / f"site{self.site}",
+                           get_params(self.model), info)  # fmt: skip
 
     def _decline(self, rnd: int, reason: str) -> None:
         log.warning("site %s: sitting out round %d: %s", self.site, rnd, reason)
@@ -294,7 +325,28 @@ class SiteClient:
             )
 
     def run(self) -> int:
+        """Take part in the open run, and in every later run of a campaign."""
         self.register()
+        while self.run_one():
+            self.register(previous_run=self.run_id)
+        if self.linger:
+            self.wait_for_server_exit()
+        return 0
+
+    def wait_for_server_exit(self) -> None:
+        """Compose: stay until the server goes away (it holds the federation open until the
+        audit is over), so no site container exits before the judge."""
+        log.info("site %s: all runs done; staying until the server closes", self.site)
+        request = pb.HeartbeatRequest(site_id=self.site, run_id=self.run_id)
+        while True:
+            try:
+                self.stub.Heartbeat(request, timeout=10)
+            except grpc.RpcError:
+                return
+            time.sleep(2.0)
+
+    def run_one(self) -> bool:
+        """Work the open run until it finishes; True when the server announced another run."""
         last = 0
         while True:
             resp = self._rpc(
@@ -316,7 +368,7 @@ class SiteClient:
                     self.site,
                     resp.finished.rounds_completed,
                 )
-                return 0
+                return self.runs_left > 0
             elif kind == "wait" and resp.wait.retry_after_s > 0:
                 time.sleep(resp.wait.retry_after_s)
 
@@ -330,6 +382,12 @@ def run_client_cmd(args) -> int:
     server = args.server or os.environ.get("FEDONCO_SERVER")
     if not site or not server:
         raise ValueError("give --site and --server (or FEDONCO_SITE / FEDONCO_SERVER)")
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    if tls_dir is None:
+        from common.tls import plaintext_allowed
+
+        plaintext_allowed(server, args.insecure, f"site {site}")
     client = SiteClient(cfg, site, server, Path(args.data), Path(args.state_dir or args.data + "-state"),
-                        retry_timeout_s=args.retry_timeout)  # fmt: skip
+                        retry_timeout_s=args.retry_timeout, tls_dir=tls_dir,
+                        publish_dir=Path(args.publish_dir) if args.publish_dir else None)  # fmt: skip
     return client.run()

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from common.config import METHODS, ConfigError
+from common.config import METHODS, SITE_NAMES, ConfigError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -16,6 +16,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="TOML profile file, e.g. configs/quick.toml")
     g.add_argument("--profile", help="name of a shipped profile: smoke, quick or paper")
     p.add_argument("--seed", type=int, help="override the profile's seed")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add_tls_args(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_TLS_DIR") or None,
+                   help=f"mutual TLS: directory with ca.crt, tls.crt, tls.key for the {role} "
+                   "(from `fedonco certs`; env FEDONCO_TLS_DIR)")  # fmt: skip
+    p.add_argument("--insecure", action="store_true", default=_env_flag("FEDONCO_INSECURE"),
+                   help="allow plaintext gRPC on a non-loopback address (closed test networks "
+                   "only; env FEDONCO_INSECURE=1). Loopback is always allowed.")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     p.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
+    p.add_argument("--sites", help="only these sites, e.g. A or A,B (a site generates only its "
+                   "own data; slices are identical to the full dataset's)")  # fmt: skip
+    p.add_argument("--splits", help="only these splits, e.g. train,test "
+                   "(of train, holdout, test, attacker)")  # fmt: skip
     p.set_defaults(func="common.data.cli:run_data")
 
     p = sub.add_parser(
@@ -49,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         "directory. Sites dial this server; it never dials them.",
     )
     p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
-    p.add_argument("--method", choices=list(METHODS), help="FL method")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--method", choices=list(METHODS), help="FL method")
+    g.add_argument("--methods", help="a campaign: one run per method (comma-separated), one after "
+                   "another on the same port, into RUN_DIR/<method>; sites follow from run to run")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset directory (the server reads 'test')")
     p.add_argument("--run-dir", help="new run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last round")
@@ -58,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help="write the bound port to this file")
     p.add_argument("--rounds", type=int, help="override train.rounds")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    _add_tls_args(p, "server")
+    p.add_argument("--hold-until", metavar="FILE", help="after the last run keep the sites "
+                   "waiting until FILE exists (compose: the judge's end-of-audit marker)")  # fmt: skip
+    p.add_argument("--hold-timeout", type=float, default=3600.0,
+                   help="longest wait for --hold-until, seconds (default %(default)s)")  # fmt: skip
     p.set_defaults(func="server.app:run_server_cmd")
 
     p = sub.add_parser(
@@ -76,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--retry-timeout", type=float, default=120.0,
                    help="give up after the server was unreachable this long (s)")  # fmt: skip
+    _add_tls_args(p, "site")
+    p.add_argument("--publish-dir", default=os.environ.get("FEDONCO_PUBLISH_DIR") or None,
+                   help="FedBN: also publish this site's released model to "
+                   "PUBLISH_DIR/<run_id>/site<ID> (e.g. the release service's model store)")  # fmt: skip
     p.set_defaults(func="client.app:run_client_cmd")
 
     p = sub.add_parser(
@@ -87,10 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rsub = p.add_subparsers(dest="release_command", metavar="ACTION", required=True)
     q = rsub.add_parser("serve", help="run the Inference service")
-    q.add_argument("--model", required=True, help="release directory (model.npz + release.json)")
+    q.add_argument("--model", help="the default model: a release directory (model.npz + "
+                   "release.json)")  # fmt: skip
+    q.add_argument("--models-root", action="append", metavar="DIR",
+                   help="also serve any release under DIR by its relative path as the request's "
+                   "model name (repeatable)")  # fmt: skip
     q.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50052"))
     q.add_argument("--port-file", help="write the bound port to this file")
     q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
+    q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
     q.set_defaults(func="attacks.release:run_release_cmd")
 
     p = sub.add_parser(
@@ -101,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         "'attacker' split): blind baseline, loss threshold, learned shadow-model attack, LiRA.",
     )
     p.add_argument("--target", required=True, help="release service host:port")
+    p.add_argument("--model", default="", help="model name on the release service (default: its "
+                   "default model)")  # fmt: skip
     p.add_argument("--pool", required=True, help="dataset directory with the 'attacker' split")
     p.add_argument("--candidates", required=True, help=".npz with 'images' and 'masks' (no labels)")
     p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
@@ -126,6 +162,40 @@ def build_parser() -> argparse.ArgumentParser:
         "plots/privacy_utility.png",
     )
     p.set_defaults(func="bench.run:run_bench")
+
+    p = sub.add_parser(
+        "certs",
+        help="make the federation's CA and mutual-TLS certificates",
+        description="Create a private CA, a server certificate (for the names the sites dial) and "
+        "one client certificate per site (common name site-<ID>), each role in its own "
+        "directory: OUT/server, OUT/site-A, ... with ca.crt, tls.crt, tls.key. Give each site "
+        "only its own directory; OUT/ca.key stays with the federation operator.",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--sites", default=",".join(SITE_NAMES), help="site IDs (default %(default)s)")
+    p.add_argument("--server-name", action="append", metavar="NAME",
+                   help="DNS name or IP the sites dial (repeatable; default: server, localhost, "
+                   "127.0.0.1)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func="common.tls:run_certs_cmd")
+
+    p = sub.add_parser(
+        "judge",
+        help="audit and report a distributed campaign (compose)",
+        description="The benchmark's referee when server, sites and release service run apart "
+        "(docker compose): for each method, wait for RUN_DIR/<method>/result.json, draw members "
+        "(train) and non-members (holdout), run the attacker as a separate process that sees "
+        "only the attacker pool, the unlabeled candidates and the release service, score it, "
+        "and finally write the report (results.json/.md/.csv, plots) and RUN_DIR/audit.done.",
+    )
+    p.add_argument("--run-dir", required=True, help="the server's campaign directory")
+    p.add_argument("--data", required=True,
+                   help="dataset with every site's train/holdout and the attacker split")  # fmt: skip
+    p.add_argument("--release", required=True, help="release service host:port")
+    p.add_argument("--methods", required=True, help="comma-separated, as given to the server")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="longest wait for one method's result, seconds (default %(default)s)")  # fmt: skip
+    p.set_defaults(func="bench.judge:run_judge_cmd")
     return parser
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from attacks.release import export_release
-from common.config import GROUPNORM_METHODS, SITE_NAMES, Config
+from common.config import GROUPNORM_METHODS, METHODS, SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import npz_bytes, read_manifest
 from common.evaluation import evaluate_sums, summarize, to_inputs
@@ -39,6 +39,7 @@ from common.model import (
 )
 from common.rpc import federation_pb2_grpc as pb_grpc
 from common.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from common.versions import collect_versions
 from server.secure import secure_aggregate
 from server.servicer import FederationServicer
 from server.state import RoundState
@@ -232,45 +233,35 @@ class Server:
             if old.name != f"round_{rnd:04d}.npz":
                 old.unlink()
 
-    def run(self, address: str, port_file: Path | None = None) -> dict:
-        info = {
-            "method": self.method,
-            "rounds": self.cfg.train.rounds,
-            "model_base": self.cfg.model.base,
-        }
-        servicer = FederationServicer(self.state, info)
-        server, port = create_server(
-            address, [(pb_grpc.add_FederationServicer_to_server, servicer)]
-        )
-        server.start()
-        if port_file:
-            port_file.write_text(str(port))
-        stop = {"flag": False}
+    def run_info(self, runs_left: int = 0, linger: bool = False) -> dict:
+        """Public facts a site learns when it registers (``runs_left``: runs after this one;
+        ``linger``: after the last run, stay until the server goes away)."""
+        return {"method": self.method, "rounds": self.cfg.train.rounds,
+                "model_base": self.cfg.model.base, "runs_left": runs_left, "linger": int(linger)}  # fmt: skip
 
-        def _term(signum, _frame):
-            log.warning("signal %d: stopping after the current step", signum)
-            stop["flag"] = True
+    def serve_rounds(self, stop: threading.Event) -> dict:
+        """Wait for the sites, run the remaining rounds, finalize, tell the sites it is over."""
+        self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s, stop)
+        if stop.is_set():  # SIGTERM while waiting for the sites
+            raise KeyboardInterrupt
+        rounds = range(self.done + 1, self.cfg.train.rounds + 1)
+        bar = tqdm(rounds, desc=f"{self.method} rounds", unit="round", disable=None)
+        for rnd in bar:
+            record = self.run_round(rnd)
+            self.history.append(record)
+            self.checkpoint(rnd)
+            ev = record["eval"]["overall"]
+            bar.set_postfix(dice=f"{ev.get('dice', float('nan')):.3f}", sites=f"{len(record.get('fit', {}).get('sites', {}))}/{len(record['selected'])}")  # fmt: skip
+            if stop.is_set():
+                raise KeyboardInterrupt
+        result = self.finalize()
+        self.state.finish(self.done)
+        time.sleep(min(2.0, 2 * self.cfg.fl.heartbeat_s))  # let the sites hear "finished"
+        return result
 
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _term)
-        try:
-            self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s)
-            rounds = range(self.done + 1, self.cfg.train.rounds + 1)
-            bar = tqdm(rounds, desc=f"{self.method} rounds", unit="round", disable=None)
-            for rnd in bar:
-                record = self.run_round(rnd)
-                self.history.append(record)
-                self.checkpoint(rnd)
-                ev = record["eval"]["overall"]
-                bar.set_postfix(dice=f"{ev.get('dice', float('nan')):.3f}", sites=f"{len(record.get('fit', {}).get('sites', {}))}/{len(record['selected'])}")  # fmt: skip
-                if stop["flag"]:
-                    raise KeyboardInterrupt
-            result = self.finalize()
-            self.state.finish(self.done)
-            time.sleep(min(2.0, 2 * self.cfg.fl.heartbeat_s))  # let the sites hear "finished"
-            return result
-        finally:
-            server.stop(grace=1.0)
+    def run(self, address: str, port_file: Path | None = None, tls_dir: Path | None = None) -> dict:
+        """Serve this one run on ``address`` (plaintext unless ``tls_dir``)."""
+        return serve_campaign([lambda: self], address, port_file, tls_dir)[0]
 
     def privacy(self) -> dict:
         """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site."""
@@ -325,13 +316,92 @@ class Server:
         return result
 
 
+def wait_for_file(path: Path, timeout_s: float, what: str) -> None:
+    """Block until ``path`` exists (bounded): the campaign's end is marked by the judge."""
+    log.info(
+        "holding the federation open until %s appears (%s; at most %.0fs)", path, what, timeout_s
+    )
+    end = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > end:
+            log.warning("%s did not appear within %.0fs; finishing anyway", path, timeout_s)
+            return
+        time.sleep(1.0)
+
+
+def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: Path | None = None,
+                   hold=None) -> list[dict]:  # fmt: skip
+    """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
+    (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
+    the next run. ``hold``: after the last run, keep serving until hold() returns (compose: the
+    sites linger until the server goes away, so nobody exits before the judge is done)."""
+    from common.tls import server_credentials
+
+    servicer = FederationServicer(authenticate=tls_dir is not None)
+    creds = server_credentials(tls_dir) if tls_dir else None
+    server, port = create_server(
+        address, [(pb_grpc.add_FederationServicer_to_server, servicer)], credentials=creds
+    )
+    server.start()
+    if port_file:
+        port_file.write_text(str(port))
+    stop = threading.Event()
+
+    def _term(signum, _frame):
+        log.warning("signal %d: stopping after the current step", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _term)
+    results = []
+    try:
+        for i, make in enumerate(runs):
+            srv = make()
+            left = len(runs) - 1 - i
+            servicer.open_run(srv.state, srv.run_info(left, linger=hold is not None))
+            results.append(srv.serve_rounds(stop))
+            if stop.is_set():
+                break
+        if hold and not stop.is_set():
+            hold()
+        return results
+    finally:
+        server.stop(grace=1.0)
+
+
 def run_server_cmd(args) -> int:
     from common.config import load_config, with_overrides
+    from common.tls import plaintext_allowed
 
     cfg = load_config(args.config)
     if args.rounds is not None:
         cfg = with_overrides(cfg, **{"train.rounds": args.rounds})
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // 2))
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    if tls_dir is None:
+        plaintext_allowed(args.address, args.insecure, "server")
+    hold = None
+    if args.hold_until:
+        marker = Path(args.hold_until)
+        hold = lambda: wait_for_file(marker, args.hold_timeout, "the audit")  # noqa: E731
+    if args.methods:  # a campaign: one run per method, in RUN_DIR/<method>
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHODS)})")
+        if not args.run_dir:
+            raise ValueError("--methods needs --run-dir (the campaign directory)")
+        root = Path(args.run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        _write_json(root / "config.json", cfg.model_dump(mode="json"))
+        _write_json(root / "versions.json", collect_versions())
+        runs = [
+            lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False) for m in methods
+        ]
+        results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold)
+        for r in results:
+            print(json.dumps({k: r[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
+        return 0
     run_dir = Path(args.resume or args.run_dir)
     if not args.resume and not args.run_dir:
         raise ValueError("give --run-dir (new run) or --resume RUN_DIR")
@@ -342,6 +412,10 @@ def run_server_cmd(args) -> int:
         raise ValueError("give --method (fedavg, fedprox or fedbn)")
     run_dir.mkdir(parents=True, exist_ok=True)
     srv = Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume))
-    result = srv.run(args.address, Path(args.port_file) if args.port_file else None)
+    (result,) = serve_campaign([lambda: srv], args.address, _port_file(args), tls_dir, hold)
     print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
     return 0
+
+
+def _port_file(args) -> Path | None:
+    return Path(args.port_file) if args.port_file else None

@@ -13,7 +13,8 @@ import grpc
 from common.rpc import federation_pb2 as pb
 from common.rpc import federation_pb2_grpc as pb_grpc
 from common.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_proto
-from server.state import Rejected, RoundState, Task
+from common.tls import site_of_peer
+from server.state import Rejected, RoundState
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +46,66 @@ def secagg_task(stage: str, rnd: int, p: dict) -> pb.SecAggTask:
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, state: RoundState, run_info: dict) -> None:
-        self.state = state
-        self.run_info = run_info
+    """Serves the open run: ``open_run`` installs a run's RoundState and public info (a campaign
+    installs one run after another on the same port).
 
-    def _submit(self, context, kind, request, decode):
-        """Hand a result (decoded lazily, against the open phase's spec) to the round state."""
-        self._call(
-            context, self.state.submit, kind, request.site_id, request.run_id, request.round, decode
-        )
-        return pb.SecAggResponse()
+    With ``authenticate`` (mutual TLS) every call must come from the site its client certificate
+    names: the claimed ``site_id`` is checked against the certificate's common name."""
 
-    def _call(self, context, fn, *args):
+    def __init__(self, state: RoundState | None = None, run_info: dict | None = None,
+                 authenticate: bool = False) -> None:  # fmt: skip
+        self._open = (state, run_info or {})
+        self.authenticate = authenticate
+
+    def open_run(self, state: RoundState, run_info: dict) -> None:
+        self._open = (state, run_info)
+
+    def _authorize(self, context, site_id: str) -> None:
+        if not self.authenticate:
+            return
+        peer = site_of_peer(context)
+        if peer != site_id:
+            log.warning("refused a call claiming site %r from certificate site %r", site_id, peer)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"client certificate is not site {site_id!r}'s"
+            )
+
+    def _call(self, context, site_id: str, fn):
+        """Authorize the caller, then run ``fn(state, info)`` on the open run."""
+        self._authorize(context, site_id)
+        state, info = self._open
+        if state is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no run is open yet")
         try:
-            return fn(*args)
+            return fn(state, info)
         except Rejected as err:
             context.abort(STATUS[err.kind], str(err))
 
+    def _submit(self, context, kind, request, decode):
+        """Hand a result (decoded lazily, against the open phase's spec) to the round state."""
+        self._call(context, request.site_id, lambda st, _i: st.submit(
+            kind, request.site_id, request.run_id, request.round, decode))  # fmt: skip
+        return pb.SecAggResponse()
+
     def RegisterSite(self, request, context):
-        self._call(context, self.state.register, request.site_id)
-        return pb.RegisterSiteResponse(
-            run_id=self.state.run_id,
-            heartbeat_interval_s=self.state.heartbeat_s,
-            info=scalars_to_proto(self.run_info),
-        )
+        def register(st, info):
+            st.register(request.site_id)
+            return pb.RegisterSiteResponse(run_id=st.run_id, heartbeat_interval_s=st.heartbeat_s,
+                                           info=scalars_to_proto(info))  # fmt: skip
+
+        return self._call(context, request.site_id, register)
 
     def Heartbeat(self, request, context):
-        active = self._call(context, self.state.heartbeat, request.site_id, request.run_id)
-        return pb.HeartbeatResponse(run_active=active, heartbeat_interval_s=self.state.heartbeat_s)
+        def beat(st, _info):
+            active = st.heartbeat(request.site_id, request.run_id)
+            return pb.HeartbeatResponse(run_active=active, heartbeat_interval_s=st.heartbeat_s)
+
+        return self._call(context, request.site_id, beat)
 
     def PullTask(self, request, context):
-        task: Task = self._call(
-            context, self.state.next_task, request.site_id, request.run_id, LONG_POLL_S
-        )
-        resp = pb.PullTaskResponse(run_id=self.state.run_id)
+        task, run_id = self._call(context, request.site_id, lambda st, _i: (
+            st.next_task(request.site_id, request.run_id, LONG_POLL_S), st.run_id))  # fmt: skip
+        resp = pb.PullTaskResponse(run_id=run_id)
         if task.kind in ("fit", "advertise_keys"):
             resp.fit.CopyFrom(
                 pb.FitTask(
@@ -120,14 +147,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.PushEvaluationResponse()
 
     def Decline(self, request, context):
-        self._call(
-            context,
-            self.state.decline,
-            request.site_id,
-            request.run_id,
-            request.round,
-            request.reason,
-        )
+        self._call(context, request.site_id, lambda st, _i: st.decline(
+            request.site_id, request.run_id, request.round, request.reason))  # fmt: skip
         return pb.DeclineResponse()
 
     # -- secure aggregation stages ------------------------------------------------------------

@@ -184,11 +184,14 @@ class RoundState:
         with self._cv:
             return [s for s in self.sites if now - self._last_seen.get(s, -1e18) <= limit]
 
-    def wait_for_sites(self, n: int, timeout: float) -> list[str]:
-        """Wait until every site has registered, or ``timeout``; then at least ``n`` must be up."""
+    def wait_for_sites(self, n: int, timeout: float, stop: threading.Event | None = None):
+        """Wait until every site has registered, or ``timeout`` (or ``stop``); then at least
+        ``n`` must be up. Returns the live sites."""
         end = time.monotonic() + timeout
         with self._cv:
             while len(self._last_seen) < len(self.sites) and time.monotonic() < end:
+                if stop is not None and stop.is_set():
+                    return []
                 self._cv.wait(min(0.5, max(end - time.monotonic(), 0.01)))
         alive = self.alive_sites()
         if len(alive) < n:

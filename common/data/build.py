@@ -52,12 +52,27 @@ def split_sizes(cfg: Config) -> dict[str, list[int]]:
     return sizes
 
 
-def plan(cfg: Config) -> list[ShardJob]:
-    sites = resolve_sites(cfg.data)
+def check_subset(sites: list[str] | None, splits: list[str] | None) -> None:
+    bad = [s for s in sites or [] if s not in SITE_NAMES]
+    bad += [s for s in splits or [] if s not in SPLITS]
+    if bad:
+        raise ValueError(f"unknown site(s)/split(s) {bad}: sites are {', '.join(SITE_NAMES)}, "
+                         f"splits {', '.join(SPLITS)}")  # fmt: skip
+
+
+def plan(cfg: Config, sites: list[str] | None = None, splits: list[str] | None = None):
+    """The shard jobs; ``sites``/``splits`` select a subset (each slice is the same as in the
+    full dataset: a site can generate only its own data)."""
+    check_subset(sites, splits)
+    specs = resolve_sites(cfg.data)
     jobs = []
     for split, counts in split_sizes(cfg).items():
+        if splits and split not in splits:
+            continue
         seed = cfg.attacker_seed if split == "attacker" else cfg.seed
-        for i, (spec, n) in enumerate(zip(sites, counts, strict=True)):
+        for i, (spec, n) in enumerate(zip(specs, counts, strict=True)):
+            if sites and SITE_NAMES[i] not in sites:
+                continue
             for k, start in enumerate(range(0, n, cfg.data.shard_size)):
                 m = min(cfg.data.shard_size, n - start)
                 jobs.append(
@@ -126,14 +141,19 @@ def build_dataset(
     workers: int | None = None,
     force: bool = False,
     gallery: bool = True,
+    only_sites: list[str] | None = None,
+    only_splits: list[str] | None = None,
 ) -> dict:
-    """Generate the dataset of `cfg` into `out`. Returns the manifest."""
+    """Generate the dataset of `cfg` (or the ``sites``/``splits`` subset) into `out`.
+    Returns the manifest."""
+    sites_sel, splits_sel = only_sites, only_splits  # (``sites`` below are the site specs)
     from common.data.summary import render_gallery, site_summary, summary_markdown
 
     out = Path(out)
+    check_subset(sites_sel, splits_sel)
     tmp = _prepare_out(out, force)
     try:
-        jobs = plan(cfg)
+        jobs = plan(cfg, sites_sel, splits_sel)
         total = sum(j.n for j in jobs)
         workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         shards = []
@@ -161,6 +181,10 @@ def build_dataset(
             "site_names": list(SITE_NAMES),
             "splits": list(SPLITS),
             "shards": shards,
+            "subset": {
+                "sites": sorted(sites_sel or SITE_NAMES),
+                "splits": list(splits_sel or SPLITS),
+            },
         }
         manifest["summary"] = site_summary(manifest)
         write_json(tmp / "manifest.json", manifest)

@@ -15,9 +15,13 @@ def run_data(args) -> int:
     cfg = resolve_config(args.config, args.profile)
     if args.seed is not None:
         cfg = with_overrides(cfg, seed=args.seed)
-    manifest = build_dataset(
-        cfg, args.out, workers=args.workers, force=args.force, gallery=not args.no_gallery
-    )
+
+    def _list(v):
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    manifest = build_dataset(cfg, args.out, workers=args.workers, force=args.force,
+                             gallery=not args.no_gallery, only_sites=_list(args.sites),
+                             only_splits=_list(args.splits))  # fmt: skip
     print(f"\nDataset '{cfg.profile}' (seed {cfg.seed}, {cfg.data.image_size}px, severity "
           f"{cfg.data.severity}, stress {cfg.data.stress}) written to {args.out}\n")  # fmt: skip
     print(summary_markdown(manifest["summary"]))

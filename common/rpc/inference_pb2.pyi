@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "model")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     images: _types_pb2.Tensor
-    def __init__(self, images: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model: str
+    def __init__(self, images: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("probs",)
@@ -19,8 +21,10 @@ class PredictResponse(_message.Message):
     def __init__(self, probs: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
     __slots__ = ("image_size", "max_batch", "method")

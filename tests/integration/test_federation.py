@@ -80,7 +80,7 @@ def test_fedbn_norm_layers_never_leave_the_sites(runs, env):
         np.testing.assert_array_equal(final[k], initial[k])
     assert any(not np.array_equal(final[k], initial[k]) for k in set(final) - nkeys)
     local = np.load(
-        root / "runs" / "fedbn" / "site-state" / "siteA" / f"local_round_{ROUNDS:04d}.npz"
+        root / "runs" / "fedbn" / "site-state" / "fedbn" / "siteA" / f"local_round_{ROUNDS:04d}.npz"
     )
     assert set(local.files) == nkeys  # ... while each site trained its own
     assert any(not np.array_equal(local[k], initial[k]) for k in nkeys)
@@ -518,7 +518,14 @@ def test_membership_inference_audit_end_to_end(runs, env):
     for site in "ABCDE":
         info = json.loads(
             (
-                root / "runs" / "fedbn" / "site-state" / f"site{site}" / "release" / "release.json"
+                root
+                / "runs"
+                / "fedbn"
+                / "site-state"
+                / "fedbn"
+                / f"site{site}"
+                / "release"
+                / "release.json"
             ).read_text()
         )
         assert info["site"] == site and info["method"] == "fedbn"

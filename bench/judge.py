@@ -1,0 +1,116 @@
+"""`fedonco judge`: audit and report a campaign whose parts run apart (docker compose).
+
+In `fedonco bench` one orchestrator starts everything on 127.0.0.1. In compose the server, the
+five sites and the release service are separate containers; the judge is the benchmark's referee
+beside them. It never talks to the federation: it reads what the server wrote into the campaign
+directory (``RUN_DIR/<method>/result.json``), draws member and non-member candidates from its own
+copy of the dataset, and has the attacker (a separate process that holds only the attacker pool,
+the unlabeled candidates and the release service's address) query the released models by name.
+At the end it writes the report and ``RUN_DIR/audit.done``, which tells the other containers that
+the campaign is over; it writes the marker even when it fails, so nobody waits for nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.audit import attacker_pool, audit, run_attacker
+from bench.report import write_report
+from common.config import METHODS, SITE_NAMES, load_config
+from common.data.store import read_manifest, write_json
+
+log = logging.getLogger(__name__)
+DONE = "audit.done"
+
+
+def wait_for(path: Path, timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: {path} did not appear within {timeout_s:.0f}s")
+        time.sleep(1.0)
+
+
+def model_available(address: str, name: str, timeout_s: float) -> bool:
+    """Whether the release service can load ``name`` (retrying while it is not there yet)."""
+    from attacks.release import RemoteModel
+
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            RemoteModel(address, name, timeout=10.0)
+            return True
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > end:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+            time.sleep(1.0)
+
+
+def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s: float) -> dict:
+    """Names of the method's released model(s) on the release service: the server's global
+    model under the campaign directory, or (FedBN) each site's own model, which the site
+    publishes under ``<run_id>/site<ID>`` when the run ends (a site that died has none)."""
+    if (run_dir / method / "release" / "release.json").is_file():
+        return {"all": f"{run_dir.name}/{method}/release"}
+    names = {}
+    for s in SITE_NAMES:
+        name = f"{result['run_id']}/site{s}"
+        if model_available(address, name, wait_s):
+            names[s] = name
+        else:
+            log.warning("%s: site %s published no model (it may have dropped out)", method, s)
+    return names
+
+
+def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeout_s: float) -> int:
+    cfg_path = run_dir / "config.json"
+    wait_for(cfg_path, timeout_s, "the server's campaign config")
+    cfg = load_config(cfg_path)
+    manifest = read_manifest(data_dir)
+    pool = attacker_pool(data_dir, run_dir / "attacker-pool")
+    t0 = time.perf_counter()
+    results = {}
+    for method in methods:
+        mdir = run_dir / method
+        log.info("waiting for %s to finish (%s)", method, mdir / "result.json")
+        wait_for(mdir / "result.json", timeout_s, method)
+        result = json.loads((mdir / "result.json").read_text())
+        result["dir"] = str(mdir)
+        if cfg.mia.enabled:
+            names = release_names(run_dir, method, result, address, wait_s=60.0)
+            logs = mdir / "logs"
+
+            def attack(tag, name, images, masks, out, logs=logs):
+                return run_attacker(cfg, cfg_path, address, name, images, masks, out,
+                                    logs / f"attacker-{tag}.log", pool)  # fmt: skip
+
+            result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, attack)
+            log.info("%s: Dice %.3f, MIA AUC %s", method, result.get("dice") or float("nan"),
+                     result["mia"].get("auc"))  # fmt: skip
+        results[method] = result
+    table = write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
+    print(f"\nRun {run_dir}\n\n{table}")
+    return 0
+
+
+def run_judge_cmd(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHODS)})")
+    run_dir = Path(args.run_dir)
+    status = "failed"
+    try:
+        rc = judge(run_dir, Path(args.data), args.release, methods, args.timeout)
+        status = "ok"
+        return rc
+    finally:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / DONE, {"status": status, "time": time.time()})

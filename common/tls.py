@@ -1,0 +1,241 @@
+"""Mutual TLS for the federation: the certificate authority, and gRPC credentials from files.
+
+``fedonco certs`` makes a private CA (kept by the federation operator), one server certificate and
+one client certificate per site. Each role gets a self-contained directory holding exactly what it
+needs and nothing more::
+
+    certs/ca.crt, certs/ca.key          the CA (ca.key never leaves the operator)
+    certs/server/{ca.crt,tls.crt,tls.key}
+    certs/site-A/{ca.crt,tls.crt,tls.key}   ... one per site
+
+A site's identity is the certificate's common name, ``site-<ID>``: the server reads it from the
+TLS handshake (``site_of_peer``) and refuses a site that claims another ID. The server requires a
+client certificate signed by the CA; clients verify the server against the same CA. Private keys
+are written with mode 0600 and never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+CA_CERT, CERT, KEY = "ca.crt", "tls.crt", "tls.key"
+SITE_PREFIX = "site-"
+DEFAULT_SERVER_NAMES = ("server", "localhost", "127.0.0.1")
+
+
+def site_common_name(site: str) -> str:
+    return f"{SITE_PREFIX}{site}"
+
+
+def _name(cn: str):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "FedOnco-Bench federation"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert_pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _sans(names: list[str]):
+    from cryptography import x509
+
+    out = []
+    for n in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            out.append(x509.DNSName(n))
+    return x509.SubjectAlternativeName(out)
+
+
+def _issue(cn: str, issuer_key, issuer_name, *, ca: bool, server_names=None, days: int = 825):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = _key()
+    now = dt.datetime.now(dt.timezone.utc)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name or _name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    )
+    if ca:
+        b = b.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    else:
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
+        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        b = b.add_extension(_sans(list(server_names or [cn])), critical=False)
+    cert = b.sign(issuer_key or key, hashes.SHA256())
+    return key, cert
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
+
+
+def make_certs(
+    out: Path, sites: list[str], server_names: list[str] | None = None, force: bool = False
+) -> dict[str, Path]:
+    """Create the CA, the server certificate and one certificate per site under ``out``.
+
+    Returns {role: directory}. Refuses to overwrite an existing CA unless ``force``: a new CA
+    invalidates every certificate already handed out to the sites."""
+    out = Path(out)
+    if (out / CA_CERT).exists() and not force:
+        raise FileExistsError(
+            f"{out / CA_CERT} exists; a new CA would invalidate every issued certificate "
+            "(use --force to replace it)"
+        )
+    if not sites:
+        raise ValueError("give at least one site")
+    names = list(server_names or DEFAULT_SERVER_NAMES)
+    ca_key, ca_cert = _issue("FedOnco-Bench federation CA", None, None, ca=True, days=3650)
+    ca_pem = _cert_pem(ca_cert)
+    _write(out / "ca.key", _key_pem(ca_key), private=True)
+    _write(out / CA_CERT, ca_pem)
+    roles = {"server": (names[0], names)} | {
+        site_common_name(s): (site_common_name(s), None) for s in sites
+    }
+    dirs = {}
+    for role, (cn, sans) in roles.items():
+        key, cert = _issue(cn, ca_key, ca_cert.subject, ca=False, server_names=sans)
+        d = out / role
+        _write(d / CA_CERT, ca_pem)
+        _write(d / CERT, _cert_pem(cert))
+        _write(d / KEY, _key_pem(key), private=True)
+        dirs[role] = d
+    log.info("wrote a CA, a server certificate (%s) and %d site certificates to %s",
+             ", ".join(names), len(sites), out)  # fmt: skip
+    return dirs
+
+
+def _read_role(tls_dir: Path) -> tuple[bytes, bytes, bytes]:
+    tls_dir = Path(tls_dir)
+    files = [tls_dir / n for n in (CA_CERT, CERT, KEY)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"TLS directory {tls_dir} lacks {', '.join(missing)} (make them with `fedonco certs`)"
+        )
+    ca, cert, key = (f.read_bytes() for f in files)
+    return ca, cert, key
+
+
+def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
+    """Server side of mutual TLS: present the server certificate, require a CA-signed client."""
+    ca, cert, key = _read_role(tls_dir)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def channel_credentials(tls_dir: Path) -> grpc.ChannelCredentials:
+    """Client side of mutual TLS: verify the server against the CA, present this site's cert."""
+    ca, cert, key = _read_role(tls_dir)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def certificate_site(tls_dir: Path) -> str | None:
+    """The site ID a client certificate stands for (``site-A`` -> ``A``), or None."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate((Path(tls_dir) / CERT).read_bytes())
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return cn[len(SITE_PREFIX) :] if cn.startswith(SITE_PREFIX) else None
+
+
+def site_of_peer(context: grpc.ServicerContext) -> str | None:
+    """The site ID from the peer's verified client certificate, or None without TLS."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type", [b""])[0] != b"ssl":
+        return None
+    cns = auth.get("x509_common_name") or [b""]
+    cn = cns[0].decode(errors="replace")
+    return cn[len(SITE_PREFIX) :] if cn.startswith(SITE_PREFIX) else ""
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_allowed(address: str, insecure: bool, role: str) -> None:
+    """Plaintext gRPC is for localhost tests; anywhere else it needs an explicit opt-in and says
+    so loudly (updates and site identities travel unprotected)."""
+    if is_loopback(address):
+        return
+    if not insecure:
+        raise ValueError(
+            f"{role}: refusing plaintext gRPC on {address}; give --tls-dir (mutual TLS, see "
+            "`fedonco certs`) or, for a closed test network only, --insecure / FEDONCO_INSECURE=1"
+        )
+    log.warning(
+        "!!! %s: PLAINTEXT gRPC on %s: model updates are unencrypted and site identities are "
+        "NOT authenticated. Test networks only; use --tls-dir for a real federation. !!!",
+        role,
+        address,
+    )
+
+
+def run_certs_cmd(args) -> int:
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    dirs = make_certs(Path(args.out), sites, args.server_name, force=args.force)
+    print(f"CA: {Path(args.out) / CA_CERT} (keep {Path(args.out) / 'ca.key'} private)")
+    for role, d in dirs.items():
+        print(f"{role:>8}: {d}/  ({CA_CERT}, {CERT}, {KEY})")
+    return 0

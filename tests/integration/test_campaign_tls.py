@@ -1,0 +1,193 @@
+"""A campaign (several methods, one server port) over mutual TLS on 127.0.0.1, with the release
+service hosting every released model by name and the judge writing the report; plus the mTLS
+refusals: no certificate, another site's certificate, a certificate from a foreign CA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.config import load_profile, with_overrides
+from common.data.build import build_dataset
+from common.grpc_options import create_channel
+from common.rpc import federation_pb2 as pb
+from common.rpc import federation_pb2_grpc as pb_grpc
+from common.tls import channel_credentials, make_certs
+
+METHODS = "fedavg,fedbn"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+def _wait_port(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> str:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            raise AssertionError(f"did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return path.read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("campaign")
+    cfg = with_overrides(
+        load_profile("smoke"),
+        **{"train.rounds": 1, "fl.heartbeat_s": 0.5, "fl.wait_for_sites_s": 60.0},
+    )
+    build_dataset(cfg, root / "data", workers=1, gallery=False)
+    (root / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    make_certs(root / "certs", list("ABCDE"))
+    make_certs(root / "rogue", list("ABCDE"))  # another CA: must not be trusted
+    return cfg, root
+
+
+@pytest.fixture(scope="module")
+def tls_server(setup):
+    """A TLS campaign server waiting for sites (used by the refusal tests, then shut down)."""
+    _, root = setup
+    log = root / "refusal-server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(_cli("server", "--config", str(root / "config.json"), "--method", "fedavg",
+                                     "--data", str(root / "data"), "--run-dir", str(root / "refusal-run"),
+                                     "--address", "127.0.0.1:0", "--port-file", str(root / "refusal.port"),
+                                     "--tls-dir", str(root / "certs" / "server")),
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        yield f"127.0.0.1:{_wait_port(root / 'refusal.port', proc, log)}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _register(address: str, site: str, creds) -> pb.RegisterSiteResponse:
+    channel = create_channel(address, credentials=creds)
+    try:
+        return pb_grpc.FederationStub(channel).RegisterSite(
+            pb.RegisterSiteRequest(site_id=site), timeout=10
+        )
+    finally:
+        channel.close()
+
+
+def test_site_with_its_own_certificate_is_admitted(setup, tls_server):
+    _, root = setup
+    resp = _register(tls_server, "A", channel_credentials(root / "certs" / "site-A"))
+    assert resp.run_id.startswith("fedavg-")
+
+
+def test_site_claiming_another_sites_identity_is_refused(setup, tls_server):
+    _, root = setup
+    with pytest.raises(grpc.RpcError) as err:
+        _register(tls_server, "B", channel_credentials(root / "certs" / "site-A"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_client_without_certificate_is_refused(setup, tls_server):
+    _, root = setup
+    no_cert = grpc.ssl_channel_credentials(
+        root_certificates=(root / "certs" / "ca.crt").read_bytes()
+    )
+    for creds in (no_cert, None):  # TLS without a client cert; plaintext
+        with pytest.raises(grpc.RpcError) as err:
+            _register(tls_server, "A", creds)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_certificate_from_a_foreign_ca_is_refused(setup, tls_server):
+    _, root = setup
+    with pytest.raises(grpc.RpcError) as err:
+        _register(tls_server, "A", channel_credentials(root / "rogue" / "site-A"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_refuses_a_server_it_cannot_verify(setup, tmp_path):
+    """A server presenting a certificate from another CA: the site does not talk to it."""
+    _, root = setup
+    log = tmp_path / "rogue-server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(_cli("server", "--config", str(root / "config.json"), "--method", "fedavg",
+                                     "--data", str(root / "data"), "--run-dir", str(tmp_path / "run"),
+                                     "--address", "127.0.0.1:0", "--port-file", str(tmp_path / "port"),
+                                     "--tls-dir", str(root / "rogue" / "server")),
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        address = f"127.0.0.1:{_wait_port(tmp_path / 'port', proc, log)}"
+        with pytest.raises(grpc.RpcError) as err:
+            _register(address, "A", channel_credentials(root / "certs" / "site-A"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_client_cli_checks_its_certificate_and_plaintext_needs_opt_in(setup):
+    _, root = setup
+    base = ["client", "--config", str(root / "config.json"), "--data", str(root / "data")]
+    r = subprocess.run(_cli(*base, "--site", "B", "--server", "127.0.0.1:1", "--tls-dir",
+                            str(root / "certs" / "site-A")), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "certificate is for site 'A'" in r.stderr
+    r = subprocess.run(_cli(*base, "--site", "A", "--server", "10.1.2.3:50051"),
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "refusing plaintext" in r.stderr
+
+
+def test_campaign_over_mtls_with_judge(setup):
+    """Two methods on one TLS port, sites following from run to run, FedBN sites publishing
+    their own models, one release service holding them all, the judge auditing and reporting."""
+    cfg, root = setup
+    run_dir, published, logs = root / "runs" / "camp", root / "published", root / "logs"
+    logs.mkdir()
+    procs = []
+
+    def spawn(name, args):
+        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen(_cli(*args), stdout=out, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    try:
+        server = spawn("server", ["server", "--config", str(root / "config.json"), "--methods", METHODS,
+                                  "--data", str(root / "data"), "--run-dir", str(run_dir), "--address",
+                                  "127.0.0.1:0", "--port-file", str(root / "camp.port"), "--tls-dir",
+                                  str(root / "certs" / "server"), "--hold-until", str(run_dir / "audit.done"),
+                                  "--threads", "1"])  # fmt: skip
+        port = _wait_port(root / "camp.port", server, logs / "server.log")
+        for s in "ABCDE":
+            spawn(f"site{s}", ["client", "--config", str(root / "config.json"), "--site", s, "--server",
+                               f"localhost:{port}", "--data", str(root / "data"), "--state-dir",
+                               str(root / "state"), "--tls-dir", str(root / "certs" / f"site-{s}"),
+                               "--publish-dir", str(published)])  # fmt: skip
+        release = spawn("release", ["release", "serve", "--models-root", str(run_dir.parent),
+                                    "--models-root", str(published), "--address", "127.0.0.1:0",
+                                    "--port-file", str(root / "release.port"), "--exit-when",
+                                    str(run_dir / "audit.done")])  # fmt: skip
+        rport = _wait_port(root / "release.port", release, logs / "release.log")
+        judge = subprocess.run(_cli("judge", "--run-dir", str(run_dir), "--data", str(root / "data"),
+                                    "--release", f"127.0.0.1:{rport}", "--methods", METHODS,
+                                    "--timeout", "300"), capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert judge.returncode == 0, judge.stderr[-3000:]
+        for p in procs:  # the marker ends the campaign: everyone exits on their own
+            assert p.wait(timeout=60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert json.loads((run_dir / "audit.done").read_text())["status"] == "ok"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["methods"]) == {"fedavg", "fedbn"}
+    for m, r in results["methods"].items():
+        assert r["rounds"] == 1 and r["mia"]["auc"] is not None, m
+    assert results["methods"]["fedbn"]["mia"]["attack_info"]["targets"] == list("ABCDE")
+    run_ids = {
+        json.loads((run_dir / m / "result.json").read_text())["run_id"] for m in ("fedavg", "fedbn")
+    }
+    assert len(run_ids) == 2
+    assert "PERMISSION_DENIED" not in (logs / "server.log").read_text()
