@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/quick.toml
 OUT ?= runs
 
-.PHONY: venv bench test lint format perf clean proto proto-check
+WHEELS ?= deploy/wheelhouse
+
+.PHONY: venv bench test lint format perf clean proto proto-check wheelhouse images e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +49,19 @@ proto: venv
 
 proto-check: venv
 	$(PY) proto/gen.py --check
+
+# Every runtime wheel (CPU torch included) for an offline image build: run it where the package
+# index is reachable, then `docker compose build` needs no network (deploy/README.md).
+wheelhouse: venv
+	rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
+	$(PY) -m pip wheel -q --prefer-binary -w $(WHEELS).tmp "$(TORCH_SPEC)" . setuptools wheel
+	rm -f $(WHEELS).tmp/fedonco_bench-*.whl  # the project itself is installed from the source
+	rm -rf $(WHEELS) && mv $(WHEELS).tmp $(WHEELS)
+	@du -sh $(WHEELS)
+
+# Docker engine, local base image, wheelhouse and image (as root on a Debian machine; CI does it).
+images:
+	deploy/docker-setup.sh
+
+e2e: images venv
+	CI=true $(PY) -m pytest -q tests/e2e

@@ -180,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="common.tls:run_certs_cmd")
 
     p = sub.add_parser(
+        "health",
+        help="probe a gRPC server's health service (exit 0 when SERVING)",
+        description="Ask ADDRESS's standard gRPC health service; exit 0 when it answers SERVING, "
+        "1 otherwise. For container health checks; with mutual TLS give a --tls-dir whose "
+        "certificate the server accepts (the server's own directory works).",
+    )
+    p.add_argument("address", help="host:port")
+    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_TLS_DIR") or None,
+                   help="mutual TLS directory (env FEDONCO_TLS_DIR)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
+    p.set_defaults(func="common.grpc_options:run_health_cmd")
+
+    p = sub.add_parser(
         "judge",
         help="audit and report a distributed campaign (compose)",
         description="The benchmark's referee when server, sites and release service run apart "

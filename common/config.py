@@ -8,6 +8,7 @@ are only for deployment facts (addresses, site id, TLS paths), never for these s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,10 @@ else:  # pragma: no cover
 
 SITE_NAMES = ("A", "B", "C", "D", "E")
 SIZE_CLASSES = ("tiny", "small", "medium", "large")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The shipped profiles; FEDONCO_CONFIG_DIR points elsewhere (an installed wheel has no configs/).
+CONFIG_DIR = Path(
+    os.environ.get("FEDONCO_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs"
+)
 
 
 class ConfigError(ValueError):

@@ -111,3 +111,32 @@ def create_channel(
     if credentials is None:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+def check_health(address: str, credentials: grpc.ChannelCredentials | None = None,
+                 timeout: float = 5.0) -> bool:  # fmt: skip
+    """Whether the server at ``address`` answers the standard health check with SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = create_channel(address, credentials=credentials)
+    try:
+        resp = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout
+        )
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError as err:
+        log.info("health check of %s failed: %s", address, err.code().name)
+        return False
+    finally:
+        channel.close()
+
+
+def run_health_cmd(args) -> int:
+    creds = None
+    if args.tls_dir:
+        from common.tls import channel_credentials
+
+        creds = channel_credentials(args.tls_dir)
+    ok = check_health(args.address, creds, args.timeout)
+    print("SERVING" if ok else "NOT SERVING")
+    return 0 if ok else 1

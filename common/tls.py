@@ -104,8 +104,12 @@ def _issue(cn: str, issuer_key, issuer_name, *, ca: bool, server_names=None, day
             critical=True,
         )
     else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
-        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        # The server certificate also authenticates as a client: its own health probe (the
+        # port requires client certificates) uses it. Site certificates are client-only.
+        usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server_names:
+            usage.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+        b = b.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         b = b.add_extension(_sans(list(server_names or [cn])), critical=False)
     cert = b.sign(issuer_key or key, hashes.SHA256())
     return key, cert
