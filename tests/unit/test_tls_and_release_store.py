@@ -1,0 +1,104 @@
+"""Certificates (fedonco certs), the plaintext policy, the release service's model names, and
+dataset subsets (a site generates only its own slices)."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from attacks.release import ModelStore, export_release
+from common.config import load_profile
+from common.data.build import make_shard, plan
+from common.model import build_model, get_params
+from common.tls import certificate_site, is_loopback, make_certs, plaintext_allowed
+
+
+def _cert(path):
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_certs_layout_identity_and_signatures(tmp_path):
+    dirs = make_certs(tmp_path, ["A", "B"], ["fl.example.org", "10.0.0.5"])
+    assert set(dirs) == {"server", "site-A", "site-B"}
+    ca = _cert(tmp_path / "ca.crt")
+    for role, d in dirs.items():
+        assert sorted(p.name for p in d.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+        assert stat.S_IMODE((d / "tls.key").stat().st_mode) == 0o600
+        cert = _cert(d / "tls.crt")
+        assert cert.issuer == ca.subject
+        ca.public_key().verify(  # raises if the CA did not sign it
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+        )
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if role == "server":
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert "fl.example.org" in sans.get_values_for_type(x509.DNSName)
+            assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+            assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+        else:
+            assert cn == role and certificate_site(d) == role[-1]
+            assert ExtendedKeyUsageOID.SERVER_AUTH not in eku  # a site cannot pose as the server
+    assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
+    assert certificate_site(dirs["server"]) is None
+
+
+def test_certs_refuse_to_replace_a_ca_without_force(tmp_path):
+    make_certs(tmp_path, ["A"])
+    first = (tmp_path / "ca.crt").read_bytes()
+    with pytest.raises(FileExistsError, match="invalidate"):
+        make_certs(tmp_path, ["A"])
+    make_certs(tmp_path, ["A"], force=True)
+    assert (tmp_path / "ca.crt").read_bytes() != first
+
+
+def test_plaintext_only_on_loopback_unless_opted_in(caplog):
+    for addr in ("127.0.0.1:50051", "localhost:1", "[::1]:5"):
+        assert is_loopback(addr)
+        plaintext_allowed(addr, insecure=False, role="server")
+    for addr in ("0.0.0.0:50051", "server:50051", "10.1.2.3:1"):
+        assert not is_loopback(addr)
+        with pytest.raises(ValueError, match="refusing plaintext"):
+            plaintext_allowed(addr, insecure=False, role="server")
+    plaintext_allowed("0.0.0.0:50051", insecure=True, role="server")
+    assert "PLAINTEXT" in caplog.text
+
+
+def test_model_store_names(tmp_path):
+    params = get_params(build_model(4, "batch", 2, seed=0))
+    info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
+            "window": [-160, 240]}  # fmt: skip
+    export_release(tmp_path / "root" / "camp" / "fedavg" / "release", params, info)
+    export_release(tmp_path / "secret", params, info)  # outside the root
+    store = ModelStore(roots=[tmp_path / "root"])
+    _, got = store.get("camp/fedavg/release")
+    assert got["method"] == "fedavg"
+    for bad in (
+        "",
+        "camp/fedbn/release",
+        "../secret",
+        str(tmp_path / "secret"),
+        "camp/../../secret",
+    ):
+        with pytest.raises(KeyError):
+            store.get(bad)
+    with pytest.raises(ValueError):
+        ModelStore()
+
+
+def test_site_subset_generates_the_same_slices():
+    cfg = load_profile("smoke")
+    full = {(j.split, j.site_index, j.k): j for j in plan(cfg)}
+    sub = plan(cfg, ["B"], ["train", "test"])
+    assert sub and {(j.split, j.site_index) for j in sub} == {("train", 1), ("test", 1)}
+    job = sub[0]
+    a, b = make_shard(job), make_shard(full[(job.split, job.site_index, job.k)])
+    assert a[0]["sha256"] == b[0]["sha256"] and a[1] == b[1]
+    with pytest.raises(ValueError, match="unknown"):
+        plan(cfg, ["Z"], None)
+    with pytest.raises(ValueError, match="unknown"):
+        plan(cfg, None, ["validation"])
