@@ -2,8 +2,9 @@
 
 For each method of the profile, a real server process and five real client processes talk gRPC
 over 127.0.0.1 (with secure aggregation unless the profile turns it off); this orchestrator only
-starts them, watches progress and collects what they wrote. DP-SGD and the membership-inference
-audit join in later issues.
+starts them, watches progress, collects what they wrote and has every released model audited
+(bench/audit.py). `fedonco judge` (bench/judge.py) does the audit and report when the parts run
+apart (docker compose).
 """
 
 from __future__ import annotations

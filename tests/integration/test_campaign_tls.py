@@ -4,6 +4,7 @@ refusals: no certificate, another site's certificate, a certificate from a forei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -50,22 +51,31 @@ def setup(tmp_path_factory):
     return cfg, root
 
 
-@pytest.fixture(scope="module")
-def tls_server(setup):
-    """A TLS campaign server waiting for sites (used by the refusal tests, then shut down)."""
-    _, root = setup
-    log = root / "refusal-server.log"
+@contextlib.contextmanager
+def tls_fedavg_server(root: Path, work: Path, tls_dir: Path):
+    """A TLS server for one FedAvg run, waiting for sites; yields its address."""
+    log = work / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(_cli("server", "--config", str(root / "config.json"), "--method", "fedavg",
-                                     "--data", str(root / "data"), "--run-dir", str(root / "refusal-run"),
-                                     "--address", "127.0.0.1:0", "--port-file", str(root / "refusal.port"),
-                                     "--tls-dir", str(root / "certs" / "server")),
+                                     "--data", str(root / "data"), "--run-dir", str(work / "run"),
+                                     "--address", "127.0.0.1:0", "--port-file", str(work / "port"),
+                                     "--tls-dir", str(tls_dir)),
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        yield f"127.0.0.1:{_wait_port(root / 'refusal.port', proc, log)}"
+        yield f"127.0.0.1:{_wait_port(work / 'port', proc, log)}"
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def tls_server(setup, tmp_path_factory):
+    """The federation's TLS server (used by the refusal tests, then shut down)."""
+    _, root = setup
+    with tls_fedavg_server(
+        root, tmp_path_factory.mktemp("tls-server"), root / "certs" / "server"
+    ) as a:
+        yield a
 
 
 def _register(address: str, site: str, creds) -> pb.RegisterSiteResponse:
@@ -112,21 +122,10 @@ def test_certificate_from_a_foreign_ca_is_refused(setup, tls_server):
 def test_client_refuses_a_server_it_cannot_verify(setup, tmp_path):
     """A server presenting a certificate from another CA: the site does not talk to it."""
     _, root = setup
-    log = tmp_path / "rogue-server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(_cli("server", "--config", str(root / "config.json"), "--method", "fedavg",
-                                     "--data", str(root / "data"), "--run-dir", str(tmp_path / "run"),
-                                     "--address", "127.0.0.1:0", "--port-file", str(tmp_path / "port"),
-                                     "--tls-dir", str(root / "rogue" / "server")),
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        address = f"127.0.0.1:{_wait_port(tmp_path / 'port', proc, log)}"
+    with tls_fedavg_server(root, tmp_path, root / "rogue" / "server") as address:
         with pytest.raises(grpc.RpcError) as err:
             _register(address, "A", channel_credentials(root / "certs" / "site-A"))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def test_client_cli_checks_its_certificate_and_plaintext_needs_opt_in(setup):
