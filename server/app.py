@@ -316,24 +316,24 @@ class Server:
         return result
 
 
-def wait_for_file(path: Path, timeout_s: float, what: str) -> None:
-    """Block until ``path`` exists (bounded): the campaign's end is marked by the judge."""
+def wait_for_file(path: Path, timeout_s: float, what: str, stop: threading.Event) -> None:
+    """Block until ``path`` exists (bounded; ``stop`` ends it early): the judge marks the end."""
     log.info(
         "holding the federation open until %s appears (%s; at most %.0fs)", path, what, timeout_s
     )
     end = time.monotonic() + timeout_s
-    while not path.exists():
+    while not path.exists() and not stop.is_set():
         if time.monotonic() > end:
             log.warning("%s did not appear within %.0fs; finishing anyway", path, timeout_s)
             return
-        time.sleep(1.0)
+        stop.wait(1.0)
 
 
 def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: Path | None = None,
                    hold=None) -> list[dict]:  # fmt: skip
     """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
     (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
-    the next run. ``hold``: after the last run, keep serving until hold() returns (compose: the
+    the next run. ``hold``: after the last run, keep serving until hold(stop) returns (compose: the
     sites linger until the server goes away, so nobody exits before the judge is done)."""
     from common.tls import server_credentials
 
@@ -363,7 +363,7 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
             if stop.is_set():
                 break
         if hold and not stop.is_set():
-            hold()
+            hold(stop)
         return results
     finally:
         server.stop(grace=1.0)
@@ -383,7 +383,7 @@ def run_server_cmd(args) -> int:
     hold = None
     if args.hold_until:
         marker = Path(args.hold_until)
-        hold = lambda: wait_for_file(marker, args.hold_timeout, "the audit")  # noqa: E731
+        hold = lambda stop: wait_for_file(marker, args.hold_timeout, "the audit", stop)  # noqa: E731
     if args.methods:  # a campaign: one run per method, in RUN_DIR/<method>
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         bad = [m for m in methods if m not in METHODS]
