@@ -126,6 +126,7 @@ class Server:
         images, self.test_masks, _, self.test_sites = load_arrays(data_dir, "test", None, manifest)
         self.test_inputs = to_inputs(images, manifest["window"])
         self.state = RoundState(self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s)
+        self.t_start = time.perf_counter()
 
     # -- one round ------------------------------------------------------------------------------
 
@@ -241,6 +242,7 @@ class Server:
 
     def serve_rounds(self, stop: threading.Event) -> dict:
         """Wait for the sites, run the remaining rounds, finalize, tell the sites it is over."""
+        self.t_start = time.perf_counter()
         self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s, stop)
         if stop.is_set():  # SIGTERM while waiting for the sites
             raise KeyboardInterrupt
@@ -310,6 +312,7 @@ class Server:
             "dice_site_mean": last.get("dice_site_mean"),
             "dice_per_site": {s: m["dice"] for s, m in last.get("per_site", {}).items()},
             "evaluated_at": last.get("where"),
+            "wall_s": time.perf_counter() - self.t_start,  # from the wait for the sites on
             **self.privacy(),
         }
         _write_json(self.run_dir / "result.json", result)
