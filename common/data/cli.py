@@ -15,10 +15,15 @@ def run_data(args) -> int:
     cfg = resolve_config(args.config, args.profile)
     if args.seed is not None:
         cfg = with_overrides(cfg, seed=args.seed)
+    if getattr(args, "generator", None) or getattr(args, "model", None):
+        generator = args.generator or ("diffusion" if args.model else cfg.data.generator)
+        model = args.model or cfg.data.diffusion_model
+        cfg = with_overrides(cfg, **{"data.generator": generator, "data.diffusion_model": model})
     manifest = build_dataset(
         cfg, args.out, workers=args.workers, force=args.force, gallery=not args.no_gallery
     )
     print(f"\nDataset '{cfg.profile}' (seed {cfg.seed}, {cfg.data.image_size}px, severity "
-          f"{cfg.data.severity}, stress {cfg.data.stress}) written to {args.out}\n")  # fmt: skip
+          f"{cfg.data.severity}, stress {cfg.data.stress}, generator {cfg.data.generator}) "
+          f"written to {args.out}\n")  # fmt: skip
     print(summary_markdown(manifest["summary"]))
     return 0
