@@ -216,11 +216,11 @@ class DiffusionConfig(_Frozen):
     tumor_weight: float = Field(4.0, ge=1, description="loss weight inside a dilated tumour mask")
     checkpoint_every: int = Field(500, ge=1)
     ddim_steps: int = Field(25, ge=1)
-    sample_batch: int = Field(16, ge=1)
+    sample_batch: int = Field(32, ge=1)
     mode: Literal["composite", "whole"] = Field(
         "composite", description="whole slice from noise, or inpaint around the tumour"
     )
-    dilate_px: int = Field(3, ge=0, description="composite: generated region around the mask")
+    dilate_px: int = Field(2, ge=0, description="composite: generated region around the mask")
     blur_px: float = Field(1.0, ge=0, description="composite: Gaussian blend edge (sigma)")
     hu_knots: tuple[float, float, float, float] = Field(
         (-1024.0, -160.0, 240.0, 1500.0),

@@ -35,6 +35,7 @@ class ShardJob:
     spec: SiteSpec
     size: int
     noise_ref_hu: float
+    diffusion: object | None = None  # common.diffusion.generate.DiffusionJob (generator=diffusion)
 
 
 def split_sizes(cfg: Config) -> dict[str, list[int]]:
@@ -52,8 +53,17 @@ def split_sizes(cfg: Config) -> dict[str, list[int]]:
     return sizes
 
 
+def _diffusion_job(cfg: Config):
+    if cfg.data.generator != "diffusion":
+        return None
+    from common.diffusion.generate import diffusion_job  # needs the optional 'diffusion' extra
+
+    return diffusion_job(cfg)
+
+
 def plan(cfg: Config) -> list[ShardJob]:
     sites = resolve_sites(cfg.data)
+    diffusion = _diffusion_job(cfg)
     jobs = []
     for split, counts in split_sizes(cfg).items():
         seed = cfg.attacker_seed if split == "attacker" else cfg.seed
@@ -71,24 +81,33 @@ def plan(cfg: Config) -> list[ShardJob]:
                         spec,
                         cfg.data.image_size,
                         cfg.data.noise_ref_hu,
+                        diffusion,
                     )
                 )
     return jobs
 
 
+def make_slices(job: ShardJob, only: int | None = None) -> list:
+    """The slices of one shard job; the diffusion generator then replaces their images (all, or
+    the sampling chunk holding position ``only``)."""
+    slices = [
+        render_slice(job.seed, job.site_index, job.split, idx, job.spec, job.size, job.noise_ref_hu)
+        for idx in range(job.start, job.start + job.n)
+    ]
+    if job.diffusion is not None:
+        from common.diffusion.generate import diffuse_shard
+
+        diffuse_shard(job, slices, only=only)
+    return slices
+
+
 def make_shard(job: ShardJob) -> tuple[dict, bytes]:
-    images, masks, samples = [], [], []
-    for idx in range(job.start, job.start + job.n):
-        s = render_slice(
-            job.seed, job.site_index, job.split, idx, job.spec, job.size, job.noise_ref_hu
-        )
-        images.append(s.image)
-        masks.append(s.mask)
-        samples.append(s.params)
+    slices = make_slices(job)
+    samples = [s.params for s in slices]
     data = npz_bytes(
         {
-            "image": np.stack(images),
-            "mask": np.stack(masks),
+            "image": np.stack([s.image for s in slices]),
+            "mask": np.stack([s.mask for s in slices]),
             "index": np.arange(job.start, job.start + job.n, dtype=np.int32),
         }
     )
@@ -162,6 +181,8 @@ def build_dataset(
             "splits": list(SPLITS),
             "shards": shards,
         }
+        if jobs and jobs[0].diffusion is not None:
+            manifest["diffusion"] = jobs[0].diffusion.to_dict()
         manifest["summary"] = site_summary(manifest)
         write_json(tmp / "manifest.json", manifest)
         (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))

@@ -126,7 +126,9 @@ def load_model(model_dir: str | Path) -> DiffusionModel:
             f"{model_dir} is not a diffusion model directory (needs {META} and {WEIGHTS}); "
             "train one with `fedonco diffusion train`"
         )
-    unet = UNet2DModel.from_pretrained(model_dir / "unet", local_files_only=True)
+    unet = UNet2DModel.from_pretrained(
+        model_dir / "unet", local_files_only=True, low_cpu_mem_usage=False
+    )
     scheduler = DDPMScheduler.from_pretrained(model_dir / "scheduler", local_files_only=True)
     unet.eval()
     meta = json.loads((model_dir / META).read_text())

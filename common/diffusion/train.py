@@ -153,7 +153,9 @@ def train_diffusion(
     if ckpt is not None:
         from diffusers import UNet2DModel
 
-        unet = UNet2DModel.from_pretrained(ckpt / "unet", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(
+            ckpt / "unet", local_files_only=True, low_cpu_mem_usage=False
+        )
         opt = torch.optim.AdamW(unet.parameters(), lr=dc.lr, weight_decay=0.0)
         state = torch.load(ckpt / "state.pt", weights_only=True)
         opt.load_state_dict(state["optimizer"])
