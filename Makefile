@@ -38,6 +38,7 @@ format: venv
 perf: venv
 	$(PY) bench/perf_data.py
 	$(PY) bench/perf_secagg.py
+	$(PY) bench/perf_diffusion.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, help="override diffusion.steps")
     q.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     q.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    q.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     q.set_defaults(func="common.diffusion.train:run_diffusion_train")
     q = dsub.add_parser("report", help="realism and mask-fidelity report of a trained model")
     _add_config_args(q)

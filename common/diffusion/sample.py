@@ -81,23 +81,24 @@ def sample_unit(
     def noise() -> torch.Tensor:
         return torch.stack([torch.randn((1, size, size), generator=g) for g in gens])
 
-    cond = torch.from_numpy(masks.astype(np.float32) * 2 - 1).unsqueeze(1)
-    labels = torch.from_numpy(sites) if model.unet.config.num_class_embeds else None
-    x = noise()
+    dev = next(model.unet.parameters()).device  # noise is drawn on the CPU, then moved
+    cond = torch.from_numpy(masks.astype(np.float32) * 2 - 1).unsqueeze(1).to(dev)
+    labels = torch.from_numpy(sites).to(dev) if model.unet.config.num_class_embeds else None
+    x = noise().to(dev)
     if known is not None:
         if region is None or known.shape != masks.shape or region.shape != masks.shape:
             raise ValueError("inpainting needs known and region of the masks' shape")
-        k0 = torch.from_numpy(np.asarray(known, np.float32)).unsqueeze(1)
-        r = torch.from_numpy(np.asarray(region, np.float32)).unsqueeze(1)
+        k0 = torch.from_numpy(np.asarray(known, np.float32)).unsqueeze(1).to(dev)
+        r = torch.from_numpy(np.asarray(region, np.float32)).unsqueeze(1).to(dev)
     model.unet.eval()
     for t in tqdm(sched.timesteps, desc="DDIM", unit="step", disable=not progress or None):
         if known is not None:
-            x = r * x + (1 - r) * sched.add_noise(k0, noise(), t.reshape(1))
+            x = r * x + (1 - r) * sched.add_noise(k0, noise().to(dev), t.reshape(1))
         eps = model.unet(torch.cat([x, cond], dim=1), t, class_labels=labels).sample
         x = sched.step(eps, t, x, eta=0.0).prev_sample
     if known is not None:
         x = r * x + (1 - r) * k0
-    return x.squeeze(1).clamp(-1, 1).numpy()
+    return x.squeeze(1).clamp(-1, 1).float().cpu().numpy()
 
 
 def generate_hu(

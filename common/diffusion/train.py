@@ -77,8 +77,8 @@ def denoise_loss(unet, scheduler, batch: dict, gen: torch.Generator, conditioned
     """Weighted epsilon-MSE of one batch (noise and timesteps drawn from ``gen``)."""
     x0 = batch["x0"]
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # drawn on the CPU: reproducible
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(x0.device)
     xt = scheduler.add_noise(x0, noise, t)
     labels = batch["site"] if conditioned else None
     eps = unet(torch.cat([xt, batch["mask"]], dim=1), t, class_labels=labels).sample
@@ -120,11 +120,13 @@ def train_diffusion(
     steps: int | None = None,
     resume: bool = False,
     slices: list[Slice] | None = None,
+    device: str = "cpu",
 ) -> DiffusionModel:
     """Train the generator of ``cfg`` into the model directory ``out`` and return it.
 
     ``steps`` overrides ``diffusion.steps``; ``resume`` continues from the newest checkpoint in
-    ``out/checkpoints``; ``slices`` replaces the procedural training set (tests, custom data).
+    ``out/checkpoints``; ``slices`` replaces the procedural training set (tests, custom data);
+    ``device`` is a torch device (random draws stay on the CPU generator either way).
     """
     dc = cfg.diffusion
     total = dc.steps if steps is None else steps
@@ -145,7 +147,6 @@ def train_diffusion(
 
     unet = build_unet(dc, size, seed=cfg.seed)
     scheduler = build_scheduler(dc)
-    opt = torch.optim.AdamW(unet.parameters(), lr=dc.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.diffusion_train_seed)
     losses: list[float] = []
     start = 0
@@ -156,14 +157,16 @@ def train_diffusion(
         unet = UNet2DModel.from_pretrained(
             ckpt / "unet", local_files_only=True, low_cpu_mem_usage=False
         )
-        opt = torch.optim.AdamW(unet.parameters(), lr=dc.lr, weight_decay=0.0)
-        state = torch.load(ckpt / "state.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
         gen.set_state(state["generator"])
         losses = json.loads((ckpt / "loss.json").read_text())
         start = len(losses)
         log.info("resuming from %s (step %d)", ckpt, start)
     n_params = sum(p.numel() for p in unet.parameters())
+    unet.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=dc.lr, weight_decay=0.0)
+    if ckpt is not None:
+        opt.load_state_dict(state["optimizer"])
     unet.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, total), desc="diffusion train", unit="step", initial=start,
@@ -172,7 +175,7 @@ def train_diffusion(
         for g in opt.param_groups:
             g["lr"] = dc.lr * lr_factor(step, dc.warmup_steps, total)
         idx = torch.randint(0, n, (min(dc.batch_size, n),), generator=gen)
-        batch = {k: v[idx] for k, v in data.items()}
+        batch = {k: v[idx].to(device) for k, v in data.items()}
         loss = denoise_loss(unet, scheduler, batch, gen, dc.site_conditioning)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step + 1}: lower diffusion.lr")
@@ -191,7 +194,7 @@ def train_diffusion(
             )
             (d / "loss.json").write_text(json.dumps(losses))
     elapsed = time.perf_counter() - t0
-    unet.eval()
+    unet.eval().to("cpu")
     tail = losses[-max(1, min(100, len(losses) // 10)) :]
     meta = {
         "image_size": size,
@@ -213,6 +216,7 @@ def train_diffusion(
         "first_loss": float(np.mean(losses[: len(tail)])),
         "train_time_s": elapsed,
         "step_time_s": elapsed / max(1, total - start),
+        "device": str(device),
     }
     model = DiffusionModel(unet, scheduler, meta)
     save_model(model, out)
@@ -232,7 +236,7 @@ def run_diffusion_train(args) -> int:
         cfg = with_overrides(cfg, seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = train_diffusion(cfg, args.out, steps=args.steps, resume=args.resume)
+    model = train_diffusion(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device)
     m = model.meta
     print(f"\nDiffusion model ({m['n_params'] / 1e6:.2f} M params, {m['image_size']}px) written "
           f"to {args.out}: {m['steps']} steps, {m['step_time_s']:.3f} s/step, loss "
