@@ -215,15 +215,15 @@ def train_diffusion(
         "final_loss": float(np.mean(tail)),
         "first_loss": float(np.mean(losses[: len(tail)])),
         "train_time_s": elapsed,
-        "step_time_s": elapsed / max(1, total - start),
+        "step_time_s": elapsed / (total - start) if total > start else None,
         "device": str(device),
     }
     model = DiffusionModel(unet, scheduler, meta)
     save_model(model, out)
     (out / "loss.json").write_text(json.dumps(losses))
     _plot_loss(losses, out / "loss.png")
-    log.info("trained %d steps in %.0f s (%.3f s/step), loss %.4f -> %.4f; saved to %s",
-             len(losses), elapsed, meta["step_time_s"], meta["first_loss"], meta["final_loss"], out)  # fmt: skip
+    log.info("trained %d steps in %.0f s, loss %.4f -> %.4f; saved to %s",
+             len(losses), elapsed, meta["first_loss"], meta["final_loss"], out)  # fmt: skip
     return model
 
 
@@ -238,8 +238,9 @@ def run_diffusion_train(args) -> int:
         torch.set_num_threads(args.threads)
     model = train_diffusion(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device)
     m = model.meta
+    per_step = f"{m['step_time_s']:.3f} s/step" if m["step_time_s"] else "no new steps"
     print(f"\nDiffusion model ({m['n_params'] / 1e6:.2f} M params, {m['image_size']}px) written "
-          f"to {args.out}: {m['steps']} steps, {m['step_time_s']:.3f} s/step, loss "
+          f"to {args.out}: {m['steps']} steps, {per_step}, loss "
           f"{m['first_loss']:.4f} -> {m['final_loss']:.4f} (loss.png)")  # fmt: skip
     return 0
 
