@@ -64,7 +64,14 @@ def diffusion_job(cfg: Config) -> DiffusionJob | None:
     """
     if cfg.data.generator != "diffusion":
         return None
+    import importlib.util
     import json
+
+    if importlib.util.find_spec("diffusers") is None:
+        raise ValueError(
+            "data.generator 'diffusion' needs the optional 'diffusion' extra: "
+            "pip install -e '.[diffusion]' (diffusers, safetensors)"
+        )
 
     from common.diffusion.model import META, model_sha256
 

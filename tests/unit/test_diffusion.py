@@ -230,6 +230,22 @@ def test_dataset_refuses_a_model_of_another_size_or_none(trained, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_missing_diffusers_is_a_clear_error(trained, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "diffusers" else real(name, *a),
+    )
+    cfg = load_config(trained[0])
+    d = cfg.model_dump(mode="json")
+    d["data"].update(generator="diffusion", diffusion_model=str(trained[1]))
+    with pytest.raises(ValueError, match=r"pip install -e '\.\[diffusion\]'"):
+        build_dataset(parse_config(d, "t"), tmp_path / "x", workers=1)
+
+
 def test_cli_data_with_the_diffusion_generator(trained, tmp_path, capsys):
     cfg_path, model_dir = trained
     out = tmp_path / "cli"
