@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,diffusion]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -40,6 +40,7 @@ format: venv
 perf: venv
 	$(PY) bench/perf_data.py
 	$(PY) bench/perf_secagg.py
+	$(PY) bench/perf_diffusion.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -56,7 +56,38 @@ def build_parser() -> argparse.ArgumentParser:
                    "own data; slices are identical to the full dataset's)")  # fmt: skip
     p.add_argument("--splits", help="only these splits, e.g. train,test "
                    "(of train, holdout, test, attacker)")  # fmt: skip
+    p.add_argument("--generator", choices=["procedural", "diffusion"],
+                   help="override data.generator (diffusion needs --model)")  # fmt: skip
+    p.add_argument("--model", help="diffusion model directory (from `fedonco diffusion train`)")
     p.set_defaults(func="common.data.cli:run_data")
+
+    p = sub.add_parser(
+        "diffusion",
+        help="train and evaluate the optional diffusion generator",
+        description="A mask-conditioned diffusers UNet2DModel trained from scratch on procedural "
+        "slices (needs the 'diffusion' extra). 'train' writes a model directory; 'report' "
+        "compares its slices with procedural ones (HU histograms, noise, NPS, gallery) and "
+        "measures mask fidelity with a segmenter trained on procedural data. Use a model with "
+        "`fedonco data --generator diffusion --model DIR`.",
+    )
+    dsub = p.add_subparsers(dest="diffusion_command", metavar="ACTION", required=True)
+    q = dsub.add_parser("train", help="train a model (progress bar, checkpoints, loss.png)")
+    _add_config_args(q)
+    q.add_argument("--out", required=True, help="model directory (new, or --resume)")
+    q.add_argument("--steps", type=int, help="override diffusion.steps")
+    q.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    q.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    q.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    q.set_defaults(func="common.diffusion.train:run_diffusion_train")
+    q = dsub.add_parser("report", help="realism and mask-fidelity report of a trained model")
+    _add_config_args(q)
+    q.add_argument("--model", required=True, help="model directory")
+    q.add_argument("--out", required=True, help="report directory (report.md/.json, PNGs)")
+    q.add_argument("--n", type=int, default=200, help="slices per generator (default 200)")
+    q.add_argument("--seg-slices", type=int, default=1000,
+                   help="procedural slices to train the fidelity segmenter on (default 1000)")  # fmt: skip
+    q.add_argument("--seg-epochs", type=int, default=8, help="segmenter epochs (default 8)")
+    q.set_defaults(func="common.diffusion.report:run_diffusion_report")
 
     p = sub.add_parser(
         "server",

@@ -68,7 +68,10 @@ class SiteOverride(_Frozen):
 class DataConfig(_Frozen):
     """The synthetic CT generator and the splits it writes (DESIGN.md §5)."""
 
-    generator: Literal["procedural"] = "procedural"
+    generator: Literal["procedural", "diffusion"] = "procedural"
+    diffusion_model: str | None = Field(
+        None, description="model directory of `fedonco diffusion train` (generator=diffusion)"
+    )
     image_size: int = Field(256, ge=32, le=1024)
     severity: Literal["iid", "mild", "moderate", "extreme"] = "moderate"
     stress: Literal["none", "paper"] = "none"
@@ -103,6 +106,12 @@ class DataConfig(_Frozen):
         if unknown:
             raise ValueError(f"unknown site(s) {unknown}; sites are {list(SITE_NAMES)}")
         return v
+
+    @model_validator(mode="after")
+    def _diffusion_model(self):
+        if self.generator == "diffusion" and not self.diffusion_model:
+            raise ValueError("generator 'diffusion' needs diffusion_model (a trained model dir)")
+        return self
 
 
 class ModelConfig(_Frozen):
@@ -187,6 +196,63 @@ class MIAConfig(_Frozen):
     bootstrap: int = Field(1000, ge=100)
 
 
+class DiffusionConfig(_Frozen):
+    """The optional mask-conditioned diffusion generator (`fedonco diffusion train`).
+
+    A diffusers UNet2DModel at ``data.image_size``, input = noisy slice + tumour mask channel,
+    class label = site; trained from scratch (DDPM, epsilon prediction) on procedural slices drawn
+    with ``train_seed``, sampled with DDIM.
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    norm_num_groups: int = Field(8, ge=1)
+    attention: bool = Field(False, description="self-attention at the lowest resolution")
+    site_conditioning: bool = Field(True, description="site id as a class label (keeps non-IID)")
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    train_slices: int = Field(2000, ge=1, description="procedural training slices, all sites")
+    train_seed: int | None = Field(None, ge=0, description="default: seed + 2000003")
+    steps: int = Field(3000, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    tumor_weight: float = Field(4.0, ge=1, description="loss weight inside a dilated tumour mask")
+    checkpoint_every: int = Field(500, ge=1)
+    ddim_steps: int = Field(25, ge=1)
+    sample_batch: int = Field(32, ge=1)
+    mode: Literal["composite", "whole"] = Field(
+        "composite", description="whole slice from noise, or inpaint around the tumour"
+    )
+    dilate_px: int = Field(2, ge=0, description="composite: generated region around the mask")
+    blur_px: float = Field(1.0, ge=0, description="composite: Gaussian blend edge (sigma)")
+    hu_knots: tuple[float, float, float, float] = Field(
+        (-1024.0, -160.0, 240.0, 1500.0),
+        description="HU -> [-1,1]: [k0,k1]->[-1,-0.8], [k1,k2]->[-0.8,0.8], [k2,k3]->[0.8,1]",
+    )
+
+    @field_validator("block_out_channels")
+    @classmethod
+    def _blocks(cls, v):
+        if not 2 <= len(v) <= 6 or min(v) < 4:
+            raise ValueError("block_out_channels needs 2-6 levels of >= 4 channels")
+        return v
+
+    @field_validator("hu_knots")
+    @classmethod
+    def _knots(cls, v):
+        if not v[0] < v[1] < v[2] < v[3]:
+            raise ValueError("hu_knots must be strictly increasing")
+        return v
+
+    @model_validator(mode="after")
+    def _groups(self):
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide channels {bad}")
+        return self
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
@@ -197,6 +263,7 @@ class Config(_Frozen):
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     dp: DPConfig = Field(default_factory=DPConfig)
     mia: MIAConfig = Field(default_factory=MIAConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
 
     @model_validator(mode="after")
     def _secagg_threshold(self):
@@ -219,6 +286,12 @@ class Config(_Frozen):
     def attacker_seed(self) -> int:
         s = self.data.attacker_seed
         return self.seed + 1_000_003 if s is None else s
+
+    @property
+    def diffusion_train_seed(self) -> int:
+        """Seed of the procedural slices the diffusion model learns from (not the benchmark's)."""
+        s = self.diffusion.train_seed
+        return self.seed + 2_000_003 if s is None else s
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -35,6 +35,7 @@ class ShardJob:
     spec: SiteSpec
     size: int
     noise_ref_hu: float
+    diffusion: object | None = None  # common.diffusion.generate.DiffusionJob (generator=diffusion)
 
 
 def split_sizes(cfg: Config) -> dict[str, list[int]]:
@@ -52,6 +53,14 @@ def split_sizes(cfg: Config) -> dict[str, list[int]]:
     return sizes
 
 
+def _diffusion_job(cfg: Config):
+    if cfg.data.generator != "diffusion":
+        return None
+    from common.diffusion.generate import diffusion_job  # needs the optional 'diffusion' extra
+
+    return diffusion_job(cfg)
+
+
 def check_subset(sites: list[str] | None, splits: list[str] | None) -> None:
     bad = [s for s in sites or [] if s not in SITE_NAMES]
     bad += [s for s in splits or [] if s not in SPLITS]
@@ -65,6 +74,7 @@ def plan(cfg: Config, sites: list[str] | None = None, splits: list[str] | None =
     full dataset: a site can generate only its own data)."""
     check_subset(sites, splits)
     specs = resolve_sites(cfg.data)
+    diffusion = _diffusion_job(cfg)
     jobs = []
     for split, counts in split_sizes(cfg).items():
         if splits and split not in splits:
@@ -86,24 +96,33 @@ def plan(cfg: Config, sites: list[str] | None = None, splits: list[str] | None =
                         spec,
                         cfg.data.image_size,
                         cfg.data.noise_ref_hu,
+                        diffusion,
                     )
                 )
     return jobs
 
 
+def make_slices(job: ShardJob, only: int | None = None) -> list:
+    """The slices of one shard job; the diffusion generator then replaces their images (all, or
+    the sampling chunk holding position ``only``)."""
+    slices = [
+        render_slice(job.seed, job.site_index, job.split, idx, job.spec, job.size, job.noise_ref_hu)
+        for idx in range(job.start, job.start + job.n)
+    ]
+    if job.diffusion is not None:
+        from common.diffusion.generate import diffuse_shard
+
+        diffuse_shard(job, slices, only=only)
+    return slices
+
+
 def make_shard(job: ShardJob) -> tuple[dict, bytes]:
-    images, masks, samples = [], [], []
-    for idx in range(job.start, job.start + job.n):
-        s = render_slice(
-            job.seed, job.site_index, job.split, idx, job.spec, job.size, job.noise_ref_hu
-        )
-        images.append(s.image)
-        masks.append(s.mask)
-        samples.append(s.params)
+    slices = make_slices(job)
+    samples = [s.params for s in slices]
     data = npz_bytes(
         {
-            "image": np.stack(images),
-            "mask": np.stack(masks),
+            "image": np.stack([s.image for s in slices]),
+            "mask": np.stack([s.mask for s in slices]),
             "index": np.arange(job.start, job.start + job.n, dtype=np.int32),
         }
     )
@@ -186,6 +205,8 @@ def build_dataset(
                 "splits": list(splits_sel or SPLITS),
             },
         }
+        if jobs and jobs[0].diffusion is not None:
+            manifest["diffusion"] = jobs[0].diffusion.to_dict()
         manifest["summary"] = site_summary(manifest)
         write_json(tmp / "manifest.json", manifest)
         (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))

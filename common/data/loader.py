@@ -61,17 +61,31 @@ def sample_params(manifest: dict, split: str, site: str) -> list[dict]:
     return out
 
 
+def site_spec(manifest: dict, site: str) -> SiteSpec:
+    """The resolved SiteSpec of one site, as recorded in a manifest."""
+    if site not in manifest["site_names"]:
+        raise ValueError(f"unknown site {site!r}")
+    i = manifest["site_names"].index(site)
+    spec_d = {k: v for k, v in manifest["sites"][i].items() if k != "kernel"}
+    return SiteSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_d.items()})
+
+
 def regenerate_slice(
     root_or_manifest: str | Path | dict, split: str, site: str, index: int
 ) -> Slice:
-    """Re-create one slice from (seed, site, split, index) and the manifest's resolved site spec."""
+    """Re-create one slice from (seed, site, split, index) and the manifest's resolved site spec.
+
+    For a diffusion dataset (manifest ``generator = "diffusion"``) the slice is re-sampled with
+    its recorded seed by the model at the recorded path, whose sha256 must match the manifest.
+    """
     m = root_or_manifest if isinstance(root_or_manifest, dict) else read_manifest(root_or_manifest)
-    if site not in m["site_names"]:
-        raise ValueError(f"unknown site {site!r}")
+    spec = site_spec(m, site)
+    if m.get("generator", "procedural") == "diffusion":
+        from common.diffusion.generate import regenerate_diffusion_slice
+
+        return regenerate_diffusion_slice(m, split, site, index)
     cfg = parse_config(m["config"], "manifest")
     i = m["site_names"].index(site)
-    spec_d = {k: v for k, v in m["sites"][i].items() if k != "kernel"}
-    spec = SiteSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_d.items()})
     seed = m["attacker_seed"] if split == "attacker" else m["seed"]
     return render_slice(seed, i, split, index, spec, m["image_size"], cfg.data.noise_ref_hu)
 
