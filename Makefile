@@ -38,9 +38,9 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 perf: venv
-	$(PY) bench/perf_data.py
-	$(PY) bench/perf_secagg.py
-	$(PY) bench/perf_diffusion.py
+	$(PY) bench/perf/perf_data.py
+	$(PY) bench/perf/perf_secagg.py
+	$(PY) bench/perf/perf_diffusion.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

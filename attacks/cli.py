@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.release import RemoteModel
+from attacks.remote import RemoteModel
 from common.config import load_config
 from common.data.loader import load_arrays
 

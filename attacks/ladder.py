@@ -20,7 +20,7 @@ Rungs:
    attacker's pool, so every shadow is an OUT (reference) model for every candidate.
 
 Shadow training approximates the target's federated training by the same code path on one pooled
-"site": ``cfg.train.rounds`` calls of ``client.train.train_local`` (or ``client.dp.dp_train_local``
+"site": ``cfg.train.rounds`` calls of ``common.training.local.train_local`` (or ``common.training.dp.dp_train_local``
 for a ``dpsgd`` target, with one accountant over the rounds), each of ``cfg.train.local_epochs``
 epochs with the profile's batch size, learning rate, optimizer (fresh Adam state per round, as at
 a site) and, for ``fedprox``, the proximal term towards the weights at the start of the round.
@@ -44,8 +44,8 @@ import torch
 from torch import nn
 
 from attacks.features import FEATURE_NAMES, IDX, image_features, pixel_maps
-from common.data.loader import window_hu
 from common.model import model_for
+from common.transforms import predict_hu, to_inputs
 
 log = logging.getLogger(__name__)
 
@@ -145,21 +145,16 @@ class ShadowModel:
     method: str
     metrics: dict = field(default_factory=dict)
 
-    @torch.no_grad()
     def predict(self, images_hu: np.ndarray, batch: int = QUERY_BATCH) -> np.ndarray:
         """Tumor probabilities float32 (N, H, W) for int16 HU slices (same contract as the target)."""
         self.model.eval()
-        x = torch.from_numpy(window_hu(np.asarray(images_hu), self.window)).unsqueeze(1)
-        out = [torch.sigmoid(self.model(x[i : i + batch])) for i in range(0, len(x), batch)]
-        if not out:
-            return np.zeros(np.asarray(images_hu).shape, np.float32)
-        return torch.cat(out)[:, 0].numpy().astype(np.float32)
+        return predict_hu(self.model, np.asarray(images_hu), self.window, batch)
 
 
 def _dataset(images: np.ndarray, masks: np.ndarray, window: tuple[float, float]):
     from torch.utils.data import TensorDataset
 
-    x = torch.from_numpy(window_hu(images, window)).unsqueeze(1)
+    x = to_inputs(images, window)
     y = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1)
     return TensorDataset(x, y)
 
@@ -168,13 +163,13 @@ def _train_like_target(cfg, method: str, model: nn.Module, dataset, seed: int) -
     """``cfg.train.rounds`` rounds of the sites' local training on one pooled dataset."""
     from torch.utils.data import DataLoader
 
-    from client.train import train_local
+    from common.training.local import train_local
 
     t = cfg.train
     mu = cfg.fl.proximal_mu if method == "fedprox" else 0.0
     metrics: dict = {}
     if method == "dpsgd":
-        from client.dp import (
+        from common.training.dp import (
             DPSettings,
             PrivacyBudgetExhausted,
             SiteAccountant,

@@ -63,7 +63,7 @@ def attacker_pool(data_dir: Path, out: Path) -> Path:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "common.cli", *args]
+    return [sys.executable, "-m", "bench.cli", *args]
 
 
 @contextlib.contextmanager
@@ -120,7 +120,7 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     ``targets`` maps "all" (one global model) or site IDs (FedBN: shared weights + that site's
     norm layers, each attacked on its own site's candidates, scores pooled) to what ``attack``
     needs; by default the run's releases on disk, each served here by a local release process."""
-    from attacks.metrics import audit_metrics, roc_plot
+    from bench.audit_metrics import audit_metrics, roc_plot
 
     images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
     pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")

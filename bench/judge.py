@@ -38,7 +38,7 @@ def wait_for(path: Path, timeout_s: float, what: str) -> None:
 
 def model_available(address: str, name: str, timeout_s: float) -> bool:
     """Whether the release service can load ``name`` (retrying while it is not there yet)."""
-    from attacks.release import RemoteModel
+    from attacks.remote import RemoteModel
 
     end = time.monotonic() + timeout_s
     while True:

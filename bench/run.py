@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def _fedonco(*args: str) -> list[str]:
-    return [sys.executable, "-m", "common.cli", *args]
+    return [sys.executable, "-m", "bench.cli", *args]
 
 
 def _tail(path: Path, n: int = 15) -> str:

@@ -21,19 +21,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from attacks.release import export_release
 from client.dp_site import DPState, PrivacyBudgetExhausted
-from client.train import train_local, weighted_contribution
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
 from common.data.store import npz_bytes, read_manifest
-from common.evaluation import evaluate_sums, to_inputs
-from common.grpc_options import create_channel
+from common.evaluation import evaluate_sums
 from common.model import get_params, model_for, set_params
-from common.rpc import federation_pb2 as pb
-from common.rpc import federation_pb2_grpc as pb_grpc
+from common.release import export_release
 from common.secagg import SecAggClient, SecAggError, flatten, quantize
-from common.serde import (
+from common.training.local import train_local, weighted_contribution
+from common.transforms import to_inputs
+from common.wire.channel import create_channel
+from common.wire.rpc import federation_pb2 as pb
+from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from common.wire.serde import (
     ndarrays_to_proto,
     proto_to_ndarrays,
     scalars_from_proto,
@@ -64,7 +65,7 @@ class SiteClient:
         self.pending: tuple[int, np.ndarray, int] | None = None  # (round, n_k * params, n_k)
         creds = None
         if tls_dir is not None:
-            from common.tls import certificate_site, channel_credentials
+            from common.wire.tls import certificate_site, channel_credentials
 
             cert_site = certificate_site(tls_dir)
             if cert_site != site:
@@ -384,7 +385,7 @@ def run_client_cmd(args) -> int:
         raise ValueError("give --site and --server (or FEDONCO_SITE / FEDONCO_SERVER)")
     tls_dir = Path(args.tls_dir) if args.tls_dir else None
     if tls_dir is None:
-        from common.tls import plaintext_allowed
+        from common.wire.tls import plaintext_allowed
 
         plaintext_allowed(server, args.insecure, f"site {site}")
     client = SiteClient(cfg, site, server, Path(args.data), Path(args.state_dir or args.data + "-state"),

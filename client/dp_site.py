@@ -12,7 +12,8 @@ import json
 import logging
 from pathlib import Path
 
-from client.dp import (
+from common.config import Config
+from common.training.dp import (
     PUBLIC_METRIC_KEYS,
     DPSettings,
     PrivacyBudgetExhausted,
@@ -23,7 +24,6 @@ from client.dp import (
     sample_rate_for,
     validate_dp,
 )
-from common.config import Config
 
 log = logging.getLogger(__name__)
 __all__ = ["DPState", "PrivacyBudgetExhausted"]

@@ -11,24 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.data.loader import window_hu
 from common.metrics import SegMetrics, metrics_from_sums, pool_sums
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Tumor probabilities (N, 1, H, W) for windowed images (N, 1, H, W) in [0, 1]."""
-    was = model.training
-    model.eval()
-    out = [
-        torch.sigmoid(model(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
-    ]
-    model.train(was)
-    return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:]), np.float32)
-
-
-def to_inputs(images_hu: np.ndarray, window) -> torch.Tensor:
-    return torch.from_numpy(window_hu(images_hu, window)).unsqueeze(1)
+from common.transforms import predict_probs
 
 
 def evaluate_sums(model: nn.Module, inputs: torch.Tensor, masks: np.ndarray, batch_size: int = 64):

@@ -1,11 +1,11 @@
-"""Generate the Python code for the wire contract into common/rpc/.
+"""Generate the Python code for the wire contract into common/wire/rpc/.
 
-    python proto/gen.py            # regenerate common/rpc/*_pb2*.py(i)
+    python proto/gen.py            # regenerate common/wire/rpc/*_pb2*.py(i)
     python proto/gen.py --check    # exit 1 if the committed files differ from a fresh generation
     python proto/gen.py --out DIR  # write somewhere else (the freshness test uses this)
 
 The .proto files live under proto/fedonco/v1/ (package fedonco.v1), so protoc writes imports such as
-``from fedonco.v1 import types_pb2``. We place the output in the ``common.rpc`` package instead and
+``from fedonco.v1 import types_pb2``. We place the output in the ``common.wire.rpc`` package instead and
 rewrite exactly those import lines; nothing else in the generated files is touched. The output
 depends on the grpcio-tools version (it bundles protoc): regenerate with the pinned dev version.
 """
@@ -26,11 +26,11 @@ log = logging.getLogger("proto.gen")
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
 PROTO_PACKAGE_DIR = Path("fedonco") / "v1"
-TARGET_DIR = REPO_ROOT / "common" / "rpc"
-TARGET_PACKAGE = "common.rpc"
+TARGET_DIR = REPO_ROOT / "common" / "wire" / "rpc"
+TARGET_PACKAGE = "common.wire.rpc"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
-# "from fedonco.v1 import types_pb2 as ..." -> "from common.rpc import types_pb2 as ..."
+# "from fedonco.v1 import types_pb2 as ..." -> "from common.wire.rpc import types_pb2 as ..."
 _IMPORT_RE = re.compile(r"^(\s*)from fedonco\.v1 import ", re.MULTILINE)
 _SERVICE_RE = re.compile(r"^class \w+Stub\b", re.MULTILINE)
 

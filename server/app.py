@@ -22,12 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attacks.release import export_release
 from common.config import GROUPNORM_METHODS, METHODS, SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import npz_bytes, read_manifest
-from common.evaluation import evaluate_sums, summarize, to_inputs
-from common.grpc_options import create_server
+from common.evaluation import evaluate_sums, summarize
 from common.metrics import SUM_KEYS
 from common.model import (
     count_parameters,
@@ -37,9 +35,12 @@ from common.model import (
     set_params,
     state_sha256,
 )
-from common.rpc import federation_pb2_grpc as pb_grpc
-from common.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from common.release import export_release
+from common.transforms import to_inputs
 from common.versions import collect_versions
+from common.wire.channel import create_server
+from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
 from server.secure import secure_aggregate
 from server.servicer import FederationServicer
 from server.state import RoundState
@@ -338,7 +339,7 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
     (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
     the next run. ``hold``: after the last run, keep serving until hold(stop) returns (compose: the
     sites linger until the server goes away, so nobody exits before the judge is done)."""
-    from common.tls import server_credentials
+    from common.wire.tls import server_credentials
 
     servicer = FederationServicer(authenticate=tls_dir is not None)
     creds = server_credentials(tls_dir) if tls_dir else None
@@ -374,7 +375,7 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
 
 def run_server_cmd(args) -> int:
     from common.config import load_config, with_overrides
-    from common.tls import plaintext_allowed
+    from common.wire.tls import plaintext_allowed
 
     cfg = load_config(args.config)
     if args.rounds is not None:

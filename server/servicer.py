@@ -1,6 +1,6 @@
 """The Federation gRPC servicer: decode -> validate -> hand to the round state -> encode.
 
-No ML here. Tensors are decoded by ``common.serde`` against the spec of what the site was sent,
+No ML here. Tensors are decoded by ``common.wire.serde`` against the spec of what the site was sent,
 so wrong names, shapes, dtypes, NaN/Inf are rejected before anything is stored.
 """
 
@@ -10,10 +10,10 @@ import logging
 
 import grpc
 
-from common.rpc import federation_pb2 as pb
-from common.rpc import federation_pb2_grpc as pb_grpc
-from common.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_proto
-from common.tls import site_of_peer
+from common.wire.rpc import federation_pb2 as pb
+from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from common.wire.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_proto
+from common.wire.tls import site_of_peer
 from server.state import Rejected, RoundState
 
 log = logging.getLogger(__name__)

@@ -217,7 +217,7 @@ class FedProx(FedAvg):
     """FedProx (Li et al., 2020): FedAvg whose sites add (mu/2)·‖w − w_global‖² to their loss.
 
     The server side only sends ``proximal_mu`` (default 0.01); the term is computed at the site
-    (client/train.py). Aggregation is FedAvg's.
+    (common/training/local.py). Aggregation is FedAvg's.
     """
 
     name: ClassVar[str] = "fedprox"

@@ -35,7 +35,9 @@ class ShardJob:
     spec: SiteSpec
     size: int
     noise_ref_hu: float
-    diffusion: object | None = None  # common.diffusion.generate.DiffusionJob (generator=diffusion)
+    diffusion: object | None = (
+        None  # common.data.diffusion.generate.DiffusionJob (generator=diffusion)
+    )
 
 
 def split_sizes(cfg: Config) -> dict[str, list[int]]:
@@ -56,7 +58,7 @@ def split_sizes(cfg: Config) -> dict[str, list[int]]:
 def _diffusion_job(cfg: Config):
     if cfg.data.generator != "diffusion":
         return None
-    from common.diffusion.generate import diffusion_job  # needs the optional 'diffusion' extra
+    from common.data.diffusion.generate import diffusion_job  # needs the optional 'diffusion' extra
 
     return diffusion_job(cfg)
 
@@ -110,7 +112,7 @@ def make_slices(job: ShardJob, only: int | None = None) -> list:
         for idx in range(job.start, job.start + job.n)
     ]
     if job.diffusion is not None:
-        from common.diffusion.generate import diffuse_shard
+        from common.data.diffusion.generate import diffuse_shard
 
         diffuse_shard(job, slices, only=only)
     return slices

@@ -16,12 +16,6 @@ from common.data.sites import SiteSpec
 from common.data.store import DatasetIntegrityError, load_shard, read_manifest
 
 
-def window_hu(images: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """HU -> float32 in [0, 1] with a fixed window [lo, hi]."""
-    lo, hi = window
-    return ((np.clip(images.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
-
-
 def load_arrays(
     root: str | Path, split: str, site: str | None = None, manifest: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -81,7 +75,7 @@ def regenerate_slice(
     m = root_or_manifest if isinstance(root_or_manifest, dict) else read_manifest(root_or_manifest)
     spec = site_spec(m, site)
     if m.get("generator", "procedural") == "diffusion":
-        from common.diffusion.generate import regenerate_diffusion_slice
+        from common.data.diffusion.generate import regenerate_diffusion_slice
 
         return regenerate_diffusion_slice(m, split, site, index)
     cfg = parse_config(m["config"], "manifest")
@@ -94,6 +88,8 @@ def _torch_dataset_cls():
     import torch
     from torch.utils.data import Dataset
 
+    from common.transforms import to_inputs
+
     class CTSlices(Dataset):
         """Slices of one split (one site or all) as (image [1,H,W] in [0,1], mask [1,H,W]) floats."""
 
@@ -101,7 +97,7 @@ def _torch_dataset_cls():
             manifest = read_manifest(root)
             images, masks, self.index, self.sites = load_arrays(root, split, site, manifest)
             self.window = tuple(window or manifest["window"])
-            self.images = torch.from_numpy(window_hu(images, self.window)).unsqueeze(1)
+            self.images = to_inputs(images, self.window)
             self.masks = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
 
         def __len__(self) -> int:
@@ -124,5 +120,4 @@ __all__ = [
     "load_arrays",
     "regenerate_slice",
     "sample_params",
-    "window_hu",
 ]

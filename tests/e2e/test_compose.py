@@ -128,9 +128,9 @@ def test_compose_up_smoke_runs_every_method_with_the_audit(tmp_path):
 
 PROBE = r"""
 import json, grpc
-from common.grpc_options import create_channel
-from common.rpc import federation_pb2 as pb, federation_pb2_grpc as pb_grpc
-from common.tls import channel_credentials
+from common.wire.channel import create_channel
+from common.wire.rpc import federation_pb2 as pb, federation_pb2_grpc as pb_grpc
+from common.wire.tls import channel_credentials
 
 def register(creds, site):
     channel = create_channel("server:50051", credentials=creds)
@@ -155,7 +155,7 @@ print(json.dumps({
 def tls_stack(tmp_path_factory):
     """The smoke campaign of FedAvg over mutual TLS, started detached."""
     root = tmp_path_factory.mktemp("tls")
-    subprocess.run([sys.executable, "-m", "common.cli", "certs", "--out", str(root / "certs")],
+    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(root / "certs")],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
     stack = Stack("fedonco-e2e-tls", root / "runs", "172.29.62.0/24", tls_certs=root / "certs",
                   FEDONCO_PROFILE="smoke", FEDONCO_METHODS="fedavg", FEDONCO_ROUNDS=str(TLS_ROUNDS))  # fmt: skip

@@ -16,16 +16,16 @@ import pytest
 
 from common.config import load_profile, with_overrides
 from common.data.build import build_dataset
-from common.grpc_options import create_channel
-from common.rpc import federation_pb2 as pb
-from common.rpc import federation_pb2_grpc as pb_grpc
-from common.tls import channel_credentials, make_certs
+from common.wire.channel import create_channel
+from common.wire.rpc import federation_pb2 as pb
+from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from common.wire.tls import channel_credentials, make_certs
 
 METHODS = "fedavg,fedbn"
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "common.cli", *args]
+    return [sys.executable, "-m", "bench.cli", *args]
 
 
 def _wait_port(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> str:

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 
 from bench.run import run_method
-from client.train import weighted_contribution
 from common.config import load_profile, with_overrides
 from common.data.build import build_dataset
-from common.grpc_options import create_channel
 from common.model import build_model, get_params, norm_keys, state_sha256
-from common.rpc import federation_pb2 as pb
-from common.rpc import federation_pb2_grpc as pb_grpc
-from common.serde import ndarrays_to_proto, proto_to_ndarrays
+from common.training.local import weighted_contribution
+from common.wire.channel import create_channel
+from common.wire.rpc import federation_pb2 as pb
+from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 from server.app import Server, load_params
 
 ROUNDS = 2
@@ -101,7 +101,7 @@ def _free_port() -> int:
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "common.cli", *args]
+    return [sys.executable, "-m", "bench.cli", *args]
 
 
 def _spawn(args, log: Path):
@@ -442,10 +442,11 @@ def test_dpsgd_run_reports_the_accountants_epsilon(runs, env):
 
 
 def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_path):
-    from attacks.release import RemoteModel, load_release
+    from attacks.remote import RemoteModel
     from common.data.loader import load_arrays
-    from common.rpc import inference_pb2 as ipb
-    from common.rpc import inference_pb2_grpc as ipb_grpc
+    from common.release import load_release
+    from common.wire.rpc import inference_pb2 as ipb
+    from common.wire.rpc import inference_pb2_grpc as ipb_grpc
 
     cfg, _, root = env
     release = root / "runs" / "fedavg" / "release"
@@ -467,7 +468,7 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
         probs = remote.predict(images)  # 20 slices in batches of 8
         assert probs.shape == images.shape and probs.dtype == np.float32
         model, _ = load_release(release)
-        from common.evaluation import predict_probs, to_inputs
+        from common.transforms import predict_probs, to_inputs
 
         local = predict_probs(model, to_inputs(images, cfg.data.window))[:, 0]
         np.testing.assert_allclose(probs, local, atol=1e-6)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import serde
-from common.grpc_options import create_channel, create_server
+from common.wire import serde
 from common.model import build_model, get_params
-from common.rpc import federation_pb2, federation_pb2_grpc
+from common.wire.channel import create_channel, create_server
+from common.wire.rpc import federation_pb2, federation_pb2_grpc
 
 
 class _EchoSizes(federation_pb2_grpc.FederationServicer):

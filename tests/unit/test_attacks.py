@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import client.dp
-import client.train
+import common.training.dp
+import common.training.local
 from attacks import ladder
 from attacks.features import FEATURE_NAMES, IDX, image_features
 from attacks.ladder import (
@@ -22,7 +22,7 @@ from attacks.ladder import (
     shadow_attack_scores,
     train_shadows,
 )
-from attacks.metrics import BROKEN_ATTACK, audit_metrics, rank_auc, roc_plot
+from bench.audit_metrics import BROKEN_ATTACK, audit_metrics, rank_auc, roc_plot
 from common.config import Config, DataConfig, ModelConfig, TrainConfig
 from common.data.generate import render_slice
 from common.data.sites import REFERENCE
@@ -231,13 +231,13 @@ def test_blind_baseline_near_chance_on_proper_split_and_flags_a_biased_one():
 
 def test_shadow_training_reuses_train_local(monkeypatch):
     calls = []
-    real = client.train.train_local
+    real = common.training.local.train_local
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(client.train, "train_local", counting)
+    monkeypatch.setattr(common.training.local, "train_local", counting)
     cfg = _cfg(rounds=3, local_epochs=1)
     images, masks = _blobs(12, 4)
     shadows = train_shadows(cfg, "fedprox", images, masks, n_shadows=2, seed=0)
@@ -251,15 +251,17 @@ def test_shadow_training_reuses_train_local(monkeypatch):
 
 def test_dp_target_gets_a_dp_shadow(monkeypatch):
     calls = []
-    real = client.dp.dp_train_local
+    real = common.training.dp.dp_train_local
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(client.dp, "dp_train_local", counting)
+    monkeypatch.setattr(common.training.dp, "dp_train_local", counting)
     monkeypatch.setattr(
-        client.train, "train_local", lambda *a, **k: pytest.fail("DP shadow used train_local")
+        common.training.local,
+        "train_local",
+        lambda *a, **k: pytest.fail("DP shadow used train_local"),
     )
     cfg = _cfg(rounds=2, local_epochs=1)
     images, masks = _blobs(16, 6)

@@ -1,6 +1,6 @@
 import pytest
 
-from common.cli import main
+from bench.cli import main
 from common.config import ConfigError, load_config, load_profile, parse_config, with_overrides
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.cli import main
+from bench.cli import main
 from common.config import parse_config
 from common.data import build as build_mod
 from common.data.build import build_dataset, split_sizes

@@ -9,20 +9,20 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from common.cli import main  # noqa: E402
+from bench.cli import main  # noqa: E402
 from common.config import ConfigError, load_config, load_profile, parse_config  # noqa: E402
 from common.data.build import build_dataset  # noqa: E402
-from common.data.loader import ct_dataset, load_arrays, regenerate_slice  # noqa: E402
-from common.data.store import load_shard, read_manifest  # noqa: E402
-from common.diffusion.model import (  # noqa: E402
+from common.data.diffusion.model import (  # noqa: E402
     build_unet,
     hu_to_unit,
     load_model,
     model_sha256,
     unit_to_hu,
 )
-from common.diffusion.sample import composite_weight, generate_hu, sample_unit  # noqa: E402
-from common.diffusion.train import render_many  # noqa: E402
+from common.data.diffusion.sample import composite_weight, generate_hu, sample_unit  # noqa: E402
+from common.data.diffusion.train import render_many  # noqa: E402
+from common.data.loader import ct_dataset, load_arrays, regenerate_slice  # noqa: E402
+from common.data.store import load_shard, read_manifest  # noqa: E402
 
 TINY_TOML = """
 profile = "tiny-diffusion"
@@ -92,14 +92,14 @@ def test_training_loss_decreases_and_writes_the_model_dir(trained):
 def test_existing_model_dir_needs_resume(trained, tmp_path):
     cfg_path, out = trained
     with pytest.raises(FileExistsError, match="--resume"):
-        from common.diffusion.train import train_diffusion
+        from common.data.diffusion.train import train_diffusion
 
         train_diffusion(load_config(cfg_path), out, steps=1)
 
 
 def test_resume_continues_exactly_from_the_last_checkpoint(trained, tmp_path):
     from common.config import with_overrides
-    from common.diffusion.train import train_diffusion
+    from common.data.diffusion.train import train_diffusion
 
     cfg = with_overrides(load_config(trained[0]), **{"diffusion.checkpoint_every": 2})
     slices = render_many(cfg, 10, 1)
@@ -135,7 +135,7 @@ def test_same_seed_reproduces_and_batching_does_not_matter(model):
 
 
 def test_save_load_round_trip(trained, model, tmp_path):
-    from common.diffusion.model import save_model
+    from common.data.diffusion.model import save_model
 
     save_model(model, tmp_path / "copy")
     again = load_model(tmp_path / "copy")
@@ -259,7 +259,7 @@ def test_cli_data_with_the_diffusion_generator(trained, tmp_path, capsys):
 
 
 def test_report_writes_realism_and_fidelity(trained, model, tmp_path):
-    from common.diffusion.report import diffusion_report
+    from common.data.diffusion.report import diffusion_report
 
     cfg = load_config(trained[0])
     r = diffusion_report(cfg, trained[1], tmp_path / "rep", n=10, seg_slices=10, seg_epochs=1,
@@ -278,7 +278,7 @@ def test_report_writes_realism_and_fidelity(trained, model, tmp_path):
 def test_noise_measurement_sees_white_vs_correlated_noise():
     from scipy import ndimage
 
-    from common.diffusion.report import noise_stats
+    from common.data.diffusion.report import noise_stats
 
     rng = np.random.default_rng(0)
     white = 50 + 10 * rng.standard_normal((4, 64, 64))

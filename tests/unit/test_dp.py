@@ -1,4 +1,4 @@
-"""DP-SGD (client/dp.py): accounting, clipping, noise, FedProx under DP, budgets, bad input."""
+"""DP-SGD (common/training/dp.py): accounting, clipping, noise, FedProx under DP, budgets, bad input."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
 from opacus.accountants.analysis import rdp as rdp_analysis  # noqa: E402
 from opacus.optimizers import DPOptimizer  # noqa: E402
 
-from client.dp import (  # noqa: E402
+from common.metrics import seg_loss  # noqa: E402
+from common.model import UNet, build_model, get_params, norm_keys, set_params  # noqa: E402
+from common.training.dp import (  # noqa: E402
     PUBLIC_METRIC_KEYS,
     DPConfigError,
     DPSettings,
@@ -32,8 +34,6 @@ from client.dp import (  # noqa: E402
     sample_rate_for,
     validate_dp,
 )
-from common.metrics import seg_loss  # noqa: E402
-from common.model import UNet, build_model, get_params, norm_keys, set_params  # noqa: E402
 
 DELTA = 1e-5
 

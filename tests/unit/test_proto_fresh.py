@@ -1,4 +1,4 @@
-"""The committed generated code in common/rpc/ equals a fresh generation from proto/."""
+"""The committed generated code in common/wire/rpc/ equals a fresh generation from proto/."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GEN = ROOT / "proto" / "gen.py"
-COMMITTED = ROOT / "common" / "rpc"
+COMMITTED = ROOT / "common" / "wire" / "rpc"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
@@ -36,7 +36,7 @@ def test_regeneration_gives_no_diff(tmp_path: Path) -> None:
 
 def test_generated_modules_import_without_warnings() -> None:
     # Protobuf warns (or fails) when the runtime and the gencode versions disagree.
-    code = "import common.rpc.types_pb2, common.rpc.federation_pb2, common.rpc.federation_pb2_grpc"
+    code = "import common.wire.rpc.types_pb2, common.wire.rpc.federation_pb2, common.wire.rpc.federation_pb2_grpc"
     done = subprocess.run(
         [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, cwd=ROOT
     )
@@ -46,7 +46,7 @@ def test_generated_modules_import_without_warnings() -> None:
 def test_imports_point_into_common_rpc() -> None:
     for name, text in _generated(COMMITTED).items():
         assert "from fedonco.v1 import" not in text, f"{name} still imports fedonco.v1"
-    from common.rpc import federation_pb2, types_pb2
+    from common.wire.rpc import federation_pb2, types_pb2
 
     req = federation_pb2.PushUpdateRequest(site_id="A", run_id="r", round=3)
     req.tensors.append(types_pb2.Tensor(name="w", dtype="float32", shape=[1], data=b"\0" * 4))

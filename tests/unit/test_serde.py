@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import serde
-from common.rpc import types_pb2
-from common.serde import TensorFormatError, ndarrays_to_proto, proto_to_ndarrays, spec_of
+from common.wire import serde
+from common.wire.rpc import types_pb2
+from common.wire.serde import TensorFormatError, ndarrays_to_proto, proto_to_ndarrays, spec_of
 
 
 def _sample(dtype: str, rng: np.random.Generator) -> np.ndarray:

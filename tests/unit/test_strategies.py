@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.train import weighted_contribution
 from common.model import build_model, float_keys, get_params, norm_keys
+from common.training.local import weighted_contribution
 from server.strategies import FedAvg, FedBN, FedProx, get_strategy, sum_weighted_updates
 
 

@@ -10,11 +10,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from attacks.release import ModelStore, export_release
 from common.config import load_profile
 from common.data.build import make_shard, plan
 from common.model import build_model, get_params
-from common.tls import certificate_site, is_loopback, make_certs, plaintext_allowed
+from common.release import export_release
+from common.wire.tls import certificate_site, is_loopback, make_certs, plaintext_allowed
+from server.inference import ModelStore
 
 
 def _cert(path):

@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.train import (
+from common.model import build_model, get_params, state_sha256
+from common.training.local import (
     proximal_anchor,
     proximal_term,
     train_local,
     weighted_contribution,
 )
-from common.model import build_model, get_params, state_sha256
 
 
 def _loader(seed: int = 0, n: int = 8, shuffle: bool = True) -> DataLoader:

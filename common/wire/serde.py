@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from common.rpc import types_pb2
+from common.wire.rpc import types_pb2
 
 Tensor = types_pb2.Tensor
 Scalar = types_pb2.Scalar

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import common.diffusion  # noqa: F401  (sets HF_HUB_OFFLINE before diffusers is imported)
+import common.data.diffusion  # noqa: F401  (sets HF_HUB_OFFLINE before diffusers is imported)
 from common.config import DiffusionConfig
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Predict throughput of the release service over gRPC on 127.0.0.1 (slices/s), against the same
 model called in-process (the baseline, same run):
-`python bench/perf_release.py [--n 256] [--size 64] [--base 16]` (the quick profile's model)."""
+`python bench/perf/perf_release.py [--n 256] [--size 64] [--base 16]` (the quick profile's model)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.release import RemoteModel, export_release, serve
-from common.evaluation import predict_probs, to_inputs
+from attacks.remote import RemoteModel
 from common.model import build_model, get_params
+from common.release import export_release
+from common.transforms import predict_probs, to_inputs
+from server.inference import serve
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Generator throughput at 256x256 (slices/s) on this machine: `make perf` or
-`python bench/perf_data.py [--n 200] [--size 256]`.
+`python bench/perf/perf_data.py [--n 200] [--size 256]`.
 
 Reports, in one run: the anatomy alone (baseline), the full slice (anatomy + tumor + scanner with
 CT-like noise), and the whole dataset writer (compressed shards, manifest) with 1 and N workers,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from common.diffusion.model import DiffusionModel, hu_to_unit, unit_to_hu
+from common.data.diffusion.model import DiffusionModel, hu_to_unit, unit_to_hu
 
 
 def composite_weight(

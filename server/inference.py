@@ -1,16 +1,12 @@
-"""The release service: the final model behind the ``Inference`` gRPC service.
+"""The Inference service: released models behind ``Predict`` / ``Describe`` over gRPC.
 
-``export_release`` (called by the server at the end of a run) writes ``release/model.npz`` and
-``release/release.json`` (architecture and input facts, no data). ``fedonco release serve`` loads
-them and answers ``Predict`` with per-pixel probabilities; inputs are validated (dtype, shape,
-batch size) and nothing but probabilities ever leaves. ``RemoteModel`` is the caller's side: a
-``predict(images_hu) -> probs`` callable over gRPC, the attacker's only access to the model.
+``fedonco release serve`` loads a release directory (``common/release.py``) and answers
+``Predict`` with per-pixel probabilities; inputs are validated (dtype, shape, batch size) and
+nothing but probabilities ever leaves: there is no RPC for weights, gradients or data.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import signal
 import threading
@@ -20,37 +16,15 @@ import grpc
 import numpy as np
 import torch
 
-from common.data.loader import window_hu
-from common.data.store import npz_bytes
-from common.grpc_options import create_channel, create_server
-from common.model import build_model, set_params
-from common.rpc import inference_pb2 as pb
-from common.rpc import inference_pb2_grpc as pb_grpc
-from common.serde import ndarrays_to_proto, proto_to_ndarrays
+from common.release import load_release
+from common.transforms import predict_hu
+from common.wire.channel import create_server
+from common.wire.rpc import inference_pb2 as pb
+from common.wire.rpc import inference_pb2_grpc as pb_grpc
+from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 64
-
-
-def export_release(out: Path, params: dict[str, np.ndarray], info: dict) -> None:
-    """Write the released model: weights (.npz, no pickle) and its public description."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.npz").write_bytes(npz_bytes(params))
-    (out / "release.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-
-
-def load_release(path: Path) -> tuple[torch.nn.Module, dict]:
-    path = Path(path)
-    info_file = path / "release.json"
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{path}: no release.json (export one with a finished server run)")
-    info = json.loads(info_file.read_text())
-    with np.load(io.BytesIO((path / "model.npz").read_bytes()), allow_pickle=False) as z:
-        params = {k: z[k] for k in z.files}
-    model = build_model(info["base"], info["norm"], info["groups"], seed=0)
-    set_params(model, params)
-    model.eval()
-    return model, info
 
 
 class ModelStore:
@@ -119,37 +93,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"batch of {len(images)} slices; send 1 to {self.max_batch} per request",
             )
-        x = torch.from_numpy(window_hu(images, tuple(info["window"]))).unsqueeze(1)
-        with self._lock, torch.no_grad():
-            probs = torch.sigmoid(model(x))[:, 0].numpy().astype(np.float32)
+        with self._lock:
+            probs = predict_hu(model, images, tuple(info["window"]), batch_size=self.max_batch)
         return pb.PredictResponse(probs=ndarrays_to_proto({"probs": probs})[0])
-
-
-class RemoteModel:
-    """``predict(images_hu) -> probs`` over gRPC, batching to the service's limit."""
-
-    def __init__(self, address: str, model: str = "", timeout: float = 60.0) -> None:
-        self.stub = pb_grpc.InferenceStub(create_channel(address))
-        self.timeout, self.model = timeout, model
-        d = self.stub.Describe(
-            pb.DescribeRequest(model=model), timeout=timeout, wait_for_ready=True
-        )
-        self.image_size, self.max_batch, self.method = d.image_size, d.max_batch, d.method
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), self.max_batch):
-            chunk = np.ascontiguousarray(images[i : i + self.max_batch], dtype=np.int16)
-            req = pb.PredictRequest(
-                images=ndarrays_to_proto({"images": chunk})[0], model=self.model
-            )
-            resp = self.stub.Predict(req, timeout=self.timeout, wait_for_ready=True)
-            out.append(proto_to_ndarrays([resp.probs])["probs"])
-        return (
-            np.concatenate(out)
-            if out
-            else np.zeros((0, self.image_size, self.image_size), np.float32)
-        )
 
 
 def serve(model_dir: Path | None, address: str, port_file: Path | None = None,

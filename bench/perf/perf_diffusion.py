@@ -1,6 +1,6 @@
 """Diffusion generator speed on this machine: training step time and sampling time per slice.
 
-    python bench/perf_diffusion.py [--config configs/diffusion-small.toml] [--model DIR]
+    python bench/perf/perf_diffusion.py [--config configs/diffusion-small.toml] [--model DIR]
                                    [--device cpu] [--steps 20] [--n 32]
 
 Times do not depend on the weights, so without --model a freshly initialised network of the
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from common.config import load_config
-from common.diffusion.model import DiffusionModel, build_scheduler, build_unet, load_model
-from common.diffusion.sample import generate_hu
-from common.diffusion.train import denoise_loss, render_many, training_tensors
+from common.data.diffusion.model import DiffusionModel, build_scheduler, build_unet, load_model
+from common.data.diffusion.sample import generate_hu
+from common.data.diffusion.train import denoise_loss, render_many, training_tensors
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -134,7 +134,7 @@ def check_health(address: str, credentials: grpc.ChannelCredentials | None = Non
 def run_health_cmd(args) -> int:
     creds = None
     if args.tls_dir:
-        from common.tls import channel_credentials
+        from common.wire.tls import channel_credentials
 
         creds = channel_credentials(args.tls_dir)
     ok = check_health(args.address, creds, args.timeout)

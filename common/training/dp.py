@@ -45,7 +45,7 @@ Opacus): Conv2d and ConvTranspose2d per-sample weight gradients computed as ONE 
 convolution backward over the batch (groups = batch size × layer groups). Opacus' own conv
 sampler unfolds the input (about 10x slower on the U-Net's large layers) and it has no
 ConvTranspose2d sampler (it falls back to functorch). ``"hooks"`` and ``"functorch"`` select
-Opacus' stock samplers; ``bench/perf_dp.py`` compares them.
+Opacus' stock samplers; ``bench/perf/perf_dp.py`` compares them.
 
 Randomness and ``secure_mode``: by default the Poisson sampler and the noise use two
 ``torch.Generator`` objects seeded from ``seed``, so a round is reproducible on CPU (tests and
@@ -78,8 +78,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.train import OptimizerName, make_optimizer, proximal_anchor, proximal_term
 from common.metrics import seg_loss
+from common.training.local import OptimizerName, make_optimizer, proximal_anchor, proximal_term
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from common.config import SITE_NAMES, Config
-from common.data.generate import Slice, render_slice
-from common.data.sites import resolve_sites
-from common.diffusion.model import (
+from common.data.diffusion.model import (
     DiffusionModel,
     build_scheduler,
     build_unet,
@@ -33,6 +31,8 @@ from common.diffusion.model import (
     load_model,
     save_model,
 )
+from common.data.generate import Slice, render_slice
+from common.data.sites import resolve_sites
 
 log = logging.getLogger(__name__)
 

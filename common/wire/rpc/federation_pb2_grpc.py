@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from common.rpc import federation_pb2 as fedonco_dot_v1_dot_federation__pb2
+from common.wire.rpc import federation_pb2 as fedonco_dot_v1_dot_federation__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

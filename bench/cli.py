@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", choices=["procedural", "diffusion"],
                    help="override data.generator (diffusion needs --model)")  # fmt: skip
     p.add_argument("--model", help="diffusion model directory (from `fedonco diffusion train`)")
-    p.set_defaults(func="common.data.cli:run_data")
+    p.set_defaults(func="bench.data_cli:run_data")
 
     p = sub.add_parser(
         "diffusion",
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     q.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     q.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
-    q.set_defaults(func="common.diffusion.train:run_diffusion_train")
+    q.set_defaults(func="common.data.diffusion.train:run_diffusion_train")
     q = dsub.add_parser("report", help="realism and mask-fidelity report of a trained model")
     _add_config_args(q)
     q.add_argument("--model", required=True, help="model directory")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seg-slices", type=int, default=1000,
                    help="procedural slices to train the fidelity segmenter on (default 1000)")  # fmt: skip
     q.add_argument("--seg-epochs", type=int, default=8, help="segmenter epochs (default 8)")
-    q.set_defaults(func="common.diffusion.report:run_diffusion_report")
+    q.set_defaults(func="common.data.diffusion.report:run_diffusion_report")
 
     p = sub.add_parser(
         "server",
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--port-file", help="write the bound port to this file")
     q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
-    q.set_defaults(func="attacks.release:run_release_cmd")
+    q.set_defaults(func="server.inference:run_release_cmd")
 
     p = sub.add_parser(
         "attack",
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DNS name or IP the sites dial (repeatable; default: server, localhost, "
                    "127.0.0.1)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing CA")
-    p.set_defaults(func="common.tls:run_certs_cmd")
+    p.set_defaults(func="common.wire.tls:run_certs_cmd")
 
     p = sub.add_parser(
         "health",
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_TLS_DIR") or None,
                    help="mutual TLS directory (env FEDONCO_TLS_DIR)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
-    p.set_defaults(func="common.grpc_options:run_health_cmd")
+    p.set_defaults(func="common.wire.channel:run_health_cmd")
 
     p = sub.add_parser(
         "judge",

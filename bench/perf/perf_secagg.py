@@ -1,6 +1,6 @@
 """Secure-aggregation cost against plain aggregation, measured in the same run.
 
-`python bench/perf_secagg.py [--params 1200000 10000000] [--sites 5] [--repeats 5]`
+`python bench/perf/perf_secagg.py [--params 1200000 10000000] [--sites 5] [--repeats 5]`
 
 Per size: the plain path (client: n_k * params in float32; server: the float32 sum of the sites'
 weighted updates) and the secure path (client: quantise, then mask: decrypt the shares, X25519 +

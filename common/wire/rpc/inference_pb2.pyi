@@ -1,4 +1,4 @@
-from common.rpc import types_pb2 as _types_pb2
+from common.wire.rpc import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping

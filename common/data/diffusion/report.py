@@ -16,7 +16,7 @@ Realism (the same measurements on every set):
   noise power spectrum (``common.data.scanner.radial_nps``). The high-pass filter is the same for
   every set, so the curves compare; the absolute level is below the true noise sigma.
 Fidelity: a segmentation U-Net (the project's, ``common.model.build_model``, trained with
-``client.train.train_local``) is trained on procedural slices only and evaluated against the
+``common.training.local.train_local``) is trained on procedural slices only and evaluated against the
 conditioning masks on each set (Dice per tumour image, global Dice, false-positive rate).
 """
 
@@ -33,12 +33,12 @@ from scipy import ndimage
 
 from common.config import SITE_NAMES, Config
 from common.data.anatomy import LABEL
+from common.data.diffusion.generate import slice_seed
+from common.data.diffusion.model import DiffusionModel, load_model
+from common.data.diffusion.sample import generate_hu
+from common.data.diffusion.train import render_many
 from common.data.generate import _SPLIT_CODE
 from common.data.scanner import radial_nps
-from common.diffusion.generate import slice_seed
-from common.diffusion.model import DiffusionModel, load_model
-from common.diffusion.sample import generate_hu
-from common.diffusion.train import render_many
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,9 @@ def train_segmenter(cfg: Config, n: int, epochs: int, seed: int):
     """The project's U-Net trained on ``n`` procedural slices only (the fidelity judge)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from client.train import train_local
-    from common.evaluation import to_inputs
     from common.model import build_model
+    from common.training.local import train_local
+    from common.transforms import to_inputs
 
     slices = render_many(cfg, n, seed, split="train", desc="segmenter training set")
     x = to_inputs(np.stack([s.image for s in slices]), cfg.data.window)
@@ -146,8 +146,9 @@ def train_segmenter(cfg: Config, n: int, epochs: int, seed: int):
 
 
 def fidelity(model, images: np.ndarray, masks: np.ndarray, window) -> dict:
-    from common.evaluation import evaluate_sums, to_inputs
+    from common.evaluation import evaluate_sums
     from common.metrics import metrics_from_sums
+    from common.transforms import to_inputs
 
     return metrics_from_sums(evaluate_sums(model, to_inputs(images, window), masks))
 
@@ -352,8 +353,8 @@ def diffusion_report(
 
 def _composite(model, region_masks, cond_masks, sites, seeds, bg, dc) -> np.ndarray:
     """Composite around ``region_masks`` while conditioning on ``cond_masks`` (control = empty)."""
-    from common.diffusion.model import hu_to_unit, unit_to_hu
-    from common.diffusion.sample import composite_weight, sample_unit
+    from common.data.diffusion.model import hu_to_unit, unit_to_hu
+    from common.data.diffusion.sample import composite_weight, sample_unit
 
     if np.array_equal(region_masks, cond_masks):
         return generate_hu(model, cond_masks, sites, seeds, mode="composite", steps=dc.ddim_steps,

@@ -1,10 +1,10 @@
 """DP-SGD step time vs non-DP step time, and the ε of the paper's DP setting.
 
-`python bench/perf_dp.py [--base 16] [--size 64] [--batch 16] [--steps 20]`
+`python bench/perf/perf_dp.py [--base 16] [--size 64] [--batch 16] [--steps 20]`
 
 Part 1: one optimizer step (forward, backward, step; Adam) on the same GroupNorm U-Net and the
-same batch, without DP and with DP-SGD as client/dp.py runs it (``per_sample_backward``, then
-Opacus' DPOptimizer: clip, noise, step) for each per-sample gradient mode: "fast" (client/dp.py's grouped-convolution samplers on Opacus' hooks, the
+same batch, without DP and with DP-SGD as common/training/dp.py runs it (``per_sample_backward``, then
+Opacus' DPOptimizer: clip, noise, step) for each per-sample gradient mode: "fast" (common/training/dp.py's grouped-convolution samplers on Opacus' hooks, the
 default), Opacus' stock "hooks" (unfold conv sampler; functorch for ConvTranspose2d),
 "functorch" (every layer through torch.func), "ew" (ExpandedWeights), and "stock": Opacus
 out of the box (``make_private``'s hooks, a mean loss and a full backward, i.e. without
@@ -26,7 +26,9 @@ import warnings
 
 import torch
 
-from client.dp import (
+from common.metrics import seg_loss
+from common.model import build_model, count_parameters
+from common.training.dp import (
     SiteAccountant,
     dp_steps_per_epoch,
     make_grad_sample_module,
@@ -34,8 +36,6 @@ from client.dp import (
     release_grad_sample_module,
     sample_rate_for,
 )
-from common.metrics import seg_loss
-from common.model import build_model, count_parameters
 
 MODES = ("fast", "hooks", "functorch", "ew", "stock")
 PAPER_SITES = (1280, 1040, 800, 560, 320)

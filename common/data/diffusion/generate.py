@@ -73,7 +73,7 @@ def diffusion_job(cfg: Config) -> DiffusionJob | None:
             "pip install -e '.[diffusion]' (diffusers, safetensors)"
         )
 
-    from common.diffusion.model import META, model_sha256
+    from common.data.diffusion.model import META, model_sha256
 
     model_dir = Path(cfg.data.diffusion_model or "")
     sha = model_sha256(model_dir)
@@ -92,7 +92,7 @@ def diffusion_job(cfg: Config) -> DiffusionJob | None:
 def _model(model_dir: str, sha: str):
     import torch
 
-    from common.diffusion.model import load_model, model_sha256
+    from common.data.diffusion.model import load_model, model_sha256
 
     if model_sha256(model_dir) != sha:
         raise ValueError(f"diffusion model {model_dir} changed (sha256 differs from the manifest)")
@@ -119,8 +119,8 @@ def diffuse_shard(job, slices: list, only: int | None = None) -> None:
     ``job`` is a ``common.data.build.ShardJob`` with ``diffusion`` set. With ``only`` (a position),
     just the chunk holding it is sampled (regeneration of one slice).
     """
+    from common.data.diffusion.sample import generate_hu
     from common.data.generate import _SPLIT_CODE
-    from common.diffusion.sample import generate_hu
 
     dj: DiffusionJob = job.diffusion
     model = _model(dj.model_dir, dj.model_sha256)

@@ -22,7 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from common.rpc import types_pb2 as fedonco_dot_v1_dot_types__pb2
+from common.wire.rpc import types_pb2 as fedonco_dot_v1_dot_types__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64onco/v1/inference.proto\x12\nfedonco.v1\x1a\x16\x66\x65\x64onco/v1/types.proto\"C\n\x0ePredictRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.fedonco.v1.Tensor\x12\r\n\x05model\x18\x02 \x01(\t\"4\n\x0fPredictResponse\x12!\n\x05probs\x18\x01 \x01(\x0b\x32\x12.fedonco.v1.Tensor\" \n\x0f\x44\x65scribeRequest\x12\r\n\x05model\x18\x01 \x01(\t\"I\n\x10\x44\x65scribeResponse\x12\x12\n\nimage_size\x18\x01 \x01(\r\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x12\x0e\n\x06method\x18\x03 \x01(\t2\x96\x01\n\tInference\x12\x42\n\x07Predict\x12\x1a.fedonco.v1.PredictRequest\x1a\x1b.fedonco.v1.PredictResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.fedonco.v1.DescribeRequest\x1a\x1c.fedonco.v1.DescribeResponseb\x06proto3')

@@ -1,0 +1,73 @@
+"""Files the project writes and reads: atomic writes, JSON, and ``.npz`` without pickle.
+
+Every file another process may read while it is being written (checkpoints, state, results,
+keys) is written to a temporary sibling and renamed into place, so a reader sees the old file or
+the new one, never half of one. ``.npz`` files are written deterministically (fixed zip
+timestamps: the same arrays give the same bytes) and read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename. ``mode`` (e.g. 0o600
+    for a private key) is set when the temporary file is created, before any byte is written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Indented, key-sorted JSON (numpy scalars as floats), written atomically."""
+    text = json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n"
+    write_bytes_atomic(path, text.encode())
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A deterministic compressed .npz (readable by ``np.load``) of the given arrays."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            arr_buf = io.BytesIO()
+            np.lib.format.write_array(
+                arr_buf, np.ascontiguousarray(arrays[name]), allow_pickle=False
+            )
+            zf.writestr(info, arr_buf.getvalue(), compresslevel=6)
+    return buf.getvalue()
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """``npz_bytes`` written atomically."""
+    write_bytes_atomic(path, npz_bytes(arrays))
+
+
+def npz_from_bytes(data: bytes, keys=None) -> dict[str, np.ndarray]:
+    """The arrays of an in-memory .npz, never unpickling (object arrays are refused).
+
+    ``keys``: only these arrays (a missing one is a ``KeyError`` naming it)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in (z.files if keys is None else keys)}
+
+
+def load_npz(path: str | Path, keys=None) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file (read whole first, so the file is not held open)."""
+    return npz_from_bytes(Path(path).read_bytes(), keys)

@@ -1,0 +1,38 @@
+"""The release artifact: the final model as the server (or a FedBN site) writes it.
+
+``export_release`` writes ``model.npz`` (weights, no pickle) and ``release.json`` (architecture
+and input facts, no data); ``load_release`` reads them back into a model. The Inference service
+(``server/inference.py``) serves such a directory; nothing else about a run is in it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.io import load_npz, npz_bytes, write_bytes_atomic, write_json_atomic
+from common.model import build_model, set_params
+
+
+def export_release(out: Path, params: dict[str, np.ndarray], info: dict) -> None:
+    """Write the released model: weights (.npz, no pickle) and its public description."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / "model.npz", npz_bytes(params))
+    write_json_atomic(out / "release.json", info)
+
+
+def load_release(path: Path) -> tuple[torch.nn.Module, dict]:
+    path = Path(path)
+    info_file = path / "release.json"
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{path}: no release.json (export one with a finished server run)")
+    info = json.loads(info_file.read_text())
+    params = load_npz(path / "model.npz")
+    model = build_model(info["base"], info["norm"], info["groups"], seed=0)
+    set_params(model, params)
+    model.eval()
+    return model, info
