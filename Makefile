@@ -10,7 +10,7 @@ OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv bench test lint format perf clean proto proto-check wheelhouse images e2e
+.PHONY: venv bench test test-fast lint format perf clean proto proto-check wheelhouse images e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,20 +24,24 @@ venv: $(VENV)/.installed
 bench: venv
 	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT)
 
-test: venv
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+test: lint
 	$(PY) -m pytest -q tests
+
+# The unit tests only (no processes, no network): the quick loop while working.
+test-fast: venv
+	$(PY) -m pytest -q tests/unit -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 perf: venv
+	$(PY) bench/perf/perf_dp.py --steps 10 --modes fast hooks
 	$(PY) bench/perf/perf_data.py
 	$(PY) bench/perf/perf_secagg.py
 	$(PY) bench/perf/perf_diffusion.py

@@ -44,7 +44,9 @@ import torch
 from torch import nn
 
 from attacks.features import FEATURE_NAMES, IDX, image_features, pixel_maps
+from common.methods import get_method
 from common.model import model_for
+from common.seeds import shadow_round_seed, shadow_seed
 from common.transforms import predict_hu, to_inputs
 
 log = logging.getLogger(__name__)
@@ -166,48 +168,36 @@ def _train_like_target(cfg, method: str, model: nn.Module, dataset, seed: int) -
     from common.training.local import train_local
 
     t = cfg.train
-    mu = cfg.fl.proximal_mu if method == "fedprox" else 0.0
+    spec = get_method(method)
+    mu = cfg.fl.proximal_mu if spec.proximal else 0.0
     metrics: dict = {}
-    if method == "dpsgd":
-        from common.training.dp import (
-            DPSettings,
-            PrivacyBudgetExhausted,
-            SiteAccountant,
-            dp_steps_per_epoch,
-            dp_train_local,
-            resolve_noise_multiplier,
-            sample_rate_for,
-        )
+    if spec.dp:
+        from common.training.dp import DPSettings, DPTrainer, PrivacyBudgetExhausted, SiteAccountant
 
-        d, n = cfg.dp, len(dataset)
+        n = len(dataset)
         batch = min(t.batch_size, n)
         if batch < t.batch_size:
             log.warning("shadow: batch_size %d > %d shadow slices; using %d", t.batch_size, n, n)
-        settings = DPSettings(
-            noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm, delta=d.delta,
-            accountant=d.accountant, target_epsilon=d.target_epsilon, max_epsilon=d.max_epsilon,
-        )  # fmt: skip
-        sigma = resolve_noise_multiplier(
-            settings,
-            sample_rate=sample_rate_for(n, batch),
-            steps_total=t.rounds * t.local_epochs * dp_steps_per_epoch(n, batch),
-        )
+        settings = DPSettings.from_config(cfg.dp)
+        sigma = settings.run_sigma(n, batch, t.rounds, t.local_epochs)
         accountant = SiteAccountant(settings.accountant)
-        for rnd in range(t.rounds):
-            try:
-                metrics = dp_train_local(
-                    model, dataset, epochs=t.local_epochs, lr=t.lr, batch_size=batch,
-                    seed=seed * 100_003 + rnd, settings=settings, sigma=sigma,
-                    accountant=accountant, proximal_mu=mu, optimizer=t.optimizer,
+        trainer = DPTrainer(model, settings)
+        try:
+            for rnd in range(t.rounds):
+                metrics = trainer.train_round(
+                    dataset, epochs=t.local_epochs, lr=t.lr, batch_size=batch,
+                    seed=shadow_round_seed(seed, rnd), sigma=sigma, accountant=accountant,
+                    proximal_mu=mu, optimizer=t.optimizer,
                 )  # fmt: skip
-            except PrivacyBudgetExhausted as err:  # the target's sites stop here too
-                log.info("shadow: %s", err)
-                break
+        except PrivacyBudgetExhausted as err:  # the target's sites stop here too
+            log.info("shadow: %s", err)
+        finally:
+            trainer.close()
         return metrics
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True)
     for rnd in range(t.rounds):
         metrics = train_local(
-            model, loader, epochs=t.local_epochs, lr=t.lr, seed=seed * 100_003 + rnd,
+            model, loader, epochs=t.local_epochs, lr=t.lr, seed=shadow_round_seed(seed, rnd),
             proximal_mu=mu, optimizer=t.optimizer,
         )  # fmt: skip
     return metrics
@@ -241,7 +231,7 @@ def train_shadows(
         start = time.perf_counter()
         metrics = _train_like_target(
             cfg, method, model, _dataset(pool_images[member], pool_masks[member], window),
-            seed=seed * 1009 + i,
+            seed=shadow_seed(seed, i),
         )  # fmt: skip
         metrics = {**metrics, "shadow_train_s": time.perf_counter() - start}
         log.info("shadow %d/%d (%s) trained in %.1fs", i + 1, n_shadows, method,

@@ -22,6 +22,7 @@ import numpy as np
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import read_manifest, write_json
+from common.seeds import candidates_rng
 
 log = logging.getLogger(__name__)
 QUERY_ATTACKS = ("loss", "shadow", "lira")  # the blind baseline never queries the model
@@ -30,7 +31,7 @@ QUERY_ATTACKS = ("loss", "shadow", "lira")  # the blind baseline never queries t
 def draw_candidates(data_dir: Path, n_members: int, seed: int):
     """(images, masks, is_member, sites), shuffled: members stratified by site from train,
     non-members from holdout (all of it, at least as many as members where available)."""
-    rng = np.random.default_rng([seed, 0xA0D17])
+    rng = candidates_rng(seed)
     parts = []
     per_site = max(1, n_members // len(SITE_NAMES))
     for site in SITE_NAMES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from common.config import resolve_config, with_overrides
-from common.data.build import build_dataset
+from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
 
 log = logging.getLogger(__name__)

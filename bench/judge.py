@@ -21,8 +21,9 @@ import grpc
 
 from bench.audit import attacker_pool, audit, run_attacker
 from bench.report import write_report
-from common.config import METHODS, SITE_NAMES, load_config
+from common.config import SITE_NAMES, load_config
 from common.data.store import read_manifest, write_json
+from common.methods import METHOD_NAMES
 
 log = logging.getLogger(__name__)
 DONE = "audit.done"
@@ -102,9 +103,9 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
 
 def run_judge_cmd(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHOD_NAMES]
     if bad or not methods:
-        raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHODS)})")
+        raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHOD_NAMES)})")
     run_dir = Path(args.run_dir)
     status = "failed"
     try:

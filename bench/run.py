@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from bench.report import write_report
 from common.config import SITE_NAMES, Config, resolve_config, with_overrides
-from common.data.build import build_dataset
+from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
+from common.methods import get_method
 from common.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,12 @@ def run_sweep(cfg: Config, run_dir: Path, key: str, values: list[float]) -> dict
 
 def check_dp(cfg: Config, manifest: dict) -> None:
     """The DP settings against every site's size (delta < 1/N, batch <= N), before the run."""
-    from client.dp_site import DPState
+    from common.training.dp import DPSettings
 
+    settings, t = DPSettings.from_config(cfg.dp), cfg.train
     for row in manifest["summary"]:
         try:
-            DPState.check(cfg, int(row["n_train"]))
+            settings.run_sigma(int(row["n_train"]), t.batch_size, t.rounds, t.local_epochs)
         except ValueError as err:
             raise ValueError(f"dp settings do not fit site {row['site']}: {err}") from None
 
@@ -186,7 +188,7 @@ def run_bench(args) -> int:
     t0 = time.perf_counter()
     manifest = build_dataset(cfg, run_dir / "data")
     print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
-    if sweep or "dpsgd" in cfg.fl.methods:
+    if sweep or any(get_method(m).dp for m in cfg.fl.methods):
         check_dp(cfg, manifest)  # fail before any process starts, naming the site
     if sweep:
         results = run_sweep(cfg, run_dir, *sweep)

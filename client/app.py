@@ -9,11 +9,11 @@ the state it started from the first time, and a restarted client picks up where 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,8 +24,10 @@ from torch.utils.data import DataLoader
 from client.dp_site import DPState, PrivacyBudgetExhausted
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
-from common.data.store import npz_bytes, read_manifest
+from common.data.store import read_manifest
 from common.evaluation import evaluate_sums
+from common.io import load_npz, save_npz
+from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release
 from common.secagg import SecAggClient, SecAggError, flatten, quantize
@@ -46,6 +48,15 @@ log = logging.getLogger(__name__)
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+@dataclass(frozen=True)
+class PendingUpdate:
+    """Secure aggregation: the update a site keeps between advertising its keys and masking it."""
+
+    round: int
+    weighted: np.ndarray  # n_k * params_k, flattened in sorted key order
+    num_examples: int
+
+
 class SiteClient:
     def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
                  retry_timeout_s: float = 120.0, tls_dir: Path | None = None,
@@ -62,7 +73,7 @@ class SiteClient:
         self.linger = False
         self.dp: DPState | None = None
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
-        self.pending: tuple[int, np.ndarray, int] | None = None  # (round, n_k * params, n_k)
+        self.pending: PendingUpdate | None = None
         creds = None
         if tls_dir is not None:
             from common.wire.tls import certificate_site, channel_credentials
@@ -79,8 +90,7 @@ class SiteClient:
     def _load_local(self) -> dict[int, dict[str, np.ndarray]]:
         out = {}
         for p in self.state_dir.glob("local_round_*.npz"):
-            with np.load(io.BytesIO(p.read_bytes()), allow_pickle=False) as z:
-                out[int(p.stem.split("_")[-1])] = {k: z[k] for k in z.files}
+            out[int(p.stem.split("_")[-1])] = load_npz(p)
         return out
 
     def _local_before(self, rnd: int, keys: list[str]) -> dict[str, np.ndarray]:
@@ -91,9 +101,7 @@ class SiteClient:
 
     def _save_local(self, rnd: int, values: dict[str, np.ndarray]) -> None:
         self.local[rnd] = values
-        path = self.state_dir / f"local_round_{rnd:04d}.npz"
-        path.with_suffix(".tmp").write_bytes(npz_bytes(values))
-        path.with_suffix(".tmp").replace(path)
+        save_npz(self.state_dir / f"local_round_{rnd:04d}.npz", values)
         for r in sorted(self.local)[:-2]:  # keep the last two rounds
             self.local.pop(r)
             (self.state_dir / f"local_round_{r:04d}.npz").unlink(missing_ok=True)
@@ -139,10 +147,10 @@ class SiteClient:
         self.state_dir = self.state_root / self.method / f"site{self.site}"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
+        self.spec = get_method(self.method)
         self.model = model_for(self.cfg, self.method)
         self.initial = get_params(self.model)
-        if self.method == "dpsgd":
-            self.dp = DPState(self.cfg, len(self.train_set), self.state_dir, self.run_id)
+        self.dp = None  # built at the first round whose config asks for DP
         log.info("site %s joined run %s (%s)", self.site, self.run_id, self.method)
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -174,6 +182,8 @@ class SiteClient:
         set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
         t_decode = time.perf_counter() - t0
         if config.get("dp"):
+            if self.dp is None:
+                self.dp = DPState(self.cfg, len(self.train_set), self.state_dir, self.run_id)
             try:
                 metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
                     self.model, self.train_set, task.round, config, shared))  # fmt: skip
@@ -217,10 +227,10 @@ class SiteClient:
     def release(self) -> None:
         """FedBN: the site's own model (final shared weights + its norm layers) is what it
         releases; with every other method the server releases the one global model."""
-        if self.method != "fedbn" or not self.local:
+        if self.spec.release != "per_site" or not self.local:
             return
         info = {"method": self.method, "site": self.site, "base": self.cfg.model.base,
-                "norm": self.cfg.model.norm, "groups": self.cfg.model.groups,
+                "norm": self.spec.norm_type(self.cfg.model.norm), "groups": self.cfg.model.groups,
                 "image_size": self.cfg.data.image_size, "window": list(self.cfg.data.window)}  # fmt: skip
         export_release(self.state_dir / "release", get_params(self.model), info)
         log.info("site %s released its model to %s", self.site, self.state_dir / "release")
@@ -270,11 +280,7 @@ class SiteClient:
         """Keep the update here; send only fresh public keys (and n_k, not secret)."""
         keys = sorted(params)
         self.secagg = SecAggClient(self.site, self.run_id, rnd)
-        self.pending = (
-            rnd,
-            flatten(params, keys) * n,
-            n,
-        )
+        self.pending = PendingUpdate(rnd, flatten(params, keys) * n, n)
         enc_pk, mask_pk = self.secagg.advertise_keys()
         metrics.update(decode_s=t_decode)
         request = pb.AdvertiseKeysRequest(
@@ -286,7 +292,7 @@ class SiteClient:
 
     def secagg_stage(self, task: pb.SecAggTask) -> None:
         rnd, stage = task.round, task.WhichOneof("stage")
-        if self.secagg is None or self.pending is None or self.pending[0] != rnd:
+        if self.secagg is None or self.pending is None or self.pending.round != rnd:
             log.warning(
                 "site %s: secure-aggregation stage %s for round %d without an update",
                 self.site,
@@ -304,7 +310,8 @@ class SiteClient:
             elif stage == "masked_input":
                 st = task.masked_input
                 t0 = time.perf_counter()
-                q, clipped = quantize(self.pending[1], self.pending[2], st.clip, st.scale)
+                p = self.pending
+                q, clipped = quantize(p.weighted, p.num_examples, st.clip, st.scale)
                 masked = self.secagg.masked_input(dict(st.ciphertexts), q)
                 metrics = {
                     "mask_s": time.perf_counter() - t0,

@@ -13,16 +13,13 @@ import logging
 from pathlib import Path
 
 from common.config import Config
+from common.io import write_json_atomic
 from common.training.dp import (
     PUBLIC_METRIC_KEYS,
     DPSettings,
+    DPTrainer,
     PrivacyBudgetExhausted,
     SiteAccountant,
-    dp_steps_per_epoch,
-    dp_train_local,
-    resolve_noise_multiplier,
-    sample_rate_for,
-    validate_dp,
 )
 
 log = logging.getLogger(__name__)
@@ -30,25 +27,15 @@ __all__ = ["DPState", "PrivacyBudgetExhausted"]
 
 
 class DPState:
-    @staticmethod
-    def check(cfg: Config, n_site: int) -> DPSettings:
-        """The run's DP settings, validated against this site's size (raises DPConfigError)."""
-        d = cfg.dp
-        settings = DPSettings(
-            noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm, delta=d.delta,
-            accountant=d.accountant, target_epsilon=d.target_epsilon, max_epsilon=d.max_epsilon,
-        )  # fmt: skip
-        validate_dp(settings, n_site, cfg.train.batch_size)
-        return settings
+    """The site's DP state for one run: settings, σ, the accountant snapshots, and the DP trainer
+    (the model is wrapped for per-sample gradients once, at the first DP round)."""
 
     def __init__(self, cfg: Config, n_site: int, state_dir: Path, run_id: str) -> None:
         d, t = cfg.dp, cfg.train
-        self.settings = self.check(cfg, n_site)
+        self.settings = DPSettings.from_config(d)
+        self.sigma = self.settings.run_sigma(n_site, t.batch_size, t.rounds, t.local_epochs)
         self.cfg, self.dir, self.run_id = cfg, Path(state_dir), run_id
-        steps = t.rounds * t.local_epochs * dp_steps_per_epoch(n_site, t.batch_size)
-        self.sigma = resolve_noise_multiplier(
-            self.settings, sample_rate=sample_rate_for(n_site, t.batch_size), steps_total=steps
-        )
+        self.trainer: DPTrainer | None = None
         self.snapshots: dict[int, dict] = {}
         for p in self.dir.glob("accountant_round_*.json"):
             snap = json.loads(p.read_text())
@@ -65,25 +52,25 @@ class DPState:
 
     def _save(self, rnd: int, acc: SiteAccountant) -> None:
         self.snapshots[rnd] = acc.state_dict()
-        path = self.dir / f"accountant_round_{rnd:04d}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"run_id": self.run_id, "round": rnd, "accountant": self.snapshots[rnd]})
+        write_json_atomic(
+            self.dir / f"accountant_round_{rnd:04d}.json",
+            {"run_id": self.run_id, "round": rnd, "accountant": self.snapshots[rnd]},
         )
-        tmp.replace(path)
         for r in sorted(self.snapshots)[:-2]:
             self.snapshots.pop(r)
             (self.dir / f"accountant_round_{r:04d}.json").unlink(missing_ok=True)
 
     def train(self, model, dataset, rnd: int, config: dict, shared) -> dict:
         """One DP round; returns only the metrics ε covers (no un-noised loss leaves the site)."""
+        if self.trainer is None or self.trainer.model is not model:
+            self.trainer = DPTrainer(model, self.settings)
         acc = self.accountant_before(rnd)
         try:
-            m = dp_train_local(
-                model, dataset, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
-                batch_size=int(config["batch_size"]), seed=int(config["seed"]), settings=self.settings,
-                sigma=self.sigma, accountant=acc, proximal_mu=float(config["proximal_mu"]),
-                global_params=shared, optimizer=self.cfg.train.optimizer,
+            m = self.trainer.train_round(
+                dataset, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
+                batch_size=int(config["batch_size"]), seed=int(config["seed"]), sigma=self.sigma,
+                accountant=acc, proximal_mu=float(config["proximal_mu"]), global_params=shared,
+                optimizer=self.cfg.train.optimizer,
             )  # fmt: skip
         finally:
             if acc.steps:  # steps happened (even if the round failed half-way): they count

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.methods import METHOD_NAMES
+from common.seeds import ATTACKER_POOL_OFFSET, DIFFUSION_TRAIN_OFFSET
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -133,14 +136,10 @@ class TrainConfig(_Frozen):
     eval_batch_size: int = Field(64, ge=1)
 
 
-METHODS = ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm")
-GROUPNORM_METHODS = ("dpsgd", "groupnorm")  # the GroupNorm twin of the U-Net (Opacus needs it)
-
-
 class FLConfig(_Frozen):
     """Federation: which methods the benchmark runs and how rounds are organised."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = METHOD_NAMES
     proximal_mu: float = Field(0.01, ge=0)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_sites: int = Field(3, ge=1, le=5, description="fewer updates -> the round is skipped")
@@ -151,9 +150,9 @@ class FLConfig(_Frozen):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
-        bad = [m for m in v if m not in METHODS]
+        bad = [m for m in v if m not in METHOD_NAMES]
         if bad or not v:
-            raise ValueError(f"unknown method(s) {bad}; known: {list(METHODS)}")
+            raise ValueError(f"unknown method(s) {bad}; known: {list(METHOD_NAMES)}")
         return v
 
 
@@ -285,13 +284,13 @@ class Config(_Frozen):
     @property
     def attacker_seed(self) -> int:
         s = self.data.attacker_seed
-        return self.seed + 1_000_003 if s is None else s
+        return self.seed + ATTACKER_POOL_OFFSET if s is None else s
 
     @property
     def diffusion_train_seed(self) -> int:
         """Seed of the procedural slices the diffusion model learns from (not the benchmark's)."""
         s = self.diffusion.train_seed
-        return self.seed + 2_000_003 if s is None else s
+        return self.seed + DIFFUSION_TRAIN_OFFSET if s is None else s
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -121,9 +121,9 @@ def model_for(cfg, method: str) -> UNet:
     """The U-Net of a run's method (``cfg`` is a ``common.config.Config``): the GroupNorm twin for
     dpsgd (Opacus cannot train BatchNorm) and for groupnorm (the same network without DP, so the
     benchmark separates the cost of DP from that of the normalisation change)."""
-    from common.config import GROUPNORM_METHODS
+    from common.methods import get_method
 
-    norm = "group" if method in GROUPNORM_METHODS else cfg.model.norm
+    norm = get_method(method).norm_type(cfg.model.norm)
     return build_model(cfg.model.base, norm, cfg.model.groups, cfg.seed)
 
 

@@ -1,6 +1,8 @@
-"""`fedonco server`: wait for the sites, run the rounds, evaluate, checkpoint, write history.
+"""One federated run at the server: wait for the sites, run the rounds, evaluate, checkpoint.
 
-The round loop is ``Server.run_round``; everything else is set-up and bookkeeping. A run directory
+The round is ``Server.run_round``: configure -> the sites train -> (secure) sum -> strategy ->
+evaluate; everything else is set-up and bookkeeping. ``server/campaign.py`` serves one run after
+another on one port and is the ``fedonco server`` command. A run directory
 holds ``state.json`` (run id, last completed round, history), ``checkpoints/round_NNNN.npz`` (the
 global model after that round), ``history.json`` and, at the end, ``final_model.npz`` and
 ``result.json``. ``--resume RUN_DIR`` continues after the last completed round with the same run id.
@@ -8,24 +10,22 @@ global model after that round), ``history.json`` and, at the end, ``final_model.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-import signal
 import threading
 import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.config import GROUPNORM_METHODS, METHODS, SITE_NAMES, Config
+from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
-from common.data.store import npz_bytes, read_manifest
+from common.data.store import read_manifest
 from common.evaluation import evaluate_sums, summarize
+from common.io import load_npz, save_npz, write_json_atomic
+from common.methods import get_method
 from common.metrics import SUM_KEYS
 from common.model import (
     count_parameters,
@@ -37,12 +37,9 @@ from common.model import (
 )
 from common.release import export_release
 from common.transforms import to_inputs
-from common.versions import collect_versions
-from common.wire.channel import create_server
-from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from server.records import TaskKind
 from server.secure import secure_aggregate
-from server.servicer import FederationServicer
 from server.state import RoundState
 from server.strategies import get_strategy, sum_weighted_updates
 
@@ -59,7 +56,8 @@ DP_KEYS = (
 
 
 def make_strategy(cfg: Config, method: str):
-    """dpsgd and groupnorm are FedAvg; DP is a training mode at the sites, not a strategy."""
+    """The method's strategy (``common/methods.py``), emitting the whole fit config of a site."""
+    m = get_method(method)
     kw = dict(
         local_epochs=cfg.train.local_epochs,
         lr=cfg.train.lr,
@@ -67,32 +65,18 @@ def make_strategy(cfg: Config, method: str):
         fraction_fit=cfg.fl.fraction_fit,
         min_fit_sites=cfg.fl.min_fit_sites,
         seed=cfg.seed,
+        dp=m.dp,
+        secagg=cfg.secagg.enabled,
     )
-    if method == "fedprox":
+    if m.proximal:
         kw["proximal_mu"] = cfg.fl.proximal_mu
-    return get_strategy("fedavg" if method in GROUPNORM_METHODS else method, **kw)
-
-
-def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(npz_bytes(params))
-    tmp.replace(path)
-
-
-def load_params(path: Path) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
-    tmp.replace(path)
+    return get_strategy(m.strategy, **kw)
 
 
 class Server:
     def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool):
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
+        self.spec = get_method(method)
         self.strategy = make_strategy(cfg, method)
         torch.manual_seed(cfg.seed)
         self.model = model_for(cfg, method)
@@ -109,7 +93,7 @@ class Server:
             self.run_id, self.done, self.history = st["run_id"], st["round"], st["history"]
             self.initial_sha = st["initial_model_sha256"]
             self.params = (
-                load_params(run_dir / "checkpoints" / f"round_{self.done:04d}.npz")
+                load_npz(run_dir / "checkpoints" / f"round_{self.done:04d}.npz")
                 if self.done
                 else initial
             )
@@ -135,9 +119,6 @@ class Server:
         """One round: configure -> sites train -> (secure) sum -> strategy -> evaluate."""
         t0 = time.perf_counter()
         configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
-        for c in configs.values():
-            c["secagg"] = self.cfg.secagg.enabled
-            c["dp"] = self.method == "dpsgd"
         shared = {k: self.params[k] for k in self.shared}
         payload = ndarrays_to_proto(shared)
         t_enc = time.perf_counter() - t0
@@ -160,7 +141,7 @@ class Server:
         t2 = time.perf_counter()
         record["eval"] = self.evaluate(rnd)
         timing = record.setdefault("timing_s", {})
-        slowest = max((m.get("train_time_s", 0.0) for m in metrics.values()), default=0.0)
+        slowest = max((_number(m.get("train_time_s")) for m in metrics.values()), default=0.0)
         timing.update(encode=t_enc, fit_phase=t_fit, round=round_wall, evaluate=time.perf_counter() - t2,
                       slowest_train=slowest, fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0,
                       secagg_server=record.get("secagg", {}).get("secagg_server_s", 0.0))  # fmt: skip
@@ -176,14 +157,16 @@ class Server:
         timeout = self.cfg.fl.round_timeout_s
         if not self.cfg.secagg.enabled:
             updates, record["failures"] = self.state.run_phase(
-                "fit", rnd, configs, payload, spec_of(shared), timeout
+                TaskKind.FIT, rnd, configs, payload, spec_of(shared), timeout
             )
             if not updates:
                 return None, 0.0, {}
-            summed, total = sum_weighted_updates({s: (a, n) for s, (a, n, _m) in updates.items()})
-            return summed, total, {s: m for s, (_a, _n, m) in updates.items()}
+            summed, total = sum_weighted_updates(
+                {s: (u.weighted, u.num_examples) for s, u in updates.items()}
+            )
+            return summed, total, {s: u.metrics for s, u in updates.items()}
         advertised, record["failures"] = self.state.run_phase(
-            "advertise_keys", rnd, configs, payload, None, timeout
+            TaskKind.ADVERTISE_KEYS, rnd, configs, payload, None, timeout
         )
         out = secure_aggregate(self.cfg, self.state, rnd, advertised, shared)
         record["secagg"] = out.record
@@ -194,16 +177,16 @@ class Server:
 
     def evaluate(self, rnd: int) -> dict:
         """Per-site and pooled metrics: centrally, or at the sites when norm layers stay local."""
-        if self.strategy.keeps_norm_local:
+        if self.spec.evaluated_at == "sites":
             shared = {k: self.params[k] for k in self.shared}
             sites = self.state.alive_sites()
             results, failures = self.state.run_phase(
-                "evaluate", rnd, {s: {"round": rnd} for s in sites}, ndarrays_to_proto(shared), None,
+                TaskKind.EVALUATE, rnd, {s: {"round": rnd} for s in sites}, ndarrays_to_proto(shared), None,
                 self.cfg.fl.round_timeout_s,
             )  # fmt: skip
             sums = {
-                s: {k: float(v) for k, v in m.items() if k in SUM_KEYS}
-                for s, (_n, m) in results.items()
+                s: {k: float(v) for k, v in r.metrics.items() if k in SUM_KEYS}
+                for s, r in results.items()
             }
             out = summarize(sums)
             out["where"], out["failures"] = "sites", failures
@@ -221,14 +204,14 @@ class Server:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _save_state(self) -> None:
-        _write_json(
+        write_json_atomic(
             self.run_dir / "state.json",
             {"run_id": self.run_id, "method": self.method, "round": self.done, "history": self.history,
              "initial_model_sha256": self.initial_sha},
         )  # fmt: skip
 
     def checkpoint(self, rnd: int) -> None:
-        save_params(self.run_dir / "checkpoints" / f"round_{rnd:04d}.npz", self.params)
+        save_npz(self.run_dir / "checkpoints" / f"round_{rnd:04d}.npz", self.params)
         self.done = rnd
         self._save_state()
         for old in (self.run_dir / "checkpoints").glob("round_*.npz"):
@@ -262,13 +245,9 @@ class Server:
         time.sleep(min(2.0, 2 * self.cfg.fl.heartbeat_s))  # let the sites hear "finished"
         return result
 
-    def run(self, address: str, port_file: Path | None = None, tls_dir: Path | None = None) -> dict:
-        """Serve this one run on ``address`` (plaintext unless ``tls_dir``)."""
-        return serve_campaign([lambda: self], address, port_file, tls_dir)[0]
-
     def privacy(self) -> dict:
         """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site."""
-        if self.method != "dpsgd":
+        if not self.spec.dp:
             return {"epsilon": None, "delta": None, "accountant": None, "dp": None}
         per_site = {}
         for rec in self.history:  # the latest report of each site
@@ -290,14 +269,14 @@ class Server:
         }
 
     def finalize(self) -> dict:
-        save_params(self.run_dir / "final_model.npz", self.params)
-        if not self.strategy.keeps_norm_local:  # FedBN: each site holds its own model
-            norm = "group" if self.method in GROUPNORM_METHODS else self.cfg.model.norm
+        save_npz(self.run_dir / "final_model.npz", self.params)
+        if self.spec.release == "global":  # else (FedBN) each site releases its own model
+            norm = self.spec.norm_type(self.cfg.model.norm)
             export_release(self.run_dir / "release", self.params, {
                 "method": self.method, "base": self.cfg.model.base, "norm": norm,
                 "groups": self.cfg.model.groups, "image_size": self.cfg.data.image_size,
                 "window": list(self.cfg.data.window), "final_model_sha256": state_sha256(self.params)})  # fmt: skip
-        _write_json(self.run_dir / "history.json", self.history)
+        write_json_atomic(self.run_dir / "history.json", self.history)
         last = self.history[-1]["eval"] if self.history else {}
         result = {
             "method": self.method,
@@ -316,110 +295,10 @@ class Server:
             "wall_s": time.perf_counter() - self.t_start,  # from the wait for the sites on
             **self.privacy(),
         }
-        _write_json(self.run_dir / "result.json", result)
+        write_json_atomic(self.run_dir / "result.json", result)
         return result
 
 
-def wait_for_file(path: Path, timeout_s: float, what: str, stop: threading.Event) -> None:
-    """Block until ``path`` exists (bounded; ``stop`` ends it early): the judge marks the end."""
-    log.info(
-        "holding the federation open until %s appears (%s; at most %.0fs)", path, what, timeout_s
-    )
-    end = time.monotonic() + timeout_s
-    while not path.exists() and not stop.is_set():
-        if time.monotonic() > end:
-            log.warning("%s did not appear within %.0fs; finishing anyway", path, timeout_s)
-            return
-        stop.wait(1.0)
-
-
-def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: Path | None = None,
-                   hold=None) -> list[dict]:  # fmt: skip
-    """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
-    (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
-    the next run. ``hold``: after the last run, keep serving until hold(stop) returns (compose: the
-    sites linger until the server goes away, so nobody exits before the judge is done)."""
-    from common.wire.tls import server_credentials
-
-    servicer = FederationServicer(authenticate=tls_dir is not None)
-    creds = server_credentials(tls_dir) if tls_dir else None
-    server, port = create_server(
-        address, [(pb_grpc.add_FederationServicer_to_server, servicer)], credentials=creds
-    )
-    server.start()
-    if port_file:
-        port_file.write_text(str(port))
-    stop = threading.Event()
-
-    def _term(signum, _frame):
-        log.warning("signal %d: stopping after the current step", signum)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _term)
-    results = []
-    try:
-        for i, make in enumerate(runs):
-            srv = make()
-            left = len(runs) - 1 - i
-            servicer.open_run(srv.state, srv.run_info(left, linger=hold is not None))
-            results.append(srv.serve_rounds(stop))
-            if stop.is_set():
-                break
-        if hold and not stop.is_set():
-            hold(stop)
-        return results
-    finally:
-        server.stop(grace=1.0)
-
-
-def run_server_cmd(args) -> int:
-    from common.config import load_config, with_overrides
-    from common.wire.tls import plaintext_allowed
-
-    cfg = load_config(args.config)
-    if args.rounds is not None:
-        cfg = with_overrides(cfg, **{"train.rounds": args.rounds})
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // 2))
-    tls_dir = Path(args.tls_dir) if args.tls_dir else None
-    if tls_dir is None:
-        plaintext_allowed(args.address, args.insecure, "server")
-    hold = None
-    if args.hold_until:
-        marker = Path(args.hold_until)
-        hold = lambda stop: wait_for_file(marker, args.hold_timeout, "the audit", stop)  # noqa: E731
-    if args.methods:  # a campaign: one run per method, in RUN_DIR/<method>
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
-            raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHODS)})")
-        if not args.run_dir:
-            raise ValueError("--methods needs --run-dir (the campaign directory)")
-        root = Path(args.run_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        _write_json(root / "config.json", cfg.model_dump(mode="json"))
-        _write_json(root / "versions.json", collect_versions())
-        runs = [
-            lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False) for m in methods
-        ]
-        results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold)
-        for r in results:
-            print(json.dumps({k: r[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
-        return 0
-    run_dir = Path(args.resume or args.run_dir)
-    if not args.resume and not args.run_dir:
-        raise ValueError("give --run-dir (new run) or --resume RUN_DIR")
-    method = args.method
-    if args.resume and method is None:
-        method = json.loads((run_dir / "state.json").read_text())["method"]
-    if method is None:
-        raise ValueError("give --method (fedavg, fedprox or fedbn)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    srv = Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume))
-    (result,) = serve_campaign([lambda: srv], args.address, _port_file(args), tls_dir, hold)
-    print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
-    return 0
-
-
-def _port_file(args) -> Path | None:
-    return Path(args.port_file) if args.port_file else None
+def _number(value) -> float:
+    """A site-reported timing as a float (0.0 when it is missing or not a number)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -23,6 +23,13 @@ from common.secagg import (
     quantization_scale,
     unflatten,
 )
+from server.records import (
+    KeyAdvertisement,
+    MaskedInputStage,
+    ShareKeysStage,
+    TaskKind,
+    UnmaskStage,
+)
 from server.state import RoundState
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,11 @@ class SecAggOutcome:
 
 
 def secure_aggregate(
-    cfg: Config, state: RoundState, rnd: int, advertised: dict, shared: dict[str, np.ndarray]
+    cfg: Config,
+    state: RoundState,
+    rnd: int,
+    advertised: dict[str, KeyAdvertisement],
+    shared: dict[str, np.ndarray],
 ) -> SecAggOutcome:
     """Run share keys -> masked input -> unmask for the sites that advertised keys."""
     keys = sorted(shared)
@@ -58,36 +69,34 @@ def secure_aggregate(
         results, failures = state.run_phase(
             kind, rnd, {s: {} for s in sites}, None, spec, timeout, payloads
         )
-        record["dropouts"][kind] = sorted(failures)
+        record["dropouts"][kind.value] = sorted(failures)
         return results
 
-    weights = {s: n for s, (_pk, n, _m) in advertised.items()}
+    weights = {s: a.num_examples for s, a in advertised.items()}
     try:
         srv = SecAggServer(state.run_id, rnd, sorted(advertised), cfg.secagg.threshold, length,
                            neighbours=cfg.secagg.neighbours)  # fmt: skip
-        u1 = timed(srv.receive_keys, {s: pk for s, (pk, _n, _m) in advertised.items()})
-        shares = phase("share_keys", sorted(u1), {
-            s: {"public_keys": {j: u1[j] for j in sorted(u1)}, "threshold": cfg.secagg.threshold,
-                "neighbours": [j for j in srv.neighbours_of(s) if j in u1]}
+        u1 = timed(srv.receive_keys, {s: (a.enc_pk, a.mask_pk) for s, a in advertised.items()})
+        public = {j: u1[j] for j in sorted(u1)}
+        shares = phase(TaskKind.SHARE_KEYS, sorted(u1), {
+            s: ShareKeysStage(public, cfg.secagg.threshold, [j for j in srv.neighbours_of(s) if j in u1])
             for s in u1})  # fmt: skip
-        routed = timed(srv.route_shares, shares)
+        routed = timed(srv.route_shares, {s: r.ciphertexts for s, r in shares.items()})
         scale = quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)))
-        masked = phase("masked_input", sorted(routed), {
-            s: {"ciphertexts": routed[s], "scale": scale, "clip": cfg.secagg.clip} for s in routed},
+        masked = phase(TaskKind.MASKED_INPUT, sorted(routed), {
+            s: MaskedInputStage(routed[s], scale, cfg.secagg.clip) for s in routed},
             spec={"masked": ("uint32", (length,))})  # fmt: skip
-        survivors, dropped = timed(srv.receive_masked, {s: v for s, (v, _m) in masked.items()})
+        survivors, dropped = timed(srv.receive_masked, {s: m.masked for s, m in masked.items()})
         revealed = phase(
-            "unmask",
-            survivors,
-            {s: {"survivors": survivors, "dropped": dropped} for s in survivors},
+            TaskKind.UNMASK, survivors, {s: UnmaskStage(survivors, dropped) for s in survivors}
         )
-        total_u32 = timed(srv.unmask, revealed)
+        total_u32 = timed(srv.unmask, {s: r.shares for s, r in revealed.items()})
     except (SecAggAbort, SecAggError) as err:
         record.update(aborted=str(err), secagg_server_s=srv_time)
         log.warning("round %d: secure aggregation aborted: %s", rnd, err)
         return SecAggOutcome(None, 0.0, {}, record)
     vec = dequantize(total_u32, scale)
-    metrics = {s: {**advertised[s][2], **masked[s][1]} for s in survivors}
+    metrics = {s: {**advertised[s].metrics, **masked[s].metrics} for s in survivors}
     record.update(
         survivors=survivors,
         dropped=dropped,

@@ -14,6 +14,18 @@ from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_proto
 from common.wire.tls import site_of_peer
+from server.records import (
+    SECAGG_STAGES,
+    EvalResult,
+    FitResult,
+    KeyAdvertisement,
+    MaskedInput,
+    MaskedInputStage,
+    SharedKeys,
+    ShareKeysStage,
+    TaskKind,
+    UnmaskReply,
+)
 from server.state import Rejected, RoundState
 
 log = logging.getLogger(__name__)
@@ -25,23 +37,22 @@ STATUS = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
 }
 LONG_POLL_S = 1.0  # PullTask waits this long for a task before answering "wait"
-SECAGG_STAGES = ("share_keys", "masked_input", "unmask")
 KEY_BYTES = 32  # X25519 public keys
 
 
-def secagg_task(stage: str, rnd: int, p: dict) -> pb.SecAggTask:
-    """Encode one secure-aggregation stage for one site (the payload is a plain dict)."""
-    if stage == "share_keys":
-        keys = {s: pb.PublicKeys(enc_pk=e, mask_pk=m) for s, (e, m) in p["public_keys"].items()}
+def secagg_task(rnd: int, stage) -> pb.SecAggTask:
+    """Encode one secure-aggregation stage record for one site."""
+    if isinstance(stage, ShareKeysStage):
+        keys = {s: pb.PublicKeys(enc_pk=e, mask_pk=m) for s, (e, m) in stage.public_keys.items()}
         st = pb.ShareKeysStage(
-            public_keys=keys, threshold=p["threshold"], neighbours=p["neighbours"]
+            public_keys=keys, threshold=stage.threshold, neighbours=stage.neighbours
         )
         return pb.SecAggTask(round=rnd, share_keys=st)
-    if stage == "masked_input":
-        st = pb.MaskedInputStage(ciphertexts=p["ciphertexts"], scale=p["scale"], clip=p["clip"])
+    if isinstance(stage, MaskedInputStage):
+        st = pb.MaskedInputStage(ciphertexts=stage.ciphertexts, scale=stage.scale, clip=stage.clip)
         return pb.SecAggTask(round=rnd, masked_input=st)
     return pb.SecAggTask(
-        round=rnd, unmask=pb.UnmaskStage(survivors=p["survivors"], dropped=p["dropped"])
+        round=rnd, unmask=pb.UnmaskStage(survivors=stage.survivors, dropped=stage.dropped)
     )
 
 
@@ -106,7 +117,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         task, run_id = self._call(context, request.site_id, lambda st, _i: (
             st.next_task(request.site_id, request.run_id, LONG_POLL_S), st.run_id))  # fmt: skip
         resp = pb.PullTaskResponse(run_id=run_id)
-        if task.kind in ("fit", "advertise_keys"):
+        if task.kind in (TaskKind.FIT, TaskKind.ADVERTISE_KEYS):
             resp.fit.CopyFrom(
                 pb.FitTask(
                     round=task.round,
@@ -115,15 +126,15 @@ class FederationServicer(pb_grpc.FederationServicer):
                     deadline_s=task.deadline_s,
                 )
             )
-        elif task.kind == "evaluate":
+        elif task.kind == TaskKind.EVALUATE:
             resp.evaluate.CopyFrom(
                 pb.EvaluateTask(
                     round=task.round, tensors=task.payload, config=scalars_to_proto(task.config)
                 )
             )
         elif task.kind in SECAGG_STAGES:
-            resp.secagg.CopyFrom(secagg_task(task.kind, task.round, task.payload))
-        elif task.kind == "finished":
+            resp.secagg.CopyFrom(secagg_task(task.round, task.payload))
+        elif task.kind == TaskKind.FINISHED:
             resp.finished.CopyFrom(pb.FinishedTask(rounds_completed=task.round, reason=task.reason))
         else:
             resp.wait.CopyFrom(pb.WaitTask(retry_after_s=0.0, reason=task.reason))
@@ -134,16 +145,16 @@ class FederationServicer(pb_grpc.FederationServicer):
             if request.num_examples <= 0:
                 raise ValueError(f"num_examples must be positive, got {request.num_examples}")
             arrays = proto_to_ndarrays(request.tensors, spec)
-            return arrays, int(request.num_examples), scalars_from_proto(request.metrics)
+            return FitResult(arrays, int(request.num_examples), scalars_from_proto(request.metrics))
 
-        self._submit(context, "fit", request, decode)
+        self._submit(context, TaskKind.FIT, request, decode)
         return pb.PushUpdateResponse()
 
     def PushEvaluation(self, request, context):
         def decode(_spec):
-            return int(request.num_examples), scalars_from_proto(request.metrics)
+            return EvalResult(int(request.num_examples), scalars_from_proto(request.metrics))
 
-        self._submit(context, "evaluate", request, decode)
+        self._submit(context, TaskKind.EVALUATE, request, decode)
         return pb.PushEvaluationResponse()
 
     def Decline(self, request, context):
@@ -160,19 +171,22 @@ class FederationServicer(pb_grpc.FederationServicer):
                 raise ValueError(f"public keys must be {KEY_BYTES} bytes each")
             if request.num_examples <= 0:
                 raise ValueError(f"num_examples must be positive, got {request.num_examples}")
-            return keys, int(request.num_examples), scalars_from_proto(request.metrics)
+            metrics = scalars_from_proto(request.metrics)
+            return KeyAdvertisement(*keys, int(request.num_examples), metrics)
 
-        return self._submit(context, "advertise_keys", request, decode)
+        return self._submit(context, TaskKind.ADVERTISE_KEYS, request, decode)
 
     def ShareKeys(self, request, context):
-        return self._submit(context, "share_keys", request, lambda _s: dict(request.ciphertexts))
+        return self._submit(context, TaskKind.SHARE_KEYS, request,
+                            lambda _s: SharedKeys(dict(request.ciphertexts)))  # fmt: skip
 
     def PushMaskedInput(self, request, context):
         def decode(spec):
             masked = proto_to_ndarrays([request.masked], spec)["masked"]
-            return masked, scalars_from_proto(request.metrics)
+            return MaskedInput(masked, scalars_from_proto(request.metrics))
 
-        return self._submit(context, "masked_input", request, decode)
+        return self._submit(context, TaskKind.MASKED_INPUT, request, decode)
 
     def Unmask(self, request, context):
-        return self._submit(context, "unmask", request, lambda _s: dict(request.shares))
+        return self._submit(context, TaskKind.UNMASK, request,
+                            lambda _s: UnmaskReply(dict(request.shares)))  # fmt: skip

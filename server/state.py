@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.records import TaskKind
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ class Rejected(Exception):
 
 @dataclass
 class Phase:
-    kind: str  # fit | evaluate | advertise_keys | share_keys | masked_input | unmask
+    kind: TaskKind
     round: int
     configs: dict[str, dict[str, Any]]  # selected site -> config
     payload: Any  # what every selected site receives (encoded once by the caller) ...
@@ -49,7 +51,7 @@ class Phase:
 
 @dataclass
 class Task:
-    kind: str  # fit | evaluate | wait | finished
+    kind: TaskKind
     round: int = 0
     payload: Any = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -102,7 +104,7 @@ class RoundState:
             self._bind(site, run_id)
             while True:
                 if self._finished is not None:
-                    return Task("finished", self._finished[0], reason=self._finished[1])
+                    return Task(TaskKind.FINISHED, self._finished[0], reason=self._finished[1])
                 ph = self._phase
                 if ph is not None and site in ph.pending:
                     left = ph.deadline - time.monotonic()
@@ -111,7 +113,7 @@ class RoundState:
                     )
                 left = end - time.monotonic()
                 if left <= 0:
-                    return Task("wait", reason="no task for this site yet")
+                    return Task(TaskKind.WAIT, reason="no task for this site yet")
                 self._cv.wait(left)
                 self._last_seen[site] = time.monotonic()
 

@@ -14,20 +14,22 @@ Hooks, called by the round loop:
     shared_keys(float_keys, norm_keys) -> the state_dict keys that leave a site
     configure_fit(rnd, sites)          -> {site: config} for the sites that train this round
     aggregate_fit(rnd, weighted_sum, total_weight, metrics, current=...) -> next global params
-    aggregate_metrics(rnd, metrics, weights) -> weighted means of the sites' numeric metrics
 
-DP-SGD is a client-side training mode combined with FedAvg, not a strategy of its own.
+DP-SGD is a site-side training mode combined with a strategy (``dp=True``), not a strategy of its
+own; the strategy emits the whole fit config a site trains with, the ``dp`` and ``secagg`` flags
+included. Which strategy a method uses is in ``common/methods.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+
+from common.seeds import site_round_seed
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +70,6 @@ def sum_weighted_updates(
     return acc, total
 
 
-def _site_seed(seed: int, rnd: int, site: str) -> int:
-    """A per-(run seed, round, site) training seed, stable across processes and restarts."""
-    return int(np.random.SeedSequence([seed, rnd, zlib.crc32(site.encode())]).generate_state(1)[0])
-
-
 class FedAvg:
     """FedAvg (McMahan et al., 2017): the example-weighted mean of the sites' models.
 
@@ -82,8 +79,6 @@ class FedAvg:
     """
 
     name: ClassVar[str] = "fedavg"
-    # True when part of each site's model never leaves it: evaluate at the sites, not centrally.
-    keeps_norm_local: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -94,6 +89,8 @@ class FedAvg:
         fraction_fit: float = 1.0,
         min_fit_sites: int = 1,
         seed: int = 0,
+        dp: bool = False,
+        secagg: bool = False,
     ) -> None:
         if local_epochs < 1:
             raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
@@ -111,6 +108,8 @@ class FedAvg:
         self.fraction_fit = fraction_fit
         self.min_fit_sites = min_fit_sites
         self.seed = seed
+        self.dp = bool(dp)
+        self.secagg = bool(secagg)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -144,7 +143,9 @@ class FedAvg:
             "lr": self.lr,
             "batch_size": self.batch_size,
             "proximal_mu": 0.0,
-            "seed": _site_seed(self.seed, rnd, site),
+            "seed": site_round_seed(self.seed, rnd, site),
+            "dp": self.dp,
+            "secagg": self.secagg,
         }
 
     def configure_fit(self, rnd: int, sites: Sequence[str]) -> dict[str, dict[str, Scalar]]:
@@ -185,33 +186,6 @@ class FedAvg:
             new[k] = mean.astype(new[k].dtype)
         return new
 
-    def aggregate_metrics(
-        self,
-        rnd: int,
-        metrics: Mapping[str, Mapping[str, Scalar]],
-        weights: Mapping[str, float],
-    ) -> dict[str, float]:
-        """Weighted mean of every numeric metric reported by all sites (bools and strings skipped)."""
-        sites = sorted(metrics)
-        if not sites:
-            return {}
-        common = set.intersection(*(set(metrics[s]) for s in sites))
-        numeric = sorted(
-            k
-            for k in common
-            if all(
-                isinstance(metrics[s][k], int | float) and not isinstance(metrics[s][k], bool)
-                for s in sites
-            )
-        )
-        w = np.array([float(weights[s]) for s in sites])
-        out = {
-            k: float(np.average([float(metrics[s][k]) for s in sites], weights=w)) for k in numeric
-        }
-        out["num_sites"] = float(len(sites))
-        out["total_weight"] = float(w.sum())
-        return out
-
 
 class FedProx(FedAvg):
     """FedProx (Li et al., 2020): FedAvg whose sites add (mu/2)·‖w − w_global‖² to their loss.
@@ -240,7 +214,6 @@ class FedBN(FedAvg):
     """
 
     name: ClassVar[str] = "fedbn"
-    keeps_norm_local: ClassVar[bool] = True
 
     def shared_keys(self, float_keys: Iterable[str], norm_keys: Iterable[str]) -> list[str]:
         local = set(norm_keys)

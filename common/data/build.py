@@ -55,14 +55,6 @@ def split_sizes(cfg: Config) -> dict[str, list[int]]:
     return sizes
 
 
-def _diffusion_job(cfg: Config):
-    if cfg.data.generator != "diffusion":
-        return None
-    from common.data.diffusion.generate import diffusion_job  # needs the optional 'diffusion' extra
-
-    return diffusion_job(cfg)
-
-
 def check_subset(sites: list[str] | None, splits: list[str] | None) -> None:
     bad = [s for s in sites or [] if s not in SITE_NAMES]
     bad += [s for s in splits or [] if s not in SPLITS]
@@ -71,12 +63,18 @@ def check_subset(sites: list[str] | None, splits: list[str] | None) -> None:
                          f"splits {', '.join(SPLITS)}")  # fmt: skip
 
 
-def plan(cfg: Config, sites: list[str] | None = None, splits: list[str] | None = None):
+def plan(cfg: Config, sites: list[str] | None = None, splits: list[str] | None = None,
+         diffusion=None):  # fmt: skip
     """The shard jobs; ``sites``/``splits`` select a subset (each slice is the same as in the
-    full dataset: a site can generate only its own data)."""
+    full dataset: a site can generate only its own data). ``diffusion``: the diffusion layer's
+    job (``common.data.diffusion.generate.DiffusionJob``) that a diffusion dataset needs."""
     check_subset(sites, splits)
+    if (cfg.data.generator == "diffusion") != (diffusion is not None):
+        raise ValueError(
+            "a diffusion dataset is built by common.data.diffusion.generate.build_dataset "
+            "(it needs the model); a procedural one takes no diffusion job"
+        )
     specs = resolve_sites(cfg.data)
-    diffusion = _diffusion_job(cfg)
     jobs = []
     for split, counts in split_sizes(cfg).items():
         if splits and split not in splits:
@@ -111,10 +109,8 @@ def make_slices(job: ShardJob, only: int | None = None) -> list:
         render_slice(job.seed, job.site_index, job.split, idx, job.spec, job.size, job.noise_ref_hu)
         for idx in range(job.start, job.start + job.n)
     ]
-    if job.diffusion is not None:
-        from common.data.diffusion.generate import diffuse_shard
-
-        diffuse_shard(job, slices, only=only)
+    if job.diffusion is not None:  # the diffusion layer's job object replaces the images
+        job.diffusion.diffuse(job, slices, only=only)
     return slices
 
 
@@ -164,9 +160,11 @@ def build_dataset(
     gallery: bool = True,
     only_sites: list[str] | None = None,
     only_splits: list[str] | None = None,
+    diffusion=None,
 ) -> dict:
     """Generate the dataset of `cfg` (or the ``sites``/``splits`` subset) into `out`.
-    Returns the manifest."""
+    Returns the manifest. A diffusion dataset comes through
+    ``common.data.diffusion.generate.build_dataset``, which passes its ``diffusion`` job."""
     sites_sel, splits_sel = only_sites, only_splits  # (``sites`` below are the site specs)
     from common.data.summary import render_gallery, site_summary, summary_markdown
 
@@ -174,7 +172,7 @@ def build_dataset(
     check_subset(sites_sel, splits_sel)
     tmp = _prepare_out(out, force)
     try:
-        jobs = plan(cfg, sites_sel, splits_sel)
+        jobs = plan(cfg, sites_sel, splits_sel, diffusion)
         total = sum(j.n for j in jobs)
         workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         shards = []

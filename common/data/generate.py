@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from common import seeds
 from common.data.anatomy import LABEL, build_anatomy
 from common.data.scanner import centre_sigma, scan
 from common.data.sites import SiteSpec
 from common.data.tumor import add_tumors
+from common.seeds import SPLIT_CODE, SPLITS
 
-SPLITS = ("train", "holdout", "test", "attacker")
-_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
+__all__ = ["SPLITS", "Slice", "render_slice", "slice_rng"]
 
 
 @dataclass
@@ -32,11 +33,9 @@ class Slice:
 
 
 def slice_rng(seed: int, site_index: int, split: str, index: int) -> np.random.Generator:
-    if split not in _SPLIT_CODE:
+    if split not in SPLIT_CODE:
         raise ValueError(f"unknown split {split!r}; splits are {SPLITS}")
-    return np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([seed, site_index, _SPLIT_CODE[split], index]))
-    )
+    return seeds.slice_rng(seed, site_index, split, index)
 
 
 def _round(obj):

@@ -69,15 +69,16 @@ def regenerate_slice(
 ) -> Slice:
     """Re-create one slice from (seed, site, split, index) and the manifest's resolved site spec.
 
-    For a diffusion dataset (manifest ``generator = "diffusion"``) the slice is re-sampled with
-    its recorded seed by the model at the recorded path, whose sha256 must match the manifest.
+    A diffusion dataset (manifest ``generator = "diffusion"``) is refused here: its slices are
+    re-sampled by ``common.data.diffusion.generate.regenerate_slice``.
     """
     m = root_or_manifest if isinstance(root_or_manifest, dict) else read_manifest(root_or_manifest)
     spec = site_spec(m, site)
     if m.get("generator", "procedural") == "diffusion":
-        from common.data.diffusion.generate import regenerate_diffusion_slice
-
-        return regenerate_diffusion_slice(m, split, site, index)
+        raise ValueError(
+            "a diffusion dataset's slice is re-sampled by its model: use "
+            "common.data.diffusion.generate.regenerate_slice"
+        )
     cfg = parse_config(m["config"], "manifest")
     i = m["site_names"].index(site)
     seed = m["attacker_seed"] if split == "attacker" else m["seed"]

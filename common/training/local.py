@@ -9,7 +9,7 @@ sizes make one learning rate work across BatchNorm and GroupNorm models, FedAvg/
 and the tiny CPU profiles where only a few local steps happen per round; SGD with momentum would
 need its learning rate tuned per profile. Its moments are reset each round because they describe
 the previous global model, and optimizer state never leaves the site. "sgd" (momentum 0.9) is
-available for comparison. DP-SGD has its own loop in common/training/dp.py (Poisson batches, which may be
+available for comparison. DP-SGD has its own loop in common/training/dp/ (Poisson batches, which may be
 empty, and the FedProx gradient added after the noise).
 """
 

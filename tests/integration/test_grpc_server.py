@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.wire import serde
 from common.model import build_model, get_params
+from common.wire import serde
 from common.wire.channel import create_channel, create_server
 from common.wire.rpc import federation_pb2, federation_pb2_grpc
 

@@ -251,13 +251,13 @@ def test_shadow_training_reuses_train_local(monkeypatch):
 
 def test_dp_target_gets_a_dp_shadow(monkeypatch):
     calls = []
-    real = common.training.dp.dp_train_local
+    real = common.training.dp.DPTrainer.train_round
 
-    def counting(*args, **kwargs):
+    def counting(self, *args, **kwargs):
         calls.append(kwargs)
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(common.training.dp, "dp_train_local", counting)
+    monkeypatch.setattr(common.training.dp.DPTrainer, "train_round", counting)
     monkeypatch.setattr(
         common.training.local,
         "train_local",

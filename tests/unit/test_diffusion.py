@@ -11,7 +11,10 @@ pytest.importorskip("diffusers")
 
 from bench.cli import main  # noqa: E402
 from common.config import ConfigError, load_config, load_profile, parse_config  # noqa: E402
-from common.data.build import build_dataset  # noqa: E402
+from common.data.diffusion.generate import (
+    build_dataset,  # noqa: E402
+    regenerate_slice,  # noqa: E402
+)
 from common.data.diffusion.model import (  # noqa: E402
     build_unet,
     hu_to_unit,
@@ -21,7 +24,7 @@ from common.data.diffusion.model import (  # noqa: E402
 )
 from common.data.diffusion.sample import composite_weight, generate_hu, sample_unit  # noqa: E402
 from common.data.diffusion.train import render_many  # noqa: E402
-from common.data.loader import ct_dataset, load_arrays, regenerate_slice  # noqa: E402
+from common.data.loader import ct_dataset, load_arrays  # noqa: E402
 from common.data.store import load_shard, read_manifest  # noqa: E402
 
 TINY_TOML = """

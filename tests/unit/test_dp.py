@@ -1,4 +1,4 @@
-"""DP-SGD (common/training/dp.py): accounting, clipping, noise, FedProx under DP, budgets, bad input."""
+"""DP-SGD (common/training/dp/): accounting, clipping, noise, FedProx under DP, budgets, bad input."""
 
 from __future__ import annotations
 

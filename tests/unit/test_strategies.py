@@ -91,7 +91,6 @@ def test_fedbn_shares_no_norm_key_and_fedavg_shares_all() -> None:
     assert set(shared_bn) == set(floats) - norms
     shared_avg = FedAvg().shared_keys(floats, norms)
     assert shared_avg == sorted(floats) and "enc1.1.running_var" in shared_avg
-    assert FedBN.keeps_norm_local and not FedAvg.keeps_norm_local
 
 
 def test_fedbn_aggregation_leaves_local_keys_alone() -> None:
@@ -129,12 +128,6 @@ def test_partial_participation() -> None:
     assert len(FedAvg(fraction_fit=0.2, min_fit_sites=3).configure_fit(1, sites)) == 3
     with pytest.raises(ValueError, match="min_fit_sites=3"):
         FedAvg(min_fit_sites=3).configure_fit(1, ["A", "B"])
-
-
-def test_aggregate_metrics_weighted() -> None:
-    metrics = {"A": {"loss": 1.0, "tag": "x", "ok": True}, "B": {"loss": 4.0, "ok": False}}
-    out = FedAvg().aggregate_metrics(1, metrics, {"A": 1, "B": 3})
-    assert out == {"loss": 3.25, "num_sites": 2.0, "total_weight": 4.0}
 
 
 def test_registry_and_validation() -> None:

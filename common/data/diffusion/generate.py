@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from common.config import Config
+from common.seeds import SPLIT_CODE, diffusion_slice_seed
 
 log = logging.getLogger(__name__)
-
-_DIFFUSION_STREAM = 0xD1FF  # separates the sampling seeds from the procedural slice streams
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,10 @@ class DiffusionJob:
     batch: int
     dilate_px: int
     blur_px: float
+
+    def diffuse(self, job, slices: list, only: int | None = None) -> None:
+        """Replace the images of a shard job's procedural slices (``common.data.build``)."""
+        diffuse_shard(job, slices, only=only)
 
     def to_dict(self) -> dict:
         return {
@@ -101,10 +104,9 @@ def _model(model_dir: str, sha: str):
     return load_model(model_dir)
 
 
-def slice_seed(seed: int, site_index: int, split_code: int, index: int) -> int:
+def slice_seed(seed: int, site_index: int, split: str, index: int) -> int:
     """The sampling seed of one slice (independent of the procedural stream of the same slice)."""
-    ss = np.random.SeedSequence([seed, site_index, split_code, index, _DIFFUSION_STREAM])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+    return diffusion_slice_seed(seed, site_index, SPLIT_CODE[split], index)
 
 
 def chunks(masks: list[np.ndarray], mode: str, batch: int) -> list[list[int]]:
@@ -120,17 +122,13 @@ def diffuse_shard(job, slices: list, only: int | None = None) -> None:
     just the chunk holding it is sampled (regeneration of one slice).
     """
     from common.data.diffusion.sample import generate_hu
-    from common.data.generate import _SPLIT_CODE
 
     dj: DiffusionJob = job.diffusion
     model = _model(dj.model_dir, dj.model_sha256)
     for group in chunks([s.mask for s in slices], dj.mode, dj.batch):
         if only is not None and only not in group:
             continue
-        seeds = [
-            slice_seed(job.seed, job.site_index, _SPLIT_CODE[job.split], job.start + i)
-            for i in group
-        ]
+        seeds = [slice_seed(job.seed, job.site_index, job.split, job.start + i) for i in group]
         images = generate_hu(
             model,
             np.stack([slices[i].mask for i in group]),
@@ -176,3 +174,23 @@ def regenerate_diffusion_slice(manifest: dict, split: str, site: str, index: int
                      d["sample_batch"], d["dilate_px"], d["blur_px"]),
     )  # fmt: skip
     return make_slices(job, only=index - entry["start"])[index - entry["start"]]
+
+
+def build_dataset(cfg: Config, out, **kwargs) -> dict:
+    """Any dataset: procedural, or (``data.generator = "diffusion"``) with the images of its
+    slices sampled by the diffusion model. Same arguments as ``common.data.build.build_dataset``."""
+    from common.data.build import build_dataset as build
+
+    return build(cfg, out, diffusion=diffusion_job(cfg), **kwargs)
+
+
+def regenerate_slice(root_or_manifest, split: str, site: str, index: int):
+    """Re-create one slice of any dataset: a diffusion dataset's is re-sampled with its recorded
+    seed by the model at the recorded path (whose sha256 must match the manifest)."""
+    from common.data import loader
+    from common.data.store import read_manifest
+
+    m = root_or_manifest if isinstance(root_or_manifest, dict) else read_manifest(root_or_manifest)
+    if m.get("generator", "procedural") == "diffusion":
+        return regenerate_diffusion_slice(m, split, site, index)
+    return loader.regenerate_slice(m, split, site, index)

@@ -37,15 +37,14 @@ from common.data.diffusion.generate import slice_seed
 from common.data.diffusion.model import DiffusionModel, load_model
 from common.data.diffusion.sample import generate_hu
 from common.data.diffusion.train import render_many
-from common.data.generate import _SPLIT_CODE
 from common.data.scanner import radial_nps
+from common.seeds import DIFFUSION_REPORT_OFFSET
 
 log = logging.getLogger(__name__)
 
 HU_CLASSES = {"air": (-1100, -500), "fat": (-500, -30), "soft": (-30, 250), "bone": (250, 3100)}
 LABELLED = ("fat", "muscle", "liver", "spleen", "kidney", "cancellous_bone")
 SETS = ("procedural", "whole", "composite", "control")
-_SEED_OFFSET = 3_000_017  # report slices: neither the benchmark's nor the training set's
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -289,13 +288,13 @@ def diffusion_report(
         raise ValueError(f"model makes {model.size}px slices, config data.image_size is "
                          f"{cfg.data.image_size}")  # fmt: skip
     dc = cfg.diffusion
-    seed = cfg.seed + _SEED_OFFSET
+    seed = cfg.seed + DIFFUSION_REPORT_OFFSET  # neither the benchmark's nor the training set's
     slices = render_many(cfg, n, seed, split="test", desc="report slices")
     masks = np.stack([s.mask for s in slices])
     bg = np.stack([s.image for s in slices])
     tissue = np.stack([s.tissue for s in slices])
     sites = np.array([SITE_NAMES.index(s.params["site"]) for s in slices])
-    seeds = [slice_seed(seed, int(st), _SPLIT_CODE["test"], k) for k, st in enumerate(sites)]
+    seeds = [slice_seed(seed, int(st), "test", k) for k, st in enumerate(sites)]
     sets = {"procedural": bg}
     timing = {}
     has_tumour = masks.reshape(n, -1).any(1)

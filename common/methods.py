@@ -1,0 +1,61 @@
+"""The table of federated methods: what each one is, in one place.
+
+Every layer reads a method's facts from here (the server's strategy and evaluation, the site's
+training mode and release, the model's normalisation, the attacker's shadow recipe, the
+benchmark's checks) instead of comparing method names.
+
+- ``strategy``: the server's aggregation rule (``server/strategies.py``);
+- ``norm``: ``"config"`` uses ``model.norm`` of the profile (BatchNorm by default), ``"group"`` the
+  GroupNorm twin of the U-Net (Opacus cannot train BatchNorm);
+- ``dp``: the sites train with DP-SGD and account for privacy;
+- ``proximal``: the sites add FedProx's proximal term (``fl.proximal_mu``);
+- ``evaluated_at``: ``"server"`` evaluates the global model centrally, ``"sites"`` has each site
+  evaluate its own model (its normalisation layers never leave it);
+- ``release``: ``"global"`` (the server releases one model) or ``"per_site"`` (each site
+  releases the shared weights plus its own normalisation layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    strategy: Literal["fedavg", "fedprox", "fedbn"]
+    norm: Literal["config", "group"]
+    dp: bool
+    proximal: bool
+    evaluated_at: Literal["server", "sites"]
+    release: Literal["global", "per_site"]
+    summary: str
+
+    def norm_type(self, configured: str) -> str:
+        """The model's normalisation for a profile whose ``model.norm`` is ``configured``."""
+        return configured if self.norm == "config" else self.norm
+
+
+_TABLE = (
+    Method("fedavg", "fedavg", "config", False, False, "server", "global",
+           "FedAvg: sample-weighted mean of parameters and BatchNorm statistics"),
+    Method("fedprox", "fedprox", "config", False, True, "server", "global",
+           "FedProx: FedAvg whose sites add (mu/2)·||w − w_global||²"),
+    Method("fedbn", "fedbn", "config", False, False, "sites", "per_site",
+           "FedBN: normalisation layers stay at their site"),
+    Method("dpsgd", "fedavg", "group", True, False, "server", "global",
+           "FedAvg with DP-SGD at every site (GroupNorm U-Net)"),
+    Method("groupnorm", "fedavg", "group", False, False, "server", "global",
+           "FedAvg with the GroupNorm U-Net, no DP (dpsgd's non-DP twin)"),
+)  # fmt: skip
+METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``; a ``ValueError`` naming the known ones otherwise."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}") from None

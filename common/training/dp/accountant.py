@@ -1,0 +1,100 @@
+"""The privacy accountant of one site for the whole run (Opacus' RDP or PRV accountant)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from common.training.dp.settings import ACCOUNTANTS, DPConfigError, _positive_finite
+
+STATE_FORMAT = "fedonco.dp.site_accountant/1"
+
+
+def _opacus_accountant(mechanism: str, history: Sequence[tuple[float, float, int]]):
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=mechanism)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return acc
+
+
+class SiteAccountant:
+    """The privacy accountant of one site for the whole run.
+
+    ``history`` is a list of (noise_multiplier, sample_rate, steps); consecutive steps with the
+    same σ and q are merged (as Opacus' own accountants do). ε is computed by Opacus' RDP or PRV
+    accountant from this history, so it equals what Opacus reports for the same steps. Persist
+    ``state_dict()`` (JSON) with the site's checkpoint after every round and restore it with
+    ``from_state_dict``: never start a fresh accountant for a round or after a restart.
+    """
+
+    def __init__(self, mechanism: str = "rdp") -> None:
+        if mechanism not in ACCOUNTANTS:
+            raise DPConfigError(f"accountant must be one of {ACCOUNTANTS}, got {mechanism!r}")
+        self.mechanism = mechanism
+        self.history: list[tuple[float, float, int]] = []
+
+    def record(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Add ``steps`` noisy steps at (σ, q)."""
+        _positive_finite("noise_multiplier", noise_multiplier)
+        if not (0 < sample_rate <= 1):
+            raise DPConfigError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise DPConfigError(f"steps must be a non-negative integer, got {steps!r}")
+        if steps == 0:
+            return
+        s, q = float(noise_multiplier), float(sample_rate)
+        if self.history and self.history[-1][:2] == (s, q):
+            self.history[-1] = (s, q, self.history[-1][2] + steps)
+        else:
+            self.history.append((s, q, steps))
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.history)
+
+    def epsilon(self, delta: float) -> float:
+        """ε spent so far at ``delta`` (0.0 before the first step)."""
+        return self._epsilon(self.history, delta)
+
+    def projected_epsilon(
+        self, delta: float, noise_multiplier: float, sample_rate: float, steps: int
+    ) -> float:
+        """ε after ``steps`` more steps at (σ, q), without recording them."""
+        probe = SiteAccountant(self.mechanism)
+        probe.history = list(self.history)
+        probe.record(noise_multiplier, sample_rate, steps)
+        return self._epsilon(probe.history, delta)
+
+    def _epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+        _positive_finite("delta", delta)
+        if not history:
+            return 0.0
+        return float(_opacus_accountant(self.mechanism, history).get_epsilon(delta=delta))
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state: the mechanism and the (σ, q, steps) history."""
+        return {
+            "format": STATE_FORMAT,
+            "mechanism": self.mechanism,
+            "history": [[s, q, n] for s, q, n in self.history],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping) -> SiteAccountant:
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise DPConfigError(
+                f"not a site accountant state (expected format {STATE_FORMAT!r}): {state!r:.200}"
+            )
+        acc = cls(state.get("mechanism"))
+        history = state.get("history")
+        if not isinstance(history, list):
+            raise DPConfigError("site accountant state: 'history' must be a list")
+        for entry in history:
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+                raise DPConfigError(f"site accountant state: bad history entry {entry!r}")
+            s, q, n = entry
+            acc.record(float(s), float(q), int(n))
+        return acc
+
+    def __repr__(self) -> str:
+        return f"SiteAccountant({self.mechanism!r}, steps={self.steps}, history={self.history})"

@@ -1,0 +1,173 @@
+"""Per-sample gradients for DP-SGD: Opacus' GradSampleModule around the model, and the checks a
+model must pass before DP-SGD may train it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from common.metrics import seg_loss
+from common.training.dp.settings import DPConfigError
+
+GRAD_SAMPLE_MODES = ("fast", "hooks", "functorch")
+
+
+def _conv_weight_grad_sample(
+    layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, gy: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample weight gradients (B, *weight.shape) as one grouped convolution backward.
+
+    Sample b's input channels and output channels form their own groups, so the weight gradient
+    of the grouped convolution holds each sample's gradient separately: the same kernel as the
+    ordinary weight gradient, without Opacus' unfold of the input.
+    """
+    b = x.shape[0]
+    w = layer.weight
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    output_padding = [0, 0]
+    if transposed:  # recover it from the shapes (forward may have been given output_size)
+        for i in range(2):
+            base = (
+                (x.shape[2 + i] - 1) * layer.stride[i]
+                - 2 * layer.padding[i]
+                + layer.dilation[i] * (layer.kernel_size[i] - 1)
+                + 1
+            )
+            output_padding[i] = gy.shape[2 + i] - base
+    weight_shape = (b * w.shape[0], *w.shape[1:])
+    _, grad_w, _ = torch.ops.aten.convolution_backward(
+        gy.reshape(1, -1, *gy.shape[2:]),
+        x.reshape(1, -1, *x.shape[2:]),
+        w.new_empty(weight_shape),  # only its shape is read when just the weight grad is asked
+        None,
+        list(layer.stride),
+        list(layer.padding),
+        list(layer.dilation),
+        transposed,
+        output_padding,
+        layer.groups * b,
+        [False, True, False],
+    )
+    return grad_w.view(b, *w.shape)
+
+
+def _fast_conv_grad_sample(
+    layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    from opacus.grad_sample.conv import compute_conv_grad_sample
+    from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+
+    x = activations[0].to(backprops.dtype)
+    plain = isinstance(layer.padding, tuple) and layer.padding_mode == "zeros"
+    if not plain or x.dim() != 4:  # string padding, non-zero padding modes: Opacus' samplers
+        if isinstance(layer, nn.ConvTranspose2d):
+            return ft_compute_per_sample_gradient(layer, activations, backprops)
+        return compute_conv_grad_sample(layer, activations, backprops)
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = _conv_weight_grad_sample(layer, x, backprops)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = backprops.sum(dim=(2, 3))
+    return out
+
+
+@functools.cache
+def _grad_sample_module_cls(mode: str):
+    from opacus.grad_sample import GradSampleModule
+
+    if mode in ("hooks", "functorch"):
+        return GradSampleModule
+
+    class FastConvGradSampleModule(GradSampleModule):
+        """Opacus' GradSampleModule with grouped-convolution samplers for 2-D (transposed) convs."""
+
+        GRAD_SAMPLERS = {
+            **GradSampleModule.GRAD_SAMPLERS,
+            nn.Conv2d: _fast_conv_grad_sample,
+            nn.ConvTranspose2d: _fast_conv_grad_sample,
+        }
+
+    return FastConvGradSampleModule
+
+
+def make_grad_sample_module(model: nn.Module, grad_sample_mode: str = "fast"):
+    """Wrap ``model`` (no copy: the wrapper shares its parameters) to compute ``p.grad_sample``.
+
+    Built with ``loss_reduction="sum"``: feed it through ``per_sample_backward``. The wrapper's
+    own state_dict keys carry Opacus' ``_module.`` prefix; ``model``'s do not. Call
+    ``release_grad_sample_module`` to remove every hook and attribute afterwards.
+    """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise DPConfigError(
+            f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
+        )
+    cls = _grad_sample_module_cls(grad_sample_mode)
+    return cls(
+        model,
+        batch_first=True,
+        loss_reduction="sum",
+        strict=True,
+        force_functorch=grad_sample_mode == "functorch",
+    )
+
+
+def per_sample_backward(gsm, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Forward and backward that fill ``p.grad_sample``; returns the batch's mean loss (detached).
+
+    ``p.grad_sample[i]`` is the gradient of image i's own ``seg_loss``. Two things make this
+    cheaper than Opacus' usual recipe, with identical results (tested):
+
+    - the wrapper has ``loss_reduction="sum"`` and gets the SUM of the per-image losses, so the
+      per-sample gradients need no rescaling (with a mean loss Opacus multiplies every layer's
+      output gradient by the batch size, one extra pass per layer). The DPOptimizer still
+      divides the clipped, noised sum by the EXPECTED batch size (its ``loss_reduction="mean"``);
+    - ``backward(inputs=[images])`` asks autograd only for gradients that flow to the input:
+      the per-sample hooks see every layer's output gradient, but the ordinary weight gradients,
+      which the DPOptimizer would overwrite anyway, are never computed.
+    """
+    images = images.detach().requires_grad_(True)
+    losses = seg_loss(gsm(images), masks, reduction="none")
+    total = losses.sum()
+    if not torch.isfinite(total):
+        raise FloatingPointError("non-finite loss: lower the lr")
+    total.backward(inputs=[images])
+    return total.detach() / images.shape[0]
+
+
+def release_grad_sample_module(gsm, params: Sequence[nn.Parameter]) -> None:
+    """Undo ``make_grad_sample_module`` and the DPOptimizer's per-parameter attributes."""
+    gsm.to_standard_module()  # removes hooks, grad_sample, functorch helpers
+    for module in gsm._module.modules():  # activations captured by a forward without backward
+        for attr in ("activations", "max_batch_len"):
+            if hasattr(module, attr):
+                delattr(module, attr)
+    for p in params:
+        for attr in ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+        p.grad = None
+
+
+def check_dp_model(model: nn.Module) -> None:
+    """Refuse models DP-SGD cannot train honestly: BatchNorm, in-place activations, buffers."""
+    bn = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if bn:
+        raise DPConfigError(
+            f"DP-SGD cannot train BatchNorm (it mixes the slices of a batch, so there is no "
+            f"per-sample gradient, and its running statistics are un-noised data): {bn[:3]}. "
+            f"Build the GroupNorm twin: build_model(base, norm='group', groups=...)"
+        )
+    inplace = [n for n, m in model.named_modules() if getattr(m, "inplace", False) is True]
+    if inplace:
+        raise DPConfigError(
+            f"in-place activations break Opacus' per-sample gradient hooks (opacus#828): "
+            f"{inplace[:3]}; construct them with inplace=False"
+        )
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise DPConfigError(f"model not supported by Opacus: {errors}")

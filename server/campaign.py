@@ -1,0 +1,132 @@
+"""`fedonco server`: one run, or a campaign of runs one after another on one port.
+
+Sites dial this server; it never dials them. Each run is a ``server.app.Server``; the gRPC
+service (``server/servicer.py``) is opened once and handed each run's round state in turn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from common.io import write_json_atomic
+from common.methods import METHOD_NAMES
+from common.versions import collect_versions
+from common.wire.channel import create_server
+from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from server.app import Server
+from server.servicer import FederationServicer
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_file(path: Path, timeout_s: float, what: str, stop: threading.Event) -> None:
+    """Block until ``path`` exists (bounded; ``stop`` ends it early): the judge marks the end."""
+    log.info(
+        "holding the federation open until %s appears (%s; at most %.0fs)", path, what, timeout_s
+    )
+    end = time.monotonic() + timeout_s
+    while not path.exists() and not stop.is_set():
+        if time.monotonic() > end:
+            log.warning("%s did not appear within %.0fs; finishing anyway", path, timeout_s)
+            return
+        stop.wait(1.0)
+
+
+def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: Path | None = None,
+                   hold=None) -> list[dict]:  # fmt: skip
+    """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
+    (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
+    the next run. ``hold``: after the last run, keep serving until hold(stop) returns (compose: the
+    sites linger until the server goes away, so nobody exits before the judge is done)."""
+    from common.wire.tls import server_credentials
+
+    servicer = FederationServicer(authenticate=tls_dir is not None)
+    creds = server_credentials(tls_dir) if tls_dir else None
+    server, port = create_server(
+        address, [(pb_grpc.add_FederationServicer_to_server, servicer)], credentials=creds
+    )
+    server.start()
+    if port_file:
+        port_file.write_text(str(port))
+    stop = threading.Event()
+
+    def _term(signum, _frame):
+        log.warning("signal %d: stopping after the current step", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _term)
+    results = []
+    try:
+        for i, make in enumerate(runs):
+            srv = make()
+            left = len(runs) - 1 - i
+            servicer.open_run(srv.state, srv.run_info(left, linger=hold is not None))
+            results.append(srv.serve_rounds(stop))
+            if stop.is_set():
+                break
+        if hold and not stop.is_set():
+            hold(stop)
+        return results
+    finally:
+        server.stop(grace=1.0)
+
+
+def run_server_cmd(args) -> int:
+    from common.config import load_config, with_overrides
+    from common.wire.tls import plaintext_allowed
+
+    cfg = load_config(args.config)
+    if args.rounds is not None:
+        cfg = with_overrides(cfg, **{"train.rounds": args.rounds})
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // 2))
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    if tls_dir is None:
+        plaintext_allowed(args.address, args.insecure, "server")
+    hold = None
+    if args.hold_until:
+        marker = Path(args.hold_until)
+        hold = lambda stop: wait_for_file(marker, args.hold_timeout, "the audit", stop)  # noqa: E731
+    if args.methods:  # a campaign: one run per method, in RUN_DIR/<method>
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in METHOD_NAMES]
+        if bad or not methods:
+            raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHOD_NAMES)})")
+        if not args.run_dir:
+            raise ValueError("--methods needs --run-dir (the campaign directory)")
+        root = Path(args.run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(root / "config.json", cfg.model_dump(mode="json"))
+        write_json_atomic(root / "versions.json", collect_versions())
+        runs = [
+            lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False) for m in methods
+        ]
+        results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold)
+        for r in results:
+            print(json.dumps({k: r[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
+        return 0
+    run_dir = Path(args.resume or args.run_dir)
+    if not args.resume and not args.run_dir:
+        raise ValueError("give --run-dir (new run) or --resume RUN_DIR")
+    method = args.method
+    if args.resume and method is None:
+        method = json.loads((run_dir / "state.json").read_text())["method"]
+    if method is None:
+        raise ValueError("give --method (fedavg, fedprox or fedbn)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    srv = Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume))
+    (result,) = serve_campaign([lambda: srv], args.address, _port_file(args), tls_dir, hold)
+    print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
+    return 0
+
+
+def _port_file(args) -> Path | None:
+    return Path(args.port_file) if args.port_file else None
