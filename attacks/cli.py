@@ -8,7 +8,6 @@ every candidate slice (higher = more likely a member) with every rung of the att
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -19,21 +18,22 @@ import numpy as np
 from attacks.remote import RemoteModel
 from common.config import load_config
 from common.data.loader import load_arrays
+from common.io import load_npz
 
 log = logging.getLogger(__name__)
 
 
 def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Candidate slices and masks (no membership labels), from a plain .npz (no pickle)."""
-    with np.load(io.BytesIO(Path(path).read_bytes()), allow_pickle=False) as z:
-        missing = {"images", "masks"} - set(z.files)
-        if missing:
-            raise ValueError(
-                f"{path}: candidates need arrays 'images' and 'masks' (missing {sorted(missing)})"
-            )
-        if "is_member" in z.files:
-            raise ValueError(f"{path}: candidates must not carry membership labels")
-        return z["images"], z["masks"]
+    z = load_npz(path)
+    missing = {"images", "masks"} - set(z)
+    if missing:
+        raise ValueError(
+            f"{path}: candidates need arrays 'images' and 'masks' (missing {sorted(missing)})"
+        )
+    if "is_member" in z:
+        raise ValueError(f"{path}: candidates must not carry membership labels")
+    return z["images"], z["masks"]
 
 
 def run_attack_cmd(args) -> int:

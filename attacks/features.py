@@ -2,8 +2,9 @@
 
 Everything here is computed from what a black-box attacker sees (the released per-pixel tumor
 probabilities) plus the candidate's ground-truth mask (the standard "Type-II" MI game). The menu
-follows anchors-privacy.md §2.4: memorisation shows mostly on tumor and boundary pixels, since
-background is easy for every model, so the losses are also reported per region.
+follows the segmentation MIA literature (He et al., ECCV 2020; Chobola et al. 2022): memorisation
+shows mostly on tumor and boundary pixels, since background is easy for every model, so the losses
+are also reported per region.
 
 Probabilities are clipped to [PROB_EPS, 1 − PROB_EPS] before any log, so a saturated float32
 output (exactly 0 or 1) gives a large finite loss instead of inf. A tumor-free image has no tumor

@@ -1,6 +1,6 @@
 """The attack ladder: blind baseline, loss threshold, learned shadow attack, offline LiRA.
 
-What the attacker has (threat model T1 of anchors-privacy.md §10): a black box
+What the attacker has (the black-box threat model of docs/architecture.md): a black box
 ``predict(images_hu int16 (N, H, W)) -> tumor probabilities float32 (N, H, W)``, the public
 config (architecture and training recipe), its own pool of (image, mask) slices from the
 ``attacker`` split (same public generator, another seed) and the candidates (image, mask) without
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.features import FEATURE_NAMES, IDX, image_features, pixel_maps
+from attacks.features import IDX, image_features, pixel_maps
 from common.methods import get_method
 from common.model import model_for
 from common.seeds import shadow_round_seed, shadow_seed
@@ -114,23 +114,10 @@ def blind_scores(cand_images: np.ndarray, cand_masks: np.ndarray) -> np.ndarray:
 # Rung 2: loss threshold (Yeom)
 
 
-def _loss_from_probs(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    return -image_features(probs, masks)[:, IDX["seg_loss"]]
-
-
-def loss_scores(
-    predict: Predict,
-    cand_images: np.ndarray,
-    cand_masks: np.ndarray,
-    window: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """Yeom et al.: minus the per-image training loss (BCE + 1 − soft Dice); higher = member.
-
-    ``window`` is unused (the black box windows its own input); it keeps the rungs' signatures
-    alike.
-    """
-    del window
-    return _loss_from_probs(query(predict, cand_images), cand_masks)
+def loss_scores(target_probs: np.ndarray, cand_masks: np.ndarray) -> np.ndarray:
+    """Yeom et al.: minus the per-image training loss (BCE + 1 − soft Dice) of the target's
+    prediction (``query``); higher = member."""
+    return -image_features(target_probs, cand_masks)[:, IDX["seg_loss"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,24 +267,21 @@ def _shadow_training_set(shadows, pool_images, pool_masks) -> tuple[np.ndarray, 
 
 def shadow_attack_scores(
     shadows: list[ShadowModel],
-    predict: Predict,
-    cand_images: np.ndarray,
+    target_probs: np.ndarray,
     cand_masks: np.ndarray,
     pool_images: np.ndarray,
     pool_masks: np.ndarray,
-    window: tuple[float, float] | None = None,
     *,
     classifier: str = "auto",
 ) -> np.ndarray:
-    """Shokri-style learned attack on the §2.4 feature vector; member probability per candidate.
+    """Shokri-style learned attack on the per-image features of the target's prediction
+    (``attacks.features``); member probability per candidate.
 
     ``classifier``: "lr" (standardised logistic regression), "gb" (gradient boosting) or "auto"
     (gb from 200 shadow rows up, lr below, where boosting just memorises the few rows).
     """
-    del window
     x, y = _shadow_training_set(shadows, pool_images, pool_masks)
-    target_x = image_features(query(predict, cand_images), cand_masks)
-    return _shadow_from_features(x, y, target_x, classifier)
+    return _shadow_from_features(x, y, image_features(target_probs, cand_masks), classifier)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,14 +317,12 @@ def _lira_from_signals(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def lira_scores(
     shadows: list[ShadowModel],
-    predict: Predict,
+    target_probs: np.ndarray,
     cand_images: np.ndarray,
     cand_masks: np.ndarray,
-    window: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Offline fixed-variance LiRA with the shadows as OUT models; higher = member."""
-    del window
-    target = lira_signal(query(predict, cand_images), cand_masks)
+    target = lira_signal(target_probs, cand_masks)
     reference = np.stack([lira_signal(sh.predict(cand_images), cand_masks) for sh in shadows])
     return _lira_from_signals(target, reference)
 
@@ -373,20 +355,18 @@ def run_ladder(
             f"{cand_masks.shape}"
         )
     t0 = time.perf_counter()
-    target_probs = query(predict, cand_images)
-    target_x = image_features(target_probs, cand_masks)
+    target_probs = query(predict, cand_images)  # the only queries of the whole ladder
     t1 = time.perf_counter()
     if shadows is None:
         shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed)
     t2 = time.perf_counter()
-    x, y = _shadow_training_set(shadows, pool_images, pool_masks)
-    reference = np.stack([lira_signal(sh.predict(cand_images), cand_masks) for sh in shadows])
     scores = {
         "blind": blind_scores(cand_images, cand_masks),
-        "loss": -target_x[:, FEATURE_NAMES.index("seg_loss")],
-        "shadow": _shadow_from_features(x, y, target_x, classifier),
-        "lira": _lira_from_signals(lira_signal(target_probs, cand_masks), reference),
-    }
+        "loss": loss_scores(target_probs, cand_masks),
+        "shadow": shadow_attack_scores(shadows, target_probs, cand_masks, pool_images, pool_masks,
+                                       classifier=classifier),
+        "lira": lira_scores(shadows, target_probs, cand_images, cand_masks),
+    }  # fmt: skip
     log.info("ladder: query %.1fs, shadows %.1fs, attacks %.1fs (%d shadows, %d candidates)",
              t1 - t0, t2 - t1, time.perf_counter() - t2, len(shadows), len(cand_images))  # fmt: skip
     return scores

@@ -13,15 +13,16 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.fleet import fedonco, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
-from common.data.store import read_manifest, write_json
+from common.data.store import read_manifest
+from common.io import load_npz, write_json_atomic
 from common.seeds import candidates_rng
 
 log = logging.getLogger(__name__)
@@ -58,33 +59,22 @@ def attacker_pool(data_dir: Path, out: Path) -> Path:
         (tmp / e["file"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data_dir / e["file"], tmp / e["file"])
     keep = {k: v for k, v in manifest.items() if k not in ("shards", "summary")}  # public facts
-    write_json(tmp / "manifest.json", {**keep, "shards": shards})
+    write_json_atomic(tmp / "manifest.json", {**keep, "shards": shards})
     tmp.rename(out)
     return out
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", *args]
 
 
 @contextlib.contextmanager
 def local_release(release: Path, logs: Path, tag: str):
     """Serve one released model as a separate process on 127.0.0.1; yields its address."""
-    port_file = logs / f"release-{tag}.port"
+    port_file, log_file = logs / f"release-{tag}.port", logs / f"release-{tag}.log"
     port_file.unlink(missing_ok=True)
-    with open(logs / f"release-{tag}.log", "w") as rlog:
-        server = subprocess.Popen(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
-                                       "--port-file", str(port_file)), stdout=rlog, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            end = time.monotonic() + 60
-            while not port_file.exists():
-                if server.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"release service did not start: see {rlog.name}")
-                time.sleep(0.1)
-            yield f"127.0.0.1:{port_file.read_text()}"
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    server = spawn(fedonco("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
+                           "--port-file", str(port_file)), log_file)  # fmt: skip
+    try:
+        yield f"127.0.0.1:{wait_for_port(port_file, server, log_file)}"
+    finally:
+        stop([server])
 
 
 def run_attacker(cfg, config_path, address: str, model: str, images, masks, out: Path, log_file: Path,
@@ -93,14 +83,13 @@ def run_attacker(cfg, config_path, address: str, model: str, images, masks, out:
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
     with open(log_file, "w") as alog:
-        rc = subprocess.run(_cli("attack", "--target", address, "--model", model, "--pool", str(pool),
+        rc = subprocess.run(fedonco("attack", "--target", address, "--model", model, "--pool", str(pool),
                                  "--candidates", str(out / "candidates.npz"), "--config", str(config_path),
                                  "--out", str(out), "--seed", str(cfg.seed)),
                             stdout=alog, stderr=subprocess.STDOUT).returncode  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"attacker exited {rc}: see {log_file}")
-    with np.load(out / "scores.npz", allow_pickle=False) as z:
-        scores = {k: z[k] for k in z.files}
+    scores = load_npz(out / "scores.npz")
     return scores, json.loads((out / "attack.json").read_text())
 
 

@@ -12,9 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def run_data(args) -> int:
-    cfg = resolve_config(args.config, args.profile)
-    if args.seed is not None:
-        cfg = with_overrides(cfg, seed=args.seed)
+    cfg = resolve_config(args.config, args.profile, args.seed)
     if getattr(args, "generator", None) or getattr(args, "model", None):
         generator = args.generator or ("diffusion" if args.model else cfg.data.generator)
         model = args.model or cfg.data.diffusion_model

@@ -22,7 +22,8 @@ import grpc
 from bench.audit import attacker_pool, audit, run_attacker
 from bench.report import write_report
 from common.config import SITE_NAMES, load_config
-from common.data.store import read_manifest, write_json
+from common.data.store import read_manifest
+from common.io import write_json_atomic
 from common.methods import METHOD_NAMES
 
 log = logging.getLogger(__name__)
@@ -114,4 +115,4 @@ def run_judge_cmd(args) -> int:
         return rc
     finally:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / DONE, {"status": status, "time": time.time()})
+        write_json_atomic(run_dir / DONE, {"status": status, "time": time.time()})

@@ -1,4 +1,5 @@
-"""Results of a benchmark run: results.json / .md / .csv, history.json and plots (DESIGN.md §8)."""
+"""Results of a benchmark run: results.json / .md / .csv, history.json and plots (the contract is
+in docs/architecture.md, "Contracts")."""
 
 from __future__ import annotations
 

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from bench.fleet import fedonco, spawn, stop, tail, wait_for_port
 from bench.report import write_report
 from common.config import SITE_NAMES, Config, resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
@@ -29,17 +29,6 @@ from common.versions import collect_versions
 log = logging.getLogger(__name__)
 
 
-def _fedonco(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", *args]
-
-
-def _tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
 def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_dir: Path) -> dict:
     """One FL run: a server and five clients as separate processes on 127.0.0.1."""
     mdir = run_dir / method
@@ -47,33 +36,23 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     logs.mkdir(parents=True, exist_ok=True)
     port_file = mdir / "port"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs: list[subprocess.Popen] = []
-
-    def spawn(name: str, args: list[str]) -> subprocess.Popen:
-        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-        procs.append(p)
-        return p
-
     t0 = time.perf_counter()
-    server = spawn("server", _fedonco(
+    server = spawn(fedonco(
         "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
-        "--run-dir", str(mdir), "--address", "127.0.0.1:0", "--port-file", str(port_file), "--threads", "1"))  # fmt: skip
+        "--run-dir", str(mdir), "--address", "127.0.0.1:0", "--port-file", str(port_file), "--threads", "1"),
+        logs / "server.log", env)  # fmt: skip
+    procs = [server]
     try:
-        end = time.monotonic() + 60
-        while not port_file.exists():
-            if server.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"{method}: server did not start:\n{_tail(logs / 'server.log')}")
-            time.sleep(0.1)
-        port = port_file.read_text().strip()
+        port = wait_for_port(port_file, server, logs / "server.log")
         for site in SITE_NAMES:
-            spawn(f"client{site}", _fedonco(
+            procs.append(spawn(fedonco(
                 "client", "--config", str(config_path), "--site", site, "--server", f"127.0.0.1:{port}",
-                "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1"))  # fmt: skip
+                "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1"),
+                logs / f"client{site}.log", env))  # fmt: skip
         _watch(cfg, method, mdir, server)
         if server.returncode != 0:
             raise RuntimeError(
-                f"{method}: server exited {server.returncode}:\n{_tail(logs / 'server.log')}"
+                f"{method}: server exited {server.returncode}:\n{tail(logs / 'server.log')}"
             )
         for p in procs[1:]:
             try:
@@ -81,14 +60,7 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
             except subprocess.TimeoutExpired:
                 log.warning("a client did not exit after the run; terminating it")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     result = json.loads((mdir / "result.json").read_text())
     result["wall_s"] = time.perf_counter() - t0
     result["dir"] = str(mdir)
@@ -175,9 +147,7 @@ def check_dp(cfg: Config, manifest: dict) -> None:
 
 
 def run_bench(args) -> int:
-    cfg = resolve_config(args.config, args.profile)
-    if args.seed is not None:
-        cfg = with_overrides(cfg, seed=args.seed)
+    cfg = resolve_config(args.config, args.profile, args.seed)
     sweep = parse_sweep(args.sweep) if args.sweep else None
     run_id = f"{cfg.profile}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out) / run_id

@@ -147,7 +147,7 @@ class SiteClient:
         self.state_dir = self.state_root / self.method / f"site{self.site}"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
-        self.spec = get_method(self.method)
+        self.traits = get_method(self.method)
         self.model = model_for(self.cfg, self.method)
         self.initial = get_params(self.model)
         self.dp = None  # built at the first round whose config asks for DP
@@ -227,10 +227,10 @@ class SiteClient:
     def release(self) -> None:
         """FedBN: the site's own model (final shared weights + its norm layers) is what it
         releases; with every other method the server releases the one global model."""
-        if self.spec.release != "per_site" or not self.local:
+        if self.traits.release != "per_site" or not self.local:
             return
         info = {"method": self.method, "site": self.site, "base": self.cfg.model.base,
-                "norm": self.spec.norm_type(self.cfg.model.norm), "groups": self.cfg.model.groups,
+                "norm": self.traits.norm_type(self.cfg.model.norm), "groups": self.cfg.model.groups,
                 "image_size": self.cfg.data.image_size, "window": list(self.cfg.data.window)}  # fmt: skip
         export_release(self.state_dir / "release", get_params(self.model), info)
         log.info("site %s released its model to %s", self.site, self.state_dir / "release")

@@ -69,7 +69,7 @@ class SiteOverride(_Frozen):
 
 
 class DataConfig(_Frozen):
-    """The synthetic CT generator and the splits it writes (DESIGN.md §5)."""
+    """The synthetic CT generator and the splits it writes (train, holdout, test, attacker)."""
 
     generator: Literal["procedural", "diffusion"] = "procedural"
     diffusion_model: str | None = Field(
@@ -118,7 +118,7 @@ class DataConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """The paper's 2D U-Net (DESIGN.md §6); base 52 gives ~1.2M parameters."""
+    """The paper's 2D U-Net (common/model.py); base 52 gives ~1.2M parameters."""
 
     base: int = Field(16, ge=4, le=128)
     norm: Literal["batch", "group"] = "batch"
@@ -336,13 +336,13 @@ def load_profile(name: str) -> Config:
     return load_config(path)
 
 
-def resolve_config(config: str | None, profile: str | None) -> Config:
-    """CLI helper: exactly one of --config PATH or --profile NAME (default profile: quick)."""
+def resolve_config(config: str | None, profile: str | None, seed: int | None = None) -> Config:
+    """CLI helper: exactly one of --config PATH or --profile NAME (default profile: quick), and
+    --seed (None keeps the profile's)."""
     if config and profile:
         raise ConfigError("give either --config or --profile, not both")
-    if config:
-        return load_config(config)
-    return load_profile(profile or "quick")
+    cfg = load_config(config) if config else load_profile(profile or "quick")
+    return cfg if seed is None else with_overrides(cfg, seed=seed)
 
 
 def with_overrides(cfg: Config, **fields: Any) -> Config:

@@ -122,17 +122,6 @@ def segmentation_metrics(
     return acc.compute()
 
 
-def dice_per_image(probs: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Hard Dice of each image; NaN for tumor-free images (excluded from the primary Dice)."""
-    p, g = _flatten(probs, masks)
-    pred = p > threshold
-    inter, denom = (pred & g).sum(axis=1), pred.sum(axis=1) + g.sum(axis=1)
-    out = np.full(p.shape[0], np.nan)
-    tumor = g.sum(axis=1) > 0
-    out[tumor] = 2.0 * inter[tumor] / denom[tumor]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # training loss
 # ----------------------------------------------------------------------------------------------

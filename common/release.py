@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.io import load_npz, npz_bytes, write_bytes_atomic, write_json_atomic
+from common.io import load_npz, save_npz, write_json_atomic
 from common.model import build_model, set_params
 
 
@@ -21,7 +21,7 @@ def export_release(out: Path, params: dict[str, np.ndarray], info: dict) -> None
     """Write the released model: weights (.npz, no pickle) and its public description."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "model.npz", npz_bytes(params))
+    save_npz(out / "model.npz", params)
     write_json_atomic(out / "release.json", info)
 
 

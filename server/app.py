@@ -76,7 +76,7 @@ def make_strategy(cfg: Config, method: str):
 class Server:
     def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool):
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
-        self.spec = get_method(method)
+        self.traits = get_method(method)
         self.strategy = make_strategy(cfg, method)
         torch.manual_seed(cfg.seed)
         self.model = model_for(cfg, method)
@@ -177,7 +177,7 @@ class Server:
 
     def evaluate(self, rnd: int) -> dict:
         """Per-site and pooled metrics: centrally, or at the sites when norm layers stay local."""
-        if self.spec.evaluated_at == "sites":
+        if self.traits.evaluated_at == "sites":
             shared = {k: self.params[k] for k in self.shared}
             sites = self.state.alive_sites()
             results, failures = self.state.run_phase(
@@ -247,7 +247,7 @@ class Server:
 
     def privacy(self) -> dict:
         """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site."""
-        if not self.spec.dp:
+        if not self.traits.dp:
             return {"epsilon": None, "delta": None, "accountant": None, "dp": None}
         per_site = {}
         for rec in self.history:  # the latest report of each site
@@ -270,8 +270,8 @@ class Server:
 
     def finalize(self) -> dict:
         save_npz(self.run_dir / "final_model.npz", self.params)
-        if self.spec.release == "global":  # else (FedBN) each site releases its own model
-            norm = self.spec.norm_type(self.cfg.model.norm)
+        if self.traits.release == "global":  # else (FedBN) each site releases its own model
+            norm = self.traits.norm_type(self.cfg.model.norm)
             export_release(self.run_dir / "release", self.params, {
                 "method": self.method, "base": self.cfg.model.base, "norm": norm,
                 "groups": self.cfg.model.groups, "image_size": self.cfg.data.image_size,

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from common.config import SITE_NAMES, Config
 from common.data.generate import SPLITS, render_slice
 from common.data.sites import SiteSpec, resolve_sites, split_counts
-from common.data.store import FORMAT_VERSION, npz_bytes, sha256_bytes, shard_name, write_json
+from common.data.store import FORMAT_VERSION, sha256_bytes, shard_name
+from common.io import npz_bytes, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def build_dataset(
         if jobs and jobs[0].diffusion is not None:
             manifest["diffusion"] = jobs[0].diffusion.to_dict()
         manifest["summary"] = site_summary(manifest)
-        write_json(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / "manifest.json", manifest)
         (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))
         if gallery:
             render_gallery(tmp, manifest, tmp / "gallery.png")

@@ -14,34 +14,18 @@ Shards are written with fixed zip timestamps, so the same data gives the same by
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from common.io import npz_from_bytes
+
 FORMAT_VERSION = 1
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 class DatasetIntegrityError(ValueError):
     """A shard or the manifest is missing, altered or inconsistent."""
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A deterministic compressed .npz (readable by np.load) for the given arrays."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            arr_buf = io.BytesIO()
-            np.lib.format.write_array(
-                arr_buf, np.ascontiguousarray(arrays[name]), allow_pickle=False
-            )
-            zf.writestr(info, arr_buf.getvalue(), compresslevel=6)
-    return buf.getvalue()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -80,14 +64,9 @@ def load_shard(root: str | Path, entry: dict) -> dict[str, np.ndarray]:
             f"shard {path} is corrupted: sha256 {digest[:16]}… != manifest {entry['sha256'][:16]}…; "
             "regenerate the dataset with `fedonco data`"
         )
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in ("image", "mask", "index")}
+    arrays = npz_from_bytes(data, ("image", "mask", "index"))
     if len(arrays["index"]) != entry["n"]:
         raise DatasetIntegrityError(
             f"shard {path}: {len(arrays['index'])} slices, manifest says {entry['n']}"
         )
     return arrays
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")

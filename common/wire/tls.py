@@ -19,10 +19,11 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
-import os
 from pathlib import Path
 
 import grpc
+
+from common.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,7 @@ def _issue(cn: str, issuer_key, issuer_name, *, ca: bool, server_names=None, day
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
+    write_bytes_atomic(path, data, mode=0o600 if private else 0o644)
 
 
 def make_certs(

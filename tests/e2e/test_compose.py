@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "fedonco-bench:latest"
 ALL_METHODS = {"fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"}

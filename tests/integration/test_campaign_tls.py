@@ -7,44 +7,30 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from bench.fleet import fedonco, spawn, stop, wait_for_port
 from common.config import load_profile, with_overrides
-from common.data.build import build_dataset
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.tls import channel_credentials, make_certs
 
 METHODS = "fedavg,fedbn"
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", *args]
-
-
-def _wait_port(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> str:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > end:
-            raise AssertionError(f"did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return path.read_text().strip()
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, smoke_data):
     root = tmp_path_factory.mktemp("campaign")
     cfg = with_overrides(
         load_profile("smoke"),
         **{"train.rounds": 1, "fl.heartbeat_s": 0.5, "fl.wait_for_sites_s": 60.0},
     )
-    build_dataset(cfg, root / "data", workers=1, gallery=False)
+    (root / "data").symlink_to(smoke_data, target_is_directory=True)
     (root / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
     make_certs(root / "certs", list("ABCDE"))
     make_certs(root / "rogue", list("ABCDE"))  # another CA: must not be trusted
@@ -55,17 +41,14 @@ def setup(tmp_path_factory):
 def tls_fedavg_server(root: Path, work: Path, tls_dir: Path):
     """A TLS server for one FedAvg run, waiting for sites; yields its address."""
     log = work / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(_cli("server", "--config", str(root / "config.json"), "--method", "fedavg",
-                                     "--data", str(root / "data"), "--run-dir", str(work / "run"),
-                                     "--address", "127.0.0.1:0", "--port-file", str(work / "port"),
-                                     "--tls-dir", str(tls_dir)),
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = spawn(fedonco("server", "--config", str(root / "config.json"), "--method", "fedavg",
+                         "--data", str(root / "data"), "--run-dir", str(work / "run"),
+                         "--address", "127.0.0.1:0", "--port-file", str(work / "port"),
+                         "--tls-dir", str(tls_dir)), log)  # fmt: skip
     try:
-        yield f"127.0.0.1:{_wait_port(work / 'port', proc, log)}"
+        yield f"127.0.0.1:{wait_for_port(work / 'port', proc, log)}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop([proc], timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +121,10 @@ def test_client_refuses_a_server_it_cannot_verify(setup, tmp_path):
 def test_client_cli_checks_its_certificate_and_plaintext_needs_opt_in(setup):
     _, root = setup
     base = ["client", "--config", str(root / "config.json"), "--data", str(root / "data")]
-    r = subprocess.run(_cli(*base, "--site", "B", "--server", "127.0.0.1:1", "--tls-dir",
+    r = subprocess.run(fedonco(*base, "--site", "B", "--server", "127.0.0.1:1", "--tls-dir",
                             str(root / "certs" / "site-A")), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "certificate is for site 'A'" in r.stderr
-    r = subprocess.run(_cli(*base, "--site", "A", "--server", "10.1.2.3:50051"),
+    r = subprocess.run(fedonco(*base, "--site", "A", "--server", "10.1.2.3:50051"),
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "refusing plaintext" in r.stderr
 
@@ -154,29 +137,28 @@ def test_campaign_over_mtls_with_judge(setup):
     logs.mkdir()
     procs = []
 
-    def spawn(name, args):
-        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        procs.append(subprocess.Popen(_cli(*args), stdout=out, stderr=subprocess.STDOUT))
+    def start(name, args):
+        procs.append(spawn(fedonco(*args), logs / f"{name}.log"))
         return procs[-1]
 
     try:
-        server = spawn("server", ["server", "--config", str(root / "config.json"), "--methods", METHODS,
+        server = start("server", ["server", "--config", str(root / "config.json"), "--methods", METHODS,
                                   "--data", str(root / "data"), "--run-dir", str(run_dir), "--address",
                                   "127.0.0.1:0", "--port-file", str(root / "camp.port"), "--tls-dir",
                                   str(root / "certs" / "server"), "--hold-until", str(run_dir / "audit.done"),
                                   "--threads", "1"])  # fmt: skip
-        port = _wait_port(root / "camp.port", server, logs / "server.log")
+        port = wait_for_port(root / "camp.port", server, logs / "server.log")
         for s in "ABCDE":
-            spawn(f"site{s}", ["client", "--config", str(root / "config.json"), "--site", s, "--server",
+            start(f"site{s}", ["client", "--config", str(root / "config.json"), "--site", s, "--server",
                                f"localhost:{port}", "--data", str(root / "data"), "--state-dir",
                                str(root / "state"), "--tls-dir", str(root / "certs" / f"site-{s}"),
                                "--publish-dir", str(published)])  # fmt: skip
-        release = spawn("release", ["release", "serve", "--models-root", str(run_dir.parent),
+        release = start("release", ["release", "serve", "--models-root", str(run_dir.parent),
                                     "--models-root", str(published), "--address", "127.0.0.1:0",
                                     "--port-file", str(root / "release.port"), "--exit-when",
                                     str(run_dir / "audit.done")])  # fmt: skip
-        rport = _wait_port(root / "release.port", release, logs / "release.log")
-        judge = subprocess.run(_cli("judge", "--run-dir", str(run_dir), "--data", str(root / "data"),
+        rport = wait_for_port(root / "release.port", release, logs / "release.log")
+        judge = subprocess.run(fedonco("judge", "--run-dir", str(run_dir), "--data", str(root / "data"),
                                     "--release", f"127.0.0.1:{rport}", "--methods", METHODS,
                                     "--timeout", "300"), capture_output=True, text=True, timeout=600)  # fmt: skip
         assert judge.returncode == 0, judge.stderr[-3000:]

@@ -6,49 +6,64 @@ import contextlib
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from conftest import wait_until
 
+from bench.fleet import fedonco, spawn, wait_for_port
 from bench.run import run_method
 from common.config import load_profile, with_overrides
-from common.data.build import build_dataset
+from common.io import load_npz as load_params
 from common.model import build_model, get_params, norm_keys, state_sha256
 from common.training.local import weighted_contribution
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
-from server.app import Server, load_params
+from server.app import Server
+from server.campaign import serve_campaign
 
 ROUNDS = 2
 
 
+pytestmark = pytest.mark.slow
+AUDITED = ("fedavg", "fedbn", "dpsgd")  # the audit test checks these; the others run without it
+
+
+def _write_config(cfg, path: Path) -> Path:
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    return path
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, smoke_data):
     root = tmp_path_factory.mktemp("fed")
     cfg = with_overrides(
         load_profile("smoke"),
         **{"train.rounds": ROUNDS, "fl.heartbeat_s": 0.5, "fl.wait_for_sites_s": 60.0},
     )
-    build_dataset(cfg, root / "data", workers=1, gallery=False)
-    path = root / "config.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    return cfg, path, root
+    (root / "data").symlink_to(smoke_data, target_is_directory=True)
+    return cfg, _write_config(cfg, root / "config.json"), root
+
+
+def no_audit(cfg, path: Path):
+    """The same config without the membership-inference audit (for runs no test audits)."""
+    c = with_overrides(cfg, **{"mia.enabled": False})
+    return c, _write_config(c, path)
 
 
 @pytest.fixture(scope="module")
 def runs(env):
     cfg, path, root = env
+    quiet = no_audit(cfg, root / "config-no-audit.json")
     out = {}
     for method in ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"):
-        out[method] = run_method(cfg, path, method, root / "runs", root / "data")
+        c, p = (cfg, path) if method in AUDITED else quiet
+        out[method] = run_method(c, p, method, root / "runs", root / "data")
     return out
 
 
@@ -90,7 +105,8 @@ def test_fedbn_norm_layers_never_leave_the_sites(runs, env):
 
 def test_same_seed_same_final_model(runs, env):
     cfg, path, root = env
-    again = run_method(cfg, path, "fedavg", root / "again", root / "data")
+    c, p = no_audit(cfg, root / "config-again.json")  # the audit does not touch the model
+    again = run_method(c, p, "fedavg", root / "again", root / "data")
     assert again["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
 
 
@@ -100,24 +116,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cli(*args):
-    return [sys.executable, "-m", "bench.cli", *args]
-
-
-def _spawn(args, log: Path):
-    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
-
-
 def _wait_round(run_dir: Path, rnd: int, timeout=120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    def reached():
         try:
-            if json.loads((run_dir / "state.json").read_text())["round"] >= rnd:
-                return
+            return json.loads((run_dir / "state.json").read_text())["round"] >= rnd
         except (OSError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"round {rnd} not reached")
+            return False
+
+    wait_until(reached, timeout, f"round {rnd}")
 
 
 class Fleet:
@@ -136,16 +142,16 @@ class Fleet:
             if resume
             else ["--run-dir", str(self.run_dir), "--method", "fedavg"]
         )
-        self.server = _spawn(
-            _cli("server", "--config", str(self.path), "--data", str(self.root / "data"), *where,
+        self.server = spawn(
+            fedonco("server", "--config", str(self.path), "--data", str(self.root / "data"), *where,
                  "--address", f"127.0.0.1:{self.port}", "--rounds", str(self.rounds), "--threads", "1"),
             self.run_dir / f"server{'-resumed' if resume else ''}.log",
         )  # fmt: skip
 
     def start_clients(self):
         for s in "ABCDE":
-            self.clients[s] = _spawn(
-                _cli("client", "--config", str(self.path), "--site", s, "--server", f"127.0.0.1:{self.port}",
+            self.clients[s] = spawn(
+                fedonco("client", "--config", str(self.path), "--site", s, "--server", f"127.0.0.1:{self.port}",
                      "--data", str(self.root / "data"), "--state-dir", str(self.run_dir / "state")),
                 self.run_dir / f"client{s}.log",
             )  # fmt: skip
@@ -185,7 +191,6 @@ def test_server_restart_resumes_to_the_same_final_model(env, runs):
         _wait_round(fleet.run_dir, 1)
         fleet.server.send_signal(signal.SIGKILL)  # a crash, not a clean stop
         fleet.server.wait()
-        time.sleep(1.0)
         fleet.start_server(resume=True)
         assert fleet.server.wait(timeout=180) == 0
         for p in fleet.clients.values():
@@ -209,10 +214,13 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
     port_file = tmp_path / "port"
     box = {}
-    t = threading.Thread(target=lambda: box.setdefault("result", srv.run("127.0.0.1:0", port_file)))
+    t = threading.Thread(
+        target=lambda: box.setdefault(
+            "result", serve_campaign([lambda: srv], "127.0.0.1:0", port_file)
+        )
+    )
     t.start()
-    while not port_file.exists():
-        time.sleep(0.05)
+    wait_until(port_file.exists, 60, "the server's port file")
     stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
     run_id = stub.RegisterSite(pb.RegisterSiteRequest(site_id="A"), timeout=10).run_id
     stub.RegisterSite(pb.RegisterSiteRequest(site_id="B"), timeout=10)
@@ -271,7 +279,9 @@ def test_client_waits_for_a_server_that_is_not_up_yet(env, tmp_path):
     fleet = Fleet(path, root, tmp_path / "late", rounds=1)
     try:
         fleet.start_clients()  # clients first: they must retry with backoff
-        time.sleep(3)
+        logs = [fleet.run_dir / f"client{s}.log" for s in "ABCDE"]
+        wait_until(lambda: all(f.exists() and "retrying" in f.read_text() for f in logs), 60,
+                   "every client to retry an unreachable server")  # fmt: skip
         assert all(p.poll() is None for p in fleet.clients.values())
         fleet.start_server()
         assert fleet.server.wait(timeout=120) == 0
@@ -321,7 +331,7 @@ def test_secure_aggregation_gives_the_plain_model_within_the_bound(env, tmp_path
     cfg, _, root = env
     finals, histories = {}, {}
     for on in (True, False):
-        c = with_overrides(cfg, **{"train.rounds": 1, "secagg.enabled": on})
+        c = with_overrides(cfg, **{"train.rounds": 1, "secagg.enabled": on, "mia.enabled": False})
         path = tmp_path / f"cfg-{on}.json"
         path.write_text(json.dumps(c.model_dump(mode="json")))
         run_method(c, path, "fedavg", tmp_path / f"run-{on}", root / "data")
@@ -362,7 +372,7 @@ def _secagg_round(env, tmp_path, drop_at: dict[str, str]):
             if drop_at.get(self.site) == task.WhichOneof("stage"):
                 raise Crash
             if task.WhichOneof("stage") == "masked_input":
-                sent[self.site] = (self.pending[1].copy(), self.pending[2])
+                sent[self.site] = (self.pending.weighted.copy(), self.pending.num_examples)
             return super().secagg_stage(task)
 
     def client(site):
@@ -371,10 +381,11 @@ def _secagg_round(env, tmp_path, drop_at: dict[str, str]):
                 cfg, site, f"127.0.0.1:{port_file.read_text()}", root / "data", tmp_path / "st"
             ).run()
 
-    server = threading.Thread(target=lambda: box.setdefault("r", srv.run("127.0.0.1:0", port_file)))
+    server = threading.Thread(
+        target=lambda: box.setdefault("r", serve_campaign([lambda: srv], "127.0.0.1:0", port_file))
+    )
     server.start()
-    while not port_file.exists():
-        time.sleep(0.05)
+    wait_until(port_file.exists, 60, "the server's port file")
     threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in "ABCDE"]
     for t in threads:
         t.start()
@@ -456,13 +467,10 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
         root / "runs" / "fedbn" / "release"
     ).exists()  # FedBN's models are released by the sites
     port_file = tmp_path / "port"
-    proc = _spawn(_cli("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
-                       "--port-file", str(port_file), "--max-batch", "8"), tmp_path / "release.log")  # fmt: skip
+    proc = spawn(fedonco("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
+                         "--port-file", str(port_file), "--max-batch", "8"), tmp_path / "release.log")  # fmt: skip
     try:
-        while not port_file.exists():
-            assert proc.poll() is None, (tmp_path / "release.log").read_text()
-            time.sleep(0.05)
-        address = f"127.0.0.1:{port_file.read_text()}"
+        address = f"127.0.0.1:{wait_for_port(port_file, proc, tmp_path / 'release.log')}"
         remote = RemoteModel(address)
         images, _, _, _ = load_arrays(root / "data", "test")
         probs = remote.predict(images)  # 20 slices in batches of 8

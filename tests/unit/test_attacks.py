@@ -18,6 +18,7 @@ from attacks.ladder import (
     blind_scores,
     lira_scores,
     loss_scores,
+    query,
     run_ladder,
     shadow_attack_scores,
     train_shadows,
@@ -137,7 +138,7 @@ def test_dp_ceiling_formula():
     c = m["dp_ceiling"]
     assert math.isclose(c["tpr_at_1pct_fpr"], min(1.0, math.e * 0.01 + 1e-5))
     assert c["tpr_at_0.1pct_fpr"] is None  # not estimable with 50 non-members
-    assert abs(c["auc"] - 0.73) < 0.01  # anchors-privacy.md §4.3 table
+    assert abs(c["auc"] - 0.73) < 0.01  # the AUC bound of an (1, 1e-5)-DP mechanism
     big = audit_metrics(s, y, epsilon=12.0, delta=1e-5, n_boot=50)["dp_ceiling"]
     assert big["tpr_at_1pct_fpr"] == 1.0 and big["auc"] > 0.999  # vacuous at the paper's ε
 
@@ -192,7 +193,7 @@ def overfit():
 
 def test_loss_attack_on_overfit_model_is_well_above_chance(overfit):
     _, predict, images, masks, member = overfit
-    m = audit_metrics(loss_scores(predict, images, masks, WINDOW), member, n_boot=200)
+    m = audit_metrics(loss_scores(query(predict, images), masks), member, n_boot=200)
     assert m["auc"] > 0.8 and m["error"] is None
 
 
@@ -201,7 +202,7 @@ def test_loss_attack_on_untrained_model_is_near_chance():
     images, masks = _blobs(96, 11)
     member = np.arange(96) % 2 == 0
     predict = _model_predict(model_for(cfg, "fedavg"))
-    m = audit_metrics(loss_scores(predict, images, masks), member, n_boot=300)
+    m = audit_metrics(loss_scores(query(predict, images), masks), member, n_boot=300)
     assert abs(m["auc"] - 0.5) < 0.15 and m["auc_ci95"][0] < 0.5 < m["auc_ci95"][1]
 
 
@@ -276,8 +277,9 @@ def test_shadow_attack_and_lira_run_end_to_end(overfit):
     cfg, predict, images, masks, member = overfit
     pool = _blobs(32, 12)
     shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=0)
-    s = shadow_attack_scores(shadows, predict, images, masks, *pool, WINDOW)
-    lira = lira_scores(shadows, predict, images, masks, WINDOW)
+    probs = query(predict, images)
+    s = shadow_attack_scores(shadows, probs, masks, *pool)
+    lira = lira_scores(shadows, probs, images, masks)
     for scores in (s, lira):
         assert scores.shape == (64,) and np.isfinite(scores).all()
     assert audit_metrics(s, member, n_boot=100)["auc"] > 0.6

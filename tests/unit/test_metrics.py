@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics import SegMetrics, dice_per_image, seg_loss, segmentation_metrics
+from common.metrics import SegMetrics, seg_loss, segmentation_metrics
 
 
 def _masks() -> np.ndarray:
@@ -43,8 +43,6 @@ def test_empty_mask_rule_and_fp_rate() -> None:
     out = segmentation_metrics(p, m)
     assert out["dice"] == 1.0  # tumor-free images do not enter the primary Dice
     assert out["fp_rate_empty"] == pytest.approx(1 / 3)
-    d = dice_per_image(p, m)
-    assert d[0] == 1.0 and np.isnan(d[1:]).all()
 
 
 def test_per_image_vs_global_dice_differ() -> None:

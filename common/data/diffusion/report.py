@@ -368,11 +368,9 @@ def _composite(model, region_masks, cond_masks, sites, seeds, bg, dc) -> np.ndar
 
 def run_diffusion_report(args) -> int:
     """`fedonco diffusion report`."""
-    from common.config import resolve_config, with_overrides
+    from common.config import resolve_config
 
-    cfg = resolve_config(args.config, args.profile)
-    if args.seed is not None:
-        cfg = with_overrides(cfg, seed=args.seed)
+    cfg = resolve_config(args.config, args.profile, args.seed)
     r = diffusion_report(cfg, args.model, args.out, n=args.n, seg_slices=args.seg_slices,
                          seg_epochs=args.seg_epochs)  # fmt: skip
     print(markdown(r))

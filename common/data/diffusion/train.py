@@ -229,11 +229,9 @@ def train_diffusion(
 
 def run_diffusion_train(args) -> int:
     """`fedonco diffusion train`."""
-    from common.config import resolve_config, with_overrides
+    from common.config import resolve_config
 
-    cfg = resolve_config(args.config, args.profile)
-    if args.seed is not None:
-        cfg = with_overrides(cfg, seed=args.seed)
+    cfg = resolve_config(args.config, args.profile, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = train_diffusion(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device)

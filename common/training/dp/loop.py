@@ -33,22 +33,9 @@ from common.training.local import OptimizerName, make_optimizer, proximal_anchor
 log = logging.getLogger(__name__)
 
 
-def _generators(
-    seed: int, secure_mode: bool, device: torch.device
-) -> tuple[torch.Generator, torch.Generator]:
-    """(sampling on CPU, noise on the model's device): seeded per (seed, purpose), or
-    /dev/urandom in secure_mode."""
-    if secure_mode:
-        try:
-            import torchcsprng as csprng
-        except ImportError as e:
-            raise DPConfigError(
-                "secure_mode needs the torchcsprng package, which has no build for Python "
-                "3.11 / torch 2.x. Run with secure_mode=False (the benchmark default: seeded, "
-                "reproducible, not cryptographically secure noise), or install torchcsprng"
-            ) from e
-        rng = csprng.create_random_device_generator("/dev/urandom")
-        return rng, rng
+def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(sampling on CPU, noise on the model's device), seeded per (seed, purpose): reproducible,
+    and not cryptographic (docs/dp.md, "Randomness")."""
     sampling_seed, noise_seed = dp_generator_seeds(seed)
     sampling = torch.Generator().manual_seed(sampling_seed)
     noise = torch.Generator(device=device).manual_seed(noise_seed)
@@ -114,8 +101,8 @@ class DPTrainer:
         (``resolve_noise_multiplier``); ``accountant`` is the site's persistent accountant (its
         mechanism must be ``settings.accountant``). FedProx: ``proximal_mu`` > 0 pulls towards
         ``global_params`` (default: the weights at the start of the call); its gradient is added
-        in Opacus' step hook, after the noise. Deterministic on CPU for a ``seed`` (unless
-        ``settings.secure_mode``); the caller's global torch RNG is left as it was.
+        in Opacus' step hook, after the noise. Deterministic on CPU for a ``seed``; the caller's
+        global torch RNG is left as it was.
 
         Raises ``DPConfigError`` for bad settings and ``PrivacyBudgetExhausted`` (before
         training; nothing changed) when this round would exceed ``settings.max_epsilon``.
@@ -147,7 +134,7 @@ class DPTrainer:
                     accountant.epsilon(delta), eps_next, settings.max_epsilon, delta
                 )
         device = next(model.parameters()).device
-        sampling_gen, noise_gen = _generators(seed, settings.secure_mode, device)
+        sampling_gen, noise_gen = _generators(seed, device)
 
         from opacus.optimizers import DPOptimizer
 
@@ -185,7 +172,6 @@ class DPTrainer:
                     expected_batch_size=batch_size,
                     loss_reduction="mean",
                     generator=noise_gen,
-                    secure_mode=settings.secure_mode,
                 )
                 dp_opt.attach_step_hook(after_noise)
                 for epoch in range(epochs):

@@ -69,7 +69,6 @@ class DPSettings:
     Give exactly one of ``noise_multiplier`` (σ) and ``target_epsilon``: with ``target_epsilon``
     set ``noise_multiplier=None`` and call ``resolve_noise_multiplier`` once before training.
     ``max_epsilon`` is a budget after which a site stops contributing (``PrivacyBudgetExhausted``).
-    ``secure_mode`` draws sampling and noise from a cryptographic generator (module docstring).
     """
 
     noise_multiplier: float | None = 1.2
@@ -78,7 +77,6 @@ class DPSettings:
     accountant: str = "rdp"
     target_epsilon: float | None = None
     max_epsilon: float | None = None
-    secure_mode: bool = False
 
     @classmethod
     def from_config(cls, dp) -> DPSettings:
@@ -136,8 +134,6 @@ class DPSettings:
             _positive_finite("target_epsilon", self.target_epsilon)
         if self.max_epsilon is not None:
             _positive_finite("max_epsilon", self.max_epsilon)
-        if not isinstance(self.secure_mode, bool):
-            raise DPConfigError(f"secure_mode must be true or false, got {self.secure_mode!r}")
 
 
 def sample_rate_for(n_site: int, batch_size: int) -> float:

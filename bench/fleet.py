@@ -1,0 +1,65 @@
+"""Processes of the project, started and waited for: the one helper the benchmark, the audit and
+the tests share.
+
+Every role runs as ``python -m bench.cli ROLE ...`` (the ``fedonco`` command) with its output in
+a log file; a service that listens on port 0 writes the port it bound to a file, and
+``wait_for_port`` polls that file with a deadline (failing with the log's tail if the process
+dies first).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def fedonco(*args: str) -> list[str]:
+    """The command line of ``fedonco ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "bench.cli", *args]
+
+
+def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``args`` with stdout and stderr going to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_for_port(port_file: Path, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> str:
+    """The port ``proc`` wrote to ``port_file``; ``RuntimeError`` with the log's tail if the
+    process exits or ``timeout`` passes first."""
+    end = time.monotonic() + timeout
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > end:
+            why = (
+                f"exited {proc.returncode}"
+                if proc.poll() is not None
+                else f"no port in {timeout:.0f}s"
+            )
+            raise RuntimeError(f"{' '.join(proc.args[3:5])} did not start ({why}):\n{tail(log)}")
+        time.sleep(0.05)
+    return port_file.read_text().strip()
+
+
+def stop(procs: Iterable[subprocess.Popen], timeout: float = 10.0) -> None:
+    """Terminate what is still running; kill what does not exit within ``timeout``."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

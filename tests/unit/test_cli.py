@@ -1,0 +1,74 @@
+"""The `fedonco` CLI: every subcommand reaches its handler, `--help` explains, `-v` shows the
+traceback of an error."""
+
+import importlib
+
+import pytest
+
+from bench import cli
+
+# command line -> (module, handler) it must reach; the required arguments are dummies (the
+# handler is replaced, so nothing runs)
+COMMANDS = {
+    ("data", "--out", "x"): ("bench.data_cli", "run_data"),
+    ("diffusion", "train", "--out", "x"): ("common.data.diffusion.train", "run_diffusion_train"),
+    ("diffusion", "report", "--model", "m", "--out", "x"): (
+        "common.data.diffusion.report",
+        "run_diffusion_report",
+    ),
+    ("server", "--config", "c", "--data", "d"): ("server.campaign", "run_server_cmd"),
+    ("client", "--config", "c", "--data", "d"): ("client.app", "run_client_cmd"),
+    ("release", "serve", "--model", "m"): ("server.inference", "run_release_cmd"),
+    (
+        "attack",
+        "--target",
+        "t",
+        "--pool",
+        "p",
+        "--candidates",
+        "c",
+        "--config",
+        "c",
+        "--out",
+        "o",
+    ): (
+        "attacks.cli",
+        "run_attack_cmd",
+    ),
+    ("bench",): ("bench.run", "run_bench"),
+    ("certs", "--out", "x"): ("common.wire.tls", "run_certs_cmd"),
+    ("health", "127.0.0.1:1"): ("common.wire.channel", "run_health_cmd"),
+    ("judge", "--run-dir", "r", "--data", "d", "--release", "a", "--methods", "fedavg"): (
+        "bench.judge",
+        "run_judge_cmd",
+    ),
+}
+
+
+@pytest.mark.parametrize("argv", list(COMMANDS), ids=lambda a: " ".join(a[:2]))
+def test_every_command_reaches_its_handler(argv, monkeypatch):
+    module, name = COMMANDS[argv]
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), name, lambda args: seen.append(args) or 7)
+    assert cli.main(list(argv)) == 7 and len(seen) == 1
+
+
+def test_every_command_is_covered_and_has_help(capsys):
+    parser = cli.build_parser()
+    commands = {a for a in parser._subparsers._group_actions[0].choices}
+    assert commands == {argv[0] for argv in COMMANDS}
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: fedonco" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
+    missing = str(tmp_path / "nope.toml")
+    assert cli.main(["data", "--config", missing, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "fedonco data: error:" in err and "Traceback" not in err
+    assert cli.main(["-v", "data", "--config", missing, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "fedonco data: error:" in err
