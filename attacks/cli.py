@@ -37,30 +37,46 @@ def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_attack_cmd(args) -> int:
-    from attacks.ladder import run_ladder
+    """Score each target's candidates: ``--model``, ``--candidates`` and ``--out`` are given once
+    per target, in the same order. The shadow models depend only on the public recipe, the pool
+    and the seed, so one set serves every target (FedBN: each site's released model)."""
+    from attacks.ladder import run_ladder, train_shadows
 
+    models, candidates, outs = args.model or [""], args.candidates, args.out
+    if not (len(models) == len(candidates) == len(outs)):
+        raise ValueError(
+            f"give --model, --candidates and --out once per target, in the same order (got "
+            f"{len(models)}, {len(candidates)} and {len(outs)})"
+        )
     cfg = load_config(args.config)
+    n_shadows = args.shadows or cfg.mia.n_shadows
     t0 = time.perf_counter()
-    target = RemoteModel(args.target, args.model)
+    targets = [RemoteModel(args.target, name) for name in models]
+    methods = {t.method for t in targets}
+    if len(methods) != 1:
+        raise ValueError(f"the targets were trained with different methods {sorted(methods)}")
     pool_images, pool_masks, _, _ = load_arrays(args.pool, "attacker")
     if len(pool_images) == 0:
         raise ValueError(f"{args.pool}: no attacker split to train shadow models on")
-    cand_images, cand_masks = load_candidates(Path(args.candidates))
-    queries = {"n": 0}
+    jobs = [load_candidates(Path(c)) for c in candidates]  # every input checked before training
+    shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed)
+    for target, (cand_images, cand_masks), out in zip(targets, jobs, outs, strict=True):
+        t1, queries = time.perf_counter(), {"n": 0}
 
-    def predict(images):
-        queries["n"] += len(images)
-        return target.predict(images)
+        def predict(images, target=target, queries=queries):
+            queries["n"] += len(images)
+            return target.predict(images)
 
-    scores = run_ladder(predict, cfg, target.method, (pool_images, pool_masks), (cand_images, cand_masks),
-                        n_shadows=args.shadows or cfg.mia.n_shadows, seed=args.seed)  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "scores.npz", **{k: np.asarray(v, np.float64) for k, v in scores.items()})
-    info = {"attacks": sorted(scores), "method": target.method, "n_candidates": int(len(cand_images)),
-            "n_shadows": args.shadows or cfg.mia.n_shadows, "queries": queries["n"],
-            "wall_s": time.perf_counter() - t0}  # fmt: skip
-    (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
-    log.info("attack on %s done: %d candidates, %d queries, %.1fs", args.target, info["n_candidates"],
-             queries["n"], info["wall_s"])  # fmt: skip
+        scores = run_ladder(predict, cfg, target.method, (pool_images, pool_masks),
+                            (cand_images, cand_masks), seed=args.seed, shadows=shadows)  # fmt: skip
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "scores.npz", **{k: np.asarray(v, np.float64) for k, v in scores.items()})
+        info = {"attacks": sorted(scores), "method": target.method, "model": target.model,
+                "n_candidates": int(len(cand_images)), "n_shadows": n_shadows,
+                "queries": queries["n"], "wall_s": time.perf_counter() - t1}  # fmt: skip
+        (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
+        log.info("attack on %s %r done: %d candidates, %d queries", args.target, target.model,
+                 info["n_candidates"], queries["n"])  # fmt: skip
+    log.info("%d target(s) attacked in %.1fs", len(targets), time.perf_counter() - t0)
     return 0

@@ -65,51 +65,57 @@ def attacker_pool(data_dir: Path, out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def local_release(release: Path, logs: Path, tag: str):
-    """Serve one released model as a separate process on 127.0.0.1; yields its address."""
-    port_file, log_file = logs / f"release-{tag}.port", logs / f"release-{tag}.log"
+def local_release(method_dir: Path, logs: Path):
+    """A release service on 127.0.0.1 serving every release under ``method_dir`` by its relative
+    path (``release``, or FedBN's ``site-state/<method>/site<S>/release``); yields its address."""
+    port_file, log_file = logs / "release.port", logs / "release.log"
     port_file.unlink(missing_ok=True)
-    server = spawn(fedonco("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
-                           "--port-file", str(port_file)), log_file)  # fmt: skip
+    server = spawn(fedonco("release", "serve", "--models-root", str(method_dir), "--address",
+                           "127.0.0.1:0", "--port-file", str(port_file)), log_file)  # fmt: skip
     try:
         yield f"127.0.0.1:{wait_for_port(port_file, server, log_file)}"
     finally:
         stop([server])
 
 
-def run_attacker(cfg, config_path, address: str, model: str, images, masks, out: Path, log_file: Path,
-                 pool: Path):  # fmt: skip
-    """The attacker as its own process: unlabeled candidates, the pool, Predict on ``address``."""
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
+def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, pool: Path) -> dict:
+    """The attacker as its own process: ``jobs`` maps a tag to (model name on the release service
+    at ``address``, candidate images, masks, output directory); the attacker gets the unlabeled
+    candidates and the pool, and its only access to the models is Predict. Returns
+    {tag: (scores, attack info)}."""
+    args = ["attack", "--target", address, "--pool", str(pool), "--config", str(config_path),
+            "--seed", str(cfg.seed)]  # fmt: skip
+    for model, images, masks, out in jobs.values():
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
+        args += ["--model", model, "--candidates", str(out / "candidates.npz"), "--out", str(out)]
     with open(log_file, "w") as alog:
-        rc = subprocess.run(fedonco("attack", "--target", address, "--model", model, "--pool", str(pool),
-                                 "--candidates", str(out / "candidates.npz"), "--config", str(config_path),
-                                 "--out", str(out), "--seed", str(cfg.seed)),
-                            stdout=alog, stderr=subprocess.STDOUT).returncode  # fmt: skip
+        rc = subprocess.run(fedonco(*args), stdout=alog, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise RuntimeError(f"attacker exited {rc}: see {log_file}")
-    scores = load_npz(out / "scores.npz")
-    return scores, json.loads((out / "attack.json").read_text())
-
-
-def local_targets(method_dir: Path) -> dict[str, Path]:
-    """The released model(s) of a run on this machine: {"all": release} or, FedBN, one per site."""
-    if (method_dir / "release" / "release.json").is_file():
-        return {"all": method_dir / "release"}
-    sites = {
-        s: method_dir / "site-state" / method_dir.name / f"site{s}" / "release" for s in SITE_NAMES
+    return {
+        tag: (load_npz(out / "scores.npz"), json.loads((out / "attack.json").read_text()))
+        for tag, (_m, _i, _k, out) in jobs.items()
     }
-    return {s: p for s, p in sites.items() if (p / "release.json").is_file()}
+
+
+def local_targets(method_dir: Path) -> dict[str, str]:
+    """The released model(s) of a run on this machine, as names relative to ``method_dir``:
+    {"all": "release"} or, FedBN, one per site."""
+    if (method_dir / "release" / "release.json").is_file():
+        return {"all": "release"}
+    sites = {s: Path("site-state") / method_dir.name / f"site{s}" / "release" for s in SITE_NAMES}
+    return {s: str(p) for s, p in sites.items() if (method_dir / p / "release.json").is_file()}
 
 
 def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict,
-          targets: dict | None = None, attack=None) -> dict:  # fmt: skip
+          targets: dict | None = None, address: str | None = None) -> dict:  # fmt: skip
     """Run the attacker against the release(s) and score the answers (results' mia).
 
     ``targets`` maps "all" (one global model) or site IDs (FedBN: shared weights + that site's
-    norm layers, each attacked on its own site's candidates, scores pooled) to what ``attack``
-    needs; by default the run's releases on disk, each served here by a local release process."""
+    norm layers, each attacked on its own site's candidates, scores pooled) to model names on the
+    release service at ``address``; by default the run's releases on disk, served here by a
+    local release service. One attacker process attacks every target."""
     from bench.audit_metrics import audit_metrics, roc_plot
 
     images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
@@ -119,21 +125,20 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     t0 = time.perf_counter()
     if targets is None:
         targets = local_targets(method_dir)
-
-        def attack(tag, release, images, masks, out):
-            with local_release(release, logs, tag) as address:
-                return run_attacker(cfg, config_path, address, "", images, masks, out,
-                                    logs / f"attacker-{tag}.log", pool)  # fmt: skip
-
     if not targets:
         return {"error": "no released model found", "attacks": {}}
+    picks = {t: np.ones(len(images), bool) if t == "all" else sites == t for t in targets}
+    jobs = {t: (name, images[picks[t]], masks[picks[t]], out / t) for t, name in targets.items()}
+    if address is None:
+        with local_release(method_dir, logs) as local:
+            answers = run_attacker(cfg, config_path, local, jobs, logs / "attacker.log", pool)
+    else:
+        answers = run_attacker(cfg, config_path, address, jobs, logs / "attacker.log", pool)
     scores, info = {}, {"queries": 0, "targets": sorted(targets)}
-    for tag, target in targets.items():
-        sel = np.ones(len(images), bool) if tag == "all" else sites == tag
-        part, part_info = attack(tag, target, images[sel], masks[sel], out / tag)
+    for tag, (part, part_info) in answers.items():
         info["queries"] += part_info["queries"]
         for k, v in part.items():
-            scores.setdefault(k, np.full(len(images), np.nan))[sel] = v
+            scores.setdefault(k, np.full(len(images), np.nan))[picks[tag]] = v
     covered = ~np.isnan(next(iter(scores.values())))
     member, sites = member[covered], sites[covered]
     scores = {k: v[covered] for k, v in scores.items()}

@@ -240,12 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'attacker' split): blind baseline, loss threshold, learned shadow-model attack, LiRA.",
     )
     p.add_argument("--target", required=True, help="release service host:port")
-    p.add_argument("--model", default="", help="model name on the release service (default: its "
-                   "default model)")  # fmt: skip
+    p.add_argument("--model", action="append", help="model name on the release service (default: "
+                   "its default model); repeat with --candidates and --out, once per target")  # fmt: skip
     p.add_argument("--pool", required=True, help="dataset directory with the 'attacker' split")
-    p.add_argument("--candidates", required=True, help=".npz with 'images' and 'masks' (no labels)")
+    p.add_argument("--candidates", action="append", required=True,
+                   help=".npz with 'images' and 'masks' (no labels), one per target")  # fmt: skip
     p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
-    p.add_argument("--out", required=True, help="output directory (scores.npz, attack.json)")
+    p.add_argument("--out", action="append", required=True,
+                   help="output directory (scores.npz, attack.json), one per target")  # fmt: skip
     p.add_argument("--shadows", type=int, help="number of shadow models (default: mia.n_shadows)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_attack)

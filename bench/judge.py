@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.audit import attacker_pool, audit, run_attacker
+from bench.audit import attacker_pool, audit
 from bench.report import write_report
 from common.config import SITE_NAMES, load_config
 from common.data.store import read_manifest
@@ -76,7 +76,7 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
     wait_for(cfg_path, timeout_s, "the server's campaign config")
     cfg = load_config(cfg_path)
     manifest = read_manifest(data_dir)
-    pool = attacker_pool(data_dir, run_dir / "attacker-pool")
+    attacker_pool(data_dir, run_dir / "attacker-pool")  # once, before the first audit
     t0 = time.perf_counter()
     results = {}
     for method in methods:
@@ -87,13 +87,7 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
         result["dir"] = str(mdir)
         if cfg.mia.enabled:
             names = release_names(run_dir, method, result, address, wait_s=60.0)
-            logs = mdir / "logs"
-
-            def attack(tag, name, images, masks, out, logs=logs):
-                return run_attacker(cfg, cfg_path, address, name, images, masks, out,
-                                    logs / f"attacker-{tag}.log", pool)  # fmt: skip
-
-            result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, attack)
+            result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, address)
             log.info("%s: Dice %.3f, MIA AUC %s", method, result.get("dice") or float("nan"),
                      result["mia"].get("auc"))  # fmt: skip
         results[method] = result

@@ -9,6 +9,7 @@ apart (docker compose).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.fleet import fedonco, spawn, stop, tail, wait_for_port
+from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
 from bench.report import write_report
 from common.config import SITE_NAMES, Config, resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
@@ -37,18 +38,19 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     port_file = mdir / "port"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
+    address = f"127.0.0.1:{free_port()}"
     server = spawn(fedonco(
         "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
-        "--run-dir", str(mdir), "--address", "127.0.0.1:0", "--port-file", str(port_file), "--threads", "1"),
+        "--run-dir", str(mdir), "--address", address, "--port-file", str(port_file), "--threads", "1"),
         logs / "server.log", env)  # fmt: skip
     procs = [server]
     try:
-        port = wait_for_port(port_file, server, logs / "server.log")
-        for site in SITE_NAMES:
+        for site in SITE_NAMES:  # started with the server: they retry until it listens
             procs.append(spawn(fedonco(
-                "client", "--config", str(config_path), "--site", site, "--server", f"127.0.0.1:{port}",
+                "client", "--config", str(config_path), "--site", site, "--server", address,
                 "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1"),
                 logs / f"client{site}.log", env))  # fmt: skip
+        wait_for_port(port_file, server, logs / "server.log")  # else the server's log says why
         _watch(cfg, method, mdir, server)
         if server.returncode != 0:
             raise RuntimeError(
@@ -77,7 +79,8 @@ def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> No
     done = 0
     with tqdm(total=cfg.train.rounds, desc=f"{method:8s}", unit="round") as bar:
         while server.poll() is None:
-            time.sleep(0.5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=0.5)
             try:
                 st = json.loads(state.read_text())
             except (OSError, json.JSONDecodeError):

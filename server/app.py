@@ -241,8 +241,7 @@ class Server:
             if stop.is_set():
                 raise KeyboardInterrupt
         result = self.finalize()
-        self.state.finish(self.done)
-        time.sleep(min(2.0, 2 * self.cfg.fl.heartbeat_s))  # let the sites hear "finished"
+        self.state.finish(self.done, wait_s=2 * self.cfg.fl.heartbeat_s + 1.0)
         return result
 
     def privacy(self) -> dict:

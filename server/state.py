@@ -68,6 +68,7 @@ class RoundState:
         self._last_seen: dict[str, float] = {}
         self._phase: Phase | None = None
         self._finished: tuple[int, str] | None = None
+        self._told_finished: set[str] = set()
         self.rejections: list[dict] = []
 
     # -- shared checks --------------------------------------------------------------------------
@@ -104,6 +105,8 @@ class RoundState:
             self._bind(site, run_id)
             while True:
                 if self._finished is not None:
+                    self._told_finished.add(site)
+                    self._cv.notify_all()
                     return Task(TaskKind.FINISHED, self._finished[0], reason=self._finished[1])
                 ph = self._phase
                 if ph is not None and site in ph.pending:
@@ -245,7 +248,13 @@ class RoundState:
                 log.warning("round %d: site %s left out of %s: %s", rnd, s, kind, why)
             return dict(ph.results), dict(ph.failures)
 
-    def finish(self, rounds: int, reason: str = "completed") -> None:
+    def finish(self, rounds: int, reason: str = "completed", wait_s: float = 0.0) -> None:
+        """Tell the sites the run is over; wait up to ``wait_s`` until every live site has
+        heard it (a site that died does not hold the server up longer than that)."""
+        end = time.monotonic() + wait_s
         with self._cv:
             self._finished = (rounds, reason)
             self._cv.notify_all()
+            alive = set(self.alive_sites())
+            while not alive <= self._told_finished and time.monotonic() < end:
+                self._cv.wait(end - time.monotonic())

@@ -239,13 +239,20 @@ def test_per_sample_gradients_match_a_per_image_autograd_loop(mode, net):
     assert not any(hasattr(p, "grad_sample") for p in params)
 
 
+@pytest.fixture(scope="module")
+def paper_size_reference():
+    """The paper's U-Net (base 52, GroupNorm 4, 256x256), a few slices, and their ground truth."""
+    model = build_model(base=52, norm="group", groups=4, seed=0)
+    data = tiny_data(2, size=256)
+    return model, data, reference_grad_samples(copy.deepcopy(model), data)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fast", "hooks"])
-def test_per_sample_gradients_at_the_paper_model_size(mode):
-    """The paper's U-Net (base 52, GroupNorm 4, 256x256): both samplers equal the ground truth."""
-    model = build_model(base=52, norm="group", groups=4, seed=0)
-    data = tiny_data(3, size=256)
-    ref = reference_grad_samples(copy.deepcopy(model), data)
+def test_per_sample_gradients_at_the_paper_model_size(mode, paper_size_reference):
+    """At the paper's model size both samplers equal the ground truth."""
+    model, data, ref = paper_size_reference
+    model = copy.deepcopy(model)
     gsm = make_grad_sample_module(model, mode)
     per_sample_backward(gsm, torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data]))
     params = list(model.parameters())
