@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import SITE_NAMES, Config
+from common.methods import SWEEP_METHOD, SWEEP_REFERENCE
 
 SITE_COLS = [f"dice_{s}" for s in SITE_NAMES]
 
@@ -242,7 +243,7 @@ def privacy_utility(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = sorted((r["epsilon"], _nan(r["dice"]), (r.get("dp") or {}).get("noise_multiplier"))
                  for r in results["methods"].values() if r.get("epsilon") is not None)  # fmt: skip
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="dpsgd")
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=SWEEP_METHOD)
     for eps, dice, sigma in pts:
         ax.annotate(
             f"σ={sigma:g}" if sigma else "",
@@ -251,9 +252,9 @@ def privacy_utility(results: dict, path: Path) -> None:
             xytext=(3, 3),
             textcoords="offset points",
         )
-    ref = results["methods"].get("groupnorm")
+    ref = results["methods"].get(SWEEP_REFERENCE)
     if ref is not None:
-        ax.axhline(_nan(ref["dice"]), color="gray", ls="--", label="groupnorm (no DP)")
+        ax.axhline(_nan(ref["dice"]), color="gray", ls="--", label=f"{SWEEP_REFERENCE} (no DP)")
     ax.set(
         xscale="log",
         xlabel="ε (worst site, δ as configured)",

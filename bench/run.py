@@ -24,7 +24,7 @@ from bench.report import write_report
 from common.config import SITE_NAMES, Config, resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
-from common.methods import get_method
+from common.methods import SWEEP_METHOD, SWEEP_REFERENCE, get_method
 from common.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -120,19 +120,19 @@ def _variant(cfg: Config, run_dir: Path, name: str, **overrides) -> tuple[Config
 
 
 def run_sweep(cfg: Config, run_dir: Path, key: str, values: list[float]) -> dict:
-    """dpsgd once per value (plus the non-DP groupnorm reference): Dice against epsilon."""
+    """The DP method once per value (plus its non-DP twin as the reference): Dice against ε."""
     results = {
-        "groupnorm": run_method(
-            cfg, run_dir / "config.json", "groupnorm", run_dir, run_dir / "data"
+        SWEEP_REFERENCE: run_method(
+            cfg, run_dir / "config.json", SWEEP_REFERENCE, run_dir, run_dir / "data"
         )
     }
     for v in values:
         over = {f"dp.{key}": v}
         if key == "target_epsilon":
             over["dp.noise_multiplier"] = None
-        name = f"dpsgd-{key}-{v:g}"
+        name = f"{SWEEP_METHOD}-{key}-{v:g}"
         c, path = _variant(cfg, run_dir, name, **over)
-        r = run_method(c, path, "dpsgd", run_dir / name, run_dir / "data")
+        r = run_method(c, path, SWEEP_METHOD, run_dir / name, run_dir / "data")
         results[name] = {**r, "sweep": {key: v}}
     return results
 

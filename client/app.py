@@ -140,7 +140,7 @@ class SiteClient:
             time.sleep(0.5)
         self.run_id, self.heartbeat_s = resp.run_id, resp.heartbeat_interval_s
         info = scalars_from_proto(resp.info)
-        self.method = str(info.get("method", "fedavg"))
+        self.method = get_method(str(info.get("method", ""))).name  # a server always names it
         self.runs_left = int(info.get("runs_left", 0))
         self.linger = bool(info.get("linger", 0))
         # Local state lives per method: a campaign's runs never see each other's norm layers.

@@ -51,6 +51,9 @@ _TABLE = (
 )  # fmt: skip
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+# A privacy-utility sweep runs the DP method once per setting, and its non-DP twin (same network,
+# same seed) once as the reference.
+SWEEP_METHOD, SWEEP_REFERENCE = "dpsgd", "groupnorm"
 
 
 def get_method(name: str) -> Method:

@@ -138,14 +138,19 @@ def per_sample_backward(gsm, images: torch.Tensor, masks: torch.Tensor) -> torch
 
 
 def release_grad_sample_module(gsm, params: Sequence[nn.Parameter]) -> None:
-    """Undo ``make_grad_sample_module`` and the DPOptimizer's per-parameter attributes."""
-    gsm.to_standard_module()  # removes hooks, grad_sample, functorch helpers
-    for module in gsm._module.modules():  # activations captured by a forward without backward
-        for attr in ("activations", "max_batch_len"):
-            if hasattr(module, attr):
-                delattr(module, attr)
+    """Undo ``make_grad_sample_module`` and what a ``DPOptimizer`` left on the parameters.
+
+    Opacus' ``to_standard_module`` removes the hooks and the wrapper's parameter attributes. Two
+    things Opacus 1.6 (pinned in pyproject.toml) has no public way to undo remain and are dropped
+    here, so the model carries nothing of DP-SGD afterwards: the per-module ``activations`` lists
+    of its forward hooks, and the optimizer's ``summed_grad`` on each parameter.
+    """
+    gsm.to_standard_module()
+    for module in gsm._module.modules():
+        if hasattr(module, "activations"):
+            del module.activations
     for p in params:
-        for attr in ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample"):
+        for attr in ("grad_sample", "summed_grad"):
             if hasattr(p, attr):
                 delattr(p, attr)
         p.grad = None
