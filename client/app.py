@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from client.dp_site import DPState, PrivacyBudgetExhausted
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
 from common.data.store import read_manifest
@@ -31,6 +30,7 @@ from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release
 from common.secagg import SecAggClient, SecAggError, flatten, quantize
+from common.training.dp.settings import PrivacyBudgetExhausted
 from common.training.local import train_local, weighted_contribution
 from common.transforms import to_inputs
 from common.wire.channel import create_channel
@@ -71,7 +71,7 @@ class SiteClient:
         self.run_id, self.method = "", ""
         self.runs_left = 0  # runs the server will open after this one (a campaign)
         self.linger = False
-        self.dp: DPState | None = None
+        self.dp = None  # client.dp_site.DPState, at the first DP round
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
         self.pending: PendingUpdate | None = None
         creds = None
@@ -183,6 +183,8 @@ class SiteClient:
         t_decode = time.perf_counter() - t0
         if config.get("dp"):
             if self.dp is None:
+                from client.dp_site import DPState  # Opacus only at a DP site
+
                 self.dp = DPState(self.cfg, len(self.train_set), self.state_dir, self.run_id)
             try:
                 metrics = self._with_heartbeat(task.round, lambda: self.dp.train(

@@ -7,13 +7,17 @@ never per-image normalisation, which would erase HU meaning and the sites' scann
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.config import parse_config
-from common.data.generate import SPLITS, Slice, render_slice
 from common.data.sites import SiteSpec
 from common.data.store import DatasetIntegrityError, load_shard, read_manifest
+from common.seeds import SPLITS
+
+if TYPE_CHECKING:  # the generator (scipy) is imported only to regenerate a slice
+    from common.data.generate import Slice
 
 
 def load_arrays(
@@ -82,6 +86,8 @@ def regenerate_slice(
     cfg = parse_config(m["config"], "manifest")
     i = m["site_names"].index(site)
     seed = m["attacker_seed"] if split == "attacker" else m["seed"]
+    from common.data.generate import render_slice  # the generator (scipy) only when needed
+
     return render_slice(seed, i, split, index, spec, m["image_size"], cfg.data.noise_ref_hu)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import wait_until
 
-from bench.fleet import fedonco, free_port, spawn, wait_for_port
+from bench.fleet import fedonco, free_port, spawn, stop, wait_for_port
 from bench.run import run_method
 from common.config import load_profile, with_overrides
 from common.io import load_npz as load_params
@@ -23,6 +23,7 @@ from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
+from common.wire.tls import make_certs
 from server.app import Server
 from server.campaign import serve_campaign
 
@@ -30,7 +31,7 @@ ROUNDS = 2
 
 
 pytestmark = pytest.mark.slow
-AUDITED = ("fedavg", "fedbn", "dpsgd")  # the audit test checks these; the others run without it
+METHODS = ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm")
 
 
 def _write_config(cfg, path: Path) -> Path:
@@ -49,21 +50,53 @@ def env(tmp_path_factory, smoke_data):
     return cfg, _write_config(cfg, root / "config.json"), root
 
 
-def no_audit(cfg, path: Path):
-    """The same config without the membership-inference audit (for runs no test audits)."""
-    c = with_overrides(cfg, **{"mia.enabled": False})
-    return c, _write_config(c, path)
+@pytest.fixture(scope="module")
+def campaign(env):
+    """Every method as one campaign over mutual TLS, as a federation runs apart: one server port
+    serving the methods one after another, five sites following from run to run (FedBN sites
+    publishing their own models), one release service holding every released model by name, and
+    the judge auditing each method (through the release service) and writing the report."""
+    cfg, path, root = env
+    run_dir, logs, state = root / "runs", root / "logs", root / "state"
+    make_certs(root / "certs", list("ABCDE"))
+    logs.mkdir()
+    procs = []
+
+    def start(name, *args):
+        procs.append(spawn(fedonco(*args), logs / f"{name}.log"))
+        return procs[-1]
+
+    try:
+        address = f"localhost:{free_port()}"
+        server = start("server", "server", "--config", str(path), "--methods", ",".join(METHODS),
+                       "--data", str(root / "data"), "--run-dir", str(run_dir), "--address",
+                       address, "--port-file", str(root / "server.port"), "--tls-dir",
+                       str(root / "certs" / "server"), "--hold-until", str(run_dir / "audit.done"),
+                       "--threads", "1")  # fmt: skip
+        for s in "ABCDE":
+            start(f"site{s}", "client", "--config", str(path), "--site", s, "--server", address,
+                  "--data", str(root / "data"), "--state-dir", str(state), "--tls-dir",
+                  str(root / "certs" / f"site-{s}"), "--publish-dir", str(root / "published"))  # fmt: skip
+        release = start("release", "release", "serve", "--models-root", str(root),
+                        "--models-root", str(root / "published"), "--address", "127.0.0.1:0",
+                        "--port-file", str(root / "release.port"), "--exit-when",
+                        str(run_dir / "audit.done"))  # fmt: skip
+        wait_for_port(root / "server.port", server, logs / "server.log")
+        rport = wait_for_port(root / "release.port", release, logs / "release.log")
+        judge = start("judge", "judge", "--run-dir", str(run_dir), "--data", str(root / "data"),
+                      "--release", f"127.0.0.1:{rport}", "--methods", ",".join(METHODS),
+                      "--timeout", "300")  # fmt: skip
+        assert judge.wait(timeout=600) == 0, (logs / "judge.log").read_text()[-3000:]
+        for p in procs:  # the judge's marker ends the campaign: everyone exits on their own
+            assert p.wait(timeout=60) == 0, p.args[3:5]
+    finally:
+        stop(procs)
+    return json.loads((run_dir / "results.json").read_text())["methods"]
 
 
 @pytest.fixture(scope="module")
-def runs(env):
-    cfg, path, root = env
-    quiet = no_audit(cfg, root / "config-no-audit.json")
-    out = {}
-    for method in ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"):
-        c, p = (cfg, path) if method in AUDITED else quiet
-        out[method] = run_method(c, p, method, root / "runs", root / "data")
-    return out
+def runs(campaign):
+    return campaign
 
 
 def test_every_method_completes(runs, env):
@@ -93,9 +126,7 @@ def test_fedbn_norm_layers_never_leave_the_sites(runs, env):
     for k in nkeys:  # the server never received a norm layer, so its copy is the initial one
         np.testing.assert_array_equal(final[k], initial[k])
     assert any(not np.array_equal(final[k], initial[k]) for k in set(final) - nkeys)
-    local = np.load(
-        root / "runs" / "fedbn" / "site-state" / "fedbn" / "siteA" / f"local_round_{ROUNDS:04d}.npz"
-    )
+    local = np.load(root / "state" / "fedbn" / "siteA" / f"local_round_{ROUNDS:04d}.npz")
     assert set(local.files) == nkeys  # ... while each site trained its own
     assert any(not np.array_equal(local[k], initial[k]) for k in nkeys)
     history = json.loads((root / "runs" / "fedbn" / "history.json").read_text())
@@ -168,15 +199,20 @@ def test_killed_site_is_left_out_and_the_round_completes(env):
     assert all(set(r["fit"]["sites"]) == set("ABCD") for r in after)
 
 
-def test_server_restart_resumes_to_the_same_final_model(env, runs):
-    """A server killed after round 1 and resumed ends with the model of the uninterrupted run of
-    the same seed: separate processes, a crash in between, bit-identical weights (so this is also
-    the test that the same seed gives the same model on one machine)."""
+def test_sites_wait_for_the_server_and_a_restart_resumes_to_the_same_final_model(env, runs):
+    """Sites started before any server wait for it (retrying); a server killed after round 1 and
+    resumed ends with the model of the uninterrupted run of the same seed: separate processes, a
+    crash in between, bit-identical weights (so this is also the test that the same seed gives
+    the same model on one machine)."""
     cfg, path, root = env
     fleet = Fleet(path, root, root / "resume", rounds=ROUNDS)
     try:
+        fleet.start_clients()  # sites first: nothing listens yet
+        logs = [fleet.run_dir / f"client{s}.log" for s in "ABCDE"]
+        wait_until(lambda: all(f.exists() and "connecting to" in f.read_text() for f in logs), 60,
+                   "every site to dial the server")  # fmt: skip
+        assert all(p.poll() is None for p in fleet.clients.values())
         fleet.start_server()
-        fleet.start_clients()
         _wait_round(fleet.run_dir, 1)
         fleet.server.send_signal(signal.SIGKILL)  # a crash, not a clean stop
         fleet.server.wait()
@@ -189,6 +225,8 @@ def test_server_restart_resumes_to_the_same_final_model(env, runs):
     result = json.loads((fleet.run_dir / "result.json").read_text())
     assert result["rounds"] == ROUNDS
     assert "resuming" in (fleet.run_dir / "server-resumed.log").read_text()
+    log = (fleet.run_dir / "clientA.log").read_text()
+    assert log.index("connecting to") < log.index("joined run")
     # the same final model as the uninterrupted run with the same seed
     assert result["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
 
@@ -263,31 +301,11 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     assert len(srv.state.rejections) == 10
 
 
-def test_client_waits_for_a_server_that_is_not_up_yet(env, tmp_path):
-    cfg, path, root = env
-    fleet = Fleet(path, root, tmp_path / "late", rounds=1)
-    try:
-        fleet.start_clients()  # clients first: they must retry with backoff
-        logs = [fleet.run_dir / f"client{s}.log" for s in "ABCDE"]
-        wait_until(lambda: all(f.exists() and "connecting to" in f.read_text() for f in logs), 60,
-                   "every client to dial the server")  # fmt: skip
-        assert all(p.poll() is None for p in fleet.clients.values())
-        fleet.start_server()
-        assert fleet.server.wait(timeout=120) == 0
-        assert all(p.wait(timeout=60) == 0 for p in fleet.clients.values())
-    finally:
-        fleet.stop()
-    log = (fleet.run_dir / "clientA.log").read_text()
-    assert log.index("connecting to") < log.index("joined run")
-
-
 def test_report_follows_the_results_contract(runs, env):
-    from bench.report import write_report
-    from common.data.store import read_manifest
-
+    """The judge's report of the campaign: results.json per method, the table, CSV, plots."""
     cfg, _, root = env
-    table = write_report(cfg, root / "runs", runs, read_manifest(root / "data"), 1.0)
     res = json.loads((root / "runs" / "results.json").read_text())
+    table = (root / "runs" / "results.md").read_text()
     assert res["profile"] == "smoke" and res["seed"] == cfg.seed
     for method in ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"):
         m = res["methods"][method]
@@ -316,14 +334,16 @@ def test_report_follows_the_results_contract(runs, env):
 
 def test_secure_aggregation_gives_the_plain_model_within_the_bound(env, tmp_path):
     """Same seed, one round, secagg on vs off: the global models differ by at most the derived
-    quantisation bound (per element: bound on the sum / total weight, plus float32 rounding)."""
+    quantisation bound (per element: bound on the sum / total weight, plus float32 rounding).
+    These are `fedonco bench`'s runs (``run_method``); the secagg run is also audited the bench's
+    way (a local release service and the attacker process)."""
     cfg, _, root = env
-    finals, histories = {}, {}
+    finals, histories, results = {}, {}, {}
     for on in (True, False):
-        c = with_overrides(cfg, **{"train.rounds": 1, "secagg.enabled": on, "mia.enabled": False})
+        c = with_overrides(cfg, **{"train.rounds": 1, "secagg.enabled": on, "mia.enabled": on})
         path = tmp_path / f"cfg-{on}.json"
         path.write_text(json.dumps(c.model_dump(mode="json")))
-        run_method(c, path, "fedavg", tmp_path / f"run-{on}", root / "data")
+        results[on] = run_method(c, path, "fedavg", tmp_path / f"run-{on}", root / "data")
         finals[on] = load_params(tmp_path / f"run-{on}" / "fedavg" / "final_model.npz")
         histories[on] = json.loads((tmp_path / f"run-{on}" / "fedavg" / "history.json").read_text())
     rec = histories[True][0]
@@ -335,6 +355,9 @@ def test_secure_aggregation_gives_the_plain_model_within_the_bound(env, tmp_path
         tol = bound + np.spacing(np.abs(plain).astype(np.float32))
         assert np.all(np.abs(finals[True][k].astype(np.float64) - plain) <= tol), k
     assert rec["fit"]["total_weight"] == histories[False][0]["fit"]["total_weight"]
+    mia = results[True]["mia"]
+    assert mia["attack_info"]["targets"] == ["all"] and 0.0 <= mia["auc"] <= 1.0
+    assert "mia" not in results[False]
 
 
 # -- secure aggregation with sites dropping mid-protocol (real gRPC, real SiteClient code) -----
@@ -493,14 +516,15 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
 
 
 def test_membership_inference_audit_end_to_end(runs, env):
-    """The bench's audit: release service + attacker processes, the attacker seeing only Predict
-    and a pool directory that holds nothing but the public attacker split."""
+    """The judge's audit of every method: the release service and an attacker process per method,
+    the attacker seeing only Predict and a pool directory that holds nothing but the public
+    attacker split."""
     cfg, _, root = env
     pool = root / "runs" / "attacker-pool"
     manifest = json.loads((pool / "manifest.json").read_text())
     assert {e["split"] for e in manifest["shards"]} == {"attacker"}
     assert not (pool / "train").exists() and not (pool / "holdout").exists()
-    for method in ("fedavg", "dpsgd"):
+    for method in METHODS:
         mia = runs[method]["mia"]
         assert set(mia["attacks"]) >= {"blind", "loss", "shadow", "lira"}
         assert (
@@ -517,17 +541,22 @@ def test_membership_inference_audit_end_to_end(runs, env):
     assert fedbn["n_members"] == cfg.mia.n_members and set(fedbn["attacks"]) >= {"loss", "lira"}
     for site in "ABCDE":
         info = json.loads(
-            (
-                root
-                / "runs"
-                / "fedbn"
-                / "site-state"
-                / "fedbn"
-                / f"site{site}"
-                / "release"
-                / "release.json"
-            ).read_text()
+            (root / "state" / "fedbn" / f"site{site}" / "release" / "release.json").read_text()
         )
         assert info["site"] == site and info["method"] == "fedbn"
     with np.load(root / "runs" / "fedavg" / "audit" / "all" / "candidates.npz") as z:
         assert set(z.files) == {"images", "masks"}  # no labels handed to the attacker
+
+
+def test_the_campaign_ran_over_mtls_with_the_judge(runs, env):
+    """One port, the methods one after another, sites following from run to run, every call
+    authenticated by certificate; the judge's marker ends the campaign."""
+    _, _, root = env
+    run_dir = root / "runs"
+    assert json.loads((run_dir / "audit.done").read_text())["status"] == "ok"
+    assert set(runs) == set(METHODS) and all(r["rounds"] == ROUNDS for r in runs.values())
+    run_ids = {json.loads((run_dir / m / "result.json").read_text())["run_id"] for m in METHODS}
+    assert len(run_ids) == len(METHODS)
+    assert "PERMISSION_DENIED" not in (root / "logs" / "server.log").read_text()
+    published = {p.parent.name for p in (root / "published").glob("*/site*/release.json")}
+    assert published == {f"site{s}" for s in "ABCDE"}  # FedBN's sites published their models
