@@ -20,6 +20,7 @@ from common.training.dp import (
     DPTrainer,
     PrivacyBudgetExhausted,
     SiteAccountant,
+    history_text,
 )
 
 log = logging.getLogger(__name__)
@@ -75,4 +76,5 @@ class DPState:
         finally:
             if acc.steps:  # steps happened (even if the round failed half-way): they count
                 self._save(rnd, acc)
-        return {**{k: m[k] for k in PUBLIC_METRIC_KEYS if k in m}, "steps_total": acc.steps}
+        return {**{k: m[k] for k in PUBLIC_METRIC_KEYS if k in m}, "steps_total": acc.steps,
+                "accountant_history": history_text(acc)}  # fmt: skip

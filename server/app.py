@@ -36,6 +36,8 @@ from common.model import (
     state_sha256,
 )
 from common.release import export_release
+from common.training.dp.accountant import history_from_text
+from common.training.dp.settings import DPConfigError
 from common.transforms import to_inputs
 from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
 from server.records import TaskKind
@@ -251,7 +253,7 @@ class Server:
         per_site = {}
         for rec in self.history:  # the latest report of each site
             for site, m in rec.get("fit", {}).get("sites", {}).items():
-                per_site[site] = {k: m.get(k) for k in DP_KEYS}
+                per_site[site] = _site_privacy(site, m)
         if not per_site:
             return {
                 "epsilon": None,
@@ -296,6 +298,20 @@ class Server:
         }
         write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+
+def _site_privacy(site: str, m: dict) -> dict:
+    """A DP site's privacy report as results.json records it: ``steps`` is the TOTAL over the run
+    (``steps_round`` the last round's) and ``history`` the site's whole mechanism history
+    [[σ, q, steps], ...], so ε can be recomputed from the results alone."""
+    out = {k: m.get(k) for k in DP_KEYS}
+    out["steps_round"], out["steps"] = m.get("steps"), m.get("steps_total")
+    try:
+        out["history"] = [list(e) for e in history_from_text(m.get("accountant_history"))]
+    except DPConfigError as err:
+        log.warning("site %s: unusable mechanism history (%s)", site, err)
+        out["history"] = None
+    return out
 
 
 def _number(value) -> float:

@@ -458,6 +458,13 @@ def test_dpsgd_run_reports_the_accountants_epsilon(runs, env):
         assert "loss" not in last  # only what epsilon covers leaves a DP site
     worst = max(dp["dp"]["per_site"].values(), key=lambda m: m["epsilon"])
     assert dp["epsilon"] == worst["epsilon"]
+    # from results.json alone: each site's whole mechanism history gives its epsilon again
+    for site, rec in dp["dp"]["per_site"].items():
+        acc = RDPAccountant()
+        acc.history = [tuple(e) for e in rec["history"]]
+        assert rec["steps"] == sum(n for _s, _q, n in rec["history"]) > rec["steps_round"]
+        assert acc.get_epsilon(rec["delta"]) == pytest.approx(rec["epsilon"], rel=1e-9), site
+    assert dp["dp"]["steps"] == worst["steps"]  # the top level is the worst site, steps in total
     # same GroupNorm network and seed: the DP noise makes the difference
     assert dp["initial_model_sha256"] == plain["initial_model_sha256"]
     assert dp["final_model_sha256"] != plain["final_model_sha256"]

@@ -9,7 +9,7 @@ The design and its reasons (Poisson sampling, FedProx under DP, budgets, secure 
 leave the site) are in ``docs/dp.md``.
 """
 
-from common.training.dp.accountant import SiteAccountant
+from common.training.dp.accountant import SiteAccountant, history_from_text, history_text
 from common.training.dp.grad_sample import (
     GRAD_SAMPLE_MODES,
     check_dp_model,
@@ -42,6 +42,8 @@ __all__ = [
     "check_dp_model",
     "dp_steps_per_epoch",
     "dp_train_local",
+    "history_from_text",
+    "history_text",
     "make_grad_sample_module",
     "per_sample_backward",
     "release_grad_sample_module",

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from common.training.dp.settings import ACCOUNTANTS, DPConfigError, _positive_finite
 
 STATE_FORMAT = "fedonco.dp.site_accountant/1"
+MAX_HISTORY_TEXT = 20_000  # characters of a reported history: far above any real run's
+
+
+def history_text(acc: SiteAccountant) -> str:
+    """The accountant's whole mechanism history, [[σ, q, steps], ...], as compact JSON: what a
+    site reports so that anyone can recompute its ε from the run's results alone."""
+    return json.dumps([[s, q, n] for s, q, n in acc.history], separators=(",", ":"))
+
+
+def history_from_text(text) -> list[tuple[float, float, int]]:
+    """Parse and check a reported history (it arrives over the network): a bounded JSON list of
+    [σ > 0, 0 < q <= 1, steps >= 0] entries. ``DPConfigError`` names what is wrong."""
+    if not isinstance(text, str) or len(text) > MAX_HISTORY_TEXT:
+        raise DPConfigError(
+            f"a mechanism history is a JSON string of at most {MAX_HISTORY_TEXT} characters"
+        )
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DPConfigError(f"mechanism history is not JSON: {err}") from None
+    if not isinstance(entries, list):
+        raise DPConfigError("mechanism history must be a list of [sigma, q, steps]")
+    acc = SiteAccountant("rdp")
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise DPConfigError(f"mechanism history: bad entry {entry!r:.80}")
+        s, q, n = entry
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise DPConfigError(f"mechanism history: steps must be an integer, got {n!r:.40}")
+        acc.record(s, q, n)  # checks sigma and q
+    return acc.history
 
 
 def _opacus_accountant(mechanism: str, history: Sequence[tuple[float, float, int]]):
