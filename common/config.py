@@ -83,7 +83,9 @@ class DataConfig(_Frozen):
     test_per_site: int = Field(200, ge=1)
     attacker_size: int = Field(1000, ge=0, description="attacker pool, over all 5 distributions")
     attacker_seed: int | None = Field(None, ge=0, description="default: seed + 1000003")
-    noise_ref_hu: float = Field(12.0, gt=0, description="noise sigma at dose 1, ref kernel")
+    noise_ref_hu: float = Field(
+        12.0, gt=0, description="noise sigma at dose 1, ref kernel, 380/256 mm pixel (paper's 256²)"
+    )
     window: tuple[float, float] = (-160.0, 240.0)
     shard_size: int = Field(256, ge=1)
     overrides: dict[str, SiteOverride] = Field(default_factory=dict)

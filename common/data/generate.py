@@ -95,7 +95,9 @@ def render_slice(
         "tumor": tumor,
         "anatomy": anat.params,
         "noise": {
-            "sigma_centre_hu": centre_sigma(noise_ref_hu, spec.dose, spec.kernel_cutoff),
+            "sigma_centre_hu": centre_sigma(
+                noise_ref_hu, spec.dose, spec.kernel_cutoff, spec.fov_mm / size
+            ),
             "sigma_liver_hu": noise_liver,
         },
     }

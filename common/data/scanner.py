@@ -13,9 +13,14 @@ rays cross more tissue. We model exactly those three facts, in the image domain 
    sigma(x, y) = sigma_c * sqrt(mean_theta exp(mu_w L_theta(x, y)) / same at the reference body
    centre), where L_theta is the chord length through the (water-equivalent) body ellipse of the
    ray through (x, y) at angle theta: Poisson counts behind a path of attenuation p have variance
-   ~ exp(p) / I0. sigma_c = noise_ref_hu * g(kernel) / sqrt(dose), with g the kernel's noise gain
-   relative to the reference kernel (from the same NPS). So dose, kernel and patient size all set
-   the noise, and the centre of a large patient is noisiest, as in real CT.
+   ~ exp(p) / I0. sigma_c = noise_ref_hu * g(kernel) / sqrt(dose) * (w_ref / w)^(3/2), with g the
+   kernel's noise gain relative to the reference kernel (from the same NPS) and w the pixel width
+   (field of view / matrix): a reconstruction averages noise down with the pixel size (Brooks &
+   Di Chiro 1976: sigma^2 ~ 1 / (dose * w^3 * h), slice thickness h fixed here). noise_ref_hu is
+   calibrated at w_ref, the reference site's pixel at the paper's 256x256 (380 mm / 256), so a
+   lower-resolution profile is a downsampled scanner, not a noisier one. So dose, kernel, pixel
+   size and patient size all set the noise, and the centre of a large patient is noisiest, as in
+   real CT.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from scipy import ndimage
 MU_WATER_PER_MM = 0.018  # effective linear attenuation of soft tissue at ~70 keV
 REF_BODY_MM = (160.0, 115.0)  # reference patient (semi-axes) at which sigma_c is defined
 REF_CUTOFF = 0.8  # reference kernel cutoff
+REF_PIXEL_MM = 380.0 / 256  # pixel width at which noise_ref_hu is calibrated (paper's 256x256)
 N_ANGLES = 24
 
 
@@ -98,8 +104,14 @@ def sigma_map(size: int, fov_mm: float, body_axes_mm, body_cy_mm: float, sigma_c
     return sigma_c * ndimage.zoom(rel, size / coarse, order=1, mode="nearest", grid_mode=True)
 
 
-def centre_sigma(noise_ref_hu: float, dose: float, cutoff: float) -> float:
-    return noise_ref_hu * kernel_noise_gain(cutoff) / math.sqrt(dose)
+def pixel_noise_factor(pixel_mm: float) -> float:
+    """Noise sigma relative to the reference pixel: (w_ref / w)^(3/2) (Brooks & Di Chiro)."""
+    return (REF_PIXEL_MM / pixel_mm) ** 1.5
+
+
+def centre_sigma(noise_ref_hu: float, dose: float, cutoff: float, pixel_mm: float) -> float:
+    """Noise sigma (HU) at the centre of the reference body for a site's dose, kernel, pixel."""
+    return noise_ref_hu * kernel_noise_gain(cutoff) / math.sqrt(dose) * pixel_noise_factor(pixel_mm)
 
 
 def ct_noise(rng: np.random.Generator, size: int, cutoff: float) -> np.ndarray:
@@ -131,8 +143,9 @@ def scan(
     mtf = _mtf(size, float(kernel_cutoff), psf_mm / (fov_mm / size))
     blurred = np.fft.irfft2(np.fft.rfft2(shifted) * mtf, s=hu.shape) - 1000.0
     sig = sigma_map(
-        size, fov_mm, body_axes_mm, body_cy_mm, centre_sigma(noise_ref_hu, dose, kernel_cutoff)
-    )
+        size, fov_mm, body_axes_mm, body_cy_mm,
+        centre_sigma(noise_ref_hu, dose, kernel_cutoff, fov_mm / size),
+    )  # fmt: skip
     noise = sig * ct_noise(rng, size, float(kernel_cutoff))
     image = np.clip(np.rint(blurred + noise), -1024, 3071).astype(np.int16)
     return image, noise.astype(np.float32)

@@ -132,3 +132,24 @@ def test_generated_noise_matches_its_analytic_nps():
             acc = acc + p
         model = _model_nps(f, kernel_window(f, cutoff))
         assert np.corrcoef(acc / acc.max(), model)[0, 1] > 0.95, cutoff
+
+
+def test_noise_scales_with_pixel_size_as_brooks_di_chiro():
+    """A coarser matrix over the same field of view is a downsampled scanner: the noise falls as
+    (w_ref / w)^(3/2), calibrated at the reference site's pixel at 256x256."""
+    from common.data.scanner import REF_PIXEL_MM, centre_sigma, pixel_noise_factor
+
+    assert pixel_noise_factor(REF_PIXEL_MM) == pytest.approx(1.0)
+    assert centre_sigma(12.0, 1.0, 0.8, REF_PIXEL_MM) == pytest.approx(12.0)
+    assert pixel_noise_factor(4 * REF_PIXEL_MM) == pytest.approx(1 / 8)
+    stds = {}
+    for size in (64, 256):
+        hu = np.full((size, size), 40.0, np.float32)
+        _, noise = scan(
+            _rng(7), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0, dose=1.0,
+            kernel_cutoff=0.8, psf_mm=0.6, hu_offset=0.0, hu_gain=1.0, noise_ref_hu=12.0,
+        )  # fmt: skip
+        c = slice(size // 2 - size // 8, size // 2 + size // 8)
+        stds[size] = float(noise[c, c].std())
+    assert stds[256] == pytest.approx(12.0, rel=0.15)
+    assert stds[64] / stds[256] == pytest.approx(1 / 8, rel=0.2)
