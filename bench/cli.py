@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
+    p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the profile's shapes (image size, model, secure aggregation, audit) on a "
+                   "handful of slices per site for one round: check a profile, e.g. "
+                   "configs/paper.toml before a GPU run, in minutes")  # fmt: skip
     p.add_argument(
         "--sweep",
         metavar="KEY=V1,V2,...",
