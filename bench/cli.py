@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
     p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
+                   "weights and training) and report mean ± sd of Dice, ε and the strongest "
+                   "attack's AUC and TPR@1%%FPR (default 1)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true",
                    help="the profile's shapes (image size, model, secure aggregation, audit) on a "
                    "handful of slices per site for one round: check a profile, e.g. "

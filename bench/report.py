@@ -266,3 +266,61 @@ def privacy_utility(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# several seeds: mean ± sd
+# ----------------------------------------------------------------------------------------------
+
+SEED_METRICS = ("dice", "epsilon", "mia_auc", "mia_tpr_at_1pct_fpr")
+
+
+def _seed_values(entry: dict) -> dict[str, float | None]:
+    mia = entry.get("mia") or {}
+    return {"dice": entry.get("dice"), "epsilon": entry.get("epsilon"),
+            "mia_auc": mia.get("auc"), "mia_tpr_at_1pct_fpr": mia.get("tpr_at_1pct_fpr")}  # fmt: skip
+
+
+def seed_summary(per_seed: dict[int, dict]) -> dict:
+    """Per method, for each of ``SEED_METRICS``: every seed's value, their mean and sample standard
+    deviation (ddof 1; None with fewer than two values). ``per_seed`` maps a seed to that run's
+    results.json. The strongest attack is each seed's own (it may differ between seeds)."""
+    methods: dict[str, dict] = {}
+    for seed, res in sorted(per_seed.items()):
+        for m, entry in res["methods"].items():
+            for k, v in _seed_values(entry).items():
+                methods.setdefault(m, {}).setdefault(k, {"per_seed": {}})["per_seed"][str(seed)] = v
+    for stats in methods.values():
+        for s in stats.values():
+            xs = [float(v) for v in s["per_seed"].values() if v is not None and math.isfinite(v)]
+            s["n"] = len(xs)
+            s["mean"] = float(np.mean(xs)) if xs else None
+            s["sd"] = float(np.std(xs, ddof=1)) if len(xs) >= 2 else None
+    return methods
+
+
+def _mean_sd(s: dict, nd: int = 3) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    return f"{s['mean']:.{nd}f}" + (f" ± {s['sd']:.{nd}f}" if s["sd"] is not None else "")
+
+
+def write_seed_summary(run_dir: Path, profile: str, per_seed: dict[int, dict]) -> str:
+    """results.json / results.md of a several-seed run: mean ± sd per method; each seed's own
+    report stays in ``seed<N>/``."""
+    summary = seed_summary(per_seed)
+    out = {"profile": profile, "seeds": sorted(per_seed), "methods": summary}
+    (run_dir / "results.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    lines = [f"Mean ± sd over seeds {', '.join(map(str, sorted(per_seed)))} (each seed: its own "
+             "data, initial weights and training; its report in seed<N>/).", "",
+             "| method | Dice | ε (worst site) | strongest attack AUC | TPR@1%FPR |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for m, s in summary.items():
+        eps = _mean_sd(s["epsilon"], 2) if s["epsilon"]["mean"] is not None else "∞ (no DP)"
+        lines.append(f"| {m} | {_mean_sd(s['dice'])} | {eps} | {_mean_sd(s['mia_auc'])} | "
+                     f"{_mean_sd(s['mia_tpr_at_1pct_fpr'])} |")  # fmt: skip
+    table = "\n".join(lines) + "\n"
+    (run_dir / "results.md").write_text(
+        f"# FedOnco-Bench results: {profile}, {len(per_seed)} seeds\n\n{table}"
+    )
+    return table

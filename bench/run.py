@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
-from bench.report import write_report
+from bench.report import write_report, write_seed_summary
 from common.config import SITE_NAMES, Config, resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
@@ -182,9 +182,34 @@ def run_bench(args) -> int:
     if getattr(args, "dry_run", False):
         print("DRY RUN: the profile's shapes on a handful of slices for one round; its numbers "
               "mean nothing, it checks that every part runs.")  # fmt: skip
-    run_id = f"{cfg.profile}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(args.out) / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    n_seeds = getattr(args, "seeds", None) or 1
+    if n_seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if n_seeds == 1:
+        run_dir = Path(args.out) / f"{cfg.profile}-seed{cfg.seed}-{stamp}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+        table = run_one(cfg, run_dir, sweep)
+        print(f"\nRun {run_dir}\n\n{table}")
+    else:
+        seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+        run_dir = Path(args.out) / f"{cfg.profile}-seeds{seeds[0]}-{seeds[-1]}-{stamp}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+        per_seed = {}
+        for s in seeds:
+            print(f"\n== seed {s} ({seeds.index(s) + 1} of {n_seeds}) ==")
+            run_one(with_overrides(cfg, seed=s), run_dir / f"seed{s}", sweep)
+            per_seed[s] = json.loads((run_dir / f"seed{s}" / "results.json").read_text())
+        table = write_seed_summary(run_dir, cfg.profile, per_seed)
+        print(f"\nRun {run_dir}\n\n{table}")
+    print(f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}; "
+          f"membership-inference audit: {'on' if cfg.mia.enabled else 'OFF'}.")  # fmt: skip
+    return 0
+
+
+def run_one(cfg: Config, run_dir: Path, sweep) -> str:
+    """One seed: the dataset, every method (or the sweep), the report; returns the table."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     config_path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=1) + "\n")
@@ -199,8 +224,4 @@ def run_bench(args) -> int:
         results = {
             m: run_method(cfg, config_path, m, run_dir, run_dir / "data") for m in cfg.fl.methods
         }
-    table = write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
-    print(f"\nRun {run_dir}\n\n{table}")
-    print(f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}; "
-          f"membership-inference audit: {'on' if cfg.mia.enabled else 'OFF'}.")  # fmt: skip
-    return 0
+    return write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
