@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.claims import paper_claims, standard_goals
 from common.config import SITE_NAMES, Config
 from common.methods import SWEEP_METHOD, SWEEP_REFERENCE
 
@@ -191,9 +192,14 @@ def write_report(
         "wall_s": wall_s,
         "methods": {m: method_entry(m, r, histories[m]) for m, r in results_by_method.items()},
     }
+    results["claims"] = paper_claims(results)
+    results["goals"] = standard_goals(results)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (run_dir / "history.json").write_text(json.dumps(histories, indent=1, default=float) + "\n")
     table = markdown(results)
+    table += "\nThe paper's claims, checked on this run:\n\n" + "".join(
+        f"- {line}\n" for line in results["claims"]
+    )
     (run_dir / "results.md").write_text(
         f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed})\n\n{table}"
     )

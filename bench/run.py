@@ -191,6 +191,9 @@ def run_bench(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=False)
         table = run_one(cfg, run_dir, sweep)
         print(f"\nRun {run_dir}\n\n{table}")
+        goals = json.loads((run_dir / "results.json").read_text())["goals"]
+        print("Goals of the standard profile (a benchmark's verdict on this run):")
+        print("".join(f"  {line}\n" for line in goals))
     else:
         seeds = list(range(cfg.seed, cfg.seed + n_seeds))
         run_dir = Path(args.out) / f"{cfg.profile}-seeds{seeds[0]}-{seeds[-1]}-{stamp}"

@@ -31,6 +31,9 @@ class Method:
     evaluated_at: Literal["server", "sites"]
     release: Literal["global", "per_site"]
     summary: str
+    twin: str | None = (
+        None  # the same recipe without DP (a DP method's cost is measured against it)
+    )
 
     def norm_type(self, configured: str) -> str:
         """The model's normalisation for a profile whose ``model.norm`` is ``configured``."""
@@ -45,7 +48,7 @@ _TABLE = (
     Method("fedbn", "fedbn", "config", False, False, "sites", "per_site",
            "FedBN: normalisation layers stay at their site"),
     Method("dpsgd", "fedavg", "group", True, False, "server", "global",
-           "FedAvg with DP-SGD at every site (GroupNorm U-Net)"),
+           "FedAvg with DP-SGD at every site (GroupNorm U-Net)", twin="groupnorm"),
     Method("groupnorm", "fedavg", "group", False, False, "server", "global",
            "FedAvg with the GroupNorm U-Net, no DP (dpsgd's non-DP twin)"),
 )  # fmt: skip
@@ -53,7 +56,8 @@ METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 # A privacy-utility sweep runs the DP method once per setting, and its non-DP twin (same network,
 # same seed) once as the reference.
-SWEEP_METHOD, SWEEP_REFERENCE = "dpsgd", "groupnorm"
+SWEEP_METHOD = "dpsgd"
+SWEEP_REFERENCE = METHODS[SWEEP_METHOD].twin
 
 
 def get_method(name: str) -> Method:

@@ -1,0 +1,120 @@
+"""The paper's claims and the standard profile's goals, checked against a run's results.
+
+Pure functions of ``results.json`` (one seed): ``paper_claims`` gives one line per claim of the
+paper with the measured numbers and "reproduced" / "not reproduced" / "not measured";
+``standard_goals`` one PASS/FAIL line per goal the standard profile is designed to meet (a
+benchmark's verdict, printed by ``fedonco bench``, never a timed test).
+"""
+
+from __future__ import annotations
+
+from common.methods import METHODS
+
+LEAK_AUC, LEAK_CI_LO, LEAK_TPR = 0.65, 0.55, 0.05  # "leaks measurably"
+DP_EPSILON, DP_UTILITY = 8.0, 0.8  # "DP keeps utility": eps <= 8 and Dice >= 0.8 x its twin
+FEDAVG_DICE, WALL_S = 0.70, 20 * 60
+
+
+def _mia(entry: dict | None) -> dict:
+    return (entry or {}).get("mia") or {}
+
+
+def _auc(entry) -> str:
+    m = _mia(entry)
+    if m.get("auc") is None:
+        return "n/a"
+    lo, hi = m.get("auc_ci95") or (None, None)
+    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
+    tpr = m.get("tpr_at_1pct_fpr")
+    return f"AUC {m['auc']:.3f}{ci}" + (f", TPR@1%FPR {tpr:.3f}" if tpr is not None else "")
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("reproduced" if ok else "not reproduced")
+
+
+def paper_claims(results: dict) -> list[str]:
+    """One line per claim of the paper, with this run's numbers."""
+    ms = results["methods"]
+    fedavg, fedbn = ms.get("fedavg"), ms.get("fedbn")
+    lines = []
+    m = _mia(fedavg)
+    ok = None if m.get("auc") is None else m["auc"] > 0.5 and (m.get("auc_ci95") or [0])[0] > 0.5
+    lines.append(f"FedAvg leaks membership (strongest attack AUC > 0.5, CI excludes 0.5): "
+                 f"{_auc(fedavg)}: {_verdict(ok)}")  # fmt: skip
+    for name, spec in METHODS.items():
+        if not spec.dp or name not in ms or spec.twin not in ms:
+            continue
+        dp, twin = ms[name], ms[spec.twin]
+        a, b = _mia(dp).get("auc"), _mia(twin).get("auc")
+        ok = None if a is None or b is None else a < b
+        lines.append(f"DP lowers leakage ({name} vs {spec.twin}): {_auc(dp)} vs {_auc(twin)}: "
+                     f"{_verdict(ok)}")  # fmt: skip
+        d, t = dp.get("dice"), twin.get("dice")
+        ok = None if d is None or not t else d >= DP_UTILITY * t
+        ratio = f" ({d / t:.2f}x)" if d is not None and t else ""
+        eps = dp.get("epsilon")
+        lines.append(f"DP costs little Dice ({name} at eps {eps:.2f} vs {spec.twin}; the paper: "
+                     f"0.85 -> 0.79): {d:.3f} vs {t:.3f}{ratio}: {_verdict(ok)}"
+                     if d is not None and t is not None and eps is not None
+                     else f"DP costs little Dice ({name}): {_verdict(None)}")  # fmt: skip
+    if fedavg and fedbn:
+        pairs = [(a, b) for a, b in zip(fedbn["dice_per_site"], fedavg["dice_per_site"], strict=True)
+                 if a is not None and b is not None]  # fmt: skip
+        better = sum(a > b for a, b in pairs)
+        ok = better * 2 > len(pairs) if pairs else None
+        lines.append(f"FedBN helps the heterogeneous sites (per-site Dice above FedAvg's on "
+                     f"{better} of {len(pairs)} sites; site mean {fedbn['dice_site_mean']:.3f} vs "
+                     f"{fedavg['dice_site_mean']:.3f}): {_verdict(ok)}")  # fmt: skip
+    else:
+        lines.append(f"FedBN helps the heterogeneous sites: {_verdict(None)}")
+    return lines
+
+
+def _pass(ok: bool | None) -> str:
+    return "n/a " if ok is None else ("PASS" if ok else "FAIL")
+
+
+def standard_goals(results: dict) -> list[str]:
+    """One PASS/FAIL line per goal of the standard profile."""
+    ms = results["methods"]
+    out = []
+    wall = results.get("wall_s")
+    out.append(f"{_pass(None if wall is None else wall <= WALL_S)} all methods and audits in <= "
+               f"{WALL_S // 60} min: {wall / 60 if wall else float('nan'):.1f} min")  # fmt: skip
+    d = (ms.get("fedavg") or {}).get("dice")
+    out.append(f"{_pass(None if d is None else d >= FEDAVG_DICE)} FedAvg Dice >= {FEDAVG_DICE}: "
+               f"{'n/a' if d is None else f'{d:.3f}'}")  # fmt: skip
+    for name, entry in ms.items():
+        spec = METHODS.get(name)
+        if spec is None or spec.dp:
+            continue
+        m = _mia(entry)
+        ok = None
+        if m.get("auc") is not None:
+            lo = (m.get("auc_ci95") or [0.0])[0]
+            ok = (
+                m["auc"] >= LEAK_AUC
+                and lo > LEAK_CI_LO
+                and (m.get("tpr_at_1pct_fpr") or 0) >= LEAK_TPR
+            )
+        out.append(f"{_pass(ok)} {name} leaks measurably (AUC >= {LEAK_AUC}, CI low > "
+                   f"{LEAK_CI_LO}, TPR@1%FPR >= {LEAK_TPR}): {_auc(entry)}")  # fmt: skip
+    for name, spec in METHODS.items():
+        if not spec.dp or name not in ms:
+            continue
+        dp, twin = ms[name], ms.get(spec.twin) or {}
+        m = _mia(dp)
+        eps, d, t = dp.get("epsilon"), dp.get("dice"), twin.get("dice")
+        ceiling = (m.get("attacks") or {}).get(m.get("attack") or "", {}).get("dp_ceiling") or {}
+        tpr, cap = m.get("tpr_at_1pct_fpr"), ceiling.get("tpr_at_1pct_fpr")
+        lo, hi = m.get("auc_ci95") or (None, None)
+        parts = [eps is not None and eps <= DP_EPSILON, d is not None and bool(t) and d >= DP_UTILITY * t,
+                 lo is not None and lo <= 0.5 <= hi, tpr is not None and cap is not None and tpr <= cap]  # fmt: skip
+        ok = None if eps is None or d is None or not t or m.get("auc") is None else all(parts)
+        out.append(f"{_pass(ok)} {name} keeps utility privately (eps <= {DP_EPSILON:g}, Dice >= "
+                   f"{DP_UTILITY} x {spec.twin}, AUC CI covers 0.5, TPR@1%FPR under the DP "
+                   f"ceiling): eps {eps if eps is None else round(eps, 2)}, Dice "
+                   f"{d if d is None else round(d, 3)} vs {t if t is None else round(t, 3)}, "
+                   f"{_auc(dp)}, ceiling {cap}")  # fmt: skip
+    return out
