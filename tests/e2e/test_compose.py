@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "fedonco-bench:latest"
 ALL_METHODS = {"fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"}
-TLS_ROUNDS = 60  # smoke rounds take ~0.5 s: enough of them to kill a site mid-run
+TLS_ROUNDS = 20  # smoke rounds take ~2 s (10 local epochs): enough of them to kill a site mid-run
 
 
 def _compose_cmd() -> list[str] | None:
