@@ -68,7 +68,8 @@ class SiteAccountant:
     def record(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         """Add ``steps`` noisy steps at (σ, q)."""
         _positive_finite("noise_multiplier", noise_multiplier)
-        if not (0 < sample_rate <= 1):
+        _positive_finite("sample_rate", sample_rate)  # a number first: histories arrive from sites
+        if not sample_rate <= 1:
             raise DPConfigError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise DPConfigError(f"steps must be a non-negative integer, got {steps!r}")
