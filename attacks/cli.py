@@ -43,10 +43,11 @@ def run_attack_cmd(args) -> int:
     from attacks.ladder import run_ladder, train_shadows
 
     models, candidates, outs = args.model or [""], args.candidates, args.out
-    if not (len(models) == len(candidates) == len(outs)):
+    sites = args.site or [None] * len(models)
+    if not (len(models) == len(candidates) == len(outs) == len(sites)):
         raise ValueError(
-            f"give --model, --candidates and --out once per target, in the same order (got "
-            f"{len(models)}, {len(candidates)} and {len(outs)})"
+            f"give --model, --candidates, --out (and --site, if any) once per target, in the same "
+            f"order (got {len(models)}, {len(candidates)}, {len(outs)} and {len(sites)})"
         )
     cfg = load_config(args.config)
     n_shadows = args.shadows or cfg.mia.n_shadows
@@ -55,12 +56,14 @@ def run_attack_cmd(args) -> int:
     methods = {t.method for t in targets}
     if len(methods) != 1:
         raise ValueError(f"the targets were trained with different methods {sorted(methods)}")
-    pool_images, pool_masks, _, _ = load_arrays(args.pool, "attacker")
+    pool_images, pool_masks, _, pool_sites = load_arrays(args.pool, "attacker")
     if len(pool_images) == 0:
         raise ValueError(f"{args.pool}: no attacker split to train shadow models on")
     jobs = [load_candidates(Path(c)) for c in candidates]  # every input checked before training
-    shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed)
-    for target, (cand_images, cand_masks), out in zip(targets, jobs, outs, strict=True):
+    shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed,
+                            pool_sites)  # fmt: skip
+    for target, (cand_images, cand_masks), out, site in zip(targets, jobs, outs, sites,
+                                                            strict=True):  # fmt: skip
         t1, queries = time.perf_counter(), {"n": 0}
 
         def predict(images, target=target, queries=queries):
@@ -68,12 +71,13 @@ def run_attack_cmd(args) -> int:
             return target.predict(images)
 
         scores = run_ladder(predict, cfg, target.method, (pool_images, pool_masks),
-                            (cand_images, cand_masks), seed=args.seed, shadows=shadows)  # fmt: skip
+                            (cand_images, cand_masks), seed=args.seed, shadows=shadows,
+                            site=site)  # fmt: skip
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "scores.npz", **{k: np.asarray(v, np.float64) for k, v in scores.items()})
         info = {"attacks": sorted(scores), "method": target.method, "model": target.model,
-                "n_candidates": int(len(cand_images)), "n_shadows": n_shadows,
+                "n_candidates": int(len(cand_images)), "n_shadows": n_shadows, "site": site,
                 "queries": queries["n"], "wall_s": time.perf_counter() - t1}  # fmt: skip
         (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
         log.info("attack on %s %r done: %d candidates, %d queries", args.target, target.model,

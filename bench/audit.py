@@ -85,10 +85,12 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
     {tag: (scores, attack info)}."""
     args = ["attack", "--target", address, "--pool", str(pool), "--config", str(config_path),
             "--seed", str(cfg.seed)]  # fmt: skip
-    for model, images, masks, out in jobs.values():
+    for tag, (model, images, masks, out) in jobs.items():
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
         args += ["--model", model, "--candidates", str(out / "candidates.npz"), "--out", str(out)]
+        if tag != "all":  # a site's own release (FedBN): which site released it is public
+            args += ["--site", tag]
     with open(log_file, "w") as alog:
         rc = subprocess.run(fedonco(*args), stdout=alog, stderr=subprocess.STDOUT).returncode
     if rc != 0:

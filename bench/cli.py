@@ -248,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
     p.add_argument("--out", action="append", required=True,
                    help="output directory (scores.npz, attack.json), one per target")  # fmt: skip
-    p.add_argument("--shadows", type=int, help="number of shadow models (default: mia.n_shadows)")
+    p.add_argument("--site", action="append", help="the site that released this model, for a "
+                   "method whose sites release their own models (FedBN; public knowledge): the "
+                   "shadow federation's model of that site is the reference; once per target")  # fmt: skip
+    p.add_argument("--shadows", type=int, help="number of shadow federations (default: "
+                   "mia.n_shadows)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_attack)
 

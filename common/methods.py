@@ -35,6 +35,11 @@ class Method:
         None  # the same recipe without DP (a DP method's cost is measured against it)
     )
 
+    @property
+    def keeps_norm_local(self) -> bool:
+        """The normalisation layers never leave a site (FedBN's aggregation rule)."""
+        return self.strategy == "fedbn"
+
     def norm_type(self, configured: str) -> str:
         """The model's normalisation for a profile whose ``model.norm`` is ``configured``."""
         return configured if self.norm == "config" else self.norm

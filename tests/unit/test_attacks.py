@@ -28,6 +28,7 @@ from common.config import Config, DataConfig, ModelConfig, TrainConfig
 from common.data.generate import render_slice
 from common.data.sites import REFERENCE
 from common.model import model_for
+from common.training.federated import simulate_federation
 
 SIZE = 32
 WINDOW = (-160.0, 240.0)
@@ -184,10 +185,10 @@ def overfit():
     images, masks = _blobs(64, 10)
     member = np.zeros(64, bool)
     member[:16] = True
-    model = model_for(cfg, "fedavg")
-    ladder._train_like_target(
-        cfg, "fedavg", model, ladder._dataset(images[:16], masks[:16], WINDOW), 5
+    fed = simulate_federation(
+        cfg, "fedavg", {"A": ladder._dataset(images[:16], masks[:16], WINDOW)}, seed=5
     )
+    model = fed.model(cfg, "fedavg")
     return cfg, _model_predict(model), images, masks, member
 
 

@@ -1,0 +1,152 @@
+"""A federation in one process: the sites' local training and the example-weighted average,
+without the network, secure aggregation or restarts.
+
+The attacker's shadow federations use it (``attacks.ladder``): a shadow trained the way the target
+was (five non-IID sites, the target's method, rounds, local epochs, DP-SGD per site) is a far
+better reference model than one trained centrally on pooled data. The maths is that of the real
+system: each site starts a round from the global shared weights (plus, for a method that keeps
+normalisation layers local, its own), trains with ``train_local`` or ``DPTrainer`` with the same
+per-(seed, round, site) seeds, and the shared float weights are averaged weighted by the sites'
+example counts in float64 (``server/strategies.py`` does the same sum over the wire). What it
+leaves out: site sampling (``fl.fraction_fit``), timeouts and dropouts, secure aggregation's
+quantisation (a rounding at the 1e-6 level).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from common.methods import get_method
+from common.model import float_keys, get_params, model_for, norm_keys, set_params
+from common.seeds import site_round_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimulatedFederation:
+    """What a simulated run leaves: the global shared weights and every site's full model."""
+
+    shared_keys: list[str]
+    global_params: dict[str, np.ndarray]  # the final average (local keys: their mean over sites)
+    site_params: dict[str, dict[str, np.ndarray]]  # site -> final shared weights + its own local
+    metrics: dict[str, dict] = field(default_factory=dict)  # site -> last round's metrics
+
+    def model(self, cfg, method: str, site: str | None = None) -> nn.Module:
+        """The released model: the global one, or (``site`` given) that site's own model
+        (FedBN: the shared weights and the site's normalisation layers)."""
+        model = model_for(cfg, method)
+        set_params(model, self.global_params if site is None else self.site_params[site])
+        return model
+
+
+def weighted_mean(
+    params: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float], keys: list[str]
+) -> dict[str, np.ndarray]:
+    """The example-weighted mean of ``keys`` over sites, summed in float64 in sorted site order
+    and cast back to each key's dtype."""
+    sites = sorted(params)
+    total = float(sum(weights[s] for s in sites))
+    out = {}
+    for k in keys:
+        acc = np.zeros(np.shape(params[sites[0]][k]), np.float64)
+        for s in sites:
+            acc += np.asarray(params[s][k], np.float64) * float(weights[s])
+        out[k] = (acc / total).astype(np.asarray(params[sites[0]][k]).dtype)
+    return out
+
+
+def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int):
+    """Run ``cfg.train.rounds`` rounds of ``method`` over ``sites`` (site -> dataset of
+    (image (1, H, W), mask (1, H, W)) items) and return a ``SimulatedFederation``.
+
+    Deterministic on CPU for a ``seed``. A DP method trains every site with DP-SGD (its own σ
+    for its size and its own accountant, as at a real site); a site whose budget
+    (``dp.max_epsilon``) is exhausted stops contributing, as a real site declines.
+    """
+    from torch.utils.data import DataLoader
+
+    from common.training.local import train_local
+
+    spec = get_method(method)
+    t = cfg.train
+    names = sorted(s for s, ds in sites.items() if len(ds) > 0)
+    if not names:
+        raise ValueError("a simulated federation needs at least one site with data")
+    models = {s: model_for(cfg, method) for s in names}
+    initial = get_params(models[names[0]])
+    local = norm_keys(models[names[0]]) if spec.keeps_norm_local else set()
+    shared = [k for k in float_keys(models[names[0]]) if k not in local]
+    global_params = {k: initial[k] for k in shared}
+    mu = cfg.fl.proximal_mu if spec.proximal else 0.0
+    dp = _DPSites(cfg, models, sites) if spec.dp else None
+    metrics: dict[str, dict] = {}
+    try:
+        for rnd in range(1, t.rounds + 1):
+            done: dict[str, dict[str, np.ndarray]] = {}
+            for s in names:
+                set_params(models[s], global_params, strict=False)
+                round_seed = site_round_seed(seed, rnd, s)
+                if dp is not None:
+                    m = dp.train(s, rnd, round_seed, mu, global_params)
+                    if m is None:  # budget exhausted: the site declines from now on
+                        continue
+                else:
+                    loader = DataLoader(sites[s], batch_size=t.batch_size, shuffle=True)
+                    m = train_local(models[s], loader, epochs=t.local_epochs, lr=t.lr,
+                                    seed=round_seed, proximal_mu=mu, global_params=global_params,
+                                    optimizer=t.optimizer)  # fmt: skip
+                metrics[s] = m
+                done[s] = get_params(models[s])
+            if not done:
+                log.info("simulated federation: no site left in round %d; stopping", rnd)
+                break
+            weights = {s: float(len(sites[s])) for s in done}
+            global_params = weighted_mean(done, weights, shared)
+    finally:
+        if dp is not None:
+            dp.close()
+    final = {s: {**get_params(models[s]), **global_params} for s in names}
+    all_float = float_keys(models[names[0]])
+    averaged = weighted_mean(final, {s: float(len(sites[s])) for s in names}, all_float)
+    return SimulatedFederation(shared, averaged, final, metrics)
+
+
+class _DPSites:
+    """Each site's DP-SGD trainer, σ and accountant for one simulated run."""
+
+    def __init__(self, cfg, models: Mapping[str, nn.Module], sites: Mapping[str, object]):
+        from common.training.dp import DPSettings, DPTrainer, SiteAccountant
+
+        t = cfg.train
+        self.cfg, self.sites = cfg, sites
+        self.settings = DPSettings.from_config(cfg.dp)
+        self.sigma = {
+            s: self.settings.run_sigma(len(sites[s]), t.batch_size, t.rounds, t.local_epochs)
+            for s in models
+        }
+        self.accountants = {s: SiteAccountant(self.settings.accountant) for s in models}
+        self.trainers = {s: DPTrainer(m, self.settings) for s, m in models.items()}
+
+    def train(self, site: str, rnd: int, seed: int, mu: float, global_params) -> dict | None:
+        from common.training.dp import PrivacyBudgetExhausted
+
+        t = self.cfg.train
+        try:
+            return self.trainers[site].train_round(
+                self.sites[site], epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
+                seed=seed, sigma=self.sigma[site], accountant=self.accountants[site],
+                proximal_mu=mu, global_params=global_params, optimizer=t.optimizer,
+            )  # fmt: skip
+        except PrivacyBudgetExhausted as err:
+            log.info("simulated site %s, round %d: %s", site, rnd, err)
+            return None
+
+    def close(self) -> None:
+        for trainer in self.trainers.values():
+            trainer.close()
