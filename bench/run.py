@@ -25,6 +25,7 @@ from common.config import SITE_NAMES, Config, resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
 from common.methods import SWEEP_METHOD, SWEEP_REFERENCE, get_method
+from common.training.pretrain import CACHE_ENV
 from common.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> No
     """A progress bar over rounds (read from the server's state.json) until the server exits."""
     state = mdir / "state.json"
     done = 0
-    with tqdm(total=cfg.train.rounds, desc=f"{method:8s}", unit="round") as bar:
+    with tqdm(total=cfg.for_method(method).train.rounds, desc=f"{method:8s}", unit="round") as bar:
         while server.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=0.5)
@@ -138,15 +139,22 @@ def run_sweep(cfg: Config, run_dir: Path, key: str, values: list[float]) -> dict
 
 
 def check_dp(cfg: Config, manifest: dict) -> None:
-    """The DP settings against every site's size (delta < 1/N, batch <= N), before the run."""
+    """Every DP method's settings (its recipe applied) against every site's size (delta < 1/N,
+    batch <= N, a reachable target ε), before the run."""
     from common.training.dp import DPSettings
 
-    settings, t = DPSettings.from_config(cfg.dp), cfg.train
-    for row in manifest["summary"]:
-        try:
-            settings.run_sigma(int(row["n_train"]), t.batch_size, t.rounds, t.local_epochs)
-        except ValueError as err:
-            raise ValueError(f"dp settings do not fit site {row['site']}: {err}") from None
+    for method in cfg.fl.methods:
+        if not get_method(method).dp:
+            continue
+        mcfg = cfg.for_method(method)
+        settings, t = DPSettings.from_config(mcfg.dp), mcfg.train
+        for row in manifest["summary"]:
+            try:
+                settings.run_sigma(int(row["n_train"]), t.batch_size, t.rounds, t.local_epochs)
+            except ValueError as err:
+                raise ValueError(
+                    f"{method}: dp settings do not fit site {row['site']}: {err}"
+                ) from None
 
 
 # --dry-run: the profile's shapes (image size, model, secure aggregation, methods, audit) on a
@@ -173,6 +181,9 @@ def bench_config(args) -> Config:
         cfg = with_overrides(cfg, **{"fl.methods": [m.strip() for m in args.methods.split(",")]})
     if getattr(args, "dry_run", False):
         cfg = with_overrides(cfg, profile=f"{cfg.profile}-dryrun", **DRY_RUN)
+        # a recipe's own train settings (e.g. a large DP batch) would undo the dry run's
+        recipes = {m: r.model_copy(update={"train": {}}) for m, r in cfg.recipes.items()}
+        cfg = cfg.model_copy(update={"recipes": recipes})
     return cfg
 
 
@@ -213,6 +224,8 @@ def run_bench(args) -> int:
 def run_one(cfg: Config, run_dir: Path, sweep) -> str:
     """One seed: the dataset, every method (or the sweep), the report; returns the table."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    # public pretraining is computed once per run and shared by the server and the attacker
+    os.environ.setdefault(CACHE_ENV, str(run_dir / "cache"))
     config_path = run_dir / "config.json"
     config_path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
     (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=1) + "\n")

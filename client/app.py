@@ -148,7 +148,8 @@ class SiteClient:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
         self.traits = get_method(self.method)
-        self.model = model_for(self.cfg, self.method)
+        self.run_cfg = self.cfg.for_method(self.method)  # the method's own recipe, if any
+        self.model = model_for(self.run_cfg, self.method)
         self.initial = get_params(self.model)
         self.dp = None  # built at the first round whose config asks for DP
         log.info("site %s joined run %s (%s)", self.site, self.run_id, self.method)
@@ -185,7 +186,7 @@ class SiteClient:
             if self.dp is None:
                 from client.dp_site import DPState  # Opacus only at a DP site
 
-                self.dp = DPState(self.cfg, len(self.train_set), self.state_dir, self.run_id)
+                self.dp = DPState(self.run_cfg, len(self.train_set), self.state_dir, self.run_id)
             try:
                 metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
                     self.model, self.train_set, task.round, config, shared))  # fmt: skip
@@ -197,7 +198,7 @@ class SiteClient:
             metrics = self._with_heartbeat(task.round, lambda: train_local(
                 self.model, loader, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
                 seed=int(config["seed"]), proximal_mu=float(config["proximal_mu"]),
-                global_params=shared, optimizer=self.cfg.train.optimizer))  # fmt: skip
+                global_params=shared, optimizer=self.run_cfg.train.optimizer))  # fmt: skip
         new = get_params(self.model)
         if local_keys:
             self._save_local(task.round, {k: new[k] for k in local_keys})
@@ -252,7 +253,10 @@ class SiteClient:
         manifest = read_manifest(self.data_dir)
         images, masks, _, _ = load_arrays(self.data_dir, "test", self.site, manifest)
         sums = evaluate_sums(
-            self.model, to_inputs(images, manifest["window"]), masks, self.cfg.train.eval_batch_size
+            self.model,
+            to_inputs(images, manifest["window"]),
+            masks,
+            self.run_cfg.train.eval_batch_size,
         )
         request = pb.PushEvaluationRequest(
             site_id=self.site, run_id=self.run_id, round=task.round, num_examples=len(images),

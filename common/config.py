@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.methods import METHOD_NAMES
-from common.seeds import ATTACKER_POOL_OFFSET, DIFFUSION_TRAIN_OFFSET
+from common.methods import DEFAULT_METHODS, METHOD_NAMES, get_method
+from common.seeds import ATTACKER_POOL_OFFSET, DIFFUSION_TRAIN_OFFSET, PUBLIC_POOL_OFFSET
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -141,7 +141,7 @@ class TrainConfig(_Frozen):
 class FLConfig(_Frozen):
     """Federation: which methods the benchmark runs and how rounds are organised."""
 
-    methods: tuple[str, ...] = METHOD_NAMES
+    methods: tuple[str, ...] = DEFAULT_METHODS
     proximal_mu: float = Field(0.01, ge=0)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_sites: int = Field(3, ge=1, le=5, description="fewer updates -> the round is skipped")
@@ -254,6 +254,28 @@ class DiffusionConfig(_Frozen):
         return self
 
 
+class PretrainConfig(_Frozen):
+    """Public pretraining (methods marked ``pretrained``, e.g. ``dpsgd-pt``): before round 1 the
+    initial model is trained centrally on a public pool — procedural slices from another seed and
+    one declared public scanner (the reference profile of common/data/sites.py, not any site's),
+    never member data, so it costs no privacy budget. Everyone (server, attacker) derives the same
+    weights from this section: it is public."""
+
+    public_size: int = Field(400, ge=8, description="slices in the public pool")
+    seed: int | None = Field(None, ge=0, description="public pool seed; default: seed + 4000037")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class Recipe(_Frozen):
+    """One method's own training recipe: keys of ``[train]`` and ``[dp]`` that differ for it
+    (``[recipes.<method>]``, e.g. a DP method's larger batch and target ε)."""
+
+    train: dict[str, Any] = Field(default_factory=dict)
+    dp: dict[str, Any] = Field(default_factory=dict)
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
@@ -265,6 +287,35 @@ class Config(_Frozen):
     dp: DPConfig = Field(default_factory=DPConfig)
     mia: MIAConfig = Field(default_factory=MIAConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    recipes: dict[str, Recipe] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _recipes_apply(self):
+        for method in self.recipes:
+            get_method(method)  # a recipe for an unknown method is a typo
+            self.for_method(method)  # every recipe must give a valid config
+        return self
+
+    def for_method(self, method: str) -> Config:
+        """The config ``method`` runs with: ``[train]`` and ``[dp]`` with ``[recipes.<method>]``
+        applied (a recipe giving ``target_epsilon`` drops ``noise_multiplier`` and the other way
+        round). Every layer that trains or accounts for a method (server, site, attacker, report)
+        reads its settings from here."""
+        recipe = self.recipes.get(method)
+        if recipe is None:
+            return self
+        dp = {**self.dp.model_dump(), **recipe.dp}
+        if "target_epsilon" in recipe.dp and "noise_multiplier" not in recipe.dp:
+            dp["noise_multiplier"] = None
+        if "noise_multiplier" in recipe.dp and "target_epsilon" not in recipe.dp:
+            dp["target_epsilon"] = None
+        try:
+            train = TrainConfig.model_validate({**self.train.model_dump(), **recipe.train})
+            dp_cfg = DPConfig.model_validate(dp)
+        except ValidationError as err:
+            raise ValueError(f"recipes.{method}: {err}") from None
+        return self.model_copy(update={"train": train, "dp": dp_cfg, "recipes": {}})
 
     @model_validator(mode="after")
     def _secagg_threshold(self):
@@ -287,6 +338,12 @@ class Config(_Frozen):
     def attacker_seed(self) -> int:
         s = self.data.attacker_seed
         return self.seed + ATTACKER_POOL_OFFSET if s is None else s
+
+    @property
+    def public_seed(self) -> int:
+        """Seed of the public pretraining pool (never the benchmark's or the attacker's)."""
+        s = self.pretrain.seed
+        return self.seed + PUBLIC_POOL_OFFSET if s is None else s
 
     @property
     def diffusion_train_seed(self) -> int:

@@ -12,7 +12,12 @@ benchmark's checks) instead of comparing method names.
 - ``evaluated_at``: ``"server"`` evaluates the global model centrally, ``"sites"`` has each site
   evaluate its own model (its normalisation layers never leave it);
 - ``release``: ``"global"`` (the server releases one model) or ``"per_site"`` (each site
-  releases the shared weights plus its own normalisation layers).
+  releases the shared weights plus its own normalisation layers);
+- ``twin``: a DP method's non-DP twin (same network, same recipe, no DP);
+- ``pretrained``: the run starts from public pretraining instead of random weights.
+
+A method's training settings are the profile's ``[train]`` and ``[dp]`` with its own
+``[recipes.<method>]`` on top (``common.config.Config.for_method``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class Method:
     summary: str
     twin: str | None = (
         None  # the same recipe without DP (a DP method's cost is measured against it)
+    )
+    pretrained: bool = (
+        False  # starts from public pretraining (``[pretrain]``, common/training/pretrain.py)
     )
 
     @property
@@ -56,9 +64,17 @@ _TABLE = (
            "FedAvg with DP-SGD at every site (GroupNorm U-Net)", twin="groupnorm"),
     Method("groupnorm", "fedavg", "group", False, False, "server", "global",
            "FedAvg with the GroupNorm U-Net, no DP (dpsgd's non-DP twin)"),
+    Method("dpsgd-pt", "fedavg", "group", True, False, "server", "global",
+           "DP-SGD at every site, starting from public pretraining", twin="groupnorm-pt",
+           pretrained=True),
+    Method("groupnorm-pt", "fedavg", "group", False, False, "server", "global",
+           "FedAvg with the GroupNorm U-Net from public pretraining, no DP (dpsgd-pt's twin)",
+           pretrained=True),
 )  # fmt: skip
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+# What a profile runs when ``fl.methods`` does not say: the paper's five.
+DEFAULT_METHODS: tuple[str, ...] = ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm")
 # A privacy-utility sweep runs the DP method once per setting, and its non-DP twin (same network,
 # same seed) once as the reference.
 SWEEP_METHOD = "dpsgd"

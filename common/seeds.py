@@ -15,6 +15,7 @@ import numpy as np
 ATTACKER_POOL_OFFSET = 1_000_003  # the attacker's pool: the public generator, another seed
 DIFFUSION_TRAIN_OFFSET = 2_000_003  # the procedural slices the diffusion model learns from
 DIFFUSION_REPORT_OFFSET = 3_000_017  # the diffusion report's slices
+PUBLIC_POOL_OFFSET = 4_000_037  # the public pretraining pool (``[pretrain]``)
 
 # Stream tags mixed into a SeedSequence with the run seed.
 DP_STREAM = 0x0D9  # DP-SGD: Poisson sampling and noise generators of a site's round

@@ -30,7 +30,6 @@ from common.metrics import SUM_KEYS
 from common.model import (
     count_parameters,
     get_params,
-    model_for,
     norm_keys,
     set_params,
     state_sha256,
@@ -38,6 +37,7 @@ from common.model import (
 from common.release import export_release
 from common.training.dp.accountant import history_from_text
 from common.training.dp.settings import DPConfigError
+from common.training.pretrain import initial_model
 from common.transforms import to_inputs
 from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
 from server.records import TaskKind
@@ -77,11 +77,12 @@ def make_strategy(cfg: Config, method: str):
 
 class Server:
     def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool):
+        cfg = cfg.for_method(method)  # the method's own [recipes.<method>], if any
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
         self.traits = get_method(method)
         self.strategy = make_strategy(cfg, method)
         torch.manual_seed(cfg.seed)
-        self.model = model_for(cfg, method)
+        self.model = initial_model(cfg, method)  # public pretraining for a pretrained method
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

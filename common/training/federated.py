@@ -62,7 +62,7 @@ def weighted_mean(
 
 
 def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int):
-    """Run ``cfg.train.rounds`` rounds of ``method`` over ``sites`` (site -> dataset of
+    """Run the rounds of ``method`` (``cfg.for_method(method)``) over ``sites`` (site -> dataset of
     (image (1, H, W), mask (1, H, W)) items) and return a ``SimulatedFederation``.
 
     Deterministic on CPU for a ``seed``. A DP method trains every site with DP-SGD (its own σ
@@ -72,14 +72,18 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     from torch.utils.data import DataLoader
 
     from common.training.local import train_local
+    from common.training.pretrain import initial_model
 
     spec = get_method(method)
+    cfg = cfg.for_method(method)  # the method's own recipe, as at the server and the sites
     t = cfg.train
     names = sorted(s for s, ds in sites.items() if len(ds) > 0)
     if not names:
         raise ValueError("a simulated federation needs at least one site with data")
+    initial = get_params(initial_model(cfg, method))  # public pretraining, if the method has it
     models = {s: model_for(cfg, method) for s in names}
-    initial = get_params(models[names[0]])
+    for m in models.values():
+        set_params(m, initial)
     local = norm_keys(models[names[0]]) if spec.keeps_norm_local else set()
     shared = [k for k in float_keys(models[names[0]]) if k not in local]
     global_params = {k: initial[k] for k in shared}

@@ -81,3 +81,31 @@ def test_cli_help_lists_subcommands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "data" in out and "bench" in out
+
+
+def test_a_methods_recipe_overrides_train_and_dp_for_that_method_only():
+    cfg = parse_config({
+        "train": {"batch_size": 16, "lr": 1e-3},
+        "dp": {"noise_multiplier": 1.2},
+        "recipes": {"dpsgd-pt": {"train": {"batch_size": 48}, "dp": {"target_epsilon": 4.0}}},
+    })  # fmt: skip
+    own = cfg.for_method("dpsgd-pt")
+    assert own.train.batch_size == 48 and own.train.lr == 1e-3
+    assert own.dp.target_epsilon == 4.0 and own.dp.noise_multiplier is None
+    assert own.recipes == {} and own.for_method("dpsgd-pt") == own  # applying twice is harmless
+    other = cfg.for_method("dpsgd")
+    assert other is cfg and other.train.batch_size == 16 and other.dp.noise_multiplier == 1.2
+
+
+@pytest.mark.parametrize(
+    ("recipes", "needle"),
+    [
+        ({"dpsgd-xl": {"train": {"batch_size": 4}}}, "unknown method 'dpsgd-xl'"),
+        ({"dpsgd": {"train": {"batch_size": 0}}}, "recipes.dpsgd"),
+        ({"dpsgd": {"train": {"batchsize": 4}}}, "batchsize"),
+        ({"dpsgd": {"dp": {"target_epsilon": 2.0, "noise_multiplier": 1.0}}}, "exactly one"),
+    ],
+)
+def test_a_bad_recipe_is_an_error_naming_it(recipes, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_config({"recipes": recipes})

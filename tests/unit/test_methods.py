@@ -4,14 +4,17 @@ fit config the server emits."""
 import pytest
 
 from common.config import load_profile
-from common.methods import METHOD_NAMES, METHODS, get_method
+from common.methods import DEFAULT_METHODS, METHOD_NAMES, METHODS, get_method
 from common.model import build_model, float_keys, model_for, norm_keys
 from server.app import make_strategy
 from server.strategies import STRATEGIES
 
 
 def test_every_method_is_in_the_table_with_a_known_strategy():
-    assert METHOD_NAMES == ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm")
+    assert METHOD_NAMES[:5] == DEFAULT_METHODS == ("fedavg", "fedprox", "fedbn", "dpsgd",
+                                                     "groupnorm")  # fmt: skip
+    assert {"dpsgd-pt", "groupnorm-pt"} <= set(METHOD_NAMES)
+    assert load_profile("quick").fl.methods == DEFAULT_METHODS  # new methods are opt-in
     assert all(m.strategy in STRATEGIES for m in METHODS.values())
     with pytest.raises(ValueError, match="unknown method 'fedsgd'; known: fedavg"):
         get_method("fedsgd")
@@ -38,3 +41,21 @@ def test_the_strategy_emits_the_whole_fit_config(name):
     norm_types = {type(mod).__name__ for mod in model_for(cfg, name).modules()}
     assert ("GroupNorm" in norm_types) == (m.norm == "group" or cfg.model.norm == "group")
     assert ("BatchNorm2d" in norm_types) == (m.norm_type(cfg.model.norm) == "batch")
+
+
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if METHODS[n].dp])
+def test_a_dp_method_and_its_twin_differ_only_in_dp(name):
+    m = get_method(name)
+    twin = get_method(m.twin)
+    assert not twin.dp and twin.twin is None
+    for field in ("strategy", "norm", "proximal", "evaluated_at", "release", "pretrained"):
+        assert getattr(m, field) == getattr(twin, field), field
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_keeps_norm_local_is_the_strategys_rule(name):
+    m = get_method(name)
+    model = build_model(base=4, norm=m.norm_type("batch"), groups=2, seed=0)
+    floats, norms = float_keys(model), norm_keys(model)
+    shared = set(STRATEGIES[m.strategy]().shared_keys(floats, norms))
+    assert m.keeps_norm_local == (shared == set(floats) - norms) == (shared != set(floats))
