@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
-CONFIG ?= configs/quick.toml
+CONFIG ?= configs/standard.toml
 OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv bench test test-fast lint format perf clean proto proto-check wheelhouse images e2e
+.PHONY: venv bench frontier test test-fast lint format perf clean proto proto-check wheelhouse images e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ venv: $(VENV)/.installed
 
 bench: venv
 	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT)
+
+# The privacy frontier: the DP recipe at eps 1, 2, 4, 8 and its non-DP twin, 3 seeds each
+# (plots/frontier.png: Dice and TPR@1%FPR against eps, mean ± sd).
+FRONTIER_METHOD ?= dpsgd-pt
+frontier: venv
+	$(VENV)/bin/fedonco bench --config $(CONFIG) --sweep target_epsilon=1,2,4,8 \
+		--sweep-method $(FRONTIER_METHOD) --seeds 3 --out $(OUT)
 
 test: lint
 	$(PY) -m pytest -q tests

@@ -63,6 +63,18 @@ def _as_nhw(probs: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return probs.astype(np.float64), masks.astype(bool)
 
 
+def _in_plane(iterations: int, fn, g: np.ndarray, **kw) -> np.ndarray:
+    """A binary morphology ``fn`` within each image of (N, H, W) (no mixing along the batch)."""
+    struct = np.zeros((3, 3, 3), bool)
+    struct[1] = ndimage.generate_binary_structure(2, 1)
+    return fn(g, structure=struct, iterations=iterations, **kw)
+
+
+def tumour_region(masks: np.ndarray, ring_px: int) -> np.ndarray:
+    """The tumour of each (N, H, W) mask dilated by ``ring_px`` pixels (4-connected), per image."""
+    return _in_plane(ring_px, ndimage.binary_dilation, np.asarray(masks, bool))
+
+
 def _region_mean(values: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Mean of ``values`` over ``region`` per image (N, H, W) -> (N,); 0 where the region is empty."""
     count = region.sum(axis=(1, 2))
@@ -97,10 +109,8 @@ def image_features(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
     denom = pred.sum(axis=1) + flat_g.sum(axis=1)
     hard_dice = np.divide(2.0 * (pred & flat_g).sum(axis=1), denom, out=np.ones(n), where=denom > 0)
     # Boundary band: dilated minus eroded mask, within each image (no mixing along the batch).
-    struct = np.zeros((3, 3, 3), bool)
-    struct[1] = ndimage.generate_binary_structure(2, 1)
-    dil = ndimage.binary_dilation(g, structure=struct, iterations=BOUNDARY_PX)
-    ero = ndimage.binary_erosion(g, structure=struct, iterations=BOUNDARY_PX, border_value=1)
+    dil = tumour_region(g, BOUNDARY_PX)
+    ero = _in_plane(BOUNDARY_PX, ndimage.binary_erosion, g, border_value=1)
     boundary = dil & ~ero
     bce_mean = bce.reshape(n, -1).mean(axis=1)
     pred_area = flat_p.sum(axis=1) / pixels

@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.claims import paper_claims, standard_goals
 from common.config import SITE_NAMES, Config
-from common.methods import SWEEP_METHOD, SWEEP_REFERENCE
+from common.methods import METHODS, SWEEP_METHOD
 
 SITE_COLS = [f"dice_{s}" for s in SITE_NAMES]
 
@@ -249,7 +249,9 @@ def privacy_utility(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = sorted((r["epsilon"], _nan(r["dice"]), (r.get("dp") or {}).get("noise_multiplier"))
                  for r in results["methods"].values() if r.get("epsilon") is not None)  # fmt: skip
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=SWEEP_METHOD)
+    swept = sorted({(r.get("sweep") or {}).get("method", SWEEP_METHOD)
+                    for r in results["methods"].values() if r.get("epsilon") is not None})  # fmt: skip
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=", ".join(swept))
     for eps, dice, sigma in pts:
         ax.annotate(
             f"σ={sigma:g}" if sigma else "",
@@ -258,9 +260,10 @@ def privacy_utility(results: dict, path: Path) -> None:
             xytext=(3, 3),
             textcoords="offset points",
         )
-    ref = results["methods"].get(SWEEP_REFERENCE)
-    if ref is not None:
-        ax.axhline(_nan(ref["dice"]), color="gray", ls="--", label=f"{SWEEP_REFERENCE} (no DP)")
+    for twin in sorted({METHODS[m].twin for m in swept if m in METHODS} - {None}):
+        ref = results["methods"].get(twin)
+        if ref is not None:
+            ax.axhline(_nan(ref["dice"]), color="gray", ls="--", label=f"{twin} (no DP)")
     ax.set(
         xscale="log",
         xlabel="ε (worst site, δ as configured)",
@@ -294,10 +297,14 @@ def seed_summary(per_seed: dict[int, dict]) -> dict:
     methods: dict[str, dict] = {}
     for seed, res in sorted(per_seed.items()):
         for m, entry in res["methods"].items():
+            if entry.get("sweep"):
+                methods.setdefault(m, {})["sweep"] = entry["sweep"]
             for k, v in _seed_values(entry).items():
                 methods.setdefault(m, {}).setdefault(k, {"per_seed": {}})["per_seed"][str(seed)] = v
     for stats in methods.values():
-        for s in stats.values():
+        for key, s in stats.items():
+            if key == "sweep":
+                continue
             xs = [float(v) for v in s["per_seed"].values() if v is not None and math.isfinite(v)]
             s["n"] = len(xs)
             s["mean"] = float(np.mean(xs)) if xs else None
@@ -329,4 +336,64 @@ def write_seed_summary(run_dir: Path, profile: str, per_seed: dict[int, dict]) -
     (run_dir / "results.md").write_text(
         f"# FedOnco-Bench results: {profile}, {len(per_seed)} seeds\n\n{table}"
     )
+    if any("sweep" in s for s in summary.values()):
+        (run_dir / "plots").mkdir(exist_ok=True)
+        frontier_plot(summary, run_dir / "plots" / "frontier.png")
     return table
+
+
+def frontier_points(summary: dict) -> dict[str, list[tuple]]:
+    """From a several-seed sweep's summary: per swept method, (value, Dice mean, Dice sd,
+    TPR@1%FPR mean, TPR sd, AUC mean) sorted by the swept value; and its twin's row under
+    ``"<twin> (no DP)"`` as one point without a value."""
+    out: dict[str, list[tuple]] = {}
+
+    def row(v, s):
+        d, t, a = s["dice"], s["mia_tpr_at_1pct_fpr"], s["mia_auc"]
+        return (v, d["mean"], d["sd"], t["mean"], t["sd"], a["mean"])
+
+    for s in summary.values():
+        sw = s.get("sweep")
+        if sw:
+            value = next(v for k, v in sw.items() if k != "method")
+            out.setdefault(sw["method"], []).append(row(value, s))
+    for method in list(out):
+        out[method].sort(key=lambda r: r[0])
+        twin = METHODS[method].twin if method in METHODS else None
+        if twin in summary:
+            out[f"{twin} (no DP)"] = [row(None, summary[twin])]
+    return out
+
+
+def frontier_plot(summary: dict, path: Path) -> None:
+    """The privacy frontier: Dice and the strongest attack's TPR@1%FPR against the swept value
+    (ε for a target_epsilon sweep), mean ± sd over seeds; the non-DP twin as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = frontier_points(summary)
+    key = next((k for s in summary.values() for k in (s.get("sweep") or {}) if k != "method"), "")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in pts.items():
+        for ax, (mean_i, sd_i) in zip(axes, ((1, 2), (3, 4)), strict=True):
+            means = [_nan(r[mean_i]) for r in rows]
+            sds = [_nan(r[sd_i]) if r[sd_i] is not None else 0.0 for r in rows]
+            if rows[0][0] is None:  # the twin: no DP, a horizontal band
+                ax.axhline(means[0], color="gray", ls="--", label=name)
+                ax.axhspan(means[0] - sds[0], means[0] + sds[0], color="gray", alpha=0.15)
+            else:
+                ax.errorbar([r[0] for r in rows], means, yerr=sds, marker="o", capsize=3,
+                            label=name)  # fmt: skip
+    label = "ε (target, worst site)" if key == "target_epsilon" else key
+    axes[0].set(xscale="log", xlabel=label, ylabel="Dice (mean ± sd over seeds)",
+                title="utility")  # fmt: skip
+    axes[1].set(xscale="log", xlabel=label, ylabel="TPR at 1% FPR (strongest attack)",
+                title="leakage")  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

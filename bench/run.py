@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
 from bench.report import write_report, write_seed_summary
-from common.config import SITE_NAMES, Config, resolve_config, with_overrides
+from common.config import SITE_NAMES, Config, Recipe, parse_config, resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
-from common.methods import SWEEP_METHOD, SWEEP_REFERENCE, get_method
-from common.training.pretrain import CACHE_ENV
+from common.methods import SWEEP_METHOD, get_method
+from common.training.pretrain import CACHE_ENV, pretrained_params
 from common.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,10 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     port_file = mdir / "port"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
+    if get_method(method).pretrained:  # once, into the run's cache: the server starts from it
+        print(f"{method}: public pretraining ({cfg.pretrain.public_size} public slices, "
+              f"{cfg.pretrain.epochs} epochs; cached for the server and the attacker)")  # fmt: skip
+        pretrained_params(cfg.for_method(method), method)
     address = f"127.0.0.1:{free_port()}"
     server = spawn(fedonco(
         "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
@@ -112,38 +116,39 @@ def parse_sweep(spec: str) -> tuple[str, list[float]]:
     return key, vals
 
 
-def _variant(cfg: Config, run_dir: Path, name: str, **overrides) -> tuple[Config, Path]:
-    """A copy of the config with DP overrides, written next to the run (processes read it)."""
-    c = with_overrides(cfg, **overrides)
+def _variant(cfg: Config, run_dir: Path, name: str, method: str, **dp) -> tuple[Config, Path]:
+    """A copy of the config with ``dp`` settings for ``method`` (into its recipe, which the
+    processes apply on top of ``[dp]``), written next to the run (processes read it)."""
+    recipe = cfg.recipes.get(method) or Recipe()
+    recipes = {**cfg.recipes, method: recipe.model_copy(update={"dp": {**recipe.dp, **dp}})}
+    c = parse_config({**cfg.model_dump(mode="json"), "recipes": {
+        m: r.model_dump(mode="json") for m, r in recipes.items()}}, f"sweep {name}")  # fmt: skip
     path = run_dir / f"config-{name}.json"
     path.write_text(json.dumps(c.model_dump(mode="json"), indent=1) + "\n")
     return c, path
 
 
-def run_sweep(cfg: Config, run_dir: Path, key: str, values: list[float]) -> dict:
-    """The DP method once per value (plus its non-DP twin as the reference): Dice against ε."""
-    results = {
-        SWEEP_REFERENCE: run_method(
-            cfg, run_dir / "config.json", SWEEP_REFERENCE, run_dir, run_dir / "data"
-        )
-    }
+def run_sweep(
+    cfg: Config, run_dir: Path, key: str, values: list[float], method: str = SWEEP_METHOD
+) -> dict:
+    """The DP ``method`` once per value (plus its non-DP twin as the reference): Dice and
+    leakage against ε."""
+    twin = get_method(method).twin
+    results = {twin: run_method(cfg, run_dir / "config.json", twin, run_dir, run_dir / "data")}
     for v in values:
-        over = {f"dp.{key}": v}
-        if key == "target_epsilon":
-            over["dp.noise_multiplier"] = None
-        name = f"{SWEEP_METHOD}-{key}-{v:g}"
-        c, path = _variant(cfg, run_dir, name, **over)
-        r = run_method(c, path, SWEEP_METHOD, run_dir / name, run_dir / "data")
-        results[name] = {**r, "sweep": {key: v}}
+        name = f"{method}-{key}-{v:g}"
+        c, path = _variant(cfg, run_dir, name, method, **{key: v})
+        r = run_method(c, path, method, run_dir / name, run_dir / "data")
+        results[name] = {**r, "sweep": {key: v, "method": method}}
     return results
 
 
-def check_dp(cfg: Config, manifest: dict) -> None:
+def check_dp(cfg: Config, manifest: dict, methods=None) -> None:
     """Every DP method's settings (its recipe applied) against every site's size (delta < 1/N,
     batch <= N, a reachable target ε), before the run."""
     from common.training.dp import DPSettings
 
-    for method in cfg.fl.methods:
+    for method in cfg.fl.methods if methods is None else methods:
         if not get_method(method).dp:
             continue
         mcfg = cfg.for_method(method)
@@ -190,6 +195,11 @@ def bench_config(args) -> Config:
 def run_bench(args) -> int:
     cfg = bench_config(args)
     sweep = parse_sweep(args.sweep) if args.sweep else None
+    if sweep:
+        method = getattr(args, "sweep_method", None) or SWEEP_METHOD
+        if not get_method(method).dp:
+            raise ValueError(f"--sweep-method {method}: not a DP method")
+        sweep = (*sweep, method)
     if getattr(args, "dry_run", False):
         print("DRY RUN: the profile's shapes on a handful of slices for one round; its numbers "
               "mean nothing, it checks that every part runs.")  # fmt: skip
@@ -233,7 +243,8 @@ def run_one(cfg: Config, run_dir: Path, sweep) -> str:
     manifest = build_dataset(cfg, run_dir / "data")
     print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
     if sweep or any(get_method(m).dp for m in cfg.fl.methods):
-        check_dp(cfg, manifest)  # fail before any process starts, naming the site
+        # fail before any process starts, naming the site
+        check_dp(cfg, manifest, [sweep[2]] if sweep else None)
     if sweep:
         results = run_sweep(cfg, run_dir, *sweep)
     else:

@@ -305,3 +305,22 @@ def test_run_ladder_all_rungs(overfit):
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in scores.items()}
     assert abs(aucs["blind"] - 0.5) < 0.25 and aucs["loss"] > 0.8
     print(f"run_ladder: {elapsed:.1f}s, AUCs {aucs}")
+
+
+def test_lira_signal_reads_the_tumour_and_its_ring_or_the_whole_empty_slice():
+    from attacks.ladder import LIRA_RING_PX, lira_signal
+
+    masks = np.zeros((2, SIZE, SIZE), np.uint8)
+    masks[0, 10:14, 10:14] = 1  # slice 0 has a tumour, slice 1 none
+    probs = np.full((2, SIZE, SIZE), 0.2, np.float32)
+    base = lira_signal(probs, masks)
+    far = probs.copy()
+    far[:, 30, 30] = 0.9  # a background pixel far from the tumour
+    moved = lira_signal(far, masks)
+    assert moved[0] == base[0] and moved[1] < base[1]  # ignored with a tumour, counted without
+    ring = probs.copy()
+    ring[0, 10 - LIRA_RING_PX, 12] = 0.9  # inside the ring: counted
+    assert lira_signal(ring, masks)[0] < base[0]
+    outside = probs.copy()
+    outside[0, 10 - LIRA_RING_PX - 1, 12] = 0.9  # just outside the ring: not counted
+    assert lira_signal(outside, masks)[0] == base[0]

@@ -1,7 +1,7 @@
 import pytest
 
 from bench.run import check_dp, parse_sweep
-from common.config import load_profile, with_overrides
+from common.config import load_config, load_profile, with_overrides
 
 SUMMARY = {
     "summary": [
@@ -39,3 +39,50 @@ def test_seed_summary_gives_mean_and_sample_sd_per_method():
     assert s["epsilon"]["mean"] is None and s["epsilon"]["sd"] is None  # no DP: no epsilon
     one = seed_summary({1: res(0.5, 0.6)})["fedavg"]["dice"]
     assert one["mean"] == 0.5 and one["sd"] is None  # one seed has no spread
+
+
+def test_check_dp_applies_each_dp_methods_recipe():
+    cfg = load_profile("standard")
+    check_dp(cfg, SUMMARY)  # dpsgd (sigma 1.2) and dpsgd-pt (target eps 8) both fit
+    big = cfg.model_copy(update={"recipes": {**cfg.recipes, "dpsgd-pt": cfg.recipes[
+        "dpsgd-pt"].model_copy(update={"train": {"batch_size": 100}})}})  # fmt: skip
+    with pytest.raises(ValueError, match="dpsgd-pt: dp settings do not fit site D: batch_size"):
+        check_dp(big, SUMMARY)
+    check_dp(big, SUMMARY, ["dpsgd"])  # only the methods asked for
+
+
+def test_a_sweep_value_goes_into_the_swept_methods_recipe(tmp_path):
+    from bench.run import _variant
+
+    cfg = load_profile("standard")
+    c, path = _variant(cfg, tmp_path, "x", "dpsgd-pt", target_epsilon=2.0)
+    assert c.for_method("dpsgd-pt").dp.target_epsilon == 2.0  # the recipe's 8.0 is replaced
+    assert c.for_method("dpsgd-pt").train.rounds == cfg.for_method("dpsgd-pt").train.rounds
+    assert c.for_method("dpsgd").dp.noise_multiplier == 1.2  # other methods untouched
+    c2, _ = _variant(cfg, tmp_path, "y", "dpsgd", noise_multiplier=0.7)
+    assert c2.for_method("dpsgd").dp.noise_multiplier == 0.7
+    assert load_config(path) == c  # what the processes read
+
+
+def test_frontier_points_and_plot(tmp_path):
+    from bench.report import frontier_plot, frontier_points, seed_summary
+
+    def res(seed):
+        ms = {"groupnorm-pt": {"dice": 0.6 + seed / 100, "epsilon": None,
+                               "mia": {"auc": 0.6, "tpr_at_1pct_fpr": 0.05}}}  # fmt: skip
+        for eps in (8.0, 1.0):
+            ms[f"dpsgd-pt-target_epsilon-{eps:g}"] = {
+                "dice": 0.4 + eps / 100 + seed / 1000,
+                "epsilon": eps,
+                "mia": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01 * eps},
+                "sweep": {"target_epsilon": eps, "method": "dpsgd-pt"},
+            }
+        return {"methods": ms}
+
+    summary = seed_summary({1: res(1), 2: res(2)})
+    pts = frontier_points(summary)
+    assert [r[0] for r in pts["dpsgd-pt"]] == [1.0, 8.0]  # sorted by epsilon
+    assert pts["dpsgd-pt"][1][1] == pytest.approx(0.4815) and pts["dpsgd-pt"][1][3] == 0.08
+    assert pts["groupnorm-pt (no DP)"][0][1] == pytest.approx(0.615)
+    frontier_plot(summary, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
