@@ -30,15 +30,19 @@ QUERY_ATTACKS = ("loss", "shadow", "lira")  # the blind baseline never queries t
 
 
 def draw_candidates(data_dir: Path, n_members: int, seed: int):
-    """(images, masks, is_member, sites), shuffled: members stratified by site from train,
-    non-members from holdout (all of it, at least as many as members where available)."""
+    """(images, masks, is_member, sites), shuffled: members stratified by site from train
+    (``n_members`` / 5 per site, fewer where a site has fewer), and from each site's holdout as
+    many non-members as that site has members (fewer where its holdout is smaller, then members
+    are cut to match). Members and non-members then come from the sites in the same proportions:
+    a site whose scanner or tumours shift every score cannot masquerade as leakage (or hide it)."""
     rng = candidates_rng(seed)
     parts = []
     per_site = max(1, n_members // len(SITE_NAMES))
     for site in SITE_NAMES:
-        for split, member in (("train", True), ("holdout", False)):
-            images, masks, _, _ = load_arrays(data_dir, split, site)
-            k = min(len(images), per_site) if member else len(images)
+        train = load_arrays(data_dir, "train", site)[:2]
+        holdout = load_arrays(data_dir, "holdout", site)[:2]
+        k = min(len(train[0]), len(holdout[0]), per_site)
+        for (images, masks), member in ((train, True), (holdout, False)):
             idx = np.sort(rng.choice(len(images), size=k, replace=False))
             parts.append((images[idx], masks[idx], np.full(k, member), np.full(k, site)))
     images, masks, member, sites = (np.concatenate(x) for x in zip(*parts, strict=True))

@@ -86,3 +86,18 @@ def test_frontier_points_and_plot(tmp_path):
     assert pts["groupnorm-pt (no DP)"][0][1] == pytest.approx(0.615)
     frontier_plot(summary, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_candidates_come_from_every_site_in_equal_member_and_non_member_numbers(smoke_data):
+    import numpy as np
+
+    from bench.audit import draw_candidates
+
+    images, masks, member, sites = draw_candidates(smoke_data, 40, seed=3)
+    assert len(images) == len(masks) == 80 and member.sum() == 40
+    for s in "ABCDE":
+        assert (member & (sites == s)).sum() == (~member & (sites == s)).sum() == 8
+    few = draw_candidates(smoke_data, 100, seed=3)  # 20 asked per site: holdout has 8
+    assert few[2].sum() == (~few[2]).sum() == 40
+    again = draw_candidates(smoke_data, 40, seed=3)
+    assert np.array_equal(again[0], images) and np.array_equal(again[2], member)
