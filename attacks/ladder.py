@@ -170,10 +170,11 @@ def train_shadows(
 
     The half is split into shadow sites by ``pool_sites`` (the public site profile each pool slice
     was drawn from), and the shadow runs the target's method, rounds, local epochs, batch size,
-    learning rate and DP-SGD per site (``common.training.federated``). Without ``pool_sites`` the
-    half is one site: a centrally trained shadow. ``cfg`` is the public ``common.config.Config``.
+    learning rate and DP-SGD per site (``common.training.federated``); a reference-row target
+    (``pooled``, ``local``) gets the same kind of shadow. Without ``pool_sites`` the half is one
+    site: a centrally trained shadow. ``cfg`` is the public ``common.config.Config``.
     """
-    from common.training.federated import simulate_federation
+    from common.training.federated import simulate_method
 
     pool_images, pool_masks = np.asarray(pool_images), np.asarray(pool_masks)
     if pool_images.ndim != 3 or pool_images.shape != pool_masks.shape:
@@ -200,7 +201,7 @@ def train_shadows(
             for s in np.unique(sites[member])
         }  # fmt: skip
         start = time.perf_counter()
-        fed = simulate_federation(cfg, method, datasets, seed=shadow_seed(seed, i))
+        fed = simulate_method(cfg, method, datasets, seed=shadow_seed(seed, i))
         elapsed = time.perf_counter() - start
         site_models = (
             {s: fed.model(cfg, method, s) for s in datasets}

@@ -68,7 +68,29 @@ def paper_claims(results: dict) -> list[str]:
                      f"{fedavg['dice_site_mean']:.3f}): {_verdict(ok)}")  # fmt: skip
     else:
         lines.append(f"FedBN helps the heterogeneous sites: {_verdict(None)}")
+    lines += reference_lines(ms)
     return lines
+
+
+def reference_lines(ms: dict) -> list[str]:
+    """What each federated method buys over ``local`` (each site alone) and loses to ``pooled``
+    (all data in one place), in Dice, where those reference rows ran."""
+    local, pooled = ms.get("local"), ms.get("pooled")
+    if not local and not pooled:
+        return []
+    out = []
+    for name, entry in ms.items():
+        spec = METHODS.get(name)
+        if spec is None or spec.kind != "federated" or entry.get("dice") is None:
+            continue
+        d, parts = entry["dice"], []
+        if local and local.get("dice") is not None:
+            parts.append(f"{d - local['dice']:+.3f} over local ({local['dice']:.3f}, each site "
+                         "alone on its own test set)")  # fmt: skip
+        if pooled and pooled.get("dice") is not None:
+            parts.append(f"{d - pooled['dice']:+.3f} against pooled ({pooled['dice']:.3f})")
+        out.append(f"What {name} buys (Dice {d:.3f}): {'; '.join(parts)}")
+    return out
 
 
 def _pass(ok: bool | None) -> str:

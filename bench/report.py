@@ -48,6 +48,9 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "initial_model_sha256": result["initial_model_sha256"],
         "final_model_sha256": result["final_model_sha256"],
         "evaluated_at": result["evaluated_at"],
+        "kind": result.get("kind", "federated"),
+        "dice_all_sites": result.get("dice_all_sites"),
+        "dice_cross": result.get("dice_cross"),
         "epsilon": result.get("epsilon"),
         "delta": result.get("delta"),
         "accountant": result.get("accountant"),
@@ -108,6 +111,8 @@ def markdown(results: dict) -> str:
               "| method | train | client (de)serialize | server encode | secagg mask (client) | secagg unmask (server) | transfer & wait | fit phase | aggregate | evaluate | FL overhead |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for m, r in results["methods"].items():
+        if r.get("kind", "federated") != "federated":
+            continue  # a reference row has no federated rounds (its wall time is in the table)
         t = r["timing_s"]
         lines.append(
             f"| {m} | {_fmt(t['train'], 1)} | {_fmt(t['client_serialize'], 2)} | {_fmt(t['server_encode'], 3)}"

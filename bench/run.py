@@ -32,8 +32,17 @@ log = logging.getLogger(__name__)
 
 
 def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_dir: Path) -> dict:
-    """One FL run: a server and five clients as separate processes on 127.0.0.1."""
+    """One FL run: a server and five clients as separate processes on 127.0.0.1 (a reference
+    row, ``pooled`` or ``local``, is trained in this process: ``bench/reference.py``); then the
+    audit of what it released."""
     mdir = run_dir / method
+    if get_method(method).kind != "federated":
+        from bench.reference import train_reference
+
+        t0 = time.perf_counter()
+        print(f"{method}: reference row, trained in one process ({get_method(method).summary})")
+        result = train_reference(cfg, method, data_dir, mdir)
+        return _audited(cfg, config_path, mdir, data_dir, result, t0)
     logs = mdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port_file = mdir / "port"
@@ -69,6 +78,10 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     finally:
         stop(procs)
     result = json.loads((mdir / "result.json").read_text())
+    return _audited(cfg, config_path, mdir, data_dir, result, t0)
+
+
+def _audited(cfg: Config, config_path: Path, mdir: Path, data_dir: Path, result: dict, t0: float):
     result["wall_s"] = time.perf_counter() - t0
     result["dir"] = str(mdir)
     if cfg.mia.enabled:

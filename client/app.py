@@ -28,7 +28,7 @@ from common.evaluation import evaluate_sums
 from common.io import load_npz, save_npz
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
-from common.release import export_release
+from common.release import export_release, release_info
 from common.secagg import SecAggClient, SecAggError, flatten, quantize
 from common.training.dp.settings import PrivacyBudgetExhausted
 from common.training.local import train_local, weighted_contribution
@@ -232,14 +232,12 @@ class SiteClient:
         releases; with every other method the server releases the one global model."""
         if self.traits.release != "per_site" or not self.local:
             return
-        info = {"method": self.method, "site": self.site, "base": self.cfg.model.base,
-                "norm": self.traits.norm_type(self.cfg.model.norm), "groups": self.cfg.model.groups,
-                "image_size": self.cfg.data.image_size, "window": list(self.cfg.data.window)}  # fmt: skip
-        export_release(self.state_dir / "release", get_params(self.model), info)
+        params = get_params(self.model)
+        info = release_info(self.run_cfg, self.method, params, site=self.site)
+        export_release(self.state_dir / "release", params, info)
         log.info("site %s released its model to %s", self.site, self.state_dir / "release")
         if self.publish_dir is not None:  # e.g. the release service's model store
-            export_release(self.publish_dir / self.run_id / f"site{self.site}",
-                           get_params(self.model), info)  # fmt: skip
+            export_release(self.publish_dir / self.run_id / f"site{self.site}", params, info)
 
     def _decline(self, rnd: int, reason: str) -> None:
         log.warning("site %s: sitting out round %d: %s", self.site, rnd, reason)

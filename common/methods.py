@@ -14,7 +14,10 @@ benchmark's checks) instead of comparing method names.
 - ``release``: ``"global"`` (the server releases one model) or ``"per_site"`` (each site
   releases the shared weights plus its own normalisation layers);
 - ``twin``: a DP method's non-DP twin (same network, same recipe, no DP);
-- ``pretrained``: the run starts from public pretraining instead of random weights.
+- ``pretrained``: the run starts from public pretraining instead of random weights;
+- ``kind``: ``"federated"`` (a real federation: server, sites, secure aggregation) or a
+  reference row the benchmark trains in one process with the same schedule (FLamby's baselines):
+  ``"pooled"`` (all sites' training slices in one place) or ``"local"`` (each site alone).
 
 A method's training settings are the profile's ``[train]`` and ``[dp]`` with its own
 ``[recipes.<method>]`` on top (``common.config.Config.for_method``).
@@ -39,9 +42,8 @@ class Method:
     twin: str | None = (
         None  # the same recipe without DP (a DP method's cost is measured against it)
     )
-    pretrained: bool = (
-        False  # starts from public pretraining (``[pretrain]``, common/training/pretrain.py)
-    )
+    pretrained: bool = False  # starts from public pretraining (common/training/pretrain.py)
+    kind: Literal["federated", "pooled", "local"] = "federated"  # reference rows: not federations
 
     @property
     def keeps_norm_local(self) -> bool:
@@ -70,6 +72,12 @@ _TABLE = (
     Method("groupnorm-pt", "fedavg", "group", False, False, "server", "global",
            "FedAvg with the GroupNorm U-Net from public pretraining, no DP (dpsgd-pt's twin)",
            pretrained=True),
+    Method("pooled", "fedavg", "config", False, False, "server", "global",
+           "Reference: one model trained centrally on every site's training slices, same schedule "
+           "(the ceiling federation approaches)", kind="pooled"),
+    Method("local", "fedavg", "config", False, False, "sites", "per_site",
+           "Reference: each site trains alone on its own slices, same schedule (what a hospital "
+           "gets without federating)", kind="local"),
 )  # fmt: skip
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

@@ -34,7 +34,7 @@ from common.model import (
     set_params,
     state_sha256,
 )
-from common.release import export_release
+from common.release import export_release, release_info
 from common.training.dp.accountant import history_from_text
 from common.training.dp.settings import DPConfigError
 from common.training.pretrain import initial_model
@@ -80,6 +80,9 @@ class Server:
         cfg = cfg.for_method(method)  # the method's own [recipes.<method>], if any
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
         self.traits = get_method(method)
+        if self.traits.kind != "federated":
+            raise ValueError(f"{method} is a reference row that `fedonco bench` trains in one "
+                             "process, not a federation a server runs")  # fmt: skip
         self.strategy = make_strategy(cfg, method)
         torch.manual_seed(cfg.seed)
         self.model = initial_model(cfg, method)  # public pretraining for a pretrained method
@@ -273,11 +276,8 @@ class Server:
     def finalize(self) -> dict:
         save_npz(self.run_dir / "final_model.npz", self.params)
         if self.traits.release == "global":  # else (FedBN) each site releases its own model
-            norm = self.traits.norm_type(self.cfg.model.norm)
-            export_release(self.run_dir / "release", self.params, {
-                "method": self.method, "base": self.cfg.model.base, "norm": norm,
-                "groups": self.cfg.model.groups, "image_size": self.cfg.data.image_size,
-                "window": list(self.cfg.data.window), "final_model_sha256": state_sha256(self.params)})  # fmt: skip
+            export_release(self.run_dir / "release", self.params,
+                           release_info(self.cfg, self.method, self.params))  # fmt: skip
         write_json_atomic(self.run_dir / "history.json", self.history)
         last = self.history[-1]["eval"] if self.history else {}
         result = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from common.io import write_json_atomic
-from common.methods import METHOD_NAMES
+from common.methods import METHOD_NAMES, get_method
 from common.versions import collect_versions
 from common.wire.channel import create_server
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
@@ -97,9 +97,12 @@ def run_server_cmd(args) -> int:
         hold = lambda stop: wait_for_file(marker, args.hold_timeout, "the audit", stop)  # noqa: E731
     if args.methods:  # a campaign: one run per method, in RUN_DIR/<method>
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHOD_NAMES]
+        federated = [m for m in METHOD_NAMES if get_method(m).kind == "federated"]
+        bad = [m for m in methods if m not in federated]
         if bad or not methods:
-            raise ValueError(f"--methods: unknown {bad} (choose from {', '.join(METHOD_NAMES)})")
+            raise ValueError(f"--methods: not a federated method {bad} (choose from "
+                             f"{', '.join(federated)}; pooled and local are reference rows "
+                             "that `fedonco bench` trains in one process)")  # fmt: skip
         if not args.run_dir:
             raise ValueError("--methods needs --run-dir (the campaign directory)")
         root = Path(args.run_dir)

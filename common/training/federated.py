@@ -154,3 +154,31 @@ class _DPSites:
     def close(self) -> None:
         for trainer in self.trainers.values():
             trainer.close()
+
+
+def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int):
+    """``method`` trained over ``sites`` in one process, whatever its kind: a federation
+    (``simulate_federation``), the ``pooled`` reference (every site's slices as one site, the
+    same schedule) or the ``local`` reference (each site alone, the same schedule; its
+    ``site_params`` are the sites' own models and ``global_params`` their example-weighted mean,
+    which nobody releases)."""
+    from torch.utils.data import ConcatDataset
+
+    kind = get_method(method).kind
+    if kind == "pooled":
+        union = ConcatDataset([sites[s] for s in sorted(sites) if len(sites[s]) > 0])
+        return simulate_federation(cfg, method, {"pooled": union}, seed=seed)
+    if kind == "local":
+        runs = {
+            s: simulate_federation(cfg, method, {s: sites[s]}, seed=seed)
+            for s in sorted(sites)
+            if len(sites[s]) > 0
+        }
+        if not runs:
+            raise ValueError("the local reference needs at least one site with data")
+        own = {s: r.global_params for s, r in runs.items()}
+        keys = sorted(next(iter(own.values())))
+        mean = weighted_mean(own, {s: float(len(sites[s])) for s in own}, keys)
+        metrics = {s: r.metrics[s] for s, r in runs.items()}
+        return SimulatedFederation([], mean, own, metrics)
+    return simulate_federation(cfg, method, sites, seed=seed)

@@ -114,3 +114,24 @@ def test_weighted_mean_and_empty_federation():
     assert out["w"].dtype == np.float32 and out["w"][0] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="at least one site"):
         simulate_federation(_cfg(), "fedavg", {"A": _site(0, 1)}, seed=0)
+
+
+def test_pooled_is_one_site_holding_every_slice_and_local_is_each_site_alone():
+    from torch.utils.data import ConcatDataset
+
+    from common.training.federated import simulate_method
+
+    cfg = _cfg(rounds=1)
+    sites = {"A": _site(4, 1), "B": _site(8, 2)}
+    pooled = simulate_method(cfg, "pooled", sites, seed=3)
+    want = simulate_federation(cfg, "pooled", {"pooled": ConcatDataset([sites["A"], sites["B"]])},
+                               seed=3)  # fmt: skip
+    assert all(
+        np.array_equal(pooled.global_params[k], want.global_params[k]) for k in want.global_params
+    )
+    local = simulate_method(cfg, "local", sites, seed=3)
+    alone_b = simulate_federation(cfg, "local", {"B": sites["B"]}, seed=3).global_params
+    assert set(local.site_params) == {"A", "B"}
+    assert all(np.array_equal(local.site_params["B"][k], alone_b[k]) for k in alone_b)
+    key = "enc1.0.weight"
+    assert not np.allclose(local.site_params["A"][key], local.site_params["B"][key])

@@ -13,14 +13,18 @@ from server.strategies import STRATEGIES
 def test_every_method_is_in_the_table_with_a_known_strategy():
     assert METHOD_NAMES[:5] == DEFAULT_METHODS == ("fedavg", "fedprox", "fedbn", "dpsgd",
                                                      "groupnorm")  # fmt: skip
-    assert {"dpsgd-pt", "groupnorm-pt"} <= set(METHOD_NAMES)
+    assert {"dpsgd-pt", "groupnorm-pt", "pooled", "local"} <= set(METHOD_NAMES)
+    assert {m.kind for m in METHODS.values()} == {"federated", "pooled", "local"}
     assert load_profile("quick").fl.methods == DEFAULT_METHODS  # new methods are opt-in
     assert all(m.strategy in STRATEGIES for m in METHODS.values())
     with pytest.raises(ValueError, match="unknown method 'fedsgd'; known: fedavg"):
         get_method("fedsgd")
 
 
-@pytest.mark.parametrize("name", METHOD_NAMES)
+FEDERATED = [n for n in METHOD_NAMES if METHODS[n].kind == "federated"]
+
+
+@pytest.mark.parametrize("name", FEDERATED)
 def test_local_norm_layers_mean_site_evaluation_and_per_site_release(name):
     """A strategy that keeps norm layers at the sites cannot be evaluated or released centrally."""
     m = get_method(name)
@@ -59,3 +63,10 @@ def test_keeps_norm_local_is_the_strategys_rule(name):
     floats, norms = float_keys(model), norm_keys(model)
     shared = set(STRATEGIES[m.strategy]().shared_keys(floats, norms))
     assert m.keeps_norm_local == (shared == set(floats) - norms) == (shared != set(floats))
+
+
+def test_a_server_refuses_a_reference_row(tmp_path):
+    from server.app import Server
+
+    with pytest.raises(ValueError, match="pooled is a reference row"):
+        Server(load_profile("smoke"), "pooled", tmp_path, tmp_path / "run", resume=False)
