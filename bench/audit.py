@@ -30,21 +30,33 @@ QUERY_ATTACKS = ("loss", "shadow", "lira")  # the blind baseline never queries t
 
 
 def draw_candidates(data_dir: Path, n_members: int, seed: int):
-    """(images, masks, is_member, sites), shuffled: members stratified by site from train
-    (``n_members`` / 5 per site, fewer where a site has fewer), and from each site's holdout as
-    many non-members as that site has members (fewer where its holdout is smaller, then members
-    are cut to match). Members and non-members then come from the sites in the same proportions:
-    a site whose scanner or tumours shift every score cannot masquerade as leakage (or hide it)."""
+    """(images, masks, is_member, sites), shuffled: members from the sites' train splits, as many
+    non-members from their holdout splits, matched per (site, tumour present or not).
+
+    Up to ``n_members`` / 5 members per site, split between tumour and tumour-free slices in the
+    site's own training proportions; each stratum takes min(its quota, its train slices, its
+    holdout slices) members and as many non-members. Members and non-members then come from the
+    sites, and carry tumours, in the same proportions: a site whose scanner shifts every score, or
+    a chance difference in tumour prevalence (the loss of a model that predicts nothing is ~1 per
+    tumour slice and ~0 otherwise), cannot masquerade as leakage or hide it.
+    """
     rng = candidates_rng(seed)
     parts = []
     per_site = max(1, n_members // len(SITE_NAMES))
     for site in SITE_NAMES:
         train = load_arrays(data_dir, "train", site)[:2]
         holdout = load_arrays(data_dir, "holdout", site)[:2]
-        k = min(len(train[0]), len(holdout[0]), per_site)
-        for (images, masks), member in ((train, True), (holdout, False)):
-            idx = np.sort(rng.choice(len(images), size=k, replace=False))
-            parts.append((images[idx], masks[idx], np.full(k, member), np.full(k, site)))
+        has = [m.reshape(len(m), -1).any(axis=1) for _, m in (train, holdout)]
+        n_tumour = int(has[0].sum())
+        quota_t = round(min(per_site, len(has[0])) * n_tumour / max(len(has[0]), 1))
+        quotas = {True: quota_t, False: min(per_site, len(has[0])) - quota_t}
+        for stratum, quota in quotas.items():
+            pools = [np.flatnonzero(h == stratum) for h in has]
+            k = min(quota, len(pools[0]), len(pools[1]))
+            for (images, masks), pool, member in zip((train, holdout), pools, (True, False),
+                                                     strict=True):  # fmt: skip
+                idx = np.sort(rng.choice(pool, size=k, replace=False))
+                parts.append((images[idx], masks[idx], np.full(k, member), np.full(k, site)))
     images, masks, member, sites = (np.concatenate(x) for x in zip(*parts, strict=True))
     order = rng.permutation(len(images))
     return images[order], masks[order], member[order], sites[order]

@@ -29,7 +29,9 @@ def test_pooled_and_local_rows_are_trained_released_and_audited(tmp_path):
     assert pooled["kind"] == "pooled" and local["kind"] == "local"
     assert pooled["mia"]["attack_info"]["targets"] == ["all"]
     assert local["mia"]["attack_info"]["targets"] == list("ABCDE")  # each site's own model
-    assert local["mia"]["n_members"] == pooled["mia"]["n_members"] == cfg.mia.n_members
+    fedavg = res["methods"]["fedavg"]["mia"]
+    assert local["mia"]["n_members"] == pooled["mia"]["n_members"] == fedavg["n_members"] > 0
+    assert fedavg["n_members"] == fedavg["n_nonmembers"]  # the same candidates for every row
     assert set(local["dice_cross"]) == set("ABCDE") and local["dice_all_sites"] is not None
     assert any(c.startswith("What fedavg buys") for c in res["claims"])
     assert "reference row, trained in one process" in out
