@@ -130,8 +130,15 @@ class _DPSites:
         t = cfg.train
         self.cfg, self.sites = cfg, sites
         self.settings = DPSettings.from_config(cfg.dp)
+        # A simulated site smaller than the batch (a shadow site cut from a small attacker pool)
+        # samples every slice each step (q = 1) instead of being refused as a real site is.
+        self.batch = {s: min(t.batch_size, len(sites[s])) for s in models}
+        for s, b in self.batch.items():
+            if b < t.batch_size:
+                log.warning("simulated site %s: %d slices < batch_size %d; batch %d (q = 1)",
+                            s, len(sites[s]), t.batch_size, b)  # fmt: skip
         self.sigma = {
-            s: self.settings.run_sigma(len(sites[s]), t.batch_size, t.rounds, t.local_epochs)
+            s: self.settings.run_sigma(len(sites[s]), self.batch[s], t.rounds, t.local_epochs)
             for s in models
         }
         self.accountants = {s: SiteAccountant(self.settings.accountant) for s in models}
@@ -143,7 +150,7 @@ class _DPSites:
         t = self.cfg.train
         try:
             return self.trainers[site].train_round(
-                self.sites[site], epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
+                self.sites[site], epochs=t.local_epochs, lr=t.lr, batch_size=self.batch[site],
                 seed=seed, sigma=self.sigma[site], accountant=self.accountants[site],
                 proximal_mu=mu, global_params=global_params, optimizer=t.optimizer,
             )  # fmt: skip

@@ -135,3 +135,9 @@ def test_pooled_is_one_site_holding_every_slice_and_local_is_each_site_alone():
     assert all(np.array_equal(local.site_params["B"][k], alone_b[k]) for k in alone_b)
     key = "enc1.0.weight"
     assert not np.allclose(local.site_params["A"][key], local.site_params["B"][key])
+
+
+def test_a_dp_site_smaller_than_the_batch_samples_all_of_it():
+    cfg = _cfg(rounds=1, dp=DPConfig(noise_multiplier=1.0, delta=1e-3))  # batch 4
+    fed = simulate_federation(cfg, "dpsgd", {"A": _site(2, 1), "B": _site(8, 2)}, seed=1)
+    assert fed.metrics["A"]["sample_rate"] == 1.0 and fed.metrics["B"]["sample_rate"] == 0.5
