@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Whole compose campaigns with their audits: their own deadlines (600 s for a round, 900 s for
+# the judge) bound them, not pytest-timeout's per-test default of 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "fedonco-bench:latest"
 ALL_METHODS = {"fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"}
