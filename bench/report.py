@@ -49,6 +49,7 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "final_model_sha256": result["final_model_sha256"],
         "evaluated_at": result["evaluated_at"],
         "kind": result.get("kind", "federated"),
+        "sweep": result.get("sweep"),  # a sweep run's setting: the frontier plot reads it
         "dice_all_sites": result.get("dice_all_sites"),
         "dice_cross": result.get("dice_cross"),
         "epsilon": result.get("epsilon"),
@@ -381,10 +382,14 @@ def frontier_plot(summary: dict, path: Path) -> None:
     pts = frontier_points(summary)
     key = next((k for s in summary.values() for k in (s.get("sweep") or {}) if k != "method"), "")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    swept = {0: False, 1: False}  # per panel: any swept point drawn (else no log axis)
     for name, rows in pts.items():
-        for ax, (mean_i, sd_i) in zip(axes, ((1, 2), (3, 4)), strict=True):
+        for k, (ax, (mean_i, sd_i)) in enumerate(zip(axes, ((1, 2), (3, 4)), strict=True)):
             means = [_nan(r[mean_i]) for r in rows]
             sds = [_nan(r[sd_i]) if r[sd_i] is not None else 0.0 for r in rows]
+            if not np.isfinite(means).any():  # e.g. leakage with the audit off
+                continue
+            swept[k] = swept[k] or rows[0][0] is not None
             if rows[0][0] is None:  # the twin: no DP, a horizontal band
                 ax.axhline(means[0], color="gray", ls="--", label=name)
                 ax.axhspan(means[0] - sds[0], means[0] + sds[0], color="gray", alpha=0.15)
@@ -392,13 +397,15 @@ def frontier_plot(summary: dict, path: Path) -> None:
                 ax.errorbar([r[0] for r in rows], means, yerr=sds, marker="o", capsize=3,
                             label=name)  # fmt: skip
     label = "ε (target, worst site)" if key == "target_epsilon" else key
-    axes[0].set(xscale="log", xlabel=label, ylabel="Dice (mean ± sd over seeds)",
-                title="utility")  # fmt: skip
-    axes[1].set(xscale="log", xlabel=label, ylabel="TPR at 1% FPR (strongest attack)",
-                title="leakage")  # fmt: skip
-    for ax in axes:
+    axes[0].set(xlabel=label, ylabel="Dice (mean ± sd over seeds)", title="utility")
+    axes[1].set(xlabel=label, ylabel="TPR at 1% FPR (strongest attack)", title="leakage")
+    for k, ax in enumerate(axes):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if swept[k]:
+            ax.set_xscale("log")
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -105,3 +105,16 @@ def test_candidates_are_matched_per_site_and_tumour_presence(smoke_data):
     assert np.array_equal(again[0], images) and np.array_equal(again[2], member)
     other = draw_candidates(smoke_data, 40, seed=4)
     assert not np.array_equal(other[0], images)
+
+
+def test_frontier_plot_without_the_audit(tmp_path):
+    from bench.report import frontier_plot, seed_summary
+
+    def res(seed):
+        e = {"dice": 0.5, "epsilon": 4.0, "mia": None,
+             "sweep": {"target_epsilon": 4.0, "method": "dpsgd-pt"}}  # fmt: skip
+        return {"methods": {"groupnorm-pt": {"dice": 0.6, "epsilon": None, "mia": None},
+                            "dpsgd-pt-target_epsilon-4": e}}  # fmt: skip
+
+    frontier_plot(seed_summary({1: res(1), 2: res(2)}), tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
