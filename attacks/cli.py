@@ -23,8 +23,9 @@ from common.io import load_npz
 log = logging.getLogger(__name__)
 
 
-def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate slices and masks (no membership labels), from a plain .npz (no pickle)."""
+def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Candidate slices, masks and (optional) the site each came from — never membership
+    labels — from a plain .npz (no pickle)."""
     z = load_npz(path)
     missing = {"images", "masks"} - set(z)
     if missing:
@@ -33,13 +34,20 @@ def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if "is_member" in z:
         raise ValueError(f"{path}: candidates must not carry membership labels")
-    return z["images"], z["masks"]
+    images, masks, sites = z["images"], z["masks"], z.get("sites")
+    if images.ndim != 3 or images.shape != masks.shape:
+        raise ValueError(f"{path}: images and masks must both be (N, H, W), got {images.shape}, "
+                         f"{masks.shape}")  # fmt: skip
+    if sites is not None and sites.shape != (len(images),):
+        raise ValueError(f"{path}: 'sites' must give one site per candidate")
+    return images, masks, sites
 
 
 def run_attack_cmd(args) -> int:
     """Score each target's candidates: ``--model``, ``--candidates`` and ``--out`` are given once
     per target, in the same order. The shadow models depend only on the public recipe, the pool
-    and the seed, so one set serves every target (FedBN: each site's released model)."""
+    and the seed, so one set serves every target (FedBN: each site's released model). With
+    ``--auditor N`` the auditor's online rungs run too (they need the candidates' sites)."""
     from attacks.ladder import run_ladder, train_shadows
 
     models, candidates, outs = args.model or [""], args.candidates, args.out
@@ -51,6 +59,8 @@ def run_attack_cmd(args) -> int:
         )
     cfg = load_config(args.config)
     n_shadows = args.shadows or cfg.mia.n_shadows
+    n_auditor = cfg.mia.auditor_shadows if args.auditor is None else args.auditor
+    budget = args.query_budget or cfg.mia.query_budget
     t0 = time.perf_counter()
     targets = [RemoteModel(args.target, name) for name in models]
     methods = {t.method for t in targets}
@@ -60,25 +70,37 @@ def run_attack_cmd(args) -> int:
     if len(pool_images) == 0:
         raise ValueError(f"{args.pool}: no attacker split to train shadow models on")
     jobs = [load_candidates(Path(c)) for c in candidates]  # every input checked before training
+    if n_auditor and any(s is None for _i, _m, s in jobs):
+        raise ValueError("the auditor's mode needs each candidate's site ('sites' in the .npz)")
     shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed,
                             pool_sites)  # fmt: skip
-    for target, (cand_images, cand_masks), out, site in zip(targets, jobs, outs, sites,
-                                                            strict=True):  # fmt: skip
+    for target, (cand_images, cand_masks, cand_sites), out, site in zip(
+        targets, jobs, outs, sites, strict=True
+    ):
         t1, queries = time.perf_counter(), {"n": 0}
 
         def predict(images, target=target, queries=queries):
             queries["n"] += len(images)
             return target.predict(images)
 
-        scores = run_ladder(predict, cfg, target.method, (pool_images, pool_masks),
+        ladder = run_ladder(predict, cfg, target.method, (pool_images, pool_masks),
                             (cand_images, cand_masks), seed=args.seed, shadows=shadows,
-                            site=site)  # fmt: skip
+                            site=site, query_budget=budget)  # fmt: skip
+        scores, info = dict(ladder.scores), {"ladder": ladder.info}
+        if n_auditor:
+            from attacks.auditor import run_auditor
+
+            aud = run_auditor(predict, cfg, target.method, (pool_images, pool_masks, pool_sites),
+                              (cand_images, cand_masks, cand_sites), n_shadows=n_auditor,
+                              seed=args.seed, site=site, query_budget=budget)  # fmt: skip
+            scores.update(aud.scores)
+            info["auditor"] = aud.info
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "scores.npz", **{k: np.asarray(v, np.float64) for k, v in scores.items()})
-        info = {"attacks": sorted(scores), "method": target.method, "model": target.model,
-                "n_candidates": int(len(cand_images)), "n_shadows": n_shadows, "site": site,
-                "queries": queries["n"], "wall_s": time.perf_counter() - t1}  # fmt: skip
+        info.update({"attacks": sorted(scores), "method": target.method, "model": target.model,
+                     "n_candidates": int(len(cand_images)), "n_shadows": n_shadows, "site": site,
+                     "queries": queries["n"], "wall_s": time.perf_counter() - t1})  # fmt: skip
         (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
         log.info("attack on %s %r done: %d candidates, %d queries", args.target, target.model,
                  info["n_candidates"], queries["n"])  # fmt: skip

@@ -1,4 +1,4 @@
-"""The attack ladder: blind baseline, loss threshold, learned shadow attack, offline LiRA.
+"""The attack ladder: every rung's membership scores for a set of candidate slices.
 
 What the attacker has (the black-box threat model of docs/architecture.md): a black box
 ``predict(images_hu int16 (N, H, W)) -> tumor probabilities float32 (N, H, W)``, the public
@@ -7,29 +7,22 @@ config (architecture and training recipe), its own pool of (image, mask) slices 
 membership labels. It never sees weights, gradients or the training data. Every score is
 "higher = member".
 
-Rungs:
+Rungs (``RUNGS``):
 
-1. ``blind_scores`` never queries the model: a fixed function of the candidate's image and mask.
-   On a proper split (members and non-members from the same distributions) it sits at AUC ≈ 0.5;
-   away from 0.5 it flags a biased split, not a leak.
-2. ``loss_scores`` (Yeom et al.): the negative per-image training loss (BCE + 1 − soft Dice).
-3. ``shadow_attack_scores`` (Shokri et al.; the paper's attack): shadow U-Nets trained like the
-   target on random halves of the pool, per-image output-map features (``attacks.features``) of
-   their in/out pool slices, a scikit-learn classifier, applied to the target's features.
-4. ``lira_scores``: offline LiRA with a fixed (global) variance. The candidates are never in the
-   attacker's pool, so every shadow is an OUT (reference) model for every candidate.
+- ``blind`` never queries the model: a fixed function of the candidate's image and mask. On a
+  proper split it sits at AUC ≈ 0.5; away from 0.5 it flags a biased split, not a leak.
+- ``loss`` (Yeom et al.): minus the per-image training loss (BCE + 1 − soft Dice).
+- ``shadow`` (Shokri et al.; the paper's attack): a scikit-learn classifier on per-image features
+  of the output map (``attacks.features``), trained on the shadows' IN/OUT pool slices.
+- ``map`` (He et al. / Chobola et al.): a small CNN on the per-pixel loss map (``attacks.maps``).
+- ``lira``: offline LiRA with a fixed variance (``attacks.calibrated``).
+- ``rmia``: offline RMIA against population samples z from the pool (``attacks.calibrated``).
 
-Shadows are shadow federations (``common.training.federated``): the shadow's half of the pool is
-split into five shadow sites by the public site profile each pool slice was drawn from, and the
-shadow runs the target's method — rounds, local epochs, batch size, learning rate, optimizer,
-FedProx's proximal term, DP-SGD per site with its own σ and accountant, FedBN's local
-normalisation — in one process. A centrally trained shadow (all of the half as one site, the
-ladder's first design) is a poor reference for a federated target: on a 64×64 FedAvg target
-(50 slices per site, 10 rounds × 5 epochs) offline LiRA reached AUC 0.48 with central shadows and
-0.68 with one shadow federation (docs/results.md). What still differs from the target: the
-shadow's sites hold the pool's slices (half the attacker pool, not ``data.train_total``), and
-every shadow starts from the public initial weights (``model_for(cfg, method)``). The blind
-baseline and the LiRA calibration are there to expose a mismatch that matters.
+Shadows are shadow federations trained like the target (``attacks.shadows``). Every candidate
+and population sample is queried under the views of ``mia.views`` (``attacks.views``) within the
+query budget; the calibrated rungs and the loss average over the views. With two shadows or more
+each shadow in turn plays the target for the others, which calibrates RMIA's ``a`` and measures
+every rung on shadow data: the strongest rung is chosen there, never on the target's labels.
 """
 
 from __future__ import annotations
@@ -37,22 +30,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from attacks.features import IDX, image_features, pixel_maps, tumour_region
-from common.methods import get_method
-from common.seeds import shadow_seed
-from common.transforms import predict_hu, to_inputs
+from attacks.calibrated import (
+    RMIA_A_FALLBACK,
+    calibrate_a,
+    lira_offline,
+    lira_signal,
+    rmia_scores,
+    rmia_signal,
+)
+from attacks.features import IDX, image_features
+from attacks.maps import map_attack_scores, map_inputs
+from attacks.shadows import QUERY_BATCH, ShadowModel, train_shadows
+from attacks.views import apply_view, views_within_budget
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
-QUERY_BATCH = 64  # slices per predict call; the release service enforces its own limit too
-LADDER = ("blind", "loss", "shadow", "lira")
+RUNGS = ("blind", "loss", "shadow", "map", "lira", "rmia")
+QUERY_RUNGS = RUNGS[1:]  # the blind baseline never queries the model
+FALLBACK_ORDER = ("lira", "rmia", "map", "shadow", "loss")  # one shadow: nothing to select on
 BLIND_WEIGHTS = np.array([1.0, 0.25, 0.25])  # tumor area, mean HU, HU std (see blind_scores)
 
 
@@ -120,104 +121,6 @@ def loss_scores(target_probs: np.ndarray, cand_masks: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shadow models
-
-
-@dataclass
-class ShadowModel:
-    """A shadow federation the attacker owns, and which pool slices it trained on.
-
-    ``model`` is its released global model; ``site_models`` its sites' own models (a method that
-    keeps normalisation layers local releases one model per site, and a target released by site
-    S is compared with the shadow's site S).
-    """
-
-    model: nn.Module
-    member_mask: np.ndarray  # bool over the attacker pool
-    window: tuple[float, float]
-    method: str
-    metrics: dict = field(default_factory=dict)
-    site_models: dict[str, nn.Module] = field(default_factory=dict)
-
-    def predict(
-        self, images_hu: np.ndarray, batch: int = QUERY_BATCH, site: str | None = None
-    ) -> np.ndarray:
-        """Tumor probabilities float32 (N, H, W) for int16 HU slices (same contract as the
-        target); ``site``: that site's own model where the shadow has one."""
-        model = self.site_models.get(site, self.model) if site is not None else self.model
-        model.eval()
-        return predict_hu(model, np.asarray(images_hu), self.window, batch)
-
-
-def _dataset(images: np.ndarray, masks: np.ndarray, window: tuple[float, float]):
-    from torch.utils.data import TensorDataset
-
-    x = to_inputs(images, window)
-    y = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1)
-    return TensorDataset(x, y)
-
-
-def train_shadows(
-    cfg,
-    method: str,
-    pool_images: np.ndarray,
-    pool_masks: np.ndarray,
-    n_shadows: int,
-    seed: int,
-    pool_sites: np.ndarray | None = None,
-) -> list[ShadowModel]:
-    """``n_shadows`` shadow federations, each trained like the target on a random half of the pool.
-
-    The half is split into shadow sites by ``pool_sites`` (the public site profile each pool slice
-    was drawn from), and the shadow runs the target's method, rounds, local epochs, batch size,
-    learning rate and DP-SGD per site (``common.training.federated``); a reference-row target
-    (``pooled``, ``local``) gets the same kind of shadow. Without ``pool_sites`` the half is one
-    site: a centrally trained shadow. ``cfg`` is the public ``common.config.Config``.
-    """
-    from common.training.federated import simulate_method
-
-    pool_images, pool_masks = np.asarray(pool_images), np.asarray(pool_masks)
-    if pool_images.ndim != 3 or pool_images.shape != pool_masks.shape:
-        raise ValueError(
-            f"pool images and masks must be (N, H, W), got {pool_images.shape}, {pool_masks.shape}"
-        )
-    if n_shadows < 1:
-        raise ValueError(f"n_shadows must be >= 1, got {n_shadows}")
-    n = len(pool_images)
-    if n < 4:
-        raise ValueError(f"the attacker pool needs at least 4 slices (2 in, 2 out), got {n}")
-    sites = np.full(n, "pool") if pool_sites is None else np.asarray(pool_sites).astype(str)
-    if sites.shape != (n,):
-        raise ValueError(f"pool_sites must give one site per pool slice, got shape {sites.shape}")
-    window = tuple(cfg.data.window)
-    shadows = []
-    for i in range(n_shadows):
-        rng = np.random.default_rng([seed, i])
-        member = np.zeros(n, bool)
-        member[rng.permutation(n)[: n // 2]] = True
-        datasets = {
-            str(s): _dataset(pool_images[member & (sites == s)], pool_masks[member & (sites == s)],
-                             window)
-            for s in np.unique(sites[member])
-        }  # fmt: skip
-        start = time.perf_counter()
-        fed = simulate_method(cfg, method, datasets, seed=shadow_seed(seed, i))
-        elapsed = time.perf_counter() - start
-        site_models = (
-            {s: fed.model(cfg, method, s) for s in datasets}
-            if get_method(method).release == "per_site"
-            else {}
-        )
-        metrics = {"shadow_train_s": elapsed, "shadow_sites": len(datasets)}
-        log.info("shadow federation %d/%d (%s, %d sites) trained in %.1fs", i + 1, n_shadows,
-                 method, len(datasets), elapsed)  # fmt: skip
-        shadows.append(
-            ShadowModel(fed.model(cfg, method), member, window, method, metrics, site_models)
-        )
-    return shadows
-
-
-# ---------------------------------------------------------------------------------------------
 # Rung 3: learned shadow attack
 
 
@@ -279,69 +182,93 @@ def shadow_attack_scores(
 
 
 # ---------------------------------------------------------------------------------------------
-# Rung 4: offline LiRA, fixed variance
-
-
-LIRA_RING_PX = 3  # the LiRA statistic's region: the tumour and this many pixels around it
-
-
-def lira_signal(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per-image LiRA statistic: the mean logit-scaled confidence on the true label,
-    φ = log p_y − log(1 − p_y) (probabilities clipped, see ``attacks.features``), over the tumour
-    and a ``LIRA_RING_PX`` ring around it — the whole slice when it has no tumour.
-
-    Memorisation shows on tumour and boundary pixels; the far background is easy for every model
-    and only adds variance (He et al., ECCV 2020). Measured on the standard profile's FedAvg
-    target: AUC 0.630 → 0.655 with one shadow federation, 0.681 → 0.702 with three
-    (docs/results.md).
-    """
-    m = pixel_maps(probs, masks)
-    n = len(m["phi"])
-    phi = m["phi"].reshape(n, -1)
-    region = tumour_region(m["g"], LIRA_RING_PX).reshape(n, -1)
-    count = region.sum(axis=1)
-    inside = np.divide((phi * region).sum(axis=1), count, out=np.zeros(n), where=count > 0)
-    return np.where(count > 0, inside, phi.mean(axis=1))
-
-
-def _lira_from_signals(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Offline one-sided LiRA: log P(φ_ref <= φ_target) under N(μ_out(x), σ²) per candidate.
-
-    ``reference`` is (n_shadows, N). μ_out is the per-candidate mean over reference models; σ is
-    one global standard deviation (LiRA's "fixed variance", the stable choice with few shadows):
-    the pooled within-candidate spread with >= 2 shadows, else the spread of φ_ref over the
-    candidates. With a global σ the ranking is that of φ_target − μ_out(x); σ only scales it.
-    """
-    from scipy.stats import norm
-
-    mu = reference.mean(axis=0)
-    if len(reference) >= 2:
-        sigma = float(
-            np.sqrt(((reference - mu) ** 2).sum() / (reference.size - reference.shape[1]))
-        )
-    else:
-        sigma = float(reference.std())
-    sigma = max(sigma, 1e-6)
-    return norm.logcdf((target - mu) / sigma)
-
-
-def lira_scores(
-    shadows: list[ShadowModel],
-    target_probs: np.ndarray,
-    cand_images: np.ndarray,
-    cand_masks: np.ndarray,
-    site: str | None = None,
-) -> np.ndarray:
-    """Offline fixed-variance LiRA with the shadows as OUT models; higher = member."""
-    target = lira_signal(target_probs, cand_masks)
-    reference = np.stack(
-        [lira_signal(sh.predict(cand_images, site=site), cand_masks) for sh in shadows]
-    )
-    return _lira_from_signals(target, reference)
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole ladder
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, bool)
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else 0.5
+
+
+@dataclass
+class LadderResult:
+    """Every rung's scores for the candidates (higher = member) and what the attack spent and
+    chose: ``info`` holds the views and queries used, RMIA's ``a``, the per-rung AUCs measured on
+    the shadows (``selection``) and the ``strongest`` rung picked from them."""
+
+    scores: dict[str, np.ndarray]
+    info: dict
+
+
+def _population(shadows: list[ShadowModel], size: int, seed: int) -> np.ndarray:
+    """Indices of RMIA's population samples z: pool slices that no shadow trained on."""
+    out_all = ~np.any([sh.member_mask for sh in shadows], axis=0)
+    idx = np.flatnonzero(out_all)
+    if len(idx) > size:
+        idx = np.sort(np.random.default_rng([seed, 104729]).choice(idx, size, replace=False))
+    if not len(idx):
+        raise ValueError("no pool slice is outside every shadow: RMIA has no population samples")
+    return idx
+
+
+def select_on_shadows(
+    pool_probs: list[np.ndarray],
+    pool_masks: np.ndarray,
+    members: np.ndarray,
+    z_idx: np.ndarray,
+    *,
+    gamma: float,
+    classifier: str,
+    seed: int,
+    rungs=QUERY_RUNGS,
+) -> tuple[dict[str, float], float | None, dict]:
+    """Each shadow in turn plays the target (labels: its own pool membership), the others are
+    its references and the attacker's training data; every queried rung is scored on the pool
+    slices that at least one other shadow left out. Returns ({rung: mean AUC}, RMIA's calibrated
+    ``a``, {a: mean AUC}). This is where the strongest rung is chosen: on shadow data only,
+    never on the target's labels. Needs two shadows or more."""
+    s = len(pool_probs)
+    if s < 2:
+        raise ValueError("selecting on shadow data needs at least two shadows")
+    members = np.asarray(members, bool)
+    feats = [image_features(p, pool_masks) for p in pool_probs]
+    lira_sig = np.stack([lira_signal(p, pool_masks) for p in pool_probs])
+    rmia_sig = np.stack([rmia_signal(p, pool_masks) for p in pool_probs])
+    need_maps = "map" in rungs
+    maps = [map_inputs(p, pool_masks) for p in pool_probs] if need_maps else []
+    per_rung: dict[str, list[float]] = {r: [] for r in rungs}
+    pairs = []
+    for j in range(s):
+        others = [k for k in range(s) if k != j]
+        out = ~members[others]
+        ev = out.any(axis=0)
+        y = members[j][ev]
+        cols = {}
+        if "loss" in rungs:
+            cols["loss"] = -feats[j][ev, IDX["seg_loss"]]
+        if "lira" in rungs:
+            cols["lira"] = lira_offline(lira_sig[j][ev], lira_sig[others][:, ev], out[:, ev])
+        if "shadow" in rungs:
+            cols["shadow"] = _shadow_from_features(
+                np.concatenate([feats[k] for k in others]), members[others].ravel(),
+                feats[j][ev], classifier)  # fmt: skip
+        if need_maps:
+            cols["map"] = map_attack_scores(
+                torch.cat([maps[k] for k in others]), members[others].ravel(), maps[j][ev], seed
+            )
+        for r, v in cols.items():
+            per_rung[r].append(_auc(v, y))
+        kw = {"target_x": rmia_sig[j][ev], "reference_x": rmia_sig[others][:, ev],
+              "use_x": out[:, ev], "target_z": rmia_sig[j][z_idx],
+              "reference_z": rmia_sig[others][:, z_idx], "gamma": gamma}  # fmt: skip
+        pairs.append((kw, y))
+    a, a_table = (None, {})
+    if "rmia" in rungs:
+        a, a_table = calibrate_a(pairs, _auc)
+        per_rung["rmia"] = [_auc(rmia_scores(**kw, a=a), y) for kw, y in pairs]
+    return {r: float(np.mean(v)) for r, v in per_rung.items()}, a, a_table
 
 
 def run_ladder(
@@ -356,13 +283,16 @@ def run_ladder(
     classifier: str = "auto",
     shadows: list[ShadowModel] | None = None,
     site: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Every rung's scores for the candidates: ``{"blind", "loss", "shadow", "lira"}``.
+    query_budget: int | None = None,
+) -> LadderResult:
+    """Every rung's scores for the candidates and the strongest rung, chosen on shadow data.
 
     ``pool`` is (images, masks) or (images, masks, sites) (``train_shadows``). The target is
-    queried once for all candidates; pass ``shadows`` to reuse trained ones; ``site``: the
-    target is that site's own model.
+    queried on every candidate and on RMIA's population samples, under each of ``cfg.mia.views``
+    that fits ``query_budget`` (target queries in all); pass ``shadows`` to reuse trained ones;
+    ``site``: the target is that site's own model.
     """
+    mia = cfg.mia
     pool_images, pool_masks = (np.asarray(a) for a in pool[:2])
     pool_sites = np.asarray(pool[2]) if len(pool) > 2 else None
     cand_images, cand_masks = (np.asarray(a) for a in candidates)
@@ -372,18 +302,77 @@ def run_ladder(
             f"{cand_masks.shape}"
         )
     t0 = time.perf_counter()
-    target_probs = query(predict, cand_images)  # the only queries of the whole ladder
-    t1 = time.perf_counter()
     if shadows is None:
         shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed, pool_sites)
+    t1 = time.perf_counter()
+    z_idx = _population(shadows, mia.population, seed)
+    z_images, z_masks = pool_images[z_idx], pool_masks[z_idx]
+    views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
+    queries = 0
+    lira_t, rmia_t, rmia_tz, loss_v, target_id = [], [], [], [], None
+    lira_r, rmia_r, rmia_rz = ([[] for _ in shadows] for _ in range(3))
+    for v in views:
+        xv, mv = apply_view(v, cand_images), apply_view(v, cand_masks)
+        zv, zmv = apply_view(v, z_images), apply_view(v, z_masks)
+        probs, probs_z = query(predict, xv), query(predict, zv)
+        queries += len(xv) + len(zv)
+        target_id = probs if target_id is None else target_id
+        loss_v.append(loss_scores(probs, mv))
+        lira_t.append(lira_signal(probs, mv))
+        rmia_t.append(rmia_signal(probs, mv))
+        rmia_tz.append(rmia_signal(probs_z, zmv))
+        for k, sh in enumerate(shadows):
+            sp = sh.predict(xv, site=site)
+            lira_r[k].append(lira_signal(sp, mv))
+            rmia_r[k].append(rmia_signal(sp, mv))
+            rmia_rz[k].append(rmia_signal(sh.predict(zv, site=site), zmv))
     t2 = time.perf_counter()
+    pool_probs = [sh.predict(pool_images, site=site) for sh in shadows]
+    members = np.stack([sh.member_mask for sh in shadows])
+    selection, a, a_table = {}, mia.rmia_a, {}
+    if len(shadows) >= 2:
+        selection, a_cal, a_table = select_on_shadows(
+            pool_probs, pool_masks, members, z_idx, gamma=mia.rmia_gamma,
+            classifier=classifier, seed=seed)  # fmt: skip
+        a = a_cal if mia.rmia_a is None else mia.rmia_a
+    a = RMIA_A_FALLBACK if a is None else a
+    strongest = (
+        max(selection, key=selection.get)
+        if selection
+        else next(r for r in FALLBACK_ORDER if r in QUERY_RUNGS)
+    )
+    cand_feats = image_features(target_id, cand_masks)
     scores = {
         "blind": blind_scores(cand_images, cand_masks),
-        "loss": loss_scores(target_probs, cand_masks),
-        "shadow": shadow_attack_scores(shadows, target_probs, cand_masks, pool_images, pool_masks,
-                                       classifier=classifier, site=site),
-        "lira": lira_scores(shadows, target_probs, cand_images, cand_masks, site),
+        "loss": np.mean(loss_v, axis=0),
+        "shadow": _shadow_from_features(
+            np.concatenate([image_features(p, pool_masks) for p in pool_probs]), members.ravel(),
+            cand_feats, classifier),
+        "map": map_attack_scores(
+            torch.cat([map_inputs(p, pool_masks) for p in pool_probs]), members.ravel(),
+            map_inputs(target_id, cand_masks), seed),
+        "lira": lira_offline(np.stack(lira_t), np.stack([np.stack(r) for r in lira_r])),
+        "rmia": rmia_scores(np.stack(rmia_t), np.stack([np.stack(r) for r in rmia_r]),
+                            np.stack(rmia_tz), np.stack([np.stack(r) for r in rmia_rz]),
+                            gamma=mia.rmia_gamma, a=a),
     }  # fmt: skip
-    log.info("ladder: query %.1fs, shadows %.1fs, attacks %.1fs (%d shadows, %d candidates)",
-             t1 - t0, t2 - t1, time.perf_counter() - t2, len(shadows), len(cand_images))  # fmt: skip
-    return scores
+    t3 = time.perf_counter()
+    info = {
+        "views": list(views),
+        "queries": queries,
+        "n_population": int(len(z_idx)),
+        "rmia_a": float(a),
+        "rmia_a_calibrated": bool(a_table) and mia.rmia_a is None,
+        "rmia_a_table": a_table,
+        "rmia_gamma": mia.rmia_gamma,
+        "selection": selection,
+        "strongest": strongest,
+        "selected_on": "shadows" if selection else "fixed order (one shadow: nothing to select on)",
+        "n_shadows": len(shadows),
+        "timing_s": {"shadows": t1 - t0, "queries": t2 - t1, "attacks": t3 - t2},
+    }
+    log.info("ladder: shadows %.1fs, queries+shadow views %.1fs, attacks %.1fs (%d shadows, %d "
+             "candidates, %d queries, views %s); strongest on shadow data: %s",
+             t1 - t0, t2 - t1, t3 - t2, len(shadows), len(cand_images), queries, ",".join(views),
+             strongest)  # fmt: skip
+    return LadderResult(scores, info)

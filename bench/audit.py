@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.auditor import AUDITOR_RUNGS
 from bench.fleet import fedonco, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
@@ -26,7 +27,7 @@ from common.io import load_npz, write_json_atomic
 from common.seeds import candidates_rng
 
 log = logging.getLogger(__name__)
-QUERY_ATTACKS = ("loss", "shadow", "lira")  # the blind baseline never queries the model
+AUDITOR_HEADLINE = "lira_online"  # the auditor's column quotes this rung (a fixed choice)
 
 
 def draw_candidates(data_dir: Path, n_members: int, seed: int):
@@ -101,9 +102,10 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
     {tag: (scores, attack info)}."""
     args = ["attack", "--target", address, "--pool", str(pool), "--config", str(config_path),
             "--seed", str(cfg.seed)]  # fmt: skip
-    for tag, (model, images, masks, out) in jobs.items():
+    for tag, (model, images, masks, sites, out) in jobs.items():
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "candidates.npz", images=images, masks=masks)  # no labels for the attacker
+        # no labels for the attacker; the site a slice came from is not secret
+        np.savez(out / "candidates.npz", images=images, masks=masks, sites=sites)
         args += ["--model", model, "--candidates", str(out / "candidates.npz"), "--out", str(out)]
         if tag != "all":  # a site's own release (FedBN): which site released it is public
             args += ["--site", tag]
@@ -113,8 +115,26 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
         raise RuntimeError(f"attacker exited {rc}: see {log_file}")
     return {
         tag: (load_npz(out / "scores.npz"), json.loads((out / "attack.json").read_text()))
-        for tag, (_m, _i, _k, out) in jobs.items()
+        for tag, (_m, _i, _k, _s, out) in jobs.items()
     }
+
+
+def strongest_rung(ladders: list[dict]) -> tuple[str | None, str]:
+    """The rung the summary quotes, from what the attacker measured on its own shadows (the mean
+    of each rung's shadow AUC over the targets), never from the target's labels; with one shadow
+    (nothing to measure on) the attacker's fixed choice. Returns (rung, how it was chosen)."""
+    tables = [lad.get("selection") or {} for lad in ladders]
+    if tables and all(tables):
+        rungs = set.intersection(*(set(t) for t in tables))
+        mean = {r: float(np.mean([t[r] for t in tables])) for r in rungs}
+        if mean:
+            return max(sorted(mean), key=mean.get), "shadow AUC " + ", ".join(
+                f"{r} {mean[r]:.3f}" for r in sorted(mean, key=mean.get, reverse=True)
+            )
+    picks = [lad.get("strongest") for lad in ladders if lad.get("strongest")]
+    if picks:
+        return picks[0], "fixed order (one shadow)"
+    return None, "no ladder ran"
 
 
 def local_targets(method_dir: Path) -> dict[str, str]:
@@ -146,15 +166,17 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     if not targets:
         return {"error": "no released model found", "attacks": {}}
     picks = {t: np.ones(len(images), bool) if t == "all" else sites == t for t in targets}
-    jobs = {t: (name, images[picks[t]], masks[picks[t]], out / t) for t, name in targets.items()}
+    jobs = {t: (name, images[picks[t]], masks[picks[t]], sites[picks[t]], out / t)
+            for t, name in targets.items()}  # fmt: skip
     if address is None:
         with local_release(method_dir, logs) as local:
             answers = run_attacker(cfg, config_path, local, jobs, logs / "attacker.log", pool)
     else:
         answers = run_attacker(cfg, config_path, address, jobs, logs / "attacker.log", pool)
-    scores, info = {}, {"queries": 0, "targets": sorted(targets)}
+    scores, info = {}, {"queries": 0, "targets": sorted(targets), "per_target": {}}
     for tag, (part, part_info) in answers.items():
         info["queries"] += part_info["queries"]
+        info["per_target"][tag] = {k: part_info.get(k) for k in ("ladder", "auditor")}
         for k, v in part.items():
             scores.setdefault(k, np.full(len(images), np.nan))[picks[tag]] = v
     covered = ~np.isnan(next(iter(scores.values())))
@@ -167,21 +189,30 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
         for name, s in scores.items()
     }  # fmt: skip
     roc_plot({k: (v, member) for k, v in scores.items()}, out / "roc.png")
-    queried = {k: v for k, v in attacks.items() if k in QUERY_ATTACKS}
-    best = max(queried, key=lambda k: queried[k]["auc"]) if queried else None
-    top = attacks[best] if best else {}
+    auditor = {k: attacks.pop(k) for k in AUDITOR_RUNGS if k in attacks}
+    best, selection = strongest_rung([i.get("ladder") or {} for i in info["per_target"].values()])
+    top = attacks.get(best, {})
     mia = {
         "auc": top.get("auc"),
         "auc_ci95": top.get("auc_ci95"),
         "tpr_at_1pct_fpr": top.get("tpr_at_1pct_fpr"),
+        "tpr_at_0.1pct_fpr": top.get("tpr_at_0.1pct_fpr"),
         "n_members": int(member.sum()),
         "n_nonmembers": int((~member).sum()),
         "attack": best,
+        "selected_on": selection,
         "attacks": attacks,
         "error": top.get("error"),
         "attacker_wall_s": wall,
         "attack_info": info,
     }
+    if auditor:
+        head = auditor.get(AUDITOR_HEADLINE, {})
+        mia["auditor"] = {"attack": AUDITOR_HEADLINE, "auc": head.get("auc"),
+                          "auc_ci95": head.get("auc_ci95"),
+                          "tpr_at_1pct_fpr": head.get("tpr_at_1pct_fpr"), "attacks": auditor,
+                          "threat_model": "knows the candidate set (not the labels); online "
+                          "shadows that include half of the candidates"}  # fmt: skip
     blind = attacks.get("blind", {}).get("auc")
     if blind is not None and not 0.45 <= blind <= 0.55:
         mia["warning"] = (

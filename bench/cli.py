@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="black-box membership-inference attack on a release service",
         description="Score candidate slices for membership using only Predict on the target "
         "release service, the public config and the attacker's own pool (the dataset's "
-        "'attacker' split): blind baseline, loss threshold, learned shadow-model attack, LiRA.",
+        "'attacker' split): blind baseline, loss threshold, learned shadow-model attack, "
+        "loss-map CNN, offline LiRA and RMIA (each candidate under mia.views); with --auditor, "
+        "the auditor's online LiRA and RMIA too.",
     )
     p.add_argument("--target", required=True, help="release service host:port")
     p.add_argument("--model", action="append", help="model name on the release service (default: "
@@ -252,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "method whose sites release their own models (FedBN; public knowledge): the "
                    "shadow federation's model of that site is the reference; once per target")  # fmt: skip
     p.add_argument("--shadows", type=int, help="number of shadow federations (default: "
-                   "mia.n_shadows)")  # fmt: skip
+                   "mia.n_shadows; >= 2 lets the attack pick its strongest rung on them)")  # fmt: skip
+    p.add_argument("--auditor", type=int, metavar="N", help="also run the auditor's online rungs "
+                   "with N shadows that train on half the candidates each (even; default "
+                   "mia.auditor_shadows; needs 'sites' in the candidates)")  # fmt: skip
+    p.add_argument("--query-budget", type=int, metavar="Q", help="at most Q Predict calls per "
+                   "target (slices); views beyond it are dropped (default mia.query_budget)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_attack)
 
@@ -282,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. target_epsilon=1,2,4,8; writes plots/privacy_utility.png (with --seeds: "
         "plots/frontier.png, Dice and TPR@1%%FPR against the value, mean ± sd)",
     )
+    p.add_argument("--auditor", type=int, metavar="N",
+                   help="also run the auditor's online LiRA/RMIA with N shadows (even) per "
+                   "audited method: the strongest adversary, reported in its own column "
+                   "(sets mia.auditor_shadows; costs N more shadow federations per method)")  # fmt: skip
     p.add_argument("--sweep-method", metavar="METHOD",
                    help="the DP method a --sweep runs (default dpsgd), e.g. dpsgd-pt; its recipe "
                    "applies, with the swept value on top")  # fmt: skip

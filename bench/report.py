@@ -123,27 +123,56 @@ def markdown(results: dict) -> str:
         )
     mia_rows = [(m, r["mia"]) for m, r in results["methods"].items() if r.get("mia")]
     if mia_rows:
-        names = sorted({a for _m, mia in mia_rows for a in mia.get("attacks", {})})
-        lines += ["", "Membership inference (black box, over gRPC): AUC [95% CI] / TPR@1%FPR per attack; "
-                  "members from train, non-members from holdout.", "",
-                  "| method | members / non-members | " + " | ".join(names) + " | strongest | DP ceiling TPR@1% |",
-                  "|---" * (4 + len(names)) + "|"]  # fmt: skip
-        for m, mia in mia_rows:
-            cells = []
-            for a in names:
-                x = mia.get("attacks", {}).get(a)
-                cells.append("n/a" if not x else f"{_fmt(x['auc'])} [{_fmt(x['auc_ci95'][0], 2)}, "
-                             f"{_fmt(x['auc_ci95'][1], 2)}] / {_fmt(x['tpr_at_1pct_fpr'], 3)}"
-                             + (" ⚠ " + x["error"] if x.get("error") else ""))  # fmt: skip
-            ceiling = (mia.get("attacks", {}).get(mia.get("attack") or "", {}) or {}).get(
-                "dp_ceiling"
-            ) or {}
-            lines.append(f"| {m} | {mia.get('n_members', 'n/a')} / {mia.get('n_nonmembers', 'n/a')} | "
-                         + " | ".join(cells) + f" | {mia.get('attack') or mia.get('error')} | "
-                         f"{_fmt(ceiling.get('tpr_at_1pct_fpr'), 3)} |")  # fmt: skip
-            if mia.get("warning"):
-                lines.append(f"\n⚠ {m}: {mia['warning']}\n")
+        lines += _mia_table(mia_rows)
     return "\n".join(lines) + "\n"
+
+
+RUNG_ORDER = ("blind", "loss", "shadow", "map", "lira", "rmia", "lira_online", "rmia_online")
+
+
+def _attack_cell(x: dict | None) -> str:
+    if not x:
+        return "n/a"
+    cell = (f"{_fmt(x['auc'])} [{_fmt(x['auc_ci95'][0], 2)}, {_fmt(x['auc_ci95'][1], 2)}] / "
+            f"{_fmt(x['tpr_at_1pct_fpr'], 3)}")  # fmt: skip
+    if x.get("tpr_at_0.1pct_fpr") is not None:
+        cell += f" / {_fmt(x['tpr_at_0.1pct_fpr'], 4)}"
+    return cell + (" ⚠ " + x["error"] if x.get("error") else "")
+
+
+def _mia_table(mia_rows) -> list[str]:
+    """The audit: one column per rung of the black-box attacker, then the auditor's online rungs
+    (another threat model: it knows the candidate set) in their own columns."""
+    present = {a for _m, mia in mia_rows for a in mia.get("attacks", {})}
+    auditor = {a for _m, mia in mia_rows for a in (mia.get("auditor") or {}).get("attacks", {})}
+    names = [a for a in RUNG_ORDER if a in present] + sorted(present - set(RUNG_ORDER))
+    aud = [a for a in RUNG_ORDER if a in auditor]
+    lines = ["", "Membership inference: AUC [95% CI] / TPR@1%FPR (/ TPR@0.1%FPR with >= 1,000 "
+             "non-members) per rung; members from train, non-members from holdout. Black box: "
+             "only Predict, shadows from its own pool; the strongest rung is chosen on shadow "
+             "data. Auditor (†): also knows the candidate set and trains online shadows on half "
+             "of it.", "",
+             "| method | members / non-members | " + " | ".join(names)
+             + "".join(f" | {a} †" for a in aud)
+             + " | strongest (black box) | queries | DP ceiling TPR@1% |",
+             "|---" * (5 + len(names) + len(aud)) + "|"]  # fmt: skip
+    notes = []
+    for m, mia in mia_rows:
+        cells = [_attack_cell(mia.get("attacks", {}).get(a)) for a in names]
+        cells += [_attack_cell((mia.get("auditor") or {}).get("attacks", {}).get(a)) for a in aud]
+        ceiling = (mia.get("attacks", {}).get(mia.get("attack") or "", {}) or {}).get(
+            "dp_ceiling"
+        ) or {}
+        queries = (mia.get("attack_info") or {}).get("queries")
+        lines.append(f"| {m} | {mia.get('n_members', 'n/a')} / {mia.get('n_nonmembers', 'n/a')} | "
+                     + " | ".join(cells) + f" | {mia.get('attack') or mia.get('error')} | "
+                     f"{queries if queries is not None else 'n/a'} | "
+                     f"{_fmt(ceiling.get('tpr_at_1pct_fpr'), 3)} |")  # fmt: skip
+        if mia.get("selected_on"):
+            notes.append(f"- {m}: strongest rung chosen on {mia['selected_on']}.")
+        if mia.get("warning"):
+            notes.append(f"- ⚠ {m}: {mia['warning']}")
+    return lines + ([""] + notes if notes else [])
 
 
 def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:

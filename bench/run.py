@@ -197,6 +197,8 @@ def bench_config(args) -> Config:
     cfg = resolve_config(args.config, args.profile, args.seed)
     if getattr(args, "methods", None):
         cfg = with_overrides(cfg, **{"fl.methods": [m.strip() for m in args.methods.split(",")]})
+    if getattr(args, "auditor", None) is not None:
+        cfg = with_overrides(cfg, **{"mia.auditor_shadows": args.auditor})
     if getattr(args, "dry_run", False):
         cfg = with_overrides(cfg, profile=f"{cfg.profile}-dryrun", **DRY_RUN)
         # a recipe's own train settings (e.g. a large DP batch) would undo the dry run's

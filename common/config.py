@@ -186,6 +186,9 @@ class DPConfig(_Frozen):
         return self
 
 
+MIA_VIEWS = ("id", "hflip", "vflip", "right", "left", "down", "up")  # attacks.views
+
+
 class MIAConfig(_Frozen):
     """The membership-inference audit run by the benchmark (the attacker only queries Predict)."""
 
@@ -193,8 +196,46 @@ class MIAConfig(_Frozen):
     n_members: int = Field(
         500, ge=10, description="drawn from the train splits, stratified by site"
     )
-    n_shadows: int = Field(1, ge=1, description="shadow / reference models of the attacker")
+    n_shadows: int = Field(
+        1,
+        ge=1,
+        description="shadow federations of the attacker (>= 2: the strongest rung and "
+        "RMIA's a are chosen on them)",
+    )
     bootstrap: int = Field(1000, ge=100)
+    views: tuple[str, ...] = Field(
+        ("id",),
+        description="query views of each candidate (attacks.views): id, hflip, vflip, "
+        "right, left, down, up; each is one Predict per slice",
+    )
+    population: int = Field(200, ge=10, description="RMIA's population samples z from the pool")
+    rmia_gamma: float = Field(1.0, gt=0, description="RMIA's likelihood-ratio threshold")
+    rmia_a: float | None = Field(
+        None, ge=0, le=1, description="RMIA's offline scaling; None: calibrated on the shadows"
+    )
+    query_budget: int | None = Field(
+        None, ge=1, description="target queries per released model; views beyond it are dropped"
+    )
+    auditor_shadows: int = Field(
+        0, ge=0, description="the auditor's online shadows (even, >= 2; 0: no auditor run)"
+    )
+
+    @field_validator("views")
+    @classmethod
+    def _views(cls, v):
+        if not v or v[0] != "id" or len(set(v)) != len(v) or set(v) - set(MIA_VIEWS):
+            raise ValueError(
+                f"views must be distinct names from {', '.join(MIA_VIEWS)}, starting with 'id'; "
+                f"got {', '.join(v) or 'none'}"
+            )
+        return v
+
+    @field_validator("auditor_shadows")
+    @classmethod
+    def _even(cls, v):
+        if v and (v < 2 or v % 2):
+            raise ValueError(f"auditor_shadows must be 0 or an even number >= 2, got {v}")
+        return v
 
 
 class DiffusionConfig(_Frozen):

@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from attacks.calibrated import lira_signal  # noqa: E402
 from attacks.features import IDX, image_features  # noqa: E402
-from attacks.ladder import _dataset, lira_signal, train_shadows  # noqa: E402
+from attacks.shadows import dataset, train_shadows  # noqa: E402
 from bench.audit_metrics import audit_metrics  # noqa: E402
 from common.config import SITE_NAMES, load_config  # noqa: E402
 from common.data.build import build_dataset  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> int:
 
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        sites = {s: _dataset(t[0], t[1], window) for s, t in train.items()}
+        sites = {s: dataset(t[0], t[1], window) for s, t in train.items()}
         fed = simulate_method(cfg, method, sites, seed=cfg.seed)
         model = fed.model(cfg, method)
         t_train = time.perf_counter() - t0

@@ -12,17 +12,16 @@ import torch
 import common.training.dp
 import common.training.local
 from attacks import ladder
+from attacks.calibrated import lira_offline, lira_signal
 from attacks.features import FEATURE_NAMES, IDX, image_features
 from attacks.ladder import (
-    ShadowModel,
     blind_scores,
-    lira_scores,
     loss_scores,
     query,
     run_ladder,
     shadow_attack_scores,
-    train_shadows,
 )
+from attacks.shadows import ShadowModel, dataset, train_shadows
 from bench.audit_metrics import BROKEN_ATTACK, audit_metrics, rank_auc, roc_plot
 from common.config import Config, DataConfig, ModelConfig, TrainConfig
 from common.data.generate import render_slice
@@ -186,7 +185,7 @@ def overfit():
     member = np.zeros(64, bool)
     member[:16] = True
     fed = simulate_federation(
-        cfg, "fedavg", {"A": ladder._dataset(images[:16], masks[:16], WINDOW)}, seed=5
+        cfg, "fedavg", {"A": dataset(images[:16], masks[:16], WINDOW)}, seed=5
     )
     model = fed.model(cfg, "fedavg")
     return cfg, _model_predict(model), images, masks, member
@@ -280,7 +279,10 @@ def test_shadow_attack_and_lira_run_end_to_end(overfit):
     shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=0)
     probs = query(predict, images)
     s = shadow_attack_scores(shadows, probs, masks, *pool)
-    lira = lira_scores(shadows, probs, images, masks)
+    lira = lira_offline(
+        lira_signal(probs, masks),
+        np.stack([lira_signal(sh.predict(images), masks) for sh in shadows]),
+    )
     for scores in (s, lira):
         assert scores.shape == (64,) and np.isfinite(scores).all()
     assert audit_metrics(s, member, n_boot=100)["auc"] > 0.6
@@ -296,19 +298,22 @@ def test_run_ladder_all_rungs(overfit):
         return predict(x)
 
     start = time.perf_counter()
-    scores = run_ladder(
+    result = run_ladder(
         counting_predict, cfg, "fedavg", _blobs(32, 13), (images, masks), n_shadows=1, seed=2
     )
     elapsed = time.perf_counter() - start
-    assert set(scores) == set(ladder.LADDER)
-    assert sum(queried) == len(images)  # the target is queried once per candidate
+    scores = result.scores
+    assert set(scores) == set(ladder.RUNGS)
+    # once per candidate and per population sample (the pool half no shadow trained on)
+    assert sum(queried) == len(images) + 16 == result.info["queries"]
+    assert result.info["strongest"] == ladder.FALLBACK_ORDER[0] and not result.info["selection"]
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in scores.items()}
     assert abs(aucs["blind"] - 0.5) < 0.25 and aucs["loss"] > 0.8
     print(f"run_ladder: {elapsed:.1f}s, AUCs {aucs}")
 
 
 def test_lira_signal_reads_the_tumour_and_its_ring_or_the_whole_empty_slice():
-    from attacks.ladder import LIRA_RING_PX, lira_signal
+    from attacks.calibrated import LIRA_RING_PX
 
     masks = np.zeros((2, SIZE, SIZE), np.uint8)
     masks[0, 10:14, 10:14] = 1  # slice 0 has a tumour, slice 1 none
@@ -324,3 +329,76 @@ def test_lira_signal_reads_the_tumour_and_its_ring_or_the_whole_empty_slice():
     outside = probs.copy()
     outside[0, 10 - LIRA_RING_PX - 1, 12] = 0.9  # just outside the ring: not counted
     assert lira_signal(outside, masks)[0] == base[0]
+
+
+def test_shadows_are_cached_by_recipe_and_reloaded_bit_identical(tmp_path, monkeypatch):
+    from common.training.pretrain import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    cfg = _cfg(rounds=2, local_epochs=1)
+    images, masks = _blobs(12, 4)
+    sites = np.array(list("AABBCCAABBCC"))
+    (first,) = train_shadows(cfg, "fedbn", images, masks, 1, seed=0, pool_sites=sites)
+    assert len(list(tmp_path.glob("shadow-*.npz"))) == 1 and not first.metrics["cached"]
+    real = common.training.local.train_local
+    monkeypatch.setattr(common.training.local, "train_local",
+                        lambda *a, **k: pytest.fail("a cached shadow was trained again"))  # fmt: skip
+    (again,) = train_shadows(cfg, "fedbn", images, masks, 1, seed=0, pool_sites=sites)
+    assert again.metrics["cached"] and np.array_equal(again.member_mask, first.member_mask)
+    assert set(again.site_models) == set(first.site_models)  # FedBN: every site's own model
+    for site in (None, *first.site_models):
+        assert np.array_equal(again.predict(images, site=site), first.predict(images, site=site))
+    monkeypatch.setattr(common.training.local, "train_local", real)
+    (other,) = train_shadows(_cfg(rounds=3, local_epochs=1), "fedbn", images, masks, 1, seed=0,
+                             pool_sites=sites)  # fmt: skip
+    assert not other.metrics["cached"]  # another recipe: another shadow
+    assert len(list(tmp_path.glob("shadow-*.npz"))) == 2
+
+
+def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit):
+    from attacks.auditor import AUDITOR_RUNGS, run_auditor
+
+    cfg, predict, images, masks, member = overfit
+    pool_images, pool_masks = _blobs(32, 14)
+    pool = (pool_images, pool_masks, np.array(["A", "B"] * 16))
+    cand_sites = np.array(["A", "B"] * 32)
+    quick = _cfg(rounds=8, local_epochs=5)
+    result = run_auditor(predict, quick, "fedavg", pool, (images, masks, cand_sites),
+                         n_shadows=2, seed=1)  # fmt: skip
+    assert set(result.scores) == set(AUDITOR_RUNGS)
+    for s in result.scores.values():
+        assert s.shape == (64,) and np.isfinite(s).all()
+    rmia = result.scores["rmia_online"]
+    assert (rmia >= 0).all() and (rmia <= 1).all()
+    aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
+    assert aucs["lira_online"] > 0.7 and aucs["rmia_online"] > 0.7, aucs
+    with pytest.raises(ValueError, match="even"):
+        run_auditor(predict, quick, "fedavg", pool, (images, masks, cand_sites), n_shadows=3)
+
+
+def test_ladder_with_views_two_shadows_and_a_budget(overfit):
+    from common.config import MIAConfig
+
+    cfg, predict, images, masks, member = overfit
+    cfg = cfg.model_copy(update={"mia": MIAConfig(views=("id", "hflip", "right"), population=10)})
+    pool = _blobs(32, 13)
+    shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=2)
+    z = int((~(shadows[0].member_mask | shadows[1].member_mask)).sum())
+    n_z = min(z, 10)
+    budget = 2 * (64 + n_z) + 5  # room for two of the three views
+    seen = []
+
+    def counting(x):
+        seen.append(len(x))
+        return predict(x)
+
+    result = run_ladder(counting, cfg, "fedavg", pool, (images, masks), shadows=shadows,
+                        seed=2, query_budget=budget)  # fmt: skip
+    info = result.info
+    assert info["views"] == ["id", "hflip"] and sum(seen) == info["queries"] == 2 * (64 + n_z)
+    assert info["n_population"] == n_z and info["queries"] <= budget
+    assert set(info["selection"]) == set(ladder.QUERY_RUNGS)
+    assert info["strongest"] == max(info["selection"], key=info["selection"].get)
+    assert info["rmia_a_calibrated"] and info["rmia_a"] in info["rmia_a_table"]
+    aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
+    assert aucs["loss"] > 0.8 and aucs["lira"] > 0.7 and aucs["rmia"] > 0.7, aucs

@@ -1,0 +1,219 @@
+"""The attacker's shadow models: shadow federations trained the way the target was.
+
+Each shadow takes a random half of the attacker's pool, splits it into shadow sites by the public
+site profile each pool slice was drawn from, and runs the target's method — rounds, local epochs,
+batch size, learning rate, optimizer, FedProx's proximal term, DP-SGD per site with its own σ and
+accountant, FedBN's local normalisation, the public pretrained start — in one process
+(``common.training.federated``; no gRPC is needed for a model the attacker owns). A centrally
+trained shadow (all of the half as one site, the ladder's first design) is a poor reference for a
+federated target: on a 64×64 FedAvg target offline LiRA reached AUC 0.48 with central shadows
+and 0.68 with one shadow federation (docs/results.md).
+
+The auditor's mode (``attacks.auditor``) adds known candidate slices to a shadow's sites
+(``extra``); the black-box attacker never does.
+
+Shadows depend only on the public recipe, the pool, the seed and the shadow's index, so with
+``FEDONCO_CACHE_DIR`` set (the benchmark sets it per run) their weights are kept there and a
+second audit with the same recipe (another release of the same method, a re-run audit) loads them
+instead of training again. The cache holds weights the attacker computed itself, as plain .npz.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.io import load_npz, save_npz
+from common.methods import get_method
+from common.model import model_for, set_params
+from common.seeds import shadow_seed
+from common.training.pretrain import CACHE_ENV
+from common.transforms import predict_hu, to_inputs
+
+log = logging.getLogger(__name__)
+
+QUERY_BATCH = 64  # slices per predict call; the release service enforces its own limit too
+
+
+@dataclass
+class ShadowModel:
+    """A shadow federation the attacker owns, and which pool slices it trained on.
+
+    ``model`` is its released global model; ``site_models`` its sites' own models (a method that
+    keeps normalisation layers local releases one model per site, and a target released by site
+    S is compared with the shadow's site S). ``extra_member``: which of the ``extra`` slices it
+    trained on (the auditor's candidates; empty for the attacker's shadows).
+    """
+
+    model: nn.Module
+    member_mask: np.ndarray  # bool over the attacker pool
+    window: tuple[float, float]
+    method: str
+    metrics: dict = field(default_factory=dict)
+    site_models: dict[str, nn.Module] = field(default_factory=dict)
+    extra_member: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def predict(
+        self, images_hu: np.ndarray, batch: int = QUERY_BATCH, site: str | None = None
+    ) -> np.ndarray:
+        """Tumor probabilities float32 (N, H, W) for int16 HU slices (same contract as the
+        target); ``site``: that site's own model where the shadow has one."""
+        model = self.site_models.get(site, self.model) if site is not None else self.model
+        model.eval()
+        return predict_hu(model, np.asarray(images_hu), self.window, batch)
+
+
+def dataset(images: np.ndarray, masks: np.ndarray, window: tuple[float, float]):
+    """A TensorDataset of (image (1, H, W), mask (1, H, W)) items for the training code."""
+    from torch.utils.data import TensorDataset
+
+    x = to_inputs(images, window)
+    y = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1)
+    return TensorDataset(x, y)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str) -> str:
+    c = cfg.for_method(method)
+    facts = {
+        "method": method,
+        "seed": seed,
+        "index": index,
+        "data": data_digest,
+        "recipe": {k: c.model_dump()[k] for k in ("train", "dp", "model", "pretrain")},
+        "profile": {k: getattr(c.data, k) for k in ("image_size", "window", "noise_ref_hu")},
+        "global_seed": c.seed,
+        "torch": torch.__version__,
+    }
+    blob = json.dumps(facts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def _cached(path: Path | None, cfg, method: str) -> tuple[nn.Module, dict] | None:
+    if path is None or not path.is_file():
+        return None
+    arrays = load_npz(path)
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        group, _, name = key.partition("/")
+        groups.setdefault(group, {})[name] = value
+    models = {}
+    for group, params in groups.items():
+        models[group] = model_for(cfg, method)
+        set_params(models[group], params)
+    glob = models.pop("global")
+    return glob, {g.removeprefix("site:"): m for g, m in models.items()}
+
+
+def _store(path: Path | None, fed, sites) -> None:
+    if path is None:
+        return
+    arrays = {f"global/{k}": v for k, v in fed.global_params.items()}
+    for s in sites:
+        arrays.update({f"site:{s}/{k}": v for k, v in fed.site_params[s].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(path, arrays)
+
+
+def train_shadows(
+    cfg,
+    method: str,
+    pool_images: np.ndarray,
+    pool_masks: np.ndarray,
+    n_shadows: int,
+    seed: int,
+    pool_sites: np.ndarray | None = None,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> list[ShadowModel]:
+    """``n_shadows`` shadow federations, each trained like the target on a random half of the pool.
+
+    The half is split into shadow sites by ``pool_sites``; a reference-row target (``pooled``,
+    ``local``) gets the same kind of shadow. Without ``pool_sites`` the half is one site: a
+    centrally trained shadow. ``extra`` = (images, masks, sites) of slices that shadow ``i`` adds
+    to its sites when ``i`` and the slice's coin agree: shadows 2k and 2k+1 take complementary
+    halves, so with an even number of shadows every extra slice is IN for exactly half of them
+    (the auditor's online design). ``cfg`` is the public ``common.config.Config``.
+    """
+    from common.training.federated import simulate_method
+
+    pool_images, pool_masks = np.asarray(pool_images), np.asarray(pool_masks)
+    if pool_images.ndim != 3 or pool_images.shape != pool_masks.shape:
+        raise ValueError(
+            f"pool images and masks must be (N, H, W), got {pool_images.shape}, {pool_masks.shape}"
+        )
+    if n_shadows < 1:
+        raise ValueError(f"n_shadows must be >= 1, got {n_shadows}")
+    n = len(pool_images)
+    if n < 4:
+        raise ValueError(f"the attacker pool needs at least 4 slices (2 in, 2 out), got {n}")
+    sites = np.full(n, "pool") if pool_sites is None else np.asarray(pool_sites).astype(str)
+    if sites.shape != (n,):
+        raise ValueError(f"pool_sites must give one site per pool slice, got shape {sites.shape}")
+    ex_images, ex_masks, ex_sites = (
+        (np.asarray(a) for a in extra) if extra is not None
+        else (pool_images[:0], pool_masks[:0], sites[:0])
+    )  # fmt: skip
+    ex_sites = ex_sites.astype(str)
+    if ex_images.shape[1:] != pool_images.shape[1:] or not (
+        len(ex_images) == len(ex_masks) == len(ex_sites)
+    ):
+        raise ValueError("extra slices must be (images, masks, sites) shaped like the pool")
+    coins = np.random.default_rng([seed, 7919]).random(len(ex_images)) < 0.5
+    window = tuple(cfg.data.window)
+    cache = os.environ.get(CACHE_ENV)
+    digest = _digest(pool_images, pool_masks, sites.astype("U8"), ex_images, ex_masks,
+                     ex_sites.astype("U8"))  # fmt: skip
+    all_images = np.concatenate([pool_images, ex_images])
+    all_masks = np.concatenate([pool_masks, ex_masks])
+    all_sites = np.concatenate([sites, ex_sites])
+    shadows = []
+    for i in range(n_shadows):
+        rng = np.random.default_rng([seed, i])
+        member = np.zeros(n, bool)
+        member[rng.permutation(n)[: n // 2]] = True
+        ex_member = coins if i % 2 == 0 else ~coins
+        if not len(ex_images):
+            ex_member = ex_member[:0]
+        take = np.concatenate([member, ex_member])
+        keep = {str(s) for s in np.unique(all_sites[take])}
+        path = Path(cache) / f"shadow-{_cache_key(cfg, method, seed, i, digest)}.npz" if cache else None  # fmt: skip
+        start = time.perf_counter()
+        hit = _cached(path, cfg, method)
+        if hit is not None:
+            glob, site_models = hit
+            log.info("shadow federation %d/%d (%s): cached weights %s", i + 1, n_shadows, method,
+                     path)  # fmt: skip
+        else:
+            datasets = {
+                s: dataset(all_images[take & (all_sites == s)], all_masks[take & (all_sites == s)],
+                           window)
+                for s in sorted(keep)
+            }  # fmt: skip
+            fed = simulate_method(cfg, method, datasets, seed=shadow_seed(seed, i))
+            per_site = get_method(method).release == "per_site"
+            site_models = {s: fed.model(cfg, method, s) for s in datasets} if per_site else {}
+            glob = fed.model(cfg, method)
+            _store(path, fed, datasets if per_site else ())
+        elapsed = time.perf_counter() - start
+        metrics = {"shadow_train_s": elapsed, "shadow_sites": len(keep), "cached": hit is not None}
+        log.info("shadow federation %d/%d (%s, %d sites) ready in %.1fs", i + 1, n_shadows,
+                 method, len(keep), elapsed)  # fmt: skip
+        shadows.append(ShadowModel(glob, member, window, method, metrics, site_models, ex_member))
+    return shadows

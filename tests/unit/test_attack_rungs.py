@@ -1,0 +1,182 @@
+"""The newer rungs and their plumbing: views, RMIA, online LiRA, the map CNN, selection on
+shadow data, the shadow cache and the auditor (tiny tensors, fixed seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.calibrated import (
+    RMIA_A_GRID,
+    calibrate_a,
+    lira_offline,
+    lira_online,
+    rmia_scores,
+    rmia_signal,
+)
+from attacks.ladder import QUERY_RUNGS, _auc, select_on_shadows
+from attacks.maps import map_attack_scores, map_inputs
+from attacks.views import VIEW_NAMES, apply_view, views_within_budget
+from bench.audit import strongest_rung
+from common.config import Config, MIAConfig
+
+
+def test_views_move_image_and_mask_together_without_wrapping():
+    a = np.arange(2 * 5 * 6, dtype=np.int16).reshape(2, 5, 6)
+    assert np.array_equal(apply_view("id", a), a)
+    assert np.array_equal(apply_view("hflip", apply_view("hflip", a)), a)
+    assert np.array_equal(apply_view("vflip", a)[:, 0], a[:, -1])
+    right = apply_view("right", a)
+    assert right.shape == a.shape
+    assert np.array_equal(right[:, :, 2:], a[:, :, :-2])  # moved by SHIFT_PX = 2
+    assert np.array_equal(right[:, :, 0], a[:, :, 0])  # padded with the edge, no wrap-around
+    up = apply_view("up", a)
+    assert np.array_equal(up[:, :-2], a[:, 2:]) and np.array_equal(up[:, -1], a[:, -1])
+    with pytest.raises(ValueError, match="unknown view"):
+        apply_view("rotate", a)
+
+
+def test_views_fit_the_query_budget_or_refuse():
+    views = ("id", "hflip", "right")
+    assert views_within_budget(views, 100, None) == views
+    assert views_within_budget(views, 100, 250) == ("id", "hflip")
+    with pytest.raises(ValueError, match="below one query per slice"):
+        views_within_budget(views, 100, 99)
+    for bad in (("hflip", "id"), ("id", "id"), ("id", "spin"), ()):
+        with pytest.raises(ValueError):
+            MIAConfig(views=bad)
+    assert MIAConfig(views=VIEW_NAMES).views == VIEW_NAMES
+    with pytest.raises(ValueError, match="even"):
+        MIAConfig(auditor_shadows=3)
+
+
+def test_rmia_by_hand():
+    # one reference; offline a = 0.5: Pr(x) = (1.5 Pr_ref + 0.5) / 2
+    tx, rx = np.array([0.8, 0.2]), np.array([[0.4, 0.4]])
+    tz, rz = np.array([0.5, 0.5, 0.5]), np.array([[0.5, 0.6, 0.3]])
+    px = (1.5 * 0.4 + 0.5) / 2
+    pz = (1.5 * np.array([0.5, 0.6, 0.3]) + 0.5) / 2
+    ratio_x, ratio_z = np.array([0.8, 0.2]) / px, 0.5 / pz
+    expect = (ratio_x[:, None] / ratio_z[None] > 1.0).mean(axis=1)
+    got = rmia_scores(tx, rx, tz, rz, a=0.5, gamma=1.0)
+    assert np.allclose(got, expect) and got[0] > got[1]
+    assert (got >= 0).all() and (got <= 1).all()
+    strict = rmia_scores(tx, rx, tz, rz, a=0.5, gamma=3.0)
+    assert (strict <= got).all()  # a larger gamma never raises a score
+    with pytest.raises(ValueError, match="gamma"):
+        rmia_scores(tx, rx, tz, rz, a=0.5, gamma=0.0)
+
+
+def _synthetic_signals(rng, n=200, s=4, gap=1.0):
+    """Per-candidate difficulty d, references around d, members' target signal shifted by gap."""
+    d = rng.normal(0, 2, n)
+    member = rng.random(n) < 0.5
+    reference = d + rng.normal(0, 0.3, (s, n))
+    target = d + gap * member + rng.normal(0, 0.3, n)
+    return target, reference, member
+
+
+def test_lira_offline_beats_raw_signal_and_online_uses_in_models():
+    rng = np.random.default_rng(0)
+    target, reference, member = _synthetic_signals(rng)
+    raw = _auc(target, member)
+    offline = _auc(lira_offline(target, reference), member)
+    assert offline > 0.9 > raw  # calibration removes the per-candidate difficulty
+    inside = np.zeros_like(reference, bool)
+    inside[::2] = True  # references 0, 2 are IN for every candidate: shift them like members
+    reference_in = np.where(inside, reference + 1.0, reference)
+    online = _auc(lira_online(target, reference_in, inside), member)
+    assert online > 0.9
+    with pytest.raises(ValueError, match="IN and an OUT"):
+        lira_online(target, reference, np.zeros_like(inside))
+    # views: a (V, N) target against (S, V, N) references averages per-view scores
+    two = lira_offline(np.stack([target, target]), np.stack([reference, reference], axis=1))
+    assert np.allclose(two, lira_offline(target, reference))
+
+
+def test_rmia_separates_members_and_a_is_calibrated_on_a_grid():
+    rng = np.random.default_rng(1)
+    target, reference, member = _synthetic_signals(rng, gap=1.5)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731  (likelihoods in (0, 1))
+    z_t, z_r, _ = _synthetic_signals(rng, n=100, gap=0.0)
+    kw = {"target_x": sig(target), "reference_x": sig(reference), "target_z": sig(z_t),
+          "reference_z": sig(z_r)}  # fmt: skip
+    aucs = {a: _auc(rmia_scores(**kw, a=a), member) for a in (0.0, 1.0)}
+    assert aucs[1.0] > 0.85 and aucs[0.0] > 0.6  # a = 0 barely uses the references
+    assert _auc(rmia_scores(**kw, a=None), member) > 0.85  # online form
+    a, table = calibrate_a([(kw, member)], _auc)
+    assert a in table and set(table) == {float(x) for x in RMIA_A_GRID}
+    assert table[a] == max(table.values())
+
+
+def _maps(n, member, rng, size=16):
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[:, 5:10, 5:10] = 1
+    p = np.full((n, size, size), 0.1, np.float32)
+    p[:, 5:10, 5:10] = 0.6
+    # members: the tumour *boundary* is fitted (a spatial pattern, same mean confidence)
+    p[member, 5, 5:10] = 0.95
+    p[member, 9, 5:10] = 0.95
+    p[member, 6:9, 5:10] = 0.45
+    p = np.clip(p + rng.normal(0, 0.03, p.shape).astype(np.float32), 0, 1)
+    return p, masks
+
+
+def test_map_attack_learns_a_spatial_pattern_and_is_deterministic():
+    rng = np.random.default_rng(2)
+    y = rng.random(160) < 0.5
+    p, masks = _maps(160, y, rng)
+    yt = rng.random(80) < 0.5
+    pt, mt = _maps(80, yt, rng)
+    x, xt = map_inputs(p, masks), map_inputs(pt, mt)
+    assert x.shape == (160, 3, 16, 16) and x.dtype == torch.float32
+    s1 = map_attack_scores(x, y, xt, seed=3)
+    assert _auc(s1, yt) > 0.9
+    assert np.array_equal(s1, map_attack_scores(x, y, xt, seed=3))
+    with pytest.raises(ValueError, match="both IN and OUT"):
+        map_attack_scores(x, np.ones(160), xt)
+
+
+def test_select_on_shadows_scores_every_queried_rung():
+    rng = np.random.default_rng(4)
+    n = 120
+    members = np.stack([rng.random(n) < 0.5 for _ in range(2)])
+    masks = np.zeros((n, 16, 16), np.uint8)
+    masks[:, 4:9, 4:9] = 1
+    probs = []
+    for k in range(2):  # each shadow fits its own members' tumours better
+        p = np.full((n, 16, 16), 0.05, np.float32)
+        p[:, 4:9, 4:9] = np.where(members[k], 0.9, 0.5)[:, None, None]
+        probs.append(np.clip(p + rng.normal(0, 0.05, p.shape).astype(np.float32), 0, 1))
+    z = np.flatnonzero(~members.any(axis=0))
+    table, a, a_table = select_on_shadows(probs, masks, members, z, gamma=1.0,
+                                          classifier="lr", seed=0)  # fmt: skip
+    assert set(table) == set(QUERY_RUNGS)
+    assert all(0.0 <= v <= 1.0 for v in table.values())
+    assert table["loss"] > 0.9 and table["lira"] > 0.8 and table["shadow"] > 0.9
+    assert a in a_table
+    with pytest.raises(ValueError, match="two shadows"):
+        select_on_shadows(probs[:1], masks, members[:1], z, gamma=1.0, classifier="lr", seed=0)
+    assert rmia_signal(probs[0], masks).max() <= 1.0
+
+
+def test_strongest_rung_is_chosen_on_shadow_auc_not_target_labels():
+    # per target, lira wins the first and rmia the second; over both targets rmia (0.68) wins
+    ladders = [
+        {"selection": {"loss": 0.6, "lira": 0.7, "rmia": 0.65}, "strongest": "lira"},
+        {"selection": {"loss": 0.62, "lira": 0.64, "rmia": 0.71}, "strongest": "rmia"},
+    ]
+    best, how = strongest_rung(ladders)
+    assert best == "rmia" and how == "shadow AUC rmia 0.680, lira 0.670, loss 0.610"
+    assert strongest_rung([{"selection": {}, "strongest": "lira"}]) == (
+        "lira",
+        "fixed order (one shadow)",
+    )
+    assert strongest_rung([])[0] is None
+
+
+def test_config_round_trip_keeps_the_new_mia_settings():
+    cfg = Config(mia=MIAConfig(views=("id", "hflip"), rmia_a=0.3, auditor_shadows=2))
+    again = Config.model_validate(cfg.model_dump(mode="json"))
+    assert again.mia == cfg.mia
