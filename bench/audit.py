@@ -30,13 +30,16 @@ log = logging.getLogger(__name__)
 AUDITOR_HEADLINE = "lira_online"  # the auditor's column quotes this rung (a fixed choice)
 
 
-def draw_candidates(data_dir: Path, n_members: int, seed: int):
-    """(images, masks, is_member, sites), shuffled: members from the sites' train splits, as many
-    non-members from their holdout splits, matched per (site, tumour present or not).
+def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: int = 1):
+    """(images, masks, is_member, sites), shuffled: members from the sites' train splits,
+    ``nonmember_ratio`` times as many non-members from their holdout splits, matched per (site,
+    tumour present or not).
 
     Up to ``n_members`` / 5 members per site, split between tumour and tumour-free slices in the
     site's own training proportions; each stratum takes min(its quota, its train slices, its
-    holdout slices) members and as many non-members. Members and non-members then come from the
+    holdout slices / ratio) members and ratio times as many non-members (TPR at 0.1% FPR needs
+    >= 1,000 non-members, more than a profile has training slices). Members and non-members then
+    come from the
     sites, and carry tumours, in the same proportions: a site whose scanner shifts every score, or
     a chance difference in tumour prevalence (the loss of a model that predicts nothing is ~1 per
     tumour slice and ~0 otherwise), cannot masquerade as leakage or hide it.
@@ -53,11 +56,11 @@ def draw_candidates(data_dir: Path, n_members: int, seed: int):
         quotas = {True: quota_t, False: min(per_site, len(has[0])) - quota_t}
         for stratum, quota in quotas.items():
             pools = [np.flatnonzero(h == stratum) for h in has]
-            k = min(quota, len(pools[0]), len(pools[1]))
-            for (images, masks), pool, member in zip((train, holdout), pools, (True, False),
-                                                     strict=True):  # fmt: skip
-                idx = np.sort(rng.choice(pool, size=k, replace=False))
-                parts.append((images[idx], masks[idx], np.full(k, member), np.full(k, site)))
+            k = min(quota, len(pools[0]), len(pools[1]) // nonmember_ratio)
+            for (images, masks), pool, member, n in zip((train, holdout), pools, (True, False),
+                                                        (k, k * nonmember_ratio), strict=True):  # fmt: skip
+                idx = np.sort(rng.choice(pool, size=n, replace=False))
+                parts.append((images[idx], masks[idx], np.full(n, member), np.full(n, site)))
     images, masks, member, sites = (np.concatenate(x) for x in zip(*parts, strict=True))
     order = rng.permutation(len(images))
     return images[order], masks[order], member[order], sites[order]
@@ -156,7 +159,8 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     local release service. One attacker process attacks every target."""
     from bench.audit_metrics import audit_metrics, roc_plot
 
-    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed)
+    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed,
+                                                   cfg.mia.nonmember_ratio)  # fmt: skip
     pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
     logs, out = method_dir / "logs", method_dir / "audit"
     logs.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,14 @@ def test_candidates_are_matched_per_site_and_tumour_presence(smoke_data):
     assert np.array_equal(again[0], images) and np.array_equal(again[2], member)
     other = draw_candidates(smoke_data, 40, seed=4)
     assert not np.array_equal(other[0], images)
+    # three non-members per member, still matched stratum by stratum
+    images3, masks3, member3, sites3 = draw_candidates(smoke_data, 40, seed=3, nonmember_ratio=3)
+    has3 = masks3.reshape(len(masks3), -1).any(axis=1)
+    assert (~member3).sum() == 3 * member3.sum() > 0
+    for s in "ABCDE":
+        for t in (True, False):
+            m = (sites3 == s) & (has3 == t)
+            assert (m & ~member3).sum() == 3 * (m & member3).sum()
 
 
 def test_frontier_plot_without_the_audit(tmp_path):
