@@ -40,7 +40,7 @@ def _art_attack(kind: str, train_in: np.ndarray, train_out: np.ndarray, target: 
     f = train_in.shape[1]
     dummy = SklearnClassifier(LogisticRegression().fit(np.eye(f), np.arange(f)))
     attack = MembershipInferenceBlackBox(dummy, input_type="prediction", attack_model_type=kind)
-    np.random.seed(0)  # ART's own shuffling and models draw from the global generators
+    np.random.seed(0)  # noqa: NPY002  (ART draws from the global generators)
     import torch
 
     torch.manual_seed(0)
@@ -64,8 +64,9 @@ def crosscheck(run_dir: Path, method: str, n_boot: int = 300) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     mia = results["methods"][method]["mia"]
     data_dir, mdir = run_dir / "data", run_dir / method
-    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed,
-                                                   cfg.mia.nonmember_ratio)
+    images, masks, member, sites = draw_candidates(
+        data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio
+    )
     pool_images, pool_masks, _, pool_sites = load_arrays(run_dir / "attacker-pool", "attacker")
     shadows = train_shadows(cfg, method, pool_images, pool_masks, cfg.mia.n_shadows, cfg.seed,
                             pool_sites)  # fmt: skip
@@ -77,9 +78,15 @@ def crosscheck(run_dir: Path, method: str, n_boot: int = 300) -> dict:
             site = None if tag == "all" else tag
             probs = RemoteModel(address, name).predict(images[pick])
             target = image_features(probs, masks[pick])
-            feats = [image_features(sh.predict(pool_images, site=site), pool_masks) for sh in shadows]
-            train_in = np.concatenate([f[sh.member_mask] for f, sh in zip(feats, shadows, strict=True)])
-            train_out = np.concatenate([f[~sh.member_mask] for f, sh in zip(feats, shadows, strict=True)])
+            feats = [
+                image_features(sh.predict(pool_images, site=site), pool_masks) for sh in shadows
+            ]
+            train_in = np.concatenate(
+                [f[sh.member_mask] for f, sh in zip(feats, shadows, strict=True)]
+            )
+            train_out = np.concatenate(
+                [f[~sh.member_mask] for f, sh in zip(feats, shadows, strict=True)]
+            )
             for kind in ART_MODELS:
                 scores[kind][pick] = _art_attack(kind, train_in, train_out, target)
     ok = ~np.isnan(scores[ART_MODELS[0]])
