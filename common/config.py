@@ -196,6 +196,13 @@ class MIAConfig(_Frozen):
     n_members: int = Field(
         500, ge=10, description="drawn from the train splits, stratified by site"
     )
+    nonmember_ratio: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="non-members per member (matched per site and tumour presence; TPR at 0.1% "
+        "FPR needs >= 1,000 non-members)",
+    )
     n_shadows: int = Field(
         1,
         ge=1,
