@@ -28,33 +28,44 @@ AUDITOR_RUNGS = ("lira_online", "rmia_online")
 AUDITOR_SEED_OFFSET = 7_000_003  # the auditor's shadows are not the attacker's
 
 
-def run_auditor(
-    predict: Predict,
-    cfg,
-    method: str,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray],
-    candidates: tuple[np.ndarray, np.ndarray, np.ndarray],
-    *,
-    n_shadows: int,
-    seed: int = 0,
-    site: str | None = None,
-    query_budget: int | None = None,
-) -> LadderResult:
-    """Online LiRA and RMIA scores for the candidates (images, masks, sites): ``n_shadows``
-    (even, >= 2) shadow federations each trained on half the pool and half the candidates."""
+def train_auditor_shadows(cfg, method: str, pool, candidates, n_shadows: int, seed: int = 0):
+    """The auditor's ``n_shadows`` (even, >= 2) shadow federations, each trained on half the pool
+    and half of the candidates (images, masks, sites) — every candidate of every target at once:
+    a per-site release (FedBN) is compared with the shadow's model of that site, whose data held
+    that site's candidates."""
     if n_shadows < 2 or n_shadows % 2:
         raise ValueError(f"the auditor needs an even number >= 2 of shadows, got {n_shadows}")
     pool_images, pool_masks, pool_sites = (np.asarray(a) for a in pool)
     cand_images, cand_masks, cand_sites = (np.asarray(a) for a in candidates)
     if not (cand_images.shape == cand_masks.shape and len(cand_sites) == len(cand_images)):
         raise ValueError("candidates must be (images, masks, sites) of the same length")
+    return train_shadows(cfg, method, pool_images, pool_masks, n_shadows,
+                         seed + AUDITOR_SEED_OFFSET, pool_sites,
+                         extra=(cand_images, cand_masks, cand_sites))  # fmt: skip
+
+
+def run_auditor(
+    predict: Predict,
+    cfg,
+    pool: tuple[np.ndarray, ...],
+    candidates: tuple[np.ndarray, np.ndarray],
+    shadows,
+    inside: np.ndarray,
+    *,
+    seed: int = 0,
+    site: str | None = None,
+    query_budget: int | None = None,
+) -> LadderResult:
+    """Online LiRA and RMIA scores for the candidates (images, masks) of one target, against the
+    auditor's ``shadows`` (``train_auditor_shadows``); ``inside`` (n_shadows, N) says which
+    shadows trained on each of these candidates."""
+    pool_images, pool_masks = (np.asarray(a) for a in pool[:2])
+    cand_images, cand_masks = (np.asarray(a) for a in candidates)
+    inside = np.asarray(inside, bool)
+    if inside.shape != (len(shadows), len(cand_images)):
+        raise ValueError(f"inside must be (shadows, candidates), got {inside.shape}")
     mia = cfg.mia
-    t0 = time.perf_counter()
-    shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows,
-                            seed + AUDITOR_SEED_OFFSET, pool_sites,
-                            extra=(cand_images, cand_masks, cand_sites))  # fmt: skip
     t1 = time.perf_counter()
-    inside = np.stack([sh.extra_member for sh in shadows])
     z_idx = _population(shadows, mia.population, seed)
     z_images, z_masks = pool_images[z_idx], pool_masks[z_idx]
     views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
@@ -84,9 +95,12 @@ def run_auditor(
         "threat_model": "auditor: knows the candidate set (not the labels), trains online shadows",
         "views": list(views),
         "queries": queries,
-        "n_shadows": n_shadows,
+        "n_shadows": len(shadows),
         "n_population": int(len(z_idx)),
-        "timing_s": {"shadows": t1 - t0, "attacks": time.perf_counter() - t1},
+        "timing_s": {
+            "shadows": sum(sh.metrics.get("shadow_train_s", 0.0) for sh in shadows),
+            "attacks": time.perf_counter() - t1,
+        },
     }
-    log.info("auditor: %d online shadows in %.1fs, %d queries", n_shadows, t1 - t0, queries)
+    log.info("auditor: %d online shadows, %d queries", len(shadows), queries)
     return LadderResult(scores, info)

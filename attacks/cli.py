@@ -74,8 +74,17 @@ def run_attack_cmd(args) -> int:
         raise ValueError("the auditor's mode needs each candidate's site ('sites' in the .npz)")
     shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed,
                             pool_sites)  # fmt: skip
-    for target, (cand_images, cand_masks, cand_sites), out, site in zip(
-        targets, jobs, outs, sites, strict=True
+    if n_auditor:  # one set for every target: each candidate is IN for half of them
+        from attacks.auditor import run_auditor, train_auditor_shadows
+
+        union = tuple(np.concatenate([job[k] for job in jobs]) for k in range(3))
+        auditor = train_auditor_shadows(cfg, targets[0].method, (pool_images, pool_masks,
+                                        pool_sites), union, n_auditor, args.seed)  # fmt: skip
+        ends = np.cumsum([len(job[0]) for job in jobs])
+        inside = np.stack([sh.extra_member for sh in auditor])
+        inside_per_job = np.split(inside, ends[:-1], axis=1)
+    for j, (target, (cand_images, cand_masks, _), out, site) in enumerate(
+        zip(targets, jobs, outs, sites, strict=True)
     ):
         t1, queries = time.perf_counter(), {"n": 0}
 
@@ -88,11 +97,9 @@ def run_attack_cmd(args) -> int:
                             site=site, query_budget=budget)  # fmt: skip
         scores, info = dict(ladder.scores), {"ladder": ladder.info}
         if n_auditor:
-            from attacks.auditor import run_auditor
-
-            aud = run_auditor(predict, cfg, target.method, (pool_images, pool_masks, pool_sites),
-                              (cand_images, cand_masks, cand_sites), n_shadows=n_auditor,
-                              seed=args.seed, site=site, query_budget=budget)  # fmt: skip
+            aud = run_auditor(predict, cfg, (pool_images, pool_masks), (cand_images, cand_masks),
+                              auditor, inside_per_job[j], seed=args.seed, site=site,
+                              query_budget=budget)  # fmt: skip
             scores.update(aud.scores)
             info["auditor"] = aud.info
         out = Path(out)

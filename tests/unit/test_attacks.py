@@ -356,15 +356,17 @@ def test_shadows_are_cached_by_recipe_and_reloaded_bit_identical(tmp_path, monke
 
 
 def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit):
-    from attacks.auditor import AUDITOR_RUNGS, run_auditor
+    from attacks.auditor import AUDITOR_RUNGS, run_auditor, train_auditor_shadows
 
     cfg, predict, images, masks, member = overfit
     pool_images, pool_masks = _blobs(32, 14)
     pool = (pool_images, pool_masks, np.array(["A", "B"] * 16))
     cand_sites = np.array(["A", "B"] * 32)
     quick = _cfg(rounds=8, local_epochs=5)
-    result = run_auditor(predict, quick, "fedavg", pool, (images, masks, cand_sites),
-                         n_shadows=2, seed=1)  # fmt: skip
+    shadows = train_auditor_shadows(quick, "fedavg", pool, (images, masks, cand_sites), 2, seed=1)
+    inside = np.stack([sh.extra_member for sh in shadows])
+    assert inside.shape == (2, 64) and (inside.sum(axis=0) == 1).all()  # IN for exactly one of 2
+    result = run_auditor(predict, quick, pool, (images, masks), shadows, inside, seed=1)
     assert set(result.scores) == set(AUDITOR_RUNGS)
     for s in result.scores.values():
         assert s.shape == (64,) and np.isfinite(s).all()
@@ -373,7 +375,7 @@ def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit):
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
     assert aucs["lira_online"] > 0.7 and aucs["rmia_online"] > 0.7, aucs
     with pytest.raises(ValueError, match="even"):
-        run_auditor(predict, quick, "fedavg", pool, (images, masks, cand_sites), n_shadows=3)
+        train_auditor_shadows(quick, "fedavg", pool, (images, masks, cand_sites), 3)
 
 
 def test_ladder_with_views_two_shadows_and_a_budget(overfit):
