@@ -1,0 +1,54 @@
+"""The ladder is honest on a deliberately overfit target (configs/leaky.toml, issue 14).
+
+One `fedonco bench` run of the leaky profile (real server, five sites, secure aggregation, the
+release service and the attacker process), then the conditions that a sound membership-inference
+audit must meet on a target that memorised its tiny sites:
+- the strongest rung (chosen on shadow data) reaches AUC >= 0.90;
+- at TPR@1%FPR the calibrated rungs (LiRA, RMIA) are at least as strong as the loss rung, and the
+  loss rung at least as strong as the blind one;
+- the blind rung (no queries) stays at chance: its CI covers 0.5;
+- an independent implementation (ART) on the same features finds no materially more leakage.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from bench.fleet import fedonco
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def leaky_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("leaky")
+    done = subprocess.run(fedonco("bench", "--config", "configs/leaky.toml", "--out", str(out)),
+                          capture_output=True, text=True, timeout=1100)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (run_dir,) = out.iterdir()
+    return run_dir, json.loads((run_dir / "results.json").read_text())["methods"]["fedavg"]["mia"]
+
+
+@pytest.mark.timeout(1200)
+def test_strongest_rung_finds_the_leak_and_the_ladder_is_ordered(leaky_run):
+    _, mia = leaky_run
+    attacks = mia["attacks"]
+    assert mia["selected_on"].startswith("shadow AUC")  # two shadows: chosen on shadow data
+    assert mia["attack"] in attacks and mia["auc"] >= 0.90, mia["selected_on"]
+    tpr = {k: v["tpr_at_1pct_fpr"] for k, v in attacks.items()}
+    assert max(tpr["lira"], tpr["rmia"]) >= tpr["loss"] >= tpr["blind"], tpr
+    lo, hi = attacks["blind"]["auc_ci95"]
+    assert lo <= 0.5 <= hi
+    info = mia["attack_info"]["per_target"]["all"]["ladder"]
+    assert info["views"] == ["id", "hflip", "right", "left"] and info["rmia_a_calibrated"]
+
+
+@pytest.mark.timeout(1200)
+def test_an_independent_implementation_finds_no_more(leaky_run):
+    from bench.crosscheck import crosscheck
+
+    run_dir, mia = leaky_run
+    out = crosscheck(run_dir, "fedavg", n_boot=100)
+    best_art = max(v["auc"] for v in out["art"].values())
+    assert best_art <= mia["auc"] + 0.03, (out["art"], mia["auc"])
