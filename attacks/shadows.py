@@ -91,9 +91,17 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str) -> str:
-    c = cfg.for_method(method)
-    facts = {
-        "method": method,
+    c, m = cfg.for_method(method), get_method(method)
+    facts = {  # what training depends on, not the method's name: equal recipes share shadows
+        "method": [
+            m.strategy,
+            m.norm_type(c.model.norm),
+            m.dp,
+            m.proximal,
+            m.release,
+            m.pretrained,
+            m.kind,
+        ],
         "seed": seed,
         "index": index,
         "data": data_digest,

@@ -404,3 +404,19 @@ def test_ladder_with_views_two_shadows_and_a_budget(overfit):
     assert info["rmia_a_calibrated"] and info["rmia_a"] in info["rmia_a_table"]
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
     assert aucs["loss"] > 0.8 and aucs["lira"] > 0.7 and aucs["rmia"] > 0.7, aucs
+
+
+def test_methods_with_the_same_recipe_share_cached_shadows(tmp_path, monkeypatch):
+    from common.config import ModelConfig
+    from common.training.pretrain import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    cfg = _cfg(rounds=2, local_epochs=1).model_copy(
+        update={"model": ModelConfig(base=4, groups=4, norm="group")}
+    )
+    images, masks = _blobs(12, 4)
+    (a,) = train_shadows(cfg, "fedavg", images, masks, 1, seed=0)  # GroupNorm by the profile
+    (b,) = train_shadows(cfg, "groupnorm", images, masks, 1, seed=0)  # GroupNorm by the method
+    assert not a.metrics["cached"] and b.metrics["cached"]
+    (c,) = train_shadows(cfg, "fedprox", images, masks, 1, seed=0)  # a proximal term: its own
+    assert not c.metrics["cached"] and len(list(tmp_path.glob("shadow-*.npz"))) == 2
