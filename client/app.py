@@ -25,7 +25,7 @@ from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
 from common.data.store import read_manifest
 from common.evaluation import evaluate_sums
-from common.io import load_npz, save_npz
+from common.io import load_npz, safe_name, save_npz
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
@@ -138,9 +138,12 @@ class SiteClient:
             if time.monotonic() > end:
                 raise TimeoutError(f"the server opened no run after {previous_run} in time")
             time.sleep(0.5)
-        self.run_id, self.heartbeat_s = resp.run_id, resp.heartbeat_interval_s
+        # names from the network become paths (state dir, publish dir): checked first
+        self.run_id = safe_name(resp.run_id, "the server's run id")
+        self.heartbeat_s = resp.heartbeat_interval_s
         info = scalars_from_proto(resp.info)
-        self.method = get_method(str(info.get("method", ""))).name  # a server always names it
+        method = safe_name(info.get("method", ""), "the server's method")
+        self.method = get_method(method).name  # a server always names it
         self.runs_left = int(info.get("runs_left", 0))
         self.linger = bool(info.get("linger", 0))
         # Local state lives per method: a campaign's runs never see each other's norm layers.

@@ -148,6 +148,20 @@ class FLConfig(_Frozen):
     round_timeout_s: float = Field(600.0, gt=0, description="a site later than this is left out")
     wait_for_sites_s: float = Field(120.0, gt=0, description="how long to wait for registration")
     heartbeat_s: float = Field(2.0, gt=0)
+    max_examples_per_site: int = Field(
+        100_000,
+        ge=1,
+        le=2**31 - 1,
+        description="the operator's cap on a site's claimed "
+        "training-set size (its weight in the average); a larger claim is refused",
+    )
+    max_skipped_rounds: int = Field(
+        5,
+        ge=1,
+        description="consecutive rounds skipped for want of min_fit_sites live sites "
+        "before the run stops (status 'stopped')",
+    )
+    skip_wait_s: float = Field(10.0, gt=0, description="wait before retrying a skipped round")
 
     @field_validator("methods")
     @classmethod

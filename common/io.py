@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -21,11 +22,15 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary sibling and a rename. ``mode`` (e.g. 0o600
-    for a private key) is set when the temporary file is created, before any byte is written."""
+    for a private key; default 0o644) is set on the temporary file before any byte is written —
+    also when a stale temporary of a crashed writer is reused, whose old mode would otherwise
+    stay (O_CREAT's mode applies only to a new file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+    mode = 0o644 if mode is None else mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         tmp.replace(path)
@@ -55,9 +60,10 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """``npz_bytes`` written atomically."""
-    write_bytes_atomic(path, npz_bytes(arrays))
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray], mode: int = 0o600) -> None:
+    """``npz_bytes`` written atomically; owner-only by default (weights, site state, data are
+    nobody else's business on a shared host)."""
+    write_bytes_atomic(path, npz_bytes(arrays), mode)
 
 
 def npz_from_bytes(data: bytes, keys=None) -> dict[str, np.ndarray]:
@@ -71,3 +77,17 @@ def npz_from_bytes(data: bytes, keys=None) -> dict[str, np.ndarray]:
 def load_npz(path: str | Path, keys=None) -> dict[str, np.ndarray]:
     """The arrays of a .npz file (read whole first, so the file is not held open)."""
     return npz_from_bytes(Path(path).read_bytes(), keys)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def safe_name(value, what: str) -> str:
+    """``value`` if it can name a file or directory safely ([A-Za-z0-9_-], 1-64 characters: no
+    separators, no '..', nothing hidden), else ValueError. For names that arrive over the network
+    (a run id, a method) before they touch the file system."""
+    text = value if isinstance(value, str) else ""
+    if not _SAFE_NAME.fullmatch(text):
+        shown = repr(value)[:80]
+        raise ValueError(f"{what} {shown} is not a safe name ([A-Za-z0-9_-], 1-64 characters)")
+    return text

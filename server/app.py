@@ -97,6 +97,7 @@ class Server:
             if st["method"] != method:
                 raise ValueError(f"--resume: {run_dir} is a {st['method']} run, not {method}")
             self.run_id, self.done, self.history = st["run_id"], st["round"], st["history"]
+            self.skipped = st.get("skipped", [])
             self.initial_sha = st["initial_model_sha256"]
             self.params = (
                 load_npz(run_dir / "checkpoints" / f"round_{self.done:04d}.npz")
@@ -110,26 +111,37 @@ class Server:
                     f"{run_dir} already holds a run; use --resume or a new directory"
                 )
             self.run_id = f"{method}-{uuid.uuid4().hex[:12]}"
-            self.done, self.history, self.params = 0, [], initial
+            self.done, self.history, self.params, self.skipped = 0, [], initial, []
             self.initial_sha = state_sha256(initial)
             self._save_state()
         manifest = read_manifest(data_dir)
         images, self.test_masks, _, self.test_sites = load_arrays(data_dir, "test", None, manifest)
         self.test_inputs = to_inputs(images, manifest["window"])
-        self.state = RoundState(self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s)
+        self.state = RoundState(self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s,
+                                cfg.fl.max_examples_per_site)  # fmt: skip
         self.t_start = time.perf_counter()
 
     # -- one round ------------------------------------------------------------------------------
 
-    def run_round(self, rnd: int) -> dict:
-        """One round: configure -> sites train -> (secure) sum -> strategy -> evaluate."""
+    def run_round(self, rnd: int) -> dict | None:
+        """One round: configure -> sites train -> (secure) sum -> strategy -> evaluate; None when
+        too few sites are alive to start it (the caller skips it)."""
         t0 = time.perf_counter()
-        configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
+        try:
+            configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
+        except ValueError as err:  # a site went silent since the loop looked: a thin round
+            log.warning("round %d: %s", rnd, err)
+            return None
         shared = {k: self.params[k] for k in self.shared}
         payload = ndarrays_to_proto(shared)
         t_enc = time.perf_counter() - t0
         record = {"round": rnd, "selected": sorted(configs)}
-        summed, total, metrics = self.gather(rnd, configs, payload, shared, record)
+        try:
+            summed, total, metrics = self.gather(rnd, configs, payload, shared, record)
+        except (ValueError, KeyError, TypeError, ArithmeticError) as err:  # never out of the loop
+            log.exception("round %d: the sites' results could not be combined", rnd)
+            record["aborted"] = f"results could not be combined: {type(err).__name__}: {err}"
+            summed, total, metrics = None, 0.0, {}
         t_fit = time.perf_counter() - t0
         if summed is None or len(metrics) < self.cfg.fl.min_fit_sites:
             record["aborted"] = record.get("aborted") or (
@@ -213,7 +225,7 @@ class Server:
         write_json_atomic(
             self.run_dir / "state.json",
             {"run_id": self.run_id, "method": self.method, "round": self.done, "history": self.history,
-             "initial_model_sha256": self.initial_sha},
+             "initial_model_sha256": self.initial_sha, "skipped": self.skipped},
         )  # fmt: skip
 
     def checkpoint(self, rnd: int) -> None:
@@ -236,18 +248,38 @@ class Server:
         self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s, stop)
         if stop.is_set():  # SIGTERM while waiting for the sites
             raise KeyboardInterrupt
-        rounds = range(self.done + 1, self.cfg.train.rounds + 1)
-        bar = tqdm(rounds, desc=f"{self.method} rounds", unit="round", disable=None)
-        for rnd in bar:
-            record = self.run_round(rnd)
+        bar = tqdm(total=self.cfg.train.rounds, initial=self.done, desc=f"{self.method} rounds",
+                   unit="round", disable=None)  # fmt: skip
+        status, skips = "completed", 0
+        while self.done < self.cfg.train.rounds:
+            rnd = self.done + 1
+            alive = self.state.alive_sites()
+            record = self.run_round(rnd) if len(alive) >= self.cfg.fl.min_fit_sites else None
+            if record is None:
+                skips += 1
+                self.skipped.append({"round": rnd, "attempt": skips, "alive": alive,
+                                     "reason": f"{len(alive)} live site(s) < min_fit_sites="
+                                     f"{self.cfg.fl.min_fit_sites}"})  # fmt: skip
+                log.warning("round %d skipped (%d of %d in a row): %s", rnd, skips,
+                            self.cfg.fl.max_skipped_rounds, self.skipped[-1]["reason"])  # fmt: skip
+                self._save_state()
+                if skips >= self.cfg.fl.max_skipped_rounds:
+                    status = f"stopped: {skips} rounds in a row without min_fit_sites live sites"
+                    break
+                if stop.wait(self.cfg.fl.skip_wait_s):
+                    raise KeyboardInterrupt
+                continue
+            skips = 0
             self.history.append(record)
             self.checkpoint(rnd)
             ev = record["eval"]["overall"]
+            bar.update(1)
             bar.set_postfix(dice=f"{ev.get('dice', float('nan')):.3f}", sites=f"{len(record.get('fit', {}).get('sites', {}))}/{len(record['selected'])}")  # fmt: skip
             if stop.is_set():
                 raise KeyboardInterrupt
-        result = self.finalize()
-        self.state.finish(self.done, wait_s=2 * self.cfg.fl.heartbeat_s + 1.0)
+        bar.close()
+        result = self.finalize(status)
+        self.state.finish(self.done, status, wait_s=2 * self.cfg.fl.heartbeat_s + 1.0)
         return result
 
     def privacy(self) -> dict:
@@ -273,7 +305,7 @@ class Server:
             "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site},
         }
 
-    def finalize(self) -> dict:
+    def finalize(self, status: str = "completed") -> dict:
         save_npz(self.run_dir / "final_model.npz", self.params)
         if self.traits.release == "global":  # else (FedBN) each site releases its own model
             export_release(self.run_dir / "release", self.params,
@@ -284,6 +316,8 @@ class Server:
             "method": self.method,
             "run_id": self.run_id,
             "rounds": self.done,
+            "status": status,
+            "skipped_rounds": self.skipped,
             "n_params": count_parameters(self.model),
             "initial_model_sha256": self.initial_sha,
             "final_model_sha256": state_sha256(self.params),

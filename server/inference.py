@@ -27,10 +27,15 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64
 
 
+MAX_NAME = 200  # characters of a model name
+
+
 class ModelStore:
     """Released models by name: ``default`` answers the empty name; a name is a path relative to
     one of ``roots`` (e.g. ``<campaign>/fedavg/release`` or ``<run_id>/siteA``), loaded on first
-    use and kept. Names are checked: no absolute paths, no ``..``."""
+    use and kept — keyed by the resolved directory, so aliases of one model (``a/./b``, ``a//b``)
+    share one copy. Names are checked (length, no absolute paths, no ``..``, nothing outside the
+    roots) and errors never reveal the server's paths."""
 
     def __init__(self, default: Path | None = None, roots: list[Path] | None = None) -> None:
         self.roots = [Path(r).resolve() for r in roots or []]
@@ -41,21 +46,37 @@ class ModelStore:
         if not self._models and not self.roots:
             raise ValueError("give a released model (--model) or a models root (--models-root)")
 
+    def _resolve(self, name: str) -> Path | None:
+        rel = Path(name)
+        if len(name) > MAX_NAME or rel.is_absolute() or ".." in rel.parts or "\x00" in name:
+            raise KeyError(f"invalid model name (at most {MAX_NAME} characters, relative, no '..')")
+        for root in self.roots:
+            try:
+                path = (root / rel).resolve()
+                if path.is_relative_to(root) and (path / "release.json").is_file():
+                    return path
+            except (OSError, ValueError):
+                continue
+        return None
+
     def get(self, name: str) -> tuple[torch.nn.Module, dict]:
         with self._lock:
-            if name in self._models:
-                return self._models[name]
             if not name:
+                if "" in self._models:
+                    return self._models[""]
                 raise KeyError("this service has no default model; name one")
-            rel = Path(name)
-            if rel.is_absolute() or ".." in rel.parts:
-                raise KeyError(f"invalid model name {name!r}")
-            for root in self.roots:
-                if (root / rel / "release.json").is_file():
-                    self._models[name] = load_release(root / rel)
-                    log.info("loaded released model %r from %s", name, root / rel)
-                    return self._models[name]
-            raise KeyError(f"no released model named {name!r}")
+            path = self._resolve(name)
+            if path is None:
+                raise KeyError(f"no released model named {name[:64]!r}")
+            key = str(path)
+            if key not in self._models:
+                try:
+                    self._models[key] = load_release(path)
+                except (OSError, ValueError, KeyError) as err:
+                    log.warning("release %s could not be loaded: %s", path, err)
+                    raise KeyError(f"no usable released model named {name[:64]!r}") from None
+                log.info("loaded released model %r from %s", name[:64], path)
+            return self._models[key]
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -88,7 +109,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 f"images must be int16 HU of shape (N, {size}, {size}); "
                 f"got {images.dtype} {images.shape}",
             )
-        if not 1 <= len(images) <= self.max_batch:
+        if not len(images):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty batch: send 1 or more slices")
+        if len(images) > self.max_batch:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"batch of {len(images)} slices; send 1 to {self.max_batch} per request",

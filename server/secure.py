@@ -82,7 +82,9 @@ def secure_aggregate(
             s: ShareKeysStage(public, cfg.secagg.threshold, [j for j in srv.neighbours_of(s) if j in u1])
             for s in u1})  # fmt: skip
         routed = timed(srv.route_shares, {s: r.ciphertexts for s, r in shares.items()})
-        scale = quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)))
+        # m = the sites that may send (not the weight): any legal total quantises (issue 15)
+        scale = quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)),
+                                   max_sites=len(routed))  # fmt: skip
         masked = phase(TaskKind.MASKED_INPUT, sorted(routed), {
             s: MaskedInputStage(routed[s], scale, cfg.secagg.clip) for s in routed},
             spec={"masked": ("uint32", (length,))})  # fmt: skip

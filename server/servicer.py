@@ -27,6 +27,7 @@ from server.records import (
     UnmaskReply,
 )
 from server.state import Rejected, RoundState
+from server.validation import check_metrics, check_num_examples, clip_text
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,21 @@ STATUS = {
 }
 LONG_POLL_S = 1.0  # PullTask waits this long for a task before answering "wait"
 KEY_BYTES = 32  # X25519 public keys
+MAX_SECRET_BYTES = 4096  # one encrypted Shamir share / one revealed share: ~100 bytes in practice
+
+
+def _secrets(entries, sites: list[str], what: str) -> dict[str, bytes]:
+    """A map site -> bytes from a site (ShareKeys' ciphertexts, Unmask's shares): known site
+    names, bounded sizes, checked before anything is stored."""
+    out = dict(entries)
+    if len(out) > len(sites):
+        raise ValueError(f"{len(out)} {what} for a federation of {len(sites)} sites")
+    for site, blob in out.items():
+        if site not in sites:
+            raise ValueError(f"{what} for unknown site {clip_text(site, 32)!r}")
+        if len(blob) > MAX_SECRET_BYTES:
+            raise ValueError(f"a {what[:-1]} of {len(blob)} bytes > {MAX_SECRET_BYTES}")
+    return out
 
 
 def secagg_task(rnd: int, stage) -> pb.SecAggTask:
@@ -76,9 +92,11 @@ class FederationServicer(pb_grpc.FederationServicer):
             return
         peer = site_of_peer(context)
         if peer != site_id:
-            log.warning("refused a call claiming site %r from certificate site %r", site_id, peer)
+            log.warning("refused a call claiming site %r from certificate site %r",
+                        clip_text(site_id, 32), clip_text(peer, 32))  # fmt: skip
             context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"client certificate is not site {site_id!r}'s"
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client certificate is not site {clip_text(site_id, 32)!r}'s",
             )
 
     def _call(self, context, site_id: str, fn):
@@ -93,9 +111,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(STATUS[err.kind], str(err))
 
     def _submit(self, context, kind, request, decode):
-        """Hand a result (decoded lazily, against the open phase's spec) to the round state."""
+        """Hand a result to the round state, decoded lazily by ``decode(spec, state)`` against
+        the open phase's spec; a ValueError from it is an INVALID_ARGUMENT and stores nothing."""
         self._call(context, request.site_id, lambda st, _i: st.submit(
-            kind, request.site_id, request.run_id, request.round, decode))  # fmt: skip
+            kind, request.site_id, request.run_id, request.round, lambda spec: decode(spec, st)))  # fmt: skip
         return pb.SecAggResponse()
 
     def RegisterSite(self, request, context):
@@ -141,18 +160,20 @@ class FederationServicer(pb_grpc.FederationServicer):
         return resp
 
     def PushUpdate(self, request, context):
-        def decode(spec):
-            if request.num_examples <= 0:
-                raise ValueError(f"num_examples must be positive, got {request.num_examples}")
-            arrays = proto_to_ndarrays(request.tensors, spec)
-            return FitResult(arrays, int(request.num_examples), scalars_from_proto(request.metrics))
+        def decode(spec, st):
+            n = check_num_examples(request.num_examples, st.max_examples)
+            metrics = check_metrics(TaskKind.FIT, scalars_from_proto(request.metrics))
+            return FitResult(proto_to_ndarrays(request.tensors, spec), n, metrics)
 
         self._submit(context, TaskKind.FIT, request, decode)
         return pb.PushUpdateResponse()
 
     def PushEvaluation(self, request, context):
-        def decode(_spec):
-            return EvalResult(int(request.num_examples), scalars_from_proto(request.metrics))
+        def decode(_spec, _st):
+            metrics = check_metrics(TaskKind.EVALUATE, scalars_from_proto(request.metrics))
+            if request.num_examples < 0:
+                raise ValueError(f"num_examples must be >= 0, got {request.num_examples}")
+            return EvalResult(int(request.num_examples), metrics)
 
         self._submit(context, TaskKind.EVALUATE, request, decode)
         return pb.PushEvaluationResponse()
@@ -165,28 +186,27 @@ class FederationServicer(pb_grpc.FederationServicer):
     # -- secure aggregation stages ------------------------------------------------------------
 
     def AdvertiseKeys(self, request, context):
-        def decode(_spec):
+        def decode(_spec, st):
             keys = (request.keys.enc_pk, request.keys.mask_pk)
             if any(len(k) != KEY_BYTES for k in keys):
                 raise ValueError(f"public keys must be {KEY_BYTES} bytes each")
-            if request.num_examples <= 0:
-                raise ValueError(f"num_examples must be positive, got {request.num_examples}")
-            metrics = scalars_from_proto(request.metrics)
-            return KeyAdvertisement(*keys, int(request.num_examples), metrics)
+            n = check_num_examples(request.num_examples, st.max_examples)
+            metrics = check_metrics(TaskKind.ADVERTISE_KEYS, scalars_from_proto(request.metrics))
+            return KeyAdvertisement(*keys, n, metrics)
 
         return self._submit(context, TaskKind.ADVERTISE_KEYS, request, decode)
 
     def ShareKeys(self, request, context):
-        return self._submit(context, TaskKind.SHARE_KEYS, request,
-                            lambda _s: SharedKeys(dict(request.ciphertexts)))  # fmt: skip
+        return self._submit(context, TaskKind.SHARE_KEYS, request, lambda _s, st: SharedKeys(
+            _secrets(request.ciphertexts, st.sites, "ciphertexts")))  # fmt: skip
 
     def PushMaskedInput(self, request, context):
-        def decode(spec):
-            masked = proto_to_ndarrays([request.masked], spec)["masked"]
-            return MaskedInput(masked, scalars_from_proto(request.metrics))
+        def decode(spec, _st):
+            metrics = check_metrics(TaskKind.MASKED_INPUT, scalars_from_proto(request.metrics))
+            return MaskedInput(proto_to_ndarrays([request.masked], spec)["masked"], metrics)
 
         return self._submit(context, TaskKind.MASKED_INPUT, request, decode)
 
     def Unmask(self, request, context):
-        return self._submit(context, TaskKind.UNMASK, request,
-                            lambda _s: UnmaskReply(dict(request.shares)))  # fmt: skip
+        return self._submit(context, TaskKind.UNMASK, request, lambda _s, st: UnmaskReply(
+            _secrets(request.shares, st.sites, "shares")))  # fmt: skip

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.records import TaskKind
+from server.validation import clip_text
 
 log = logging.getLogger(__name__)
+MAX_REJECTIONS = 1000
 
 
 class Rejected(Exception):
@@ -60,29 +63,41 @@ class Task:
 
 
 class RoundState:
-    def __init__(self, run_id: str, sites: list[str], heartbeat_s: float) -> None:
+    def __init__(self, run_id: str, sites: list[str], heartbeat_s: float,
+                 max_examples: int = 2**31 - 1) -> None:  # fmt: skip
         self.run_id = run_id
         self.sites = list(sites)
         self.heartbeat_s = heartbeat_s
+        self.max_examples = max_examples  # the cap on a site's claimed num_examples
         self._cv = threading.Condition()
         self._last_seen: dict[str, float] = {}
         self._phase: Phase | None = None
         self._finished: tuple[int, str] | None = None
         self._told_finished: set[str] = set()
-        self.rejections: list[dict] = []
+        self.rejections: deque[dict] = deque(maxlen=MAX_REJECTIONS)  # the latest, no payloads
 
     # -- shared checks --------------------------------------------------------------------------
 
     def _bind(self, site: str, run_id: str | None) -> None:
         if site not in self.sites:
-            raise Rejected("not_found", f"unknown site {site!r}; this run has sites {self.sites}")
+            raise Rejected(
+                "not_found",
+                f"unknown site {clip_text(site, 32)!r}; this run has sites {self.sites}",
+            )
         if run_id is not None and run_id != self.run_id:
-            raise Rejected("not_found", f"unknown run {run_id!r} (this run is {self.run_id!r})")
+            raise Rejected(
+                "not_found", f"unknown run {clip_text(run_id, 64)!r} (this run is {self.run_id!r})"
+            )
         self._last_seen[site] = time.monotonic()
 
     def _reject(self, site: str, rnd: int, err: Rejected) -> Rejected:
-        self.rejections.append({"site": site, "round": rnd, "kind": err.kind, "message": str(err)})
-        log.warning("rejected %s from site %s (round %d): %s", err.kind, site, rnd, err)
+        """Keep and log a bounded account of a refused request: never its payload, at most
+        ``MAX_ECHO`` characters of any string the caller chose."""
+        message = clip_text(err)
+        self.rejections.append({"site": clip_text(site, 32), "round": rnd, "kind": err.kind,
+                                "message": message})  # fmt: skip
+        log.warning("rejected %s from site %s (round %d): %s", err.kind, clip_text(site, 32), rnd,
+                    message)  # fmt: skip
         return err
 
     # -- servicer side --------------------------------------------------------------------------
@@ -157,9 +172,9 @@ class RoundState:
                 raise Rejected(
                     "failed_precondition", f"site {site} has no open task in round {rnd}"
                 )
-            ph.failures[site] = f"declined: {reason}"[:300]
+            ph.failures[site] = f"declined: {clip_text(reason)}"
             self._cv.notify_all()
-        log.warning("site %s declined round %d: %s", site, rnd, reason)
+        log.warning("site %s declined round %d: %s", site, rnd, clip_text(reason))
 
     def _check_open(self, kind: str, site: str, rnd: int) -> None:
         ph = self._phase
