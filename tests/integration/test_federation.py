@@ -22,7 +22,7 @@ from common.training.local import weighted_contribution
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
-from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
+from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays, scalars_to_proto
 from common.wire.tls import make_certs
 from server.app import Server
 from server.campaign import serve_campaign
@@ -260,10 +260,11 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     mine = {k: v + np.float32(0.5) for k, v in sent.items()}
     key = sorted(mine)[0]
 
-    def push(tensors, site="A", run=run_id, rnd=1, n=10):
+    def push(tensors, site="A", run=run_id, rnd=1, n=10, metrics=None):
         req = pb.PushUpdateRequest(
-            site_id=site, run_id=run, round=rnd, tensors=tensors, num_examples=n
-        )
+            site_id=site, run_id=run, round=rnd, tensors=tensors, num_examples=n,
+            metrics=scalars_to_proto(metrics or {"loss": 0.1, "train_time_s": 1.0}),
+        )  # fmt: skip
         return stub.PushUpdate(req, timeout=10)
 
     def rejected(code, fragment, *args, **kw):
@@ -287,6 +288,13 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     rejected(grpc.StatusCode.NOT_FOUND, "unknown run", ndarrays_to_proto(good), run="forged")
     rejected(grpc.StatusCode.FAILED_PRECONDITION, "not open", ndarrays_to_proto(good), rnd=0)
     rejected(grpc.StatusCode.FAILED_PRECONDITION, "not open", ndarrays_to_proto(good), rnd=7)
+    # issue 15: a mistyped metric, an unknown one, an inflated weight, a 1 MiB site id
+    rejected(invalid, "must be a number", ndarrays_to_proto(good), metrics={"train_time_s": "x"})
+    rejected(invalid, "not one a site reports", ndarrays_to_proto(good), metrics={"w": 1.0})
+    rejected(invalid, "exceeds this federation's cap", ndarrays_to_proto(good), n=10**9)
+    with pytest.raises(grpc.RpcError) as huge:
+        push(ndarrays_to_proto(good), site="Z" * (1 << 20))
+    assert huge.value.code() == grpc.StatusCode.NOT_FOUND and len(huge.value.details()) < 400
     push(ndarrays_to_proto(good))
     rejected(grpc.StatusCode.ALREADY_EXISTS, "already sent", ndarrays_to_proto(good))
     # B's honest update with the initial weights closes the round
@@ -298,7 +306,33 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
             final[k], (10 * mine[k] + 30 * sent[k]) / 40, rtol=1e-5, atol=1e-6
         )
     assert box["result"]["final_model_sha256"] == state_sha256(final)
-    assert len(srv.state.rejections) == 10
+    assert len(srv.state.rejections) == 14  # kept without payloads, caller strings clipped
+    assert all(len(r["message"]) < 400 for r in srv.state.rejections)
+
+
+def test_a_thin_round_is_skipped_not_fatal_and_the_run_stops_with_a_status(env, tmp_path):
+    """Fewer live sites than min_fit_sites: the round is skipped and retried; after
+    fl.max_skipped_rounds skips in a row the run ends with status 'stopped' (issue 15)."""
+    cfg, _, root = env
+    cfg = with_overrides(cfg, **{"train.rounds": 3, "fl.min_fit_sites": 2, "fl.heartbeat_s": 0.5,
+                                 "fl.wait_for_sites_s": 5.0, "fl.max_skipped_rounds": 2,
+                                 "fl.skip_wait_s": 0.5, "secagg.enabled": False})  # fmt: skip
+    srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
+    port_file, box = tmp_path / "port", {}
+    t = threading.Thread(target=lambda: box.setdefault(
+        "result", serve_campaign([lambda: srv], "127.0.0.1:0", port_file)[0]))  # fmt: skip
+    t.start()
+    wait_until(port_file.exists, 60, "the server's port file")
+    stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
+    run_id = stub.RegisterSite(pb.RegisterSiteRequest(site_id="A"), timeout=10).run_id
+    stub.RegisterSite(pb.RegisterSiteRequest(site_id="B"), timeout=10)  # then B goes silent
+    while t.is_alive():  # A stays alive (and never gets a round to train)
+        stub.Heartbeat(pb.HeartbeatRequest(site_id="A", run_id=run_id), timeout=10)
+        t.join(timeout=0.3)
+    result = box["result"]
+    assert result["status"].startswith("stopped") and result["rounds"] == 0
+    assert [s["attempt"] for s in result["skipped_rounds"]] == [1, 2]
+    assert all(s["round"] == 1 and s["alive"] == ["A"] for s in result["skipped_rounds"])
 
 
 def test_report_follows_the_results_contract(runs, env):
