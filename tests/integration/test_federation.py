@@ -548,6 +548,7 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
         refused(images[:2].astype(np.float32), grpc.StatusCode.INVALID_ARGUMENT)
         refused(images[:2, :16, :16], grpc.StatusCode.INVALID_ARGUMENT)
         refused(np.zeros((9, size, size), np.int16), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        refused(np.zeros((0, size, size), np.int16), grpc.StatusCode.INVALID_ARGUMENT)
         # the service has no way to ask for weights, gradients or data
         methods = {m.name for m in ipb.DESCRIPTOR.services_by_name["Inference"].methods}
         assert methods == {"Predict", "Describe"}

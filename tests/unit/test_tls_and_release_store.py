@@ -89,6 +89,23 @@ def test_model_store_names(tmp_path):
             store.get(bad)
     with pytest.raises(ValueError):
         ModelStore()
+    # aliases of one model share one copy (the cache is keyed by the resolved directory)
+    for alias in ("camp/./fedavg/release", "camp//fedavg/release", "camp/fedavg/release/"):
+        assert store.get(alias)[0] is store.get("camp/fedavg/release")[0]
+    assert len(store._models) == 1
+    # a link out of the root is not followed; errors never show the server's paths
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "secret")
+    for bad in ("link", "x" * 300, "camp/fedavg/release\x00"):
+        with pytest.raises(KeyError) as err:
+            store.get(bad)
+        assert str(tmp_path) not in str(err.value) and len(str(err.value)) < 200
+    # a release that cannot be read is "not found", not a crash with a path in it
+    broken = tmp_path / "root" / "broken"
+    broken.mkdir()
+    (broken / "release.json").write_text("{not json")
+    with pytest.raises(KeyError, match="no usable released model") as err:
+        store.get("broken")
+    assert str(tmp_path) not in str(err.value)
 
 
 def test_site_subset_generates_the_same_slices():
