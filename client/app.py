@@ -300,12 +300,10 @@ class SiteClient:
     def secagg_stage(self, task: pb.SecAggTask) -> None:
         rnd, stage = task.round, task.WhichOneof("stage")
         if self.secagg is None or self.pending is None or self.pending.round != rnd:
-            log.warning(
-                "site %s: secure-aggregation stage %s for round %d without an update",
-                self.site,
-                stage,
-                rnd,
-            )
+            # e.g. restarted after advertising keys: this round's update and keys are gone. Say
+            # so at once: the server counts the site as dropped (the survivors' shares recover
+            # the sum) instead of offering the stage again until the round times out.
+            self._decline(rnd, f"restarted: no update for the {stage} stage of round {rnd}")
             return
         base = {"site_id": self.site, "run_id": self.run_id, "round": rnd}
         try:
@@ -361,14 +359,24 @@ class SiteClient:
             time.sleep(2.0)
 
     def run_one(self) -> bool:
-        """Work the open run until it finishes; True when the server announced another run."""
-        last = 0
+        """Work the open run until it finishes; True when the server announced another run.
+
+        A task handed out again right after it was handled (the server has not moved on yet)
+        is met with a growing pause, never a tight loop of PullTask calls."""
+        last, previous, pause = 0, None, 0.0
         while True:
             resp = self._rpc(
                 self.stub.PullTask,
                 pb.PullTaskRequest(site_id=self.site, run_id=self.run_id, round=last),
             )
             kind = resp.WhichOneof("task")
+            if kind in ("fit", "evaluate", "secagg"):
+                task = getattr(resp, kind)
+                key = (kind, task.round, task.WhichOneof("stage") if kind == "secagg" else "")
+                pause = min(max(pause * 2, 0.05), 2.0) if key == previous else 0.0
+                if pause:
+                    time.sleep(pause)
+                previous = key
             if kind == "fit":
                 self.fit(resp.fit)
                 last = resp.fit.round

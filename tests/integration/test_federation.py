@@ -417,6 +417,8 @@ def _secagg_round(env, tmp_path, drop_at: dict[str, str]):
         def secagg_stage(self, task):
             if drop_at.get(self.site) == task.WhichOneof("stage"):
                 raise Crash
+            if drop_at.get(self.site) == "restart:" + task.WhichOneof("stage"):
+                self.secagg = self.pending = None  # a new process: this round's update is gone
             if task.WhichOneof("stage") == "masked_input":
                 sent[self.site] = (self.pending.weighted.copy(), self.pending.num_examples)
             return super().secagg_stage(task)
@@ -456,6 +458,20 @@ def test_secagg_site_dropping_after_sharing_keys_is_recovered(env, tmp_path):
     expected = sum(v for v, _n in sent.values()) / total
     bound = rec["secagg"]["error_bound_sum"] / total
     assert np.all(np.abs(got - expected) <= bound + np.spacing(np.abs(expected).astype(np.float32)))
+
+
+def test_a_site_restarted_after_advertising_keys_is_dropped_at_once(env, tmp_path):
+    """Issue 15: the restarted site declines the stages it cannot serve (no update, no keys),
+    the survivors' shares recover the sum, and the round does not wait for its timeout (20 s);
+    before, the site re-polled the same stage in a tight loop until the deadline."""
+    import time
+
+    start = time.monotonic()
+    rec, sent, _srv = _secagg_round(env, tmp_path, {"E": "restart:share_keys"})
+    took = time.monotonic() - start
+    assert rec["secagg"]["dropouts"]["share_keys"] == ["E"] and set(sent) == set("ABCD")
+    assert rec["secagg"]["survivors"] == list("ABCD") and "fit" in rec
+    assert rec["timing_s"]["fit_phase"] < 15.0, took  # far from the 20 s deadline
 
 
 def test_secagg_sites_dropping_during_unmasking_with_t_left(env, tmp_path):
