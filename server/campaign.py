@@ -19,7 +19,7 @@ import torch
 from common.io import write_json_atomic
 from common.methods import METHOD_NAMES, get_method
 from common.versions import collect_versions
-from common.wire.channel import create_server
+from common.wire.channel import MAX_MESSAGE_BYTES, MiB, create_server
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from server.app import Server
 from server.servicer import FederationServicer
@@ -40,8 +40,23 @@ def wait_for_file(path: Path, timeout_s: float, what: str, stop: threading.Event
         stop.wait(1.0)
 
 
+FEDERATION_CONCURRENT_RPCS = 64  # five sites' long polls, heartbeats and pushes, with room
+
+
+def federation_message_limit(cfg, methods) -> int:
+    """The largest legal request of a federation: a site's update (float32) or masked vector
+    (uint32) of the biggest model among ``methods``, twice over for slack, plus 1 MiB for names,
+    shapes and metrics. Anything larger is refused by gRPC before it is decoded."""
+    from common.model import get_params, model_for
+
+    entries = max(
+        sum(v.size for v in get_params(model_for(cfg.for_method(m), m)).values()) for m in methods
+    )
+    return 2 * 4 * entries + MiB
+
+
 def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: Path | None = None,
-                   hold=None) -> list[dict]:  # fmt: skip
+                   hold=None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[dict]:  # fmt: skip
     """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
     (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
     the next run. ``hold``: after the last run, keep serving until hold(stop) returns (compose: the
@@ -51,8 +66,9 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
     servicer = FederationServicer(authenticate=tls_dir is not None)
     creds = server_credentials(tls_dir) if tls_dir else None
     server, port = create_server(
-        address, [(pb_grpc.add_FederationServicer_to_server, servicer)], credentials=creds
-    )
+        address, [(pb_grpc.add_FederationServicer_to_server, servicer)], credentials=creds,
+        max_receive_bytes=max_message_bytes, max_concurrent_rpcs=FEDERATION_CONCURRENT_RPCS,
+    )  # fmt: skip
     server.start()
     if port_file:
         port_file.write_text(str(port))
@@ -112,7 +128,8 @@ def run_server_cmd(args) -> int:
         runs = [
             lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False) for m in methods
         ]
-        results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold)
+        results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold,
+                                 federation_message_limit(cfg, methods))  # fmt: skip
         for r in results:
             print(json.dumps({k: r[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
         return 0
@@ -126,7 +143,8 @@ def run_server_cmd(args) -> int:
         raise ValueError("give --method (fedavg, fedprox or fedbn)")
     run_dir.mkdir(parents=True, exist_ok=True)
     srv = Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume))
-    (result,) = serve_campaign([lambda: srv], args.address, _port_file(args), tls_dir, hold)
+    limit = federation_message_limit(cfg, [method])
+    (result,) = serve_campaign([lambda: srv], args.address, _port_file(args), tls_dir, hold, limit)
     print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
     return 0
 

@@ -25,6 +25,8 @@ from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 64
+MAX_SIDE = 512  # the largest image side a released model may take (the paper's is 256)
+RELEASE_CONCURRENT_RPCS = 16
 
 
 MAX_NAME = 200  # characters of a model name
@@ -128,7 +130,11 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
     store = ModelStore(model_dir, roots)
     torch.set_num_threads(1)
     servicer = InferenceServicer(store, max_batch)
-    server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)])
+    # the largest legal Predict: a full batch of int16 slices at the largest side, plus names
+    limit = max_batch * MAX_SIDE * MAX_SIDE * 2 + (1 << 20)
+    server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)],
+                                 max_receive_bytes=limit,
+                                 max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS)  # fmt: skip
     server.start()
     if port_file:
         port_file.write_text(str(port))

@@ -72,15 +72,27 @@ def create_server(
     max_workers: int = 16,
     credentials: grpc.ServerCredentials | None = None,
     health: bool = True,
+    max_receive_bytes: int = MAX_MESSAGE_BYTES,
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and return a server that is **not started yet**, and the port it bound.
 
     ``address`` is "host:port"; port 0 picks a free port (tests). With ``health`` the standard
     gRPC health service is added and reports SERVING for the whole server ("") once started.
     ``credentials`` switches to TLS (mTLS when they require client certificates).
+    ``max_receive_bytes``: the largest request accepted, checked by gRPC before any decoding (a
+    service derives it from what a legal request can be: a model update, a batch of slices);
+    ``max_concurrent_rpcs``: calls beyond it are refused with RESOURCE_EXHAUSTED instead of
+    queuing without bound.
     """
+    options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+    options.append(
+        ("grpc.max_receive_message_length", int(min(max_receive_bytes, MAX_MESSAGE_BYTES)))
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=options,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     for add_to_server, servicer in services:
         add_to_server(servicer, server)
