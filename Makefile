@@ -10,7 +10,7 @@ OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv bench frontier test test-fast lint format perf clean proto proto-check wheelhouse images e2e
+.PHONY: venv bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ FRONTIER_METHOD ?= dpsgd-pt
 frontier: venv
 	$(VENV)/bin/fedonco bench --config $(CONFIG) --sweep target_epsilon=1,2,4,8 \
 		--sweep-method $(FRONTIER_METHOD) --seeds 3 --out $(OUT)
+
+# Fuzz the Federation service with 20,000 property-based messages (bench/fuzz.py): the server must
+# never exit and the model must end as the honest site made it; prints statuses and RSS.
+fuzz: venv
+	$(PY) -m bench.fuzz --messages 20000
 
 test: lint
 	$(PY) -m pytest -q tests
