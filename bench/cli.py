@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--port-file", help="write the bound port to this file")
     q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
+    q.add_argument("--max-queries", type=int, metavar="Q", help="slices one caller (client "
+                   "certificate, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
+                   "(default: no limit)")  # fmt: skip
     q.set_defaults(func=_release)
 
     p = sub.add_parser(

@@ -81,10 +81,35 @@ class ModelStore:
             return self._models[key]
 
 
+def caller_of(context) -> str:
+    """Who is calling: the verified client certificate's name with TLS, else the peer's host
+    (its port changes with every connection)."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name")
+    if names:
+        return "cert:" + names[0].decode(errors="replace")
+    peer = context.peer() or ""
+    return "host:" + peer.rsplit(":", 1)[0]
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, store: ModelStore, max_batch: int = MAX_BATCH) -> None:
-        self.store, self.max_batch = store, max_batch
+    """``max_queries``: slices one caller may have predicted over the service's life (None: no
+    limit); a caller over it gets RESOURCE_EXHAUSTED. ``queries`` counts what each caller used."""
+
+    def __init__(self, store: ModelStore, max_batch: int = MAX_BATCH,
+                 max_queries: int | None = None) -> None:  # fmt: skip
+        self.store, self.max_batch, self.max_queries = store, max_batch, max_queries
         self._lock = threading.Lock()  # one forward pass at a time (CPU-bound anyway)
+        self.queries: dict[str, int] = {}
+
+    def _charge(self, context, n: int) -> None:
+        caller = caller_of(context)
+        with self._lock:
+            used = self.queries.get(caller, 0)
+            if self.max_queries is not None and used + n > self.max_queries:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"query budget spent: {used} of {self.max_queries} slices used")  # fmt: skip
+            self.queries[caller] = used + n
 
     def _model(self, name: str, context):
         try:
@@ -118,6 +143,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"batch of {len(images)} slices; send 1 to {self.max_batch} per request",
             )
+        self._charge(context, len(images))
         with self._lock:
             probs = predict_hu(model, images, tuple(info["window"]), batch_size=self.max_batch)
         return pb.PredictResponse(probs=ndarrays_to_proto({"probs": probs})[0])
@@ -125,11 +151,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
           max_batch: int = MAX_BATCH, roots: list[Path] | None = None,
-          exit_when: Path | None = None) -> int:  # fmt: skip
+          exit_when: Path | None = None, max_queries: int | None = None) -> int:  # fmt: skip
     """Serve until SIGTERM (or until ``exit_when`` appears: the end of a compose campaign)."""
     store = ModelStore(model_dir, roots)
     torch.set_num_threads(1)
-    servicer = InferenceServicer(store, max_batch)
+    servicer = InferenceServicer(store, max_batch, max_queries)
     # the largest legal Predict: a full batch of int16 slices at the largest side, plus names
     limit = max_batch * MAX_SIDE * MAX_SIDE * 2 + (1 << 20)
     server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)],
@@ -152,6 +178,7 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
     except KeyboardInterrupt:
         pass
     server.stop(grace=1.0)
+    log.info("queries answered per caller: %s", servicer.queries)
     return 0
 
 
@@ -165,4 +192,5 @@ def run_release_cmd(args) -> int:
         args.max_batch,
         [Path(r) for r in args.models_root or []],
         Path(args.exit_when) if args.exit_when else None,
+        args.max_queries,
     )

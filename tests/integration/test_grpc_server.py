@@ -79,3 +79,56 @@ def test_binding_a_taken_port_fails_loudly() -> None:
             create_server(f"127.0.0.1:{port}", [])
     finally:
         server.stop(None)
+
+
+def test_requests_above_the_services_limit_are_refused_before_decoding() -> None:
+    servicer = _EchoSizes()
+    server, port = create_server(
+        "127.0.0.1:0",
+        [(federation_pb2_grpc.add_FederationServicer_to_server, servicer)],
+        max_receive_bytes=64 * 1024,
+    )
+    server.start()
+    stub = federation_pb2_grpc.FederationStub(create_channel(f"127.0.0.1:{port}"))
+    try:
+        small = serde.ndarrays_to_proto({"w": np.zeros(1000, np.float32)})
+        stub.PushUpdate(federation_pb2.PushUpdateRequest(tensors=small), timeout=10)
+        big = serde.ndarrays_to_proto({"w": np.zeros(100_000, np.float32)})
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PushUpdate(federation_pb2.PushUpdateRequest(tensors=big), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert servicer.received["w"].size == 1000  # the big one never reached the servicer
+    finally:
+        server.stop(None)
+
+
+def test_release_service_enforces_a_per_caller_query_budget(tmp_path) -> None:
+    from common.release import export_release
+    from common.wire.rpc import inference_pb2, inference_pb2_grpc
+    from server.inference import InferenceServicer, ModelStore
+
+    params = get_params(build_model(4, "batch", 2, seed=0))
+    info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
+            "window": [-160, 240]}  # fmt: skip
+    export_release(tmp_path / "rel", params, info)
+    servicer = InferenceServicer(ModelStore(tmp_path / "rel"), max_batch=4, max_queries=6)
+    server, port = create_server(
+        "127.0.0.1:0", [(inference_pb2_grpc.add_InferenceServicer_to_server, servicer)]
+    )
+    server.start()
+    stub = inference_pb2_grpc.InferenceStub(create_channel(f"127.0.0.1:{port}"))
+
+    def predict(n):
+        images = serde.ndarrays_to_proto({"images": np.zeros((n, 32, 32), np.int16)})[0]
+        return stub.Predict(inference_pb2.PredictRequest(images=images), timeout=30)
+
+    try:
+        predict(4)
+        predict(2)
+        with pytest.raises(grpc.RpcError) as err:
+            predict(1)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "budget" in err.value.details()
+        assert list(servicer.queries.values()) == [6]
+    finally:
+        server.stop(None)
