@@ -151,7 +151,8 @@ def rmia_scores(
 ) -> np.ndarray:
     """RMIA: the fraction of population samples z whose likelihood ratio the candidate x
     dominates by more than ``gamma``: score(x) = mean_z 1[(Pr(x|θ)/Pr(x)) / (Pr(z|θ)/Pr(z)) > γ],
-    in [0, 1]. ``a`` given: offline (references are OUT models, ``use_*`` picks which are OUT per
+    in [0, 1], with ties broken by x's own ratio (the score is (count + sigmoid(log ratio −
+    log γ)) / (|z| + 1): the same order as the fraction wherever the fraction differs). ``a`` given: offline (references are OUT models, ``use_*`` picks which are OUT per
     slice); ``a`` None: online (Pr(x) is the mean over all references, IN and OUT alike).
     Signals are ``rmia_signal`` values, (V, N) / (S, V, N) or without the view axis."""
     if gamma <= 0:
@@ -164,7 +165,13 @@ def rmia_scores(
     if not len(lz):
         raise ValueError("RMIA needs population samples z")
     # count of z with lx - lz > log(gamma), i.e. lz < lx - log(gamma), by binary search
-    return np.searchsorted(lz, lx - np.log(gamma), side="left") / len(lz)
+    margin = lx - np.log(gamma)
+    count = np.searchsorted(lz, margin, side="left")
+    # Ties: with a few hundred z, many candidates beat every z (or none) and share the score 1
+    # (or 0), which flattens the ROC exactly where TPR at low FPR is read. The count is a step
+    # function of the candidate's own log ratio, so adding sigmoid(margin) in (0, 1) breaks the
+    # ties by that ratio without reordering any two candidates the count already separates.
+    return (count + 1.0 / (1.0 + np.exp(-np.clip(margin, -50, 50)))) / (len(lz) + 1)
 
 
 def calibrate_a(pairs, auc, grid=RMIA_A_GRID) -> tuple[float, dict[float, float]]:

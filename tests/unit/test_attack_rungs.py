@@ -58,10 +58,15 @@ def test_rmia_by_hand():
     px = (1.5 * 0.4 + 0.5) / 2
     pz = (1.5 * np.array([0.5, 0.6, 0.3]) + 0.5) / 2
     ratio_x, ratio_z = np.array([0.8, 0.2]) / px, 0.5 / pz
-    expect = (ratio_x[:, None] / ratio_z[None] > 1.0).mean(axis=1)
+    count = (ratio_x[:, None] / ratio_z[None] > 1.0).sum(axis=1)
+    tie_break = 1 / (1 + 1 / ratio_x)  # sigmoid(log ratio_x)
+    expect = (count + tie_break) / (3 + 1)
     got = rmia_scores(tx, rx, tz, rz, a=0.5, gamma=1.0)
     assert np.allclose(got, expect) and got[0] > got[1]
     assert (got >= 0).all() and (got <= 1).all()
+    # candidates that beat every z (or none) are still ordered by their own ratio
+    many = rmia_scores(np.array([0.9, 0.95, 0.01, 0.02]), np.full((1, 4), 0.4), tz, rz, a=0.5)
+    assert many[1] > many[0] > many[3] > many[2]
     strict = rmia_scores(tx, rx, tz, rz, a=0.5, gamma=3.0)
     assert (strict <= got).all()  # a larger gamma never raises a score
     with pytest.raises(ValueError, match="gamma"):
