@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
-from attacks.calibrated import lira_online, lira_signal, rmia_scores, rmia_signal
-from attacks.ladder import LadderResult, Predict, _population, query
+from attacks.calibrated import lira_online, rmia_scores
+from attacks.ladder import LadderResult, Predict, _population, view_signals
 from attacks.shadows import train_shadows
-from attacks.views import apply_view, views_within_budget
+from attacks.views import views_within_budget
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +69,12 @@ def run_auditor(
     z_idx = _population(shadows, mia.population, seed)
     z_images, z_masks = pool_images[z_idx], pool_masks[z_idx]
     views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
-    queries = 0
-    lt, rt, rtz = [], [], []
-    lr, rr, rrz = ([[] for _ in shadows] for _ in range(3))
-    for v in views:
-        xv, mv = apply_view(v, cand_images), apply_view(v, cand_masks)
-        zv, zmv = apply_view(v, z_images), apply_view(v, z_masks)
-        probs, probs_z = query(predict, xv), query(predict, zv)
-        queries += len(xv) + len(zv)
-        lt.append(lira_signal(probs, mv))
-        rt.append(rmia_signal(probs, mv))
-        rtz.append(rmia_signal(probs_z, zmv))
-        for k, sh in enumerate(shadows):
-            sp = sh.predict(xv, site=site)
-            lr[k].append(lira_signal(sp, mv))
-            rr[k].append(rmia_signal(sp, mv))
-            rrz[k].append(rmia_signal(sh.predict(zv, site=site), zmv))
-    stack = lambda parts: np.stack([np.stack(p) for p in parts])  # noqa: E731
+    sig = view_signals(predict, shadows, (cand_images, cand_masks), (z_images, z_masks), views,
+                       site)  # fmt: skip
+    queries = sig.queries
     scores = {
-        "lira_online": lira_online(np.stack(lt), stack(lr), inside),
-        "rmia_online": rmia_scores(np.stack(rt), stack(rr), np.stack(rtz), stack(rrz),
+        "lira_online": lira_online(sig.lira_t, sig.lira_r, inside),
+        "rmia_online": rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
                                    gamma=mia.rmia_gamma, a=None),
     }  # fmt: skip
     info = {

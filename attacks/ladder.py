@@ -271,6 +271,50 @@ def select_on_shadows(
     return {r: float(np.mean(v)) for r, v in per_rung.items()}, a, a_table
 
 
+@dataclass
+class ViewSignals:
+    """Per-view signals of the target and of each shadow: ``*_t`` (V, N), ``*_r`` (S, V, N);
+    ``*_tz`` / ``*_rz`` on the population samples z; ``target_id`` the target's output on the
+    candidates themselves; ``queries`` the target queries spent."""
+
+    loss: np.ndarray
+    lira_t: np.ndarray
+    lira_r: np.ndarray
+    rmia_t: np.ndarray
+    rmia_r: np.ndarray
+    rmia_tz: np.ndarray
+    rmia_rz: np.ndarray
+    target_id: np.ndarray
+    queries: int
+
+
+def view_signals(predict: Predict, shadows, candidates, population, views, site=None):
+    """Query the target on every view of the candidates and of the population samples, run the
+    shadows on the same views, and read the loss, LiRA and RMIA signals of each."""
+    (cand_images, cand_masks), (z_images, z_masks) = candidates, population
+    out = {k: [] for k in ("loss", "lira_t", "rmia_t", "rmia_tz")}
+    refs = {k: [[] for _ in shadows] for k in ("lira_r", "rmia_r", "rmia_rz")}
+    queries, target_id = 0, None
+    for v in views:
+        xv, mv = apply_view(v, cand_images), apply_view(v, cand_masks)
+        zv, zmv = apply_view(v, z_images), apply_view(v, z_masks)
+        probs, probs_z = query(predict, xv), query(predict, zv)
+        queries += len(xv) + len(zv)
+        target_id = probs if target_id is None else target_id
+        out["loss"].append(loss_scores(probs, mv))
+        out["lira_t"].append(lira_signal(probs, mv))
+        out["rmia_t"].append(rmia_signal(probs, mv))
+        out["rmia_tz"].append(rmia_signal(probs_z, zmv))
+        for k, sh in enumerate(shadows):
+            sp = sh.predict(xv, site=site)
+            refs["lira_r"][k].append(lira_signal(sp, mv))
+            refs["rmia_r"][k].append(rmia_signal(sp, mv))
+            refs["rmia_rz"][k].append(rmia_signal(sh.predict(zv, site=site), zmv))
+    arrays = {k: np.stack(v) for k, v in out.items()}
+    arrays.update({k: np.stack([np.stack(r) for r in v]) for k, v in refs.items()})
+    return ViewSignals(**arrays, target_id=target_id, queries=queries)
+
+
 def run_ladder(
     predict: Predict,
     cfg,
@@ -308,24 +352,9 @@ def run_ladder(
     z_idx = _population(shadows, mia.population, seed)
     z_images, z_masks = pool_images[z_idx], pool_masks[z_idx]
     views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
-    queries = 0
-    lira_t, rmia_t, rmia_tz, loss_v, target_id = [], [], [], [], None
-    lira_r, rmia_r, rmia_rz = ([[] for _ in shadows] for _ in range(3))
-    for v in views:
-        xv, mv = apply_view(v, cand_images), apply_view(v, cand_masks)
-        zv, zmv = apply_view(v, z_images), apply_view(v, z_masks)
-        probs, probs_z = query(predict, xv), query(predict, zv)
-        queries += len(xv) + len(zv)
-        target_id = probs if target_id is None else target_id
-        loss_v.append(loss_scores(probs, mv))
-        lira_t.append(lira_signal(probs, mv))
-        rmia_t.append(rmia_signal(probs, mv))
-        rmia_tz.append(rmia_signal(probs_z, zmv))
-        for k, sh in enumerate(shadows):
-            sp = sh.predict(xv, site=site)
-            lira_r[k].append(lira_signal(sp, mv))
-            rmia_r[k].append(rmia_signal(sp, mv))
-            rmia_rz[k].append(rmia_signal(sh.predict(zv, site=site), zmv))
+    sig = view_signals(predict, shadows, (cand_images, cand_masks), (z_images, z_masks), views,
+                       site)  # fmt: skip
+    queries, target_id = sig.queries, sig.target_id
     t2 = time.perf_counter()
     pool_probs = [sh.predict(pool_images, site=site) for sh in shadows]
     members = np.stack([sh.member_mask for sh in shadows])
@@ -344,16 +373,15 @@ def run_ladder(
     cand_feats = image_features(target_id, cand_masks)
     scores = {
         "blind": blind_scores(cand_images, cand_masks),
-        "loss": np.mean(loss_v, axis=0),
+        "loss": sig.loss.mean(axis=0),
         "shadow": _shadow_from_features(
             np.concatenate([image_features(p, pool_masks) for p in pool_probs]), members.ravel(),
             cand_feats, classifier),
         "map": map_attack_scores(
             torch.cat([map_inputs(p, pool_masks) for p in pool_probs]), members.ravel(),
             map_inputs(target_id, cand_masks), seed),
-        "lira": lira_offline(np.stack(lira_t), np.stack([np.stack(r) for r in lira_r])),
-        "rmia": rmia_scores(np.stack(rmia_t), np.stack([np.stack(r) for r in rmia_r]),
-                            np.stack(rmia_tz), np.stack([np.stack(r) for r in rmia_rz]),
+        "lira": lira_offline(sig.lira_t, sig.lira_r),
+        "rmia": rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
                             gamma=mia.rmia_gamma, a=a),
     }  # fmt: skip
     t3 = time.perf_counter()
