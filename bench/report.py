@@ -431,7 +431,13 @@ def frontier_plot(summary: dict, path: Path) -> None:
     for k, ax in enumerate(axes):
         ax.grid(alpha=0.3)
         if swept[k]:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_xscale("log")
+            xs = sorted({x for line in ax.get_lines() for x in line.get_xdata() if x > 0})
+            ax.set_xticks(xs)  # the swept values, written plainly (1, 2, 4, 8)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
