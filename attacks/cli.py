@@ -62,7 +62,8 @@ def run_attack_cmd(args) -> int:
     n_auditor = cfg.mia.auditor_shadows if args.auditor is None else args.auditor
     budget = args.query_budget or cfg.mia.query_budget
     t0 = time.perf_counter()
-    targets = [RemoteModel(args.target, name) for name in models]
+    tls_dir = Path(args.tls_dir) if getattr(args, "tls_dir", None) else None
+    targets = [RemoteModel(args.target, name, tls_dir=tls_dir) for name in models]
     methods = {t.method for t in targets}
     if len(methods) != 1:
         raise ValueError(f"the targets were trained with different methods {sorted(methods)}")

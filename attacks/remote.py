@@ -7,6 +7,8 @@ else.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from common.wire.channel import create_channel
@@ -18,8 +20,14 @@ from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 class RemoteModel:
     """``predict(images_hu) -> probs`` over gRPC, batching to the service's limit."""
 
-    def __init__(self, address: str, model: str = "", timeout: float = 60.0) -> None:
-        self.stub = pb_grpc.InferenceStub(create_channel(address))
+    def __init__(self, address: str, model: str = "", timeout: float = 60.0,
+                 tls_dir: Path | None = None) -> None:  # fmt: skip
+        creds = None
+        if tls_dir is not None:  # verify the service against the CA (client cert if present)
+            from common.wire.tls import ca_channel_credentials
+
+            creds = ca_channel_credentials(tls_dir)
+        self.stub = pb_grpc.InferenceStub(create_channel(address, credentials=creds))
         self.timeout, self.model = timeout, model
         d = self.stub.Describe(
             pb.DescribeRequest(model=model), timeout=timeout, wait_for_ready=True

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--port-file", help="write the bound port to this file")
     q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
+    q.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
+                   help="serve over TLS with the server certificate in DIR (ca.crt, tls.crt, "
+                   "tls.key from `fedonco certs`); client certificates are optional and, when "
+                   "presented, name the caller for --max-queries (env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
     q.add_argument("--max-queries", type=int, metavar="Q", help="slices one caller (client "
                    "certificate, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
                    "(default: no limit)")  # fmt: skip
@@ -261,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auditor", type=int, metavar="N", help="also run the auditor's online rungs "
                    "with N shadows that train on half the candidates each (even; default "
                    "mia.auditor_shadows; needs 'sites' in the candidates)")  # fmt: skip
+    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
+                   help="the release service speaks TLS: verify it against DIR/ca.crt (and "
+                   "present DIR/tls.crt + tls.key if there)")  # fmt: skip
     p.add_argument("--query-budget", type=int, metavar="Q", help="at most Q Predict calls per "
                    "target (slices); views beyond it are dropped (default mia.query_budget)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)

@@ -151,15 +151,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
           max_batch: int = MAX_BATCH, roots: list[Path] | None = None,
-          exit_when: Path | None = None, max_queries: int | None = None) -> int:  # fmt: skip
+          exit_when: Path | None = None, max_queries: int | None = None,
+          tls_dir: Path | None = None) -> int:  # fmt: skip
     """Serve until SIGTERM (or until ``exit_when`` appears: the end of a compose campaign)."""
     store = ModelStore(model_dir, roots)
     torch.set_num_threads(1)
     servicer = InferenceServicer(store, max_batch, max_queries)
     # the largest legal Predict: a full batch of int16 slices at the largest side, plus names
     limit = max_batch * MAX_SIDE * MAX_SIDE * 2 + (1 << 20)
+    creds = None
+    if tls_dir is not None:  # server-authenticated TLS; client certificates optional
+        from common.wire.tls import server_credentials
+
+        creds = server_credentials(tls_dir, require_client_auth=False)
     server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)],
-                                 max_receive_bytes=limit,
+                                 max_receive_bytes=limit, credentials=creds,
                                  max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS)  # fmt: skip
     server.start()
     if port_file:
@@ -193,4 +199,5 @@ def run_release_cmd(args) -> int:
         [Path(r) for r in args.models_root or []],
         Path(args.exit_when) if args.exit_when else None,
         args.max_queries,
+        Path(args.tls_dir) if args.tls_dir else None,
     )

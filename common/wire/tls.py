@@ -169,12 +169,25 @@ def _read_role(tls_dir: Path) -> tuple[bytes, bytes, bytes]:
     return ca, cert, key
 
 
-def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
-    """Server side of mutual TLS: present the server certificate, require a CA-signed client."""
+def server_credentials(tls_dir: Path, require_client_auth: bool = True) -> grpc.ServerCredentials:
+    """Server side of TLS: present the server certificate; with ``require_client_auth`` (mutual
+    TLS, the federation) a CA-signed client certificate is required, without it (the release
+    service, a public endpoint) one is verified when presented."""
     ca, cert, key = _read_role(tls_dir)
     return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
+        [(key, cert)], root_certificates=ca, require_client_auth=require_client_auth
     )
+
+
+def ca_channel_credentials(tls_dir: Path) -> grpc.ChannelCredentials:
+    """Client side of server-authenticated TLS: verify the server against ``tls_dir/ca.crt``;
+    present a client certificate too when the directory holds one (``tls.crt`` + ``tls.key``)."""
+    tls_dir = Path(tls_dir)
+    if (tls_dir / CERT).is_file() and (tls_dir / KEY).is_file():
+        return channel_credentials(tls_dir)
+    if not (tls_dir / CA_CERT).is_file():
+        raise FileNotFoundError(f"TLS directory {tls_dir} lacks {tls_dir / CA_CERT}")
+    return grpc.ssl_channel_credentials(root_certificates=(tls_dir / CA_CERT).read_bytes())
 
 
 def channel_credentials(tls_dir: Path) -> grpc.ChannelCredentials:

@@ -132,3 +132,43 @@ def test_release_service_enforces_a_per_caller_query_budget(tmp_path) -> None:
         assert list(servicer.queries.values()) == [6]
     finally:
         server.stop(None)
+
+
+def test_release_service_over_tls_with_optional_client_certificates(tmp_path) -> None:
+    import threading
+    import time
+
+    from attacks.remote import RemoteModel
+    from common.release import export_release
+    from common.wire.tls import make_certs
+    from server.inference import serve
+
+    dirs = make_certs(tmp_path / "certs", ["A"])
+    params = get_params(build_model(4, "batch", 2, seed=0))
+    info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
+            "window": [-160, 240]}  # fmt: skip
+    export_release(tmp_path / "rel", params, info)
+    port_file, stop_file = tmp_path / "port", tmp_path / "stop"
+    thread = threading.Thread(target=serve, daemon=True, kwargs={
+        "model_dir": tmp_path / "rel", "address": "localhost:0", "port_file": port_file,
+        "exit_when": stop_file, "tls_dir": dirs["server"]})  # fmt: skip
+    thread.start()
+    end = time.monotonic() + 30
+    while not port_file.exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    address = f"localhost:{port_file.read_text()}"
+    try:
+        ca_only = tmp_path / "ca-only"
+        ca_only.mkdir()
+        (ca_only / "ca.crt").write_bytes((dirs["server"] / "ca.crt").read_bytes())
+        images = np.zeros((2, 32, 32), np.int16)
+        # a caller with only the CA (server-authenticated TLS) and one with a client certificate
+        for tls in (ca_only, dirs["site-A"]):
+            probs = RemoteModel(address, tls_dir=tls, timeout=10).predict(images)
+            assert probs.shape == (2, 32, 32)
+        # a plaintext caller does not get through
+        with pytest.raises(grpc.RpcError):
+            RemoteModel(address, timeout=3).predict(images)
+    finally:
+        stop_file.touch()
+        thread.join(timeout=15)
