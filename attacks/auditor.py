@@ -18,9 +18,8 @@ import time
 import numpy as np
 
 from attacks.calibrated import lira_online, rmia_scores
-from attacks.ladder import LadderResult, Predict, _population, view_signals
+from attacks.ladder import LadderResult, Predict, view_signals
 from attacks.shadows import train_shadows
-from attacks.views import views_within_budget
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,8 @@ def run_auditor(
         raise ValueError(f"inside must be (shadows, candidates), got {inside.shape}")
     mia = cfg.mia
     t1 = time.perf_counter()
-    z_idx = _population(shadows, mia.population, seed)
-    z_images, z_masks = pool_images[z_idx], pool_masks[z_idx]
-    views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
-    sig = view_signals(predict, shadows, (cand_images, cand_masks), (z_images, z_masks), views,
-                       site)  # fmt: skip
-    queries = sig.queries
+    sig = view_signals(predict, shadows, (cand_images, cand_masks), (pool_images, pool_masks),
+                       mia, seed=seed, site=site, query_budget=query_budget)  # fmt: skip
     scores = {
         "lira_online": lira_online(sig.lira_t, sig.lira_r, inside),
         "rmia_online": rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
@@ -79,14 +74,14 @@ def run_auditor(
     }  # fmt: skip
     info = {
         "threat_model": "auditor: knows the candidate set (not the labels), trains online shadows",
-        "views": list(views),
-        "queries": queries,
+        "views": list(sig.views),
+        "queries": sig.queries,
         "n_shadows": len(shadows),
-        "n_population": int(len(z_idx)),
+        "n_population": int(len(sig.z_idx)),
         "timing_s": {
             "shadows": sum(sh.metrics.get("shadow_train_s", 0.0) for sh in shadows),
             "attacks": time.perf_counter() - t1,
         },
     }
-    log.info("auditor: %d online shadows, %d queries", len(shadows), queries)
+    log.info("auditor: %d online shadows, %d queries", len(shadows), sig.queries)
     return LadderResult(scores, info)

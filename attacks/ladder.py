@@ -275,7 +275,7 @@ def select_on_shadows(
 class ViewSignals:
     """Per-view signals of the target and of each shadow: ``*_t`` (V, N), ``*_r`` (S, V, N);
     ``*_tz`` / ``*_rz`` on the population samples z; ``target_id`` the target's output on the
-    candidates themselves; ``queries`` the target queries spent."""
+    candidates themselves; ``queries`` the target queries spent, under ``views``."""
 
     loss: np.ndarray
     lira_t: np.ndarray
@@ -286,12 +286,28 @@ class ViewSignals:
     rmia_rz: np.ndarray
     target_id: np.ndarray
     queries: int
+    views: tuple[str, ...]
+    z_idx: np.ndarray  # the pool indices of the population samples
 
 
-def view_signals(predict: Predict, shadows, candidates, population, views, site=None):
-    """Query the target on every view of the candidates and of the population samples, run the
-    shadows on the same views, and read the loss, LiRA and RMIA signals of each."""
-    (cand_images, cand_masks), (z_images, z_masks) = candidates, population
+def view_signals(
+    predict: Predict,
+    shadows,
+    candidates,
+    pool,
+    mia,
+    *,
+    seed: int = 0,
+    site=None,
+    query_budget: int | None = None,
+):
+    """Draw RMIA's population samples z from the pool (``_population``), keep the views of
+    ``mia.views`` that fit ``query_budget``, query the target on every view of the candidates and
+    of z, run the shadows on the same views, and read the loss, LiRA and RMIA signals of each."""
+    cand_images, cand_masks = candidates
+    z_idx = _population(shadows, mia.population, seed)
+    z_images, z_masks = pool[0][z_idx], pool[1][z_idx]
+    views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
     out = {k: [] for k in ("loss", "lira_t", "rmia_t", "rmia_tz")}
     refs = {k: [[] for _ in shadows] for k in ("lira_r", "rmia_r", "rmia_rz")}
     queries, target_id = 0, None
@@ -312,7 +328,8 @@ def view_signals(predict: Predict, shadows, candidates, population, views, site=
             refs["rmia_rz"][k].append(rmia_signal(sh.predict(zv, site=site), zmv))
     arrays = {k: np.stack(v) for k, v in out.items()}
     arrays.update({k: np.stack([np.stack(r) for r in v]) for k, v in refs.items()})
-    return ViewSignals(**arrays, target_id=target_id, queries=queries)
+    return ViewSignals(**arrays, target_id=target_id, queries=queries, views=views,
+                       z_idx=z_idx)  # fmt: skip
 
 
 def run_ladder(
@@ -349,12 +366,9 @@ def run_ladder(
     if shadows is None:
         shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed, pool_sites)
     t1 = time.perf_counter()
-    z_idx = _population(shadows, mia.population, seed)
-    z_images, z_masks = pool_images[z_idx], pool_masks[z_idx]
-    views = views_within_budget(mia.views, len(cand_images) + len(z_idx), query_budget)
-    sig = view_signals(predict, shadows, (cand_images, cand_masks), (z_images, z_masks), views,
-                       site)  # fmt: skip
-    queries, target_id = sig.queries, sig.target_id
+    sig = view_signals(predict, shadows, (cand_images, cand_masks), (pool_images, pool_masks),
+                       mia, seed=seed, site=site, query_budget=query_budget)  # fmt: skip
+    queries, target_id, views, z_idx = sig.queries, sig.target_id, sig.views, sig.z_idx
     t2 = time.perf_counter()
     pool_probs = [sh.predict(pool_images, site=site) for sh in shadows]
     members = np.stack([sh.member_mask for sh in shadows])
