@@ -98,13 +98,16 @@ def local_release(method_dir: Path, logs: Path):
         stop([server])
 
 
-def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, pool: Path) -> dict:
+def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, pool: Path,
+                 tls_dir: Path | None = None) -> dict:  # fmt: skip
     """The attacker as its own process: ``jobs`` maps a tag to (model name on the release service
     at ``address``, candidate images, masks, output directory); the attacker gets the unlabeled
-    candidates and the pool, and its only access to the models is Predict. Returns
-    {tag: (scores, attack info)}."""
+    candidates and the pool, and its only access to the models is Predict (over TLS, verified
+    against ``tls_dir``, when given). Returns {tag: (scores, attack info)}."""
     args = ["attack", "--target", address, "--pool", str(pool), "--config", str(config_path),
             "--seed", str(cfg.seed)]  # fmt: skip
+    if tls_dir is not None:
+        args += ["--tls-dir", str(tls_dir)]
     for tag, (model, images, masks, sites, out) in jobs.items():
         out.mkdir(parents=True, exist_ok=True)
         # no labels for the attacker; the site a slice came from is not secret
@@ -150,13 +153,15 @@ def local_targets(method_dir: Path) -> dict[str, str]:
 
 
 def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict,
-          targets: dict | None = None, address: str | None = None) -> dict:  # fmt: skip
+          targets: dict | None = None, address: str | None = None,
+          tls_dir: Path | None = None) -> dict:  # fmt: skip
     """Run the attacker against the release(s) and score the answers (results' mia).
 
     ``targets`` maps "all" (one global model) or site IDs (FedBN: shared weights + that site's
     norm layers, each attacked on its own site's candidates, scores pooled) to model names on the
     release service at ``address``; by default the run's releases on disk, served here by a
-    local release service. One attacker process attacks every target."""
+    local release service. One attacker process attacks every target (``tls_dir``: the
+    release service at ``address`` speaks TLS)."""
     from bench.audit_metrics import audit_metrics, roc_plot
 
     images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed,
@@ -176,7 +181,8 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
         with local_release(method_dir, logs) as local:
             answers = run_attacker(cfg, config_path, local, jobs, logs / "attacker.log", pool)
     else:
-        answers = run_attacker(cfg, config_path, address, jobs, logs / "attacker.log", pool)
+        answers = run_attacker(cfg, config_path, address, jobs, logs / "attacker.log", pool,
+                               tls_dir)  # fmt: skip
     scores, info = {}, {"queries": 0, "targets": sorted(targets), "per_target": {}}
     for tag, (part, part_info) in answers.items():
         info["queries"] += part_info["queries"]

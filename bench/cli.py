@@ -105,6 +105,13 @@ def _judge(args) -> int:
     return run_judge_cmd(args)
 
 
+def _add_release_tls_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
+                   help="the release service speaks TLS: verify it against DIR/ca.crt (and "
+                   "present DIR/tls.crt + tls.key if there, e.g. `fedonco certs`' OUT/attacker; "
+                   "env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedonco",
@@ -231,11 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
     q.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
-                   help="serve over TLS with the server certificate in DIR (ca.crt, tls.crt, "
-                   "tls.key from `fedonco certs`); client certificates are optional and, when "
-                   "presented, name the caller for --max-queries (env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
+                   help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
+                   "`fedonco certs` makes OUT/release; env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
+    q.add_argument("--client-certs", action="store_true",
+                   default=os.environ.get("FEDONCO_RELEASE_CLIENT_CERTS") == "1",
+                   help="with --tls-dir: require a client certificate signed by DIR/ca.crt from "
+                   "every caller (mutual TLS); it names the caller for --max-queries (without it, "
+                   "no certificate is asked for and a caller is its host; env "
+                   "FEDONCO_RELEASE_CLIENT_CERTS=1)")  # fmt: skip
     q.add_argument("--max-queries", type=int, metavar="Q", help="slices one caller (client "
-                   "certificate, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
+                   "certificate with --client-certs, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
                    "(default: no limit)")  # fmt: skip
     q.set_defaults(func=_release)
 
@@ -265,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auditor", type=int, metavar="N", help="also run the auditor's online rungs "
                    "with N shadows that train on half the candidates each (even; default "
                    "mia.auditor_shadows; needs 'sites' in the candidates)")  # fmt: skip
-    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
-                   help="the release service speaks TLS: verify it against DIR/ca.crt (and "
-                   "present DIR/tls.crt + tls.key if there)")  # fmt: skip
+    _add_release_tls_arg(p)
     p.add_argument("--query-budget", type=int, metavar="Q", help="at most Q Predict calls per "
                    "target (slices); views beyond it are dropped (default mia.query_budget)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
@@ -313,14 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the federation's CA and mutual-TLS certificates",
         description="Create a private CA, a server certificate (for the names the sites dial) and "
         "one client certificate per site (common name site-<ID>), each role in its own "
-        "directory: OUT/server, OUT/site-A, ... with ca.crt, tls.crt, tls.key. Give each site "
-        "only its own directory; OUT/ca.key stays with the federation operator.",
+        "directory: OUT/server, OUT/site-A, ... with ca.crt, tls.crt, tls.key; also OUT/release "
+        "(the release service's TLS certificate) and OUT/attacker (a caller of it). Give each "
+        "site only its own directory; OUT/ca.key stays with the federation operator.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sites", default=",".join(SITE_NAMES), help="site IDs (default %(default)s)")
     p.add_argument("--server-name", action="append", metavar="NAME",
                    help="DNS name or IP the sites dial (repeatable; default: server, localhost, "
                    "127.0.0.1)")  # fmt: skip
+    p.add_argument("--release-name", action="append", metavar="NAME",
+                   help="DNS name or IP callers dial for the release service (repeatable; "
+                   "default: release, localhost, 127.0.0.1)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(func=_certs)
 
@@ -350,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="dataset with every site's train/holdout and the attacker split")  # fmt: skip
     p.add_argument("--release", required=True, help="release service host:port")
+    _add_release_tls_arg(p)
     p.add_argument("--methods", required=True, help="comma-separated, as given to the server")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="longest wait for one method's result, seconds (default %(default)s)")  # fmt: skip

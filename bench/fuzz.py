@@ -9,7 +9,16 @@ Decline of its open round: that is a legal action, not an attack. At the end sit
 honest update: the round must complete and the global model must be exactly A's update, so
 nothing the fuzzer sent touched it.
 
-``make fuzz`` (``python -m bench.fuzz --messages 20000``) prints the statuses the server
+``SecAggFuzzTarget`` does the same under secure aggregation: three honest sites (A, B, C; fixed
+updates, real ``SecAggClient`` cryptography) walk the round through its four stages — advertise
+keys, share keys, masked input, unmask — and at each stage, after A and B have answered and
+while C still owes its answer, the fuzzer sends its messages; then C answers and the round moves
+on. Left out as legal actions: C's own answer to the open stage and any Decline by A, B or C of
+the open round. The global model must equal the weighted mean of the three honest updates
+(within the quantisation bound).
+
+``make fuzz`` (``python -m bench.fuzz --messages 20000``, a quarter of them at the secure-aggregation
+stages) prints the statuses the server
 answered, the server's RSS before and after, and the check; tests/integration/test_fuzz.py runs a
 bounded version in ``make test``.
 """
@@ -28,6 +37,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from common.secagg import CT_LEN, SHARE_LEN
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
@@ -56,16 +66,18 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def requests(run_id: str, names: list[str]):
+def requests(run_id: str, names: list[str], legal=None):
     """A Hypothesis strategy over Federation requests (``run_id`` and tensor ``names`` of the
-    open run mixed in, so that some messages get past the first checks)."""
+    open run mixed in, so that some messages get past the first checks). ``legal(request)`` marks
+    the requests left out because an honest site may send them (default: site A's Decline of
+    round 1)."""
     from hypothesis import strategies as st
 
     # mostly site A, the open run and its round: such messages reach the deepest checks
     def mostly(values, other):  # one draw in five from ``other``
         return st.one_of(*[st.sampled_from(values)] * 4, other)
 
-    site = mostly(["A"] * 12 + ["B", "E", "Z", "", "a", "A" * 300], st.text(max_size=40))
+    site = mostly(["A"] * 8 + ["B", "C"] * 2 + ["E", "Z", "", "a", "A" * 300], st.text(max_size=40))
     run = mostly([run_id] * 12 + ["", run_id + "x"], st.text(max_size=30))
     rnd = mostly([1] * 12 + [0, 2], st.integers(0, 2**32 - 1))
     n = st.sampled_from([1, 10, 2**22, 10**9, 0, -1]) | st.integers(-(2**63), 2**63 - 1)
@@ -87,9 +99,22 @@ def requests(run_id: str, names: list[str]):
         data=st.binary(max_size=256),
     )
     tensors = st.lists(tensor, max_size=3)
-    blobs = st.dictionaries(site, st.binary(max_size=64), max_size=4)
+    # some ciphertexts/shares of the right lengths (AES-GCM of two shares; one Shamir share)
+    blob = st.binary(max_size=64) | st.sampled_from([CT_LEN, SHARE_LEN]).flatmap(
+        lambda n: st.binary(min_size=n, max_size=n)
+    )
+    blobs = st.dictionaries(site, blob, max_size=4)
     keys = st.builds(pb.PublicKeys, enc_pk=st.binary(max_size=40), mask_pk=st.binary(max_size=40))
     common = {"site_id": site, "run_id": run, "round": rnd}
+    if legal is None:
+
+        def legal(r):
+            return isinstance(r, pb.DeclineRequest) and (r.site_id, r.run_id, r.round) == (
+                "A",
+                run_id,
+                1,
+            )
+
     return st.one_of(
         st.builds(pb.RegisterSiteRequest, site_id=site, info=metrics),
         st.builds(pb.PullTaskRequest, site_id=site, run_id=run, round=rnd),
@@ -98,18 +123,19 @@ def requests(run_id: str, names: list[str]):
             pb.PushUpdateRequest, **common, tensors=tensors, num_examples=n, metrics=metrics
         ),  # fmt: skip
         st.builds(pb.PushEvaluationRequest, **common, num_examples=n, metrics=metrics),
-        st.builds(pb.DeclineRequest, **common, reason=st.text(max_size=100)).filter(
-            lambda r: not (r.site_id == "A" and r.run_id == run_id and r.round == 1)
-        ),
+        st.builds(pb.DeclineRequest, **common, reason=st.text(max_size=100)),
         st.builds(pb.AdvertiseKeysRequest, **common, keys=keys, num_examples=n, metrics=metrics),
         st.builds(pb.ShareKeysRequest, **common, ciphertexts=blobs),
         st.builds(pb.PushMaskedInputRequest, **common, masked=tensor, metrics=metrics),
         st.builds(pb.UnmaskRequest, **common, shares=blobs),
-    )
+    ).filter(lambda r: not legal(r))
 
 
 class FuzzTarget:
     """A real server with an open fit phase; ``send`` any request; ``finish`` the round honestly."""
+
+    overrides = {"fl.min_fit_sites": 1, "secagg.enabled": False}
+    honest = ("A",)
 
     def __init__(self, data_dir: Path, work: Path, cfg=None) -> None:
         from common.config import load_profile, with_overrides
@@ -117,8 +143,9 @@ class FuzzTarget:
         from server.campaign import federation_message_limit, serve_campaign
 
         cfg = with_overrides(cfg or load_profile("smoke"), **{
-            "train.rounds": 1, "fl.min_fit_sites": 1, "fl.wait_for_sites_s": 2.0,
-            "fl.round_timeout_s": 3600.0, "fl.heartbeat_s": 5.0, "secagg.enabled": False})  # fmt: skip
+            "train.rounds": 1, "fl.wait_for_sites_s": 2.0, "fl.round_timeout_s": 3600.0,
+            "fl.heartbeat_s": 5.0, **self.overrides})  # fmt: skip
+        self.cfg = cfg
         self.srv = Server(cfg, "fedavg", data_dir, work / "run", resume=False)
         port_file, self.box = work / "port", {}
         limit = federation_message_limit(cfg, ["fedavg"])
@@ -132,17 +159,31 @@ class FuzzTarget:
                 raise TimeoutError("the fuzz target's server did not start")
             time.sleep(0.05)
         self.stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
-        self.run_id = self.stub.RegisterSite(pb.RegisterSiteRequest(site_id="A"), timeout=10).run_id
-        task = None
-        while task is None:
-            r = self.stub.PullTask(pb.PullTaskRequest(site_id="A", run_id=self.run_id), timeout=10)
-            task = r.fit if r.WhichOneof("task") == "fit" else None
-        self.sent = proto_to_ndarrays(task.tensors)
+        for site in self.honest:
+            self.run_id = self.stub.RegisterSite(
+                pb.RegisterSiteRequest(site_id=site), timeout=10
+            ).run_id
+        self.sent = {site: self.pull(site).fit for site in self.honest}
+        self.sent = {site: proto_to_ndarrays(task.tensors) for site, task in self.sent.items()}
         self.statuses: collections.Counter = collections.Counter()
+
+    def pull(self, site: str, kind: str = "fit", timeout: float = 60.0):
+        """Site's next task of ``kind`` (fit, secagg), polling until it is there."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r = self.stub.PullTask(pb.PullTaskRequest(site_id=site, run_id=self.run_id), timeout=30)
+            if r.WhichOneof("task") == kind:
+                return r
+        raise TimeoutError(f"site {site}: no {kind} task within {timeout:.0f}s")
 
     @property
     def names(self) -> list[str]:
-        return sorted(self.sent)
+        return sorted(self.sent["A"])
+
+    def legal(self, request) -> bool:
+        """Site A's Decline of the open round is a legal action, not an attack."""
+        return isinstance(request, pb.DeclineRequest) and (
+            request.site_id, request.run_id, request.round) == ("A", self.run_id, 1)  # fmt: skip
 
     def send(self, request) -> str:
         """Send one request; the status name it got back (never raises for an RPC error)."""
@@ -157,25 +198,125 @@ class FuzzTarget:
     def alive(self) -> bool:
         return self.thread.is_alive() and "result" not in self.box
 
+    def final_model(self, timeout: float) -> dict:
+        from common.io import load_npz
+
+        self.thread.join(timeout=timeout)
+        return load_npz(self.srv.run_dir / "final_model.npz")
+
     def finish(self, timeout: float = 120.0) -> tuple[dict, dict]:
         """Site A's honest update closes the round: (final model, what it must equal)."""
         from common.training.local import weighted_contribution
 
-        mine = {k: v + np.float32(0.5) for k, v in self.sent.items()}
+        mine = {k: v + np.float32(0.5) for k, v in self.sent["A"].items()}
         req = pb.PushUpdateRequest(site_id="A", run_id=self.run_id, round=1, num_examples=10,
                                    tensors=ndarrays_to_proto(weighted_contribution(mine, 10)))  # fmt: skip
         self.stub.PushUpdate(req, timeout=30)
-        self.thread.join(timeout=timeout)
-        from common.io import load_npz
-
-        return load_npz(self.srv.run_dir / "final_model.npz"), mine
+        return self.final_model(timeout), mine
 
 
-def model_is(final: dict, expected: dict) -> bool:
-    """The global model equals the honest update (up to float32 rounding of n·w / n)."""
+class SecAggFuzzTarget(FuzzTarget):
+    """A real server running one round under secure aggregation with three honest sites;
+    ``stages()`` walks the round, yielding at each stage while site C still owes its answer."""
+
+    overrides = {"fl.min_fit_sites": 3, "secagg.enabled": True, "secagg.threshold": 3}
+    honest = ("A", "B", "C")
+    STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+    REQUEST = {"advertise_keys": pb.AdvertiseKeysRequest, "share_keys": pb.ShareKeysRequest,
+               "masked_input": pb.PushMaskedInputRequest, "unmask": pb.UnmaskRequest}  # fmt: skip
+
+    def __init__(self, data_dir: Path, work: Path, cfg=None) -> None:
+        super().__init__(data_dir, work, cfg)
+        from common.secagg import SecAggClient
+
+        keys = self.names
+        # fixed updates, one offset and weight per site: the result is known in advance
+        self.updates = {s: {k: v + np.float32(0.25 * (i + 1)) for k, v in self.sent[s].items()}
+                        for i, s in enumerate(self.honest)}  # fmt: skip
+        self.weights = {s: 10 * (i + 1) for i, s in enumerate(self.honest)}
+        self.clients = {s: SecAggClient(s, self.run_id, 1) for s in self.honest}
+        self.vectors = {s: np.concatenate([self.updates[s][k].ravel() for k in keys]).astype(
+            np.float64) * self.weights[s] for s in self.honest}  # fmt: skip
+        self.stage = None
+
+    def legal(self, request) -> bool:
+        """Any Decline of the open round by an honest site, and C's own answer to the open stage."""
+        where = (getattr(request, "run_id", None), getattr(request, "round", None))
+        ours = request.site_id in self.honest and where == (self.run_id, 1)
+        if not ours:
+            return False
+        if isinstance(request, pb.DeclineRequest):
+            return True
+        return request.site_id == "C" and isinstance(request, self.REQUEST[self.stage])
+
+    def answer(self, site: str, stage: str) -> None:
+        """Site's honest answer to ``stage`` (it pulls the stage's task first)."""
+        from common.secagg import quantize
+        from common.wire.serde import scalars_to_proto
+
+        c, base = self.clients[site], {"site_id": site, "run_id": self.run_id, "round": 1}
+        if stage == "advertise_keys":
+            enc, mask = c.advertise_keys()
+            self.stub.AdvertiseKeys(pb.AdvertiseKeysRequest(
+                **base, keys=pb.PublicKeys(enc_pk=enc, mask_pk=mask), num_examples=self.weights[site],
+                metrics=scalars_to_proto({"train_time_s": 0.1})), timeout=30)  # fmt: skip
+            return
+        task = self.pull(site, "secagg").secagg
+        assert task.WhichOneof("stage") == stage, (site, task.WhichOneof("stage"), stage)
+        if stage == "share_keys":
+            st = task.share_keys
+            keys = {s: (k.enc_pk, k.mask_pk) for s, k in st.public_keys.items()}
+            cts = c.share_keys(keys, int(st.threshold), list(st.neighbours))
+            self.stub.ShareKeys(pb.ShareKeysRequest(**base, ciphertexts=cts), timeout=30)
+        elif stage == "masked_input":
+            st = task.masked_input
+            q, clipped = quantize(self.vectors[site], self.weights[site], st.clip, st.scale)
+            masked = ndarrays_to_proto({"masked": c.masked_input(dict(st.ciphertexts), q)})[0]
+            self.stub.PushMaskedInput(pb.PushMaskedInputRequest(
+                **base, masked=masked, metrics=scalars_to_proto({"clipped": clipped})), timeout=30)  # fmt: skip
+        else:
+            shares = c.unmask(list(task.unmask.survivors), list(task.unmask.dropped))
+            self.stub.Unmask(pb.UnmaskRequest(**base, shares=shares), timeout=30)
+
+    def stages(self):
+        """Per stage: A and B answer, yield the stage's name (fuzz now), then C answers."""
+        for stage in self.STAGES:
+            self.stage = stage
+            for site in ("A", "B"):
+                self.answer(site, stage)
+            yield stage
+            self.answer("C", stage)
+        self.stage = None
+
+    def expected(self) -> dict:
+        total = sum(self.weights.values())
+        return {k: sum(self.updates[s][k] * self.weights[s] for s in self.honest) / total
+                for k in self.names}  # fmt: skip
+
+
+def model_is(final: dict, expected: dict, atol: float = 1e-6) -> bool:
+    """The global model equals the honest update(s) (up to float32 rounding of n·w / n, or the
+    quantisation of secure aggregation: ``atol``)."""
     return set(final) == set(expected) and all(
-        np.allclose(final[k], expected[k], rtol=1e-6, atol=1e-6) for k in expected
+        np.allclose(final[k], expected[k], rtol=1e-6, atol=atol) for k in expected
     )
+
+
+def fuzz(target: FuzzTarget, messages: int, seed_: int, progress=None) -> None:
+    """Send ``messages`` Hypothesis-drawn requests to ``target``; fail if the server stops."""
+    from hypothesis import HealthCheck, given, seed, settings
+
+    @seed(seed_)
+    @settings(max_examples=messages, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(requests(target.run_id, target.names, target.legal))
+    def one(request):
+        target.send(request)
+        if progress is not None:
+            progress.update(1)
+        assert target.alive(), "the server stopped while being fuzzed"
+
+    one()
 
 
 def main(argv=None) -> int:
@@ -185,7 +326,6 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from hypothesis import HealthCheck, given, seed, settings
     from tqdm import tqdm
 
     from common.config import load_profile
@@ -194,31 +334,38 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         build_dataset(load_profile("smoke"), work / "data", workers=1, gallery=False)
-        target = FuzzTarget(work / "data", work)
-        rss0, bar = rss_mb(), tqdm(total=args.messages, unit="msg", desc="fuzz")
-
-        @seed(args.seed)
-        @settings(max_examples=args.messages, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
-        @given(requests(target.run_id, target.names))
-        def fuzz(request):
-            target.send(request)
-            bar.update(1)
-            assert target.alive(), "the server stopped while being fuzzed"
-
-        start = time.perf_counter()
-        fuzz()
-        bar.close()
-        rss1, wall = rss_mb(), time.perf_counter() - start
+        per_stage = args.messages // 4 // len(SecAggFuzzTarget.STAGES)
+        plain = args.messages - per_stage * len(SecAggFuzzTarget.STAGES)
+        bar = tqdm(total=args.messages, unit="msg", desc="fuzz")
+        target = FuzzTarget(work / "data", work / "plain")
+        rss0, start = rss_mb(), time.perf_counter()
+        fuzz(target, plain, args.seed, bar)
+        rss1 = rss_mb()
         final, expected = target.finish()
-        unchanged = model_is(final, expected)
-        report = {"messages": sum(target.statuses.values()), "statuses": dict(target.statuses),
-                  "wall_s": round(wall, 1), "rss_mb_before": round(rss0, 1),
-                  "rss_mb_after": round(rss1, 1), "server_alive_throughout": True,
-                  "round_completed": target.box.get("result", {}).get("rounds") == 1,
-                  "model_is_the_honest_update": unchanged}  # fmt: skip
+        report = {"plain": {
+            "messages": sum(target.statuses.values()), "statuses": dict(target.statuses),
+            "rss_mb_before": round(rss0, 1), "rss_mb_after": round(rss1, 1),
+            "server_alive_throughout": True,
+            "round_completed": target.box.get("result", {}).get("rounds") == 1,
+            "model_is_the_honest_update": model_is(final, expected)}}  # fmt: skip
+        sec = SecAggFuzzTarget(work / "data", work / "secagg")
+        per = {}
+        for i, stage in enumerate(sec.stages()):
+            before = collections.Counter(sec.statuses)
+            fuzz(sec, per_stage, args.seed + 1 + i, bar)
+            per[stage] = dict(sec.statuses - before)
+        final = sec.final_model(120.0)
+        report["secagg"] = {
+            "messages": sum(sec.statuses.values()), "statuses_per_stage": per,
+            "server_alive_throughout": True,
+            "round_completed": sec.box.get("result", {}).get("rounds") == 1,
+            "model_is_the_honest_mean": model_is(final, sec.expected(), atol=1e-5)}  # fmt: skip
+        bar.close()
+        report["wall_s"] = round(time.perf_counter() - start, 1)
         print(json.dumps(report, indent=1))
-        return 0 if unchanged and report["round_completed"] else 1
+        ok = all(r["round_completed"] for r in (report["plain"], report["secagg"]))
+        ok = ok and report["plain"]["model_is_the_honest_update"]
+        return 0 if ok and report["secagg"]["model_is_the_honest_mean"] else 1
 
 
 if __name__ == "__main__":

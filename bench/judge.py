@@ -38,14 +38,14 @@ def wait_for(path: Path, timeout_s: float, what: str) -> None:
         time.sleep(1.0)
 
 
-def model_available(address: str, name: str, timeout_s: float) -> bool:
+def model_available(address: str, name: str, timeout_s: float, tls_dir: Path | None) -> bool:
     """Whether the release service can load ``name`` (retrying while it is not there yet)."""
     from attacks.remote import RemoteModel
 
     end = time.monotonic() + timeout_s
     while True:
         try:
-            RemoteModel(address, name, timeout=10.0)
+            RemoteModel(address, name, timeout=10.0, tls_dir=tls_dir)
             return True
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > end:
@@ -55,7 +55,8 @@ def model_available(address: str, name: str, timeout_s: float) -> bool:
             time.sleep(1.0)
 
 
-def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s: float) -> dict:
+def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s: float,
+                  tls_dir: Path | None = None) -> dict:  # fmt: skip
     """Names of the method's released model(s) on the release service: the server's global
     model under the campaign directory, or (FedBN) each site's own model, which the site
     publishes under ``<run_id>/site<ID>`` when the run ends (a site that died has none)."""
@@ -64,14 +65,15 @@ def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s
     names = {}
     for s in SITE_NAMES:
         name = f"{result['run_id']}/site{s}"
-        if model_available(address, name, wait_s):
+        if model_available(address, name, wait_s, tls_dir):
             names[s] = name
         else:
             log.warning("%s: site %s published no model (it may have dropped out)", method, s)
     return names
 
 
-def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeout_s: float) -> int:
+def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeout_s: float,
+          tls_dir: Path | None = None) -> int:  # fmt: skip
     cfg_path = run_dir / "config.json"
     wait_for(cfg_path, timeout_s, "the server's campaign config")
     cfg = load_config(cfg_path)
@@ -86,8 +88,8 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
         result = json.loads((mdir / "result.json").read_text())
         result["dir"] = str(mdir)
         if cfg.mia.enabled:
-            names = release_names(run_dir, method, result, address, wait_s=60.0)
-            result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, address)
+            names = release_names(run_dir, method, result, address, 60.0, tls_dir)
+            result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, address, tls_dir)
             log.info("%s: Dice %.3f, MIA AUC %s", method, result.get("dice") or float("nan"),
                      result["mia"].get("auc"))  # fmt: skip
         results[method] = result
@@ -104,7 +106,8 @@ def run_judge_cmd(args) -> int:
     run_dir = Path(args.run_dir)
     status = "failed"
     try:
-        rc = judge(run_dir, Path(args.data), args.release, methods, args.timeout)
+        tls_dir = Path(args.tls_dir) if args.tls_dir else None
+        rc = judge(run_dir, Path(args.data), args.release, methods, args.timeout, tls_dir)
         status = "ok"
         return rc
     finally:

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# File modes: weights, site state and keys are the owner's alone; what another service of the same
+# deployment must read (the release service reads released weights) is readable by the group too.
+PRIVATE, GROUP_READ = 0o600, 0o640
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
@@ -60,9 +63,9 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray], mode: int = 0o600) -> None:
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray], mode: int = PRIVATE) -> None:
     """``npz_bytes`` written atomically; owner-only by default (weights, site state, data are
-    nobody else's business on a shared host)."""
+    nobody else's business on a shared host); GROUP_READ for what another service must read."""
     write_bytes_atomic(path, npz_bytes(arrays), mode)
 
 

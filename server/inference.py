@@ -152,25 +152,33 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
           max_batch: int = MAX_BATCH, roots: list[Path] | None = None,
           exit_when: Path | None = None, max_queries: int | None = None,
-          tls_dir: Path | None = None) -> int:  # fmt: skip
-    """Serve until SIGTERM (or until ``exit_when`` appears: the end of a compose campaign)."""
+          tls_dir: Path | None = None, client_certs: bool = False) -> int:  # fmt: skip
+    """Serve until SIGTERM (or until ``exit_when`` appears: the end of a compose campaign).
+
+    ``tls_dir``: server-authenticated TLS. gRPC's Python API either requires a verified client
+    certificate or never asks for one, so client certificates are all or nothing:
+    ``client_certs`` requires a CA-signed one from every caller (mutual TLS), and the caller is then
+    named by it for ``max_queries``; without it a caller is its host."""
     store = ModelStore(model_dir, roots)
     torch.set_num_threads(1)
     servicer = InferenceServicer(store, max_batch, max_queries)
     # the largest legal Predict: a full batch of int16 slices at the largest side, plus names
     limit = max_batch * MAX_SIDE * MAX_SIDE * 2 + (1 << 20)
     creds = None
-    if tls_dir is not None:  # server-authenticated TLS; client certificates optional
+    if client_certs and tls_dir is None:
+        raise ValueError("client certificates (--client-certs) need TLS: give --tls-dir")
+    if tls_dir is not None:
         from common.wire.tls import server_credentials
 
-        creds = server_credentials(tls_dir, require_client_auth=False)
+        creds = server_credentials(tls_dir, require_client_auth=client_certs)
     server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)],
                                  max_receive_bytes=limit, credentials=creds,
                                  max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS)  # fmt: skip
     server.start()
     if port_file:
         port_file.write_text(str(port))
-    log.info("release service on port %d (default model: %s; roots: %s)", port, model_dir,
+    log.info("release service on port %d, %s (default model: %s; roots: %s)", port,
+             ("mutual TLS" if client_certs else "TLS") if creds else "plaintext", model_dir,
              ", ".join(map(str, store.roots)) or "none")  # fmt: skip
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -200,4 +208,5 @@ def run_release_cmd(args) -> int:
         Path(args.exit_when) if args.exit_when else None,
         args.max_queries,
         Path(args.tls_dir) if args.tls_dir else None,
+        args.client_certs,
     )

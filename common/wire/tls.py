@@ -7,6 +7,11 @@ needs and nothing more::
     certs/ca.crt, certs/ca.key          the CA (ca.key never leaves the operator)
     certs/server/{ca.crt,tls.crt,tls.key}
     certs/site-A/{ca.crt,tls.crt,tls.key}   ... one per site
+    certs/release/{ca.crt,tls.crt,tls.key}  the release service (a public, server-authenticated
+                                            endpoint; its certificate names ``release``)
+    certs/attacker/{ca.crt,tls.crt,tls.key} a caller of the release service (the judge's attacker):
+                                            with client certificates required, it names the caller
+                                            for the query budget
 
 A site's identity is the certificate's common name, ``site-<ID>``: the server reads it from the
 TLS handshake (``site_of_peer``) and refuses a site that claims another ID. The server requires a
@@ -30,6 +35,8 @@ log = logging.getLogger(__name__)
 CA_CERT, CERT, KEY = "ca.crt", "tls.crt", "tls.key"
 SITE_PREFIX = "site-"
 DEFAULT_SERVER_NAMES = ("server", "localhost", "127.0.0.1")
+DEFAULT_RELEASE_NAMES = ("release", "localhost", "127.0.0.1")
+RELEASE_ROLE, ATTACKER_ROLE = "release", "attacker"
 
 
 def site_common_name(site: str) -> str:
@@ -122,9 +129,14 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def make_certs(
-    out: Path, sites: list[str], server_names: list[str] | None = None, force: bool = False
+    out: Path,
+    sites: list[str],
+    server_names: list[str] | None = None,
+    force: bool = False,
+    release_names: list[str] | None = None,
 ) -> dict[str, Path]:
-    """Create the CA, the server certificate and one certificate per site under ``out``.
+    """Create the CA, the server certificate, one certificate per site, the release service's
+    certificate and the attacker's (a release-service caller) under ``out``.
 
     Returns {role: directory}. Refuses to overwrite an existing CA unless ``force``: a new CA
     invalidates every certificate already handed out to the sites."""
@@ -141,9 +153,11 @@ def make_certs(
     ca_pem = _cert_pem(ca_cert)
     _write(out / "ca.key", _key_pem(ca_key), private=True)
     _write(out / CA_CERT, ca_pem)
+    release = list(release_names or DEFAULT_RELEASE_NAMES)
     roles = {"server": (names[0], names)} | {
         site_common_name(s): (site_common_name(s), None) for s in sites
     }
+    roles |= {RELEASE_ROLE: (release[0], release), ATTACKER_ROLE: (ATTACKER_ROLE, None)}
     dirs = {}
     for role, (cn, sans) in roles.items():
         key, cert = _issue(cn, ca_key, ca_cert.subject, ca=False, server_names=sans)
@@ -152,8 +166,9 @@ def make_certs(
         _write(d / CERT, _cert_pem(cert))
         _write(d / KEY, _key_pem(key), private=True)
         dirs[role] = d
-    log.info("wrote a CA, a server certificate (%s) and %d site certificates to %s",
-             ", ".join(names), len(sites), out)  # fmt: skip
+    log.info("wrote a CA, a server certificate (%s), %d site certificates, a release-service "
+             "certificate (%s) and an attacker certificate to %s",
+             ", ".join(names), len(sites), ", ".join(release), out)  # fmt: skip
     return dirs
 
 
@@ -171,8 +186,8 @@ def _read_role(tls_dir: Path) -> tuple[bytes, bytes, bytes]:
 
 def server_credentials(tls_dir: Path, require_client_auth: bool = True) -> grpc.ServerCredentials:
     """Server side of TLS: present the server certificate; with ``require_client_auth`` (mutual
-    TLS, the federation) a CA-signed client certificate is required, without it (the release
-    service, a public endpoint) one is verified when presented."""
+    TLS, the federation) a CA-signed client certificate is required, without it none is asked for
+    (gRPC's Python API has no "verify if presented" mode)."""
     ca, cert, key = _read_role(tls_dir)
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=require_client_auth
@@ -248,7 +263,8 @@ def plaintext_allowed(address: str, insecure: bool, role: str) -> None:
 
 def run_certs_cmd(args) -> int:
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-    dirs = make_certs(Path(args.out), sites, args.server_name, force=args.force)
+    dirs = make_certs(Path(args.out), sites, args.server_name, force=args.force,
+                      release_names=args.release_name)  # fmt: skip
     print(f"CA: {Path(args.out) / CA_CERT} (keep {Path(args.out) / 'ca.key'} private)")
     for role, d in dirs.items():
         print(f"{role:>8}: {d}/  ({CA_CERT}, {CERT}, {KEY})")

@@ -133,7 +133,8 @@ PROBE = r"""
 import json, grpc
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb, federation_pb2_grpc as pb_grpc
-from common.wire.tls import channel_credentials
+from common.wire.channel import check_health
+from common.wire.tls import ca_channel_credentials, channel_credentials
 
 def register(creds, site):
     channel = create_channel("server:50051", credentials=creds)
@@ -150,6 +151,12 @@ print(json.dumps({
     "no_client_certificate": register(grpc.ssl_channel_credentials(root_certificates=ca), "A"),
     "plaintext": register(None, "A"),
     "another_sites_certificate": register(channel_credentials("/certs"), "B"),
+    # the release service: TLS with its own certificate (name "release") and client certificates
+    # required; no plaintext, no caller without a certificate of the federation's CA
+    "release_plaintext": check_health("release:50052", None, 15),
+    "release_no_client_certificate": check_health(
+        "release:50052", grpc.ssl_channel_credentials(root_certificates=ca), 15),
+    "release_tls": check_health("release:50052", ca_channel_credentials("/certs"), 15),
 }))
 """
 
@@ -170,12 +177,13 @@ def tls_stack(tmp_path_factory):
 
 
 def test_mtls_refuses_a_client_without_or_with_the_wrong_certificate(tls_stack):
-    _wait(
-        lambda: "healthy" in tls_stack.compose("ps", "server").stdout,
-        300,
-        "a healthy server",
-        tls_stack,
-    )
+    for service in ("server", "release"):
+        _wait(
+            lambda s=service: "(healthy)" in tls_stack.compose("ps", s).stdout,
+            300,
+            f"a healthy {service}",
+            tls_stack,
+        )
     r = tls_stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "site1", "-c", PROBE,
                           timeout=180)  # fmt: skip
     verdicts = json.loads(r.stdout.strip().splitlines()[-1])
@@ -183,6 +191,9 @@ def test_mtls_refuses_a_client_without_or_with_the_wrong_certificate(tls_stack):
         "no_client_certificate": "UNAVAILABLE",  # the TLS handshake fails
         "plaintext": "UNAVAILABLE",
         "another_sites_certificate": "PERMISSION_DENIED",  # site A's certificate claiming B
+        "release_plaintext": False,
+        "release_no_client_certificate": False,
+        "release_tls": True,
     }
     assert "PLAINTEXT" not in tls_stack.logs("server")
 

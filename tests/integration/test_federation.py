@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
+import re
 import signal
 import threading
 from pathlib import Path
@@ -80,12 +82,13 @@ def campaign(env):
         release = start("release", "release", "serve", "--models-root", str(root),
                         "--models-root", str(root / "published"), "--address", "127.0.0.1:0",
                         "--port-file", str(root / "release.port"), "--exit-when",
-                        str(run_dir / "audit.done"))  # fmt: skip
+                        str(run_dir / "audit.done"), "--tls-dir", str(root / "certs" / "release"),
+                        "--client-certs")  # fmt: skip
         wait_for_port(root / "server.port", server, logs / "server.log")
         rport = wait_for_port(root / "release.port", release, logs / "release.log")
         judge = start("judge", "judge", "--run-dir", str(run_dir), "--data", str(root / "data"),
                       "--release", f"127.0.0.1:{rport}", "--methods", ",".join(METHODS),
-                      "--timeout", "300")  # fmt: skip
+                      "--timeout", "300", "--tls-dir", str(root / "certs" / "attacker"))  # fmt: skip
         assert judge.wait(timeout=600) == 0, (logs / "judge.log").read_text()[-3000:]
         for p in procs:  # the judge's marker ends the campaign: everyone exits on their own
             assert p.wait(timeout=60) == 0, p.args[3:5]
@@ -618,5 +621,14 @@ def test_the_campaign_ran_over_mtls_with_the_judge(runs, env):
     run_ids = {json.loads((run_dir / m / "result.json").read_text())["run_id"] for m in METHODS}
     assert len(run_ids) == len(METHODS)
     assert "PERMISSION_DENIED" not in (root / "logs" / "server.log").read_text()
+    # the release service spoke mutual TLS with its own certificate; the attacker's queries were
+    # counted under its certificate's name, as many as the audits report
+    release_log = (root / "logs" / "release.log").read_text()
+    assert "TLS" in release_log.split("release service on port", 1)[1].splitlines()[0]
+    counted = re.search(r"queries answered per caller: (\{.*\})", release_log).group(1)
+    assert list(ast.literal_eval(counted)) == ["cert:attacker"]
+    assert ast.literal_eval(counted)["cert:attacker"] == sum(
+        r["mia"]["attack_info"]["queries"] for r in runs.values()
+    )
     published = {p.parent.name for p in (root / "published").glob("*/site*/release.json")}
     assert published == {f"site{s}" for s in "ABCDE"}  # FedBN's sites published their models

@@ -134,41 +134,68 @@ def test_release_service_enforces_a_per_caller_query_budget(tmp_path) -> None:
         server.stop(None)
 
 
-def test_release_service_over_tls_with_optional_client_certificates(tmp_path) -> None:
+def _serve_release(tmp_path, tls_dir, client_certs: bool, max_queries=None):
+    """A release service in a thread over TLS; yields its address, stops it at the end."""
     import threading
     import time
 
-    from attacks.remote import RemoteModel
     from common.release import export_release
-    from common.wire.tls import make_certs
     from server.inference import serve
 
-    dirs = make_certs(tmp_path / "certs", ["A"])
     params = get_params(build_model(4, "batch", 2, seed=0))
     info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
             "window": [-160, 240]}  # fmt: skip
     export_release(tmp_path / "rel", params, info)
-    port_file, stop_file = tmp_path / "port", tmp_path / "stop"
+    port_file, stop_file = tmp_path / f"port-{client_certs}", tmp_path / f"stop-{client_certs}"
     thread = threading.Thread(target=serve, daemon=True, kwargs={
         "model_dir": tmp_path / "rel", "address": "localhost:0", "port_file": port_file,
-        "exit_when": stop_file, "tls_dir": dirs["server"]})  # fmt: skip
+        "exit_when": stop_file, "tls_dir": tls_dir, "client_certs": client_certs,
+        "max_queries": max_queries})  # fmt: skip
     thread.start()
     end = time.monotonic() + 30
     while not port_file.exists() and time.monotonic() < end:
         time.sleep(0.05)
-    address = f"localhost:{port_file.read_text()}"
     try:
-        ca_only = tmp_path / "ca-only"
-        ca_only.mkdir()
-        (ca_only / "ca.crt").write_bytes((dirs["server"] / "ca.crt").read_bytes())
-        images = np.zeros((2, 32, 32), np.int16)
-        # a caller with only the CA (server-authenticated TLS) and one with a client certificate
-        for tls in (ca_only, dirs["site-A"]):
-            probs = RemoteModel(address, tls_dir=tls, timeout=10).predict(images)
-            assert probs.shape == (2, 32, 32)
-        # a plaintext caller does not get through
-        with pytest.raises(grpc.RpcError):
-            RemoteModel(address, timeout=3).predict(images)
+        yield f"localhost:{port_file.read_text()}"
     finally:
         stop_file.touch()
         thread.join(timeout=15)
+
+
+def test_release_service_over_tls_with_and_without_client_certificates(tmp_path) -> None:
+    from attacks.remote import RemoteModel
+    from common.wire.tls import make_certs
+
+    dirs = make_certs(tmp_path / "certs", ["A"])
+    ca_only = tmp_path / "ca-only"
+    ca_only.mkdir()
+    (ca_only / "ca.crt").write_bytes((dirs["release"] / "ca.crt").read_bytes())
+    images = np.zeros((2, 32, 32), np.int16)
+    # server-authenticated TLS, its own certificate: a CA-only caller and one with a client
+    # certificate are answered; a plaintext caller does not get through
+    for address in _serve_release(tmp_path, dirs["release"], client_certs=False):
+        for tls in (ca_only, dirs["attacker"]):
+            assert RemoteModel(address, tls_dir=tls, timeout=10).predict(images).shape == (
+                2,
+                32,
+                32,
+            )
+        with pytest.raises(grpc.RpcError):
+            RemoteModel(address, timeout=3).predict(images)
+    # client certificates required: the attacker's certificate is answered and its queries are
+    # counted under its name (budget 3 slices); a CA-only caller fails the handshake
+    for address in _serve_release(tmp_path, dirs["release"], client_certs=True, max_queries=3):
+        model = RemoteModel(address, tls_dir=dirs["attacker"], timeout=10)
+        assert model.predict(images).shape == (2, 32, 32)
+        with pytest.raises(grpc.RpcError) as err:
+            model.predict(images)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 of 3" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            RemoteModel(address, tls_dir=ca_only, timeout=5).predict(images)
+        # the handshake fails; RemoteModel waits for a ready channel until its deadline
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    from server.inference import serve
+
+    with pytest.raises(ValueError, match="need TLS"):
+        serve(tmp_path / "rel", "localhost:0", client_certs=True)

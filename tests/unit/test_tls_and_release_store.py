@@ -23,8 +23,9 @@ def _cert(path):
 
 
 def test_certs_layout_identity_and_signatures(tmp_path):
-    dirs = make_certs(tmp_path, ["A", "B"], ["fl.example.org", "10.0.0.5"])
-    assert set(dirs) == {"server", "site-A", "site-B"}
+    dirs = make_certs(tmp_path, ["A", "B"], ["fl.example.org", "10.0.0.5"],
+                      release_names=["models.example.org"])  # fmt: skip
+    assert set(dirs) == {"server", "site-A", "site-B", "release", "attacker"}
     ca = _cert(tmp_path / "ca.crt")
     for role, d in dirs.items():
         assert sorted(p.name for p in d.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
@@ -36,11 +37,17 @@ def test_certs_layout_identity_and_signatures(tmp_path):
         )
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         if role == "server":
-            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             assert "fl.example.org" in sans.get_values_for_type(x509.DNSName)
             assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
             assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+        elif role == "release":  # its own name: the federation's server certificate is not reused
+            assert sans.get_values_for_type(x509.DNSName) == ["models.example.org"]
+            assert ExtendedKeyUsageOID.SERVER_AUTH in eku and certificate_site(d) is None
+        elif role == "attacker":  # a caller only, and not a site
+            assert cn == "attacker" and certificate_site(d) is None
+            assert ExtendedKeyUsageOID.SERVER_AUTH not in eku
         else:
             assert cn == role and certificate_site(d) == role[-1]
             assert ExtendedKeyUsageOID.SERVER_AUTH not in eku  # a site cannot pose as the server

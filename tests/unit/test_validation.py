@@ -101,3 +101,13 @@ def test_weights_are_owner_only_and_a_stale_temporary_keeps_no_old_mode(tmp_path
     write_bytes_atomic(tmp_path / "k.pem", b"secret", mode=0o600)
     assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     assert not stale.exists()
+
+
+def test_a_release_is_group_readable_and_nothing_else_is(tmp_path):
+    """The release service may run as another user of the deployment's group: released weights
+    are 0640 (never world-readable); the release description is public."""
+    from common.release import export_release
+
+    export_release(tmp_path / "rel", {"a": np.zeros(2, np.float32)}, {"method": "fedavg"})
+    assert (tmp_path / "rel" / "model.npz").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "rel" / "release.json").stat().st_mode & 0o777 == 0o644
