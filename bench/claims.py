@@ -138,5 +138,5 @@ def standard_goals(results: dict) -> list[str]:
                    f"{DP_UTILITY} x {spec.twin}, AUC CI covers 0.5, TPR@1%FPR under the DP "
                    f"ceiling): eps {eps if eps is None else round(eps, 2)}, Dice "
                    f"{d if d is None else round(d, 3)} vs {t if t is None else round(t, 3)}, "
-                   f"{_auc(dp)}, ceiling {cap}")  # fmt: skip
+                   f"{_auc(dp)}, ceiling {cap if cap is None else round(cap, 3)}")  # fmt: skip
     return out

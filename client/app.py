@@ -53,8 +53,9 @@ class PendingUpdate:
     """Secure aggregation: the update a site keeps between advertising its keys and masking it."""
 
     round: int
-    weighted: np.ndarray  # n_k * params_k, flattened in sorted key order
+    weighted: np.ndarray  # n_k * params_k, flattened in sorted key order (or, ring: the vector)
     num_examples: int
+    ring: bool = False  # distributed DP: already an integer vector mod 2**32, noise share included
 
 
 class SiteClient:
@@ -72,6 +73,7 @@ class SiteClient:
         self.runs_left = 0  # runs the server will open after this one (a campaign)
         self.linger = False
         self.dp = None  # client.dp_site.DPState, at the first DP round
+        self.ddp = None  # common.training.ddp.DDPSite, at the first distributed-DP round
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
         self.pending: PendingUpdate | None = None
         creds = None
@@ -154,7 +156,7 @@ class SiteClient:
         self.run_cfg = self.cfg.for_method(self.method)  # the method's own recipe, if any
         self.model = model_for(self.run_cfg, self.method)
         self.initial = get_params(self.model)
-        self.dp = None  # built at the first round whose config asks for DP
+        self.dp = self.ddp = None  # built at the first round whose config asks for DP
         log.info("site %s joined run %s (%s)", self.site, self.run_id, self.method)
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -185,6 +187,9 @@ class SiteClient:
         local_keys = sorted(set(self.initial) - set(shared))
         set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
         t_decode = time.perf_counter() - t0
+        if config.get("ddp"):
+            self._ddp_step(task.round, shared, config, t_decode)
+            return
         if config.get("dp"):
             if self.dp is None:
                 from client.dp_site import DPState  # Opacus only at a DP site
@@ -207,7 +212,8 @@ class SiteClient:
             self._save_local(task.round, {k: new[k] for k in local_keys})
         n = len(self.train_set)
         if config.get("secagg"):
-            self._advertise(task.round, {k: new[k] for k in shared}, n, metrics, t_decode)
+            update = flatten({k: new[k] for k in shared}, sorted(shared)) * n
+            self._advertise(task.round, PendingUpdate(task.round, update, n), metrics, t_decode)
             return
         t1 = time.perf_counter()
         tensors = ndarrays_to_proto(weighted_contribution({k: new[k] for k in shared}, n))
@@ -283,11 +289,30 @@ class SiteClient:
 
     # -- secure aggregation ---------------------------------------------------------------------
 
-    def _advertise(self, rnd: int, params: dict[str, np.ndarray], n: int, metrics: dict, t_decode):
+    def _ddp_step(self, rnd: int, shared: dict, config: dict, t_decode: float) -> None:
+        """Distributed DP-SGD: this site's rounded clipped gradient sum over its Poisson sample
+        plus its Skellam share, as an integer vector that only secure aggregation sees."""
+
+        def work():
+            if self.ddp is None:  # Opacus' wrapper, once (slow to import: beat meanwhile)
+                from common.training.ddp import DDPSite
+
+                self.ddp = DDPSite(self.model)
+            return self.ddp.noisy_sum(
+                self.train_set, sorted(shared), q=float(config["ddp_q"]),
+                clip=float(config["ddp_clip"]), scale=float(config["ddp_scale"]),
+                mu_share=float(config["ddp_mu_share"]), seed=int(config["seed"]),
+                chunk=int(config["batch_size"]))  # fmt: skip
+
+        vec, metrics = self._with_heartbeat(rnd, work)
+        n = len(self.train_set)
+        self._advertise(rnd, PendingUpdate(rnd, vec, n, ring=True), metrics, t_decode)
+
+    def _advertise(self, rnd: int, pending: PendingUpdate, metrics: dict, t_decode: float):
         """Keep the update here; send only fresh public keys (and n_k, not secret)."""
-        keys = sorted(params)
+        n = pending.num_examples
         self.secagg = SecAggClient(self.site, self.run_id, rnd)
-        self.pending = PendingUpdate(rnd, flatten(params, keys) * n, n)
+        self.pending = pending
         enc_pk, mask_pk = self.secagg.advertise_keys()
         metrics.update(decode_s=t_decode)
         request = pb.AdvertiseKeysRequest(
@@ -316,7 +341,10 @@ class SiteClient:
                 st = task.masked_input
                 t0 = time.perf_counter()
                 p = self.pending
-                q, clipped = quantize(p.weighted, p.num_examples, st.clip, st.scale)
+                if p.ring:  # distributed DP: integers already; no data-dependent count leaves
+                    q, clipped = p.weighted, 0
+                else:
+                    q, clipped = quantize(p.weighted, p.num_examples, st.clip, st.scale)
                 masked = self.secagg.masked_input(dict(st.ciphertexts), q)
                 metrics = {
                     "mask_s": time.perf_counter() - t0,

@@ -192,6 +192,13 @@ class DPConfig(_Frozen):
     accountant: Literal["rdp", "prv"] = "rdp"
     target_epsilon: float | None = Field(None, gt=0, description="sigma computed before training")
     max_epsilon: float | None = Field(None, gt=0, description="a site stops contributing beyond")
+    ddp_sample_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="ddp-sgd: the Poisson rate of every slice at every site per step (1: every "
+        "slice every step, full-batch DP-GD, whose accounting needs no subsampling bound)",
+    )
 
     @model_validator(mode="after")
     def _one_of(self):

@@ -7,7 +7,10 @@ benchmark's checks) instead of comparing method names.
 - ``strategy``: the server's aggregation rule (``server/strategies.py``);
 - ``norm``: ``"config"`` uses ``model.norm`` of the profile (BatchNorm by default), ``"group"`` the
   GroupNorm twin of the U-Net (Opacus cannot train BatchNorm);
-- ``dp``: the sites train with DP-SGD and account for privacy;
+- ``dp``: the method is differentially private (ε in the results): DP-SGD at every site with one
+  accountant per site, or (strategy ``ddpsgd``) distributed DP — one DP-SGD step per round over
+  the union of the sites' samples, noise added in shares under secure aggregation, one central
+  accountant at the server (``common/training/ddp.py``);
 - ``proximal``: the sites add FedProx's proximal term (``fl.proximal_mu``);
 - ``evaluated_at``: ``"server"`` evaluates the global model centrally, ``"sites"`` has each site
   evaluate its own model (its normalisation layers never leave it);
@@ -32,7 +35,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class Method:
     name: str
-    strategy: Literal["fedavg", "fedprox", "fedbn"]
+    strategy: Literal["fedavg", "fedprox", "fedbn", "ddpsgd"]
     norm: Literal["config", "group"]
     dp: bool
     proximal: bool
@@ -44,6 +47,11 @@ class Method:
     )
     pretrained: bool = False  # starts from public pretraining (common/training/pretrain.py)
     kind: Literal["federated", "pooled", "local"] = "federated"  # reference rows: not federations
+
+    @property
+    def distributed_dp(self) -> bool:
+        """Noise added in shares by the sites, seen only summed (secure aggregation required)."""
+        return self.strategy == "ddpsgd"
 
     @property
     def keeps_norm_local(self) -> bool:
@@ -71,6 +79,13 @@ _TABLE = (
            pretrained=True),
     Method("groupnorm-pt", "fedavg", "group", False, False, "server", "global",
            "FedAvg with the GroupNorm U-Net from public pretraining, no DP (dpsgd-pt's twin)",
+           pretrained=True),
+    Method("ddp-sgd", "ddpsgd", "group", True, False, "server", "global",
+           "Distributed DP-SGD: one step per round over the union of the sites' samples, each "
+           "site adds a share of the Skellam noise, secure aggregation reveals only the noisy sum",
+           twin="groupnorm"),
+    Method("ddp-sgd-pt", "ddpsgd", "group", True, False, "server", "global",
+           "Distributed DP-SGD starting from public pretraining", twin="groupnorm-pt",
            pretrained=True),
     Method("pooled", "fedavg", "config", False, False, "server", "global",
            "Reference: one model trained centrally on every site's training slices, same schedule "

@@ -35,8 +35,10 @@ from common.model import (
     state_sha256,
 )
 from common.release import export_release, release_info
+from common.training.ddp import plan_for, wrap_free
 from common.training.dp.accountant import history_from_text
 from common.training.dp.settings import DPConfigError
+from common.training.dp.skellam import epsilon_of
 from common.training.pretrain import initial_model
 from common.transforms import to_inputs
 from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
@@ -54,6 +56,14 @@ DP_KEYS = (
     "max_grad_norm",
     "sample_rate",
     "steps",
+)
+
+
+SKELLAM_ACCOUNTANT = "skellam-rdp"
+DDP_THREAT_MODEL = (
+    "central: holds against the server, the released model and anyone outside the federation, "
+    "if sites do not collude with the server and secure aggregation holds; against a single "
+    "site, another site's contribution is protected only by its own noise share (mu/t)"
 )
 
 
@@ -88,6 +98,10 @@ class Server:
         self.model = initial_model(cfg, method)  # public pretraining for a pretrained method
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
+        self.ddp = None
+        if self.traits.distributed_dp:
+            self.ddp = plan_for(cfg, sum(initial[k].size for k in self.shared))
+            self.strategy.plan_run(self.ddp)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         state_file = run_dir / "state.json"
         if resume:
@@ -104,6 +118,9 @@ class Server:
                 if self.done
                 else initial
             )
+            opt = run_dir / "checkpoints" / f"strategy_round_{self.done:04d}.npz"
+            if self.done and opt.is_file():  # the server's optimizer state (ddp-sgd)
+                self.strategy.load_state_dict(load_npz(opt))
             log.info("resuming run %s after round %d", self.run_id, self.done)
         else:
             if state_file.exists():
@@ -186,11 +203,23 @@ class Server:
         advertised, record["failures"] = self.state.run_phase(
             TaskKind.ADVERTISE_KEYS, rnd, configs, payload, None, timeout
         )
-        out = secure_aggregate(self.cfg, self.state, rnd, advertised, shared)
+        plan = self.ddp
+        if plan is not None:
+            n_total = float(sum(a.num_examples for a in advertised.values()))
+            if not wrap_free(plan.scale, plan.clip, n_total, len(advertised) * plan.mu_share):
+                record["aborted"] = (f"ddp-sgd: {n_total:.0f} examples could wrap the int32 sum "
+                                     "at this scale; no step taken")  # fmt: skip
+                return None, 0.0, {}
+        out = secure_aggregate(self.cfg, self.state, rnd, advertised, shared,
+                               ring_scale=plan.scale if plan else None)  # fmt: skip
         record["secagg"] = out.record
         record["failures"].update({s: f"dropped during secure aggregation ({k})"
                                    for k, sites in out.record["dropouts"].items() for s in sites})  # fmt: skip
         record["aborted"] = out.record.get("aborted")
+        if plan is not None and out.weighted_sum is not None:  # the mechanism this step realised
+            k = len(out.record["survivors"])
+            record["ddp"] = {"q": plan.q, "mu": k * plan.mu_share, "mu_target": plan.mu,
+                             "sites": k, "delta1": plan.delta1, "delta2": plan.delta2}  # fmt: skip
         return out.weighted_sum, out.total_weight, out.metrics
 
     def evaluate(self, rnd: int) -> dict:
@@ -229,11 +258,14 @@ class Server:
         )  # fmt: skip
 
     def checkpoint(self, rnd: int) -> None:
-        save_npz(self.run_dir / "checkpoints" / f"round_{rnd:04d}.npz", self.params)
+        ckpt = self.run_dir / "checkpoints"
+        save_npz(ckpt / f"round_{rnd:04d}.npz", self.params)
+        if hasattr(self.strategy, "state_dict"):  # an optimizer at the server (ddp-sgd)
+            save_npz(ckpt / f"strategy_round_{rnd:04d}.npz", self.strategy.state_dict())
         self.done = rnd
         self._save_state()
-        for old in (self.run_dir / "checkpoints").glob("round_*.npz"):
-            if old.name != f"round_{rnd:04d}.npz":
+        for old in [*ckpt.glob("round_*.npz"), *ckpt.glob("strategy_round_*.npz")]:
+            if not old.name.endswith(f"round_{rnd:04d}.npz"):
                 old.unlink()
 
     def run_info(self, runs_left: int = 0, linger: bool = False) -> dict:
@@ -283,9 +315,16 @@ class Server:
         return result
 
     def privacy(self) -> dict:
-        """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site."""
+        """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site.
+        Distributed DP: one central accountant over the steps the history records."""
         if not self.traits.dp:
             return {"epsilon": None, "delta": None, "accountant": None, "dp": None}
+        if self.ddp is not None:
+            steps = [h["ddp"] for h in self.history if "ddp" in h]
+            eps = epsilon_of(steps, self.ddp.delta)
+            return {"epsilon": eps, "delta": self.ddp.delta, "accountant": SKELLAM_ACCOUNTANT,
+                    "dp": {**self.ddp.as_dict(), "steps_accounted": len(steps),
+                           "threat_model": DDP_THREAT_MODEL}}  # fmt: skip
         per_site = {}
         for rec in self.history:  # the latest report of each site
             for site, m in rec.get("fit", {}).get("sites", {}).items():

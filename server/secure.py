@@ -49,8 +49,13 @@ def secure_aggregate(
     rnd: int,
     advertised: dict[str, KeyAdvertisement],
     shared: dict[str, np.ndarray],
+    ring_scale: float | None = None,
 ) -> SecAggOutcome:
-    """Run share keys -> masked input -> unmask for the sites that advertised keys."""
+    """Run share keys -> masked input -> unmask for the sites that advertised keys.
+
+    ``ring_scale``: the sites send integer vectors they made themselves (distributed DP: their
+    noise shares are integers), scaled by this s; the sum is divided by it. Otherwise each site
+    quantises its weighted update at the scale chosen here."""
     keys = sorted(shared)
     length = int(sum(shared[k].size for k in keys))
     timeout = cfg.fl.round_timeout_s
@@ -83,8 +88,8 @@ def secure_aggregate(
             for s in u1})  # fmt: skip
         routed = timed(srv.route_shares, {s: r.ciphertexts for s, r in shares.items()})
         # m = the sites that may send (not the weight): any legal total quantises (issue 15)
-        scale = quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)),
-                                   max_sites=len(routed))  # fmt: skip
+        scale = ring_scale or quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)),
+                                                 max_sites=len(routed))  # fmt: skip
         masked = phase(TaskKind.MASKED_INPUT, sorted(routed), {
             s: MaskedInputStage(routed[s], scale, cfg.secagg.clip) for s in routed},
             spec={"masked": ("uint32", (length,))})  # fmt: skip
@@ -103,7 +108,8 @@ def secure_aggregate(
         survivors=survivors,
         dropped=dropped,
         scale=scale,
-        error_bound_sum=quantization_error_bound(len(survivors), scale),
+        # distributed DP: the sites' rounding is part of the mechanism, the server adds none
+        error_bound_sum=0.0 if ring_scale else quantization_error_bound(len(survivors), scale),
         secagg_server_s=srv_time,
         clipped=int(sum(m.get("clipped", 0) for m in metrics.values())),
     )

@@ -16,7 +16,7 @@ Hooks, called by the round loop:
     aggregate_fit(rnd, weighted_sum, total_weight, metrics, current=...) -> next global params
 
 DP-SGD is a site-side training mode combined with a strategy (``dp=True``), not a strategy of its
-own; the strategy emits the whole fit config a site trains with, the ``dp`` and ``secagg`` flags
+own (distributed DP-SGD is one: ``DDPSGD``, whose rounds are single steps); the strategy emits the whole fit config a site trains with, the ``dp`` and ``secagg`` flags
 included. Which strategy a method uses is in ``common/methods.py``.
 """
 
@@ -220,11 +220,54 @@ class FedBN(FedAvg):
         return sorted(k for k in float_keys if k not in local)
 
 
-STRATEGIES: dict[str, type[FedAvg]] = {cls.name: cls for cls in (FedAvg, FedProx, FedBN)}
+class DDPSGD(FedAvg):
+    """Distributed DP-SGD (``common/training/ddp.py``): a round is one DP-SGD step. The sites send
+    the noisy sums of their rounded, clipped per-slice gradients (their shares of the noise
+    included) through secure aggregation; ``weighted_sum`` is the sum over the sites in gradient
+    units and ``total_weight`` the sites' training-set sizes summed, so the step uses the noisy
+    mean over the expected union batch q * sum(n_k). The optimizer (Adam, ``lr``) runs here;
+    ``plan_run`` fixes the run's public parameters (q, C, s, the noise shares) before round 1."""
+
+    name: ClassVar[str] = "ddpsgd"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from common.training.ddp import ServerAdam
+
+        self.plan = None
+        self.opt = ServerAdam(self.lr)
+
+    def plan_run(self, plan) -> None:
+        self.plan = plan
+
+    def fit_config(self, rnd: int, site: str) -> dict[str, Scalar]:
+        if self.plan is None:
+            raise ValueError("ddp-sgd: plan_run was not called")
+        p = self.plan
+        return {**super().fit_config(rnd, site), "dp": False, "ddp": True, "ddp_q": p.q,
+                "ddp_clip": p.clip, "ddp_scale": p.scale, "ddp_mu_share": p.mu_share}  # fmt: skip
+
+    def aggregate_fit(self, rnd, weighted_sum, total_weight, metrics=None, *, current) -> Params:
+        from common.training.ddp import ddp_step
+
+        unknown = sorted(set(weighted_sum) - set(current))
+        if unknown:
+            raise ValueError(f"round {rnd}: keys not in the global model: {unknown}")
+        return ddp_step(self.opt, current, weighted_sum, total_weight, self.plan.q)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.opt.load_state_dict(state)
+
+
+STRATEGIES: dict[str, type[FedAvg]] = {cls.name: cls for cls in (FedAvg, FedProx, FedBN, DDPSGD)}
 
 
 def get_strategy(name: str, **kwargs: Any) -> FedAvg:
-    """Build a strategy by name ("fedavg", "fedprox", "fedbn"); kwargs go to its constructor."""
+    """Build a strategy by name ("fedavg", "fedprox", "fedbn", "ddpsgd"); kwargs go to its
+    constructor."""
     try:
         cls = STRATEGIES[name.lower()]
     except KeyError:

@@ -88,6 +88,8 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     shared = [k for k in float_keys(models[names[0]]) if k not in local]
     global_params = {k: initial[k] for k in shared}
     mu = cfg.fl.proximal_mu if spec.proximal else 0.0
+    if spec.distributed_dp:
+        return _simulate_ddp(cfg, method, sites, names, models[names[0]], shared, seed)
     dp = _DPSites(cfg, models, sites) if spec.dp else None
     metrics: dict[str, dict] = {}
     try:
@@ -119,6 +121,35 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     all_float = float_keys(models[names[0]])
     averaged = weighted_mean(final, {s: float(len(sites[s])) for s in names}, all_float)
     return SimulatedFederation(shared, averaged, final, metrics)
+
+
+def _simulate_ddp(cfg, method, sites, names, model, shared, seed) -> SimulatedFederation:
+    """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
+    ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
+    aggregation reveals), and the server's step."""
+    from common.secagg import unflatten
+    from common.training.ddp import DDPSite, ServerAdam, ddp_step, from_ring_sum, plan_for
+
+    t = cfg.train
+    params = get_params(model)
+    plan = plan_for(cfg, sum(params[k].size for k in shared))
+    site, opt = DDPSite(model), ServerAdam(t.lr)
+    total_n = float(sum(len(sites[s]) for s in names))
+    try:
+        for rnd in range(1, t.rounds + 1):
+            ring = np.zeros(plan.dim, np.uint32)
+            for s in names:
+                vec, _m = site.noisy_sum(sites[s], shared, q=plan.q, clip=plan.clip,
+                                         scale=plan.scale, mu_share=plan.mu_share,
+                                         seed=site_round_seed(seed, rnd, s), chunk=t.batch_size)  # fmt: skip
+                ring += vec  # uint32 arithmetic wraps modulo 2**32, as secure aggregation's
+            noisy = unflatten(from_ring_sum(ring, plan.scale), params, shared)
+            params = ddp_step(opt, params, noisy, total_n, plan.q)
+            set_params(model, params, strict=False)
+    finally:
+        site.close()
+    final = get_params(model)
+    return SimulatedFederation(shared, final, {s: final for s in names}, {})
 
 
 class _DPSites:
