@@ -165,6 +165,16 @@ def check_dp(cfg: Config, manifest: dict, methods=None) -> None:
         if not get_method(method).dp:
             continue
         mcfg = cfg.for_method(method)
+        if get_method(method).distributed_dp:  # one central plan (secagg on, ε reachable)
+            from common.model import count_parameters, model_for
+            from common.training.ddp import plan_for
+
+            plan_for(mcfg, count_parameters(model_for(mcfg, method)))
+            n_total = sum(int(row["n_train"]) for row in manifest["summary"])
+            if mcfg.dp.delta >= 1.0 / n_total:
+                raise ValueError(f"{method}: dp.delta {mcfg.dp.delta:g} must be < 1/N = "
+                                 f"{1.0 / n_total:.3g} over the union of the sites")  # fmt: skip
+            continue
         settings, t = DPSettings.from_config(mcfg.dp), mcfg.train
         for row in manifest["summary"]:
             try:

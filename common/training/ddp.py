@@ -223,12 +223,12 @@ class ServerAdam:
         return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        state = {"t": np.array(self.t, np.int64)}
+        state = {"t": np.array([self.t], np.int64)}
         state |= {f"m/{k}": v for k, v in self.m.items()} | {f"v/{k}": v for k, v in self.v.items()}
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.t = int(state["t"])
+        self.t = int(np.asarray(state["t"]).reshape(-1)[0])
         self.m = {k[2:]: np.asarray(v) for k, v in state.items() if k.startswith("m/")}
         self.v = {k[2:]: np.asarray(v) for k, v in state.items() if k.startswith("v/")}
 

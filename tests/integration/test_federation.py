@@ -400,7 +400,7 @@ def test_secure_aggregation_gives_the_plain_model_within_the_bound(env, tmp_path
 # -- secure aggregation with sites dropping mid-protocol (real gRPC, real SiteClient code) -----
 
 
-def _secagg_round(env, tmp_path, drop_at: dict[str, str]):
+def _secagg_round(env, tmp_path, drop_at: dict[str, str], method: str = "fedavg"):
     """One secagg round: an in-process server and five SiteClients in threads; the sites in
     ``drop_at`` crash (stop answering) when handed that stage."""
     from client.app import SiteClient
@@ -409,7 +409,7 @@ def _secagg_round(env, tmp_path, drop_at: dict[str, str]):
     cfg = with_overrides(
         cfg, **{"train.rounds": 1, "fl.round_timeout_s": 20.0, "fl.heartbeat_s": 0.5}
     )
-    srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
+    srv = Server(cfg, method, root / "data", tmp_path / "run", resume=False)
     port_file = tmp_path / "port"
     box, sent = {}, {}
 
@@ -492,6 +492,39 @@ def test_secagg_fewer_than_t_survivors_aborts_cleanly(env, tmp_path):
     model = build_model(srv.cfg.model.base, srv.cfg.model.norm, srv.cfg.model.groups, srv.cfg.seed)
     for k, v in get_params(model).items():  # the global model is unchanged
         np.testing.assert_array_equal(srv.params[k], v)
+
+
+def test_ddp_round_with_a_dropout_after_masking_still_carries_the_target_noise(env, tmp_path):
+    """Distributed DP over real gRPC: E drops when handed the masked-input stage; the four others'
+    noise shares (mu/t each, t = 3) still exceed the target; the step is taken and accounted, and
+    a resumed server recomputes the same epsilon and restores its optimizer."""
+    from common.training.dp.skellam import epsilon_of
+
+    rec, sent, srv = _secagg_round(env, tmp_path, {"E": "masked_input"}, method="ddp-sgd")
+    assert rec["secagg"]["survivors"] == list("ABCD") and set(sent) == set("ABCD")
+    assert all(v.dtype == np.uint32 for v, _n in sent.values())  # integer vectors, noise inside
+    ddp = rec["ddp"]
+    assert ddp["sites"] == 4 and ddp["mu"] == pytest.approx(4 * srv.ddp.mu_share)
+    assert ddp["mu"] >= ddp["mu_target"] == pytest.approx(srv.ddp.mu)
+    assert state_sha256(srv.params) != srv.initial_sha  # a step was taken
+    privacy = srv.privacy()
+    assert (
+        privacy["epsilon"] == pytest.approx(epsilon_of([ddp], srv.ddp.delta))
+        and privacy["epsilon"] > 0
+    )
+    assert privacy["accountant"] == "skellam-rdp" and "collude" in privacy["dp"]["threat_model"]
+    again = Server(srv.cfg, "ddp-sgd", env[2] / "data", tmp_path / "run", resume=True)
+    assert again.privacy()["epsilon"] == privacy["epsilon"]  # resume never resets it
+    assert again.strategy.opt.t == 1 and again.strategy.opt.m.keys() == srv.strategy.opt.m.keys()
+
+
+def test_ddp_round_with_fewer_than_t_sites_takes_no_step(env, tmp_path):
+    rec, _sent, srv = _secagg_round(
+        env, tmp_path, {"C": "masked_input", "D": "masked_input", "E": "share_keys"}, "ddp-sgd"
+    )
+    assert rec["aborted"] and "ddp" not in rec and "fit" not in rec
+    assert state_sha256(srv.params) == srv.initial_sha
+    assert srv.privacy()["epsilon"] == 0.0  # nothing was released
 
 
 def test_dpsgd_run_reports_the_accountants_epsilon(runs, env):
