@@ -39,8 +39,16 @@ def test_local_norm_layers_mean_site_evaluation_and_per_site_release(name):
 def test_the_strategy_emits_the_whole_fit_config(name):
     cfg = load_profile("smoke")
     m = get_method(name)
-    conf = make_strategy(cfg, name).configure_fit(1, list("ABCDE"))["A"]
-    assert conf["dp"] is m.dp and conf["secagg"] is cfg.secagg.enabled
+    strategy = make_strategy(cfg, name)
+    if m.distributed_dp:  # its round is one DP step: the run's plan comes first
+        from common.model import count_parameters
+        from common.training.ddp import plan_for
+
+        strategy.plan_run(plan_for(cfg, count_parameters(model_for(cfg, name))))
+    conf = strategy.configure_fit(1, list("ABCDE"))["A"]
+    # per-site DP-SGD for dp methods; distributed DP adds a noise share instead
+    assert conf["dp"] is (m.dp and not m.distributed_dp) and conf["secagg"] is cfg.secagg.enabled
+    assert conf.get("ddp", False) is m.distributed_dp
     assert conf["proximal_mu"] == (cfg.fl.proximal_mu if m.proximal else 0.0)
     norm_types = {type(mod).__name__ for mod in model_for(cfg, name).modules()}
     assert ("GroupNorm" in norm_types) == (m.norm == "group" or cfg.model.norm == "group")
@@ -52,7 +60,10 @@ def test_a_dp_method_and_its_twin_differ_only_in_dp(name):
     m = get_method(name)
     twin = get_method(m.twin)
     assert not twin.dp and twin.twin is None
-    for field in ("strategy", "norm", "proximal", "evaluated_at", "release", "pretrained"):
+    fields = ["norm", "proximal", "evaluated_at", "release", "pretrained"]
+    if not m.distributed_dp:  # distributed DP's rounds are single steps: its own strategy
+        fields.append("strategy")
+    for field in fields:
         assert getattr(m, field) == getattr(twin, field), field
 
 
