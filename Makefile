@@ -56,6 +56,7 @@ perf: venv
 	$(PY) bench/perf/perf_dp.py --steps 10 --modes fast hooks
 	$(PY) bench/perf/perf_data.py
 	$(PY) bench/perf/perf_secagg.py
+	$(PY) bench/perf/perf_restart.py
 	$(PY) bench/perf/perf_diffusion.py
 
 clean:
