@@ -72,6 +72,16 @@ def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s
     return names
 
 
+def not_audited(method: str, global_release: bool, names: dict, mia: dict) -> list[str]:
+    """What of ``method`` the audit missed: its global model, or (a method whose sites release
+    their own models) each site that published none; and an audit that failed outright."""
+    expected = {"all"} if global_release else set(SITE_NAMES)
+    out = [method if s == "all" else f"{method} (site {s})" for s in sorted(expected - set(names))]
+    if mia.get("error"):
+        out.append(f"{method} ({mia['error']})")
+    return out
+
+
 def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeout_s: float,
           tls_dir: Path | None = None) -> int:  # fmt: skip
     cfg_path = run_dir / "config.json"
@@ -80,7 +90,7 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
     manifest = read_manifest(data_dir)
     attacker_pool(data_dir, run_dir / "attacker-pool")  # once, before the first audit
     t0 = time.perf_counter()
-    results = {}
+    results, unaudited = {}, []
     for method in methods:
         mdir = run_dir / method
         log.info("waiting for %s to finish (%s)", method, mdir / "result.json")
@@ -90,11 +100,18 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
         if cfg.mia.enabled:
             names = release_names(run_dir, method, result, address, 60.0, tls_dir)
             result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, address, tls_dir)
-            log.info("%s: Dice %.3f, MIA AUC %s", method, result.get("dice") or float("nan"),
+            global_release = (mdir / "release" / "release.json").is_file()
+            unaudited += not_audited(method, global_release, names, result["mia"])
+            dice = result.get("dice")
+            log.info("%s: Dice %s, MIA AUC %s", method, "n/a" if dice is None else f"{dice:.3f}",
                      result["mia"].get("auc"))  # fmt: skip
         results[method] = result
     table = write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
     print(f"\nRun {run_dir}\n\n{table}")
+    if unaudited:  # exit 0 means every released model was audited
+        log.error("not audited: %s", ", ".join(unaudited))
+        print(f"\nNOT AUDITED (no released model): {', '.join(unaudited)}")
+        return 1
     return 0
 
 
@@ -108,7 +125,7 @@ def run_judge_cmd(args) -> int:
     try:
         tls_dir = Path(args.tls_dir) if args.tls_dir else None
         rc = judge(run_dir, Path(args.data), args.release, methods, args.timeout, tls_dir)
-        status = "ok"
+        status = "ok" if rc == 0 else "incomplete: a released model was not audited"
         return rc
     finally:
         run_dir.mkdir(parents=True, exist_ok=True)

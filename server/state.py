@@ -104,9 +104,11 @@ class RoundState:
 
     def register(self, site: str) -> None:
         with self._cv:
+            first = site in self.sites and site not in self._last_seen
             self._bind(site, None)
             self._cv.notify_all()
-        log.info("site %s registered", site)
+        # once per site and run at INFO: a site re-registers whenever it looks for the open run
+        log.log(logging.INFO if first else logging.DEBUG, "site %s registered", site)
 
     def heartbeat(self, site: str, run_id: str) -> bool:
         with self._cv:

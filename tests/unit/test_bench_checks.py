@@ -126,3 +126,28 @@ def test_frontier_plot_without_the_audit(tmp_path):
 
     frontier_plot(seed_summary({1: res(1), 2: res(2)}), tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_the_judge_names_every_release_it_could_not_audit():
+    """`fedonco judge` exits 0 only when every released model was audited (issue 17)."""
+    from bench.judge import not_audited
+
+    assert not_audited("fedavg", True, {"all": "c/fedavg/release"}, {"auc": 0.5}) == []
+    assert not_audited("fedavg", True, {}, {"error": "no released model found"}) == [
+        "fedavg", "fedavg (no released model found)"]  # fmt: skip
+    four = {s: f"run/site{s}" for s in "ABCD"}
+    assert not_audited("fedbn", False, four, {"auc": 0.6}) == ["fedbn (site E)"]
+    assert not_audited("fedbn", False, {**four, "E": "run/siteE"}, {"auc": 0.6}) == []
+
+
+def test_check_dp_plans_distributed_dp_centrally(smoke_data):
+    """ddp-sgd: one central plan (secure aggregation on, delta < 1/N of the union), not per site."""
+    from common.data.store import read_manifest
+
+    manifest = read_manifest(smoke_data)
+    cfg = load_profile("smoke")
+    check_dp(cfg, manifest, ["ddp-sgd"])
+    with pytest.raises(ValueError, match="secure aggregation"):
+        check_dp(with_overrides(cfg, **{"secagg.enabled": False}), manifest, ["ddp-sgd"])
+    with pytest.raises(ValueError, match="1/N"):
+        check_dp(with_overrides(cfg, **{"dp.delta": 0.02}), manifest, ["ddp-sgd"])
