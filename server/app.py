@@ -137,6 +137,7 @@ class Server:
         self.state = RoundState(self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s,
                                 cfg.fl.max_examples_per_site)  # fmt: skip
         self.t_start = time.perf_counter()
+        self.transport = "plaintext"  # serve_campaign sets what the port speaks
 
     # -- one round ------------------------------------------------------------------------------
 
@@ -356,6 +357,7 @@ class Server:
             "run_id": self.run_id,
             "rounds": self.done,
             "status": status,
+            "transport": self.transport,
             "skipped_rounds": self.skipped,
             "n_params": count_parameters(self.model),
             "initial_model_sha256": self.initial_sha,

@@ -72,6 +72,9 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
     server.start()
     if port_file:
         port_file.write_text(str(port))
+    transport = "mutual TLS" if creds else "plaintext"
+    log.info("federation listening on port %d over %s%s", port, transport,
+             " (a CA-signed client certificate naming the site is required)" if creds else "")  # fmt: skip
     stop = threading.Event()
 
     def _term(signum, _frame):
@@ -84,6 +87,7 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
     try:
         for i, make in enumerate(runs):
             srv = make()
+            srv.transport = transport  # recorded in result.json
             left = len(runs) - 1 - i
             servicer.open_run(srv.state, srv.run_info(left, linger=hold is not None))
             results.append(srv.serve_rounds(stop))

@@ -234,6 +234,23 @@ def test_sites_wait_for_the_server_and_a_restart_resumes_to_the_same_final_model
     assert result["final_model_sha256"] == runs["fedavg"]["final_model_sha256"]
 
 
+def test_a_site_stops_at_once_on_sigterm(env, tmp_path):
+    """`docker stop` sends SIGTERM: the site says so and exits 0 at once (it used to ignore it
+    as PID 1 and be killed after 10 s)."""
+    _, path, root = env
+    log = tmp_path / "site.log"
+    proc = spawn(fedonco("client", "--config", str(path), "--site", "A", "--server",
+                         f"127.0.0.1:{free_port()}", "--data", str(root / "data"),
+                         "--state-dir", str(tmp_path / "state")), log)  # fmt: skip
+    try:
+        wait_until(lambda: "connecting to" in log.read_text(), 60, "the site to dial")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        stop([proc])
+    assert "stopping (signal 15)" in log.read_text()
+
+
 # -- bad input against a real server ---------------------------------------------------------
 
 
@@ -654,6 +671,8 @@ def test_the_campaign_ran_over_mtls_with_the_judge(runs, env):
     run_ids = {json.loads((run_dir / m / "result.json").read_text())["run_id"] for m in METHODS}
     assert len(run_ids) == len(METHODS)
     assert "PERMISSION_DENIED" not in (root / "logs" / "server.log").read_text()
+    assert "over mutual TLS" in (root / "logs" / "server.log").read_text()
+    assert {r["transport"] for r in runs.values()} == {"mutual TLS"}
     # the release service spoke mutual TLS with its own certificate; the attacker's queries were
     # counted under its certificate's name, as many as the audits report
     release_log = (root / "logs" / "release.log").read_text()
