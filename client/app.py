@@ -76,7 +76,7 @@ class SiteClient:
         self.ddp = None  # common.training.ddp.DDPSite, at the first distributed-DP round
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
         self.pending: PendingUpdate | None = None
-        creds = None
+        creds, self.tls_dir = None, tls_dir
         if tls_dir is not None:
             from common.wire.tls import certificate_site, channel_credentials
 
@@ -119,9 +119,22 @@ class SiteClient:
             except grpc.RpcError as err:
                 if err.code() not in RETRYABLE or time.monotonic() - start > self.retry_timeout_s:
                     raise
+                self._check_tls()  # gRPC says UNAVAILABLE for every TLS mistake: which is it?
                 log.info("server not reachable (%s); retrying in %.1fs", err.code().name, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _check_tls(self) -> None:
+        """Make the TLS handshake before any RPC and stop with its cause if it cannot work
+        (unknown CA, a server name not on the certificate, a refused client certificate, a
+        plaintext server): retrying would not help."""
+        if self.tls_dir is None:
+            return
+        from common.wire.tls import diagnose_tls
+
+        cause = diagnose_tls(self.server, self.tls_dir)
+        if cause:
+            raise ValueError(f"site {self.site}: no TLS to {self.server}: {cause}")
 
     def register(self, previous_run: str = "") -> None:
         """Join the open run (one that is not ``previous_run``: between two runs of a campaign
@@ -132,6 +145,8 @@ class SiteClient:
         request = pb.RegisterSiteRequest(
             site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})
         )
+        if not previous_run:
+            self._check_tls()
         end = time.monotonic() + self.retry_timeout_s
         while True:
             resp = self._rpc(self.stub.RegisterSite, request)

@@ -21,6 +21,7 @@ are written with mode 0600 and never logged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -231,6 +232,80 @@ def site_of_peer(context: grpc.ServicerContext) -> str | None:
     cns = auth.get("x509_common_name") or [b""]
     cn = cns[0].decode(errors="replace")
     return cn[len(SITE_PREFIX) :] if cn.startswith(SITE_PREFIX) else ""
+
+
+# OpenSSL's verify codes that mean "not signed by a CA I trust", a name mismatch, and expiry
+_UNKNOWN_CA = {2, 7, 18, 19, 20, 21}  # 7: signed by another key of the same name
+_NAME_MISMATCH = {62, 64}
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def diagnose_tls(address: str, tls_dir: Path, timeout: float = 10.0) -> str | None:
+    """Why a site cannot talk TLS to ``address`` with ``tls_dir``, in words an IT person can act
+    on — or None when the handshake works (or nothing listens yet: not a TLS problem).
+
+    gRPC reports every handshake failure as UNAVAILABLE; this makes the handshake itself with
+    Python's ssl module (same CA, client certificate, server name and ALPN "h2" as the site's
+    channel) and then the HTTP/2 preface, after which a server that refuses the client's
+    certificate says so (TLS 1.3 sends that verdict after the handshake)."""
+    import socket
+    import ssl
+
+    tls_dir = Path(tls_dir)
+    host, port = address.rsplit(":", 1)
+    host = host.strip("[]")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls_dir / CA_CERT))
+    ctx.load_cert_chain(str(tls_dir / CERT), str(tls_dir / KEY))
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError:
+        return None  # nothing listens (yet): the site's retries handle that
+    try:
+        with ctx.wrap_socket(sock, server_hostname=host) as tls:
+            tls.sendall(_H2_PREFACE)
+            tls.settimeout(5.0)
+            answer = b"?"
+            with contextlib.suppress(TimeoutError):
+                answer = tls.recv(1)  # a gRPC server answers the preface with its SETTINGS
+        if answer == b"":  # closed right after the handshake: the client certificate's verdict
+            return (f"the server closed the connection right after the TLS handshake: it refused "
+                    f"this site's certificate ({tls_dir / CERT} is not signed by the federation's "
+                    "CA, or has expired); ask the operator for this site's directory from "
+                    "`fedonco certs`")  # fmt: skip
+        return None
+    except ssl.SSLCertVerificationError as err:
+        code = err.verify_code
+        if code in _NAME_MISMATCH:
+            return (f"the server's certificate is not for the name {host!r} that this site dials "
+                    f"(OpenSSL: {err.verify_message}); dial a name on the server certificate, or "
+                    "have the operator add it: fedonco certs --server-name NAME")  # fmt: skip
+        if code in _UNKNOWN_CA:
+            return (f"the server's certificate is not signed by the CA in {tls_dir / CA_CERT} "
+                    f"(unknown CA; OpenSSL: {err.verify_message}): this certificate directory "
+                    "belongs to another federation, or the server runs with another CA")  # fmt: skip
+        if code == 10:
+            return "the server's certificate has expired; the operator must issue a new one"
+        return f"the server's certificate failed verification: {err.verify_message}"
+    except ssl.SSLError as err:
+        reason = (err.reason or str(err)).upper()
+        if (
+            "WRONG_VERSION_NUMBER" in reason
+            or "RECORD_LAYER" in reason
+            or "PACKET_LENGTH" in reason
+        ):
+            return (f"{address} does not speak TLS (a plaintext server?): start the server with "
+                    "--tls-dir, or check the address")  # fmt: skip
+        if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason or "ACCESS_DENIED" in reason:
+            return (f"the server refused this site's certificate ({err.reason}): "
+                    f"{tls_dir / CERT} is not signed by the federation's CA, or has expired; "
+                    "ask the operator for this site's directory from `fedonco certs`")  # fmt: skip
+        return f"the TLS handshake with {address} failed: {err}"
+    except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, EOFError):
+        return (f"{address} closed the connection during the TLS handshake: it probably speaks "
+                "plaintext (start the server with --tls-dir) or is not a FedOnco server")  # fmt: skip
+    except OSError:
+        return None
 
 
 def is_loopback(address: str) -> bool:

@@ -126,3 +126,33 @@ def test_client_cli_checks_its_certificate_and_plaintext_needs_opt_in(setup):
     r = subprocess.run(fedonco(*base, "--site", "A", "--server", "10.1.2.3:50051"),
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "refusing plaintext" in r.stderr
+
+
+def test_a_site_names_the_cause_of_a_tls_failure(setup, tmp_path):
+    """gRPC reports every TLS mistake as UNAVAILABLE; the site checks the handshake and says
+    which one it is, then stops (exit 2) instead of retrying something that cannot work."""
+    import shutil
+
+    _, root = setup
+    base = ["client", "--config", str(root / "config.json"), "--data", str(root / "data"),
+            "--site", "A", "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    mixed = tmp_path / "mixed"  # the right CA, a certificate from another CA
+    mixed.mkdir()
+    shutil.copy(root / "certs" / "site-A" / "ca.crt", mixed / "ca.crt")
+    for name in ("tls.crt", "tls.key"):
+        shutil.copy(root / "rogue" / "site-A" / name, mixed / name)
+    with tls_fedavg_server(root, tmp_path, root / "certs" / "server") as address:
+        cases = {
+            "unknown CA": root / "rogue" / "site-A",
+            "refused this site's certificate": mixed,
+        }
+        for cause, tls in cases.items():
+            r = subprocess.run(fedonco(*base, "--server", address, "--tls-dir", str(tls)),
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert r.returncode == 2 and cause in r.stderr, (cause, r.stderr[-2000:])
+    named = make_certs(tmp_path / "named", list("ABCDE"), ["fl.example.org"])
+    (tmp_path / "n").mkdir()
+    with tls_fedavg_server(root, tmp_path / "n", named["server"]) as address:  # 127.0.0.1
+        r = subprocess.run(fedonco(*base, "--server", address, "--tls-dir", str(named["site-A"])),
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 2 and "is not for the name '127.0.0.1'" in r.stderr, r.stderr[-2000:]
