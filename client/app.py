@@ -142,14 +142,20 @@ class SiteClient:
         log.info(
             "site %s: connecting to %s (waits while the server is not up)", self.site, self.server
         )
-        request = pb.RegisterSiteRequest(
-            site_id=self.site, info=scalars_to_proto({"n_train": len(self.train_set)})
-        )
+        info = {"n_train": len(self.train_set), "profile": self.cfg.shape_fingerprint()}
+        request = pb.RegisterSiteRequest(site_id=self.site, info=scalars_to_proto(info))
         if not previous_run:
             self._check_tls()
         end = time.monotonic() + self.retry_timeout_s
         while True:
-            resp = self._rpc(self.stub.RegisterSite, request)
+            try:
+                resp = self._rpc(self.stub.RegisterSite, request)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                raise ValueError(
+                    f"site {self.site}: the server refused it: {err.details()}"
+                ) from None
             if resp.run_id != previous_run:
                 break
             if time.monotonic() > end:

@@ -366,6 +366,13 @@ class Config(_Frozen):
             self.for_method(method)  # every recipe must give a valid config
         return self
 
+    def shape_fingerprint(self) -> str:
+        """What a site and the server must agree on for their tensors to fit, in words:
+        the image size, the HU window and the U-Net (base width, groups, normalisation)."""
+        d, m = self.data, self.model
+        return (f"{d.image_size}px window {d.window[0]:g}..{d.window[1]:g} HU, U-Net base "
+                f"{m.base} groups {m.groups} norm {m.norm}")  # fmt: skip
+
     def for_method(self, method: str) -> Config:
         """The config ``method`` runs with: ``[train]`` and ``[dp]`` with ``[recipes.<method>]``
         applied (a recipe giving ``target_epsilon`` drops ``noise_multiplier`` and the other way

@@ -273,7 +273,8 @@ class Server:
         """Public facts a site learns when it registers (``runs_left``: runs after this one;
         ``linger``: after the last run, stay until the server goes away)."""
         return {"method": self.method, "rounds": self.cfg.train.rounds,
-                "model_base": self.cfg.model.base, "runs_left": runs_left, "linger": int(linger)}  # fmt: skip
+                "model_base": self.cfg.model.base, "runs_left": runs_left, "linger": int(linger),
+                "profile": self.cfg.shape_fingerprint()}  # fmt: skip
 
     def serve_rounds(self, stop: threading.Event) -> dict:
         """Wait for the sites, run the remaining rounds, finalize, tell the sites it is over."""

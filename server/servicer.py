@@ -119,6 +119,14 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def RegisterSite(self, request, context):
         def register(st, info):
+            theirs = scalars_from_proto(request.info).get("profile")
+            if isinstance(theirs, str) and info.get("profile") and theirs != info["profile"]:
+                log.warning("refused site %s: its profile differs (%s)", clip_text(request.site_id, 32),
+                            clip_text(theirs, 120))  # fmt: skip
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"this site's profile ({clip_text(theirs, 120)}) differs from the "
+                              f"server's ({info['profile']}): run the site with the federation's "
+                              "profile")  # fmt: skip
             st.register(request.site_id)
             return pb.RegisterSiteResponse(run_id=st.run_id, heartbeat_interval_s=st.heartbeat_s,
                                            info=scalars_to_proto(info))  # fmt: skip

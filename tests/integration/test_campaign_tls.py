@@ -156,3 +156,21 @@ def test_a_site_names_the_cause_of_a_tls_failure(setup, tmp_path):
         r = subprocess.run(fedonco(*base, "--server", address, "--tls-dir", str(named["site-A"])),
                            capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 2 and "is not for the name '127.0.0.1'" in r.stderr, r.stderr[-2000:]
+
+
+def test_a_site_with_another_profile_is_refused_at_registration(setup, tmp_path):
+    """A site whose profile gives other tensor shapes (here a wider U-Net) is refused when it
+    registers, with both profiles named, instead of dying later on a shape error."""
+    cfg, root = setup
+    other = with_overrides(cfg, **{"model.base": cfg.model.base * 2})
+    (tmp_path / "other.json").write_text(json.dumps(other.model_dump(mode="json")))
+    (tmp_path / "s").mkdir()
+    with tls_fedavg_server(root, tmp_path / "s", root / "certs" / "server") as address:
+        r = subprocess.run(fedonco("client", "--config", str(tmp_path / "other.json"), "--data",
+                                   str(root / "data"), "--site", "A", "--state-dir",
+                                   str(tmp_path / "state"), "--server", address, "--tls-dir",
+                                   str(root / "certs" / "site-A")),
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"base {cfg.model.base * 2}" in r.stderr and f"base {cfg.model.base} " in r.stderr
+    assert "the server refused it" in r.stderr
