@@ -211,8 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", help="where local state is kept (default: DATA-state)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--retry-timeout", type=float, default=120.0,
-                   help="give up after the server was unreachable this long (s)")  # fmt: skip
+    p.add_argument("--retry-timeout", type=float,
+                   default=float(os.environ.get("FEDONCO_RETRY_TIMEOUT", 0) or 0),
+                   help="give up after the server was unreachable this long, seconds (default 0: "
+                   "retry for ever, backing off to one attempt every ~35 s, one log line each; "
+                   "env FEDONCO_RETRY_TIMEOUT)")  # fmt: skip
     _add_tls_args(p, "site")
     p.add_argument("--publish-dir", default=os.environ.get("FEDONCO_PUBLISH_DIR") or None,
                    help="FedBN: also publish this site's released model to "

@@ -60,7 +60,7 @@ class PendingUpdate:
 
 class SiteClient:
     def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
-                 retry_timeout_s: float = 120.0, tls_dir: Path | None = None,
+                 retry_timeout_s: float = 0.0, tls_dir: Path | None = None,
                  publish_dir: Path | None = None) -> None:  # fmt: skip
         self.cfg, self.site, self.server = cfg, site, server
         self.data_dir, self.retry_timeout_s = Path(data_dir), retry_timeout_s
@@ -111,16 +111,26 @@ class SiteClient:
     # -- RPC with retries -----------------------------------------------------------------------
 
     def _rpc(self, method, request, timeout: float = 30.0):
-        """Call with deadline and wait_for_ready; retry with backoff while the server is down."""
-        delay, start = 0.2, time.monotonic()
+        """Call with deadline and wait_for_ready; retry with backoff while the server is down (for
+        ever, or ``retry_timeout_s`` when > 0), one log line per attempt."""
+        delay, start, attempt = 0.2, time.monotonic(), 0
         while True:
+            left = self.retry_timeout_s - (time.monotonic() - start)
+            deadline = min(timeout, max(1.0, left / 2)) if self.retry_timeout_s else timeout
             try:
-                return method(request, timeout=timeout, wait_for_ready=True)
+                return method(request, timeout=deadline, wait_for_ready=True)
             except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or time.monotonic() - start > self.retry_timeout_s:
+                if err.code() not in RETRYABLE:
                     raise
+                waited = time.monotonic() - start
+                if self.retry_timeout_s and waited > self.retry_timeout_s:
+                    raise ValueError(f"site {self.site}: server {self.server} unreachable for "
+                                     f"{waited:.0f}s ({err.code().name}); giving up "
+                                     "(--retry-timeout)") from None  # fmt: skip
                 self._check_tls()  # gRPC says UNAVAILABLE for every TLS mistake: which is it?
-                log.info("server not reachable (%s); retrying in %.1fs", err.code().name, delay)
+                attempt += 1
+                log.info("server %s not reachable (%s, attempt %d, %.0fs so far); retrying in "
+                         "%.1fs", self.server, err.code().name, attempt, waited, delay)  # fmt: skip
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -146,7 +156,7 @@ class SiteClient:
         request = pb.RegisterSiteRequest(site_id=self.site, info=scalars_to_proto(info))
         if not previous_run:
             self._check_tls()
-        end = time.monotonic() + self.retry_timeout_s
+        end = time.monotonic() + (self.retry_timeout_s or 600.0)  # for the next run to open
         while True:
             try:
                 resp = self._rpc(self.stub.RegisterSite, request)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -249,6 +250,16 @@ def test_a_site_stops_at_once_on_sigterm(env, tmp_path):
     finally:
         stop([proc])
     assert "stopping (signal 15)" in log.read_text()
+
+
+def test_a_site_retries_with_one_line_per_attempt_and_gives_up_only_when_told(env, tmp_path):
+    _, path, root = env
+    r = subprocess.run(fedonco("client", "--config", str(path), "--site", "A", "--server",
+                               f"127.0.0.1:{free_port()}", "--data", str(root / "data"),
+                               "--state-dir", str(tmp_path / "state"), "--retry-timeout", "4"),
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "giving up (--retry-timeout)" in r.stderr
+    assert "Traceback" not in r.stderr and "attempt 1," in r.stderr
 
 
 # -- bad input against a real server ---------------------------------------------------------
