@@ -10,7 +10,7 @@ OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images e2e
+.PHONY: venv bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ proto-check: venv
 	$(PY) proto/gen.py --check
 
 # Every runtime wheel (CPU torch included) for an offline image build: run it where the package
-# index is reachable, then `docker compose build` needs no network (deploy/README.md).
+# index is reachable, then `deploy/compose build` needs no network (deploy/README.md).
 wheelhouse: venv
 	rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
 	$(PY) -m pip wheel -q --prefer-binary -w $(WHEELS).tmp "$(TORCH_SPEC)" . setuptools wheel
@@ -80,6 +80,11 @@ wheelhouse: venv
 # Docker engine, local base image, wheelhouse and image (as root on a Debian machine; CI does it).
 images:
 	deploy/docker-setup.sh
+
+# The image file a hospital loads: `docker load -i fedonco-bench.tar` (deploy/README.md, §4).
+site-image: images
+	mkdir -p dist && docker save -o dist/fedonco-bench.tar fedonco-bench:latest
+	@du -sh dist/fedonco-bench.tar
 
 e2e: images venv
 	CI=true $(PY) -m pytest -q tests/e2e

@@ -144,12 +144,30 @@ def _prepare_out(out: Path, force: bool) -> Path:
         raise NotADirectoryError(f"{out} exists and is not a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        # An existing OUT is never renamed (it may be a bind mount, e.g. a container's /data):
+        # the new dataset is written inside it and swapped in entry by entry (_install).
+        where = out if out.exists() else out.parent
+        tmp = where / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as err:
         raise OSError(f"cannot write the dataset to {out}: {err.strerror or err}") from None
     return tmp
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Put the finished dataset ``tmp`` at ``out``: a rename when ``out`` does not exist; else
+    (``tmp`` lies inside ``out``) the old entries are removed and the new ones renamed into
+    ``out``, which itself keeps its inode (a mount point cannot be renamed: EBUSY)."""
+    if tmp.parent != out:
+        tmp.rename(out)
+        return
+    for old in out.iterdir():
+        if old != tmp:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    for new in tmp.iterdir():
+        new.rename(out / new.name)
+    tmp.rmdir()
 
 
 def build_dataset(
@@ -213,13 +231,7 @@ def build_dataset(
         (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))
         if gallery:
             render_gallery(tmp, manifest, tmp / "gallery.png")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -161,9 +161,14 @@ def test_existing_output_needs_force(ds, tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         build_dataset(_cfg(), out, workers=1, gallery=False)
     assert (out / "keep.txt").read_text() == "precious"
+    inode = out.stat().st_ino
     build_dataset(_cfg(), out, workers=1, gallery=False, force=True)
     assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["x"]
+    # OUT itself is never renamed (a container's bind-mounted /data cannot be: EBUSY), and no
+    # temporary is left inside it
+    assert out.stat().st_ino == inode
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_unwritable_output_is_a_clear_error(tmp_path):
