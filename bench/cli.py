@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_TLS_DIR") or None,
                    help="mutual TLS directory (env FEDONCO_TLS_DIR)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
+    p.add_argument("--tls-check", metavar="SITE", help="instead: check that site SITE can talk "
+                   "TLS to ADDRESS with --tls-dir (its certificate names SITE, the handshake "
+                   "works); exit 2 naming the cause, 0 when it works or nothing listens yet (a "
+                   "site runs this before it generates its data)")  # fmt: skip
     p.set_defaults(func=_health)
 
     p = sub.add_parser(

@@ -49,6 +49,10 @@ server)
 site)
     : "${FEDONCO_SITE:?set FEDONCO_SITE to this site's ID (A-E)}"
     DATA="${FEDONCO_DATA:-/data}"
+    # the certificate and the TLS handshake first: a mistake shows before any data is generated
+    if [ -n "${FEDONCO_TLS_DIR:-}" ]; then
+        fedonco health "${FEDONCO_SERVER:-server:50051}" --tls-check "$FEDONCO_SITE"
+    fi
     if [ ! -f "$DATA/manifest.json" ]; then
         fedonco data --config "$CONFIG" --sites "$FEDONCO_SITE" --splits train,test --out "$DATA" \
             --force --no-gallery

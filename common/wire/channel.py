@@ -144,6 +144,8 @@ def check_health(address: str, credentials: grpc.ChannelCredentials | None = Non
 
 
 def run_health_cmd(args) -> int:
+    if args.tls_check:
+        return _tls_check(args.address, args.tls_dir, args.tls_check)
     creds = None
     if args.tls_dir:
         from common.wire.tls import channel_credentials
@@ -152,3 +154,20 @@ def run_health_cmd(args) -> int:
     ok = check_health(args.address, creds, args.timeout)
     print("SERVING" if ok else "NOT SERVING")
     return 0 if ok else 1
+
+
+def _tls_check(address: str, tls_dir, site: str) -> int:
+    from pathlib import Path
+
+    from common.wire.tls import certificate_site, diagnose_tls
+
+    if not tls_dir:
+        raise ValueError("--tls-check needs --tls-dir (or FEDONCO_TLS_DIR)")
+    named = certificate_site(Path(tls_dir))
+    if named != site:
+        raise ValueError(f"{tls_dir}: the client certificate is for site {named!r}, not {site!r}")
+    cause = diagnose_tls(address, Path(tls_dir))
+    if cause:
+        raise ValueError(f"site {site}: no TLS to {address}: {cause}")
+    print(f"site {site}: TLS to {address}: ok (or nothing listens yet)")
+    return 0

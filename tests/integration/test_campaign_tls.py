@@ -150,6 +150,16 @@ def test_a_site_names_the_cause_of_a_tls_failure(setup, tmp_path):
             r = subprocess.run(fedonco(*base, "--server", address, "--tls-dir", str(tls)),
                                capture_output=True, text=True, timeout=120)  # fmt: skip
             assert r.returncode == 2 and cause in r.stderr, (cause, r.stderr[-2000:])
+        # the same check, before a site container generates its data (deploy/entrypoint.sh)
+        check = ["health", address, "--tls-check", "A", "--tls-dir"]
+        r = subprocess.run(fedonco(*check, str(mixed)), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "refused this site's certificate" in r.stderr
+        r = subprocess.run(fedonco(*check, str(root / "certs" / "site-A")), capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0 and "ok" in r.stdout
+        r = subprocess.run(fedonco(*check, str(root / "certs" / "site-B")), capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 2 and "is for site 'B'" in r.stderr
     named = make_certs(tmp_path / "named", list("ABCDE"), ["fl.example.org"])
     (tmp_path / "n").mkdir()
     with tls_fedavg_server(root, tmp_path / "n", named["server"]) as address:  # 127.0.0.1
