@@ -57,6 +57,7 @@ perf: venv
 	$(PY) bench/perf/perf_data.py
 	$(PY) bench/perf/perf_secagg.py
 	$(PY) bench/perf/perf_restart.py
+	$(PY) bench/perf/perf_ddp.py
 	$(PY) bench/perf/perf_diffusion.py
 
 clean:
