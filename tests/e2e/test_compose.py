@@ -224,3 +224,78 @@ def test_killed_site_container_the_campaign_completes_over_tls(tls_stack):
     assert all(len(h["fit"]["sites"]) >= 3 for h in history)  # secure aggregation went on
     results = json.loads((tls_stack.run_dir / "results.json").read_text())
     assert results["methods"]["fedavg"]["mia"]["auc"] is not None
+
+
+def _docker(*args: str, timeout: float = 120, check: bool = True):
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(
+            f"docker {' '.join(args[:3])} exited {r.returncode}: {r.stderr[-2000:]}"
+        )
+    return r
+
+
+def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
+    """deploy/README.md §4 as written: the operator makes the certificates and starts the server
+    with `docker run ... server` (results under a mounted ./runs); each hospital gets only its own
+    certificate directory, fills in site.env from deploy/site.env.example and starts
+    `docker run --rm --env-file site.env -v certs:/certs:ro -v site-data:/data -v
+    site-state:/state fedonco-bench:latest site` (its data generated into the bind-mounted /data).
+    Three hospitals on a private network stand in for the internet; the server publishes no port."""
+    server, net = "fedonco-e2e-fl-server", "fedonco-e2e-hospital"
+    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(tmp_path / "certs"),
+                    "--sites", "A,B,C,D,E", "--server-name", server],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    example = (ROOT / "deploy" / "site.env.example").read_text()
+    _docker("network", "create", net)
+    sites, logs = {}, {}
+    try:
+        _docker("run", "-d", "--name", server, "--network", net,
+                "-e", "FEDONCO_PROFILE=smoke", "-e", "FEDONCO_METHODS=fedavg",
+                "-e", "FEDONCO_TLS_DIR=/certs",
+                "-v", f"{tmp_path / 'certs' / 'server'}:/certs:ro",
+                "-v", f"{tmp_path / 'runs'}:/runs", IMAGE, "server")  # fmt: skip
+        for s in "ABC":
+            home = tmp_path / f"hospital-{s}"  # what the hospital holds: its own directory only
+            shutil.copytree(tmp_path / "certs" / f"site-{s}", home / "certs" / f"site-{s}")
+            env = example.replace("FEDONCO_SITE=A", f"FEDONCO_SITE={s}")
+            env = env.replace("fl.example-federation.org:50051", f"{server}:50051")
+            env = env.replace("FEDONCO_PROFILE=quick", "FEDONCO_PROFILE=smoke")
+            (home / "site.env").write_text(env)
+            logs[s] = open(home / "site.log", "w")  # noqa: SIM115 (closed below)
+            sites[s] = subprocess.Popen(
+                ["docker", "run", "--rm", "--network", net, "--env-file", str(home / "site.env"),
+                 "-v", f"{home / 'certs' / f'site-{s}'}:/certs:ro",
+                 "-v", f"{home / 'site-data'}:/data", "-v", f"{home / 'site-state'}:/state",
+                 IMAGE, "site"], stdout=logs[s], stderr=subprocess.STDOUT, cwd=home)  # fmt: skip
+        for s, proc in sites.items():
+            assert proc.wait(timeout=900) == 0, (
+                tmp_path / f"hospital-{s}" / "site.log"
+            ).read_text()[-3000:]
+        r = _docker("wait", server, timeout=300)
+        assert r.stdout.strip() == "0", _docker("logs", server, check=False).stderr[-3000:]
+        server_log = _docker("logs", server, check=False).stderr
+    finally:
+        for proc in sites.values():
+            if proc.poll() is None:
+                proc.kill()
+        for f in logs.values():
+            f.close()
+        _docker("rm", "-f", server, check=False)
+        _docker("network", "rm", net, check=False)
+    assert "over mutual TLS" in server_log
+    result = json.loads(
+        (tmp_path / "runs" / "compose-smoke" / "fedavg" / "result.json").read_text()
+    )
+    assert result["rounds"] == 2 and result["status"] == "completed"
+    assert result["transport"] == "mutual TLS"
+    assert (tmp_path / "runs" / "compose-smoke" / "fedavg" / "release" / "release.json").is_file()
+    for s in "ABC":  # each site's data went into its bind-mounted /data, and only its own
+        manifest = json.loads(
+            (tmp_path / f"hospital-{s}" / "site-data" / "manifest.json").read_text()
+        )
+        assert manifest["subset"]["sites"] == [s]
+        assert (
+            "TLS to fedonco-e2e-fl-server:50051: ok"
+            in (tmp_path / f"hospital-{s}" / "site.log").read_text()
+        )
