@@ -85,6 +85,7 @@ def not_audited(method: str, global_release: bool, names: dict, mia: dict) -> li
 def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeout_s: float,
           tls_dir: Path | None = None) -> int:  # fmt: skip
     cfg_path = run_dir / "config.json"
+    log.info("judge: waiting for the server's campaign config (%s)", cfg_path)
     wait_for(cfg_path, timeout_s, "the server's campaign config")
     cfg = load_config(cfg_path)
     manifest = read_manifest(data_dir)

@@ -252,6 +252,23 @@ def test_a_site_stops_at_once_on_sigterm(env, tmp_path):
     assert "stopping (signal 15)" in log.read_text()
 
 
+def test_every_role_ends_on_sigterm(tmp_path):
+    """A role without its own graceful stop (here the judge, waiting for a campaign) exits at
+    once on SIGTERM like a killed process (143), and still writes its end marker."""
+    run_dir = tmp_path / "campaign"
+    log = tmp_path / "judge.log"
+    proc = spawn(fedonco("judge", "--run-dir", str(run_dir), "--data", str(tmp_path / "none"),
+                         "--release", "127.0.0.1:1", "--methods", "fedavg"), log)  # fmt: skip
+    try:
+        wait_until(lambda: "waiting for the server" in log.read_text() or proc.poll() is not None,
+                   60, "the judge to start")  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 143
+    finally:
+        stop([proc])
+    assert json.loads((run_dir / "audit.done").read_text())["status"] == "failed"
+
+
 def test_a_site_retries_with_one_line_per_attempt_and_gives_up_only_when_told(env, tmp_path):
     _, path, root = env
     r = subprocess.run(fedonco("client", "--config", str(path), "--site", "A", "--server",
