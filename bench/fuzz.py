@@ -163,8 +163,7 @@ class FuzzTarget:
             self.run_id = self.stub.RegisterSite(
                 pb.RegisterSiteRequest(site_id=site), timeout=10
             ).run_id
-        self.sent = {site: self.pull(site).fit for site in self.honest}
-        self.sent = {site: proto_to_ndarrays(task.tensors) for site, task in self.sent.items()}
+        self.sent = {site: proto_to_ndarrays(self.pull(site).fit.tensors) for site in self.honest}
         self.statuses: collections.Counter = collections.Counter()
 
     def pull(self, site: str, kind: str = "fit", timeout: float = 60.0):

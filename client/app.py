@@ -30,7 +30,7 @@ from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
 from common.secagg import SecAggClient, SecAggError, flatten, quantize
-from common.training.dp.settings import PrivacyBudgetExhausted
+from common.training.dp.settings import DPConfigError, PrivacyBudgetExhausted
 from common.training.local import train_local, weighted_contribution
 from common.transforms import to_inputs
 from common.wire.channel import create_channel
@@ -335,7 +335,11 @@ class SiteClient:
                 mu_share=float(config["ddp_mu_share"]), seed=int(config["seed"]),
                 chunk=int(config["batch_size"]))  # fmt: skip
 
-        vec, metrics = self._with_heartbeat(rnd, work)
+        try:
+            vec, metrics = self._with_heartbeat(rnd, work)
+        except DPConfigError as err:  # the server's round parameters: network input
+            self._decline(rnd, str(err))
+            return
         n = len(self.train_set)
         self._advertise(rnd, PendingUpdate(rnd, vec, n, ring=True), metrics, t_decode)
 

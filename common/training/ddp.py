@@ -125,6 +125,19 @@ def wrap_free(plan_scale: float, clip: float, total_examples: float, mu: float) 
     return total_examples * (plan_scale * clip + 0.5) + 40 * math.sqrt(mu) < INT32_MAX
 
 
+MAX_MU = 1e18  # numpy's Poisson sampler takes lambda < ~9.2e18
+
+
+def check_round_params(q: float, clip: float, scale: float, mu_share: float) -> None:
+    """A round's public parameters as a site receives them from the server (network input):
+    ``DPConfigError`` naming the first that is out of range."""
+    for name, value, ok in (("q", q, 0 < q <= 1), ("C", clip, 0 < clip < math.inf),
+                            ("s", scale, 0 < scale < math.inf),
+                            ("the noise share", mu_share, 0 <= mu_share <= MAX_MU)):  # fmt: skip
+        if not (isinstance(value, int | float) and ok):
+            raise DPConfigError(f"ddp-sgd: {name} = {value!r} is out of range")
+
+
 def skellam(rng: np.random.Generator, mu: float, size: int) -> np.ndarray:
     """Symmetric Skellam noise of variance ``mu`` (int64): Poisson(mu/2) - Poisson(mu/2)."""
     if mu <= 0:
@@ -169,7 +182,9 @@ class DDPSite:
     def noisy_sum(self, dataset, keys: Sequence[str], *, q: float, clip: float, scale: float,
                   mu_share: float, seed: int, chunk: int = 16) -> tuple[np.ndarray, dict]:  # fmt: skip
         """This round's masked-input vector (uint32): the site's rounded clipped gradient sum
-        over its Poisson sample plus its Skellam share. Returns (vector, public metrics)."""
+        over its Poisson sample plus its Skellam share. Returns (vector, public metrics).
+        ``DPConfigError`` (nothing computed) for parameters out of range."""
+        check_round_params(q, clip, scale, mu_share)
         start = time.perf_counter()
         n = len(dataset)
         picked = np.flatnonzero(np.random.default_rng([seed, SAMPLE_STREAM]).random(n) < q)

@@ -229,3 +229,23 @@ def test_sites_draw_their_noise_and_sample_from_their_round_seed():
     finally:
         site.close()
     assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_a_site_refuses_round_parameters_out_of_range():
+    """q, C, s and the noise share come from the server: a NaN, a zero or an absurd value is
+    refused with a message before any gradient is computed."""
+    from common.training.dp.settings import DPConfigError
+
+    model = build_model(4, "group", 2, seed=0)
+    keys = sorted(get_params(model))
+    data = _sites(1, 2, seed=6)[0]
+    good = {"q": 1.0, "clip": 1.0, "scale": 1e3, "mu_share": 10.0}
+    site = DDPSite(model)
+    try:
+        for key, bad in (("q", 0.0), ("q", float("nan")), ("clip", -1.0), ("scale", math.inf),
+                         ("mu_share", -1.0), ("mu_share", float("nan")), ("mu_share", 1e30)):  # fmt: skip
+            with pytest.raises(DPConfigError, match="out of range"):
+                site.noisy_sum(data, keys, **{**good, key: bad}, seed=0)
+        site.noisy_sum(data, keys, **good, seed=0)  # and the sane ones work
+    finally:
+        site.close()
