@@ -89,6 +89,15 @@ def _bench(args) -> int:
     return run_bench(args)
 
 
+def _owner(text: str) -> tuple[int, int]:
+    from common.wire.tls import parse_owner
+
+    try:
+        return parse_owner(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _certs(args) -> int:
     from common.wire.tls import run_certs_cmd
 
@@ -341,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DNS name or IP callers dial for the release service (repeatable; "
                    "default: release, localhost, 127.0.0.1)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.add_argument("--owner", type=_owner, metavar="UID:GID",
+                   help="hand each role's directory to this account (the user its container runs "
+                   "as: `deploy/compose user` prints it for the simulation); keys stay 0600, so "
+                   "readable by that account only. Needs root unless it is you")  # fmt: skip
     p.set_defaults(func=_certs)
 
     p = sub.add_parser(

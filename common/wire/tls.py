@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
+import os
 from pathlib import Path
 
 import grpc
@@ -135,9 +136,14 @@ def make_certs(
     server_names: list[str] | None = None,
     force: bool = False,
     release_names: list[str] | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> dict[str, Path]:
     """Create the CA, the server certificate, one certificate per site, the release service's
     certificate and the attacker's (a release-service caller) under ``out``.
+
+    ``owner`` (uid, gid): hand each role's directory and files to the account its process runs
+    as (e.g. a container's unprivileged user), keys staying 0600, i.e. readable by that account
+    only; the CA key stays with the caller. Changing to another owner needs privileges (root).
 
     Returns {role: directory}. Refuses to overwrite an existing CA unless ``force``: a new CA
     invalidates every certificate already handed out to the sites."""
@@ -166,6 +172,9 @@ def make_certs(
         _write(d / CA_CERT, ca_pem)
         _write(d / CERT, _cert_pem(cert))
         _write(d / KEY, _key_pem(key), private=True)
+        if owner is not None:
+            for path in (d, d / CA_CERT, d / CERT, d / KEY):
+                os.chown(path, *owner)
         dirs[role] = d
     log.info("wrote a CA, a server certificate (%s), %d site certificates, a release-service "
              "certificate (%s) and an attacker certificate to %s",
@@ -181,8 +190,25 @@ def _read_role(tls_dir: Path) -> tuple[bytes, bytes, bytes]:
         raise FileNotFoundError(
             f"TLS directory {tls_dir} lacks {', '.join(missing)} (make them with `fedonco certs`)"
         )
-    ca, cert, key = (f.read_bytes() for f in files)
+    try:
+        ca, cert, key = (f.read_bytes() for f in files)
+    except PermissionError as e:
+        raise PermissionError(_unreadable(Path(e.filename))) from None
     return ca, cert, key
+
+
+def _unreadable(path: Path) -> str:
+    """What an operator does about a key this process may not read (typically: a container that
+    runs as an unprivileged user, a key owned by root)."""
+    st = path.stat()
+    uid, gid = os.getuid(), os.getgid()
+    return (
+        f"cannot read {path} as uid {uid} (gid {gid}): it belongs to uid {st.st_uid} "
+        f"(gid {st.st_gid}), mode {st.st_mode & 0o777:04o}. Run this process as uid "
+        f"{st.st_uid} (docker run --user {st.st_uid}:{st.st_gid}), or hand the directory to uid "
+        f"{uid}: chown -R {uid}:{gid} {path.parent}, or issue it with "
+        f"`fedonco certs --owner {uid}:{gid}`"
+    )
 
 
 def server_credentials(tls_dir: Path, require_client_auth: bool = True) -> grpc.ServerCredentials:
@@ -252,6 +278,7 @@ def diagnose_tls(address: str, tls_dir: Path, timeout: float = 10.0) -> str | No
     import ssl
 
     tls_dir = Path(tls_dir)
+    _read_role(tls_dir)  # missing or unreadable files: say which and what to do
     host, port = address.rsplit(":", 1)
     host = host.strip("[]")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls_dir / CA_CERT))
@@ -336,10 +363,18 @@ def plaintext_allowed(address: str, insecure: bool, role: str) -> None:
     )
 
 
+def parse_owner(text: str) -> tuple[int, int]:
+    """``UID:GID`` (numbers) -> (uid, gid); for ``fedonco certs --owner``."""
+    uid, sep, gid = text.partition(":")
+    if not (sep and uid.isdigit() and gid.isdigit()):
+        raise ValueError(f"--owner wants UID:GID as numbers, e.g. 10001:10001, not {text!r}")
+    return int(uid), int(gid)
+
+
 def run_certs_cmd(args) -> int:
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     dirs = make_certs(Path(args.out), sites, args.server_name, force=args.force,
-                      release_names=args.release_name)  # fmt: skip
+                      release_names=args.release_name, owner=args.owner)  # fmt: skip
     print(f"CA: {Path(args.out) / CA_CERT} (keep {Path(args.out) / 'ca.key'} private)")
     for role, d in dirs.items():
         print(f"{role:>8}: {d}/  ({CA_CERT}, {CERT}, {KEY})")

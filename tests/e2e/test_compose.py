@@ -125,6 +125,43 @@ def test_compose_up_smoke_runs_every_method_with_the_audit(tmp_path):
     assert all(row["mia_auc"] not in ("", "nan") for row in rows)
     assert (stack.run_dir / "plots").is_dir()
     assert json.loads((stack.run_dir / "audit.done").read_text())["status"] == "ok"
+    # least privilege: the containers ran as the wrapper's unprivileged user (the invoking user;
+    # as root, the image's 10001), so every file they left in ./runs is that user's
+    uid, gid = _compose_user()
+    assert uid != 0
+    _assert_owned(stack.run_dir.parent, uid, gid)
+
+
+def _compose_user() -> tuple[int, int]:
+    out = subprocess.run([*_compose_cmd(), "user"], capture_output=True, text=True, check=True)
+    uid, gid = out.stdout.strip().split(":")
+    return int(uid), int(gid)
+
+
+def _assert_owned(root: Path, uid: int, gid: int) -> None:
+    paths = [root, *root.rglob("*")]
+    wrong = [f"{p} ({p.stat().st_uid}:{p.stat().st_gid})" for p in paths
+             if (p.stat().st_uid, p.stat().st_gid) != (uid, gid)]  # fmt: skip
+    assert len(paths) > 3 and not wrong, f"not owned by {uid}:{gid}: {wrong[:10]}"
+
+
+def test_the_image_runs_as_an_unprivileged_user(tmp_path):
+    r = _docker("run", "--rm", "--entrypoint", "id", IMAGE)
+    assert r.stdout.startswith("uid=10001(fedonco) gid=10001(fedonco)"), r.stdout
+    r = _docker("image", "inspect", "-f", "{{.Config.User}}", IMAGE)
+    assert r.stdout.strip() == "10001:10001"
+    # a site key the container's user may not read (issued by root without --owner): the site
+    # stops before generating data, with one line saying whose the key is and what to do
+    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(tmp_path),
+                    "--sites", "A"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    os.chown(tmp_path / "site-A" / "tls.key", 0, 0)
+    r = _docker("run", "--rm", "-e", "FEDONCO_SITE=A", "-e", "FEDONCO_TLS_DIR=/certs",
+                "-e", "FEDONCO_SERVER=localhost:1", "-v", f"{tmp_path / 'site-A'}:/certs:ro",
+                IMAGE, "site", check=False)  # fmt: skip
+    assert r.returncode != 0
+    assert "cannot read /certs/tls.key as uid 10001" in r.stderr, r.stderr[-2000:]
+    assert "--user 0:0" in r.stderr and "Traceback" not in r.stderr
+    assert "slices" not in r.stdout + r.stderr and "Dataset" not in r.stdout  # no data made
 
 
 PROBE = r"""
@@ -163,8 +200,10 @@ print(json.dumps({
 def tls_stack(tmp_path_factory):
     """The smoke campaign of FedAvg over mutual TLS, started detached."""
     root = tmp_path_factory.mktemp("tls")
-    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(root / "certs")],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    # deploy/README.md §3: the role directories belong to the user the containers run as
+    owner = "{}:{}".format(*_compose_user())
+    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(root / "certs"),
+                    "--owner", owner], check=True, capture_output=True, timeout=120)  # fmt: skip
     stack = Stack("fedonco-e2e-tls", root / "runs", "172.29.62.0/24", tls_certs=root / "certs",
                   FEDONCO_PROFILE="smoke", FEDONCO_METHODS="fedavg", FEDONCO_ROUNDS=str(TLS_ROUNDS))  # fmt: skip
     try:
@@ -235,18 +274,28 @@ def _docker(*args: str, timeout: float = 120, check: bool = True):
     return r
 
 
+def _chown_r(uid: int, gid: int, *roots: Path) -> None:
+    for root in roots:
+        for p in [root, *root.rglob("*")]:
+            os.chown(p, uid, gid)
+
+
 def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
     """deploy/README.md §4 as written: the operator makes the certificates and starts the server
     with `docker run ... server` (results under a mounted ./runs); each hospital gets only its own
     certificate directory, fills in site.env from deploy/site.env.example and starts
     `docker run --rm --env-file site.env -v certs:/certs:ro -v site-data:/data -v
     site-state:/state fedonco-bench:latest site` (its data generated into the bind-mounted /data).
-    Three hospitals on a private network stand in for the internet; the server publishes no port."""
+    Three hospitals on a private network stand in for the internet; the server publishes no port.
+    CI runs as root, so this is the docs' root variant: the directories are handed to the image's
+    unprivileged user (`chown -R 10001:10001 …`) and the containers run as it."""
     server, net = "fedonco-e2e-fl-server", "fedonco-e2e-hospital"
     subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(tmp_path / "certs"),
                     "--sites", "A,B,C,D,E", "--server-name", server],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
     example = (ROOT / "deploy" / "site.env.example").read_text()
+    (tmp_path / "runs").mkdir()
+    _chown_r(10001, 10001, tmp_path / "certs" / "server", tmp_path / "runs")
     _docker("network", "create", net)
     sites, logs = {}, {}
     try:
@@ -262,6 +311,11 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
             env = env.replace("fl.example-federation.org:50051", f"{server}:50051")
             env = env.replace("FEDONCO_PROFILE=quick", "FEDONCO_PROFILE=smoke")
             (home / "site.env").write_text(env)
+            (home / "site-data").mkdir()
+            (home / "site-state").mkdir()
+            _chown_r(
+                10001, 10001, *(home / d for d in ("certs/site-" + s, "site-data", "site-state"))
+            )
             logs[s] = open(home / "site.log", "w")  # noqa: SIM115 (closed below)
             sites[s] = subprocess.Popen(
                 ["docker", "run", "--rm", "--network", net, "--env-file", str(home / "site.env"),
@@ -290,6 +344,10 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
     assert result["rounds"] == 2 and result["status"] == "completed"
     assert result["transport"] == "mutual TLS"
     assert (tmp_path / "runs" / "compose-smoke" / "fedavg" / "release" / "release.json").is_file()
+    # least privilege: nothing the containers wrote on the host belongs to root
+    _assert_owned(tmp_path / "runs", 10001, 10001)
+    for s in "ABC":
+        _assert_owned(tmp_path / f"hospital-{s}" / "site-data", 10001, 10001)
     for s in "ABC":  # each site's data went into its bind-mounted /data, and only its own
         manifest = json.loads(
             (tmp_path / f"hospital-{s}" / "site-data" / "manifest.json").read_text()
@@ -299,3 +357,17 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
             "TLS to fedonco-e2e-fl-server:50051: ok"
             in (tmp_path / f"hospital-{s}" / "site.log").read_text()
         )
+
+
+def test_the_site_image_file_loads():
+    """`make site-image` writes the file deploy/README.md §4 tells a hospital to `docker load`;
+    loading it gives back the very image (same ID) under the name the docs run."""
+    image_id = _docker("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
+    r = subprocess.run(["make", "-o", "images", "site-image"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    tar = ROOT / "dist" / "fedonco-bench.tar"
+    r = _docker("load", "-i", str(tar), timeout=600)
+    assert f"Loaded image: {IMAGE}" in r.stdout, r.stdout
+    assert _docker("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip() == image_id
+    tar.unlink()

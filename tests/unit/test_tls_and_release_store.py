@@ -3,7 +3,9 @@ dataset subsets (a site generates only its own slices)."""
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -14,7 +16,14 @@ from common.config import load_profile
 from common.data.build import make_shard, plan
 from common.model import build_model, get_params
 from common.release import export_release
-from common.wire.tls import certificate_site, is_loopback, make_certs, plaintext_allowed
+from common.wire.tls import (
+    certificate_site,
+    channel_credentials,
+    is_loopback,
+    make_certs,
+    parse_owner,
+    plaintext_allowed,
+)
 from server.inference import ModelStore
 
 
@@ -62,6 +71,44 @@ def test_certs_refuse_to_replace_a_ca_without_force(tmp_path):
         make_certs(tmp_path, ["A"])
     make_certs(tmp_path, ["A"], force=True)
     assert (tmp_path / "ca.crt").read_bytes() != first
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")
+def test_certs_owner_hands_each_role_to_its_account_and_keeps_the_ca_key(tmp_path):
+    dirs = make_certs(tmp_path, ["A"], owner=(10001, 10002))
+    for d in dirs.values():
+        for p in (d, *d.iterdir()):
+            assert (p.stat().st_uid, p.stat().st_gid) == (10001, 10002), p
+        assert stat.S_IMODE((d / "tls.key").stat().st_mode) == 0o600  # that account only
+    assert (tmp_path / "ca.key").stat().st_uid == os.geteuid()
+
+
+def test_certs_owner_parsing():
+    assert parse_owner("10001:10001") == (10001, 10001)
+    for bad in ("10001", "fedonco:fedonco", ":1", "1:", "-1:2"):
+        with pytest.raises(ValueError, match="UID:GID"):
+            parse_owner(bad)
+
+
+def test_an_unreadable_key_names_its_owner_and_the_fix(tmp_path, monkeypatch):
+    """A container user that may not read the key gets one actionable line, not a traceback
+    (simulated: root reads any file, so the read itself is made to fail)."""
+    d = make_certs(tmp_path, ["A"])["site-A"]
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "tls.key":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(PermissionError) as err:
+        channel_credentials(d)
+    msg = str(err.value)
+    st = (d / "tls.key").stat()
+    assert f"cannot read {d / 'tls.key'} as uid {os.getuid()}" in msg
+    assert f"belongs to uid {st.st_uid}" in msg and "mode 0600" in msg
+    assert f"--user {st.st_uid}:{st.st_gid}" in msg and "fedonco certs --owner" in msg
 
 
 def test_plaintext_only_on_loopback_unless_opted_in(caplog):
