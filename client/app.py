@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from client.secure import PendingUpdate, advertise_request, stage_answer
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
 from common.data.store import read_manifest
@@ -29,7 +29,7 @@ from common.io import load_npz, safe_name, save_npz
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
-from common.secagg import SecAggClient, SecAggError, flatten, quantize
+from common.secagg import SecAggClient, SecAggError, flatten
 from common.training.dp.settings import DPConfigError, PrivacyBudgetExhausted
 from common.training.local import train_local, weighted_contribution
 from common.transforms import to_inputs
@@ -45,17 +45,12 @@ from common.wire.serde import (
 )
 
 log = logging.getLogger(__name__)
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-@dataclass(frozen=True)
-class PendingUpdate:
-    """Secure aggregation: the update a site keeps between advertising its keys and masking it."""
-
-    round: int
-    weighted: np.ndarray  # n_k * params_k, flattened in sorted key order (or, ring: the vector)
-    num_examples: int
-    ring: bool = False  # distributed DP: already an integer vector mod 2**32, noise share included
+# the server is down, slow, or (RESOURCE_EXHAUSTED) at its concurrent-call cap: try again later
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 class SiteClient:
@@ -345,16 +340,10 @@ class SiteClient:
 
     def _advertise(self, rnd: int, pending: PendingUpdate, metrics: dict, t_decode: float):
         """Keep the update here; send only fresh public keys (and n_k, not secret)."""
-        n = pending.num_examples
         self.secagg = SecAggClient(self.site, self.run_id, rnd)
         self.pending = pending
-        enc_pk, mask_pk = self.secagg.advertise_keys()
         metrics.update(decode_s=t_decode)
-        request = pb.AdvertiseKeysRequest(
-            site_id=self.site, run_id=self.run_id, round=rnd,
-            keys=pb.PublicKeys(enc_pk=enc_pk, mask_pk=mask_pk), num_examples=n,
-            metrics=scalars_to_proto(metrics),
-        )  # fmt: skip
+        request = advertise_request(self.site, self.run_id, self.secagg, pending, metrics)
         self._push(self.stub.AdvertiseKeys, request, rnd)
 
     def secagg_stage(self, task: pb.SecAggTask) -> None:
@@ -365,36 +354,9 @@ class SiteClient:
             # the sum) instead of offering the stage again until the round times out.
             self._decline(rnd, f"restarted: no update for the {stage} stage of round {rnd}")
             return
-        base = {"site_id": self.site, "run_id": self.run_id, "round": rnd}
         try:
-            if stage == "share_keys":
-                st = task.share_keys
-                keys = {s: (k.enc_pk, k.mask_pk) for s, k in st.public_keys.items()}
-                cts = self.secagg.share_keys(keys, int(st.threshold), list(st.neighbours))
-                self._push(self.stub.ShareKeys, pb.ShareKeysRequest(**base, ciphertexts=cts), rnd)
-            elif stage == "masked_input":
-                st = task.masked_input
-                t0 = time.perf_counter()
-                p = self.pending
-                if p.ring:  # distributed DP: integers already; no data-dependent count leaves
-                    q, clipped = p.weighted, 0
-                else:
-                    q, clipped = quantize(p.weighted, p.num_examples, st.clip, st.scale)
-                masked = self.secagg.masked_input(dict(st.ciphertexts), q)
-                metrics = {
-                    "mask_s": time.perf_counter() - t0,
-                    "clipped": clipped,
-                    "bytes_up": float(masked.nbytes),
-                }
-                tensor = ndarrays_to_proto({"masked": masked})[0]
-                request = pb.PushMaskedInputRequest(
-                    **base, masked=tensor, metrics=scalars_to_proto(metrics)
-                )
-                self._push(self.stub.PushMaskedInput, request, rnd)
-            else:
-                st = task.unmask
-                shares = self.secagg.unmask(list(st.survivors), list(st.dropped))
-                self._push(self.stub.Unmask, pb.UnmaskRequest(**base, shares=shares), rnd)
+            name, request = stage_answer(self.site, self.run_id, self.secagg, self.pending, task)
+            self._push(getattr(self.stub, name), request, rnd)
         except SecAggError as err:  # e.g. asked for both shares of one peer: refuse, say nothing
             log.error(
                 "site %s: refused secure-aggregation %s of round %d: %s", self.site, stage, rnd, err

@@ -185,43 +185,8 @@ class Server:
         return record
 
     def gather(self, rnd, configs, payload, shared, record):
-        """The sites train; returns (sum of n_k * params_k, sum of n_k, site metrics).
-
-        With secure aggregation the server only ever holds masked vectors and their sum; without
-        it, the plain updates are summed. Either way the strategy sees only the sum.
-        """
-        timeout = self.cfg.fl.round_timeout_s
-        if not self.cfg.secagg.enabled:
-            updates, record["failures"] = self.state.run_phase(
-                TaskKind.FIT, rnd, configs, payload, spec_of(shared), timeout
-            )
-            if not updates:
-                return None, 0.0, {}
-            summed, total = sum_weighted_updates(
-                {s: (u.weighted, u.num_examples) for s, u in updates.items()}
-            )
-            return summed, total, {s: u.metrics for s, u in updates.items()}
-        advertised, record["failures"] = self.state.run_phase(
-            TaskKind.ADVERTISE_KEYS, rnd, configs, payload, None, timeout
-        )
-        plan = self.ddp
-        if plan is not None:
-            n_total = float(sum(a.num_examples for a in advertised.values()))
-            if not wrap_free(plan.scale, plan.clip, n_total, len(advertised) * plan.mu_share):
-                record["aborted"] = (f"ddp-sgd: {n_total:.0f} examples could wrap the int32 sum "
-                                     "at this scale; no step taken")  # fmt: skip
-                return None, 0.0, {}
-        out = secure_aggregate(self.cfg, self.state, rnd, advertised, shared,
-                               ring_scale=plan.scale if plan else None)  # fmt: skip
-        record["secagg"] = out.record
-        record["failures"].update({s: f"dropped during secure aggregation ({k})"
-                                   for k, sites in out.record["dropouts"].items() for s in sites})  # fmt: skip
-        record["aborted"] = out.record.get("aborted")
-        if plan is not None and out.weighted_sum is not None:  # the mechanism this step realised
-            k = len(out.record["survivors"])
-            record["ddp"] = {"q": plan.q, "mu": k * plan.mu_share, "mu_target": plan.mu,
-                             "sites": k, "delta1": plan.delta1, "delta2": plan.delta2}  # fmt: skip
-        return out.weighted_sum, out.total_weight, out.metrics
+        """The sites train; returns (sum of n_k * params_k, sum of n_k, site metrics)."""
+        return fit_phase(self.cfg, self.state, rnd, configs, payload, shared, record, self.ddp)
 
     def evaluate(self, rnd: int) -> dict:
         """Per-site and pooled metrics: centrally, or at the sites when norm layers stay local."""
@@ -375,6 +340,48 @@ class Server:
         }
         write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+
+def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, shared: dict,
+          record: dict, plan=None):  # fmt: skip
+    """The fit phase of round ``rnd``: the sites in ``configs`` train on ``payload``; returns
+    (sum of n_k * params_k, sum of n_k, site metrics) and notes failures, dropouts and the
+    secure-aggregation record in ``record``. ``plan``: distributed DP's (``DDPPlan``).
+
+    With secure aggregation the server only ever holds masked vectors and their sum; without
+    it, the plain updates are summed. Either way the strategy sees only the sum.
+    """
+    timeout = cfg.fl.round_timeout_s
+    if not cfg.secagg.enabled:
+        updates, record["failures"] = state.run_phase(
+            TaskKind.FIT, rnd, configs, payload, spec_of(shared), timeout
+        )
+        if not updates:
+            return None, 0.0, {}
+        summed, total = sum_weighted_updates(
+            {s: (u.weighted, u.num_examples) for s, u in updates.items()}
+        )
+        return summed, total, {s: u.metrics for s, u in updates.items()}
+    advertised, record["failures"] = state.run_phase(
+        TaskKind.ADVERTISE_KEYS, rnd, configs, payload, None, timeout
+    )
+    if plan is not None:
+        n_total = float(sum(a.num_examples for a in advertised.values()))
+        if not wrap_free(plan.scale, plan.clip, n_total, len(advertised) * plan.mu_share):
+            record["aborted"] = (f"ddp-sgd: {n_total:.0f} examples could wrap the int32 sum "
+                                 "at this scale; no step taken")  # fmt: skip
+            return None, 0.0, {}
+    out = secure_aggregate(cfg, state, rnd, advertised, shared,
+                           ring_scale=plan.scale if plan else None)  # fmt: skip
+    record["secagg"] = out.record
+    record["failures"].update({s: f"dropped during secure aggregation ({k})"
+                               for k, sites in out.record["dropouts"].items() for s in sites})  # fmt: skip
+    record["aborted"] = out.record.get("aborted")
+    if plan is not None and out.weighted_sum is not None:  # the mechanism this step realised
+        k = len(out.record["survivors"])
+        record["ddp"] = {"q": plan.q, "mu": k * plan.mu_share, "mu_target": plan.mu,
+                         "sites": k, "delta1": plan.delta1, "delta2": plan.delta2}  # fmt: skip
+    return out.weighted_sum, out.total_weight, out.metrics
 
 
 def _site_privacy(site: str, m: dict) -> dict:

@@ -59,16 +59,15 @@ def secure_aggregate(
     keys = sorted(shared)
     length = int(sum(shared[k].size for k in keys))
     timeout = cfg.fl.round_timeout_s
-    srv_time = 0.0
-    record: dict = {"dropouts": {}, "threshold": cfg.secagg.threshold}
+    steps: dict[str, float] = {}  # the server's own secure-aggregation work, per step (s)
+    record: dict = {"dropouts": {}, "threshold": cfg.secagg.threshold, "server_steps_s": steps}
 
     def timed(fn, *args):
-        nonlocal srv_time
         t = time.perf_counter()
         try:
             return fn(*args)
         finally:
-            srv_time += time.perf_counter() - t
+            steps[fn.__name__] = steps.get(fn.__name__, 0.0) + time.perf_counter() - t
 
     def phase(kind, sites, payloads, spec=None):
         results, failures = state.run_phase(
@@ -99,10 +98,10 @@ def secure_aggregate(
         )
         total_u32 = timed(srv.unmask, {s: r.shares for s, r in revealed.items()})
     except (SecAggAbort, SecAggError) as err:
-        record.update(aborted=str(err), secagg_server_s=srv_time)
+        record.update(aborted=str(err), secagg_server_s=sum(steps.values()))
         log.warning("round %d: secure aggregation aborted: %s", rnd, err)
         return SecAggOutcome(None, 0.0, {}, record)
-    vec = dequantize(total_u32, scale)
+    vec = timed(dequantize, total_u32, scale)
     metrics = {s: {**advertised[s].metrics, **masked[s].metrics} for s in survivors}
     record.update(
         survivors=survivors,
@@ -110,7 +109,7 @@ def secure_aggregate(
         scale=scale,
         # distributed DP: the sites' rounding is part of the mechanism, the server adds none
         error_bound_sum=0.0 if ring_scale else quantization_error_bound(len(survivors), scale),
-        secagg_server_s=srv_time,
+        secagg_server_s=sum(steps.values()),
         clipped=int(sum(m.get("clipped", 0) for m in metrics.values())),
     )
     return SecAggOutcome(

@@ -34,12 +34,13 @@ def _t(fn, *args):
     return out, time.perf_counter() - t
 
 
-def one_round(params, weights, scale, clip, drop_after_shares=()):
-    """One secure round in process; returns per-client and server timings (s) and bytes."""
+def one_round(params, weights, scale, clip, drop_after_shares=(), neighbours=None, threshold=3):
+    """One secure round in process; returns per-client and server timings (s) and bytes.
+    ``neighbours``: SecAgg+'s k (None: the complete graph)."""
     sites = sorted(params)
     n = len(params[sites[0]])
     clients = {s: SecAggClient(s, "bench", 1) for s in sites}
-    srv = SecAggServer("bench", 1, sites, 3, n)
+    srv = SecAggServer("bench", 1, sites, threshold, n, neighbours=neighbours)
     t_setup = {}
     adv = {}
     for s, c in clients.items():
@@ -47,7 +48,7 @@ def one_round(params, weights, scale, clip, drop_after_shares=()):
     u1 = srv.receive_keys(adv)
     cts = {}
     for s in sites:
-        cts[s], dt = _t(clients[s].share_keys, u1, 3, srv.neighbours_of(s))
+        cts[s], dt = _t(clients[s].share_keys, u1, threshold, srv.neighbours_of(s))
         t_setup[s] += dt
     routed = srv.route_shares(cts)
     masked, t_q, t_m = {}, [], []
@@ -59,7 +60,10 @@ def one_round(params, weights, scale, clip, drop_after_shares=()):
         t_q.append(dq)
         t_m.append(dm)
     (surv, dropped), t_recv = _t(srv.receive_masked, masked)
-    shares = {s: clients[s].unmask(surv, dropped) for s in surv}
+    shares, t_reveal = {}, []
+    for s in surv:
+        shares[s], dt = _t(clients[s].unmask, surv, dropped)
+        t_reveal.append(dt)
     total, t_unmask = _t(srv.unmask, shares)
     return {
         "total": total,
@@ -67,6 +71,7 @@ def one_round(params, weights, scale, clip, drop_after_shares=()):
         "setup": statistics.mean(t_setup.values()),
         "quantize": statistics.mean(t_q),
         "mask": statistics.mean(t_m),
+        "reveal": statistics.mean(t_reveal),
         "server": t_recv + t_unmask,
         "bytes": next(iter(masked.values())).nbytes,
     }

@@ -1,0 +1,448 @@
+"""The federation's own cost from 5 to 100 sites: the real server, lightweight sites.
+
+`python bench/perf/perf_scale.py [--sites 5 10 20 50 100] [--params 262777 1230000]
+    [--graphs complete secagg+] [--dropouts 0 0.1] [--rounds 3] [--flower PYTHON]`
+
+For each (n, parameters, graph, dropout) one fresh federation: the real gRPC service
+(``server.campaign.serve_campaign``: servicer, round state, limits) and the real round code
+(``server.app.fit_phase`` -> ``server.secure.secure_aggregate``) in a server process, and n
+lightweight sites in ``--workers`` processes (a thread per site, its own channel) that speak the
+real protocol with the real site code (``client.secure``: keys, Shamir shares, AES masks) but
+draw their update at random instead of training, so only the federation's cost is measured.
+SecAgg+ uses a k-regular graph, k = 2*ceil(log2 n) (even; the complete graph when k >= n-1).
+Dropouts: that fraction of the sites (every 10th) declines the masked-input stage after sharing
+its keys, each round: the server must rebuild their pairwise masks from the survivors' shares.
+A decline is immediate: failure *detection* (heartbeats, deadlines) is not part of the cost.
+
+Per configuration (medians over rounds 2..R; round 1 warms connections up): round wall time
+(fit phase, as the server sees it), the server process's CPU time per round and peak RSS,
+bytes up and down per site, the server's unmask step, and the sites' mean CPU per round.
+Every site's work shares this machine's cores, so the wall time is an upper bound on what
+sites on their own machines would see. With ``--flower PYTHON`` (a Python with flwr installed,
+e.g. .venv-flower/bin/python; `make perf` creates it) the secure-aggregation maths alone, ours
+and Flower's SecAgg+ primitives, run side by side in process at the same n, k, size and dropout
+(bench/perf/flower_secaggplus.py). Writes OUT/scale.json, OUT/scale.md and plots/scale.png
+(log-log) under OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.fleet import spawn, stop  # noqa: E402
+from common.config import load_profile, with_overrides  # noqa: E402
+
+STANDARD_PARAMS = 262_777  # the standard profile's U-Net (groupnorm), shared entries
+PAPER_PARAMS = 1_230_373  # the paper-size U-Net
+
+
+def neighbours_for(n: int, graph: str) -> int | None:
+    """SecAgg+: k = 2*ceil(log2 n), None (complete) when that reaches n-1."""
+    if graph == "complete":
+        return None
+    k = 2 * math.ceil(math.log2(n))
+    return None if k >= n - 1 else k
+
+
+def site_ids(n: int) -> list[str]:
+    return [f"S{i:03d}" for i in range(n)]
+
+
+def dropping(sites: list[str], fraction: float) -> set[str]:
+    """Every 10th site (for 10%): spread over the hash-ordered graph, deterministic."""
+    k = int(round(fraction * len(sites)))
+    return set(sites[:: max(1, len(sites) // k)][:k]) if k else set()
+
+
+def scale_config(n: int, k: int | None, threshold: int):
+    """The smoke profile's settings with generous timeouts; the secure-aggregation graph and
+    threshold for n sites are set past the profile's validation, which assumes five sites."""
+    cfg = with_overrides(load_profile("smoke"), **{
+        "fl.heartbeat_s": 30.0, "fl.round_timeout_s": 600.0, "fl.wait_for_sites_s": 600.0})  # fmt: skip
+    secagg = cfg.secagg.model_copy(update={"neighbours": k, "threshold": threshold})
+    fl = cfg.fl.model_copy(update={"min_fit_sites": threshold})
+    return cfg.model_copy(update={"secagg": secagg, "fl": fl})
+
+
+def threshold_for(n: int, k: int | None) -> int:
+    """t: a majority of a closed neighbourhood (k+1 sites), at least 2."""
+    size = n if k is None else k + 1
+    return max(2, size // 2 + 1)
+
+
+# -- the server process -------------------------------------------------------------------------
+
+WEIGHT = 100  # every site's n_k
+
+
+def light_update(vec: np.ndarray, rnd: int, site: str) -> np.ndarray:
+    """A site's "trained" parameters: the global ones plus seeded noise (no training)."""
+    rng = np.random.default_rng([rnd, int(site[1:])])
+    return vec + rng.standard_normal(vec.size).astype(np.float32) * np.float32(0.01)
+
+
+class ScaleRun:
+    """One federation without training for ``serve_campaign``: the real round state and fit
+    phase over n sites; the model is a random float32 vector of ``params`` entries."""
+
+    def __init__(self, cfg, sites: list[str], params: int, rounds: int, out: Path):
+        from server.state import RoundState
+
+        self.cfg, self.rounds, self.out = cfg, rounds, out
+        self.state = RoundState("scale-run", sites, cfg.fl.heartbeat_s)
+        rng = np.random.default_rng(0)
+        self.shared = {"w": rng.standard_normal(params).astype(np.float32) * 0.05}
+        self.transport = "plaintext"
+
+    def run_info(self, runs_left: int = 0, linger: bool = False) -> dict:
+        return {"method": "fedavg", "rounds": self.rounds, "runs_left": 0, "linger": 0}
+
+    def serve_rounds(self, stop: threading.Event) -> dict:
+        from common.wire.serde import ndarrays_to_proto, tensors_nbytes
+        from server.app import fit_phase
+
+        sites = self.state.sites
+        self.state.wait_for_sites(len(sites), self.cfg.fl.wait_for_sites_s, stop)
+        rows = []
+        for rnd in range(1, self.rounds + 1):
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            payload = ndarrays_to_proto(self.shared)
+            configs = {s: {"round": rnd, "secagg": 1} for s in self.state.alive_sites()}
+            record: dict = {}
+            summed, total, metrics = fit_phase(self.cfg, self.state, rnd, configs, payload,
+                                               self.shared, record)  # fmt: skip
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            if summed is None:
+                raise RuntimeError(f"round {rnd} aborted: {record.get('aborted')}")
+            sec = record["secagg"]
+            # correct in the same run: the survivors' weighted sum, within the quantisation bound
+            exact = sum(light_update(self.shared["w"], rnd, s).astype(np.float64) * WEIGHT
+                        for s in sec["survivors"])  # fmt: skip
+            err = float(np.abs(summed["w"] - exact).max())
+            if err > sec["error_bound_sum"]:
+                raise RuntimeError(
+                    f"round {rnd}: secure sum off by {err} > {sec['error_bound_sum']}"
+                )
+            rows.append({"round": rnd, "wall_s": wall, "server_cpu_s": cpu,
+                         "survivors": len(sec["survivors"]), "dropped": len(sec["dropped"]),
+                         "steps_s": sec["server_steps_s"], "bytes_down": tensors_nbytes(payload),
+                         "max_err": err, "error_bound": sec["error_bound_sum"]})  # fmt: skip
+        self.state.finish(self.rounds, "completed", wait_s=5.0)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out = {"rounds": rows, "peak_rss_mb": rss_mb}
+        self.out.write_text(json.dumps(out))
+        return out
+
+
+def serve(args) -> int:
+    from server.campaign import serve_campaign
+
+    sites = site_ids(args.n)
+    k = neighbours_for(args.n, args.graph)
+    cfg = scale_config(args.n, k, threshold_for(args.n, k))
+    run = ScaleRun(cfg, sites, args.params, args.rounds, Path(args.out))
+    limit = 2 * 4 * args.params + (1 << 20)
+    serve_campaign([lambda: run], "127.0.0.1:0", Path(args.port_file), max_message_bytes=limit,
+                   sites=len(sites))  # fmt: skip
+    return 0
+
+
+# -- the sites' processes -----------------------------------------------------------------------
+
+
+def light_site(site: str, server: str, drops: bool, out: dict) -> None:
+    """A site that speaks the real protocol (client.secure) with a random update."""
+    from client.secure import PendingUpdate, advertise_request, stage_answer
+    from common.secagg import SecAggClient
+    from common.wire.channel import create_channel
+    from common.wire.rpc import federation_pb2 as pb
+    from common.wire.rpc import federation_pb2_grpc as pb_grpc
+    from common.wire.serde import proto_to_ndarrays
+
+    stub = pb_grpc.FederationStub(create_channel(server))
+    up = down = 0
+    cpu: dict[int, float] = {}
+
+    def call(name, request, timeout=600.0):
+        nonlocal up, down
+        up += request.ByteSize()
+        resp = getattr(stub, name)(request, timeout=timeout, wait_for_ready=True)
+        down += resp.ByteSize()
+        return resp
+
+    run_id = call("RegisterSite", pb.RegisterSiteRequest(site_id=site)).run_id
+    secagg = pending = None
+    last, bytes_at = 0, {}
+    while True:
+        resp = call("PullTask", pb.PullTaskRequest(site_id=site, run_id=run_id, round=last))
+        kind = resp.WhichOneof("task")
+        t0 = time.thread_time()
+        if kind == "fit":
+            rnd = resp.fit.round
+            bytes_at[rnd] = (up, down - resp.ByteSize())
+            (vec,) = proto_to_ndarrays(resp.fit.tensors).values()
+            update = light_update(vec, rnd, site) * np.float32(WEIGHT)
+            secagg, pending = SecAggClient(site, run_id, rnd), PendingUpdate(rnd, update, WEIGHT)
+            call("AdvertiseKeys", advertise_request(site, run_id, secagg, pending, {}))
+            last = rnd
+        elif kind == "secagg":
+            task = resp.secagg
+            if drops and task.WhichOneof("stage") == "masked_input":
+                call("Decline", pb.DeclineRequest(site_id=site, run_id=run_id, round=task.round,
+                                                  reason="scale benchmark: dropping"))  # fmt: skip
+            else:
+                name, request = stage_answer(site, run_id, secagg, pending, task)
+                call(name, request)
+        elif kind == "finished":
+            break
+        if kind in ("fit", "secagg"):
+            cpu[last] = cpu.get(last, 0.0) + time.thread_time() - t0
+    bytes_at[last + 1] = (up, down)
+    per_round = {r: (bytes_at[r + 1][0] - bytes_at[r][0], bytes_at[r + 1][1] - bytes_at[r][1])
+                 for r in range(1, last + 1)}  # fmt: skip
+    out[site] = {"cpu_s": cpu, "bytes": per_round}
+
+
+def sites_worker(args) -> int:
+    ids = args.ids.split(",")
+    drops = set(args.drop.split(",")) if args.drop else set()
+    out: dict = {}
+    threads = [threading.Thread(target=light_site, args=(s, args.server, s in drops, out))
+               for s in ids]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    missing = sorted(set(ids) - set(out))
+    Path(args.out).write_text(json.dumps(out))
+    return 1 if missing else 0
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def one_federation(n: int, params: int, graph: str, dropout: float, rounds: int, workers: int,
+                   tmp: Path) -> dict:  # fmt: skip
+    me = [sys.executable, str(Path(__file__).resolve())]
+    sites = site_ids(n)
+    drops = dropping(sites, dropout)
+    tag = f"n{n}-p{params}-{graph}-d{dropout:g}"
+    port_file, server_out = tmp / f"{tag}.port", tmp / f"{tag}.server.json"
+    for stale in tmp.glob(f"{tag}.*"):  # an earlier run's port file would send the sites astray
+        stale.unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    server = spawn([*me, "serve", "--n", str(n), "--params", str(params), "--graph", graph,
+                    "--rounds", str(rounds), "--port-file", str(port_file), "--out", str(server_out)],
+                   tmp / f"{tag}.server.log", env)  # fmt: skip
+    end = time.monotonic() + 120
+    while not port_file.exists():
+        if server.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"{tag}: the server did not start: "
+                               f"{(tmp / f'{tag}.server.log').read_text()[-2000:]}")  # fmt: skip
+        time.sleep(0.1)
+    address = f"127.0.0.1:{int(port_file.read_text())}"
+    procs = []
+    for w in range(workers):
+        ids = sites[w::workers]
+        procs.append(spawn([*me, "sites", "--ids", ",".join(ids), "--server", address,
+                            "--drop", ",".join(sorted(drops & set(ids))),
+                            "--out", str(tmp / f"{tag}.sites{w}.json")],
+                           tmp / f"{tag}.sites{w}.log", env))  # fmt: skip
+    try:
+        for p in [server, *procs]:
+            if p.wait(timeout=3600) != 0:
+                raise RuntimeError(f"{tag}: a process exited {p.returncode}; see {tmp}/{tag}.*.log")
+    finally:
+        stop([server, *procs])
+    srv = json.loads(server_out.read_text())
+    site_rows: dict = {}
+    for w in range(workers):
+        site_rows.update(json.loads((tmp / f"{tag}.sites{w}.json").read_text()))
+    measured = srv["rounds"][1:] or srv["rounds"]
+    rounds_ = [r["round"] for r in measured]
+
+    def med(values):
+        return statistics.median(values)
+
+    live = [s for s in sites if s not in drops]
+    return {
+        "n": n, "params": params, "graph": graph, "k": neighbours_for(n, graph), "dropout": dropout,
+        "dropped": len(drops), "threshold": threshold_for(n, neighbours_for(n, graph)),
+        "round_wall_s": med([r["wall_s"] for r in measured]),
+        "server_cpu_s": med([r["server_cpu_s"] for r in measured]),
+        "unmask_s": med([r["steps_s"].get("unmask", 0.0) for r in measured]),
+        "server_secagg_s": med([sum(r["steps_s"].values()) for r in measured]),
+        "peak_rss_mb": srv["peak_rss_mb"],
+        "bytes_up_per_site": med([site_rows[s]["bytes"][str(r)][0] for s in live for r in rounds_]),
+        "bytes_down_per_site": med([site_rows[s]["bytes"][str(r)][1] for s in live for r in rounds_]),
+        "site_cpu_s": statistics.mean([site_rows[s]["cpu_s"].get(str(r), 0.0) for s in live
+                                       for r in rounds_]),  # fmt: skip
+        "rounds": srv["rounds"],
+    }  # fmt: skip
+
+
+def maths(n: int, params: int, graph: str, dropout: float, flower: str | None) -> dict:
+    """The secure-aggregation maths alone, in process: ours, and Flower's when given."""
+    from bench.perf.perf_secagg import one_round
+    from common.secagg import quantization_scale
+
+    sites = site_ids(n)
+    k = neighbours_for(n, graph)
+    t = threshold_for(n, k)
+    rng = np.random.default_rng(1)
+    vec = {s: rng.standard_normal(params).astype(np.float32) * 0.05 for s in sites}
+    w = dict.fromkeys(sites, 100.0)
+    scale = quantization_scale(1.0, sum(w.values()), max_sites=n)
+    r = one_round(vec, w, scale, 1.0, tuple(sorted(dropping(sites, dropout))), neighbours=k,
+                  threshold=t)  # fmt: skip
+    client = r["setup"] + r["quantize"] + r["mask"] + r["reveal"]
+    out = {"ours": {"client_s": client, "server_s": r["server"], "bytes_up": r["bytes"]}}
+    if flower:
+        cmd = [flower, str(Path(__file__).with_name("flower_secaggplus.py")), "--n", str(n),
+               "--params", str(params), "--neighbours", str(k or n - 1), "--threshold", str(t),
+               "--drop", str(len(dropping(sites, dropout)))]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            out["flower"] = {"error": done.stderr.strip().splitlines()[-1:]}
+        else:
+            out["flower"] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " (see the module doc)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="cmd")
+    s = sub.add_parser("serve")  # internal: the server process of one federation
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--params", type=int, required=True)
+    s.add_argument("--graph", required=True)
+    s.add_argument("--rounds", type=int, required=True)
+    s.add_argument("--port-file", required=True)
+    s.add_argument("--out", required=True)
+    w = sub.add_parser("sites")  # internal: a process of lightweight sites
+    w.add_argument("--ids", required=True)
+    w.add_argument("--server", required=True)
+    w.add_argument("--drop", default="")
+    w.add_argument("--out", required=True)
+    p.add_argument("--sites", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    p.add_argument("--params", type=int, nargs="+", default=[STANDARD_PARAMS, PAPER_PARAMS])
+    p.add_argument("--graphs", nargs="+", default=["complete", "secagg+"],
+                   choices=["complete", "secagg+"])  # fmt: skip
+    p.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.1])
+    p.add_argument("--rounds", type=int, default=3, help="per federation; round 1 is warm-up")
+    p.add_argument("--workers", type=int, default=2, help="site processes per federation")
+    p.add_argument("--flower", metavar="PYTHON", help="a Python with flwr: also Flower's maths")
+    p.add_argument("--no-maths", action="store_true", help="skip the in-process maths comparison")
+    p.add_argument("--out", default=str(ROOT / "runs" / "perf-scale"))
+    args = p.parse_args(argv)
+    if args.cmd == "serve":
+        return serve(args)
+    if args.cmd == "sites":
+        return sites_worker(args)
+    return drive(args)
+
+
+def drive(args) -> int:
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    tmp = out / "work"
+    tmp.mkdir(parents=True, exist_ok=True)
+    grid = [(n, d, g, f) for d in args.params for g in args.graphs for f in args.dropouts
+            for n in args.sites]  # fmt: skip
+    rows = []
+    for n, d, g, f in tqdm(grid, desc="federations", unit="fed"):
+        if g == "secagg+" and neighbours_for(n, g) is None and "complete" in args.graphs:
+            continue  # the same graph as the complete one at this n
+        row = one_federation(n, d, g, f, args.rounds, args.workers, tmp)
+        # the maths side by side wherever the row is SecAgg+'s graph (complete at small n)
+        if not args.no_maths and (g == "secagg+" or neighbours_for(n, "secagg+") is None):
+            row["maths"] = maths(n, d, g, f, args.flower)
+        rows.append(row)
+        (out / "scale.json").write_text(json.dumps(rows, indent=1))
+    table = markdown(rows)
+    (out / "scale.md").write_text(table)
+    plot(rows, out / "plots" / "scale.png")
+    print(table)
+    return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| params | graph (k) | dropout | n | round wall s | server CPU s | unmask s | "
+            "server RSS MB | up/site MB | down/site MB | site CPU s | ours maths: client / server s"
+            " | Flower maths: client / server s |\n" + "|---" * 13 + "|\n")  # fmt: skip
+    lines = []
+    for r in rows:
+        m = r.get("maths", {})
+        ours = m.get("ours")
+        fl = m.get("flower")
+        lines.append(
+            f"| {r['params']:,} | {r['graph']} ({r['k'] or r['n'] - 1}) | {r['dropout']:.0%} | "
+            f"{r['n']} | {r['round_wall_s']:.2f} | {r['server_cpu_s']:.2f} | {r['unmask_s']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['bytes_up_per_site'] / 2**20:.2f} | "
+            f"{r['bytes_down_per_site'] / 2**20:.2f} | {r['site_cpu_s']:.2f} | "
+            + (f"{ours['client_s']:.3f} / {ours['server_s']:.3f} | " if ours else "| ")
+            + (
+                f"{fl['client_s']:.3f} / {fl['server_s']:.3f} |"
+                if fl and "client_s" in fl
+                else f"{fl.get('error') if fl else ''} |"
+            )  # fmt: skip
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    series: dict = {}
+    for r in rows:
+        series.setdefault((r["params"], r["graph"], r["dropout"]), []).append(r)
+    for (params, graph, dropout), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["n"])
+        ns = [r["n"] for r in rs]
+        label = f"{params / 1e6:.2f}M, {graph}, {dropout:.0%} drop"
+        style = "-" if graph == "secagg+" else "--"
+        for ax, key in zip(axes, ("round_wall_s", "server_cpu_s", "peak_rss_mb"), strict=True):
+            ax.plot(ns, [r[key] for r in rs], style, marker="o", label=label)
+    for ax, title in zip(axes, ("round wall time (s)", "server CPU per round (s)",
+                                "server peak RSS (MB)"), strict=True):  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sites n")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ns = sorted({r["n"] for r in rows})
+    if ns:
+        ref = [r for r in rows if r["n"] == ns[0]]
+        base = min(r["round_wall_s"] for r in ref)
+        axes[0].plot(ns, [base * n * math.log2(n) / (ns[0] * math.log2(ns[0])) for n in ns], ":",
+                     color="grey", label="n log n (from the smallest)")  # fmt: skip
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
