@@ -10,13 +10,13 @@ OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e
+.PHONY: venv bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev,diffusion]"
+	$(PY) -m pip install -e ".[dev,diffusion,ray]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -59,6 +59,17 @@ perf: venv
 	$(PY) bench/perf/perf_restart.py
 	$(PY) bench/perf/perf_ddp.py
 	$(PY) bench/perf/perf_diffusion.py
+	$(MAKE) flower-venv
+	$(PY) bench/perf/perf_scale.py --flower $(FLOWER_VENV)/bin/python --out $(OUT)/perf-scale
+
+# Flower (flwr 1.27.0) in a venv of its own, for perf_scale's side-by-side SecAgg+ maths only
+# (its pinned dependencies stay out of ours).
+FLOWER_VENV ?= .venv-flower
+flower-venv: $(FLOWER_VENV)/.installed
+$(FLOWER_VENV)/.installed:
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install -q flwr==1.27.0
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -330,6 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-method", metavar="METHOD",
                    help="the DP method a --sweep runs (default dpsgd), e.g. dpsgd-pt; its recipe "
                    "applies, with the swept value on top")  # fmt: skip
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where the cells run (a cell is one federation: a method, or a sweep "
+                   "value, for one seed). local (default): one after another in this process. "
+                   "ray: each cell a task on a Ray cluster, as many at once as the nodes hold, "
+                   "each on one node with its server and sites on that node's 127.0.0.1; a failed "
+                   "cell is retried once, then listed in results.json/.md and the exit status is "
+                   "1; Ctrl-C cancels the cells (exit 130). The results are the same "
+                   "(final_model_sha256) either way. Needs pip install -e '.[ray]' on every node")  # fmt: skip
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="--engine ray: the cluster's head (`ray start --head` prints it, e.g. "
+                   "HEAD:6379; env RAY_ADDRESS); default: start a local Ray on this machine for "
+                   "the run")  # fmt: skip
+    p.add_argument("--cell-cpus", type=int, metavar="N",
+                   help="--engine ray: CPUs a cell reserves on its node (default 6: a server and "
+                   "five sites; fewer only make a cell slower, never different)")  # fmt: skip
+    p.add_argument("--cell-gpus", type=float, metavar="N",
+                   help="--engine ray: GPUs a cell reserves on its node, shared by its server "
+                   "and sites (default 0)")  # fmt: skip
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(

@@ -444,3 +444,21 @@ def frontier_plot(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def note_failed_cells(run_dir: Path, rows: list[dict], **facts) -> None:
+    """Add the cells that failed (after their retry) to ``run_dir``'s results.json
+    (``failed_cells``) and results.md; a run none of whose cells succeeded gets both files with
+    only them (``facts``: e.g. profile, seed)."""
+    path, md = run_dir / "results.json", run_dir / "results.md"
+    results = json.loads(path.read_text()) if path.is_file() else {**facts, "methods": {}}
+    results["failed_cells"] = rows
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    text = md.read_text() if md.is_file() else "# FedOnco-Bench results\n"
+    lines = ["", "## Failed cells", "", "Not in the tables above: each was run and retried, and "
+             "failed both times (its last error; all of them in results.json).", "",
+             "| seed | cell | attempts | error |", "|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        error = (r["error"] or "").splitlines()[0][:200].replace("|", "\\|")
+        lines.append(f"| {r['seed']} | {r['cell']} | {r['attempts']} | {error} |")
+    md.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")

@@ -5,6 +5,10 @@ over 127.0.0.1 (with secure aggregation unless the profile turns it off); this o
 starts them, watches progress, collects what they wrote and has every released model audited
 (bench/audit.py). `fedonco judge` (bench/judge.py) does the audit and report when the parts run
 apart (docker compose).
+
+A benchmark is a list of cells, one federation each (method × seed × sweep value); an engine
+(bench/engine.py) runs them: here one after another (``InPlace``, the default), or as tasks on a
+Ray cluster (``run_cell`` on a node); the report is written here either way.
 """
 
 from __future__ import annotations
@@ -13,16 +17,32 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from bench.engine import (
+    DEFAULT_CELL_CPUS,
+    Cell,
+    CellFn,
+    Outcome,
+    dataset_fingerprint,
+    make_engine,
+    pack_dir,
+    unpack_dir,
+)
 from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
-from bench.report import write_report, write_seed_summary
+from bench.report import note_failed_cells, write_report, write_seed_summary
 from common.config import SITE_NAMES, Config, Recipe, parse_config, resolve_config, with_overrides
+from common.data.build import split_sizes
 from common.data.diffusion.generate import build_dataset
+from common.data.store import read_manifest
 from common.data.summary import summary_markdown
 from common.methods import SWEEP_METHOD, get_method
 from common.training.pretrain import CACHE_ENV, pretrained_params
@@ -141,21 +161,6 @@ def _variant(cfg: Config, run_dir: Path, name: str, method: str, **dp) -> tuple[
     return c, path
 
 
-def run_sweep(
-    cfg: Config, run_dir: Path, key: str, values: list[float], method: str = SWEEP_METHOD
-) -> dict:
-    """The DP ``method`` once per value (plus its non-DP twin as the reference): Dice and
-    leakage against ε."""
-    twin = get_method(method).twin
-    results = {twin: run_method(cfg, run_dir / "config.json", twin, run_dir, run_dir / "data")}
-    for v in values:
-        name = f"{method}-{key}-{v:g}"
-        c, path = _variant(cfg, run_dir, name, method, **{key: v})
-        r = run_method(c, path, method, run_dir / name, run_dir / "data")
-        results[name] = {**r, "sweep": {key: v, "method": method}}
-    return results
-
-
 def check_dp(cfg: Config, manifest: dict, methods=None) -> None:
     """Every DP method's settings (its recipe applied) against every site's size (delta < 1/N,
     batch <= N, a reachable target ε), before the run."""
@@ -217,7 +222,11 @@ def bench_config(args) -> Config:
     return cfg
 
 
-def run_bench(args) -> int:
+def run_bench(args, cell_fn: CellFn | None = None) -> int:
+    """``fedonco bench``: plan the cells (method × seed × sweep value), run them on the engine
+    (``--engine``), write each seed's report and, with several seeds, mean ± sd. Returns 1 when a
+    cell failed (after its retry; what succeeded is reported), 130 on Ctrl-C. ``cell_fn``: what a
+    cell does instead of the engine's own (tests)."""
     cfg = bench_config(args)
     sweep = parse_sweep(args.sweep) if args.sweep else None
     if sweep:
@@ -231,49 +240,224 @@ def run_bench(args) -> int:
     n_seeds = getattr(args, "seeds", None) or 1
     if n_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
+    if sweep or any(get_method(m).dp for m in cfg.fl.methods):
+        # fail before any process starts, naming the site
+        check_dp(cfg, planned_manifest(cfg), [sweep[2]] if sweep else None)
+    engine = make_engine(args)
+    cpus, gpus = cell_resources(args)
+    engine.preflight(cpus, gpus)  # Ray: connected, and a cell fits a node
+    seeds = list(range(cfg.seed, cfg.seed + n_seeds))
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"seed{cfg.seed}" if n_seeds == 1 else f"seeds{seeds[0]}-{seeds[-1]}"
+    run_dir = Path(args.out) / f"{cfg.profile}-{name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    seed_dirs = {cfg.seed: run_dir} if n_seeds == 1 else {s: run_dir / f"seed{s}" for s in seeds}
+    cells = plan_cells(cfg, seed_dirs, sweep, cpus, gpus)
+    fn = cell_fn or (InPlace(seed_dirs) if engine.name == "local" else run_cell)
+    try:
+        done, failed = gather(engine, cells, fn, seed_dirs)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: the cells still running were cancelled; {run_dir} holds what "
+              "had finished (no report).", file=sys.stderr)  # fmt: skip
+        return 130
+    per_seed, tables = {}, {}
+    for s, sdir in seed_dirs.items():
+        if done[s]["results"]:
+            tables[s] = write_report(seed_config(cfg, s), sdir, done[s]["results"],
+                                     done[s]["manifest"], done[s]["wall_s"])  # fmt: skip
+            per_seed[s] = json.loads((sdir / "results.json").read_text())
     if n_seeds == 1:
-        run_dir = Path(args.out) / f"{cfg.profile}-seed{cfg.seed}-{stamp}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-        table = run_one(cfg, run_dir, sweep)
+        table = tables.get(cfg.seed, "")
         print(f"\nRun {run_dir}\n\n{table}")
-        goals = json.loads((run_dir / "results.json").read_text())["goals"]
-        print("Goals of the standard profile (a benchmark's verdict on this run):")
-        print("".join(f"  {line}\n" for line in goals))
+        if per_seed:
+            print("Goals of the standard profile (a benchmark's verdict on this run):")
+            print("".join(f"  {line}\n" for line in per_seed[cfg.seed]["goals"]))
     else:
-        seeds = list(range(cfg.seed, cfg.seed + n_seeds))
-        run_dir = Path(args.out) / f"{cfg.profile}-seeds{seeds[0]}-{seeds[-1]}-{stamp}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-        per_seed = {}
-        for s in seeds:
-            print(f"\n== seed {s} ({seeds.index(s) + 1} of {n_seeds}) ==")
-            run_one(with_overrides(cfg, seed=s), run_dir / f"seed{s}", sweep)
-            per_seed[s] = json.loads((run_dir / f"seed{s}" / "results.json").read_text())
         table = write_seed_summary(run_dir, cfg.profile, per_seed)
         print(f"\nRun {run_dir}\n\n{table}")
     print(f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}; "
           f"membership-inference audit: {'on' if cfg.mia.enabled else 'OFF'}.")  # fmt: skip
-    return 0
+    if not failed:
+        return 0
+    rows = [failure_row(o) for o in failed]
+    for s, sdir in seed_dirs.items():
+        mine = [r for r in rows if r["seed"] == s]
+        if mine:
+            note_failed_cells(sdir, mine, profile=cfg.profile, seed=s)
+    if n_seeds > 1:
+        note_failed_cells(run_dir, rows, profile=cfg.profile)
+    print(f"\n{len(failed)} of {len(cells)} cells FAILED (after {engine.name}'s retry; listed in "
+          f"results.json and results.md):", file=sys.stderr)  # fmt: skip
+    for r in rows:
+        print(f"  seed {r['seed']} {r['cell']} ({r['attempts']} attempts): "
+              f"{r['error'].splitlines()[0]}", file=sys.stderr)  # fmt: skip
+    return 1
 
 
-def run_one(cfg: Config, run_dir: Path, sweep) -> str:
-    """One seed: the dataset, every method (or the sweep), the report; returns the table."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # public pretraining is computed once per run and shared by the server and the attacker
-    os.environ.setdefault(CACHE_ENV, str(run_dir / "cache"))
-    config_path = run_dir / "config.json"
-    config_path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
-    (run_dir / "versions.json").write_text(json.dumps(collect_versions(), indent=1) + "\n")
+def seed_config(cfg: Config, seed: int) -> Config:
+    return cfg if seed == cfg.seed else with_overrides(cfg, seed=seed)
+
+
+def cell_resources(args) -> tuple[int, float]:
+    cpus = getattr(args, "cell_cpus", None)
+    gpus = getattr(args, "cell_gpus", None)
+    cpus = DEFAULT_CELL_CPUS if cpus is None else cpus
+    gpus = 0 if gpus is None else gpus
+    if cpus < 1 or gpus < 0:
+        raise ValueError(f"--cell-cpus must be >= 1 and --cell-gpus >= 0, got {cpus}, {gpus:g}")
+    return cpus, gpus
+
+
+def planned_manifest(cfg: Config) -> dict:
+    """The training slices per site that the dataset will hold (what ``check_dp`` reads), without
+    generating it."""
+    counts = split_sizes(cfg)["train"]
+    return {"summary": [{"site": s, "n_train": n} for s, n in zip(SITE_NAMES, counts, strict=True)]}
+
+
+def plan_cells(cfg: Config, seed_dirs: dict[int, Path], sweep, cpus: int = 1, gpus: float = 0):
+    """Every cell of the run, seed by seed in the order the serial run takes them (each method of
+    fl.methods; or a sweep's non-DP twin, then the DP method once per value). Writes each seed's
+    config.json, a sweep value's config-<name>.json and versions.json."""
+    cells = []
+    for s, sdir in seed_dirs.items():
+        c = seed_config(cfg, s)
+        sdir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(c.model_dump(mode="json"), indent=1) + "\n"
+        (sdir / "config.json").write_text(text)
+        (sdir / "versions.json").write_text(json.dumps(collect_versions(), indent=1) + "\n")
+        if not sweep:
+            cells += [Cell(s, m, text, cpus=cpus, gpus=gpus) for m in c.fl.methods]
+            continue
+        key, values, method = sweep
+        cells.append(Cell(s, get_method(method).twin, text, cpus=cpus, gpus=gpus))
+        for v in values:
+            _, path = _variant(c, sdir, f"{method}-{key}-{v:g}", method, **{key: v})
+            cells.append(Cell(s, method, path.read_text(), (key, v), cpus=cpus, gpus=gpus))
+    return cells
+
+
+class InPlace:
+    """The local engine's cell: in this process, into the seed's run directory, on the dataset
+    built there once per seed (its first cell builds it; public pretraining is cached in the
+    first seed's cache/)."""
+
+    def __init__(self, seed_dirs: dict[int, Path]):
+        self.seed_dirs, self.manifests = seed_dirs, {}
+
+    def __call__(self, cell: Cell) -> dict:
+        t0 = time.perf_counter()
+        sdir = self.seed_dirs[cell.seed]
+        cfg = parse_config(json.loads(cell.config), str(sdir / cell.config_file))
+        if cell.seed not in self.manifests:
+            if len(self.seed_dirs) > 1:
+                i = list(self.seed_dirs).index(cell.seed)
+                print(f"\n== seed {cell.seed} ({i + 1} of {len(self.seed_dirs)}) ==")
+            os.environ.setdefault(CACHE_ENV, str(sdir / "cache"))
+            manifest = build_dataset(cfg, sdir / "data")
+            print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
+            self.manifests[cell.seed] = manifest
+        result = run_method(cfg, sdir / cell.config_file, cell.method, sdir / cell.run_subdir,
+                            sdir / "data")  # fmt: skip
+        return {"result": result, "manifest": self.manifests[cell.seed],
+                "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def run_cell(cell: Cell) -> dict:
+    """One cell on whatever node it lands (the Ray engine's task): its dataset into a node-local
+    temporary directory (``fedonco data``: same seed, same bytes), the federation exactly as
+    ``run_method`` runs it there, and back its result, the dataset's manifest and the method
+    directory's files as a tar (without checkpoints/; the dataset, the attacker's pool and the
+    pretraining cache stay on the node). Console output goes to the method's logs/cell.log.
+    Public pretraining is cached in $FEDONCO_CACHE_DIR where the node sets it, else per cell."""
     t0 = time.perf_counter()
-    manifest = build_dataset(cfg, run_dir / "data")
-    print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
-    if sweep or any(get_method(m).dp for m in cfg.fl.methods):
-        # fail before any process starts, naming the site
-        check_dp(cfg, manifest, [sweep[2]] if sweep else None)
-    if sweep:
-        results = run_sweep(cfg, run_dir, *sweep)
-    else:
-        results = {
-            m: run_method(cfg, config_path, m, run_dir, run_dir / "data") for m in cfg.fl.methods
-        }
-    return write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory(prefix="fedonco-cell-") as tmp:
+        work = Path(tmp)
+        config_path = work / cell.config_file
+        config_path.write_text(cell.config)
+        cfg = parse_config(json.loads(cell.config), cell.label)
+        log_path, data = work / "cell.log", work / "data"
+        with (open(log_path, "w", buffering=1) as out, contextlib.redirect_stdout(out),
+              contextlib.redirect_stderr(out),
+              _env(CACHE_ENV, os.environ.get(CACHE_ENV) or str(work / "cache"))):  # fmt: skip
+            print(f"{cell.label} on {socket.gethostname()}: dataset into {data}")
+            rc = subprocess.run(fedonco("data", "--config", str(config_path), "--out", str(data),
+                                        "--workers", str(max(1, int(cell.cpus))), "--no-gallery"),
+                                stdout=out, stderr=subprocess.STDOUT).returncode  # fmt: skip
+            if rc != 0:
+                raise RuntimeError(f"{cell.label}: fedonco data exited {rc}:\n{tail(log_path)}")
+            manifest = read_manifest(data)
+            result = run_method(cfg, config_path, cell.method, work / cell.run_subdir, data)
+        mdir = Path(result["dir"])
+        (mdir / "logs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path, mdir / "logs" / "cell.log")
+        node = {"node": socket.gethostname(), **collect_versions()}
+        (mdir / "node.json").write_text(json.dumps(node, indent=1) + "\n")
+        files = pack_dir(mdir)
+    return {"result": result, "manifest": manifest, "files": files,
+            "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
+    """Run ``cells`` on ``engine`` and collect them as they end: a remote cell's files unpacked
+    into its place under the seed's run directory, results in the order of ``cells``. Returns
+    ({seed: {"results", "manifest", "wall_s"}}, failed outcomes). Every cell of a seed must have
+    seen the same dataset (a cell that did not is failed)."""
+    done = {s: {"results": {}, "manifest": None, "wall_s": 0.0} for s in seed_dirs}
+    ok: dict[Cell, dict] = {}
+    failed: list[Outcome] = []
+    # a bar over cells where they run elsewhere (here, each federation shows its rounds' bar)
+    with (tqdm(total=len(cells), desc="cells", unit="cell", disable=engine.name == "local") as bar,
+          contextlib.closing(engine.run(cells, fn)) as outcomes):  # fmt: skip
+        for out in outcomes:
+            bar.update(1)
+            cell, v = out.cell, out.value
+            seen = done[cell.seed]
+            if out.ok:
+                seen["manifest"] = seen["manifest"] or v["manifest"]
+                mine, first = dataset_fingerprint(v["manifest"]), dataset_fingerprint(seen["manifest"])  # fmt: skip
+                if mine != first:
+                    out.error = (f"its dataset (fingerprint {mine}) differs from the one seed "
+                                 f"{cell.seed}'s other cells saw ({first}): do the nodes run the "
+                                 "same versions? (node.json in each method directory)")  # fmt: skip
+            if not out.ok:
+                failed.append(out)
+                bar.write(f"FAILED {cell.label} after {out.attempts} attempt(s): "
+                          f"{out.error.splitlines()[0]}")  # fmt: skip
+                continue
+            sdir = seed_dirs[cell.seed]
+            mdir = sdir / cell.run_subdir / cell.method
+            if v.get("files") is not None:  # ran elsewhere: its files into their usual place
+                unpack_dir(v["files"], mdir)
+                manifest_copy = sdir / "data-manifest.json"
+                if not manifest_copy.exists():
+                    manifest_copy.write_text(json.dumps(v["manifest"], indent=1) + "\n")
+            result = {**v["result"], "dir": str(mdir)}
+            if cell.sweep:
+                result["sweep"] = {cell.sweep[0]: cell.sweep[1], "method": cell.method}
+            ok[cell] = result
+            seen["wall_s"] += v["wall_s"]
+    for cell in cells:
+        if cell in ok:
+            done[cell.seed]["results"][cell.name] = ok[cell]
+    return done, failed
+
+
+def failure_row(out: Outcome) -> dict:
+    c = out.cell
+    return {"seed": c.seed, "cell": c.name, "method": c.method,
+            "sweep": dict([c.sweep]) if c.sweep else None, "attempts": out.attempts,
+            "error": out.error, "errors": out.errors or [out.error]}  # fmt: skip

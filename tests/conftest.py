@@ -29,3 +29,26 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> 
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def local_two_seeds(tmp_path_factory):
+    """`fedonco bench --seeds 2` of FedAvg on the smoke profile (audit off) with the local engine,
+    run once per test session: the reference that test_bench_seeds.py checks and that the Ray
+    engine must reproduce (tests/integration/test_ray_engine.py). Returns (cfg, its config file,
+    the run directory)."""
+    import json
+    import subprocess
+
+    from bench.fleet import fedonco
+    from common.config import load_profile, with_overrides
+
+    tmp = tmp_path_factory.mktemp("local-two-seeds")
+    cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.methods": ["fedavg"]})
+    path = tmp / "smoke.json"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    done = subprocess.run(fedonco("bench", "--config", str(path), "--seeds", "2", "--out", str(tmp / "runs")),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp / "runs").iterdir()
+    return cfg, path, run_dir

@@ -1,24 +1,14 @@
 """`fedonco bench --seeds N`: every method once per seed, each seed its own run, and mean ± sd."""
 
 import json
-import subprocess
 
 import pytest
-
-from bench.fleet import fedonco
-from common.config import load_profile, with_overrides
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_seeds_give_two_runs_and_a_summary(tmp_path):
-    cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.methods": ["fedavg"]})
-    path = tmp_path / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--seeds", "2", "--out", str(tmp_path / "runs")),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "runs").iterdir()
+def test_two_seeds_give_two_runs_and_a_summary(local_two_seeds):
+    cfg, _path, run_dir = local_two_seeds  # the session's local two-seed run (tests/conftest.py)
     seeds = [cfg.seed, cfg.seed + 1]
     summary = json.loads((run_dir / "results.json").read_text())
     assert summary["seeds"] == seeds
