@@ -23,6 +23,7 @@ keystream viewed as uint32 (masks). Shamir sharing (ours) is over GF(2**521 - 1)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -158,16 +159,28 @@ def shamir_split(secret: bytes, threshold: int, xs: Iterable[int]) -> dict[int, 
     return out
 
 
-def interpolate(points: Sequence[tuple[int, int]], x: int) -> int:
-    """Value at x of the unique polynomial of degree < len(points) through points (mod PRIME)."""
-    total = 0
-    for i, (xi, yi) in enumerate(points):
+@functools.lru_cache(maxsize=4096)
+def _lagrange_weights(xs: tuple[int, ...], x: int) -> tuple[int, ...]:
+    """w_i with f(x) = sum_i w_i * f(xs_i) for every f of degree < len(xs) (mod PRIME).
+
+    Depends only on the x-coordinates: the unmasking of one round interpolates every site's
+    secret from the same holders (the complete graph) or from few (SecAgg+), so the O(t^2)
+    products and t inversions are made once per (holders, point), not once per secret and
+    check: 100 sites took 7 s of unmasking without the cache, O(n * (n - t) * t^2)."""
+    out = []
+    for i, xi in enumerate(xs):
         num = den = 1
-        for j, (xj, _) in enumerate(points):
+        for j, xj in enumerate(xs):
             if j != i:
                 num, den = num * (x - xj) % PRIME, den * (xi - xj) % PRIME
-        total = (total + yi * num * pow(den, -1, PRIME)) % PRIME
-    return total
+        out.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(out)
+
+
+def interpolate(points: Sequence[tuple[int, int]], x: int) -> int:
+    """Value at x of the unique polynomial of degree < len(points) through points (mod PRIME)."""
+    weights = _lagrange_weights(tuple(xi for xi, _ in points), x)
+    return sum(w * yi for w, (_, yi) in zip(weights, points, strict=True)) % PRIME
 
 
 def shamir_combine(shares: Sequence[bytes], threshold: int) -> bytes:
