@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -143,10 +142,18 @@ class ScaleRun:
                          "steps_s": sec["server_steps_s"], "bytes_down": tensors_nbytes(payload),
                          "max_err": err, "error_bound": sec["error_bound_sum"]})  # fmt: skip
         self.state.finish(self.rounds, "completed", wait_s=5.0)
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out = {"rounds": rows, "peak_rss_mb": rss_mb}
+        out = {"rounds": rows, "peak_rss_mb": peak_rss_mb()}
         self.out.write_text(json.dumps(out))
         return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across
+    fork + exec, so a server spawned by a large driver would report the driver's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def serve(args) -> int:
@@ -385,7 +392,7 @@ def drive(args) -> int:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| params | graph (k) | dropout | n | round wall s | server CPU s | unmask s | "
-            "server RSS MB | up/site MB | down/site MB | site CPU s | ours maths: client / server s"
+            "server RSS MB | up/site MiB | down/site MiB | site CPU s | ours maths: client / server s"
             " | Flower maths: client / server s |\n" + "|---" * 13 + "|\n")  # fmt: skip
     lines = []
     for r in rows:
