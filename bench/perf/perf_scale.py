@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.fleet import spawn, stop  # noqa: E402
+from bench.fleet import spawn, stop, wait_for_port  # noqa: E402
 from common.config import load_profile, with_overrides  # noqa: E402
 
 STANDARD_PARAMS = 262_777  # the standard profile's U-Net (groupnorm), shared entries
@@ -68,7 +68,7 @@ def dropping(sites: list[str], fraction: float) -> set[str]:
     return set(sites[:: max(1, len(sites) // k)][:k]) if k else set()
 
 
-def scale_config(n: int, k: int | None, threshold: int):
+def scale_config(k: int | None, threshold: int):
     """The smoke profile's settings with generous timeouts; the secure-aggregation graph and
     threshold for n sites are set past the profile's validation, which assumes five sites."""
     cfg = with_overrides(load_profile("smoke"), **{
@@ -161,7 +161,7 @@ def serve(args) -> int:
 
     sites = site_ids(args.n)
     k = neighbours_for(args.n, args.graph)
-    cfg = scale_config(args.n, k, threshold_for(args.n, k))
+    cfg = scale_config(k, threshold_for(args.n, k))
     run = ScaleRun(cfg, sites, args.params, args.rounds, Path(args.out))
     limit = 2 * 4 * args.params + (1 << 20)
     serve_campaign([lambda: run], "127.0.0.1:0", Path(args.port_file), max_message_bytes=limit,
@@ -256,13 +256,8 @@ def one_federation(n: int, params: int, graph: str, dropout: float, rounds: int,
     server = spawn([*me, "serve", "--n", str(n), "--params", str(params), "--graph", graph,
                     "--rounds", str(rounds), "--port-file", str(port_file), "--out", str(server_out)],
                    tmp / f"{tag}.server.log", env)  # fmt: skip
-    end = time.monotonic() + 120
-    while not port_file.exists():
-        if server.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"{tag}: the server did not start: "
-                               f"{(tmp / f'{tag}.server.log').read_text()[-2000:]}")  # fmt: skip
-        time.sleep(0.1)
-    address = f"127.0.0.1:{int(port_file.read_text())}"
+    port = wait_for_port(port_file, server, tmp / f"{tag}.server.log", timeout=120)
+    address = f"127.0.0.1:{port}"
     procs = []
     for w in range(workers):
         ids = sites[w::workers]
