@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-dir", default=os.environ.get("FEDONCO_PUBLISH_DIR") or None,
                    help="FedBN: also publish this site's released model to "
                    "PUBLISH_DIR/<run_id>/site<ID> (e.g. the release service's model store)")  # fmt: skip
+    p.add_argument("--allow-seeded-noise", action="store_true",
+                   help="accept dp.randomness = 'seeded-simulation': this site's DP noise then "
+                   "derives from the run's public seed, so the server (or anyone with the "
+                   "config) can regenerate and subtract it and epsilon protects nothing against "
+                   "them. For simulations (`fedonco bench` passes it); a deployed site keeps "
+                   "the default 'site-secret' key (docs/dp.md, \"Randomness\")")  # fmt: skip
     p.set_defaults(func=_client)
 
     p = sub.add_parser(
@@ -345,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-cpus", type=int, metavar="N",
                    help="--engine ray: CPUs a cell reserves on its node (default 6: a server and "
                    "five sites; fewer only make a cell slower, never different)")  # fmt: skip
+    p.add_argument("--dp-randomness", choices=["seeded-simulation", "site-secret"],
+                   default="seeded-simulation",
+                   help="where the sites' DP noise comes from (dp.randomness). seeded-simulation "
+                   "(default): from the run's seed, so the same seed gives the same run, but the "
+                   "server could subtract the noise (results.json says so). site-secret: each "
+                   "site's own key, as a deployment; not reproducible")  # fmt: skip
     p.add_argument("--cell-gpus", type=float, metavar="N",
                    help="--engine ray: GPUs a cell reserves on its node, shared by its server "
                    "and sites (default 0)")  # fmt: skip

@@ -45,6 +45,7 @@ from common.data.diffusion.generate import build_dataset
 from common.data.store import read_manifest
 from common.data.summary import summary_markdown
 from common.methods import SWEEP_METHOD, get_method
+from common.training.dp.randomness import SEEDED
 from common.training.pretrain import CACHE_ENV, pretrained_params
 from common.versions import collect_versions
 
@@ -73,6 +74,7 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
               f"{cfg.pretrain.epochs} epochs; cached for the server and the attacker)")  # fmt: skip
         pretrained_params(cfg.for_method(method), method)
     address = f"127.0.0.1:{free_port()}"
+    seeded = ["--allow-seeded-noise"] if cfg.for_method(method).dp.randomness == SEEDED else []
     server = spawn(fedonco(
         "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
         "--run-dir", str(mdir), "--address", address, "--port-file", str(port_file), "--threads", "1"),
@@ -82,8 +84,8 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
         for site in SITE_NAMES:  # started with the server: they retry until it listens
             procs.append(spawn(fedonco(
                 "client", "--config", str(config_path), "--site", site, "--server", address,
-                "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1"),
-                logs / f"client{site}.log", env))  # fmt: skip
+                "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1",
+                *seeded), logs / f"client{site}.log", env))  # fmt: skip
         wait_for_port(port_file, server, logs / "server.log")  # else the server's log says why
         _watch(cfg, method, mdir, server)
         if server.returncode != 0:
@@ -208,8 +210,10 @@ DRY_RUN = {
 
 
 def bench_config(args) -> Config:
-    """The run's config: the profile, --seed, --methods and --dry-run applied."""
+    """The run's config: the profile, --seed, --methods, --dp-randomness and --dry-run applied."""
     cfg = resolve_config(args.config, args.profile, args.seed)
+    # a benchmark reruns bit-identically: its sites' DP noise derives from the seed, unless asked
+    cfg = with_overrides(cfg, **{"dp.randomness": getattr(args, "dp_randomness", None) or SEEDED})
     if getattr(args, "methods", None):
         cfg = with_overrides(cfg, **{"fl.methods": [m.strip() for m in args.methods.split(",")]})
     if getattr(args, "auditor", None) is not None:

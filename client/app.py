@@ -30,6 +30,14 @@ from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
 from common.secagg import SecAggClient, SecAggError, flatten
+from common.training.dp.randomness import (
+    DDP_NOISE,
+    DDP_SAMPLING,
+    SEEDED,
+    SEEDED_REFUSAL,
+    AttemptLog,
+    NoiseSource,
+)
 from common.training.dp.settings import DPConfigError, PrivacyBudgetExhausted
 from common.training.local import train_local, weighted_contribution
 from common.transforms import to_inputs
@@ -56,7 +64,9 @@ RETRYABLE = (
 class SiteClient:
     def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
                  retry_timeout_s: float = 0.0, tls_dir: Path | None = None,
-                 publish_dir: Path | None = None) -> None:  # fmt: skip
+                 publish_dir: Path | None = None, allow_seeded_noise: bool = False) -> None:  # fmt: skip
+        self.allow_seeded_noise = allow_seeded_noise
+        self._check_randomness(cfg)  # before anything else: a deployed site refuses seeded noise
         self.cfg, self.site, self.server = cfg, site, server
         self.data_dir, self.retry_timeout_s = Path(data_dir), retry_timeout_s
         self.state_root, self.publish_dir = Path(state_dir), publish_dir
@@ -183,7 +193,26 @@ class SiteClient:
         self.model = model_for(self.run_cfg, self.method)
         self.initial = get_params(self.model)
         self.dp = self.ddp = None  # built at the first round whose config asks for DP
+        self.noise: NoiseSource | None = None  # this site's DP randomness, at the first DP round
+        self.attempts = AttemptLog(self.state_dir, self.run_id)
         log.info("site %s joined run %s (%s)", self.site, self.run_id, self.method)
+
+    def _check_randomness(self, cfg: Config) -> None:
+        if cfg.dp.randomness == SEEDED and not self.allow_seeded_noise:
+            raise ValueError(SEEDED_REFUSAL)
+
+    def _noise_source(self) -> NoiseSource:
+        """The site's DP randomness for this run: its secret key (made on first use, 0600, in
+        the state root), or the public seed's in a simulation the operator allowed."""
+        if self.noise is None:
+            self._check_randomness(self.run_cfg)
+            self.noise = NoiseSource.for_site(
+                self.run_cfg.dp.randomness, state_root=self.state_root, site=self.site,
+                seed=self.run_cfg.seed, run_id=self.run_id, method=self.method)  # fmt: skip
+            if self.noise.mode == SEEDED:
+                log.warning("site %s: DP noise from the public run seed (seeded simulation): "
+                            "the server can regenerate and subtract it", self.site)  # fmt: skip
+        return self.noise
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -220,7 +249,8 @@ class SiteClient:
             if self.dp is None:
                 from client.dp_site import DPState  # Opacus only at a DP site
 
-                self.dp = DPState(self.run_cfg, len(self.train_set), self.state_dir, self.run_id)
+                self.dp = DPState(self.run_cfg, len(self.train_set), self.state_dir, self.run_id,
+                                  self._noise_source(), self.attempts)  # fmt: skip
             try:
                 metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
                     self.model, self.train_set, task.round, config, shared))  # fmt: skip
@@ -319,16 +349,22 @@ class SiteClient:
         """Distributed DP-SGD: this site's rounded clipped gradient sum over its Poisson sample
         plus its Skellam share, as an integer vector that only secure aggregation sees."""
 
+        noise = self._noise_source()
+
         def work():
             if self.ddp is None:  # Opacus' wrapper, once (slow to import: beat meanwhile)
                 from common.training.ddp import DDPSite
 
                 self.ddp = DDPSite(self.model)
-            return self.ddp.noisy_sum(
+            attempt = self.attempts.next(rnd)  # recorded before anything is drawn: fresh shares
+            rngs = (noise.numpy_rng(rnd, attempt, DDP_SAMPLING),
+                    noise.numpy_rng(rnd, attempt, DDP_NOISE))  # fmt: skip
+            vec, metrics = self.ddp.noisy_sum(
                 self.train_set, sorted(shared), q=float(config["ddp_q"]),
                 clip=float(config["ddp_clip"]), scale=float(config["ddp_scale"]),
-                mu_share=float(config["ddp_mu_share"]), seed=int(config["seed"]),
+                mu_share=float(config["ddp_mu_share"]), rngs=rngs,
                 chunk=int(config["batch_size"]))  # fmt: skip
+            return vec, {**metrics, "randomness": noise.mode, "attempt": attempt}
 
         try:
             vec, metrics = self._with_heartbeat(rnd, work)
@@ -437,7 +473,8 @@ def run_client_cmd(args) -> int:
         plaintext_allowed(server, args.insecure, f"site {site}")
     client = SiteClient(cfg, site, server, Path(args.data), Path(args.state_dir or args.data + "-state"),
                         retry_timeout_s=args.retry_timeout, tls_dir=tls_dir,
-                        publish_dir=Path(args.publish_dir) if args.publish_dir else None)  # fmt: skip
+                        publish_dir=Path(args.publish_dir) if args.publish_dir else None,
+                        allow_seeded_noise=args.allow_seeded_noise)  # fmt: skip
     stop_on_sigterm(f"site {site}")
     return client.run()
 

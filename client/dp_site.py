@@ -1,9 +1,12 @@
-"""A site's DP-SGD state for one run: settings, σ, and its privacy accountant.
+"""A site's DP-SGD state for one run: settings, σ, its privacy accountant and its randomness.
 
-One accountant per site for the whole run, snapshotted after every round under the site's state
-directory (``accountant_round_NNNN.json``, bound to the run id), so neither a client restart nor
-a server restart resets ε. A round that is re-run after a server restart starts from the snapshot
-before it (same seed, so the same noise: re-running it releases nothing new).
+One accountant per site for the whole run, saved after every round under the site's state
+directory (``dp_accountant.json``, bound to the run id, 0600), so neither a client restart nor a
+server restart resets ε. It never goes back: a round re-run after a server restart is a second
+release (fresh randomness: ``AttemptLog``), and both are counted.
+
+The Poisson sample and the noise come from the site's ``NoiseSource`` (docs/dp.md,
+"Randomness"): its secret key, or in a seeded simulation the run's public seed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 from pathlib import Path
 
 from common.config import Config
-from common.io import write_json_atomic
+from common.io import PRIVATE, write_bytes_atomic
 from common.training.dp import (
     PUBLIC_METRIC_KEYS,
     DPSettings,
@@ -22,59 +25,61 @@ from common.training.dp import (
     SiteAccountant,
     history_text,
 )
+from common.training.dp.randomness import DP_NOISE, DP_SAMPLING, AttemptLog, NoiseSource
 
 log = logging.getLogger(__name__)
 __all__ = ["DPState", "PrivacyBudgetExhausted"]
 
 
 class DPState:
-    """The site's DP state for one run: settings, σ, the accountant snapshots, and the DP trainer
-    (the model is wrapped for per-sample gradients once, at the first DP round)."""
+    """The site's DP state for one run: settings, σ, the accountant, the randomness, and the DP
+    trainer (the model is wrapped for per-sample gradients once, at the first DP round)."""
 
-    def __init__(self, cfg: Config, n_site: int, state_dir: Path, run_id: str) -> None:
+    def __init__(self, cfg: Config, n_site: int, state_dir: Path, run_id: str,
+                 noise: NoiseSource, attempts: AttemptLog) -> None:  # fmt: skip
         d, t = cfg.dp, cfg.train
         self.settings = DPSettings.from_config(d)
         self.sigma = self.settings.run_sigma(n_site, t.batch_size, t.rounds, t.local_epochs)
-        self.cfg, self.dir, self.run_id = cfg, Path(state_dir), run_id
+        self.cfg, self.dir, self.run_id, self.noise = cfg, Path(state_dir), run_id, noise
         self.trainer: DPTrainer | None = None
-        self.snapshots: dict[int, dict] = {}
-        for p in self.dir.glob("accountant_round_*.json"):
-            snap = json.loads(p.read_text())
-            if snap["run_id"] == run_id:
-                self.snapshots[snap["round"]] = snap["accountant"]
-        log.info("DP-SGD: sigma %.4f, C %g, delta %g, %s accountant (%d snapshot(s))", self.sigma,
-                 d.max_grad_norm, d.delta, d.accountant, len(self.snapshots))  # fmt: skip
+        self.attempts = attempts
+        self.path = self.dir / "dp_accountant.json"
+        self.accountant = SiteAccountant(self.settings.accountant, self.settings.adjacency)
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get("run_id") == run_id:
+                self.accountant = SiteAccountant.from_state_dict(saved["accountant"])
+        log.info("DP-SGD: sigma %.4f, C %g, delta %g, %s accountant (%s), %s randomness, %d step(s) "
+                 "so far", self.sigma, d.max_grad_norm, d.delta, d.accountant, d.adjacency,
+                 noise.mode, self.accountant.steps)  # fmt: skip
 
-    def accountant_before(self, rnd: int) -> SiteAccountant:
-        earlier = [r for r in self.snapshots if r < rnd]
-        if not earlier:
-            return SiteAccountant(self.settings.accountant)
-        return SiteAccountant.from_state_dict(self.snapshots[max(earlier)])
-
-    def _save(self, rnd: int, acc: SiteAccountant) -> None:
-        self.snapshots[rnd] = acc.state_dict()
-        write_json_atomic(
-            self.dir / f"accountant_round_{rnd:04d}.json",
-            {"run_id": self.run_id, "round": rnd, "accountant": self.snapshots[rnd]},
-        )
-        for r in sorted(self.snapshots)[:-2]:
-            self.snapshots.pop(r)
-            (self.dir / f"accountant_round_{r:04d}.json").unlink(missing_ok=True)
+    def _save(self) -> None:
+        text = json.dumps({"run_id": self.run_id, "accountant": self.accountant.state_dict()})
+        write_bytes_atomic(self.path, text.encode(), PRIVATE)
 
     def train(self, model, dataset, rnd: int, config: dict, shared) -> dict:
         """One DP round; returns only the metrics ε covers (no un-noised loss leaves the site)."""
         if self.trainer is None or self.trainer.model is not model:
             self.trainer = DPTrainer(model, self.settings)
-        acc = self.accountant_before(rnd)
+        acc, before = self.accountant, self.accountant.steps
+        attempt = self.attempts.next(rnd)  # recorded before anything is drawn
+        seeds = (self.noise.torch_seed(rnd, attempt, DP_SAMPLING),
+                 self.noise.torch_seed(rnd, attempt, DP_NOISE))  # fmt: skip
         try:
             m = self.trainer.train_round(
                 dataset, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
                 batch_size=int(config["batch_size"]), seed=int(config["seed"]), sigma=self.sigma,
                 accountant=acc, proximal_mu=float(config["proximal_mu"]), global_params=shared,
-                optimizer=self.cfg.train.optimizer,
+                optimizer=self.cfg.train.optimizer, generator_seeds=seeds,
             )  # fmt: skip
         finally:
-            if acc.steps:  # steps happened (even if the round failed half-way): they count
-                self._save(rnd, acc)
+            if (
+                acc.steps != before
+            ):  # steps happened (even if the round failed half-way): they count
+                self._save()
+        if attempt > 1:
+            log.warning("round %d re-run (attempt %d): fresh randomness, and epsilon counts every "
+                        "attempt", rnd, attempt)  # fmt: skip
         return {**{k: m[k] for k in PUBLIC_METRIC_KEYS if k in m}, "steps_total": acc.steps,
-                "accountant_history": history_text(acc)}  # fmt: skip
+                "accountant_history": history_text(acc), "attempt": attempt,
+                "randomness": self.noise.mode}  # fmt: skip

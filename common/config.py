@@ -199,11 +199,25 @@ class DPConfig(_Frozen):
         description="ddp-sgd: the Poisson rate of every slice at every site per step (1: every "
         "slice every step, full-batch DP-GD, whose accounting needs no subsampling bound)",
     )
+    adjacency: Literal["replace-one", "add-remove"] = Field(
+        "replace-one",
+        description="the neighbouring relation epsilon is stated (and target_epsilon met) for: "
+        "replace-one, since every site releases its n_k; add-remove only to compare with papers",
+    )
+    randomness: Literal["site-secret", "seeded-simulation"] = Field(
+        "site-secret",
+        description="where a site's DP noise comes from: a key only the site holds, or (a "
+        "simulation: the server can subtract the noise) the run's public seed. `fedonco bench` "
+        "uses seeded-simulation; a site refuses it without --allow-seeded-noise",
+    )
 
     @model_validator(mode="after")
     def _one_of(self):
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        if self.adjacency == "replace-one" and self.accountant != "rdp":
+            raise ValueError("the prv accountant has no replace-one analysis here: use "
+                             "accountant = 'rdp' or adjacency = 'add-remove'")  # fmt: skip
         return self
 
 

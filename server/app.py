@@ -36,12 +36,14 @@ from common.model import (
 )
 from common.release import export_release, release_info
 from common.training.ddp import plan_for, wrap_free
-from common.training.dp.accountant import history_from_text
+from common.training.dp.accountant import epsilons_of, history_from_text
+from common.training.dp.adjacency import ADJACENCIES
 from common.training.dp.settings import DPConfigError
 from common.training.dp.skellam import epsilon_of
 from common.training.pretrain import initial_model
 from common.transforms import to_inputs
 from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from server.ledger import PrivacyLedger
 from server.records import TaskKind
 from server.secure import secure_aggregate
 from server.state import RoundState
@@ -52,6 +54,8 @@ DP_KEYS = (
     "epsilon",
     "delta",
     "accountant",
+    "adjacency",
+    "randomness",
     "noise_multiplier",
     "max_grad_norm",
     "sample_rate",
@@ -99,6 +103,7 @@ class Server:
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
         self.ddp = None
+        self.ledger = PrivacyLedger(run_dir)  # every unmasked distributed-DP sum, crash or not
         if self.traits.distributed_dp:
             self.ddp = plan_for(cfg, sum(initial[k].size for k in self.shared))
             self.strategy.plan_run(self.ddp)
@@ -185,8 +190,12 @@ class Server:
         return record
 
     def gather(self, rnd, configs, payload, shared, record):
-        """The sites train; returns (sum of n_k * params_k, sum of n_k, site metrics)."""
-        return fit_phase(self.cfg, self.state, rnd, configs, payload, shared, record, self.ddp)
+        """The sites train; returns (sum of n_k * params_k, sum of n_k, site metrics). A
+        distributed-DP sum is entered in the ledger before anything derived from it leaves."""
+        out = fit_phase(self.cfg, self.state, rnd, configs, payload, shared, record, self.ddp)
+        if "ddp" in record:
+            self.ledger.append({"round": rnd, **record["ddp"]})
+        return out
 
     def evaluate(self, rnd: int) -> dict:
         """Per-site and pooled metrics: centrally, or at the sites when norm layers stay local."""
@@ -287,10 +296,15 @@ class Server:
         if not self.traits.dp:
             return {"epsilon": None, "delta": None, "accountant": None, "dp": None}
         if self.ddp is not None:
-            steps = [h["ddp"] for h in self.history if "ddp" in h]
-            eps = epsilon_of(steps, self.ddp.delta)
-            return {"epsilon": eps, "delta": self.ddp.delta, "accountant": SKELLAM_ACCOUNTANT,
-                    "dp": {**self.ddp.as_dict(), "steps_accounted": len(steps),
+            releases = self.ledger.entries  # every unmasked sum, also those a crash lost
+            adjacency = self.ddp.adjacency
+            eps = {adj: epsilon_of(releases, self.ddp.delta, adj) for adj in ADJACENCIES}
+            kept = sum("ddp" in h for h in self.history)
+            randomness = _consensus(h.get("fit", {}).get("sites", {}) for h in self.history)
+            return {"epsilon": eps[adjacency], "delta": self.ddp.delta, "accountant": SKELLAM_ACCOUNTANT,
+                    "dp": {**self.ddp.as_dict(), "steps_accounted": len(releases),
+                           "releases_not_in_history": len(releases) - kept,
+                           "epsilon_by_adjacency": eps, "randomness": randomness,
                            "threat_model": DDP_THREAT_MODEL}}  # fmt: skip
         per_site = {}
         for rec in self.history:  # the latest report of each site
@@ -308,8 +322,9 @@ class Server:
             "epsilon": per_site[worst]["epsilon"],
             "delta": per_site[worst]["delta"],
             "accountant": per_site[worst]["accountant"],
-            "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site},
-        }
+            "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site,
+                   "randomness": _consensus([per_site])},
+        }  # fmt: skip
 
     def finalize(self, status: str = "completed") -> dict:
         save_npz(self.run_dir / "final_model.npz", self.params)
@@ -392,10 +407,17 @@ def _site_privacy(site: str, m: dict) -> dict:
     out["steps_round"], out["steps"] = m.get("steps"), m.get("steps_total")
     try:
         out["history"] = [list(e) for e in history_from_text(m.get("accountant_history"))]
-    except DPConfigError as err:
+        out["epsilon_by_adjacency"] = epsilons_of(out["history"], float(m.get("delta")))
+    except (DPConfigError, TypeError) as err:
         log.warning("site %s: unusable mechanism history (%s)", site, err)
-        out["history"] = None
+        out["history"] = out["epsilon_by_adjacency"] = None
     return out
+
+
+def _consensus(site_maps) -> str | None:
+    """The randomness the sites reported (``dp.randomness``): one mode, or 'mixed: ...'."""
+    modes = sorted({str(m.get("randomness")) for sites in site_maps for m in sites.values()})
+    return None if not modes else modes[0] if len(modes) == 1 else "mixed: " + ", ".join(modes)
 
 
 def _number(value) -> float:

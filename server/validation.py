@@ -48,6 +48,9 @@ _TRAIN = {
     "delta": _num(0, 1),
     "epsilon": _num(0, math.inf),  # an exhausted budget may read inf
     "accountant": ("text", 0, 16),
+    "adjacency": ("text", 0, 16),  # common.training.dp.adjacency
+    "randomness": ("text", 0, 24),  # common.training.dp.randomness
+    "attempt": _num(1, HUGE),  # how often the site has started this round (fresh noise each)
     "steps_total": _num(0, HUGE),
     "accountant_history": ("text", 0, MAX_HISTORY_TEXT),
 }

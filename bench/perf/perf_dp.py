@@ -174,17 +174,23 @@ def epsilon_table(args) -> None:
         f"\nepsilon at delta={args.delta:g}: sigma={args.sigma}, expected batch {args.batch_eps}, "
         f"{args.rounds} rounds x 1 local epoch of ceil(N/{args.batch_eps}) Poisson steps"
     )
-    print("| N site | q | steps | eps RDP | eps PRV |")
-    print("|---|---|---|---|---|")
+    print("| N site | q | steps | eps RDP | eps PRV | eps RDP replace-one |")
+    print("|---|---|---|---|---|---|")
     for n in args.sites:
         q = sample_rate_for(n, args.batch_eps)
         steps = args.rounds * dp_steps_per_epoch(n, args.batch_eps)
         eps = {}
-        for mech in ("rdp", "prv"):
-            acc = SiteAccountant(mech)
+        for mech, adjacency in (
+            ("rdp", "add-remove"),
+            ("prv", "add-remove"),
+            ("ro", "replace-one"),
+        ):
+            acc = SiteAccountant("rdp" if mech == "ro" else mech, adjacency)
             acc.record(args.sigma, q, steps)
             eps[mech] = acc.epsilon(args.delta)
-        print(f"| {n} | {q:.4f} | {steps} | {eps['rdp']:.2f} | {eps['prv']:.2f} |")
+        print(
+            f"| {n} | {q:.4f} | {steps} | {eps['rdp']:.2f} | {eps['prv']:.2f} | {eps['ro']:.2f} |"
+        )
 
 
 def main() -> None:

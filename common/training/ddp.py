@@ -21,8 +21,10 @@ post-processing: it costs no privacy).
 Choice of s: s*C = 50*sqrt(d) (``SCALE_FACTOR``), so nearest rounding inflates the sensitivity
 by at most 1% (``common.training.dp.skellam.sensitivities``); a round's sum stays far inside
 int32 (``wrap_free``), so modular reduction never clips (checked per round at the server).
-Accounting: ``common.training.dp.skellam``. Randomness is seeded per (run seed, round, site), as
-in the repository's DP-SGD: reproducible, not cryptographic (docs/dp.md, "Randomness").
+Accounting: ``common.training.dp.skellam``. A site's sample and share come from its
+``NoiseSource`` (``common.training.dp.randomness``): a key the server never sees, fresh per
+attempt of a round, so a re-run round never repeats a share (docs/dp.md, "Randomness"). The
+in-process simulator (shadow federations) seeds them from its own seed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.training.dp.adjacency import REPLACE_ONE
 from common.training.dp.grad_sample import (
     check_dp_model,
     make_grad_sample_module,
@@ -71,6 +74,7 @@ class DDPPlan:
     rounds: int
     delta: float
     target_epsilon: float | None
+    adjacency: str = REPLACE_ONE  # the relation epsilon (and target_epsilon) is stated for
 
     @property
     def noise_multiplier(self) -> float:
@@ -84,8 +88,8 @@ class DDPPlan:
 
 
 def make_plan(*, q: float, clip: float, dim: int, threshold: int, rounds: int, delta: float,
-              noise_multiplier: float | None = None,
-              target_epsilon: float | None = None) -> DDPPlan:  # fmt: skip
+              noise_multiplier: float | None = None, target_epsilon: float | None = None,
+              adjacency: str = REPLACE_ONE) -> DDPPlan:  # fmt: skip
     """The run's plan: s, the sensitivities and the noise, from a noise multiplier (sigma: mu =
     (sigma*Delta2)**2) or from a target epsilon over ``rounds`` rounds (the smallest such mu)."""
     if not 0 < q <= 1:
@@ -97,11 +101,11 @@ def make_plan(*, q: float, clip: float, dim: int, threshold: int, rounds: int, d
     scale = ddp_scale(clip, dim)
     d1, d2 = sensitivities(scale, clip, dim)
     if target_epsilon is not None:
-        mu = noise_for_epsilon(target_epsilon, delta, q, rounds, d1, d2)
+        mu = noise_for_epsilon(target_epsilon, delta, q, rounds, d1, d2, adjacency)
     else:
         mu = (float(noise_multiplier) * d2) ** 2
     return DDPPlan(q, clip, scale, dim, d1, d2, mu, mu / threshold, threshold, rounds, delta,
-                   target_epsilon)  # fmt: skip
+                   target_epsilon, adjacency)  # fmt: skip
 
 
 def plan_for(cfg, dim: int) -> DDPPlan:
@@ -115,7 +119,7 @@ def plan_for(cfg, dim: int) -> DDPPlan:
     return make_plan(q=d.ddp_sample_rate, clip=d.max_grad_norm, dim=dim,
                      threshold=cfg.secagg.threshold, rounds=cfg.train.rounds, delta=d.delta,
                      noise_multiplier=None if d.target_epsilon else d.noise_multiplier,
-                     target_epsilon=d.target_epsilon)  # fmt: skip
+                     target_epsilon=d.target_epsilon, adjacency=d.adjacency)  # fmt: skip
 
 
 def wrap_free(plan_scale: float, clip: float, total_examples: float, mu: float) -> bool:
@@ -180,14 +184,22 @@ class DDPSite:
         return total.numpy()
 
     def noisy_sum(self, dataset, keys: Sequence[str], *, q: float, clip: float, scale: float,
-                  mu_share: float, seed: int, chunk: int = 16) -> tuple[np.ndarray, dict]:  # fmt: skip
+                  mu_share: float, seed: int | None = None,
+                  rngs: tuple[np.random.Generator, np.random.Generator] | None = None,
+                  chunk: int = 16) -> tuple[np.ndarray, dict]:  # fmt: skip
         """This round's masked-input vector (uint32): the site's rounded clipped gradient sum
         over its Poisson sample plus its Skellam share. Returns (vector, public metrics).
-        ``DPConfigError`` (nothing computed) for parameters out of range."""
+        ``rngs``: the (sampling, noise) generators of a site's ``NoiseSource``; else ``seed``
+        seeds both (a simulation: whoever knows the seed knows the share). ``DPConfigError``
+        (nothing computed) for parameters out of range."""
         check_round_params(q, clip, scale, mu_share)
+        if (seed is None) == (rngs is None):
+            raise ValueError("give exactly one of seed and rngs")
+        sample_rng, noise_rng = rngs or (np.random.default_rng([seed, SAMPLE_STREAM]),
+                                         np.random.default_rng([seed, NOISE_STREAM]))  # fmt: skip
         start = time.perf_counter()
         n = len(dataset)
-        picked = np.flatnonzero(np.random.default_rng([seed, SAMPLE_STREAM]).random(n) < q)
+        picked = np.flatnonzero(sample_rng.random(n) < q)
         dim = sum(self.named[k].numel() for k in keys)
         if len(picked):
             items = [dataset[int(i)] for i in picked]
@@ -197,7 +209,7 @@ class DDPSite:
                 total = self.clipped_sum(images, masks, keys, clip, scale, chunk)
         else:
             total = np.zeros(dim, np.int64)
-        total += skellam(np.random.default_rng([seed, NOISE_STREAM]), mu_share, dim)
+        total += skellam(noise_rng, mu_share, dim)
         metrics = {"sample_rate": q, "max_grad_norm": clip, "num_examples": n,
                    "train_time_s": time.perf_counter() - start}  # fmt: skip
         return to_ring(total), metrics

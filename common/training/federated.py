@@ -172,7 +172,8 @@ class _DPSites:
             s: self.settings.run_sigma(len(sites[s]), self.batch[s], t.rounds, t.local_epochs)
             for s in models
         }
-        self.accountants = {s: SiteAccountant(self.settings.accountant) for s in models}
+        self.accountants = {s: SiteAccountant(self.settings.accountant, self.settings.adjacency)
+                            for s in models}  # fmt: skip
         self.trainers = {s: DPTrainer(m, self.settings) for s, m in models.items()}
 
     def train(self, site: str, rnd: int, seed: int, mu: float, global_params) -> dict | None:

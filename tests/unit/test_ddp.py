@@ -3,6 +3,7 @@ the noise shares, the sensitivity of what a site sends, the gradient, the accoun
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -55,17 +56,30 @@ def test_noise_shares_sum_to_the_target_skellam():
 
 def test_skellam_accounting_is_the_gaussians_for_large_noise_and_never_below():
     """For Delta2 >> 1 the Skellam RDP tends to the Gaussian's (Opacus, q = 1: within 1e-6); with
-    subsampling, the general bound is an upper bound of the exact sampled-Gaussian RDP."""
+    subsampling, the general bound is an upper bound of the exact sampled-Gaussian RDP. Under
+    replace-one (the default) q = 1 is the Gaussian with the sensitivity doubled (sigma / 2), and
+    q < 1 bounds the replace-one sampled Gaussian (common.training.dp.adjacency) from above."""
     from opacus.accountants.analysis.rdp import compute_rdp
 
+    from common.training.dp.adjacency import ORDERS as GAUSS_ORDERS
+    from common.training.dp.adjacency import replace_one_rdp
+
     d1, d2 = sensitivities(50 * math.sqrt(10_000), 1.0, 10_000)
+    ar = {"adjacency": "add-remove"}
     for sigma in (0.8, 2.0, 6.0):
         mu = (sigma * d2) ** 2
         gauss = compute_rdp(q=1.0, noise_multiplier=sigma, steps=1, orders=list(ORDERS))
-        np.testing.assert_allclose(round_rdp(1.0, mu, d1, d2), gauss, rtol=1e-6)
+        np.testing.assert_allclose(round_rdp(1.0, mu, d1, d2, **ar), gauss, rtol=1e-6)
+        doubled = compute_rdp(q=1.0, noise_multiplier=sigma / 2, steps=1, orders=list(ORDERS))
+        np.testing.assert_allclose(round_rdp(1.0, mu, d1, d2), doubled, rtol=1e-6)
         for q in (0.05, 0.4):
             exact = compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(ORDERS))
-            assert np.all(round_rdp(q, mu, d1, d2) >= exact * (1 - 1e-9))
+            assert np.all(round_rdp(q, mu, d1, d2, **ar) >= exact * (1 - 1e-9))
+            ro = dict(zip(GAUSS_ORDERS, replace_one_rdp(q, sigma), strict=True))
+            ro_exact = np.array([ro[float(a)] for a in ORDERS if float(a) in ro])
+            ro_bound = np.array([v for a, v in zip(ORDERS, round_rdp(q, mu, d1, d2), strict=True)
+                                 if float(a) in ro])  # fmt: skip
+            assert np.all(ro_bound >= ro_exact * (1 - 1e-6))
 
 
 def test_epsilon_from_the_records_matches_the_papers_formula():
@@ -82,8 +96,17 @@ def test_epsilon_from_the_records_matches_the_papers_formula():
             ((2 * a - 1) * d2**2 + 6 * d1) / (4 * r["mu"] ** 2), 3 * d1 / (2 * r["mu"])
         )
     want, _ = get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=1e-5)
-    assert epsilon_of(rounds, 1e-5) == pytest.approx(float(want), rel=1e-12)
+    assert epsilon_of(rounds, 1e-5, "add-remove") == pytest.approx(float(want), rel=1e-12)
     assert epsilon_of([], 1e-5) == 0.0
+    # replace-one (the default): the same formula with both sensitivities doubled
+    rdp = np.zeros(len(ORDERS))
+    for r in rounds:
+        a, e1, e2 = np.array(ORDERS, float), 2 * d1, 2 * d2
+        rdp += a * e2**2 / (2 * r["mu"]) + np.minimum(
+            ((2 * a - 1) * e2**2 + 6 * e1) / (4 * r["mu"] ** 2), 3 * e1 / (2 * r["mu"])
+        )
+    want, _ = get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=1e-5)
+    assert epsilon_of(rounds, 1e-5) == pytest.approx(float(want), rel=1e-12)
     # more noise in a round (a dropout-free round realises 5/3 of the target): less ε
     louder = [{**r, "mu": r["mu"] * 5 / 3} for r in rounds]
     assert epsilon_of(louder, 1e-5) < epsilon_of(rounds, 1e-5)
@@ -91,12 +114,13 @@ def test_epsilon_from_the_records_matches_the_papers_formula():
 
 def test_noise_for_a_target_epsilon_meets_it_tightly():
     d1, d2 = sensitivities(2000.0, 1.0, 2500)
-    for q, steps, target in ((1.0, 25, 4.0), (0.3, 50, 2.0)):
-        mu = noise_for_epsilon(target, 1e-5, q, steps, d1, d2)
-        eps = epsilon_from_rdp(round_rdp(q, mu, d1, d2) * steps, 1e-5)
+    for (q, steps, target), adj in itertools.product(((1.0, 25, 4.0), (0.3, 50, 2.0)),
+                                                     ("replace-one", "add-remove")):  # fmt: skip
+        mu = noise_for_epsilon(target, 1e-5, q, steps, d1, d2, adj)
+        eps = epsilon_from_rdp(round_rdp(q, mu, d1, d2, adjacency=adj) * steps, 1e-5)
         assert eps <= target
         quieter = (math.sqrt(mu) * 0.98) ** 2  # 2% less noise: over the target
-        assert epsilon_from_rdp(round_rdp(q, quieter, d1, d2) * steps, 1e-5) > target
+        assert epsilon_from_rdp(round_rdp(q, quieter, d1, d2, adjacency=adj) * steps, 1e-5) > target
 
 
 def test_plan_shares_the_noise_for_the_worst_surviving_set():

@@ -57,7 +57,7 @@ def flat(model: nn.Module) -> torch.Tensor:
 
 
 def train(model, data, acc, *, seed=0, settings=None, sigma=1.2, **kw):
-    settings = settings or DPSettings(accountant=acc.mechanism)
+    settings = settings or DPSettings(accountant=acc.mechanism, adjacency=acc.adjacency)
     opts = {"epochs": 1, "lr": 1e-3, "batch_size": 4} | kw
     return dp_train_local(
         model, data, seed=seed, settings=settings, sigma=sigma, accountant=acc, **opts
@@ -89,7 +89,9 @@ def clipped_sum(grads: list[torch.Tensor], c: float) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("mechanism", ["rdp", "prv"])
 def test_reported_epsilon_equals_opacus_accountant(mechanism):
-    model, data, acc = tiny_model(), tiny_data(12), SiteAccountant(mechanism)
+    """Under add/remove adjacency the reported epsilon is Opacus' (replace-one, the default:
+    tests/unit/test_dp_randomness.py)."""
+    model, data, acc = tiny_model(), tiny_data(12), SiteAccountant(mechanism, "add-remove")
     for rnd in range(2):
         out = train(model, data, acc, seed=rnd)
     q, steps = 4 / 12, 2 * dp_steps_per_epoch(12, 4)
@@ -137,7 +139,7 @@ def test_epsilon_grows_and_survives_a_restart():
 
 
 def test_accountant_state_dict_round_trip_and_garbage():
-    acc = SiteAccountant("prv")
+    acc = SiteAccountant("prv", "add-remove")
     acc.record(1.2, 0.0125, 80)
     acc.record(1.2, 0.0125, 80)  # merged
     acc.record(1.5, 0.0125, 10)
@@ -166,9 +168,11 @@ def test_target_epsilon_gives_sigma_whose_final_epsilon_is_the_target():
     assert out["epsilon"] == pytest.approx(8.0, rel=0.05)
     assert out["epsilon"] <= 8.0
     # PRV too (accounting only)
-    prv = DPSettings(noise_multiplier=None, target_epsilon=3.0, accountant="prv")
+    prv = DPSettings(
+        noise_multiplier=None, target_epsilon=3.0, accountant="prv", adjacency="add-remove"
+    )
     s_prv = resolve_noise_multiplier(prv, sample_rate=0.02, steps_total=500)
-    acc = SiteAccountant("prv")
+    acc = SiteAccountant("prv", "add-remove")
     acc.record(s_prv, 0.02, 500)
     assert acc.epsilon(DELTA) == pytest.approx(3.0, rel=0.05)
     # sigma given: returned as is; an unreachable target is a clear error
@@ -464,7 +468,9 @@ def test_bad_site_and_batch_are_refused():
     with pytest.raises(DPConfigError, match="sigma"):
         train(tiny_model(), tiny_data(8), SiteAccountant("rdp"), sigma=0.0)
     with pytest.raises(DPConfigError, match="keep one mechanism"):
-        train(tiny_model(), tiny_data(8), SiteAccountant("prv"), settings=DPSettings())
+        train(
+            tiny_model(), tiny_data(8), SiteAccountant("prv", "add-remove"), settings=DPSettings()
+        )
 
 
 def test_batchnorm_and_inplace_models_are_refused():

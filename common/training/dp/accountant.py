@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from common.training.dp.settings import ACCOUNTANTS, DPConfigError, _positive_finite
+from common.training.dp.adjacency import (
+    ADD_REMOVE,
+    ADJACENCIES,
+    REPLACE_ONE,
+    replace_one_epsilon,
+)
+from common.training.dp.settings import (
+    ACCOUNTANTS,
+    DPConfigError,
+    _positive_finite,
+    check_adjacency,
+)
 
 STATE_FORMAT = "fedonco.dp.site_accountant/1"
 MAX_HISTORY_TEXT = 20_000  # characters of a reported history: far above any real run's
@@ -49,20 +60,28 @@ def _opacus_accountant(mechanism: str, history: Sequence[tuple[float, float, int
     return acc
 
 
+def epsilons_of(history: Sequence[tuple[float, float, int]], delta: float) -> dict[str, float]:
+    """ε of a (σ, q, steps) history at ``delta`` under each neighbouring relation (RDP)."""
+    return {adj: SiteAccountant("rdp", adj)._epsilon(list(history), delta) for adj in ADJACENCIES}
+
+
 class SiteAccountant:
     """The privacy accountant of one site for the whole run.
 
     ``history`` is a list of (noise_multiplier, sample_rate, steps); consecutive steps with the
-    same σ and q are merged (as Opacus' own accountants do). ε is computed by Opacus' RDP or PRV
-    accountant from this history, so it equals what Opacus reports for the same steps. Persist
+    same σ and q are merged (as Opacus' own accountants do). ε is stated for ``adjacency``:
+    replace-one (the default) by ``adjacency.replace_one_epsilon``, add/remove by Opacus' RDP or
+    PRV accountant from this history (what Opacus reports for the same steps). Persist
     ``state_dict()`` (JSON) with the site's checkpoint after every round and restore it with
     ``from_state_dict``: never start a fresh accountant for a round or after a restart.
     """
 
-    def __init__(self, mechanism: str = "rdp") -> None:
+    def __init__(self, mechanism: str = "rdp", adjacency: str = REPLACE_ONE) -> None:
         if mechanism not in ACCOUNTANTS:
             raise DPConfigError(f"accountant must be one of {ACCOUNTANTS}, got {mechanism!r}")
-        self.mechanism = mechanism
+        if check_adjacency(adjacency) == REPLACE_ONE and mechanism != "rdp":
+            raise DPConfigError(f"the {mechanism!r} accountant has no replace-one analysis here")
+        self.mechanism, self.adjacency = mechanism, adjacency
         self.history: list[tuple[float, float, int]] = []
 
     def record(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
@@ -93,15 +112,21 @@ class SiteAccountant:
         self, delta: float, noise_multiplier: float, sample_rate: float, steps: int
     ) -> float:
         """ε after ``steps`` more steps at (σ, q), without recording them."""
-        probe = SiteAccountant(self.mechanism)
+        probe = SiteAccountant(self.mechanism, self.adjacency)
         probe.history = list(self.history)
         probe.record(noise_multiplier, sample_rate, steps)
         return self._epsilon(probe.history, delta)
+
+    def epsilons(self, delta: float) -> dict[str, float]:
+        """ε at ``delta`` under each relation ({"replace-one": ..., "add-remove": ...}, RDP)."""
+        return epsilons_of(self.history, delta)
 
     def _epsilon(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
         _positive_finite("delta", delta)
         if not history:
             return 0.0
+        if self.adjacency == REPLACE_ONE:
+            return replace_one_epsilon(history, delta)
         return float(_opacus_accountant(self.mechanism, history).get_epsilon(delta=delta))
 
     def state_dict(self) -> dict:
@@ -109,6 +134,7 @@ class SiteAccountant:
         return {
             "format": STATE_FORMAT,
             "mechanism": self.mechanism,
+            "adjacency": self.adjacency,
             "history": [[s, q, n] for s, q, n in self.history],
         }
 
@@ -118,7 +144,7 @@ class SiteAccountant:
             raise DPConfigError(
                 f"not a site accountant state (expected format {STATE_FORMAT!r}): {state!r:.200}"
             )
-        acc = cls(state.get("mechanism"))
+        acc = cls(state.get("mechanism"), state.get("adjacency", ADD_REMOVE))  # older: add/remove
         history = state.get("history")
         if not isinstance(history, list):
             raise DPConfigError("site accountant state: 'history' must be a list")

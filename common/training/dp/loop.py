@@ -33,10 +33,13 @@ from common.training.local import OptimizerName, make_optimizer, proximal_anchor
 log = logging.getLogger(__name__)
 
 
-def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """(sampling on CPU, noise on the model's device), seeded per (seed, purpose): reproducible,
-    and not cryptographic (docs/dp.md, "Randomness")."""
-    sampling_seed, noise_seed = dp_generator_seeds(seed)
+def _generators(
+    seed: int, device: torch.device, generator_seeds: tuple[int, int] | None = None
+) -> tuple[torch.Generator, torch.Generator]:
+    """(sampling on CPU, noise on the model's device): from ``generator_seeds`` (a site's
+    ``NoiseSource``: docs/dp.md, "Randomness"), else derived from ``seed`` (a simulation: whoever
+    knows the seed knows the noise)."""
+    sampling_seed, noise_seed = generator_seeds or dp_generator_seeds(seed)
     sampling = torch.Generator().manual_seed(sampling_seed)
     noise = torch.Generator(device=device).manual_seed(noise_seed)
     return sampling, noise
@@ -94,6 +97,7 @@ class DPTrainer:
         proximal_mu: float = 0.0,
         global_params: Mapping[str, np.ndarray] | None = None,
         optimizer: OptimizerName = "adam",
+        generator_seeds: tuple[int, int] | None = None,
     ) -> dict:
         """One round of DP-SGD at a site: trains the model in place and updates ``accountant``.
 
@@ -101,8 +105,9 @@ class DPTrainer:
         (``resolve_noise_multiplier``); ``accountant`` is the site's persistent accountant (its
         mechanism must be ``settings.accountant``). FedProx: ``proximal_mu`` > 0 pulls towards
         ``global_params`` (default: the weights at the start of the call); its gradient is added
-        in Opacus' step hook, after the noise. Deterministic on CPU for a ``seed``; the caller's
-        global torch RNG is left as it was.
+        in Opacus' step hook, after the noise. ``generator_seeds``: the (sampling, noise) seeds of
+        a site's secret randomness; without them both derive from ``seed`` (a simulation).
+        Deterministic on CPU for given seeds; the caller's global torch RNG is left as it was.
 
         Raises ``DPConfigError`` for bad settings and ``PrivacyBudgetExhausted`` (before
         training; nothing changed) when this round would exceed ``settings.max_epsilon``.
@@ -119,10 +124,14 @@ class DPTrainer:
             raise DPConfigError(f"epochs must be a positive integer, got {epochs!r}")
         if proximal_mu < 0:
             raise DPConfigError(f"proximal_mu must be >= 0, got {proximal_mu}")
-        if accountant.mechanism != settings.accountant:
+        if (accountant.mechanism, accountant.adjacency) != (
+            settings.accountant,
+            settings.adjacency,
+        ):
             raise DPConfigError(
-                f"the site's accountant is {accountant.mechanism!r} but settings.accountant is "
-                f"{settings.accountant!r}; keep one mechanism for the whole run"
+                f"the site's accountant is {accountant.mechanism!r} ({accountant.adjacency}) but "
+                f"the settings say {settings.accountant!r} ({settings.adjacency}); keep one "
+                "mechanism and one neighbouring relation for the whole run"
             )
         q = sample_rate_for(n, batch_size)
         steps = epochs * dp_steps_per_epoch(n, batch_size)
@@ -134,7 +143,7 @@ class DPTrainer:
                     accountant.epsilon(delta), eps_next, settings.max_epsilon, delta
                 )
         device = next(model.parameters()).device
-        sampling_gen, noise_gen = _generators(seed, device)
+        sampling_gen, noise_gen = _generators(seed, device, generator_seeds)
 
         from opacus.optimizers import DPOptimizer
 
@@ -215,6 +224,7 @@ class DPTrainer:
             "delta": delta,
             "epsilon": epsilon,
             "accountant": accountant.mechanism,
+            "adjacency": accountant.adjacency,
             "num_examples": n,
             "examples_last_epoch": seen,
             "empty_batches": empty,

@@ -11,6 +11,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from common.training.dp.adjacency import ADJACENCIES, REPLACE_ONE, replace_one_sigma
+
 log = logging.getLogger(__name__)
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -26,6 +28,7 @@ PUBLIC_METRIC_KEYS = (
     "delta",
     "epsilon",
     "accountant",
+    "adjacency",
     "num_examples",
     "train_time_s",
 )
@@ -55,6 +58,13 @@ class PrivacyBudgetExhausted(RuntimeError):
         )
 
 
+def check_adjacency(adjacency: str) -> str:
+    """``adjacency`` if it is a neighbouring relation we account for, else ``DPConfigError``."""
+    if adjacency not in ADJACENCIES:
+        raise DPConfigError(f"dp.adjacency must be one of {ADJACENCIES}, got {adjacency!r}")
+    return adjacency
+
+
 def _positive_finite(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DPConfigError(f"{name} must be a number, got {value!r}")
@@ -77,6 +87,7 @@ class DPSettings:
     accountant: str = "rdp"
     target_epsilon: float | None = None
     max_epsilon: float | None = None
+    adjacency: str = "replace-one"  # common.training.dp.adjacency: what ε is stated for
 
     @classmethod
     def from_config(cls, dp) -> DPSettings:
@@ -88,6 +99,7 @@ class DPSettings:
             accountant=dp.accountant,
             target_epsilon=dp.target_epsilon,
             max_epsilon=dp.max_epsilon,
+            adjacency=dp.adjacency,
         )
 
     def run_sigma(self, n_site: int, batch_size: int, rounds: int, local_epochs: int) -> float:
@@ -130,6 +142,12 @@ class DPSettings:
             raise DPConfigError(f"delta must be < 1 (and < 1/N_site), got {self.delta}")
         if self.accountant not in ACCOUNTANTS:
             raise DPConfigError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if check_adjacency(self.adjacency) == REPLACE_ONE and self.accountant != "rdp":
+            raise DPConfigError(
+                f"the {self.accountant!r} accountant has no replace-one analysis here: use "
+                "dp.accountant = 'rdp', or dp.adjacency = 'add-remove' (which does not cover the "
+                "n_k every site releases)"
+            )
         if self.target_epsilon is not None:
             _positive_finite("target_epsilon", self.target_epsilon)
         if self.max_epsilon is not None:
@@ -170,9 +188,10 @@ def validate_dp(settings: DPSettings, n_site: int, batch_size: int) -> None:
 def resolve_noise_multiplier(
     settings: DPSettings, *, sample_rate: float, steps_total: int
 ) -> float:
-    """σ for the run: ``settings.noise_multiplier``, or the smallest σ (Opacus'
-    ``get_noise_multiplier``, binary search to 0.01 in ε) whose ε after ``steps_total`` steps at
-    ``sample_rate`` is at most ``target_epsilon``, for ``settings.accountant`` at ``settings.delta``.
+    """σ for the run: ``settings.noise_multiplier``, or the smallest σ (binary search to 0.01 in
+    ε) whose ε after ``steps_total`` steps at ``sample_rate`` is at most ``target_epsilon``, under
+    ``settings.adjacency`` (replace-one: ``adjacency.replace_one_sigma``; add/remove: Opacus'
+    ``get_noise_multiplier`` for ``settings.accountant``) at ``settings.delta``.
 
     ``steps_total`` = rounds × local_epochs × ``dp_steps_per_epoch(N, batch_size)``. The result
     is deterministic, so a restarted site recomputes the same σ.
@@ -185,6 +204,16 @@ def resolve_noise_multiplier(
         raise DPConfigError(f"steps_total must be a positive integer, got {steps_total!r}")
     from opacus.accountants.utils import get_noise_multiplier
 
+    if settings.adjacency == REPLACE_ONE:
+        try:
+            sigma = replace_one_sigma(
+                settings.target_epsilon, settings.delta, sample_rate, steps_total
+            )
+        except ValueError as e:
+            raise DPConfigError(f"{e}. Raise target_epsilon, or train fewer rounds/epochs") from e
+        log.info("target_epsilon %.3g (replace-one) over %d steps at q=%.4g (delta=%g): sigma=%.4f",
+                 settings.target_epsilon, steps_total, sample_rate, settings.delta, sigma)  # fmt: skip
+        return sigma
     try:
         sigma = get_noise_multiplier(
             target_epsilon=settings.target_epsilon,

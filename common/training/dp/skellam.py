@@ -22,6 +22,14 @@ norms are bounded by (nearest rounding moves each of the d coordinates by at mos
 - **Composition** adds RDP over rounds; the conversion to (eps, delta) is Opacus'
   (``opacus.accountants.analysis.rdp.get_privacy_spent``).
 
+- **Replace-one adjacency** (the default, ``common.training.dp.adjacency``: every site's n_k is
+  public): replacing one slice changes the sum by the difference of two rounded clipped
+  gradients, so with q = 1 the base mechanism's sensitivities double (2*Delta1, 2*Delta2: exact,
+  not a bound). With q < 1 the replace-one RDP of order alpha is bounded by Mironov's weak
+  triangle inequality through the dataset without the slice (RDP 2017, Prop. 11):
+  ``(alpha - 1/2)/(alpha - 1) * eps_AR(2 alpha) + eps_AR(2 alpha - 1)``, the add/remove curves
+  being Zhu-Wang's.
+
 Everything is a function of what a round records (q, mu, Delta1, Delta2), so anyone can recompute
 a run's epsilon from its history (``epsilon_of``).
 """
@@ -33,7 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from common.training.dp.settings import DPConfigError
+from common.training.dp.adjacency import ADD_REMOVE, REPLACE_ONE
+from common.training.dp.settings import DPConfigError, check_adjacency
 
 ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256)
 
@@ -78,16 +87,22 @@ def subsampled_rdp(alpha: int, q: float, rdp) -> float:
 
 
 def round_rdp(q: float, mu: float, delta1: float, delta2: float,
-              orders: Sequence[int] = ORDERS) -> np.ndarray:  # fmt: skip
+              orders: Sequence[int] = ORDERS, adjacency: str = REPLACE_ONE) -> np.ndarray:  # fmt: skip
     """The RDP curve (over ``orders``) of one round: a Skellam release of variance ``mu`` over a
-    Poisson sample at rate ``q``."""
+    Poisson sample at rate ``q``, for ``adjacency`` (module docstring)."""
     if not (mu > 0 and math.isfinite(mu)):
         raise DPConfigError(f"the noise variance mu must be positive and finite, got {mu}")
+    if check_adjacency(adjacency) == REPLACE_ONE:
+        if q == 1:  # the difference of two rounded clipped gradients: sensitivities doubled
+            return round_rdp(q, mu, 2 * delta1, 2 * delta2, orders, ADD_REMOVE)
+        return np.array([(a - 0.5) / (a - 1) * _ar(2 * a, q, mu, delta1, delta2)
+                         + _ar(2 * a - 1, q, mu, delta1, delta2) for a in orders])  # fmt: skip
+    return np.array([_ar(int(a), q, mu, delta1, delta2) for a in orders])
 
-    def base(a: int) -> float:
-        return skellam_rdp(a, mu, delta1, delta2)
 
-    return np.array([subsampled_rdp(int(a), q, base) for a in orders])
+def _ar(alpha: int, q: float, mu: float, delta1: float, delta2: float) -> float:
+    """Add/remove RDP of order ``alpha`` of one subsampled Skellam round."""
+    return subsampled_rdp(int(alpha), q, lambda a: skellam_rdp(a, mu, delta1, delta2))
 
 
 def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[int] = ORDERS) -> float:
@@ -97,21 +112,22 @@ def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[int] = ORDE
     return float(eps)
 
 
-def epsilon_of(rounds: Iterable[Mapping], delta: float) -> float:
+def epsilon_of(rounds: Iterable[Mapping], delta: float, adjacency: str = REPLACE_ONE) -> float:
     """ε after the recorded rounds (each {q, mu, delta1, delta2}: what ``ddp-sgd`` stores in a
-    round's history); 0 for none."""
+    round's history), for ``adjacency``; 0 for none."""
     total = np.zeros(len(ORDERS))
     any_round = False
     for r in rounds:
-        total += round_rdp(float(r["q"]), float(r["mu"]), float(r["delta1"]), float(r["delta2"]))
+        total += round_rdp(float(r["q"]), float(r["mu"]), float(r["delta1"]), float(r["delta2"]),
+                           adjacency=adjacency)  # fmt: skip
         any_round = True
     return epsilon_from_rdp(total, delta) if any_round else 0.0
 
 
 def noise_for_epsilon(target_epsilon: float, delta: float, q: float, steps: int,
-                      delta1: float, delta2: float) -> float:  # fmt: skip
+                      delta1: float, delta2: float, adjacency: str = REPLACE_ONE) -> float:  # fmt: skip
     """The smallest mu (to 0.5% in sigma = sqrt(mu)/Delta2) whose ε after ``steps`` rounds at rate
-    ``q`` is at most ``target_epsilon``."""
+    ``q`` is at most ``target_epsilon`` under ``adjacency``."""
     if not (target_epsilon > 0 and steps >= 1):
         raise DPConfigError(
             f"need target_epsilon > 0 and steps >= 1, got {target_epsilon}, {steps}"
@@ -119,7 +135,9 @@ def noise_for_epsilon(target_epsilon: float, delta: float, q: float, steps: int,
 
     def eps(sigma: float) -> float:
         mu = (sigma * delta2) ** 2
-        return epsilon_from_rdp(round_rdp(q, mu, delta1, delta2) * steps, delta)
+        return epsilon_from_rdp(
+            round_rdp(q, mu, delta1, delta2, adjacency=adjacency) * steps, delta
+        )
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
