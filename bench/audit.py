@@ -3,7 +3,8 @@
 The benchmark draws members from the sites' ``train`` splits (stratified by site) and
 non-members from their ``holdout`` splits, hands the attacker the candidate slices and masks
 without labels, starts the release service and the attacker as separate processes, and scores
-what comes back: AUC with a bootstrap CI, TPR at low FPR, per site, and the DP ceiling.
+what comes back: AUC with a bootstrap CI, TPR at low FPR with exact CIs, per site, and the DP
+ceiling test (``bench.audit_metrics``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from attacks.auditor import AUDITOR_RUNGS
+from attacks.ladder import QUERY_RUNGS
 from bench.fleet import fedonco, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
@@ -143,6 +145,26 @@ def strongest_rung(ladders: list[dict]) -> tuple[str | None, str]:
     return None, "no ladder ran"
 
 
+def weaker_rung_warning(attacks: dict, quoted: str | None) -> str | None:
+    """Whether the quoted rung understates the leakage: another queried rung of the same run has
+    an AUC above the quoted AUC plus the quoted rung's 95% CI half-width. A check after the fact
+    on the target's labels, reported as a warning; it never changes which rung is quoted (that
+    is chosen on shadow data only)."""
+    top = attacks.get(quoted or "") or {}
+    if top.get("auc") is None or not top.get("auc_ci95"):
+        return None
+    lo, hi = top["auc_ci95"]
+    half = (hi - lo) / 2
+    stronger = {r: v["auc"] for r, v in attacks.items()
+                if r in QUERY_RUNGS and r != quoted and v.get("auc") is not None
+                and v["auc"] > top["auc"] + half}  # fmt: skip
+    if not stronger:
+        return None
+    others = ", ".join(f"{r} {a:.3f}" for r, a in sorted(stronger.items(), key=lambda x: -x[1]))
+    return (f"the quoted rung {quoted} (AUC {top['auc']:.3f}, CI half-width {half:.3f}) is weaker "
+            f"than {others} on the same run: the headline understates the leakage")  # fmt: skip
+
+
 def local_targets(method_dir: Path) -> dict[str, str]:
     """The released model(s) of a run on this machine, as names relative to ``method_dir``:
     {"all": "release"} or, FedBN, one per site."""
@@ -205,8 +227,11 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     mia = {
         "auc": top.get("auc"),
         "auc_ci95": top.get("auc_ci95"),
+        "tpr_at_10pct_fpr": top.get("tpr_at_10pct_fpr"),
         "tpr_at_1pct_fpr": top.get("tpr_at_1pct_fpr"),
         "tpr_at_0.1pct_fpr": top.get("tpr_at_0.1pct_fpr"),
+        "tpr": top.get("tpr"),
+        "dp_ceiling": top.get("dp_ceiling"),
         "n_members": int(member.sum()),
         "n_nonmembers": int((~member).sum()),
         "attack": best,
@@ -223,6 +248,10 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
                           "tpr_at_1pct_fpr": head.get("tpr_at_1pct_fpr"), "attacks": auditor,
                           "threat_model": "knows the candidate set (not the labels); online "
                           "shadows that include half of the candidates"}  # fmt: skip
+    weaker = weaker_rung_warning(attacks, best)
+    if weaker:
+        mia["rung_warning"] = weaker
+        log.warning("%s", weaker)
     blind = attacks.get("blind", {}).get("auc")
     if blind is not None and not 0.45 <= blind <= 0.55:
         mia["warning"] = (

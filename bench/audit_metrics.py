@@ -1,19 +1,23 @@
-"""Audit metrics of a membership-inference attack: AUC with a bootstrap CI, TPR at low FPR, the
-per-site breakdown, the DP ceiling, and a log-log ROC plot.
+"""Audit metrics of a membership-inference attack: AUC with a bootstrap CI, TPR at low FPR with
+an exact CI, the per-site breakdown, the DP ceiling as a binomial test, and a log-log ROC plot.
 
 Conventions: ``scores`` are continuous, higher = member (never rounded 0/1 predictions: an "AUC"
 of hard labels is a balanced accuracy). ``is_member`` is 1 for members, 0 for non-members.
 
 - AUC: ``sklearn.metrics.roc_auc_score``. The 95% CI is a percentile bootstrap that resamples
   members and non-members separately (stratified, so every replicate has both classes).
-- TPR at FPR x: the TPR of the best threshold whose FPR is <= x (the convention of LiRA's and ML
-  Privacy Meter's plots). With N non-members the smallest non-zero FPR is 1/N, so TPR@0.1% FPR is
-  reported only when there are >= 1,000 non-members (else None, "not estimable").
+- TPR at FPR x: the TPR of the lowest threshold with at most k = ⌊x·N0⌋ false positives among the
+  N0 non-members (the best threshold whose FPR is <= x: the convention of LiRA's and ML Privacy
+  Meter's plots), with an exact Clopper–Pearson 95% CI over the N1 members (``clopper_pearson``),
+  the threshold, and the false positives it lets through (``tpr_point``). With N non-members the
+  smallest non-zero FPR is 1/N, so TPR@0.1% FPR is reported only with >= 1,000 non-members
+  (else None, "not estimable"); TPR@10% FPR is always reported (200 non-members support it).
 - Guard: an AUC below 0.5 whose CI excludes 0.5 means a broken attack (inverted score, or a
   member/non-member split from different distributions), never privacy: ``error`` is set.
 - DP ceiling: under (ε, δ)-DP every test obeys TPR <= e^ε·FPR + δ and, symmetrically,
-  1 − FPR <= e^ε·(1 − TPR) + δ. ``dp_ceiling`` gives min(1, e^ε·FPR + δ) at the reported FPRs
-  and the largest AUC both constraints allow.
+  1 − FPR <= e^ε·(1 − TPR) + δ. ``dp_ceiling`` gives min(1, e^ε·x + δ) at the nominal FPRs x
+  and the largest AUC both constraints allow, and ``dp_ceiling_test`` a one-sided binomial test
+  of TPR <= e^ε·FPR + δ at the recorded threshold (see there) wherever N0 >= 10 / x.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from scipy.stats import rankdata
 
 log = logging.getLogger(__name__)
 
-FPR_POINTS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+FPR_POINTS = {"tpr_at_10pct_fpr": 0.1, "tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
 MIN_NONMEMBERS_0P1 = 1000  # TPR@0.1% FPR needs at least 1 / 0.001 non-members
+CEILING_SUPPORT = 10  # the DP-ceiling test at FPR x needs >= 10 / x non-members (1,000 for 1%)
+ALPHA = 0.05  # the ceiling test's level: α/2 for the FPR's upper bound + α/2 for the TPR test
 BROKEN_ATTACK = "attack broken: score direction or member/non-member split"
 
 
@@ -61,13 +67,73 @@ def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
-    """Highest TPR over thresholds whose FPR is <= ``fpr``."""
-    from sklearn.metrics import roc_curve
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) two-sided interval of a binomial proportion k / n
+    (``scipy.stats.binomtest(...).proportion_ci(method="exact")``)."""
+    from scipy.stats import binomtest
 
-    fprs, tprs, _ = roc_curve(labels, scores)
-    ok = fprs <= fpr + 1e-12
-    return float(tprs[ok].max()) if ok.any() else 0.0
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def tpr_point(scores: np.ndarray, labels: np.ndarray, fpr: float) -> dict:
+    """TPR at nominal FPR ``fpr``: the lowest threshold that lets through at most
+    k = ⌊fpr·N0⌋ non-members, i.e. the lowest score above the (k+1)-th highest non-member score
+    (a candidate is called a member when its score is >= ``threshold``; None when nothing is
+    above it). Returns ``fpr`` (nominal), ``k_allowed``, ``threshold``, ``tp`` of ``n_members``,
+    ``tpr`` with its Clopper–Pearson ``tpr_ci95``, ``fp`` of ``n_nonmembers`` and the realised
+    ``fpr_realised`` (<= nominal; below it when non-members tie)."""
+    labels = np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], np.sort(scores[~labels])[::-1]
+    n1, n0 = len(pos), len(neg)
+    k = int(math.floor(fpr * n0 + 1e-9))
+    if k >= n0:
+        threshold, tp, fp = float(scores.min()), n1, n0
+    else:
+        above = scores[scores > neg[k]]
+        threshold = float(above.min()) if len(above) else None
+        tp, fp = int((pos > neg[k]).sum()), int((neg > neg[k]).sum())
+    lo, hi = clopper_pearson(tp, n1)
+    return {"fpr": fpr, "k_allowed": k, "threshold": threshold, "tp": tp, "n_members": n1,
+            "tpr": tp / n1, "tpr_ci95": [lo, hi], "fp": fp, "n_nonmembers": n0,
+            "fpr_realised": fp / n0}  # fmt: skip
+
+
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """Highest TPR over thresholds whose FPR is <= ``fpr`` (``tpr_point``'s TPR)."""
+    return tpr_point(np.asarray(scores, dtype=np.float64), labels, fpr)["tpr"]
+
+
+def dp_ceiling_test(point: dict, epsilon: float, delta: float = 0.0, alpha: float = ALPHA) -> dict:
+    """One-sided binomial test of the DP ceiling TPR <= e^ε·FPR + δ at ``point``'s threshold
+    (``tpr_point``). Made only where N0 >= 10 / FPR (``CEILING_SUPPORT``); elsewhere
+    ``{"estimable": False, "reason": ...}``.
+
+    The threshold is picked after the fact on the same non-members, so their false-positive
+    count is not a binomial draw at a fixed threshold and e^ε·(FP/N0) is no bound. We bound the
+    threshold's true FPR conservatively instead: the threshold sits just above the (k+1)-th
+    highest of N0 non-member scores (k = ⌊x·N0⌋ allowed, whatever the members score), so its
+    true FPR is distributed as that order statistic's exceedance, Beta(k+1, N0−k) for continuous
+    scores, whose 1 − α/2 quantile is exactly the Clopper–Pearson upper bound of k of N0
+    (``fpr_upper``; ties only lower the true FPR). Given that bound, TP ~ Binomial(N1, TPR) with
+    H0: TPR <= min(1, e^ε·fpr_upper + δ) (``bound``); ``p_value`` = P(Binomial(N1, bound) >= TP).
+    ``violates`` when p < α/2: under H0 the FPR bound fails with probability <= α/2 and the
+    binomial test rejects with probability <= α/2, so a DP-respecting target is flagged with
+    probability <= α (union bound; no split of the non-members is needed)."""
+    from scipy.stats import binomtest
+
+    n0, n1, x = point["n_nonmembers"], point["n_members"], point["fpr"]
+    need = math.ceil(CEILING_SUPPORT / x - 1e-9)
+    if n0 < need:
+        return {"estimable": False,
+                "reason": f"needs >= {need:,} non-members at {x:.1%} FPR, has {n0:,}"}  # fmt: skip
+    f_up = clopper_pearson(point["k_allowed"], n0, 1 - alpha)[1]
+    bound = min(1.0, math.exp(epsilon) * f_up + delta)
+    p = 1.0 if bound >= 1.0 else float(binomtest(point["tp"], n1, bound, "greater").pvalue)
+    return {"estimable": True, "fpr_upper": f_up, "bound": bound, "tpr": point["tpr"],
+            "p_value": p, "violates": p < alpha / 2, "alpha": alpha}  # fmt: skip
 
 
 def bootstrap_auc_ci(
@@ -117,10 +183,12 @@ def audit_metrics(
 ) -> dict:
     """Score an attack's output against the ground truth (the benchmark's job, not the attacker's).
 
-    Returns ``auc``, ``auc_ci95`` [lo, hi], ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr`` (None with
-    fewer than 1,000 non-members), ``advantage`` (max TPR − FPR), ``n_members``, ``n_nonmembers``,
-    ``per_site`` ({site: {auc, n_members, n_nonmembers}}; auc None when a site lacks a class),
-    ``dp_ceiling`` (None unless ``epsilon`` is given) and ``error`` (None, or why the attack is
+    Returns ``auc``, ``auc_ci95`` [lo, hi], ``tpr_at_10pct_fpr``, ``tpr_at_1pct_fpr``,
+    ``tpr_at_0.1pct_fpr`` (None with fewer than 1,000 non-members), ``tpr`` ({same keys:
+    ``tpr_point``'s record: CI, threshold, false positives}), ``advantage`` (max TPR − FPR),
+    ``n_members``, ``n_nonmembers``, ``per_site`` ({site: {auc, n_members, n_nonmembers}}; auc
+    None when a site lacks a class), ``dp_ceiling`` (None unless ``epsilon`` is given; its
+    ``tests`` hold ``dp_ceiling_test`` per FPR point) and ``error`` (None, or why the attack is
     broken).
     """
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -130,11 +198,14 @@ def audit_metrics(
     auc = float(roc_auc_score(y, s))
     lo, hi = bootstrap_auc_ci(s, y, n_boot=n_boot, seed=seed)
     fprs, tprs, _ = roc_curve(y, s)
+    points = {k: tpr_point(s, y, f) for k, f in FPR_POINTS.items()}
+    if n0 < MIN_NONMEMBERS_0P1:
+        points["tpr_at_0.1pct_fpr"] = None
     out: dict = {
         "auc": auc,
         "auc_ci95": [lo, hi],
-        "tpr_at_1pct_fpr": tpr_at_fpr(s, y, 0.01),
-        "tpr_at_0.1pct_fpr": tpr_at_fpr(s, y, 0.001) if n0 >= MIN_NONMEMBERS_0P1 else None,
+        **{k: None if p is None else p["tpr"] for k, p in points.items()},
+        "tpr": points,
         "advantage": float(np.max(tprs - fprs)),
         "n_members": n1,
         "n_nonmembers": n0,
@@ -161,7 +232,9 @@ def audit_metrics(
             "auc": dp_auc_ceiling(epsilon, d),
             "epsilon": float(epsilon),
             "delta": d,
-        }
+            "tests": {k: None if p is None else dp_ceiling_test(p, epsilon, d)
+                      for k, p in points.items()},
+        }  # fmt: skip
     if auc < 0.5 and hi < 0.5:
         out["error"] = (
             f"{BROKEN_ATTACK}: AUC {auc:.3f} is below chance and its 95% CI [{lo:.3f}, "

@@ -1,12 +1,21 @@
 """The paper's claims and the standard profile's goals, checked against a run's results.
 
 Pure functions of ``results.json`` (one seed): ``paper_claims`` gives one line per claim of the
-paper with the measured numbers and "reproduced" / "not reproduced" / "not measured";
-``standard_goals`` one PASS/FAIL line per goal the standard profile is designed to meet (a
-benchmark's verdict, printed by ``fedonco bench``, never a timed test).
+paper with the measured numbers and "reproduced" / "not distinguishable" / "not reproduced" /
+"not measured"; ``standard_goals`` one PASS/FAIL line per goal the standard profile is designed
+to meet (a benchmark's verdict, printed by ``fedonco bench``, never a timed test).
+
+Significance: a leakage comparison is "reproduced" only when the 95% intervals separate (the
+AUC's bootstrap CI excludes 0.5; the DP method's AUC CI lies wholly below its twin's).
+Non-overlapping 95% CIs is a conservative two-sample criterion (for two independent estimates
+with equal standard errors it is a z-test at p ≈ 0.006); overlapping ones are "not
+distinguishable", never a verdict either way. A per-site comparison (FedBN) has no CI per site: a
+one-sided sign test over the sites at 5% (with five sites, all five must agree).
 """
 
 from __future__ import annotations
+
+from scipy.stats import binomtest
 
 from common.methods import METHODS
 
@@ -26,11 +35,52 @@ def _auc(entry) -> str:
     lo, hi = m.get("auc_ci95") or (None, None)
     ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
     tpr = m.get("tpr_at_1pct_fpr")
-    return f"AUC {m['auc']:.3f}{ci}" + (f", TPR@1%FPR {tpr:.3f}" if tpr is not None else "")
+    tci = ((m.get("tpr") or {}).get("tpr_at_1pct_fpr") or {}).get("tpr_ci95")
+    tci_s = f" [{tci[0]:.2f}, {tci[1]:.2f}]" if tci else ""
+    return f"AUC {m['auc']:.3f}{ci}" + (f", TPR@1%FPR {tpr:.3f}{tci_s}" if tpr is not None else "")
 
 
 def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("reproduced" if ok else "not reproduced")
+
+
+def _ci(entry) -> tuple[float, float] | None:
+    m = _mia(entry)
+    ci = m.get("auc_ci95")
+    return None if m.get("auc") is None or not ci or None in ci else (ci[0], ci[1])
+
+
+def _lower(a: tuple | None, b: tuple | None) -> str:
+    """Whether interval ``a`` lies wholly below ``b``: the verdict of "a < b"."""
+    if a is None or b is None:
+        return "not measured"
+    if a[1] < b[0]:
+        return "reproduced"
+    return "not reproduced (the opposite, significantly)" if a[0] > b[1] else "not distinguishable"
+
+
+def ceiling_tests(m: dict) -> dict:
+    """The DP-ceiling tests of the quoted rung (``bench.audit_metrics.dp_ceiling_test``) by FPR
+    point, estimable ones only."""
+    ceiling = m.get("dp_ceiling") or (m.get("attacks") or {}).get(m.get("attack") or "", {}).get(
+        "dp_ceiling"
+    )
+    tests = (ceiling or {}).get("tests") or {}
+    return {k: v for k, v in tests.items() if v and v.get("estimable")}
+
+
+def ceiling_text(m: dict) -> str:
+    """ "TPR@10%FPR 0.120 [0.08, 0.17] <= bound 0.400 (p 0.99)" per estimable point."""
+    parts = []
+    for k, t in ceiling_tests(m).items():
+        p = (m.get("tpr") or {}).get(k) or {}
+        ci = p.get("tpr_ci95")
+        ci_s = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        rel = ">" if t["violates"] else "<="
+        name = k.replace("tpr_at_", "TPR@").replace("pct_fpr", "%FPR")
+        parts.append(f"{name} {t['tpr']:.3f}{ci_s} {rel} bound {t['bound']:.3f} "
+                     f"(p {t['p_value']:.2g})")  # fmt: skip
+    return "; ".join(parts) or "no estimable ceiling test"
 
 
 def paper_claims(results: dict) -> list[str]:
@@ -38,18 +88,15 @@ def paper_claims(results: dict) -> list[str]:
     ms = results["methods"]
     fedavg, fedbn = ms.get("fedavg"), ms.get("fedbn")
     lines = []
-    m = _mia(fedavg)
-    ok = None if m.get("auc") is None else m["auc"] > 0.5 and (m.get("auc_ci95") or [0])[0] > 0.5
-    lines.append(f"FedAvg leaks membership (strongest attack AUC > 0.5, CI excludes 0.5): "
-                 f"{_auc(fedavg)}: {_verdict(ok)}")  # fmt: skip
+    chance = (0.5, 0.5)
+    lines.append(f"FedAvg leaks membership (strongest attack's AUC CI above 0.5): "
+                 f"{_auc(fedavg)}: {_lower(chance if _ci(fedavg) else None, _ci(fedavg))}")  # fmt: skip
     for name, spec in METHODS.items():
         if not spec.dp or name not in ms or spec.twin not in ms:
             continue
         dp, twin = ms[name], ms[spec.twin]
-        a, b = _mia(dp).get("auc"), _mia(twin).get("auc")
-        ok = None if a is None or b is None else a < b
-        lines.append(f"DP lowers leakage ({name} vs {spec.twin}): {_auc(dp)} vs {_auc(twin)}: "
-                     f"{_verdict(ok)}")  # fmt: skip
+        lines.append(f"DP lowers leakage ({name} vs {spec.twin}; AUC CIs separate): {_auc(dp)} vs "
+                     f"{_auc(twin)}: {_lower(_ci(dp), _ci(twin))}")  # fmt: skip
         d, t = dp.get("dice"), twin.get("dice")
         ok = None if d is None or not t else d >= DP_UTILITY * t
         ratio = f" ({d / t:.2f}x)" if d is not None and t else ""
@@ -62,10 +109,14 @@ def paper_claims(results: dict) -> list[str]:
         pairs = [(a, b) for a, b in zip(fedbn["dice_per_site"], fedavg["dice_per_site"], strict=True)
                  if a is not None and b is not None]  # fmt: skip
         better = sum(a > b for a, b in pairs)
-        ok = better * 2 > len(pairs) if pairs else None
+        p = binomtest(better, len(pairs), 0.5, "greater").pvalue if pairs else None
+        verdict = ("not measured" if p is None else "reproduced" if p < 0.05
+                   else "not distinguishable")  # fmt: skip
+        p_s = "" if p is None else f", sign test p {p:.2g}"
         lines.append(f"FedBN helps the heterogeneous sites (per-site Dice above FedAvg's on "
-                     f"{better} of {len(pairs)} sites; site mean {fedbn['dice_site_mean']:.3f} vs "
-                     f"{fedavg['dice_site_mean']:.3f}): {_verdict(ok)}")  # fmt: skip
+                     f"{better} of {len(pairs)} sites{p_s}; site mean "
+                     f"{fedbn['dice_site_mean']:.3f} vs {fedavg['dice_site_mean']:.3f}): "
+                     f"{verdict}")  # fmt: skip
     else:
         lines.append(f"FedBN helps the heterogeneous sites: {_verdict(None)}")
     lines += reference_lines(ms)
@@ -128,15 +179,14 @@ def standard_goals(results: dict) -> list[str]:
         dp, twin = ms[name], ms.get(spec.twin) or {}
         m = _mia(dp)
         eps, d, t = dp.get("epsilon"), dp.get("dice"), twin.get("dice")
-        ceiling = (m.get("attacks") or {}).get(m.get("attack") or "", {}).get("dp_ceiling") or {}
-        tpr, cap = m.get("tpr_at_1pct_fpr"), ceiling.get("tpr_at_1pct_fpr")
+        tests = ceiling_tests(m)
         lo, hi = m.get("auc_ci95") or (None, None)
         parts = [eps is not None and eps <= DP_EPSILON, d is not None and bool(t) and d >= DP_UTILITY * t,
-                 lo is not None and lo <= 0.5 <= hi, tpr is not None and cap is not None and tpr <= cap]  # fmt: skip
+                 lo is not None and lo <= 0.5 <= hi, bool(tests) and not any(x["violates"] for x in tests.values())]  # fmt: skip
         ok = None if eps is None or d is None or not t or m.get("auc") is None else all(parts)
         out.append(f"{_pass(ok)} {name} keeps utility privately (eps <= {DP_EPSILON:g}, Dice >= "
-                   f"{DP_UTILITY} x {spec.twin}, AUC CI covers 0.5, TPR@1%FPR under the DP "
-                   f"ceiling): eps {eps if eps is None else round(eps, 2)}, Dice "
+                   f"{DP_UTILITY} x {spec.twin}, AUC CI covers 0.5, no binomial DP-ceiling test "
+                   f"violated at 5%): eps {eps if eps is None else round(eps, 2)}, Dice "
                    f"{d if d is None else round(d, 3)} vs {t if t is None else round(t, 3)}, "
-                   f"{_auc(dp)}, ceiling {cap if cap is None else round(cap, 3)}")  # fmt: skip
+                   f"{_auc(dp)}, ceiling: {ceiling_text(m)}")  # fmt: skip
     return out

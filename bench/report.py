@@ -130,49 +130,98 @@ def markdown(results: dict) -> str:
 RUNG_ORDER = ("blind", "loss", "shadow", "map", "lira", "rmia", "lira_online", "rmia_online")
 
 
+def _ci_text(ci) -> str:
+    return f" [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]" if ci else ""
+
+
 def _attack_cell(x: dict | None) -> str:
     if not x:
         return "n/a"
-    cell = (f"{_fmt(x['auc'])} [{_fmt(x['auc_ci95'][0], 2)}, {_fmt(x['auc_ci95'][1], 2)}] / "
-            f"{_fmt(x['tpr_at_1pct_fpr'], 3)}")  # fmt: skip
+    tpr = x.get("tpr") or {}
+    cell = (f"{_fmt(x['auc'])}{_ci_text(x['auc_ci95'])} / {_fmt(x['tpr_at_1pct_fpr'], 3)}"
+            f"{_ci_text((tpr.get('tpr_at_1pct_fpr') or {}).get('tpr_ci95'))}")  # fmt: skip
     if x.get("tpr_at_0.1pct_fpr") is not None:
-        cell += f" / {_fmt(x['tpr_at_0.1pct_fpr'], 4)}"
+        cell += (f" / {_fmt(x['tpr_at_0.1pct_fpr'], 4)}"
+                 f"{_ci_text((tpr.get('tpr_at_0.1pct_fpr') or {}).get('tpr_ci95'))}")  # fmt: skip
     return cell + (" ⚠ " + x["error"] if x.get("error") else "")
+
+
+def _tpr_cell(p: dict | None) -> str:
+    """TPR [Clopper–Pearson 95%] at the threshold, with the false positives it let through."""
+    if not p:
+        return "not estimable"
+    thr = "none" if p["threshold"] is None else f"{p['threshold']:.4g}"
+    return (f"{_fmt(p['tpr'], 3)}{_ci_text(p['tpr_ci95'])} ({p['fp']}/{p['n_nonmembers']} FP, "
+            f"threshold {thr})")  # fmt: skip
+
+
+def _ceiling_cell(mia: dict) -> str:
+    """The DP-ceiling binomial tests of the quoted rung, or why none is made."""
+    ceiling = mia.get("dp_ceiling") or (mia.get("attacks", {}).get(mia.get("attack") or "") or {}).get(
+        "dp_ceiling"
+    )  # fmt: skip
+    if not ceiling:
+        return "no DP"
+    parts = []
+    for k, t in (ceiling.get("tests") or {}).items():
+        name = k.replace("tpr_at_", "").replace("pct_fpr", "%")
+        if t is None:
+            continue
+        if not t.get("estimable"):
+            parts.append(f"{name}: not estimable ({t['reason']})")
+        else:
+            verdict = "VIOLATED" if t["violates"] else "holds"
+            parts.append(f"{name}: TPR {t['tpr']:.3f} vs bound {t['bound']:.3f}, p {t['p_value']:.2g}"
+                         f" ({verdict})")  # fmt: skip
+    return f"ε {ceiling['epsilon']:.2f}: " + "; ".join(parts) if parts else "no test"
 
 
 def _mia_table(mia_rows) -> list[str]:
     """The audit: one column per rung of the black-box attacker, then the auditor's online rungs
-    (another threat model: it knows the candidate set) in their own columns."""
+    (another threat model: it knows the candidate set) in their own columns; then the quoted
+    rung's TPRs with their thresholds and the DP-ceiling tests."""
     present = {a for _m, mia in mia_rows for a in mia.get("attacks", {})}
     auditor = {a for _m, mia in mia_rows for a in (mia.get("auditor") or {}).get("attacks", {})}
     names = [a for a in RUNG_ORDER if a in present] + sorted(present - set(RUNG_ORDER))
     aud = [a for a in RUNG_ORDER if a in auditor]
-    lines = ["", "Membership inference: AUC [95% CI] / TPR@1%FPR (/ TPR@0.1%FPR with >= 1,000 "
-             "non-members) per rung; members from train, non-members from holdout. Black box: "
-             "only Predict, shadows from its own pool; the strongest rung is chosen on shadow "
+    lines = ["", "Membership inference: AUC [95% CI] / TPR@1%FPR [95% CI] (/ TPR@0.1%FPR with >= "
+             "1,000 non-members) per rung; members from train, non-members from holdout. Black "
+             "box: only Predict, shadows from its own pool; the strongest rung is chosen on shadow "
              "data. Auditor (†): also knows the candidate set and trains online shadows on half "
-             "of it.", "",
+             "of it. AUC CIs: stratified bootstrap; TPR CIs: exact (Clopper–Pearson) over the "
+             "members at the threshold.", "",
              "| method | members / non-members | " + " | ".join(names)
              + "".join(f" | {a} †" for a in aud)
-             + " | strongest (black box) | queries | DP ceiling TPR@1% |",
-             "|---" * (5 + len(names) + len(aud)) + "|"]  # fmt: skip
+             + " | strongest (black box) | queries |",
+             "|---" * (4 + len(names) + len(aud)) + "|"]  # fmt: skip
+    quoted = ["", "The quoted (strongest black-box) rung at each FPR, and the DP ceiling TPR <= "
+              "e^ε·FPR + δ as a one-sided binomial test at that threshold (the threshold's FPR "
+              "bounded by its Clopper–Pearson upper limit; made only with >= 10 / FPR "
+              "non-members):", "",
+              "| method | rung | TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR | DP ceiling test |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     notes = []
     for m, mia in mia_rows:
         cells = [_attack_cell(mia.get("attacks", {}).get(a)) for a in names]
         cells += [_attack_cell((mia.get("auditor") or {}).get("attacks", {}).get(a)) for a in aud]
-        ceiling = (mia.get("attacks", {}).get(mia.get("attack") or "", {}) or {}).get(
-            "dp_ceiling"
-        ) or {}
         queries = (mia.get("attack_info") or {}).get("queries")
         lines.append(f"| {m} | {mia.get('n_members', 'n/a')} / {mia.get('n_nonmembers', 'n/a')} | "
                      + " | ".join(cells) + f" | {mia.get('attack') or mia.get('error')} | "
-                     f"{queries if queries is not None else 'n/a'} | "
-                     f"{_fmt(ceiling.get('tpr_at_1pct_fpr'), 3)} |")  # fmt: skip
+                     f"{queries if queries is not None else 'n/a'} |")  # fmt: skip
+        tpr = mia.get("tpr") or (mia.get("attacks", {}).get(mia.get("attack") or "") or {}).get(
+            "tpr"
+        ) or {}  # fmt: skip
+        quoted.append(f"| {m} | {mia.get('attack') or 'n/a'} | "
+                      + " | ".join(_tpr_cell(tpr.get(k)) for k in
+                                   ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"))
+                      + f" | {_ceiling_cell(mia)} |")  # fmt: skip
         if mia.get("selected_on"):
             notes.append(f"- {m}: strongest rung chosen on {mia['selected_on']}.")
+        if mia.get("rung_warning"):
+            notes.append(f"- ⚠ {m}: {mia['rung_warning']}")
         if mia.get("warning"):
             notes.append(f"- ⚠ {m}: {mia['warning']}")
-    return lines + ([""] + notes if notes else [])
+    return lines + quoted + ([""] + notes if notes else [])
 
 
 def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:

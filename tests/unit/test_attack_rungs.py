@@ -18,7 +18,7 @@ from attacks.calibrated import (
 from attacks.ladder import QUERY_RUNGS, _auc, select_on_shadows
 from attacks.maps import map_attack_scores, map_inputs
 from attacks.views import VIEW_NAMES, apply_view, views_within_budget
-from bench.audit import strongest_rung
+from bench.audit import strongest_rung, weaker_rung_warning
 from common.config import Config, MIAConfig
 
 
@@ -179,6 +179,58 @@ def test_strongest_rung_is_chosen_on_shadow_auc_not_target_labels():
         "fixed order (one shadow)",
     )
     assert strongest_rung([])[0] is None
+
+
+def _rung(auc, lo, hi):
+    return {"auc": auc, "auc_ci95": [lo, hi], "tpr_at_1pct_fpr": 0.02}
+
+
+def test_a_quoted_rung_weaker_than_another_by_more_than_its_half_width_is_flagged():
+    """The issue's standard fedavg run: LiRA 0.682 [0.63, 0.74] quoted (half-width 0.056) while
+    RMIA found 0.788: flagged, in results.json and in the report; within the half-width not;
+    the blind rung (no queries) never counts."""
+    from bench.report import _mia_table
+
+    attacks = {"blind": _rung(0.9, 0.85, 0.95), "loss": _rung(0.563, 0.50, 0.62),
+               "lira": _rung(0.682, 0.625, 0.738), "rmia": _rung(0.788, 0.74, 0.834)}  # fmt: skip
+    warning = weaker_rung_warning(attacks, "lira")
+    assert warning is not None and "rmia 0.788" in warning and "half-width 0.056" in warning
+    assert "loss" not in warning and "blind" not in warning
+    assert weaker_rung_warning(attacks, "rmia") is None
+    attacks["rmia"] = _rung(0.735, 0.69, 0.78)  # 0.735 < 0.682 + 0.0565
+    assert weaker_rung_warning(attacks, "lira") is None
+    assert weaker_rung_warning(attacks, None) is None and weaker_rung_warning({}, "lira") is None
+    mia = {"attack": "lira", "attacks": {"lira": _rung(0.682, 0.625, 0.738),
+                                         "rmia": _rung(0.788, 0.74, 0.834)},
+           "rung_warning": weaker_rung_warning({"lira": _rung(0.682, 0.625, 0.738),
+                                                "rmia": _rung(0.788, 0.74, 0.834)}, "lira")}  # fmt: skip
+    table = "\n".join(_mia_table([("fedavg", mia)]))
+    assert "⚠ fedavg: the quoted rung lira (AUC 0.682" in table
+
+
+def test_the_report_gives_each_tpr_its_ci_threshold_and_the_ceiling_test():
+    from bench.audit_metrics import audit_metrics
+    from bench.report import _mia_table
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200), np.zeros(200)]
+    m = audit_metrics(rng.normal(size=400) + y, y, epsilon=0.5, delta=1e-5, n_boot=100)
+    mia = {"attack": "rmia", "attacks": {"rmia": m}, "tpr": m["tpr"], "dp_ceiling": m["dp_ceiling"]}
+    table = "\n".join(_mia_table([("dpsgd", mia)]))
+    p10 = m["tpr"]["tpr_at_10pct_fpr"]
+    lo, hi = p10["tpr_ci95"]
+    assert f"{p10['tpr']:.3f} [{lo:.2f}, {hi:.2f}] ({p10['fp']}/200 FP, threshold" in table
+    assert "1%: not estimable (needs >= 1,000 non-members at 1.0% FPR, has 200)" in table
+    t10 = m["dp_ceiling"]["tests"]["tpr_at_10pct_fpr"]
+    assert f"10%: TPR {t10['tpr']:.3f} vs bound {t10['bound']:.3f}" in table
+    assert "VIOLATED" in table  # a 1-sd leak against ε 0.5 at 10% FPR
+
+
+def test_the_standard_profile_selects_its_rung_on_shadow_data():
+    """Two shadows or more: the strongest rung is chosen on them, never by a fixed order."""
+    from common.config import load_profile
+
+    assert load_profile("standard").mia.n_shadows >= 2
 
 
 def test_config_round_trip_keeps_the_new_mia_settings():

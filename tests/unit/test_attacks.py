@@ -22,7 +22,16 @@ from attacks.ladder import (
     shadow_attack_scores,
 )
 from attacks.shadows import ShadowModel, dataset, train_shadows
-from bench.audit_metrics import BROKEN_ATTACK, audit_metrics, rank_auc, roc_plot
+from bench.audit_metrics import (
+    ALPHA,
+    BROKEN_ATTACK,
+    audit_metrics,
+    clopper_pearson,
+    dp_ceiling_test,
+    rank_auc,
+    roc_plot,
+    tpr_point,
+)
 from common.config import Config, DataConfig, ModelConfig, TrainConfig
 from common.data.generate import render_slice
 from common.data.sites import REFERENCE
@@ -141,6 +150,89 @@ def test_dp_ceiling_formula():
     assert abs(c["auc"] - 0.73) < 0.01  # the AUC bound of an (1, 1e-5)-DP mechanism
     big = audit_metrics(s, y, epsilon=12.0, delta=1e-5, n_boot=50)["dp_ceiling"]
     assert big["tpr_at_1pct_fpr"] == 1.0 and big["auc"] > 0.999  # vacuous at the paper's ε
+    # the binomial test needs >= 10 / FPR non-members: none with 50; with 100 at 10% FPR only,
+    # where perfect separation violates ε 1; at ε 12 the bound is 1 and nothing can violate it
+    assert not c["tests"]["tpr_at_10pct_fpr"]["estimable"]
+    y, s = np.r_[np.ones(50), np.zeros(100)], np.r_[np.ones(50), np.zeros(100)]
+    tests = audit_metrics(s, y, epsilon=1.0, delta=1e-5, n_boot=50)["dp_ceiling"]["tests"]
+    assert tests["tpr_at_10pct_fpr"]["estimable"] and tests["tpr_at_10pct_fpr"]["violates"]
+    assert not tests["tpr_at_1pct_fpr"]["estimable"]
+    assert "needs >= 1,000 non-members" in tests["tpr_at_1pct_fpr"]["reason"]
+    assert tests["tpr_at_0.1pct_fpr"] is None
+    big = audit_metrics(s, y, epsilon=12.0, delta=1e-5, n_boot=50)["dp_ceiling"]["tests"]
+    assert not big["tpr_at_10pct_fpr"]["violates"] and big["tpr_at_10pct_fpr"]["p_value"] == 1.0
+
+
+def test_clopper_pearson_known_values():
+    # exact intervals, from the Beta quantiles (e.g. R's binom.test)
+    assert clopper_pearson(0, 10) == pytest.approx((0.0, 0.30849710781876294), abs=1e-9)
+    assert clopper_pearson(5, 10) == pytest.approx((0.18708602844740, 0.81291397155260), abs=1e-9)
+    assert clopper_pearson(10, 10) == pytest.approx((0.69150289218124, 1.0), abs=1e-9)
+    assert clopper_pearson(1, 20) == pytest.approx((0.0012650895, 0.2487327628), abs=1e-9)
+    lo, hi = clopper_pearson(2, 200)
+    assert lo < 2 / 200 < hi and hi == pytest.approx(0.0356547, abs=1e-6)
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)
+
+
+def test_tpr_point_is_the_roc_point_with_its_threshold_and_false_positives():
+    """Against sklearn's full ROC (no dropped points), with ties; the recorded threshold lets
+    through exactly the recorded true and false positives, and the CI is exact over the members."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        y = rng.random(300) < 0.5
+        s = np.round(rng.normal(size=300) + y, 1)  # many ties
+        fprs, tprs, _ = roc_curve(y, s, drop_intermediate=False)
+        for x in (0.1, 0.01, 0.001):
+            p = tpr_point(s, y, x)
+            assert p["tpr"] == pytest.approx(tprs[fprs <= x + 1e-12].max())
+            assert p["fp"] <= p["k_allowed"] == math.floor(x * (~y).sum())
+            if p["threshold"] is not None:
+                assert (s[~y] >= p["threshold"]).sum() == p["fp"]
+                assert (s[y] >= p["threshold"]).sum() == p["tp"]
+            assert p["tpr_ci95"] == list(clopper_pearson(p["tp"], int(y.sum())))
+            assert p["fpr_realised"] == p["fp"] / (~y).sum()
+    m = audit_metrics(s, y, n_boot=50)
+    assert m["tpr"]["tpr_at_10pct_fpr"]["tpr"] == m["tpr_at_10pct_fpr"]
+    assert m["tpr"]["tpr_at_0.1pct_fpr"] is None and m["tpr_at_0.1pct_fpr"] is None
+
+
+def _ceiling_rates(shift, eps, seeds, n1=200, n0=200, fpr=0.1, ties=False):
+    """Fraction of seeds flagged by the binomial test, and by the old point comparison
+    TPR > e^ε·FPR (what the audit did before)."""
+    flagged = naive = 0
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        s = np.r_[rng.normal(size=n1) + shift, rng.normal(size=n0)]
+        s = np.round(s, 1) if ties else s
+        y = np.r_[np.ones(n1, bool), np.zeros(n0, bool)]
+        p = tpr_point(s, y, fpr)
+        flagged += dp_ceiling_test(p, eps, 0.0)["violates"]
+        naive += p["tpr"] > math.exp(eps) * fpr
+    return flagged / len(seeds), naive / len(seeds)
+
+
+@pytest.mark.parametrize("block", range(5))
+def test_ceiling_test_does_not_flag_a_no_signal_attack_at_eps_zero(block):
+    """A no-signal attack at ε → 0 respects every DP ceiling: flagged in at most α of the seeds.
+    Measured over 5 blocks of 300 seeds: 0-0.7% at 10% FPR with 200 / 200 (the point
+    comparison of before: 49-52%), so α = 5% leaves a wide margin; 0-1% at 1% FPR with 1,000
+    non-members and with tied scores."""
+    seeds = range(300 * block, 300 * (block + 1))
+    flagged, naive = _ceiling_rates(0.0, 0.0, seeds)
+    assert flagged <= ALPHA and naive > 0.3  # the old check was no test
+    assert _ceiling_rates(0.0, 1e-3, seeds[:100], ties=True)[0] <= ALPHA
+    assert _ceiling_rates(0.0, 0.0, seeds[:100], n0=1000, fpr=0.01)[0] <= ALPHA
+
+
+def test_ceiling_test_flags_a_strong_leak_at_small_eps():
+    """Members 2 sd above non-members (TPR ~0.75 at 10% FPR) against ε = 0.5 (bound ~0.25 at the
+    threshold's FPR upper limit): flagged on every one of 10 seeds (measured: 2,000 of 2,000);
+    at ε = 8 the bound is 1 and nothing is flagged."""
+    assert _ceiling_rates(2.0, 0.5, range(10)) == (1.0, 1.0)
+    assert _ceiling_rates(2.0, 8.0, range(10))[0] == 0.0
 
 
 def test_roc_plot_writes_png(tmp_path):
