@@ -563,6 +563,68 @@ def test_ddp_round_with_a_dropout_after_masking_still_carries_the_target_noise(e
     assert again.strategy.opt.t == 1 and again.strategy.opt.m.keys() == srv.strategy.opt.m.keys()
 
 
+def test_a_ddp_sum_unmasked_before_a_crash_is_accounted_and_no_share_is_reused(env, tmp_path):
+    """Issue 25: the server dies between unmasking round 1's sum and its checkpoint (here: the
+    checkpoint raises), then resumes on the same port. The sites re-run round 1 with fresh Skellam
+    shares (attempt 2: a site's two vectors differ), the ledger holds both unmasked sums, and ε
+    counts both releases, although the history keeps only one round."""
+    from client.app import SiteClient
+    from common.training.dp.skellam import epsilon_of
+    from server.ledger import PrivacyLedger
+
+    cfg, _, root = env
+    cfg = with_overrides(cfg, **{"train.rounds": 1, "fl.round_timeout_s": 20.0,
+                                 "fl.heartbeat_s": 0.5})  # fmt: skip
+    port, run = free_port(), tmp_path / "run"
+    sent: dict[str, list[np.ndarray]] = {}
+
+    class Crash(Exception):
+        pass
+
+    class CrashingServer(Server):
+        def checkpoint(self, rnd):
+            raise Crash("killed between unmasking and the checkpoint")
+
+    class Site(SiteClient):
+        def secagg_stage(self, task):
+            if task.WhichOneof("stage") == "masked_input":
+                sent.setdefault(self.site, []).append(self.pending.weighted.copy())
+            return super().secagg_stage(task)
+
+    def serve(make):
+        with contextlib.suppress(Crash):
+            box.append(serve_campaign([make], f"127.0.0.1:{port}")[0])
+
+    box: list = []
+    first = threading.Thread(target=serve, args=(lambda: CrashingServer(cfg, "ddp-sgd", root / "data", run, resume=False),))  # fmt: skip
+    first.start()
+    sites = [threading.Thread(target=lambda s=s: Site(cfg, s, f"127.0.0.1:{port}", root / "data",
+                                                     tmp_path / "st").run(), daemon=True)
+             for s in "ABCDE"]  # fmt: skip
+    for t in sites:
+        t.start()
+    first.join(timeout=120)
+    assert not first.is_alive() and not box  # it crashed
+    assert len(PrivacyLedger(run).entries) == 1  # the release was written down before the crash
+    second = threading.Thread(target=serve, args=(lambda: Server(cfg, "ddp-sgd", root / "data", run, resume=True),))  # fmt: skip
+    second.start()
+    second.join(timeout=120)
+    assert not second.is_alive() and box
+    result, history = box[0], json.loads((run / "history.json").read_text())
+    ledger = PrivacyLedger(run).entries
+    assert [e["round"] for e in ledger] == [1, 1] and len(history) == 1 and "ddp" in history[0]
+    assert result["dp"]["steps_accounted"] == 2 and result["dp"]["releases_not_in_history"] == 1
+    assert result["epsilon"] == pytest.approx(epsilon_of(ledger, cfg.dp.delta))
+    assert result["epsilon"] > epsilon_of(ledger[:1], cfg.dp.delta)  # both releases count
+    assert (
+        result["dp"]["randomness"] == "site-secret" and result["dp"]["adjacency"] == "replace-one"
+    )
+    twice = [s for s, v in sent.items() if len(v) == 2]
+    assert twice, sent.keys()
+    for s in twice:  # same model, same full batch: only fresh noise makes the two differ
+        assert not np.array_equal(sent[s][0], sent[s][1]), s
+
+
 def test_ddp_round_with_fewer_than_t_sites_takes_no_step(env, tmp_path):
     rec, _sent, srv = _secagg_round(
         env, tmp_path, {"C": "masked_input", "D": "masked_input", "E": "share_keys"}, "ddp-sgd"
@@ -573,29 +635,45 @@ def test_ddp_round_with_fewer_than_t_sites_takes_no_step(env, tmp_path):
 
 
 def test_dpsgd_run_reports_the_accountants_epsilon(runs, env):
+    """ε is stated for replace-one (n_k is public) and recomputable from results.json; the
+    add/remove number beside it is Opacus' RDP accountant's; the noise was the sites' own."""
     from opacus.accountants import RDPAccountant
+
+    from common.training.dp.adjacency import replace_one_epsilon
 
     cfg, _, root = env
     dp, plain = runs["dpsgd"], runs["groupnorm"]
     assert plain["epsilon"] is None and dp["epsilon"] > 0 and dp["delta"] == cfg.dp.delta
+    assert dp["dp"]["randomness"] == "site-secret" and dp["dp"]["adjacency"] == "replace-one"
     history = json.loads((root / "runs" / "dpsgd" / "history.json").read_text())
-    for site in "ABCDE":  # epsilon grows over rounds and equals Opacus' RDP of (sigma, q, steps)
+    for site in "ABCDE":  # epsilon grows over rounds and equals the replace-one RDP of the steps
         eps = [r["fit"]["sites"][site]["epsilon"] for r in history]
         assert eps == sorted(eps) and eps[0] < eps[-1]
         last = history[-1]["fit"]["sites"][site]
-        acc = RDPAccountant()
-        acc.history = [(last["noise_multiplier"], last["sample_rate"], int(last["steps_total"]))]
-        assert acc.get_epsilon(last["delta"]) == pytest.approx(last["epsilon"], rel=1e-9)
+        steps = [(last["noise_multiplier"], last["sample_rate"], int(last["steps_total"]))]
+        assert replace_one_epsilon(steps, last["delta"]) == pytest.approx(last["epsilon"], rel=1e-9)
         assert "loss" not in last  # only what epsilon covers leaves a DP site
+        assert last["randomness"] == "site-secret" and last["attempt"] == 1
     worst = max(dp["dp"]["per_site"].values(), key=lambda m: m["epsilon"])
     assert dp["epsilon"] == worst["epsilon"]
     # from results.json alone: each site's whole mechanism history gives its epsilon again
     for site, rec in dp["dp"]["per_site"].items():
+        history_ = [tuple(e) for e in rec["history"]]
+        assert rec["steps"] == sum(n for _s, _q, n in history_) > rec["steps_round"]
+        assert replace_one_epsilon(history_, rec["delta"]) == pytest.approx(
+            rec["epsilon"], rel=1e-9
+        )
         acc = RDPAccountant()
-        acc.history = [tuple(e) for e in rec["history"]]
-        assert rec["steps"] == sum(n for _s, _q, n in rec["history"]) > rec["steps_round"]
-        assert acc.get_epsilon(rec["delta"]) == pytest.approx(rec["epsilon"], rel=1e-9), site
+        acc.history = history_
+        by = rec["epsilon_by_adjacency"]
+        assert by["add-remove"] == pytest.approx(acc.get_epsilon(rec["delta"]), rel=1e-9), site
+        assert by["replace-one"] == pytest.approx(rec["epsilon"]) > by["add-remove"]
     assert dp["dp"]["steps"] == worst["steps"]  # the top level is the worst site, steps in total
+    # the key of each site is in its own state dir, owner-only; the server's run dir has none
+    keys = sorted((root / "state").glob("site*.dpkey"))
+    assert [k.name for k in keys] == [f"site{s}.dpkey" for s in "ABCDE"]
+    assert all(k.stat().st_mode & 0o077 == 0 for k in keys)
+    assert not list((root / "runs").rglob("*.dpkey"))
     # same GroupNorm network and seed: the DP noise makes the difference
     assert dp["initial_model_sha256"] == plain["initial_model_sha256"]
     assert dp["final_model_sha256"] != plain["final_model_sha256"]
