@@ -236,7 +236,7 @@ class MIAConfig(_Frozen):
         ge=1,
         le=20,
         description="non-members per member (matched per site and tumour presence; TPR at 0.1% "
-        "FPR needs >= 1,000 non-members)",
+        "FPR needs >= 1,000 non-members, the DP-ceiling test at FPR x >= 10 / x)",
     )
     n_shadows: int = Field(
         1,
