@@ -66,8 +66,10 @@ DP_KEYS = (
 SKELLAM_ACCOUNTANT = "skellam-rdp"
 DDP_THREAT_MODEL = (
     "central: holds against the server, the released model and anyone outside the federation, "
-    "if sites do not collude with the server and secure aggregation holds; against a single "
-    "site, another site's contribution is protected only by its own noise share (mu/t)"
+    "if sites do not collude with the server, secure aggregation holds and the sites' noise is "
+    "site-secret (dp.randomness; a seeded simulation protects nothing against the server); "
+    "against a single site, another site's contribution is protected only by its own noise "
+    "share (mu/t)"
 )
 
 

@@ -215,3 +215,18 @@ def test_target_epsilon_is_met_for_the_relation_in_use():
         DPSettings(accountant="prv")
     with pytest.raises(DPConfigError, match="adjacency"):
         DPSettings(adjacency="swap-two")
+
+
+def test_results_md_says_where_the_noise_came_from_and_for_which_relation():
+    from bench.report import privacy_table
+
+    def entry(randomness):
+        return {"epsilon": 4.0, "delta": 1e-5, "accountant": "rdp", "dice": 0.5,
+                "dp": {"noise_multiplier": 4.2, "max_grad_norm": 1.0, "adjacency": "replace-one",
+                       "epsilon_by_adjacency": {"replace-one": 4.0, "add-remove": 1.99},
+                       "randomness": randomness}}  # fmt: skip
+
+    text = privacy_table({"methods": {"dpsgd-pt": entry("site-secret")}})
+    assert "| replace-one | 1.99 |" in text and "site-secret" in text and "public seed" not in text
+    text = privacy_table({"methods": {"dpsgd-pt": entry("seeded-simulation")}})
+    assert "seeded-simulation" in text and "public seed" in text and "server" in text
