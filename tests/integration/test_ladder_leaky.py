@@ -42,6 +42,12 @@ def test_strongest_rung_finds_the_leak_and_the_ladder_is_ordered(leaky_run):
     assert max(tpr["lira"], tpr["rmia"]) >= tpr["loss"] >= tpr["blind"], tpr
     lo, hi = attacks["blind"]["auc_ci95"]
     assert lo <= 0.5 <= hi
+    for v in attacks.values():  # every TPR with its exact CI, threshold and false positives
+        for point in (p for p in v["tpr"].values() if p is not None):
+            assert point["tpr_ci95"][0] <= point["tpr"] <= point["tpr_ci95"][1]
+            assert (
+                point["fp"] <= point["k_allowed"] and point["n_nonmembers"] == mia["n_nonmembers"]
+            )
     info = mia["attack_info"]["per_target"]["all"]["ladder"]
     assert info["views"] == ["id", "hflip", "right", "left"] and info["rmia_a_calibrated"]
 
