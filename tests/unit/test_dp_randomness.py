@@ -230,3 +230,20 @@ def test_results_md_says_where_the_noise_came_from_and_for_which_relation():
     assert "| replace-one | 1.99 |" in text and "site-secret" in text and "public seed" not in text
     text = privacy_table({"methods": {"dpsgd-pt": entry("seeded-simulation")}})
     assert "seeded-simulation" in text and "public seed" in text and "server" in text
+
+
+@pytest.mark.slow
+def test_docs_dp_md_quotes_the_privacy_table_the_command_prints():
+    """docs/dp.md's table of the standard recipes' ε is `python -m bench.privacy_table`'s output,
+    not typed numbers: regenerate it and compare."""
+    from pathlib import Path
+
+    from bench.privacy_table import privacy_table
+    from common.config import resolve_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = resolve_config(str(root / "configs" / "standard.toml"), None, None)
+    table = privacy_table(cfg, [*cfg.fl.methods, "ddp-sgd-pt", "ddp-sgd"])
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    doc = (root / "docs" / "dp.md").read_text()
+    assert rows and all(line in doc for line in rows), [r for r in rows if r not in doc]
