@@ -79,6 +79,12 @@ def _pooled_sd(values: np.ndarray, use: np.ndarray) -> float:
     return max(sd, 1e-6)
 
 
+def _dof(use: np.ndarray) -> bool:
+    """Whether some candidate has two references in ``use`` (S, N): a within-candidate spread."""
+    counts = use.sum(axis=0)
+    return int(counts.sum() - (counts > 0).sum()) > 0
+
+
 def lira_offline(target: np.ndarray, reference: np.ndarray, out: np.ndarray | None = None):
     """Offline one-sided LiRA: mean over views of log P(φ_ref <= φ_target) under
     N(μ_out(x), σ²). ``target`` (V, N) or (N,); ``reference`` (S, V, N) or (S, N); ``out``
@@ -100,7 +106,8 @@ def lira_offline(target: np.ndarray, reference: np.ndarray, out: np.ndarray | No
 def lira_online(target: np.ndarray, reference: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Online LiRA: mean over views of log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²), with
     per-candidate means over the IN and OUT references (``inside`` (S, N) bool) and global
-    (fixed) variances. Every candidate needs at least one IN and one OUT reference."""
+    (fixed) variances, one common variance when a side has a single reference per candidate.
+    Every candidate needs at least one IN and one OUT reference."""
     t = _views(target)
     ref = np.asarray(reference, dtype=np.float64)
     ref = ref[:, None] if ref.ndim == 2 else ref
@@ -113,6 +120,12 @@ def lira_online(target: np.ndarray, reference: np.ndarray, inside: np.ndarray) -
         mu_in = np.where(inside, r, 0).sum(axis=0) / inside.sum(axis=0)
         mu_out = np.where(~inside, r, 0).sum(axis=0) / (~inside).sum(axis=0)
         sd_in, sd_out = _pooled_sd(r, inside), _pooled_sd(r, ~inside)
+        if not (_dof(inside) and _dof(~inside)):
+            # one IN or one OUT model per candidate: no spread to estimate on that side, and two
+            # unequal fallback spreads make the ratio quadratic in φ (members scored below
+            # non-members, AUC 0.19-0.83 over 5 seeds with 2 shadows); one common σ (fixed
+            # variance) keeps the test monotone in φ along μ_in − μ_out
+            sd_in = sd_out = float(np.sqrt((sd_in**2 + sd_out**2) / 2))
         scores.append(norm.logpdf(t[v], mu_in, sd_in) - norm.logpdf(t[v], mu_out, sd_out))
     return np.mean(scores, axis=0)
 

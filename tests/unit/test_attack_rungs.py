@@ -82,6 +82,27 @@ def _synthetic_signals(rng, n=200, s=4, gap=1.0):
     return target, reference, member
 
 
+def test_lira_online_with_one_in_and_one_out_model_is_monotone_in_the_signal():
+    """Two auditor shadows give each candidate one IN and one OUT model: no per-side spread. With
+    a tight IN spread and a wide OUT one, two separate fallback variances made the score fall
+    for a signal above the IN mean (members scored below non-members: online AUC 0.19-0.83 over
+    5 seeds of test_attacks' auditor test); one common variance keeps it rising along
+    μ_in − μ_out, for every candidate."""
+    rng = np.random.default_rng(0)
+    n = 50
+    d = rng.normal(0, 3, n)
+    inside = np.array([[True] * n, [False] * n])
+    reference = np.stack([1.0 + 0.1 * d, d])  # IN values tight across candidates, OUT wide
+    mu_in, mu_out = reference
+    low, mid, high = (lira_online(mu_out + x * (mu_in - mu_out), reference, inside)
+                      for x in (0.0, 1.0, 3.0))  # fmt: skip
+    assert (low < mid).all() and (mid < high).all()
+    target, refs, member = _synthetic_signals(rng, s=2)
+    inside = np.array([[True] * len(member), [False] * len(member)])
+    refs = np.where(inside, refs + 1.0, refs)
+    assert _auc(lira_online(target, refs, inside), member) > 0.9
+
+
 def test_lira_offline_beats_raw_signal_and_online_uses_in_models():
     rng = np.random.default_rng(0)
     target, reference, member = _synthetic_signals(rng)
