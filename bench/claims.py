@@ -70,7 +70,7 @@ def ceiling_tests(m: dict) -> dict:
 
 
 def ceiling_text(m: dict) -> str:
-    """ "TPR@10%FPR 0.120 [0.08, 0.17] <= bound 0.400 (p 0.99)" per estimable point."""
+    """Per estimable point, e.g. "TPR@10%FPR 0.120 [0.08, 0.17] <= bound 0.400 (p 0.99)"."""
     parts = []
     for k, t in ceiling_tests(m).items():
         p = (m.get("tpr") or {}).get(k) or {}
