@@ -85,27 +85,21 @@ def replace_one_epsilon(history: Sequence[tuple[float, float, int]], delta: floa
 
 
 def replace_one_sigma(target_epsilon: float, delta: float, q: float, steps: int) -> float:
-    """The smallest σ (to 0.01 in ε, as Opacus' ``get_noise_multiplier``) whose replace-one ε
-    after ``steps`` steps at rate ``q`` is at most ``target_epsilon`` (``ValueError`` when no
-    σ up to 5,000 reaches it)."""
+    """The smallest σ (to 0.5%) whose replace-one ε after ``steps`` steps at rate ``q`` is at
+    most ``target_epsilon`` (``ValueError`` when no σ up to 5,000 reaches it)."""
+    return smallest_noise(lambda s: replace_one_epsilon([(s, q, steps)], delta), target_epsilon,
+                          start=10.0, cap=5000.0, what=f"{steps} steps at q={q:.4g}")  # fmt: skip
 
-    def eps(sigma: float) -> float:
-        return replace_one_epsilon([(sigma, q, steps)], delta)
 
-    lo, hi = 0.0, 10.0
+def smallest_noise(eps, target_epsilon: float, *, start: float, cap: float, what: str) -> float:
+    """Bisection for the smallest noise scale x (to 0.5%) with ``eps(x) <= target_epsilon``,
+    ``eps`` decreasing in x; ``ValueError`` naming ``what`` when no x up to ``cap`` reaches it."""
+    lo, hi = 0.0, start
     while eps(hi) > target_epsilon:
         lo, hi = hi, 2 * hi
-        if hi > 5000:
-            raise ValueError(f"target_epsilon={target_epsilon} is unreachable for {steps} "
-                             f"steps at q={q:.4g} (replace-one)")  # fmt: skip
-    while True:
+        if hi > cap:
+            raise ValueError(f"target_epsilon={target_epsilon} is unreachable for {what}")
+    while hi - lo > 0.005 * hi:
         mid = (lo + hi) / 2
-        e = eps(mid)
-        if e > target_epsilon:
-            lo = mid
-        else:
-            hi = mid
-            if target_epsilon - e < 0.01:
-                return float(hi)
-        if hi - lo < 1e-6:
-            return float(hi)
+        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
+    return float(hi)

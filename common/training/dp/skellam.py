@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from common.training.dp.adjacency import ADD_REMOVE, REPLACE_ONE
+from common.training.dp.adjacency import ADD_REMOVE, REPLACE_ONE, smallest_noise
 from common.training.dp.settings import DPConfigError, check_adjacency
 
 ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256)
@@ -139,13 +139,10 @@ def noise_for_epsilon(target_epsilon: float, delta: float, q: float, steps: int,
             round_rdp(q, mu, delta1, delta2, adjacency=adjacency) * steps, delta
         )
 
-    lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, 2 * hi
-        if hi > 1e4:
-            raise DPConfigError(f"target_epsilon={target_epsilon} is unreachable for {steps} "
-                                f"steps at q={q:.4g}")  # fmt: skip
-    while hi - lo > 0.005 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
+    try:
+        hi = smallest_noise(
+            eps, target_epsilon, start=1.0, cap=1e4, what=f"{steps} steps at q={q:.4g}"
+        )
+    except ValueError as err:
+        raise DPConfigError(str(err)) from None
     return (hi * delta2) ** 2
