@@ -1,6 +1,6 @@
 """The tables of docs/results.md, written from committed results files (never typed).
 
-    python -m bench.results_doc docs/data/standard-3seeds
+    python -m bench.results_doc docs/data/standard-issue25
 
 reads every ``seed*.json`` there (a seed's ``results.json``, as ``fedonco bench`` writes it) and
 prints markdown: mean ± sd over the seeds per method, then per seed and method the quoted rung
