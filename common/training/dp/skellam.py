@@ -37,6 +37,7 @@ a run's epsilon from its history (``epsilon_of``).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -115,13 +116,13 @@ def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[int] = ORDE
 def epsilon_of(rounds: Iterable[Mapping], delta: float, adjacency: str = REPLACE_ONE) -> float:
     """ε after the recorded rounds (each {q, mu, delta1, delta2}: what ``ddp-sgd`` stores in a
     round's history), for ``adjacency``; 0 for none."""
-    total = np.zeros(len(ORDERS))
-    any_round = False
-    for r in rounds:
-        total += round_rdp(float(r["q"]), float(r["mu"]), float(r["delta1"]), float(r["delta2"]),
-                           adjacency=adjacency)  # fmt: skip
-        any_round = True
-    return epsilon_from_rdp(total, delta) if any_round else 0.0
+    counts = Counter(
+        (float(r["q"]), float(r["mu"]), float(r["delta1"]), float(r["delta2"])) for r in rounds
+    )  # fmt: skip  (a run's rounds repeat a few mechanisms)
+    if not counts:
+        return 0.0
+    total = sum(n * round_rdp(*mech, adjacency=adjacency) for mech, n in counts.items())
+    return epsilon_from_rdp(total, delta)
 
 
 def noise_for_epsilon(target_epsilon: float, delta: float, q: float, steps: int,
