@@ -1,23 +1,44 @@
 # FedOnco-Bench: the two commands a new user runs are `make bench` and `make test`.
-# Both create .venv on first use. TORCH_SPEC pins the CPU wheel on the reference machine;
-# a GPU user overrides it, e.g. `make venv TORCH_SPEC='torch>=2.4'` (PyPI's Linux torch is a CUDA build).
+# Both create .venv on first use, exactly as locked: torch from TORCH_SPEC (the CPU build from the
+# PyTorch CPU index by default), everything else from requirements/lock.txt (versions + sha256).
+# torch's own dependencies are in the lock (resolved for the CPU build), hence --no-deps. For a
+# CUDA build: `make venv TORCH_SPEC=torch==2.13.0 TORCH_PIP_FLAGS=` (PyPI's Linux torch is a
+# multi-GB CUDA build that brings its nvidia-* libraries); see README, Troubleshooting.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_FLAGS ?= --no-deps --extra-index-url $(TORCH_INDEX)
+LOCK ?= requirements/lock.txt
 PY := $(VENV)/bin/python
 CONFIG ?= configs/standard.toml
 OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
+.PHONY: venv lock bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev,diffusion,ray]"
+	$(PY) -m pip install $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
+
+# Regenerate the locks from pyproject.toml (needs uv: `pip install uv`): requirements/lock.txt
+# (every extra: what .venv gets) and requirements/runtime.txt (what the images get). torch is
+# resolved as TORCH_SPEC but left out of both (it is installed from TORCH_SPEC). Linux x86_64,
+# Python 3.11, hashes of every file of each pinned version. A machine that keeps the CPU wheel in
+# /opt/wheels (the reference machine) resolves it there, others from TORCH_INDEX.
+TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
+LOCK_FLAGS = --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	$(TORCH_SOURCE) --override requirements/torch.txt --no-emit-package torch
+lock:
+	echo "$(TORCH_SPEC)" > requirements/torch.txt
+	uv pip compile -q pyproject.toml requirements/build.in --extra dev --extra diffusion --extra ray $(LOCK_FLAGS) -o requirements/lock.txt
+	uv pip compile -q pyproject.toml requirements/build.in $(LOCK_FLAGS) -o requirements/runtime.txt
 
 venv: $(VENV)/.installed
 
@@ -84,8 +105,8 @@ proto-check: venv
 # index is reachable, then `deploy/compose build` needs no network (deploy/README.md).
 wheelhouse: venv
 	rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
-	$(PY) -m pip wheel -q --prefer-binary -w $(WHEELS).tmp "$(TORCH_SPEC)" . setuptools wheel
-	rm -f $(WHEELS).tmp/fedonco_bench-*.whl  # the project itself is installed from the source
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELS).tmp --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip wheel -q --no-deps --require-hashes -w $(WHEELS).tmp -r requirements/runtime.txt
 	rm -rf $(WHEELS) && mv $(WHEELS).tmp $(WHEELS)
 	@du -sh $(WHEELS)
 

@@ -1,8 +1,10 @@
-"""Library versions, git revision and device, saved next to every run (versions.json)."""
+"""Library versions, git revision, lock file and device, saved next to every run (versions.json)."""
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +22,37 @@ def _git_sha() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
+
+
+def lock_status(lock: Path = LOCK) -> dict:
+    """The lock file's sha256 and every locked package whose installed version differs from it
+    (`make venv` installs exactly the lock, so a non-empty list means another environment).
+    A checkout without the lock (an image built from the wheelhouse) records null."""
+    try:
+        text = lock.read_text()
+    except OSError:
+        return {"file": None, "sha256": None, "mismatches": None}
+    mismatches = {}
+    for line in text.splitlines():
+        m = _PIN.match(line)
+        if not m:
+            continue
+        name, want = m.groups()
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != want:
+            mismatches[name] = {"locked": want, "installed": have}
+    return {
+        "file": lock.name,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "mismatches": mismatches,
+    }
 
 
 def collect_versions() -> dict:
@@ -43,4 +76,5 @@ def collect_versions() -> dict:
         "platform": platform.platform(),
         "device": device,
         "libraries": libs,
+        "lock": lock_status(),
     }
