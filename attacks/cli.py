@@ -63,7 +63,9 @@ def run_attack_cmd(args) -> int:
     budget = args.query_budget or cfg.mia.query_budget
     t0 = time.perf_counter()
     tls_dir = Path(args.tls_dir) if getattr(args, "tls_dir", None) else None
-    targets = [RemoteModel(args.target, name, tls_dir=tls_dir) for name in models]
+    wait = getattr(args, "connect_timeout", 20.0)
+    targets = [RemoteModel(args.target, name, tls_dir=tls_dir, connect_timeout=wait)
+               for name in models]  # fmt: skip
     methods = {t.method for t in targets}
     if len(methods) != 1:
         raise ValueError(f"the targets were trained with different methods {sorted(methods)}")

@@ -7,8 +7,10 @@ else.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from common.wire.channel import create_channel
@@ -16,22 +18,40 @@ from common.wire.rpc import inference_pb2 as pb
 from common.wire.rpc import inference_pb2_grpc as pb_grpc
 from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 
+log = logging.getLogger(__name__)
+
+
+def _unreachable(address: str, call: str, err: grpc.RpcError) -> ConnectionError:
+    """One line for a failed call: the CLI prints it instead of gRPC's traceback."""
+    code = err.code().name if hasattr(err, "code") else "ERROR"
+    detail = err.details() if hasattr(err, "details") else str(err)
+    hint = ""
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        hint = " — is `fedonco release serve` running there, and is --target right?"
+    return ConnectionError(f"release service at {address}: {call} failed: {code}: {detail}{hint}")
+
 
 class RemoteModel:
-    """``predict(images_hu) -> probs`` over gRPC, batching to the service's limit."""
+    """``predict(images_hu) -> probs`` over gRPC, batching to the service's limit. A service that
+    does not answer ``Describe`` within ``connect_timeout`` seconds (it may still be starting) or a
+    failed call raises ``ConnectionError`` with one line that names the address and the status."""
 
     def __init__(self, address: str, model: str = "", timeout: float = 60.0,
-                 tls_dir: Path | None = None) -> None:  # fmt: skip
+                 tls_dir: Path | None = None, connect_timeout: float = 20.0) -> None:  # fmt: skip
         creds = None
         if tls_dir is not None:  # verify the service against the CA (client cert if present)
             from common.wire.tls import ca_channel_credentials
 
             creds = ca_channel_credentials(tls_dir)
         self.stub = pb_grpc.InferenceStub(create_channel(address, credentials=creds))
-        self.timeout, self.model = timeout, model
-        d = self.stub.Describe(
-            pb.DescribeRequest(model=model), timeout=timeout, wait_for_ready=True
-        )
+        self.address, self.timeout, self.model = address, timeout, model
+        log.info("connecting to the release service at %s (up to %.0f s)", address, connect_timeout)
+        try:
+            d = self.stub.Describe(
+                pb.DescribeRequest(model=model), timeout=connect_timeout, wait_for_ready=True
+            )
+        except grpc.RpcError as err:
+            raise _unreachable(address, "Describe", err) from None
         self.image_size, self.max_batch, self.method = d.image_size, d.max_batch, d.method
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -41,7 +61,10 @@ class RemoteModel:
             req = pb.PredictRequest(
                 images=ndarrays_to_proto({"images": chunk})[0], model=self.model
             )
-            resp = self.stub.Predict(req, timeout=self.timeout, wait_for_ready=True)
+            try:
+                resp = self.stub.Predict(req, timeout=self.timeout, wait_for_ready=True)
+            except grpc.RpcError as err:
+                raise _unreachable(self.address, "Predict", err) from None
             out.append(proto_to_ndarrays([resp.probs])["probs"])
         return (
             np.concatenate(out)

@@ -23,6 +23,18 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="override the profile's seed")
 
 
+def _count(text: str) -> int:
+    """A count on the command line (seeds, rounds, threads, ...): a whole number >= 1. argparse
+    turns the ValueError into one usage line (``--seeds 0`` used to run one seed silently)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -142,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", required=True, help="output directory (must not exist, or --force)")
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    p.add_argument("--workers", type=_count, default=None, help="processes (default: CPU count)")
     p.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
     p.add_argument("--sites", help="only these sites, e.g. A or A,B (a site generates only its "
                    "own data; slices are identical to the full dataset's)")  # fmt: skip
@@ -166,19 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("train", help="train a model (progress bar, checkpoints, loss.png)")
     _add_config_args(q)
     q.add_argument("--out", required=True, help="model directory (new, or --resume)")
-    q.add_argument("--steps", type=int, help="override diffusion.steps")
+    q.add_argument("--steps", type=_count, help="override diffusion.steps")
     q.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    q.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    q.add_argument("--threads", type=_count, help="torch threads (default: torch's)")
     q.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     q.set_defaults(func=_diffusion_train)
     q = dsub.add_parser("report", help="realism and mask-fidelity report of a trained model")
     _add_config_args(q)
     q.add_argument("--model", required=True, help="model directory")
     q.add_argument("--out", required=True, help="report directory (report.md/.json, PNGs)")
-    q.add_argument("--n", type=int, default=200, help="slices per generator (default 200)")
-    q.add_argument("--seg-slices", type=int, default=1000,
+    q.add_argument("--n", type=_count, default=200, help="slices per generator (default 200)")
+    q.add_argument("--seg-slices", type=_count, default=1000,
                    help="procedural slices to train the fidelity segmenter on (default 1000)")  # fmt: skip
-    q.add_argument("--seg-epochs", type=int, default=8, help="segmenter epochs (default 8)")
+    q.add_argument("--seg-epochs", type=_count, default=8, help="segmenter epochs (default 8)")
     q.set_defaults(func=_diffusion_report)
 
     p = sub.add_parser(
@@ -199,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50051"),
                    help="host:port to listen on; port 0 picks a free one (default %(default)s)")  # fmt: skip
     p.add_argument("--port-file", help="write the bound port to this file")
-    p.add_argument("--rounds", type=int, help="override train.rounds")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--rounds", type=_count, help="override train.rounds")
+    p.add_argument("--threads", type=_count, default=None, help="torch threads")
     _add_tls_args(p, "server")
     p.add_argument("--hold-until", metavar="FILE", help="after the last run keep the sites "
                    "waiting until FILE exists (compose: the judge's end-of-audit marker)")  # fmt: skip
@@ -221,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="dataset directory (only this site's shards are read)"
     )
     p.add_argument("--state-dir", help="where local state is kept (default: DATA-state)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=_count, default=1, help="torch threads (default 1)")
     p.add_argument("--retry-timeout", type=float,
                    default=float(os.environ.get("FEDONCO_RETRY_TIMEOUT", 0) or 0),
                    help="give up after the server was unreachable this long, seconds (default 0: "
@@ -255,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "model name (repeatable)")  # fmt: skip
     q.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50052"))
     q.add_argument("--port-file", help="write the bound port to this file")
-    q.add_argument("--max-batch", type=int, default=64, help="slices per Predict (default 64)")
+    q.add_argument("--max-batch", type=_count, default=64, help="slices per Predict (default 64)")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
     q.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
                    help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
@@ -266,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "every caller (mutual TLS); it names the caller for --max-queries (without it, "
                    "no certificate is asked for and a caller is its host; env "
                    "FEDONCO_RELEASE_CLIENT_CERTS=1)")  # fmt: skip
-    q.add_argument("--max-queries", type=int, metavar="Q", help="slices one caller (client "
+    q.add_argument("--max-queries", type=_count, metavar="Q", help="slices one caller (client "
                    "certificate with --client-certs, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
                    "(default: no limit)")  # fmt: skip
     q.set_defaults(func=_release)
@@ -298,9 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "with N shadows that train on half the candidates each (even; default "
                    "mia.auditor_shadows; needs 'sites' in the candidates)")  # fmt: skip
     _add_release_tls_arg(p)
-    p.add_argument("--query-budget", type=int, metavar="Q", help="at most Q Predict calls per "
+    p.add_argument("--query-budget", type=_count, metavar="Q", help="at most Q Predict calls per "
                    "target (slices); views beyond it are dropped (default mia.query_budget)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--connect-timeout", type=float, default=20.0, metavar="S",
+                   help="give up (one error line, exit 2) when the release service has not "
+                   "answered within S seconds (default %(default)s)")  # fmt: skip
     p.set_defaults(func=_attack)
 
     p = sub.add_parser(
@@ -313,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
     p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=_count, default=1, metavar="N",
                    help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
                    "weights and training) and report mean ± sd of Dice, ε and the strongest "
                    "attack's AUC and TPR@1%%FPR (default 1)")  # fmt: skip
@@ -348,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: the cluster's head (`ray start --head` prints it, e.g. "
                    "HEAD:6379; env RAY_ADDRESS); default: start a local Ray on this machine for "
                    "the run")  # fmt: skip
-    p.add_argument("--cell-cpus", type=int, metavar="N",
+    p.add_argument("--cell-cpus", type=_count, metavar="N",
                    help="--engine ray: CPUs a cell reserves on its node (default 6: a server and "
                    "five sites; fewer only make a cell slower, never different)")  # fmt: skip
     p.add_argument("--dp-randomness", choices=["seeded-simulation", "site-secret"],
@@ -450,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"fedonco {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or a role's SIGTERM handler stopping it: no traceback
+        print(f"fedonco {args.command}: stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -400,11 +400,21 @@ class Config(_Frozen):
             dp["noise_multiplier"] = None
         if "noise_multiplier" in recipe.dp and "target_epsilon" not in recipe.dp:
             dp["target_epsilon"] = None
-        try:
-            train = TrainConfig.model_validate({**self.train.model_dump(), **recipe.train})
-            dp_cfg = DPConfig.model_validate(dp)
-        except ValidationError as err:
-            raise ValueError(f"recipes.{method}: {err}") from None
+        problems = []
+        for section, model, data in (("train", TrainConfig, {**self.train.model_dump(), **recipe.train}),
+                                     ("dp", DPConfig, dp)):  # fmt: skip
+            try:
+                model.model_validate(data)
+            except ValidationError as err:  # one line per field, with its full path
+                for e in err.errors():
+                    loc = ".".join(str(p) for p in e["loc"])
+                    problems.append(
+                        f"recipes.{method}.{section}{'.' + loc if loc else ''}: {e['msg']}"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        train = TrainConfig.model_validate({**self.train.model_dump(), **recipe.train})
+        dp_cfg = DPConfig.model_validate(dp)
         return self.model_copy(update={"train": train, "dp": dp_cfg, "recipes": {}})
 
     @model_validator(mode="after")
@@ -445,8 +455,9 @@ class Config(_Frozen):
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")  # a validator's own message names its field
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "\n".join(lines)
 
 

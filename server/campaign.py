@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -155,10 +156,29 @@ def run_server_cmd(args) -> int:
         method = json.loads((run_dir / "state.json").read_text())["method"]
     if method is None:
         raise ValueError("give --method (fedavg, fedprox or fedbn)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    srv = Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume))
-    limit = federation_message_limit(cfg, [method])
-    (result,) = serve_campaign([lambda: srv], args.address, _port_file(args), tls_dir, hold, limit)
+    fresh = not args.resume and not (run_dir.is_dir() and any(run_dir.iterdir()))
+    made: list[Server] = []
+
+    def make() -> Server:  # built after the port is bound: a port in use leaves nothing behind
+        made.append(Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume)))
+        return made[0]
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        limit = federation_message_limit(cfg, [method])
+        (result,) = serve_campaign([make], args.address, _port_file(args), tls_dir, hold, limit)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the rounds done so far are checkpointed
+        done = made[0].done if made else 0
+        if fresh and done == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            log.warning("stopped before the first round; %s removed (nothing to resume)", run_dir)
+        else:
+            log.warning("stopped after round %d; continue with --resume %s", done, run_dir)
+        return 143
+    except BaseException:
+        if fresh and not (made and made[0].done):  # a failed start: a corrected retry starts clean
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
     return 0
 

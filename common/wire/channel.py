@@ -109,9 +109,15 @@ def create_server(
         else:
             port = server.add_secure_port(address, credentials)
     except RuntimeError as err:  # recent grpcio raises; older ones return 0
-        raise ValueError(f"cannot bind gRPC server to {address!r}: {err}") from err
+        raise ValueError(
+            f"cannot bind gRPC server to {address!r}: the port is in use or the "
+            "address is not this machine's (port 0 picks a free port)"
+        ) from err
     if port == 0:
-        raise ValueError(f"cannot bind gRPC server to {address!r} (address in use or invalid)")
+        raise ValueError(
+            f"cannot bind gRPC server to {address!r}: the port is in use or the "
+            "address is not this machine's (port 0 picks a free port)"
+        )
     log.info("gRPC server bound to %s (port %d)", address, port)
     return server, port
 

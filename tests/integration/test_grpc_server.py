@@ -199,3 +199,47 @@ def test_release_service_over_tls_with_and_without_client_certificates(tmp_path)
 
     with pytest.raises(ValueError, match="need TLS"):
         serve(tmp_path / "rel", "localhost:0", client_certs=True)
+
+
+def _server_cmd(smoke_data, run_dir, address, *extra):
+    from bench.fleet import fedonco
+
+    return fedonco("server", "--config", "configs/smoke.toml", "--data", str(smoke_data),
+                   "--run-dir", str(run_dir), "--method", "fedavg", "--address", address, *extra)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_failed_server_start_leaves_no_run_behind_and_the_retry_starts(smoke_data, tmp_path):
+    import subprocess
+
+    taken, port = create_server("127.0.0.1:0", [])  # the port a first attempt collides with
+    run_dir = tmp_path / "run"
+    try:
+        done = subprocess.run(_server_cmd(smoke_data, run_dir, f"127.0.0.1:{port}"),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        taken.stop(None)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "fedonco server: error: cannot bind" in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()  # so a corrected retry is not told it "already holds a run"
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_for_sites_stops_cleanly(smoke_data, tmp_path):
+    import signal
+    import subprocess
+
+    from conftest import wait_until
+
+    run_dir, port_file = tmp_path / "run", tmp_path / "port"
+    proc = subprocess.Popen(_server_cmd(smoke_data, run_dir, "127.0.0.1:0", "--port-file",
+                                        str(port_file)), stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: port_file.is_file() and port_file.read_text(), 120, "the server's port")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "stopped before the first round" in err
+    assert not run_dir.exists()

@@ -72,3 +72,27 @@ def test_errors_are_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
     assert cli.main(["-v", "data", "--config", missing, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "fedonco data: error:" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_count_below_one_is_refused_not_silently_run_once(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--profile", "smoke", "--seeds", value])
+    assert exit_.value.code == 2
+    assert "argument --seeds:" in capsys.readouterr().err
+
+
+def test_an_unreachable_release_service_is_one_line_within_the_connect_timeout(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["attack", "--target", f"127.0.0.1:{port}", "--pool", str(tmp_path), "--candidates",
+            str(tmp_path / "c.npz"), "--config", "configs/smoke.toml", "--out", str(tmp_path / "o"),
+            "--connect-timeout", "1"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"release service at 127.0.0.1:{port}: Describe failed" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -109,3 +109,16 @@ def test_a_methods_recipe_overrides_train_and_dp_for_that_method_only():
 def test_a_bad_recipe_is_an_error_naming_it(recipes, needle):
     with pytest.raises(ConfigError, match=needle):
         parse_config({"recipes": recipes})
+
+
+def test_a_typo_inside_a_recipe_names_its_full_path():
+    from common.config import ConfigError, load_profile, parse_config
+
+    data = load_profile("smoke").model_dump(mode="json")
+    data["recipes"] = {"dpsgd-pt": {"dp": {"target_epsilonn": 4.0}, "train": {"lr": "fast"}}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "typo.toml").for_method("dpsgd-pt")
+    text = str(err.value)
+    assert "recipes.dpsgd-pt.dp.target_epsilonn: Extra inputs are not permitted" in text
+    assert "recipes.dpsgd-pt.train.lr: Input should be a valid number" in text
+    assert "pydantic.dev" not in text and "<root>" not in text
