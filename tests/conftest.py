@@ -20,6 +20,26 @@ def smoke_data(tmp_path_factory):
     return out
 
 
+# The seed offset of the statistical tests (a threshold on an AUC or a Dice of a trained model):
+# `python bench/perf/margins.py` reruns them with offsets 0-4, natively, under
+# ATEN_CPU_CAPABILITY=avx2 and with one torch thread, and reports each check's smallest margin.
+SEED = int(os.environ.get("FEDONCO_TEST_SEED", "0"))
+
+
+@pytest.fixture()
+def margin(record_property):
+    """``margin(name, value, threshold, above=True)``: assert ``value > threshold`` (or ``<``)
+    and record both (pytest --junitxml properties), so the margin over seeds and CPU types is
+    measured by bench/perf/margins.py rather than guessed."""
+
+    def check(name: str, value: float, threshold: float, above: bool = True) -> None:
+        record_property(f"margin:{name}", f"{float(value):.6f} {'>' if above else '<'} {threshold}")
+        ok = value > threshold if above else value < threshold
+        assert ok, f"{name} = {value:.4f}, needs {'>' if above else '<'} {threshold}"
+
+    return check
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     import time

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import SEED  # seed offset of the statistical checks (bench/perf/margins.py)
 
 import common.training.dp
 import common.training.local
@@ -273,20 +274,21 @@ def test_image_features_shape_and_known_values():
 def overfit():
     """A U-Net overfit on 16 member slices; 48 non-members from the same distribution."""
     cfg = _cfg(rounds=25, local_epochs=10)
-    images, masks = _blobs(64, 10)
+    images, masks = _blobs(64, 10 + SEED)
     member = np.zeros(64, bool)
     member[:16] = True
     fed = simulate_federation(
-        cfg, "fedavg", {"A": dataset(images[:16], masks[:16], WINDOW)}, seed=5
+        cfg, "fedavg", {"A": dataset(images[:16], masks[:16], WINDOW)}, seed=5 + SEED
     )
     model = fed.model(cfg, "fedavg")
     return cfg, _model_predict(model), images, masks, member
 
 
-def test_loss_attack_on_overfit_model_is_well_above_chance(overfit):
+def test_loss_attack_on_overfit_model_is_well_above_chance(overfit, margin):
     _, predict, images, masks, member = overfit
     m = audit_metrics(loss_scores(query(predict, images), masks), member, n_boot=200)
-    assert m["auc"] > 0.8 and m["error"] is None
+    margin("loss_auc", m["auc"], 0.8)
+    assert m["error"] is None
 
 
 def test_loss_attack_on_untrained_model_is_near_chance():
@@ -365,10 +367,10 @@ def test_dp_target_gets_a_dp_shadow(monkeypatch):
     assert isinstance(shadow.model.enc1[1], torch.nn.GroupNorm)
 
 
-def test_shadow_attack_and_lira_run_end_to_end(overfit):
+def test_shadow_attack_and_lira_run_end_to_end(overfit, margin):
     cfg, predict, images, masks, member = overfit
-    pool = _blobs(32, 12)
-    shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=0)
+    pool = _blobs(32, 12 + SEED)
+    shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=SEED)
     probs = query(predict, images)
     s = shadow_attack_scores(shadows, probs, masks, *pool)
     lira = lira_offline(
@@ -377,11 +379,11 @@ def test_shadow_attack_and_lira_run_end_to_end(overfit):
     )
     for scores in (s, lira):
         assert scores.shape == (64,) and np.isfinite(scores).all()
-    assert audit_metrics(s, member, n_boot=100)["auc"] > 0.6
-    assert audit_metrics(lira, member, n_boot=100)["auc"] > 0.6
+    margin("shadow_auc", audit_metrics(s, member, n_boot=100)["auc"], 0.6)
+    margin("lira_offline_auc", audit_metrics(lira, member, n_boot=100)["auc"], 0.6)
 
 
-def test_run_ladder_all_rungs(overfit):
+def test_run_ladder_all_rungs(overfit, margin):
     cfg, predict, images, masks, member = overfit
     queried = []
 
@@ -391,7 +393,13 @@ def test_run_ladder_all_rungs(overfit):
 
     start = time.perf_counter()
     result = run_ladder(
-        counting_predict, cfg, "fedavg", _blobs(32, 13), (images, masks), n_shadows=1, seed=2
+        counting_predict,
+        cfg,
+        "fedavg",
+        _blobs(32, 13 + SEED),
+        (images, masks),
+        n_shadows=1,
+        seed=2 + SEED,
     )
     elapsed = time.perf_counter() - start
     scores = result.scores
@@ -400,7 +408,8 @@ def test_run_ladder_all_rungs(overfit):
     assert sum(queried) == len(images) + 16 == result.info["queries"]
     assert result.info["strongest"] == ladder.FALLBACK_ORDER[0] and not result.info["selection"]
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in scores.items()}
-    assert abs(aucs["blind"] - 0.5) < 0.25 and aucs["loss"] > 0.8
+    margin("ladder_blind_auc_off_chance", abs(aucs["blind"] - 0.5), 0.25, above=False)
+    margin("ladder_loss_auc", aucs["loss"], 0.8)
     print(f"run_ladder: {elapsed:.1f}s, AUCs {aucs}")
 
 
@@ -447,36 +456,38 @@ def test_shadows_are_cached_by_recipe_and_reloaded_bit_identical(tmp_path, monke
     assert len(list(tmp_path.glob("shadow-*.npz"))) == 2
 
 
-def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit):
+def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit, margin):
     from attacks.auditor import AUDITOR_RUNGS, run_auditor, train_auditor_shadows
 
     cfg, predict, images, masks, member = overfit
-    pool_images, pool_masks = _blobs(32, 14)
+    pool_images, pool_masks = _blobs(32, 14 + SEED)
     pool = (pool_images, pool_masks, np.array(["A", "B"] * 16))
     cand_sites = np.array(["A", "B"] * 32)
     quick = _cfg(rounds=8, local_epochs=5)
-    shadows = train_auditor_shadows(quick, "fedavg", pool, (images, masks, cand_sites), 2, seed=1)
+    shadows = train_auditor_shadows(quick, "fedavg", pool, (images, masks, cand_sites), 2,
+                                    seed=1 + SEED)  # fmt: skip
     inside = np.stack([sh.extra_member for sh in shadows])
     assert inside.shape == (2, 64) and (inside.sum(axis=0) == 1).all()  # IN for exactly one of 2
-    result = run_auditor(predict, quick, pool, (images, masks), shadows, inside, seed=1)
+    result = run_auditor(predict, quick, pool, (images, masks), shadows, inside, seed=1 + SEED)
     assert set(result.scores) == set(AUDITOR_RUNGS)
     for s in result.scores.values():
         assert s.shape == (64,) and np.isfinite(s).all()
     rmia = result.scores["rmia_online"]
     assert (rmia >= 0).all() and (rmia <= 1).all()
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
-    assert aucs["lira_online"] > 0.7 and aucs["rmia_online"] > 0.7, aucs
+    margin("lira_online_auc", aucs["lira_online"], 0.7)
+    margin("rmia_online_auc", aucs["rmia_online"], 0.7)
     with pytest.raises(ValueError, match="even"):
         train_auditor_shadows(quick, "fedavg", pool, (images, masks, cand_sites), 3)
 
 
-def test_ladder_with_views_two_shadows_and_a_budget(overfit):
+def test_ladder_with_views_two_shadows_and_a_budget(overfit, margin):
     from common.config import MIAConfig
 
     cfg, predict, images, masks, member = overfit
     cfg = cfg.model_copy(update={"mia": MIAConfig(views=("id", "hflip", "right"), population=10)})
-    pool = _blobs(32, 13)
-    shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=2)
+    pool = _blobs(32, 13 + SEED)
+    shadows = train_shadows(cfg, "fedavg", *pool, n_shadows=2, seed=2 + SEED)
     z = int((~(shadows[0].member_mask | shadows[1].member_mask)).sum())
     n_z = min(z, 10)
     budget = 2 * (64 + n_z) + 5  # room for two of the three views
@@ -487,7 +498,7 @@ def test_ladder_with_views_two_shadows_and_a_budget(overfit):
         return predict(x)
 
     result = run_ladder(counting, cfg, "fedavg", pool, (images, masks), shadows=shadows,
-                        seed=2, query_budget=budget)  # fmt: skip
+                        seed=2 + SEED, query_budget=budget)  # fmt: skip
     info = result.info
     assert info["views"] == ["id", "hflip"] and sum(seen) == info["queries"] == 2 * (64 + n_z)
     assert info["n_population"] == n_z and info["queries"] <= budget
@@ -495,7 +506,9 @@ def test_ladder_with_views_two_shadows_and_a_budget(overfit):
     assert info["strongest"] == max(info["selection"], key=info["selection"].get)
     assert info["rmia_a_calibrated"] and info["rmia_a"] in info["rmia_a_table"]
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
-    assert aucs["loss"] > 0.8 and aucs["lira"] > 0.7 and aucs["rmia"] > 0.7, aucs
+    margin("views_loss_auc", aucs["loss"], 0.8)
+    margin("views_lira_auc", aucs["lira"], 0.7)
+    margin("views_rmia_auc", aucs["rmia"], 0.7)
 
 
 def test_methods_with_the_same_recipe_share_cached_shadows(tmp_path, monkeypatch):
