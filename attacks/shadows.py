@@ -209,6 +209,8 @@ def train_shadows(
             log.info("shadow federation %d/%d (%s): cached weights %s", i + 1, n_shadows, method,
                      path)  # fmt: skip
         else:
+            log.info("shadow federation %d/%d (%s, %d sites, %d slices): training", i + 1,
+                     n_shadows, method, len(keep), int(take.sum()))  # fmt: skip
             datasets = {
                 s: dataset(all_images[take & (all_sites == s)], all_masks[take & (all_sites == s)],
                            window)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from attacks.auditor import AUDITOR_RUNGS
 from attacks.ladder import QUERY_RUNGS
-from bench.fleet import fedonco, spawn, stop, wait_for_port
+from bench.fleet import fedonco, run_relaying, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import read_manifest
@@ -117,8 +116,7 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
         args += ["--model", model, "--candidates", str(out / "candidates.npz"), "--out", str(out)]
         if tag != "all":  # a site's own release (FedBN): which site released it is public
             args += ["--site", tag]
-    with open(log_file, "w") as alog:
-        rc = subprocess.run(fedonco(*args), stdout=alog, stderr=subprocess.STDOUT).returncode
+    rc = run_relaying(fedonco(*args), log_file, f"audit of {log_file.parent.parent.name}")
     if rc != 0:
         raise RuntimeError(f"attacker exited {rc}: see {log_file}")
     return {

@@ -9,6 +9,8 @@ dies first).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 import subprocess
 import sys
@@ -35,6 +37,34 @@ def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def run_relaying(args: list[str], log: Path, label: str, relay: str = " INFO attacks.",
+                 poll_s: float = 1.0) -> int:  # fmt: skip
+    """Run ``args`` to completion with its output in ``log``, repeating each new line that
+    contains ``relay`` (the attacker's phase lines: each shadow federation, each target) as this
+    process's own log line prefixed with ``label``: a long audit shows where it is instead of
+    staying silent. Returns the exit code."""
+    relay_log = logging.getLogger("fedonco.progress")
+    proc = spawn(args, log)
+    pos = 0
+    while True:
+        finished = proc.poll() is not None
+        try:
+            with open(log, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+        except OSError:
+            chunk = b""
+        end = chunk.rfind(b"\n") + 1  # only whole lines; the rest waits for the next poll
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            if relay in line:
+                relay_log.info("%s: %s", label, line.split(relay, 1)[1].split(":", 1)[-1].strip())
+        pos += end
+        if finished:
+            return proc.returncode
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=poll_s)
 
 
 def tail(path: Path, n: int = 15) -> str:

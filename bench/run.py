@@ -45,6 +45,7 @@ from common.data.diffusion.generate import build_dataset
 from common.data.store import read_manifest
 from common.data.summary import summary_markdown
 from common.methods import SWEEP_METHOD, get_method
+from common.progress import progress
 from common.training.dp.randomness import SEEDED
 from common.training.pretrain import CACHE_ENV, pretrained_params
 from common.versions import collect_versions
@@ -117,7 +118,7 @@ def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> No
     """A progress bar over rounds (read from the server's state.json) until the server exits."""
     state = mdir / "state.json"
     done = 0
-    with tqdm(total=cfg.for_method(method).train.rounds, desc=f"{method:8s}", unit="round") as bar:
+    with progress(cfg.for_method(method).train.rounds, f"{method:8s}", "round") as bar:
         while server.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=0.5)

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
@@ -34,6 +33,7 @@ from common.model import (
     set_params,
     state_sha256,
 )
+from common.progress import progress
 from common.release import export_release, release_info
 from common.training.ddp import plan_for, wrap_free
 from common.training.dp.accountant import epsilons_of, history_from_text
@@ -258,8 +258,7 @@ class Server:
         self.state.wait_for_sites(self.cfg.fl.min_fit_sites, self.cfg.fl.wait_for_sites_s, stop)
         if stop.is_set():  # SIGTERM while waiting for the sites
             raise KeyboardInterrupt
-        bar = tqdm(total=self.cfg.train.rounds, initial=self.done, desc=f"{self.method} rounds",
-                   unit="round", disable=None)  # fmt: skip
+        bar = progress(self.cfg.train.rounds, f"{self.method} rounds", "round", initial=self.done)
         status, skips = "completed", 0
         while self.done < self.cfg.train.rounds:
             rnd = self.done + 1

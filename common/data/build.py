@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from common.config import SITE_NAMES, Config
 from common.data.generate import SPLITS, render_slice
 from common.data.sites import SiteSpec, resolve_sites, split_counts
 from common.data.store import FORMAT_VERSION, sha256_bytes, shard_name
 from common.io import npz_bytes, write_json_atomic
+from common.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def build_dataset(
         total = sum(j.n for j in jobs)
         workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         shards = []
-        with tqdm(total=total, unit="slice", desc="generating", disable=None) as bar:
+        with progress(total, "generating", "slice") as bar:
             pool = ProcessPoolExecutor(workers) if workers > 1 else None
             results = pool.map(make_shard, jobs) if pool else map(make_shard, jobs)
             for entry, data in results:

@@ -1,0 +1,65 @@
+"""Long work reports progress: a bar on a terminal, plain log lines in a file (issue 26)."""
+
+import io
+import logging
+import sys
+
+from tqdm import tqdm
+
+from bench.fleet import run_relaying
+from common.progress import LogProgress, progress
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_and_a_file_gets_whole_log_lines(caplog):
+    with progress(3, "fedavg", "round", stream=_Tty()) as bar:
+        assert isinstance(bar, tqdm)
+    caplog.set_level(logging.INFO, logger="fedonco.progress")
+    piped = io.StringIO()
+    with progress(3, "fedavg  ", "round", stream=piped, every_s=3600) as bar:
+        assert isinstance(bar, LogProgress)
+        for _ in range(3):
+            bar.set_postfix(dice="0.500")
+            bar.update(1)
+    lines = [r.getMessage() for r in caplog.records]
+    # the first step, then (every_s not yet passed) only the last: no carriage returns
+    assert len(lines) == 2 and "\r" not in piped.getvalue() + "".join(lines)
+    assert lines[0].startswith("fedavg: 1/3 rounds (33%), ") and lines[0].endswith("dice=0.500")
+    assert lines[1].startswith("fedavg: 3/3 rounds (100%), ")
+
+
+def test_a_bar_closed_early_says_where_it_stopped(caplog):
+    caplog.set_level(logging.INFO, logger="fedonco.progress")
+    bar = LogProgress(10, "shadows", "shadow", every_s=3600)
+    bar.update(1)
+    bar.update(1)
+    bar.close()
+    bar.close()
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "shadows: 1/10 shadows (10%)",
+        "shadows: 2/10 shadows (20%)",
+    ]
+
+
+def test_the_attackers_phase_lines_are_relayed_while_it_runs(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fedonco.progress")
+    script = (
+        "import sys, time\n"
+        "print('2026-12-03 10:00:00,000 INFO attacks.shadows: shadow federation 1/2: training', flush=True)\n"
+        "print('noise that is not relayed', flush=True)\n"
+        "time.sleep(0.3)\n"
+        "print('2026-12-03 10:00:01,000 INFO attacks.cli: 1 target(s) attacked in 1.0s', flush=True)\n"
+        "sys.exit(3)\n"
+    )
+    rc = run_relaying([sys.executable, "-c", script], tmp_path / "a.log", "audit of fedavg",
+                      poll_s=0.05)  # fmt: skip
+    assert rc == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit of fedavg: shadow federation 1/2: training",
+        "audit of fedavg: 1 target(s) attacked in 1.0s",
+    ]
+    assert "noise that is not relayed" in (tmp_path / "a.log").read_text()
