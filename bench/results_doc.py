@@ -375,9 +375,9 @@ def readme_time(seeds: dict[int, Seed]) -> str:
         lines.append(f"- seed {s}: {wall} for {', '.join(_order(seed.methods))}"
                      + (f" (not in these runs: {', '.join(missing)})" if missing else "")
                      + f" — `wall_s` of {', '.join(f'`{_rel(p)}`' for p in seed.files)}")  # fmt: skip
-    return (f"Measured wall time of the {profile} profile (`make bench` runs one seed of it; "
-            "the committed runs ran one after another on the 2-core reference machine):\n\n"
-            + "\n".join(lines))  # fmt: skip
+    return (f"Measured wall time of the {profile} profile (`make bench` runs one seed of it): per "
+            "seed, the sum of its committed runs' own `wall_s` (a run that shared the cores shows "
+            "it only as a longer time):\n\n" + "\n".join(lines))  # fmt: skip
 
 
 def blocks(runs: list[Run]) -> dict[str, str]:
