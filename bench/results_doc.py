@@ -382,6 +382,10 @@ def readme_time(seeds: dict[int, Seed]) -> str:
 
 def blocks(runs: list[Run]) -> dict[str, str]:
     seeds = merge(runs)
+    profiles = {s.profile for s in seeds.values()}
+    if len(profiles) > 1:
+        raise ValueError(f"the runs that are not sweeps mix profiles ({', '.join(sorted(profiles))}): "
+                         "one table is one profile; give the runs of one profile")  # fmt: skip
     if not seeds:
         raise ValueError("no run without --sweep among the run directories: the standard tables "
                          "need at least one")  # fmt: skip

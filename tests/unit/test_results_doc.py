@@ -146,3 +146,11 @@ def test_a_missing_block_is_named(tmp_path):
                              "", readme.read_text(), flags=re.S))  # fmt: skip
     with pytest.raises(ValueError, match="readme-time"):
         render([RUNS], root)
+
+
+def test_runs_of_two_profiles_are_not_averaged_together(tmp_path):
+    from bench.results_doc import blocks
+
+    smoke = load_run(_one_seed_run(tmp_path, "smoke", 7, {"fedavg": _entry(0.5, 0.7)}, 60.0))
+    with pytest.raises(ValueError, match="mix profiles"):
+        blocks([smoke, load_run(RUNS)])
