@@ -42,6 +42,7 @@ COMMANDS = {
         "bench.judge",
         "run_judge_cmd",
     ),
+    ("report", "docs", "r"): ("bench.results_doc", "run_report_docs"),
 }
 
 

@@ -1,25 +1,73 @@
-"""docs/results.md's issue-25 tables are `python -m bench.results_doc`'s output on the committed
-results files (docs/data/standard-issue25/seed*.json), not typed numbers."""
+"""`fedonco report docs`: the numbers of README.md and docs/results.md and the README's picture
+are the command's output on the committed runs (docs/runs/), not typed; runs of one seed merge,
+a sweep run gives the frontier."""
 
+import json
+import re
+import shutil
 from pathlib import Path
 
-from bench.results_doc import load_seeds, results_doc
+import pytest
+
+from bench import cli
+from bench.results_doc import BLOCK, load_run, merge, render
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "docs" / "data" / "standard-issue25"
+RUNS = ROOT / "docs" / "runs" / "standard-issue25"
+FIXTURES = Path(__file__).parent / "data" / "report_docs"
 
 
-def test_docs_results_md_holds_the_generated_tables():
-    text = results_doc(DATA)
-    doc = (ROOT / "docs" / "results.md").read_text()
-    missing = [line for line in text.splitlines() if line and line not in doc]
-    assert not missing, missing[:5]
+def committed_rundirs() -> list[str]:
+    """The run directories the README's markers name (what the last `fedonco report docs` read)."""
+    dirs = {m.group("dirs") for m in BLOCK.finditer((ROOT / "README.md").read_text())}
+    assert len(dirs) == 1, dirs
+    return dirs.pop().split()
+
+
+def test_the_committed_docs_are_what_the_command_writes(capsys):
+    dirs = committed_rundirs()
+    assert "docs/runs/standard-issue25" in dirs
+    code = cli.main(
+        ["report", "docs", *[str(ROOT / d) for d in dirs], "--check", "--root", str(ROOT)]
+    )
+    assert code == 0, capsys.readouterr().out
+
+
+def _copy_docs(tmp_path: Path) -> Path:
+    for rel in ("README.md", "docs/results.md", "docs/img/dice_vs_auc.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    return tmp_path
+
+
+def test_a_number_edited_by_hand_fails_the_check_and_the_command_restores_it(tmp_path, capsys):
+    root = _copy_docs(tmp_path)
+    dirs = [str(ROOT / d) for d in committed_rundirs()]
+    results = root / "docs" / "results.md"
+    original = results.read_text()
+    cell = re.search(r"\| fedavg \| \d+ \| (0\.\d{3}) ±", original)
+    assert cell, "the summary table has a fedavg Dice"
+    edited = original[: cell.start(1)] + "0.999" + original[cell.end(1) :]
+    results.write_text(edited)
+    assert cli.main(["report", "docs", *dirs, "--check", "--root", str(root)]) == 1
+    assert "docs/results.md differs" in capsys.readouterr().out
+    assert results.read_text() == edited  # --check writes nothing
+    assert cli.main(["report", "docs", *dirs, "--root", str(root)]) == 0
+    assert results.read_text() == original
+    assert cli.main(["report", "docs", *dirs, "--check", "--root", str(root)]) == 0
+
+
+def test_the_picture_is_the_same_bytes_every_time_and_carries_no_metadata(tmp_path):
+    a = render([RUNS], ROOT)[ROOT / "docs/img/dice_vs_auc.png"]
+    b = render([RUNS], ROOT)[ROOT / "docs/img/dice_vs_auc.png"]
+    assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"tEXt" not in a and b"matplotlib" not in a.lower()
 
 
 def test_the_committed_runs_carry_the_issue_25_records():
-    seeds = load_seeds(DATA)
-    assert sorted(seeds) == [42, 43, 44]
-    for res in seeds.values():
+    run = load_run(RUNS)
+    assert sorted(run.results) == [42, 43, 44] and not run.sweep
+    for res in run.results.values():
         fedavg = res["methods"]["fedavg"]["mia"]
         assert fedavg["selected_on"].startswith("shadow AUC")  # chosen on shadow data
         assert all(p["tpr_ci95"][0] <= p["tpr"] <= p["tpr_ci95"][1]
@@ -27,3 +75,82 @@ def test_the_committed_runs_carry_the_issue_25_records():
         dp = res["methods"]["dpsgd-pt"]["dp"]
         assert dp["adjacency"] == "replace-one" and dp["randomness"] == "seeded-simulation"
         assert set(dp["epsilon_by_adjacency"]) == {"replace-one", "add-remove"}
+        assert (RUNS / f"seed{res['seed']}" / "results.md").is_file()
+
+
+def _one_seed_run(tmp_path: Path, name: str, seed: int, methods: dict, wall_s: float) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    res = {"profile": "smoke", "seed": seed, "wall_s": wall_s, "methods": methods}
+    (d / "results.json").write_text(json.dumps(res))
+    return d
+
+
+def _entry(dice: float, auc: float) -> dict:
+    return {
+        "dice": dice,
+        "epsilon": None,
+        "mia": {"auc": auc, "auc_ci95": [auc - 0.05, auc + 0.05]},
+    }
+
+
+def test_runs_of_one_seed_merge_and_a_method_given_twice_differently_is_refused(tmp_path):
+    a = _one_seed_run(tmp_path, "a", 7, {"fedavg": _entry(0.5, 0.7)}, 60.0)
+    b = _one_seed_run(
+        tmp_path, "b", 7, {"fedbn": _entry(0.4, 0.6), "fedavg": _entry(0.5, 0.7)}, 120.0
+    )
+    seeds = merge([load_run(a), load_run(b)])
+    assert list(seeds) == [7] and list(seeds[7].methods) == ["fedavg", "fedbn"]
+    assert seeds[7].wall_s == 180.0  # both files gave a method: both runs' time
+    assert seeds[7].source["fedbn"] == b / "results.json"
+    c = _one_seed_run(tmp_path, "c", 7, {"fedavg": _entry(0.6, 0.7)}, 60.0)
+    with pytest.raises(ValueError) as err:
+        merge([load_run(a), load_run(c)])
+    assert str(a / "results.json") in str(err.value) and str(c / "results.json") in str(err.value)
+
+
+def _sweep_copy(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(FIXTURES / "sweep", tmp_path / "sweep"))
+
+
+def test_a_sweep_run_gives_the_frontier_table_from_its_seeds(tmp_path):
+    from bench.results_doc import blocks
+
+    sweep = load_run(_sweep_copy(tmp_path))
+    assert sweep.sweep and sorted(sweep.results) == [7, 8]
+    other = load_run(_one_seed_run(tmp_path, "std", 7, {"fedavg": _entry(0.5, 0.7)}, 60.0))
+    made = blocks([other, sweep])
+    assert "groupnorm" not in made["summary"]  # the sweep's twin stays in the frontier
+    rows = [r for r in made["frontier"].splitlines() if r.startswith("| ") and "seeds" not in r]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| groupnorm (no DP)", "| dpsgd, target_epsilon = 2", "| dpsgd, target_epsilon = 8"]  # fmt: skip
+    # the ε column is each value's mean over the two seeds, from the seed files themselves
+    eps = [sweep.results[s]["methods"]["dpsgd-target_epsilon-2"]["epsilon"] for s in (7, 8)]
+    assert f"{sum(eps) / 2:.2f} ± " in rows[1] and rows[1].split(" | ")[1] == "2"
+
+
+def test_a_summary_that_disagrees_with_its_seed_files_is_refused(tmp_path):
+    d = _sweep_copy(tmp_path)
+    summary = json.loads((d / "results.json").read_text())
+    first = next(iter(summary["methods"].values()))
+    first["dice"]["mean"] += 0.1
+    (d / "results.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="do not match"):
+        load_run(d)
+
+
+def test_a_missing_block_is_named(tmp_path):
+    root = _copy_docs(tmp_path)
+    readme = root / "README.md"
+    readme.write_text(re.sub(r"<!-- generated by: [^\n]*block: readme-time -->\n.*?<!-- end generated -->",
+                             "", readme.read_text(), flags=re.S))  # fmt: skip
+    with pytest.raises(ValueError, match="readme-time"):
+        render([RUNS], root)
+
+
+def test_runs_of_two_profiles_are_not_averaged_together(tmp_path):
+    from bench.results_doc import blocks
+
+    smoke = load_run(_one_seed_run(tmp_path, "smoke", 7, {"fedavg": _entry(0.5, 0.7)}, 60.0))
+    with pytest.raises(ValueError, match="mix profiles"):
+        blocks([smoke, load_run(RUNS)])
