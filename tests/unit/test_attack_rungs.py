@@ -181,8 +181,9 @@ def test_select_on_shadows_scores_every_queried_rung(margin):
                                           classifier="lr", seed=SEED)  # fmt: skip
     assert set(table) == set(QUERY_RUNGS)
     assert all(0.0 <= v <= 1.0 for v in table.values())
+    # bench/perf/margins.py, seeds 0-4, native and avx2: loss and shadow 1.000, LiRA 0.840-0.877
     margin("select_loss_auc", table["loss"], 0.9)
-    margin("select_lira_auc", table["lira"], 0.8)
+    margin("select_lira_auc", table["lira"], 0.75)
     margin("select_shadow_auc", table["shadow"], 0.9)
     assert a in a_table
     with pytest.raises(ValueError, match="two shadows"):
