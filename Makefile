@@ -16,7 +16,7 @@ OUT ?= runs
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv lock bench frontier fuzz test test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
+.PHONY: venv lock bench frontier fuzz test test-heavy test-all test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,15 @@ frontier: venv
 fuzz: venv
 	$(PY) -m bench.fuzz --messages 20000
 
+# `make test`: lint and every test but the heavy ones (full benchmarks, the Docker stack, Ray,
+# fuzzing, 70 sites); `make test-heavy`: only those; `make test-all`: both (what CI runs).
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not heavy" tests
+
+test-heavy: venv
+	$(PY) -m pytest -q -m heavy tests
+
+test-all: test test-heavy
 
 # The unit tests only (no processes, no network): the quick loop while working.
 test-fast: venv

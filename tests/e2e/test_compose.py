@@ -20,7 +20,7 @@ import pytest
 
 # Whole compose campaigns with their audits: their own deadlines (600 s for a round, 900 s for
 # the judge) bound them, not pytest-timeout's per-test default of 300 s.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "fedonco-bench:latest"
 ALL_METHODS = {"fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"}

@@ -9,7 +9,7 @@ import pytest
 
 from bench.fleet import fedonco
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_paper_profile_dry_run_runs_every_part(tmp_path):

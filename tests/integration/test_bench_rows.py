@@ -8,7 +8,7 @@ import pytest
 from bench.fleet import fedonco
 from common.config import load_profile, with_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def _bench(tmp_path, cfg, *args):

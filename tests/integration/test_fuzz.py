@@ -9,7 +9,7 @@ from bench.fuzz import FuzzTarget, SecAggFuzzTarget, fuzz, model_is, rss_mb
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.serde import ndarrays_to_proto
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

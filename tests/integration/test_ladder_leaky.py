@@ -21,7 +21,7 @@ from conftest import SEED  # seed offset (bench/perf/margins.py reruns this with
 
 from bench.fleet import fedonco
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from bench.engine import pack_dir
 from bench.fleet import fedonco, free_port
 from common.config import with_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 pytest.importorskip("ray", reason="the Ray engine's extra: pip install -e '.[ray]'")
 
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -22,6 +22,8 @@ def _perf_scale():
     return mod
 
 
+@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(300)
 def test_seventy_sites_secagg_plus_with_dropouts(tmp_path):
     ps = _perf_scale()
