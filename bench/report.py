@@ -3,9 +3,12 @@ in docs/architecture.md, "Contracts")."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +264,19 @@ def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def disk_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (what ``du --apparent-size`` counts; links are
+    not followed)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
 def write_report(
     cfg: Config, run_dir: Path, results_by_method: dict, manifest: dict, wall_s: float
 ) -> str:
@@ -274,6 +290,7 @@ def write_report(
         "sites": list(SITE_NAMES),
         "data_summary": manifest["summary"],
         "wall_s": wall_s,
+        "disk_bytes": disk_bytes(run_dir),  # the seed's directory: dataset, models, logs, audits
         "methods": {m: method_entry(m, r, histories[m]) for m, r in results_by_method.items()},
     }
     results["claims"] = paper_claims(results)

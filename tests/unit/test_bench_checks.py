@@ -151,3 +151,15 @@ def test_check_dp_plans_distributed_dp_centrally(smoke_data):
         check_dp(with_overrides(cfg, **{"secagg.enabled": False}), manifest, ["ddp-sgd"])
     with pytest.raises(ValueError, match="1/N"):
         check_dp(with_overrides(cfg, **{"dp.delta": 0.02}), manifest, ["ddp-sgd"])
+
+
+def test_a_runs_disk_use_counts_its_files_once_and_not_what_links_point_to(tmp_path):
+    from bench.report import disk_bytes
+
+    (tmp_path / "method" / "logs").mkdir(parents=True)
+    (tmp_path / "method" / "final_model.npz").write_bytes(b"x" * 1000)
+    (tmp_path / "method" / "logs" / "server.log").write_bytes(b"y" * 24)
+    big = tmp_path.parent / f"{tmp_path.name}-outside.bin"
+    big.write_bytes(b"z" * 10_000)
+    (tmp_path / "link").symlink_to(big)
+    assert disk_bytes(tmp_path) == 1024
