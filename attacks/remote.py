@@ -21,23 +21,28 @@ from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 log = logging.getLogger(__name__)
 
 
-def _unreachable(address: str, call: str, err: grpc.RpcError) -> ConnectionError:
-    """One line for a failed call: the CLI prints it instead of gRPC's traceback."""
-    code = err.code().name if hasattr(err, "code") else "ERROR"
-    detail = err.details() if hasattr(err, "details") else str(err)
-    hint = ""
-    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        hint = " — is `fedonco release serve` running there, and is --target right?"
-    return ConnectionError(f"release service at {address}: {call} failed: {code}: {detail}{hint}")
+class ReleaseServiceError(ConnectionError):
+    """A failed call to the release service, as one line (the CLI prints it instead of gRPC's
+    traceback); ``code`` is the gRPC status (``grpc.StatusCode``), ``details`` its text."""
+
+    def __init__(self, address: str, call: str, err: grpc.RpcError) -> None:
+        self.code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        self.details = err.details() if hasattr(err, "details") else str(err)
+        hint = ""
+        if self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            hint = " — is `fedonco release serve` running there, and is --target right?"
+        super().__init__(f"release service at {address}: {call} failed: {self.code.name}: "
+                         f"{self.details}{hint}")  # fmt: skip
 
 
 class RemoteModel:
     """``predict(images_hu) -> probs`` over gRPC, batching to the service's limit. A service that
-    does not answer ``Describe`` within ``connect_timeout`` seconds (it may still be starting) or a
-    failed call raises ``ConnectionError`` with one line that names the address and the status."""
+    does not answer ``Describe`` within ``connect_timeout`` seconds (default: ``timeout``; it may
+    still be starting) or a failed call raises ``ReleaseServiceError`` naming the address and the
+    status."""
 
     def __init__(self, address: str, model: str = "", timeout: float = 60.0,
-                 tls_dir: Path | None = None, connect_timeout: float = 20.0) -> None:  # fmt: skip
+                 tls_dir: Path | None = None, connect_timeout: float | None = None) -> None:  # fmt: skip
         creds = None
         if tls_dir is not None:  # verify the service against the CA (client cert if present)
             from common.wire.tls import ca_channel_credentials
@@ -45,13 +50,14 @@ class RemoteModel:
             creds = ca_channel_credentials(tls_dir)
         self.stub = pb_grpc.InferenceStub(create_channel(address, credentials=creds))
         self.address, self.timeout, self.model = address, timeout, model
+        connect_timeout = timeout if connect_timeout is None else connect_timeout
         log.info("connecting to the release service at %s (up to %.0f s)", address, connect_timeout)
         try:
             d = self.stub.Describe(
                 pb.DescribeRequest(model=model), timeout=connect_timeout, wait_for_ready=True
             )
         except grpc.RpcError as err:
-            raise _unreachable(address, "Describe", err) from None
+            raise ReleaseServiceError(address, "Describe", err) from None
         self.image_size, self.max_batch, self.method = d.image_size, d.max_batch, d.method
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -64,7 +70,7 @@ class RemoteModel:
             try:
                 resp = self.stub.Predict(req, timeout=self.timeout, wait_for_ready=True)
             except grpc.RpcError as err:
-                raise _unreachable(self.address, "Predict", err) from None
+                raise ReleaseServiceError(self.address, "Predict", err) from None
             out.append(proto_to_ndarrays([resp.probs])["probs"])
         return (
             np.concatenate(out)

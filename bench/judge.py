@@ -40,16 +40,16 @@ def wait_for(path: Path, timeout_s: float, what: str) -> None:
 
 def model_available(address: str, name: str, timeout_s: float, tls_dir: Path | None) -> bool:
     """Whether the release service can load ``name`` (retrying while it is not there yet)."""
-    from attacks.remote import RemoteModel
+    from attacks.remote import ReleaseServiceError, RemoteModel
 
     end = time.monotonic() + timeout_s
     while True:
         try:
             RemoteModel(address, name, timeout=10.0, tls_dir=tls_dir)
             return True
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > end:
-                if err.code() == grpc.StatusCode.NOT_FOUND:
+        except ReleaseServiceError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND or time.monotonic() > end:
+                if err.code == grpc.StatusCode.NOT_FOUND:
                     return False
                 raise
             time.sleep(1.0)

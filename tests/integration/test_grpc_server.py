@@ -163,7 +163,7 @@ def _serve_release(tmp_path, tls_dir, client_certs: bool, max_queries=None):
 
 
 def test_release_service_over_tls_with_and_without_client_certificates(tmp_path) -> None:
-    from attacks.remote import RemoteModel
+    from attacks.remote import ReleaseServiceError, RemoteModel
     from common.wire.tls import make_certs
 
     dirs = make_certs(tmp_path / "certs", ["A"])
@@ -180,21 +180,21 @@ def test_release_service_over_tls_with_and_without_client_certificates(tmp_path)
                 32,
                 32,
             )
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(ReleaseServiceError):
             RemoteModel(address, timeout=3).predict(images)
     # client certificates required: the attacker's certificate is answered and its queries are
     # counted under its name (budget 3 slices); a CA-only caller fails the handshake
     for address in _serve_release(tmp_path, dirs["release"], client_certs=True, max_queries=3):
         model = RemoteModel(address, tls_dir=dirs["attacker"], timeout=10)
         assert model.predict(images).shape == (2, 32, 32)
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(ReleaseServiceError) as err:
             model.predict(images)
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "2 of 3" in err.value.details()
-        with pytest.raises(grpc.RpcError) as err:
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 of 3" in err.value.details and "Predict failed" in str(err.value)
+        with pytest.raises(ReleaseServiceError) as err:
             RemoteModel(address, tls_dir=ca_only, timeout=5).predict(images)
         # the handshake fails; RemoteModel waits for a ready channel until its deadline
-        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert err.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     from server.inference import serve
 
     with pytest.raises(ValueError, match="need TLS"):
