@@ -42,6 +42,7 @@ COMMANDS = {
         "bench.judge",
         "run_judge_cmd",
     ),
+    ("verify", "runs/x"): ("bench.verify", "run_verify_cmd"),
 }
 
 
