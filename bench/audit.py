@@ -24,11 +24,13 @@ from bench.fleet import fedonco, run_relaying, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import read_manifest
-from common.io import load_npz, write_json_atomic
+from common.io import GROUP_READ, load_npz, save_npz, write_json_atomic
 from common.seeds import candidates_rng
 
 log = logging.getLogger(__name__)
 AUDITOR_HEADLINE = "lira_online"  # the auditor's column quotes this rung (a fixed choice)
+AUDIT_SCORES = "audit_scores.npz"  # <method>/audit/: the scores and labels the report scored
+SCORE_PREFIX = "score_"
 
 
 def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: int = 1):
@@ -125,6 +127,23 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
     }
 
 
+def save_audit_scores(path: Path, scores: dict, member: np.ndarray, sites: np.ndarray) -> None:
+    """Every rung's pooled per-candidate scores with the candidates' membership labels and
+    sites, as the referee scored them (``audit_metrics``): ``fedonco verify`` recomputes the
+    reported AUCs and TPRs from this file. A plain .npz (no pickle): ``is_member`` (bool),
+    ``sites`` (str), ``score_<rung>`` (float64) in candidate order."""
+    arrays = {f"{SCORE_PREFIX}{k}": np.asarray(v, np.float64) for k, v in scores.items()}
+    arrays.update(is_member=np.asarray(member, bool), sites=np.asarray(sites).astype(str))
+    save_npz(path, arrays, mode=GROUP_READ)
+
+
+def load_audit_scores(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(scores per rung, is_member, sites) of ``save_audit_scores``' file."""
+    z = load_npz(path)
+    scores = {k[len(SCORE_PREFIX) :]: v for k, v in z.items() if k.startswith(SCORE_PREFIX)}
+    return scores, z["is_member"], z["sites"]
+
+
 def strongest_rung(ladders: list[dict]) -> tuple[str | None, str]:
     """The rung the summary quotes, from what the attacker measured on its own shadows (the mean
     of each rung's shadow AUC over the targets), never from the target's labels; with one shadow
@@ -212,6 +231,7 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     covered = ~np.isnan(next(iter(scores.values())))
     member, sites = member[covered], sites[covered]
     scores = {k: v[covered] for k, v in scores.items()}
+    save_audit_scores(out / AUDIT_SCORES, scores, member, sites)  # what `fedonco verify` rescores
     wall = time.perf_counter() - t0
     eps, delta = result.get("epsilon"), result.get("delta")
     attacks = {

@@ -134,6 +134,12 @@ def _report_docs(args) -> int:
     return run_report_docs(args)
 
 
+def _verify(args) -> int:
+    from bench.verify import run_verify_cmd
+
+    return run_verify_cmd(args)
+
+
 def _add_release_tls_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
                    help="the release service speaks TLS: verify it against DIR/ca.crt (and "
@@ -382,6 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: GPUs a cell reserves on its node, shared by its server "
                    "and sites (default 0)")  # fmt: skip
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "verify",
+        help="recompute every number of a finished run and compare (exit 0 when all agree)",
+        description="Recompute, from what the run directory holds and with the project's own "
+        "code, every number `fedonco bench` reported in results.json, and compare: the model and "
+        "data hashes; Dice (pooled, per site) of each released model on the test split (the "
+        "dataset regenerated from the seed when the run does not hold it); ε from each DP "
+        "site's mechanism history and from a distributed-DP run's privacy ledger; every audit "
+        "AUC, bootstrap CI and TPR@FPR with its Clopper-Pearson CI from the saved per-candidate "
+        "scores and labels. One line per check (reported, recomputed, OK/MISMATCH), then a "
+        "summary. Floats agree within 1e-9 relative, hashes and counts exactly. A several-seed "
+        "run: every seed's bundle and the mean ± sd. Exit 0: everything agrees; 1: a MISMATCH "
+        "or a MISSING file; 2: RUN is not a usable run. docs/reproduce.md.",
+    )
+    p.add_argument("run", metavar="RUN", help="the run directory `fedonco bench` wrote, "
+                   "runs/<run_id> (a several-seed run: its top directory)")  # fmt: skip
+    p.set_defaults(func=_verify)
 
     p = sub.add_parser(
         "certs",

@@ -72,3 +72,28 @@ def local_two_seeds(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp / "runs").iterdir()
     return cfg, path, run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_bench_dp(tmp_path_factory):
+    """`fedonco bench` of the smoke profile's two DP methods, per-site DP-SGD (`dpsgd`) and
+    distributed DP (`ddp-sgd`), with the membership-inference audit on, run once per test session:
+    a run bundle with both kinds of privacy record and saved audit scores
+    (tests/integration/test_verify.py). Returns the run directory."""
+    import json
+    import subprocess
+
+    from bench.fleet import fedonco
+    from common.config import load_profile, with_overrides
+
+    tmp = tmp_path_factory.mktemp("smoke-bench-dp")
+    # 5 s heartbeats: DP rounds on 2 loaded cores can starve the 1 s heartbeat
+    cfg = with_overrides(load_profile("smoke"), **{"fl.methods": ["dpsgd", "ddp-sgd"],
+                                                   "fl.heartbeat_s": 5.0})  # fmt: skip
+    path = tmp / "smoke.json"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    done = subprocess.run(fedonco("bench", "--config", str(path), "--out", str(tmp / "runs")),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp / "runs").iterdir()
+    return run_dir

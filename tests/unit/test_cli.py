@@ -43,6 +43,7 @@ COMMANDS = {
         "run_judge_cmd",
     ),
     ("report", "docs", "r"): ("bench.results_doc", "run_report_docs"),
+    ("verify", "runs/x"): ("bench.verify", "run_verify_cmd"),
 }
 
 
