@@ -48,7 +48,7 @@ BLOCK = re.compile(
     re.S,
 )
 # Which file holds which block (every block exactly once).
-BLOCKS = {README: ("readme-time", "readme-results"),
+BLOCKS = {README: ("readme-make", "readme-time", "readme-results"),
           RESULTS: ("runs", "summary", "per-seed", "verdicts", "frontier")}  # fmt: skip
 
 
@@ -458,10 +458,28 @@ def rewrite(path: Path, text: str, made: dict[str, str], names: tuple[str, ...],
     return BLOCK.sub(body, text)
 
 
+MAKE_TEST = Path("docs/runs/make-test.json")  # bench/perf/time_make.py test --out ...
+
+
+def readme_make(path: Path) -> str:
+    """The README's line on `make test`: its wall time on a fresh clone and the disk it takes,
+    from the file bench/perf/time_make.py wrote."""
+    if not path.is_file():
+        return f"- `make test`: not measured yet (`python bench/perf/time_make.py test --out {MAKE_TEST}`)."
+    r = json.loads(path.read_text())
+    status = "passed" if r["rc"] == 0 and r["rc_venv"] == 0 else f"FAILED (exit {r['rc']})"
+    return (f"- `make test` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
+            f"{r['commit'][:10]}): `make venv` {r['venv_s'] / 60:.1f} min, then `make test` "
+            f"{r['target_s'] / 60:.1f} min, {status}; the clone then takes "
+            f"{r['clone_bytes'] / 1e9:.1f} GB on disk ({r['venv_bytes'] / 1e9:.1f} GB of it .venv). "
+            f"`make test-heavy` (the full benchmarks, Docker, Ray, fuzz and scale tests) is not "
+            f"included; CI runs both. Measured by `{r['command']}`.")  # fmt: skip
+
+
 def render(dirs: list[Path], root: Path) -> dict[Path, bytes]:
     """Every file ``fedonco report docs`` writes, as bytes, keyed by its path under ``root``."""
     runs = [load_run(d) for d in dirs]
-    made = blocks(runs)
+    made = {**blocks(runs), "readme-make": readme_make(root / MAKE_TEST)}
     cmd = "fedonco report docs " + " ".join(_rel(d) for d in dirs)
     out = {}
     for rel, names in BLOCKS.items():

@@ -154,3 +154,19 @@ def test_runs_of_two_profiles_are_not_averaged_together(tmp_path):
     smoke = load_run(_one_seed_run(tmp_path, "smoke", 7, {"fedavg": _entry(0.5, 0.7)}, 60.0))
     with pytest.raises(ValueError, match="mix profiles"):
         blocks([smoke, load_run(RUNS)])
+
+
+def test_the_readme_make_line_comes_from_the_timing_file(tmp_path):
+    import json
+
+    from bench.results_doc import readme_make
+
+    assert "not measured yet" in readme_make(tmp_path / "absent.json")
+    f = tmp_path / "make-test.json"
+    f.write_text(json.dumps({"target": "test", "commit": "0123456789abcdef", "rc_venv": 0,
+                             "venv_s": 165.0, "rc": 0, "target_s": 390.0, "clone_bytes": 1.9e9,
+                             "venv_bytes": 1.8e9, "cpu": "Xeon", "cores": 2, "date": "2026-12-03",
+                             "command": "python bench/perf/time_make.py test --out x"}))  # fmt: skip
+    line = readme_make(f)
+    assert "`make venv` 2.8 min, then `make test` 6.5 min, passed" in line
+    assert "1.9 GB on disk (1.8 GB of it .venv)" in line and "commit 0123456789" in line
