@@ -79,7 +79,7 @@ def smoke_bench_dp(tmp_path_factory):
     """`fedonco bench` of the smoke profile's two DP methods, per-site DP-SGD (`dpsgd`) and
     distributed DP (`ddp-sgd`), with the membership-inference audit on, run once per test session:
     a run bundle with both kinds of privacy record and saved audit scores
-    (tests/integration/test_verify.py). Returns the run directory."""
+    (tests/integration/test_verify_bench.py). Returns the run directory."""
     import json
     import subprocess
 

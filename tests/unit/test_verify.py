@@ -1,5 +1,5 @@
 """`fedonco verify`'s recomputation of ε and of the audit's numbers, and its input errors, on tiny
-hand-made run bundles (the whole command on a real smoke run: tests/integration/test_verify.py)."""
+hand-made run bundles (the whole command on a real smoke run: tests/integration/test_verify_bench.py)."""
 
 import json
 
