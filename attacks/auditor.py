@@ -27,7 +27,8 @@ AUDITOR_RUNGS = ("lira_online", "rmia_online")
 AUDITOR_SEED_OFFSET = 7_000_003  # the auditor's shadows are not the attacker's
 
 
-def train_auditor_shadows(cfg, method: str, pool, candidates, n_shadows: int, seed: int = 0):
+def train_auditor_shadows(cfg, method: str, pool, candidates, n_shadows: int, seed: int = 0,
+                          device=None):  # fmt: skip
     """The auditor's ``n_shadows`` (even, >= 2) shadow federations, each trained on half the pool
     and half of the candidates (images, masks, sites) — every candidate of every target at once:
     a per-site release (FedBN) is compared with the shadow's model of that site, whose data held
@@ -40,7 +41,7 @@ def train_auditor_shadows(cfg, method: str, pool, candidates, n_shadows: int, se
         raise ValueError("candidates must be (images, masks, sites) of the same length")
     return train_shadows(cfg, method, pool_images, pool_masks, n_shadows,
                          seed + AUDITOR_SEED_OFFSET, pool_sites,
-                         extra=(cand_images, cand_masks, cand_sites))  # fmt: skip
+                         extra=(cand_images, cand_masks, cand_sites), device=device)  # fmt: skip
 
 
 def run_auditor(

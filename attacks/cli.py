@@ -57,7 +57,11 @@ def run_attack_cmd(args) -> int:
             f"give --model, --candidates, --out (and --site, if any) once per target, in the same "
             f"order (got {len(models)}, {len(candidates)}, {len(outs)} and {len(sites)})"
         )
-    cfg = load_config(args.config)
+    from common.config import with_device
+    from common.device import device_record, resolve_device
+
+    cfg = with_device(load_config(args.config), getattr(args, "device", None))
+    device = resolve_device(cfg.train.device)  # one line, before anything starts, if no CUDA
     n_shadows = args.shadows or cfg.mia.n_shadows
     n_auditor = cfg.mia.auditor_shadows if args.auditor is None else args.auditor
     budget = args.query_budget or cfg.mia.query_budget
@@ -76,13 +80,13 @@ def run_attack_cmd(args) -> int:
     if n_auditor and any(s is None for _i, _m, s in jobs):
         raise ValueError("the auditor's mode needs each candidate's site ('sites' in the .npz)")
     shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed,
-                            pool_sites)  # fmt: skip
+                            pool_sites, device=device)  # fmt: skip
     if n_auditor:  # one set for every target: each candidate is IN for half of them
         from attacks.auditor import run_auditor, train_auditor_shadows
 
         union = tuple(np.concatenate([job[k] for job in jobs]) for k in range(3))
         auditor = train_auditor_shadows(cfg, targets[0].method, (pool_images, pool_masks,
-                                        pool_sites), union, n_auditor, args.seed)  # fmt: skip
+                                        pool_sites), union, n_auditor, args.seed, device)  # fmt: skip
         ends = np.cumsum([len(job[0]) for job in jobs])
         inside = np.stack([sh.extra_member for sh in auditor])
         inside_per_job = np.split(inside, ends[:-1], axis=1)
@@ -110,7 +114,8 @@ def run_attack_cmd(args) -> int:
         np.savez(out / "scores.npz", **{k: np.asarray(v, np.float64) for k, v in scores.items()})
         info.update({"attacks": sorted(scores), "method": target.method, "model": target.model,
                      "n_candidates": int(len(cand_images)), "n_shadows": n_shadows, "site": site,
-                     "queries": queries["n"], "wall_s": time.perf_counter() - t1})  # fmt: skip
+                     "queries": queries["n"], "wall_s": time.perf_counter() - t1,
+                     "device": device_record(device)})  # fmt: skip
         (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
         log.info("attack on %s %r done: %d candidates, %d queries", args.target, target.model,
                  info["n_candidates"], queries["n"])  # fmt: skip

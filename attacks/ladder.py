@@ -345,13 +345,15 @@ def run_ladder(
     shadows: list[ShadowModel] | None = None,
     site: str | None = None,
     query_budget: int | None = None,
+    device: torch.device | None = None,
 ) -> LadderResult:
     """Every rung's scores for the candidates and the strongest rung, chosen on shadow data.
 
     ``pool`` is (images, masks) or (images, masks, sites) (``train_shadows``). The target is
     queried on every candidate and on RMIA's population samples, under each of ``cfg.mia.views``
     that fits ``query_budget`` (target queries in all); pass ``shadows`` to reuse trained ones;
-    ``site``: the target is that site's own model.
+    ``site``: the target is that site's own model; ``device``: where shadows train (default
+    CPU).
     """
     mia = cfg.mia
     pool_images, pool_masks = (np.asarray(a) for a in pool[:2])
@@ -364,7 +366,8 @@ def run_ladder(
         )
     t0 = time.perf_counter()
     if shadows is None:
-        shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed, pool_sites)
+        shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed, pool_sites,
+                                device=device)  # fmt: skip
     t1 = time.perf_counter()
     sig = view_signals(predict, shadows, (cand_images, cand_masks), (pool_images, pool_masks),
                        mia, seed=seed, site=site, query_budget=query_budget)  # fmt: skip

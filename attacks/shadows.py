@@ -90,7 +90,8 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str) -> str:
+def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str,
+               device: torch.device) -> str:  # fmt: skip
     c, m = cfg.for_method(method), get_method(method)
     facts = {  # what training depends on, not the method's name: equal recipes share shadows
         "method": [
@@ -109,12 +110,14 @@ def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str) -> str
         "profile": {k: getattr(c.data, k) for k in ("image_size", "window", "noise_ref_hu")},
         "global_seed": c.seed,
         "torch": torch.__version__,
+        "device": device.type,  # CUDA kernels train other weights than the CPU's
     }
     blob = json.dumps(facts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def _cached(path: Path | None, cfg, method: str) -> tuple[nn.Module, dict] | None:
+def _cached(path: Path | None, cfg, method: str,
+            device: torch.device) -> tuple[nn.Module, dict] | None:  # fmt: skip
     if path is None or not path.is_file():
         return None
     arrays = load_npz(path)
@@ -124,7 +127,7 @@ def _cached(path: Path | None, cfg, method: str) -> tuple[nn.Module, dict] | Non
         groups.setdefault(group, {})[name] = value
     models = {}
     for group, params in groups.items():
-        models[group] = model_for(cfg, method)
+        models[group] = model_for(cfg, method).to(device)
         set_params(models[group], params)
     glob = models.pop("global")
     return glob, {g.removeprefix("site:"): m for g, m in models.items()}
@@ -149,6 +152,7 @@ def train_shadows(
     seed: int,
     pool_sites: np.ndarray | None = None,
     extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    device: torch.device | None = None,
 ) -> list[ShadowModel]:
     """``n_shadows`` shadow federations, each trained like the target on a random half of the pool.
 
@@ -157,7 +161,8 @@ def train_shadows(
     centrally trained shadow. ``extra`` = (images, masks, sites) of slices that shadow ``i`` adds
     to its sites when ``i`` and the slice's coin agree: shadows 2k and 2k+1 take complementary
     halves, so with an even number of shadows every extra slice is IN for exactly half of them
-    (the auditor's online design). ``cfg`` is the public ``common.config.Config``.
+    (the auditor's online design). ``cfg`` is the public ``common.config.Config``; ``device``:
+    where the shadows train and predict (default CPU).
     """
     from common.training.federated import simulate_method
 
@@ -183,6 +188,7 @@ def train_shadows(
         len(ex_images) == len(ex_masks) == len(ex_sites)
     ):
         raise ValueError("extra slices must be (images, masks, sites) shaped like the pool")
+    device = torch.device(device or "cpu")
     coins = np.random.default_rng([seed, 7919]).random(len(ex_images)) < 0.5
     window = tuple(cfg.data.window)
     cache = os.environ.get(CACHE_ENV)
@@ -201,9 +207,9 @@ def train_shadows(
             ex_member = ex_member[:0]
         take = np.concatenate([member, ex_member])
         keep = {str(s) for s in np.unique(all_sites[take])}
-        path = Path(cache) / f"shadow-{_cache_key(cfg, method, seed, i, digest)}.npz" if cache else None  # fmt: skip
+        path = Path(cache) / f"shadow-{_cache_key(cfg, method, seed, i, digest, device)}.npz" if cache else None  # fmt: skip
         start = time.perf_counter()
-        hit = _cached(path, cfg, method)
+        hit = _cached(path, cfg, method, device)
         if hit is not None:
             glob, site_models = hit
             log.info("shadow federation %d/%d (%s): cached weights %s", i + 1, n_shadows, method,
@@ -216,7 +222,7 @@ def train_shadows(
                            window)
                 for s in sorted(keep)
             }  # fmt: skip
-            fed = simulate_method(cfg, method, datasets, seed=shadow_seed(seed, i))
+            fed = simulate_method(cfg, method, datasets, seed=shadow_seed(seed, i), device=device)
             per_site = get_method(method).release == "per_site"
             site_models = {s: fed.model(cfg, method, s) for s in datasets} if per_site else {}
             glob = fed.model(cfg, method)

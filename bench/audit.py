@@ -88,13 +88,15 @@ def attacker_pool(data_dir: Path, out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def local_release(method_dir: Path, logs: Path):
+def local_release(method_dir: Path, logs: Path, device: str = "cpu"):
     """A release service on 127.0.0.1 serving every release under ``method_dir`` by its relative
-    path (``release``, or FedBN's ``site-state/<method>/site<S>/release``); yields its address."""
+    path (``release``, or FedBN's ``site-state/<method>/site<S>/release``) on ``device``; yields
+    its address."""
     port_file, log_file = logs / "release.port", logs / "release.log"
     port_file.unlink(missing_ok=True)
     server = spawn(fedonco("release", "serve", "--models-root", str(method_dir), "--address",
-                           "127.0.0.1:0", "--port-file", str(port_file)), log_file)  # fmt: skip
+                           "127.0.0.1:0", "--port-file", str(port_file), "--device", device),
+                   log_file)  # fmt: skip
     try:
         yield f"127.0.0.1:{wait_for_port(port_file, server, log_file)}"
     finally:
@@ -108,7 +110,7 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
     candidates and the pool, and its only access to the models is Predict (over TLS, verified
     against ``tls_dir``, when given). Returns {tag: (scores, attack info)}."""
     args = ["attack", "--target", address, "--pool", str(pool), "--config", str(config_path),
-            "--seed", str(cfg.seed)]  # fmt: skip
+            "--seed", str(cfg.seed), "--device", cfg.train.device]  # fmt: skip
     if tls_dir is not None:
         args += ["--tls-dir", str(tls_dir)]
     for tag, (model, images, masks, sites, out) in jobs.items():
@@ -217,7 +219,7 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     jobs = {t: (name, images[picks[t]], masks[picks[t]], sites[picks[t]], out / t)
             for t, name in targets.items()}  # fmt: skip
     if address is None:
-        with local_release(method_dir, logs) as local:
+        with local_release(method_dir, logs, cfg.train.device) as local:
             answers = run_attacker(cfg, config_path, local, jobs, logs / "attacker.log", pool)
     else:
         answers = run_attacker(cfg, config_path, address, jobs, logs / "attacker.log", pool,
@@ -226,6 +228,7 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     for tag, (part, part_info) in answers.items():
         info["queries"] += part_info["queries"]
         info["per_target"][tag] = {k: part_info.get(k) for k in ("ladder", "auditor")}
+        info["device"] = part_info.get("device")  # where the attacker's shadows ran
         for k, v in part.items():
             scores.setdefault(k, np.full(len(images), np.nan))[picks[tag]] = v
     covered = ~np.isnan(next(iter(scores.values())))

@@ -25,6 +25,7 @@ import torch
 
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
+from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
 from common.io import write_json_atomic
 from common.methods import get_method
@@ -44,8 +45,10 @@ def _site_data(data_dir: Path, split: str, window) -> dict[str, tuple[torch.Tens
     return out
 
 
-def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path) -> dict:
-    """Train, evaluate and release a reference row; its ``result.json`` (the keys of a server's)."""
+def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
+                    device: torch.device | None = None) -> dict:  # fmt: skip
+    """Train, evaluate and release a reference row on ``device`` (default CPU); its
+    ``result.json`` (the keys of a server's)."""
     from torch.utils.data import TensorDataset
 
     spec = get_method(method)
@@ -60,8 +63,9 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path) -> 
         for s, (x, m) in train.items()
     }
     torch.manual_seed(cfg.seed)
-    initial = get_params(initial_model(cfg, method))
-    fed = simulate_method(cfg, method, sites, seed=cfg.seed)
+    device = torch.device(device or "cpu")
+    initial = get_params(initial_model(cfg, method, device))
+    fed = simulate_method(cfg, method, sites, seed=cfg.seed, device=device)
     test = _site_data(data_dir, "test", window)
     bs = cfg.train.eval_batch_size
     models = {s: fed.model(cfg, method, s if spec.kind == "local" else None) for s in SITE_NAMES
@@ -107,6 +111,7 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path) -> 
             else None
         ),
         "train_s": time.perf_counter() - t0,
+        "device": {"bench": device_record(device)},  # trained and evaluated in this process
     }
     write_json_atomic(out_dir / "result.json", result)
     (out_dir / "history.json").write_text("[]\n")  # no federated rounds to record

@@ -51,6 +51,7 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "initial_model_sha256": result["initial_model_sha256"],
         "final_model_sha256": result["final_model_sha256"],
         "evaluated_at": result["evaluated_at"],
+        "device": result.get("device"),  # where it trained and evaluated (docs/gpu.md)
         "kind": result.get("kind", "federated"),
         "sweep": result.get("sweep"),  # a sweep run's setting: the frontier plot reads it
         "dice_all_sites": result.get("dice_all_sites"),

@@ -39,11 +39,20 @@ from bench.engine import (
 )
 from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
 from bench.report import note_failed_cells, write_report, write_seed_summary
-from common.config import SITE_NAMES, Config, Recipe, parse_config, resolve_config, with_overrides
+from common.config import (
+    SITE_NAMES,
+    Config,
+    Recipe,
+    parse_config,
+    resolve_config,
+    with_device,
+    with_overrides,
+)
 from common.data.build import split_sizes
 from common.data.diffusion.generate import build_dataset
 from common.data.store import read_manifest
 from common.data.summary import summary_markdown
+from common.device import DeviceError, resolve_device
 from common.methods import SWEEP_METHOD, get_method
 from common.progress import progress
 from common.training.dp.randomness import SEEDED
@@ -56,14 +65,16 @@ log = logging.getLogger(__name__)
 def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_dir: Path) -> dict:
     """One FL run: a server and five clients as separate processes on 127.0.0.1 (a reference
     row, ``pooled`` or ``local``, is trained in this process: ``bench/reference.py``); then the
-    audit of what it released."""
+    audit of what it released. Every process, and what runs here, computes on
+    ``train.device``, resolved once here and passed to each as ``--device``."""
     mdir = run_dir / method
+    device = resolve_device(cfg.train.device)
     if get_method(method).kind != "federated":
         from bench.reference import train_reference
 
         t0 = time.perf_counter()
         print(f"{method}: reference row, trained in one process ({get_method(method).summary})")
-        result = train_reference(cfg, method, data_dir, mdir)
+        result = train_reference(cfg, method, data_dir, mdir, device)
         return _audited(cfg, config_path, mdir, data_dir, result, t0)
     logs = mdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -73,20 +84,20 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     if get_method(method).pretrained:  # once, into the run's cache: the server starts from it
         print(f"{method}: public pretraining ({cfg.pretrain.public_size} public slices, "
               f"{cfg.pretrain.epochs} epochs; cached for the server and the attacker)")  # fmt: skip
-        pretrained_params(cfg.for_method(method), method)
+        pretrained_params(cfg.for_method(method), method, device)
     address = f"127.0.0.1:{free_port()}"
     seeded = ["--allow-seeded-noise"] if cfg.for_method(method).dp.randomness == SEEDED else []
     server = spawn(fedonco(
         "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
-        "--run-dir", str(mdir), "--address", address, "--port-file", str(port_file), "--threads", "1"),
-        logs / "server.log", env)  # fmt: skip
+        "--run-dir", str(mdir), "--address", address, "--port-file", str(port_file), "--threads", "1",
+        "--device", str(device)), logs / "server.log", env)  # fmt: skip
     procs = [server]
     try:
         for site in SITE_NAMES:  # started with the server: they retry until it listens
             procs.append(spawn(fedonco(
                 "client", "--config", str(config_path), "--site", site, "--server", address,
                 "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1",
-                *seeded), logs / f"client{site}.log", env))  # fmt: skip
+                "--device", str(device), *seeded), logs / f"client{site}.log", env))  # fmt: skip
         wait_for_port(port_file, server, logs / "server.log")  # else the server's log says why
         _watch(cfg, method, mdir, server)
         if server.returncode != 0:
@@ -211,8 +222,10 @@ DRY_RUN = {
 
 
 def bench_config(args) -> Config:
-    """The run's config: the profile, --seed, --methods, --dp-randomness and --dry-run applied."""
-    cfg = resolve_config(args.config, args.profile, args.seed)
+    """The run's config: the profile, --seed, --device, --methods, --dp-randomness and --dry-run
+    applied."""
+    cfg = with_device(resolve_config(args.config, args.profile, args.seed),
+                      getattr(args, "device", None))  # fmt: skip
     # a benchmark reruns bit-identically: its sites' DP noise derives from the seed, unless asked
     cfg = with_overrides(cfg, **{"dp.randomness": getattr(args, "dp_randomness", None) or SEEDED})
     if getattr(args, "methods", None):
@@ -250,6 +263,7 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
         check_dp(cfg, planned_manifest(cfg), [sweep[2]] if sweep else None)
     engine = make_engine(args)
     cpus, gpus = cell_resources(args)
+    cfg, device = run_device(cfg, engine.name, gpus)  # no CUDA where asked: one line, no run dir
     engine.preflight(cpus, gpus)  # Ray: connected, and a cell fits a node
     seeds = list(range(cfg.seed, cfg.seed + n_seeds))
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -257,7 +271,7 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
     run_dir = Path(args.out) / f"{cfg.profile}-{name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=False)
     seed_dirs = {cfg.seed: run_dir} if n_seeds == 1 else {s: run_dir / f"seed{s}" for s in seeds}
-    cells = plan_cells(cfg, seed_dirs, sweep, cpus, gpus)
+    cells = plan_cells(cfg, seed_dirs, sweep, cpus, gpus, device)
     fn = cell_fn or (InPlace(seed_dirs) if engine.name == "local" else run_cell)
     try:
         done, failed = gather(engine, cells, fn, seed_dirs)
@@ -313,6 +327,29 @@ def cell_resources(args) -> tuple[int, float]:
     return cpus, gpus
 
 
+def run_device(cfg: Config, engine: str, gpus: float):
+    """The run's ``train.device``, settled before anything starts: (cfg, device).
+
+    Local engine: resolved on this machine (``auto`` -> ``cuda:0`` or ``cpu``; ``cuda`` without
+    CUDA is an error here), and the resolved device written into the config every process reads.
+    Ray engine: a cell computes on what it reserves, on whatever node it lands: with
+    ``--cell-gpus`` > 0 on ``cuda`` (Ray sets CUDA_VISIBLE_DEVICES to the cell's GPU, so
+    ``cuda`` is that GPU), else on the CPU; ``auto`` follows the reservation, and a device that
+    contradicts it is an error. The cells resolve it on their node (this machine may have no
+    GPU); ``device`` is then the setting, a string."""
+    spec = cfg.train.device
+    if engine == "local":
+        device = resolve_device(spec)
+        return with_overrides(cfg, **{"train.device": str(device)}), device
+    want = "cuda" if gpus > 0 else "cpu"
+    if spec not in ("auto", want):
+        fix = ("--device cuda: a cell uses the GPU it reserves, which Ray names cuda"
+               if gpus > 0 else "--cell-gpus N to reserve GPUs for the cells")  # fmt: skip
+        raise DeviceError(f"--engine ray with --cell-gpus {gpus:g}: the cells compute on {want}, "
+                          f"not {spec!r}; use {fix} (or --device auto)")  # fmt: skip
+    return with_overrides(cfg, **{"train.device": want}), want
+
+
 def planned_manifest(cfg: Config) -> dict:
     """The training slices per site that the dataset will hold (what ``check_dp`` reads), without
     generating it."""
@@ -320,17 +357,19 @@ def planned_manifest(cfg: Config) -> dict:
     return {"summary": [{"site": s, "n_train": n} for s, n in zip(SITE_NAMES, counts, strict=True)]}
 
 
-def plan_cells(cfg: Config, seed_dirs: dict[int, Path], sweep, cpus: int = 1, gpus: float = 0):
+def plan_cells(cfg: Config, seed_dirs: dict[int, Path], sweep, cpus: int = 1, gpus: float = 0,
+               device=None):  # fmt: skip
     """Every cell of the run, seed by seed in the order the serial run takes them (each method of
     fl.methods; or a sweep's non-DP twin, then the DP method once per value). Writes each seed's
-    config.json, a sweep value's config-<name>.json and versions.json."""
+    config.json, a sweep value's config-<name>.json and versions.json (``device``: the run's,
+    ``run_device``'s)."""
     cells = []
     for s, sdir in seed_dirs.items():
         c = seed_config(cfg, s)
         sdir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(c.model_dump(mode="json"), indent=1) + "\n"
         (sdir / "config.json").write_text(text)
-        (sdir / "versions.json").write_text(json.dumps(collect_versions(), indent=1) + "\n")
+        (sdir / "versions.json").write_text(json.dumps(collect_versions(device), indent=1) + "\n")
         if not sweep:
             cells += [Cell(s, m, text, cpus=cpus, gpus=gpus) for m in c.fl.methods]
             continue
@@ -409,7 +448,7 @@ def run_cell(cell: Cell) -> dict:
         mdir = Path(result["dir"])
         (mdir / "logs").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log_path, mdir / "logs" / "cell.log")
-        node = {"node": socket.gethostname(), **collect_versions()}
+        node = {"node": socket.gethostname(), **collect_versions(resolve_device(cfg.train.device))}
         (mdir / "node.json").write_text(json.dumps(node, indent=1) + "\n")
         files = pack_dir(mdir)
     return {"result": result, "manifest": manifest, "files": files,

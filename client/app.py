@@ -24,6 +24,7 @@ from client.secure import PendingUpdate, advertise_request, stage_answer
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
 from common.data.store import read_manifest
+from common.device import device_record
 from common.evaluation import evaluate_sums
 from common.io import load_npz, safe_name, save_npz
 from common.methods import get_method
@@ -64,8 +65,11 @@ RETRYABLE = (
 class SiteClient:
     def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
                  retry_timeout_s: float = 0.0, tls_dir: Path | None = None,
-                 publish_dir: Path | None = None, allow_seeded_noise: bool = False) -> None:  # fmt: skip
+                 publish_dir: Path | None = None, allow_seeded_noise: bool = False,
+                 device: torch.device | None = None) -> None:  # fmt: skip
         self.allow_seeded_noise = allow_seeded_noise
+        self.device = torch.device(device or "cpu")  # where this site trains and evaluates
+        self.device_info = device_record(self.device)  # reported with every update
         self._check_randomness(cfg)  # before anything else: a deployed site refuses seeded noise
         self.cfg, self.site, self.server = cfg, site, server
         self.data_dir, self.retry_timeout_s = Path(data_dir), retry_timeout_s
@@ -190,7 +194,7 @@ class SiteClient:
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
         self.traits = get_method(self.method)
         self.run_cfg = self.cfg.for_method(self.method)  # the method's own recipe, if any
-        self.model = model_for(self.run_cfg, self.method)
+        self.model = model_for(self.run_cfg, self.method).to(self.device)
         self.initial = get_params(self.model)
         self.dp = self.ddp = None  # built at the first round whose config asks for DP
         self.noise: NoiseSource | None = None  # this site's DP randomness, at the first DP round
@@ -263,6 +267,7 @@ class SiteClient:
                 self.model, loader, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
                 seed=int(config["seed"]), proximal_mu=float(config["proximal_mu"]),
                 global_params=shared, optimizer=self.run_cfg.train.optimizer))  # fmt: skip
+        metrics.update(self.device_info)
         new = get_params(self.model)
         if local_keys:
             self._save_local(task.round, {k: new[k] for k in local_keys})
@@ -364,7 +369,8 @@ class SiteClient:
                 clip=float(config["ddp_clip"]), scale=float(config["ddp_scale"]),
                 mu_share=float(config["ddp_mu_share"]), rngs=rngs,
                 chunk=int(config["batch_size"]))  # fmt: skip
-            return vec, {**metrics, "randomness": noise.mode, "attempt": attempt}
+            return vec, {**metrics, "randomness": noise.mode, "attempt": attempt,
+                         **self.device_info}  # fmt: skip
 
         try:
             vec, metrics = self._with_heartbeat(rnd, work)
@@ -458,9 +464,11 @@ class SiteClient:
 
 
 def run_client_cmd(args) -> int:
-    from common.config import load_config
+    from common.config import load_config, with_device
+    from common.device import resolve_device
 
-    cfg = load_config(args.config)
+    cfg = with_device(load_config(args.config), args.device)
+    device = resolve_device(cfg.train.device)  # one line, before anything starts, if no CUDA
     torch.set_num_threads(args.threads)
     site = args.site or os.environ.get("FEDONCO_SITE")
     server = args.server or os.environ.get("FEDONCO_SERVER")
@@ -474,7 +482,7 @@ def run_client_cmd(args) -> int:
     client = SiteClient(cfg, site, server, Path(args.data), Path(args.state_dir or args.data + "-state"),
                         retry_timeout_s=args.retry_timeout, tls_dir=tls_dir,
                         publish_dir=Path(args.publish_dir) if args.publish_dir else None,
-                        allow_seeded_noise=args.allow_seeded_noise)  # fmt: skip
+                        allow_seeded_noise=args.allow_seeded_noise, device=device)  # fmt: skip
     stop_on_sigterm(f"site {site}")
     return client.run()
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.device import DEVICES, device_spec
 from common.methods import DEFAULT_METHODS, METHOD_NAMES, get_method
 from common.seeds import ATTACKER_POOL_OFFSET, DIFFUSION_TRAIN_OFFSET, PUBLIC_POOL_OFFSET
 
@@ -136,6 +137,13 @@ class TrainConfig(_Frozen):
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     eval_batch_size: int = Field(64, ge=1)
+    device: str = Field("cpu", description=f"where every process computes: {DEVICES} "
+                        "(--device overrides it; docs/gpu.md)")  # fmt: skip
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return device_spec(v)  # the syntax; the hardware is checked when a process starts
 
 
 class FLConfig(_Frozen):
@@ -375,7 +383,10 @@ class Config(_Frozen):
 
     @model_validator(mode="after")
     def _recipes_apply(self):
-        for method in self.recipes:
+        for method, recipe in self.recipes.items():
+            if "device" in recipe.train:
+                raise ValueError(f"recipes.{method}.train.device: the device is one for the "
+                                 "whole run; set train.device (or --device)")  # fmt: skip
             get_method(method)  # a recipe for an unknown method is a typo
             self.for_method(method)  # every recipe must give a valid config
         return self
@@ -503,6 +514,15 @@ def resolve_config(config: str | None, profile: str | None, seed: int | None = N
         raise ConfigError("give either --config or --profile, not both")
     cfg = load_config(config) if config else load_profile(profile or "quick")
     return cfg if seed is None else with_overrides(cfg, seed=seed)
+
+
+def with_device(cfg: Config, device: str | None) -> Config:
+    """``cfg`` with a command's ``--device`` as ``train.device`` (None keeps the config's); a
+    malformed one is a ``DeviceError`` in one line. ``common.device.resolve_device`` then checks
+    it against the machine."""
+    if device is None:
+        return cfg
+    return with_overrides(cfg, **{"train.device": device_spec(device)})
 
 
 def with_overrides(cfg: Config, **fields: Any) -> Config:

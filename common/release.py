@@ -37,7 +37,8 @@ def export_release(out: Path, params: dict[str, np.ndarray], info: dict) -> None
     write_json_atomic(out / "release.json", info)
 
 
-def load_release(path: Path) -> tuple[torch.nn.Module, dict]:
+def load_release(path: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
+    """The released model (in eval mode, on ``device``: default CPU) and its description."""
     path = Path(path)
     info_file = path / "release.json"
     if not info_file.is_file():
@@ -46,5 +47,5 @@ def load_release(path: Path) -> tuple[torch.nn.Module, dict]:
     params = load_npz(path / "model.npz")
     model = build_model(info["base"], info["norm"], info["groups"], seed=0)
     set_params(model, params)
-    model.eval()
+    model.to(device or "cpu").eval()
     return model, info

@@ -27,11 +27,14 @@ def to_inputs(images_hu: np.ndarray, window) -> torch.Tensor:
 @torch.no_grad()
 def predict_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Tumor probabilities (N, 1, H, W) for model inputs (N, 1, H, W), in eval mode (the model's
-    mode is restored afterwards)."""
+    mode is restored afterwards). Each batch runs on the device of the model's parameters; the
+    probabilities come back on the CPU."""
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        torch.sigmoid(model(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)
+        torch.sigmoid(model(inputs[i : i + batch_size].to(device))).cpu()
+        for i in range(0, len(inputs), batch_size)
     ]
     model.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0, *inputs.shape[1:]), np.float32)

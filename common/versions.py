@@ -55,26 +55,30 @@ def lock_status(lock: Path = LOCK) -> dict:
     }
 
 
-def collect_versions() -> dict:
+def collect_versions(device=None) -> dict:
+    """``device``: the run's (a ``torch.device``: recorded by ``common.device.device_record``,
+    with the GPU's name only for CUDA; a string: as given; None: the CPU). ``cuda_available``
+    says whether this process could see a GPU at all, used or not."""
     libs = {}
     for name in PACKAGES:
         try:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             libs[name] = None
-    device = "cpu"
+    from common.device import device_record
+
     try:
         import torch
 
-        if torch.cuda.is_available():
-            device = torch.cuda.get_device_name(0)
+        cuda = torch.cuda.is_available()
     except ImportError:
-        pass
+        cuda = False
     return {
         "git_sha": _git_sha(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device": device,
+        **device_record("cpu" if device is None else device),
+        "cuda_available": cuda,
         "libraries": libs,
         "lock": lock_status(),
     }

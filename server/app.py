@@ -22,6 +22,7 @@ import torch
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.data.store import read_manifest
+from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
 from common.io import load_npz, save_npz, write_json_atomic
 from common.methods import get_method
@@ -92,16 +93,19 @@ def make_strategy(cfg: Config, method: str):
 
 
 class Server:
-    def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool):
+    def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool,
+                 device: torch.device | None = None):  # fmt: skip
+        """``device``: where the server's model evaluates (and pretrains; default CPU)."""
         cfg = cfg.for_method(method)  # the method's own [recipes.<method>], if any
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
+        self.device = torch.device(device or "cpu")
         self.traits = get_method(method)
         if self.traits.kind != "federated":
             raise ValueError(f"{method} is a reference row that `fedonco bench` trains in one "
                              "process, not a federation a server runs")  # fmt: skip
         self.strategy = make_strategy(cfg, method)
         torch.manual_seed(cfg.seed)
-        self.model = initial_model(cfg, method)  # public pretraining for a pretrained method
+        self.model = initial_model(cfg, method, self.device)  # public pretraining, if any
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
         self.ddp = None
@@ -291,6 +295,16 @@ class Server:
         self.state.finish(self.done, status, wait_s=2 * self.cfg.fl.heartbeat_s + 1.0)
         return result
 
+    def devices(self) -> dict:
+        """Where this run computed: the server's device (its evaluation) and each site's, as the
+        site last reported it (``device``, and ``gpu`` on CUDA)."""
+        sites = {}
+        for rec in self.history:
+            for site, m in rec.get("fit", {}).get("sites", {}).items():
+                if "device" in m:
+                    sites[site] = {k: m[k] for k in ("device", "gpu") if k in m}
+        return {"server": device_record(self.device), "sites": dict(sorted(sites.items()))}
+
     def privacy(self) -> dict:
         """Final (epsilon, delta) per site from the sites' reports; the run's is the worst site.
         Distributed DP: one central accountant over the steps the history records."""
@@ -351,6 +365,7 @@ class Server:
             "dice_site_mean": last.get("dice_site_mean"),
             "dice_per_site": {s: m["dice"] for s, m in last.get("per_site", {}).items()},
             "evaluated_at": last.get("where"),
+            "device": self.devices(),
             "wall_s": time.perf_counter() - self.t_start,  # from the wait for the sites on
             **self.privacy(),
         }

@@ -112,12 +112,15 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
 
 
 def run_server_cmd(args) -> int:
-    from common.config import load_config, with_overrides
+    from common.config import load_config, with_device, with_overrides
+    from common.device import resolve_device
     from common.wire.tls import plaintext_allowed
 
     cfg = load_config(args.config)
     if args.rounds is not None:
         cfg = with_overrides(cfg, **{"train.rounds": args.rounds})
+    cfg = with_device(cfg, args.device)
+    device = resolve_device(cfg.train.device)  # one line, before anything starts, if no CUDA
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // 2))
     tls_dir = Path(args.tls_dir) if args.tls_dir else None
     if tls_dir is None:
@@ -139,9 +142,10 @@ def run_server_cmd(args) -> int:
         root = Path(args.run_dir)
         root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(root / "config.json", cfg.model_dump(mode="json"))
-        write_json_atomic(root / "versions.json", collect_versions())
+        write_json_atomic(root / "versions.json", collect_versions(device))
         runs = [
-            lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False) for m in methods
+            lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False, device=device)
+            for m in methods
         ]
         results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold,
                                  federation_message_limit(cfg, methods))  # fmt: skip
@@ -160,7 +164,8 @@ def run_server_cmd(args) -> int:
     made: list[Server] = []
 
     def make() -> Server:  # built after the port is bound: a port in use leaves nothing behind
-        made.append(Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume)))
+        made.append(Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume),
+                           device=device))  # fmt: skip
         return made[0]
 
     try:

@@ -39,12 +39,14 @@ class ModelStore:
     share one copy. Names are checked (length, no absolute paths, no ``..``, nothing outside the
     roots) and errors never reveal the server's paths."""
 
-    def __init__(self, default: Path | None = None, roots: list[Path] | None = None) -> None:
+    def __init__(self, default: Path | None = None, roots: list[Path] | None = None,
+                 device: torch.device | None = None) -> None:  # fmt: skip
         self.roots = [Path(r).resolve() for r in roots or []]
+        self.device = torch.device(device or "cpu")  # where every model it loads runs
         self._models: dict[str, tuple[torch.nn.Module, dict]] = {}
         self._lock = threading.Lock()
         if default is not None:
-            self._models[""] = load_release(default)
+            self._models[""] = load_release(default, self.device)
         if not self._models and not self.roots:
             raise ValueError("give a released model (--model) or a models root (--models-root)")
 
@@ -73,7 +75,7 @@ class ModelStore:
             key = str(path)
             if key not in self._models:
                 try:
-                    self._models[key] = load_release(path)
+                    self._models[key] = load_release(path, self.device)
                 except (OSError, ValueError, KeyError) as err:
                     log.warning("release %s could not be loaded: %s", path, err)
                     raise KeyError(f"no usable released model named {name[:64]!r}") from None
@@ -152,14 +154,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
           max_batch: int = MAX_BATCH, roots: list[Path] | None = None,
           exit_when: Path | None = None, max_queries: int | None = None,
-          tls_dir: Path | None = None, client_certs: bool = False) -> int:  # fmt: skip
+          tls_dir: Path | None = None, client_certs: bool = False,
+          device: torch.device | None = None) -> int:  # fmt: skip
     """Serve until SIGTERM (or until ``exit_when`` appears: the end of a compose campaign).
 
     ``tls_dir``: server-authenticated TLS. gRPC's Python API either requires a verified client
     certificate or never asks for one, so client certificates are all or nothing:
     ``client_certs`` requires a CA-signed one from every caller (mutual TLS), and the caller is then
     named by it for ``max_queries``; without it a caller is its host."""
-    store = ModelStore(model_dir, roots)
+    store = ModelStore(model_dir, roots, device)
     torch.set_num_threads(1)
     servicer = InferenceServicer(store, max_batch, max_queries)
     # the largest legal Predict: a full batch of int16 slices at the largest side, plus names
@@ -177,9 +180,9 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
     server.start()
     if port_file:
         port_file.write_text(str(port))
-    log.info("release service on port %d, %s (default model: %s; roots: %s)", port,
+    log.info("release service on port %d, %s (default model: %s; roots: %s; device %s)", port,
              ("mutual TLS" if client_certs else "TLS") if creds else "plaintext", model_dir,
-             ", ".join(map(str, store.roots)) or "none")  # fmt: skip
+             ", ".join(map(str, store.roots)) or "none", store.device)  # fmt: skip
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -197,8 +200,11 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
 
 
 def run_release_cmd(args) -> int:
+    from common.device import resolve_device
+
     if not args.model and not args.models_root:
         raise ValueError("give --model RELEASE_DIR or --models-root DIR (or both)")
+    device = resolve_device(args.device)  # before anything starts: one line if there is no CUDA
     return serve(
         Path(args.model) if args.model else None,
         args.address,
@@ -209,4 +215,5 @@ def run_release_cmd(args) -> int:
         args.max_queries,
         Path(args.tls_dir) if args.tls_dir else None,
         args.client_certs,
+        device,
     )

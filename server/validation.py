@@ -53,6 +53,8 @@ _TRAIN = {
     "attempt": _num(1, HUGE),  # how often the site has started this round (fresh noise each)
     "steps_total": _num(0, HUGE),
     "accountant_history": ("text", 0, MAX_HISTORY_TEXT),
+    "device": ("text", 0, 16),  # where the site trained (common/device.py: cpu, cuda:N)
+    "gpu": ("text", 0, 64),  # its GPU's name, on CUDA only
 }
 _MASKED = {"mask_s": _num(0, HUGE), "clipped": _num(0, HUGE), "bytes_up": _num(0, HUGE)}
 _EVAL = {k: _num(0, HUGE) for k in SUM_KEYS}

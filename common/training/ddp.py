@@ -169,19 +169,22 @@ class DDPSite:
 
     def clipped_sum(self, images: torch.Tensor, masks: torch.Tensor, keys: Sequence[str],
                     clip: float, scale: float, chunk: int = 16) -> np.ndarray:  # fmt: skip
-        """sum_i round(scale * clip_C(g_i)) over the given slices, int64, keys in order."""
+        """sum_i round(scale * clip_C(g_i)) over the given slices, int64, keys in order
+        (computed on the model's device, returned as CPU numpy)."""
         dim = sum(self.named[k].numel() for k in keys)
-        total = torch.zeros(dim, dtype=torch.int64)
+        device = next(iter(self.named.values())).device
+        total = torch.zeros(dim, dtype=torch.int64, device=device)
         self.gsm.train()
         for start in range(0, len(images), chunk):
-            x, y = images[start : start + chunk], masks[start : start + chunk]
+            x = images[start : start + chunk].to(device)
+            y = masks[start : start + chunk].to(device)
             per_sample_backward(self.gsm, x, y)
             g = torch.cat([self.named[k].grad_sample.reshape(len(x), -1) for k in keys], dim=1)
             for p in self.named.values():
                 p.grad_sample = None
             factor = torch.clamp(clip / (g.norm(dim=1) + 1e-12), max=1.0) * scale
             total += torch.round(g * factor[:, None]).to(torch.int64).sum(dim=0)
-        return total.numpy()
+        return total.cpu().numpy()
 
     def noisy_sum(self, dataset, keys: Sequence[str], *, q: float, clip: float, scale: float,
                   mu_share: float, seed: int | None = None,

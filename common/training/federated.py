@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from common.methods import get_method
@@ -36,11 +37,13 @@ class SimulatedFederation:
     global_params: dict[str, np.ndarray]  # the final average (local keys: their mean over sites)
     site_params: dict[str, dict[str, np.ndarray]]  # site -> final shared weights + its own local
     metrics: dict[str, dict] = field(default_factory=dict)  # site -> last round's metrics
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # it trained on
 
     def model(self, cfg, method: str, site: str | None = None) -> nn.Module:
-        """The released model: the global one, or (``site`` given) that site's own model
-        (FedBN: the shared weights and the site's normalisation layers)."""
-        model = model_for(cfg, method)
+        """The released model, on the device the federation trained on: the global one, or
+        (``site`` given) that site's own model (FedBN: the shared weights and the site's
+        normalisation layers)."""
+        model = model_for(cfg, method).to(self.device)
         set_params(model, self.global_params if site is None else self.site_params[site])
         return model
 
@@ -61,9 +64,11 @@ def weighted_mean(
     return out
 
 
-def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int):
+def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int,
+                        device: torch.device | None = None):  # fmt: skip
     """Run the rounds of ``method`` (``cfg.for_method(method)``) over ``sites`` (site -> dataset of
-    (image (1, H, W), mask (1, H, W)) items) and return a ``SimulatedFederation``.
+    (image (1, H, W), mask (1, H, W)) items) on ``device`` (default CPU) and return a
+    ``SimulatedFederation``.
 
     Deterministic on CPU for a ``seed``. A DP method trains every site with DP-SGD (its own σ
     for its size and its own accountant, as at a real site); a site whose budget
@@ -77,11 +82,12 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     spec = get_method(method)
     cfg = cfg.for_method(method)  # the method's own recipe, as at the server and the sites
     t = cfg.train
+    device = torch.device(device or "cpu")
     names = sorted(s for s, ds in sites.items() if len(ds) > 0)
     if not names:
         raise ValueError("a simulated federation needs at least one site with data")
-    initial = get_params(initial_model(cfg, method))  # public pretraining, if the method has it
-    models = {s: model_for(cfg, method) for s in names}
+    initial = get_params(initial_model(cfg, method, device))  # public pretraining, if any
+    models = {s: model_for(cfg, method).to(device) for s in names}
     for m in models.values():
         set_params(m, initial)
     local = norm_keys(models[names[0]]) if spec.keeps_norm_local else set()
@@ -89,7 +95,7 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     global_params = {k: initial[k] for k in shared}
     mu = cfg.fl.proximal_mu if spec.proximal else 0.0
     if spec.distributed_dp:
-        return _simulate_ddp(cfg, method, sites, names, models[names[0]], shared, seed)
+        return _simulate_ddp(cfg, method, sites, names, models[names[0]], shared, seed, device)
     dp = _DPSites(cfg, models, sites) if spec.dp else None
     metrics: dict[str, dict] = {}
     try:
@@ -120,10 +126,10 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     final = {s: {**get_params(models[s]), **global_params} for s in names}
     all_float = float_keys(models[names[0]])
     averaged = weighted_mean(final, {s: float(len(sites[s])) for s in names}, all_float)
-    return SimulatedFederation(shared, averaged, final, metrics)
+    return SimulatedFederation(shared, averaged, final, metrics, device)
 
 
-def _simulate_ddp(cfg, method, sites, names, model, shared, seed) -> SimulatedFederation:
+def _simulate_ddp(cfg, method, sites, names, model, shared, seed, device) -> SimulatedFederation:
     """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
     ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
     aggregation reveals), and the server's step."""
@@ -149,7 +155,7 @@ def _simulate_ddp(cfg, method, sites, names, model, shared, seed) -> SimulatedFe
     finally:
         site.close()
     final = get_params(model)
-    return SimulatedFederation(shared, final, {s: final for s in names}, {})
+    return SimulatedFederation(shared, final, {s: final for s in names}, {}, device)
 
 
 class _DPSites:
@@ -195,21 +201,22 @@ class _DPSites:
             trainer.close()
 
 
-def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int):
+def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int,
+                    device: torch.device | None = None):  # fmt: skip
     """``method`` trained over ``sites`` in one process, whatever its kind: a federation
     (``simulate_federation``), the ``pooled`` reference (every site's slices as one site, the
     same schedule) or the ``local`` reference (each site alone, the same schedule; its
     ``site_params`` are the sites' own models and ``global_params`` their example-weighted mean,
-    which nobody releases)."""
+    which nobody releases). ``device``: where it trains (default CPU)."""
     from torch.utils.data import ConcatDataset
 
     kind = get_method(method).kind
     if kind == "pooled":
         union = ConcatDataset([sites[s] for s in sorted(sites) if len(sites[s]) > 0])
-        return simulate_federation(cfg, method, {"pooled": union}, seed=seed)
+        return simulate_federation(cfg, method, {"pooled": union}, seed=seed, device=device)
     if kind == "local":
         runs = {
-            s: simulate_federation(cfg, method, {s: sites[s]}, seed=seed)
+            s: simulate_federation(cfg, method, {s: sites[s]}, seed=seed, device=device)
             for s in sorted(sites)
             if len(sites[s]) > 0
         }
@@ -219,5 +226,5 @@ def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int)
         keys = sorted(next(iter(own.values())))
         mean = weighted_mean(own, {s: float(len(sites[s])) for s in own}, keys)
         metrics = {s: r.metrics[s] for s, r in runs.items()}
-        return SimulatedFederation([], mean, own, metrics)
-    return simulate_federation(cfg, method, sites, seed=seed)
+        return SimulatedFederation([], mean, own, metrics, torch.device(device or "cpu"))
+    return simulate_federation(cfg, method, sites, seed=seed, device=device)

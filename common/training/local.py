@@ -58,7 +58,8 @@ def proximal_anchor(
         if global_params is None:
             anchor[name] = p.detach().clone()
         elif name in global_params:
-            anchor[name] = torch.tensor(np.asarray(global_params[name]), dtype=p.dtype)
+            anchor[name] = torch.tensor(np.asarray(global_params[name]), dtype=p.dtype,
+                                        device=p.device)  # fmt: skip
         else:
             raise ValueError(f"global_params has no entry for trainable parameter {name!r}")
     return anchor
@@ -66,7 +67,7 @@ def proximal_anchor(
 
 def proximal_term(model: nn.Module, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
     """(mu/2) · sum over trainable parameters of ‖w − w_anchor‖² (squared, not the norm)."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(model.parameters()).device)
     for name, p in model.named_parameters():
         if p.requires_grad and name in anchor:
             total = total + (p - anchor[name]).pow(2).sum()
@@ -82,7 +83,8 @@ def run_epochs(
     proximal_mu: float = 0.0,
     anchor: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """The training loop itself; returns the last epoch's mean losses and counts."""
+    """The training loop itself; returns the last epoch's mean losses and counts. Each batch is
+    moved to the device of the model's parameters (a no-op on the CPU)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if proximal_mu < 0:
@@ -90,10 +92,12 @@ def run_epochs(
     if proximal_mu > 0 and anchor is None:
         raise ValueError("proximal_mu > 0 needs the anchor (global weights) of the round")
     model.train()
+    device = next(model.parameters()).device
     steps = 0
     for epoch in range(epochs):
         seg_sum, prox_sum, batches, seen = 0.0, 0.0, 0, 0
         for images, masks in loader:
+            images, masks = images.to(device), masks.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = seg_loss(model(images), masks)
             prox = proximal_term(model, anchor, proximal_mu) if proximal_mu > 0 else None
@@ -133,7 +137,8 @@ def train_local(
 ) -> dict[str, float]:
     """Train ``model`` in place for ``epochs`` and return metrics.
 
-    Deterministic on CPU for a given ``seed``: training (including a shuffling DataLoader without
+    Trains where the model's parameters are (``model.to(device)`` first for a GPU); batches
+    follow them. Deterministic on CPU for a given ``seed``: training (including a shuffling DataLoader without
     its own generator) runs inside a forked torch RNG seeded with ``seed``, and the caller's
     global RNG state is left as it was. FedProx: ``proximal_mu`` > 0 adds the squared proximal
     term towards ``global_params`` (default: the model's weights at the start of the call).

@@ -49,7 +49,7 @@ def public_pool(cfg) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([s.image for s in slices]), np.stack([s.mask for s in slices])
 
 
-def _key(cfg, method: str) -> str:
+def _key(cfg, method: str, device: torch.device | None = None) -> str:
     model = model_for(cfg, method)
     facts = {
         "pretrain": cfg.pretrain.model_dump(),
@@ -60,12 +60,14 @@ def _key(cfg, method: str) -> str:
         "data": {k: getattr(cfg.data, k) for k in ("image_size", "window", "noise_ref_hu")},
         "optimizer": cfg.train.optimizer,
         "torch": torch.__version__,
+        "device": torch.device(device or "cpu").type,  # CUDA gives other weights than the CPU
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def pretrain(cfg, method: str) -> dict[str, np.ndarray]:
-    """Train ``model_for(cfg, method)`` centrally on the public pool; its float parameters."""
+def pretrain(cfg, method: str, device: torch.device | None = None) -> dict[str, np.ndarray]:
+    """Train ``model_for(cfg, method)`` centrally on the public pool, on ``device`` (default
+    CPU); its float parameters (CPU numpy)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from common.training.local import train_local
@@ -75,7 +77,7 @@ def pretrain(cfg, method: str) -> dict[str, np.ndarray]:
     images, masks = public_pool(cfg)
     x = to_inputs(images, tuple(cfg.data.window))
     y = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
-    model = model_for(cfg, method)
+    model = model_for(cfg, method).to(device or "cpu")
     loader = DataLoader(TensorDataset(x, y), batch_size=p.batch_size, shuffle=True)
     metrics = train_local(model, loader, epochs=p.epochs, lr=p.lr, seed=cfg.public_seed,
                           optimizer=cfg.train.optimizer)  # fmt: skip
@@ -84,25 +86,29 @@ def pretrain(cfg, method: str) -> dict[str, np.ndarray]:
     return get_params(model)
 
 
-def pretrained_params(cfg, method: str) -> dict[str, np.ndarray]:
+def pretrained_params(
+    cfg, method: str, device: torch.device | None = None
+) -> dict[str, np.ndarray]:
     """The public pretrained weights for ``method`` (from the cache when one is set and holds
-    them; otherwise trained, and cached)."""
+    them; otherwise trained on ``device``, and cached)."""
+    device = torch.device(device or "cpu")
     cache = os.environ.get(CACHE_ENV)
-    path = Path(cache) / f"pretrained-{_key(cfg, method)}.npz" if cache else None
+    path = Path(cache) / f"pretrained-{_key(cfg, method, device)}.npz" if cache else None
     if path is not None and path.is_file():
         log.info("public pretraining: cached weights %s", path)
         return load_npz(path)
-    params = pretrain(cfg, method)
+    params = pretrain(cfg, method, device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_npz(path, params)
     return params
 
 
-def initial_model(cfg, method: str) -> nn.Module:
-    """The model every run of ``method`` starts from: ``model_for`` (seeded random weights), or
-    for a ``pretrained`` method those weights after public pretraining."""
-    model = model_for(cfg, method)
+def initial_model(cfg, method: str, device: torch.device | None = None) -> nn.Module:
+    """The model every run of ``method`` starts from, on ``device`` (default CPU): ``model_for``
+    (seeded random weights, drawn on the CPU), or for a ``pretrained`` method those weights after
+    public pretraining."""
+    model = model_for(cfg, method).to(device or "cpu")
     if get_method(method).pretrained:
-        set_params(model, pretrained_params(cfg, method))
+        set_params(model, pretrained_params(cfg, method, device))
     return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from common.config import parse_config
 from common.data.generate import render_slice
@@ -41,7 +42,7 @@ def test_pretrained_weights_are_deterministic_cached_and_only_for_pretrained_met
     monkeypatch.setenv(pt.CACHE_ENV, str(tmp_path))
     calls = []
     real = pt.pretrain
-    monkeypatch.setattr(pt, "pretrain", lambda c, m: calls.append(m) or real(c, m))
+    monkeypatch.setattr(pt, "pretrain", lambda c, m, d=None: calls.append(m) or real(c, m, d))
     first = get_params(pt.initial_model(cfg, "dpsgd-pt"))
     second = get_params(pt.initial_model(cfg, "groupnorm-pt"))  # same network: cache hit
     assert calls == ["dpsgd-pt"] and len(list(tmp_path.glob("pretrained-*.npz"))) == 1
@@ -62,3 +63,4 @@ def test_the_cache_key_changes_with_the_recipe(cfg):
     assert pt._key(cfg, "dpsgd-pt") != pt._key(other, "dpsgd-pt")
     assert pt._key(cfg, "dpsgd-pt") == pt._key(cfg, "groupnorm-pt")
     assert pt._key(cfg, "dpsgd-pt") != pt._key(cfg, "fedavg")  # BatchNorm network
+    assert pt._key(cfg, "dpsgd-pt") != pt._key(cfg, "dpsgd-pt", torch.device("cuda"))

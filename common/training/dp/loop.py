@@ -38,7 +38,10 @@ def _generators(
 ) -> tuple[torch.Generator, torch.Generator]:
     """(sampling on CPU, noise on the model's device): from ``generator_seeds`` (a site's
     ``NoiseSource``: docs/dp.md, "Randomness"), else derived from ``seed`` (a simulation: whoever
-    knows the seed knows the noise)."""
+    knows the seed knows the noise). Opacus draws the noise with this generator on the
+    parameters' device, so on CUDA it is a CUDA generator (Philox) seeded with the same 63-bit
+    seed: the same construction, another stream than the CPU's Mersenne Twister. The Poisson
+    sample is drawn on the CPU either way."""
     sampling_seed, noise_seed = generator_seeds or dp_generator_seeds(seed)
     sampling = torch.Generator().manual_seed(sampling_seed)
     noise = torch.Generator(device=device).manual_seed(noise_seed)
@@ -150,7 +153,7 @@ class DPTrainer:
         was_training = model.training
         anchor = None
         if proximal_mu > 0:
-            anchor = {k: v.to(device) for k, v in proximal_anchor(model, global_params).items()}
+            anchor = proximal_anchor(model, global_params)  # on the parameters' device
         log_ = {"seg": 0.0, "prox": 0.0, "batches": 0, "last_epoch": False}
 
         def after_noise(_opt) -> None:

@@ -1,0 +1,298 @@
+"""The device option (common/device.py, train.device, --device): resolution and validation, CPU runs
+bit-identical to the runs before the option, batches moved to the model's device where they are
+made, what a run records, and (on a machine with CUDA) one step of each kind on the GPU."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bench import cli
+from bench.run import run_device
+from common.config import ConfigError, load_profile, parse_config, with_device, with_overrides
+from common.device import DeviceError, device_record, device_spec, resolve_device
+from common.evaluation import evaluate_sums
+from common.model import build_model, get_params, state_sha256
+from common.training.ddp import DDPSite
+from common.training.dp import DPSettings, SiteAccountant, dp_train_local
+from common.training.federated import simulate_method
+from common.training.local import train_local
+from common.transforms import predict_probs
+from common.versions import collect_versions
+
+CUDA = torch.cuda.is_available()
+SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.toml")
+
+# ----------------------------------------------------------------------------------------------
+# resolution and validation
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cpu_and_auto_resolve_here_and_specs_are_normalised():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert device_spec(" CUDA:1 ") == "cuda:1" and device_spec("auto") == "auto"
+    want = torch.device("cuda", 0) if CUDA else torch.device("cpu")
+    assert resolve_device("auto") == want
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA: the no-CUDA error cannot happen")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_cuda_is_one_clear_line(spec):
+    with pytest.raises(DeviceError, match="no CUDA") as err:
+        resolve_device(spec)
+    assert "\n" not in str(err.value) and "--device cpu" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:", "cuda:x", "cuda0", "", "mps", "meta", "cpu:0"])
+def test_a_malformed_device_is_refused(bad):
+    with pytest.raises(DeviceError, match="auto, cpu, cuda or cuda:N"):
+        device_spec(bad)
+    with pytest.raises(DeviceError):
+        resolve_device(bad)
+
+
+def test_config_default_is_cpu_validated_and_not_per_recipe():
+    cfg = load_profile("smoke")
+    assert cfg.train.device == "cpu"
+    assert with_device(cfg, "AUTO").train.device == "auto"
+    assert with_device(cfg, None) is cfg
+    with pytest.raises(DeviceError):
+        with_device(cfg, "gpu")
+    data = cfg.model_dump(mode="json")
+    with pytest.raises(ConfigError, match="train.device"):
+        parse_config({**data, "train": {**data["train"], "device": "tpu"}})
+    with pytest.raises(ConfigError, match="one for the whole run"):
+        parse_config({**data, "recipes": {"dpsgd": {"train": {"device": "cpu"}}}})
+
+
+def test_ray_cells_compute_on_what_they_reserve():
+    cfg = load_profile("smoke")
+    for spec, gpus, want in (("auto", 1, "cuda"), ("cuda", 0.5, "cuda"), ("auto", 0, "cpu"),
+                             ("cpu", 0, "cpu")):  # fmt: skip
+        got, device = run_device(with_device(cfg, spec), "ray", gpus)
+        assert got.train.device == device == want
+    for spec, gpus in (("cpu", 1), ("cuda", 0), ("cuda:1", 1)):
+        with pytest.raises(DeviceError, match="--engine ray"):
+            run_device(with_device(cfg, spec), "ray", gpus)
+    got, device = run_device(with_device(cfg, "auto"), "local", 0)
+    assert device == resolve_device("auto") and got.train.device == str(device)
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA: the no-CUDA error cannot happen")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["client", "--config", SMOKE, "--data", "nowhere", "--site", "A", "--server", "x:1"],
+        ["server", "--config", SMOKE, "--data", "nowhere", "--method", "fedavg", "--run-dir"],
+        ["release", "serve", "--model", "nowhere"],
+        [
+            "attack",
+            "--target",
+            "127.0.0.1:1",
+            "--pool",
+            "p",
+            "--candidates",
+            "c",
+            "--config",
+            SMOKE,
+            "--out",
+            "o",
+        ],
+        ["bench", "--profile", "smoke", "--out"],
+    ],  # fmt: skip
+    ids=lambda a: a[0],
+)
+def test_every_command_refuses_cuda_without_cuda_before_it_starts(argv, tmp_path, capsys):
+    if argv[-1] in ("--run-dir", "--out"):
+        argv = [*argv, str(tmp_path / "out")]
+    assert cli.main([*argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fedonco {argv[0]}: error: device 'cuda' asked for") and "\n" not in err
+    assert not (tmp_path / "out").exists()  # nothing started, nothing left behind
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: bit-identical to the code before the device option
+# ----------------------------------------------------------------------------------------------
+
+# state_sha256 of each computation below, computed on main at f7fd48e (before the device option)
+# with torch 2.13.0+cpu, opacus 1.6.0 and one torch thread. Another torch may round differently.
+REFERENCE_TORCH = "2.13.0"
+REFERENCE = {
+    "local": "3009a4025dc5d60525d503726d285abb7fd13ff9940b88966ccf424811e6bd72",
+    "probs": "da336f70bbba3dd4a593afebac3e63055715d546d7948efc7c252e87c8827be9",
+    "dpsgd": "b703841a39421fccd34573bd25ea8069107b9bf6d1138700e15e78d7949784bd",
+    "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+    "fed-fedavg": "db91ec88edf574e35088bb21acce6b4d59c11c4188cb89719b53d44122b91abf",
+    "fed-dpsgd": "9e2a7561297479f5d1428808f87a752512667b6361cfb04090a90c32a41eb84d",
+}
+
+
+def _data(n=8, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size, size, generator=g)
+    return x, (torch.rand(n, 1, size, size, generator=g) > 0.8).float()
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.skipif(not torch.__version__.startswith(REFERENCE_TORCH),
+                    reason=f"reference hashes were computed with torch {REFERENCE_TORCH}")  # fmt: skip
+def test_cpu_steps_are_bit_identical_to_before_the_device_option(one_thread):
+    cpu = resolve_device("cpu")
+    x, y = _data()
+    got = {}
+    m = build_model(base=4, seed=1).to(cpu)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
+    train_local(m, loader, epochs=2, lr=1e-2, seed=3, proximal_mu=0.1)
+    got["local"] = state_sha256(get_params(m))
+    got["probs"] = _digest(predict_probs(m, x, 3))
+    m = build_model(base=4, norm="group", groups=2, seed=1).to(cpu)
+    dp_train_local(m, list(zip(x, y, strict=True)), settings=DPSettings(), epochs=1, lr=1e-2,
+                   batch_size=4, seed=5, sigma=1.0, accountant=SiteAccountant("rdp"),
+                   proximal_mu=0.1)  # fmt: skip
+    got["dpsgd"] = state_sha256(get_params(m))
+    m = build_model(base=4, norm="group", groups=2, seed=1).to(cpu)
+    site = DDPSite(m)
+    keys = sorted(k for k, _ in m.named_parameters())
+    got["ddp"] = _digest(site.clipped_sum(x, y, keys, clip=1.0, scale=1000.0, chunk=3))
+    site.close()
+    cfg = with_overrides(load_profile("smoke"), **{"model.base": 4, "model.groups": 2,
+                         "train.rounds": 2, "train.local_epochs": 1, "train.batch_size": 4})  # fmt: skip
+    sites = {s: TensorDataset(*_data(6, 16, i)) for i, s in enumerate("AB")}
+    for method in ("fedavg", "dpsgd"):
+        fed = simulate_method(cfg, method, sites, seed=11, device=cpu)
+        got[f"fed-{method}"] = state_sha256(fed.global_params)
+    assert got == REFERENCE
+
+
+# ----------------------------------------------------------------------------------------------
+# the batches really go to the model's device
+# ----------------------------------------------------------------------------------------------
+
+
+class Traced(torch.Tensor):
+    """A tensor that records every ``.to(...)`` called on it and turns into a plain tensor there:
+    a batch reaches the model as a plain tensor only if the code moved it."""
+
+    moves: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if func is torch.Tensor.to:
+            cls.moves.append(args[1] if len(args) > 1 else (kwargs or {}).get("device"))
+            return out.as_subclass(torch.Tensor)
+        return out
+
+
+class Seen(nn.Module):
+    """The U-Net, recording the kind and device of every batch it is given."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        self.seen.append((type(x), x.device))
+        return self.inner(x)
+
+
+def _traced(n=8, size=16):
+    x, y = _data(n, size)
+    Traced.moves = []
+    return x.as_subclass(Traced), y.as_subclass(Traced)
+
+
+def _check(model: Seen, moves_per_batch: int) -> None:
+    device = next(model.parameters()).device
+    assert model.seen and all(kind is torch.Tensor and d == device for kind, d in model.seen)
+    assert Traced.moves == [device] * (moves_per_batch * len(model.seen))
+
+
+def test_local_training_moves_images_and_masks_to_the_model(one_thread):
+    model = Seen(build_model(base=4, seed=1)).to(resolve_device("cpu"))
+    x, y = _traced()
+    train_local(model, DataLoader(TensorDataset(x, y), batch_size=4), epochs=1, lr=1e-2, seed=0)
+    _check(model, 2)
+    assert len(model.seen) == 2
+
+
+def test_evaluation_moves_each_batch_to_the_model(one_thread):
+    model = Seen(build_model(base=4, seed=1))
+    x, y = _traced()
+    sums = evaluate_sums(model, x, y[:, 0].numpy().astype(np.uint8), batch_size=3)
+    _check(model, 1)
+    assert len(model.seen) == 3 and sums["pixels"] == 8 * 16 * 16
+
+
+def test_dp_sgd_moves_its_poisson_batches_to_the_model(one_thread):
+    model = Seen(build_model(base=4, norm="group", groups=2, seed=1))
+    x, y = _traced()
+    dp_train_local(model, list(zip(x, y, strict=True)), settings=DPSettings(), epochs=1, lr=1e-2,
+                   batch_size=4, seed=5, sigma=1.0, accountant=SiteAccountant("rdp"))  # fmt: skip
+    _check(model, 2)
+
+
+def test_ddp_moves_each_chunk_to_the_model(one_thread):
+    model = Seen(build_model(base=4, norm="group", groups=2, seed=1))
+    x, y = _traced()
+    site = DDPSite(model)
+    site.clipped_sum(x, y, sorted(k for k, _ in model.named_parameters()), 1.0, 100.0, chunk=3)
+    site.close()
+    _check(model, 2)
+    assert len(model.seen) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# what a run records
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_cpu_run_records_no_gpu_name():
+    assert device_record(torch.device("cpu")) == {"device": "cpu"}
+    versions = collect_versions(torch.device("cpu"))
+    assert versions["device"] == "cpu" and "gpu" not in versions
+    assert versions["cuda_available"] == CUDA
+    assert collect_versions("cuda")["device"] == "cuda" and "gpu" not in collect_versions("cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA (skipped on a machine without it)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA on this machine")
+def test_one_step_of_each_kind_on_cuda():
+    cuda = resolve_device("cuda")
+    x, y = _data()
+    model = build_model(base=4, seed=1).to(cuda)
+    m = train_local(model, DataLoader(TensorDataset(x, y), batch_size=4), epochs=1, lr=1e-2,
+                    seed=0, proximal_mu=0.1)  # fmt: skip
+    assert all(p.device.type == "cuda" for p in model.parameters()) and np.isfinite(m["loss"])
+    probs = predict_probs(model, x, 3)
+    assert probs.shape == (8, 1, 16, 16) and np.isfinite(probs).all()
+    sums = evaluate_sums(model, x, y[:, 0].numpy().astype(np.uint8))
+    assert all(np.isfinite(v) for v in sums.values())
+    dp = build_model(base=4, norm="group", groups=2, seed=1).to(cuda)
+    r = dp_train_local(dp, list(zip(x, y, strict=True)), settings=DPSettings(), epochs=1, lr=1e-2,
+                       batch_size=4, seed=5, sigma=1.0, accountant=SiteAccountant("rdp"))  # fmt: skip
+    assert all(p.device.type == "cuda" for p in dp.parameters()) and r["epsilon"] > 0
+    assert all(np.isfinite(v).all() for v in get_params(dp).values())
+    assert device_record(cuda)["gpu"]
