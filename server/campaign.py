@@ -162,16 +162,13 @@ def run_server_cmd(args) -> int:
         raise ValueError("give --method (fedavg, fedprox or fedbn)")
     fresh = not args.resume and not (run_dir.is_dir() and any(run_dir.iterdir()))
     made: list[Server] = []
-
-    def make() -> Server:  # built after the port is bound: a port in use leaves nothing behind
+    try:  # the run is open before the port is announced (a site's first call finds it)
+        run_dir.mkdir(parents=True, exist_ok=True)
         made.append(Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume),
                            device=device))  # fmt: skip
-        return made[0]
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         limit = federation_message_limit(cfg, [method])
-        (result,) = serve_campaign([make], args.address, _port_file(args), tls_dir, hold, limit)
+        (result,) = serve_campaign([lambda: made[0]], args.address, _port_file(args), tls_dir,
+                                   hold, limit)  # fmt: skip
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the rounds done so far are checkpointed
         done = made[0].done if made else 0
         if fresh and done == 0:
@@ -181,7 +178,8 @@ def run_server_cmd(args) -> int:
             log.warning("stopped after round %d; continue with --resume %s", done, run_dir)
         return 143
     except BaseException:
-        if fresh and not (made and made[0].done):  # a failed start: a corrected retry starts clean
+        if fresh and not (made and made[0].done):  # a failed start (e.g. the port is taken): a
+            # corrected retry starts clean instead of finding a run "already" there
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     print(json.dumps({k: result[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
