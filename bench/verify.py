@@ -242,6 +242,16 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def _cuda_devices(record):
+    """The CUDA devices named anywhere in a method's ``device`` record (server, sites, bench)."""
+    if isinstance(record, dict):
+        for k, v in record.items():
+            if k == "device" and isinstance(v, str) and v.startswith("cuda"):
+                yield v
+            else:
+                yield from _cuda_devices(v)
+
+
 # ----------------------------------------------------------------------------------------------
 # one seed's run
 # ----------------------------------------------------------------------------------------------
@@ -422,6 +432,10 @@ class SeedRun:
         if not targets:
             r.skip(f"{name} Dice", "no released model to evaluate")
             return
+        gpus = sorted(set(_cuda_devices(entry.get("device"))))
+        if gpus:
+            r.write(f"NOTE     {name} computed on {', '.join(gpus)}; verify evaluates on the CPU: "
+                    "Dice and CE may differ in the last bits, a pixel at the 0.5 threshold may flip")  # fmt: skip
         models = {}
         for tag, rel in targets.items():
             try:

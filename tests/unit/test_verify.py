@@ -254,3 +254,13 @@ def test_the_benchmark_thread_count_and_changed_versions_come_from_versions_json
     lines.clear()
     assert bench_threads(tmp_path, lines.append) == torch.get_num_threads()
     assert len(lines) == 1 and "does not record the benchmark's torch thread count" in lines[0]
+
+
+def test_a_method_computed_on_a_gpu_is_noted_before_its_cpu_dice(tmp_path):
+    from bench.verify import _cuda_devices
+
+    record = {"server": {"device": "cuda:0", "gpu": "H200"},
+              "sites": {"A": {"device": "cuda:1"}, "B": {"device": "cpu"}}}  # fmt: skip
+    assert sorted(_cuda_devices(record)) == ["cuda:0", "cuda:1"]
+    assert list(_cuda_devices({"server": {"device": "cpu"}, "sites": {}})) == []
+    assert list(_cuda_devices(None)) == []
