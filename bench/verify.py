@@ -242,6 +242,16 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def _cuda_devices(record):
+    """The CUDA devices named anywhere in a method's ``device`` record (server, sites, bench)."""
+    if isinstance(record, dict):
+        for k, v in record.items():
+            if k == "device" and isinstance(v, str) and v.startswith("cuda"):
+                yield v
+            else:
+                yield from _cuda_devices(v)
+
+
 # ----------------------------------------------------------------------------------------------
 # one seed's run
 # ----------------------------------------------------------------------------------------------
@@ -250,14 +260,13 @@ def torch_threads(n: int):
 class SeedRun:
     """One seed's bundle (a single-seed run, or ``seed<N>/`` of a several-seed run)."""
 
-    def __init__(self, sdir: Path, report: Report, cache_dir: Path, default_threads: int = 1,
-                 bar=None) -> None:  # fmt: skip
+    def __init__(self, sdir: Path, report: Report, cache_dir: Path, bar=None) -> None:
         from tqdm import tqdm
 
         from common.config import ConfigError, parse_config
 
         self.dir, self.report, self.cache_dir = Path(sdir), report, cache_dir
-        self.default_threads = default_threads  # torch's, in the benchmark's own process
+        self.bench_threads = 1  # torch's in the benchmark's own process (versions.json)
         self.bar = bar if bar is not None else tqdm(disable=True)
         self.results = read_json(sdir / "results.json", ": not a run directory (give the "
                                  "directory `fedonco bench` wrote, runs/<run_id>)")  # fmt: skip
@@ -395,8 +404,10 @@ class SeedRun:
         # the initial model: seeded weights (public pretraining redone, into a scratch cache)
         os.environ[CACHE_ENV] = str(self.cache_dir)
         torch.manual_seed(mcfg.seed)
+        with torch_threads(self.bench_threads):  # pretraining runs in the benchmark's process
+            initial = get_params(initial_model(mcfg, method))
         r.exact(f"{name} initial_model_sha256 (rebuilt from the seed)",
-                entry["initial_model_sha256"], state_sha256(get_params(initial_model(mcfg, method))))  # fmt: skip
+                entry["initial_model_sha256"], state_sha256(initial))  # fmt: skip
 
     def _test(self, site: str):
         from common.data.loader import load_arrays
@@ -421,6 +432,10 @@ class SeedRun:
         if not targets:
             r.skip(f"{name} Dice", "no released model to evaluate")
             return
+        gpus = sorted(set(_cuda_devices(entry.get("device"))))
+        if gpus:
+            r.write(f"NOTE     {name} computed on {', '.join(gpus)}; verify evaluates on the CPU: "
+                    "Dice and CE may differ in the last bits, a pixel at the 0.5 threshold may flip")  # fmt: skip
         models = {}
         for tag, rel in targets.items():
             try:
@@ -431,8 +446,8 @@ class SeedRun:
         test = {s: self._test(s) for s in SITE_NAMES}
         bs = mcfg.train.eval_batch_size
         # the evaluators' thread count: server and sites run with one, a reference row is
-        # evaluated in the benchmark's own process (torch's default)
-        threads = 1 if get_method(method).kind == "federated" else self.default_threads
+        # evaluated in the benchmark's own process
+        threads = 1 if get_method(method).kind == "federated" else self.bench_threads
         with torch_threads(threads):
             if "all" in models:
                 sums = {s: evaluate_sums(models["all"], *test[s], bs) for s in SITE_NAMES}
@@ -630,18 +645,33 @@ class SeedRun:
 # ----------------------------------------------------------------------------------------------
 
 
-def _versions_note(sdir: Path, write) -> None:
+def bench_threads(sdir: Path, write) -> int:
+    """The torch thread count of the benchmark's own process (versions.json), with which its
+    public pretraining and reference rows are recomputed; a NOTE where versions differ from the
+    run's (floats may then differ in the last bits)."""
+    import torch
+
     from common.versions import collect_versions
 
-    path = sdir / "versions.json"
+    path, here = sdir / "versions.json", torch.get_num_threads()
     if not path.is_file():
-        return
+        write(f"NOTE     no versions.json: recomputing with this process's {here} torch threads")
+        return here
     then, now = read_json(path), collect_versions()
-    differ = [k for k in ("torch", "numpy", "opacus", "scipy", "scikit-learn", "python")
-              if k in then and then.get(k) != now.get(k)]  # fmt: skip
+    libs = then.get("libraries") or {}
+    differ = [f"{k} {libs[k]} -> {now['libraries'].get(k)}" for k in sorted(libs)
+              if libs[k] != now["libraries"].get(k)]  # fmt: skip
+    if then.get("python") != now["python"]:
+        differ.append(f"python {then.get('python')} -> {now['python']}")
     if differ:
-        write("NOTE     versions differ from the run's (" + ", ".join(
-            f"{k} {then[k]} -> {now.get(k)}" for k in differ) + "): floats may not be bit-identical")  # fmt: skip
+        write("NOTE     versions differ from the run's (" + ", ".join(differ) + "): floats may "
+              "differ in the last bits")  # fmt: skip
+    threads = then.get("torch_threads")
+    if not isinstance(threads, int) or threads < 1:
+        write(f"NOTE     versions.json does not record the benchmark's torch thread count: public "
+              f"pretraining and the reference rows are recomputed with this process's {here}")  # fmt: skip
+        return here
+    return threads
 
 
 def seed_dirs(run_dir: Path) -> tuple[dict | None, list[Path]]:
@@ -670,14 +700,12 @@ def _print(line: str) -> None:
 def verify_run(run_dir: Path, write=_print) -> Report:
     """Verify a run directory (one seed, or every seed of a several-seed run); ``VerifyError``
     when it is not a usable run."""
-    import torch
     from tqdm import tqdm
 
     from bench.report import seed_summary
 
     run_dir = Path(run_dir)
     summary, dirs = seed_dirs(run_dir)
-    default_threads = torch.get_num_threads()
     with contextlib.ExitStack() as stack:
         cache = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="fedonco-verify-cache-"))
@@ -687,13 +715,13 @@ def verify_run(run_dir: Path, write=_print) -> Report:
                        if saved_cache is not None else os.environ.pop("FEDONCO_CACHE_DIR", None))  # fmt: skip
         report = Report(write)
         # every bundle's results and configs read first: an unusable one stops before any work
-        runs = [SeedRun(sdir, report, cache, default_threads) for sdir in dirs]
+        runs = [SeedRun(sdir, report, cache) for sdir in dirs]
         total = sum(1 + 4 * len(s.results["methods"]) for s in runs)
         bar = stack.enter_context(tqdm(total=total, desc="verify", unit="step", disable=None,
                                        file=sys.stderr))  # fmt: skip
-        _versions_note(dirs[0], report.write)
+        threads = bench_threads(dirs[0], report.write)
         for run in runs:
-            run.bar = bar
+            run.bar, run.bench_threads = bar, threads
             if len(runs) > 1:
                 report.write(f"== {run.dir.name} ==")
             bar.set_description(f"seed {run.cfg.seed}: data")

@@ -67,10 +67,12 @@ def collect_versions(device=None) -> dict:
             libs[name] = None
     from common.device import device_record
 
+    threads = None
     try:
         import torch
 
         cuda = torch.cuda.is_available()
+        threads = torch.get_num_threads()
     except ImportError:
         cuda = False
     return {
@@ -79,6 +81,9 @@ def collect_versions(device=None) -> dict:
         "platform": platform.platform(),
         **device_record("cpu" if device is None else device),
         "cuda_available": cuda,
+        # what the benchmark's own process computes (public pretraining, the reference rows)
+        # depends on it in the last bits; `fedonco verify` recomputes with the same count
+        "torch_threads": threads,
         "libraries": libs,
         "lock": lock_status(),
     }

@@ -229,3 +229,38 @@ def test_an_unreadable_model_file_exits_2_naming_it(tmp_path, capsys):
     assert cli.main(["verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "final_model.npz: unreadable" in err[0]
+
+
+def test_the_benchmark_thread_count_and_changed_versions_come_from_versions_json(tmp_path):
+    import torch
+
+    from bench.verify import bench_threads
+    from common.versions import collect_versions
+
+    lines = []
+    assert bench_threads(tmp_path, lines.append) == torch.get_num_threads()
+    assert lines[-1].startswith("NOTE     no versions.json")
+    then = collect_versions()
+    assert then["torch_threads"] == torch.get_num_threads()
+    then["torch_threads"] = 3
+    then["libraries"]["torch"] = "0.0"
+    (tmp_path / "versions.json").write_text(json.dumps(then))
+    lines.clear()
+    assert bench_threads(tmp_path, lines.append) == 3
+    assert len(lines) == 1 and "torch 0.0 -> " in lines[0]
+    del then["torch_threads"]
+    then["libraries"]["torch"] = collect_versions()["libraries"]["torch"]
+    (tmp_path / "versions.json").write_text(json.dumps(then))
+    lines.clear()
+    assert bench_threads(tmp_path, lines.append) == torch.get_num_threads()
+    assert len(lines) == 1 and "does not record the benchmark's torch thread count" in lines[0]
+
+
+def test_a_method_computed_on_a_gpu_is_noted_before_its_cpu_dice(tmp_path):
+    from bench.verify import _cuda_devices
+
+    record = {"server": {"device": "cuda:0", "gpu": "H200"},
+              "sites": {"A": {"device": "cuda:1"}, "B": {"device": "cpu"}}}  # fmt: skip
+    assert sorted(_cuda_devices(record)) == ["cuda:0", "cuda:1"]
+    assert list(_cuda_devices({"server": {"device": "cpu"}, "sites": {}})) == []
+    assert list(_cuda_devices(None)) == []
