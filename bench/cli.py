@@ -35,12 +35,13 @@ def _count(text: str) -> int:
     return n
 
 
-def _add_device_arg(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+def _add_device_arg(p: argparse.ArgumentParser, what: str, default: str | None = None,
+                    extra: str = "") -> None:  # fmt: skip
     source = f"default {default}" if default else "default: the config's train.device, cpu"
     p.add_argument("--device", default=default, metavar="DEVICE",
-                   help=f"where {what} computes: auto (CUDA if this process sees a GPU, else the "
-                   f"CPU), cpu, cuda or cuda:N ({source}). A CUDA device that is not there is "
-                   "an error before anything starts; float32 throughout, no AMP (docs/gpu.md)")  # fmt: skip
+                   help=f"where {what}: auto (CUDA if this process sees a GPU, else the CPU), "
+                   f"cpu, cuda or cuda:N ({source}). A CUDA device that is not there is an error "
+                   f"before anything starts; float32 throughout, no AMP (docs/gpu.md){extra}")  # fmt: skip
 
 
 def _env_flag(name: str) -> bool:
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help="write the bound port to this file")
     p.add_argument("--rounds", type=_count, help="override train.rounds")
     p.add_argument("--threads", type=_count, default=None, help="torch threads")
-    _add_device_arg(p, "the server's model (evaluation, public pretraining)")
+    _add_device_arg(p, "the server's model computes (evaluation, public pretraining)")
     _add_tls_args(p, "server")
     p.add_argument("--hold-until", metavar="FILE", help="after the last run keep the sites "
                    "waiting until FILE exists (compose: the judge's end-of-audit marker)")  # fmt: skip
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", help="where local state is kept (default: DATA-state)")
     p.add_argument("--threads", type=_count, default=1, help="torch threads (default 1)")
-    _add_device_arg(p, "this site (training, DP-SGD, evaluation)")
+    _add_device_arg(p, "this site computes (training, DP-SGD, evaluation)")
     p.add_argument("--retry-timeout", type=float,
                    default=float(os.environ.get("FEDONCO_RETRY_TIMEOUT", 0) or 0),
                    help="give up after the server was unreachable this long, seconds (default 0: "
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50052"))
     q.add_argument("--port-file", help="write the bound port to this file")
     q.add_argument("--max-batch", type=_count, default=64, help="slices per Predict (default 64)")
-    _add_device_arg(q, "the served models' inference", default="cpu")
+    _add_device_arg(q, "the served models compute", default="cpu")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
     q.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
                    help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=20.0, metavar="S",
                    help="give up (one error line, exit 2) when the release service has not "
                    "answered within S seconds (default %(default)s)")  # fmt: skip
-    _add_device_arg(p, "the attacker's shadow federations")
+    _add_device_arg(p, "the attacker's shadow federations compute")
     p.set_defaults(func=_attack)
 
     p = sub.add_parser(
@@ -351,9 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
-    _add_device_arg(p, "every process of the run (server, sites, release service, attacker, "
-                    "public pretraining, reference rows); --engine ray: a cell computes on what it "
-                    "reserves (--cell-gpus)")  # fmt: skip
+    _add_device_arg(p, "every process of the run computes (server, sites, release service, "
+                    "attacker; public pretraining and reference rows here), passed to each",
+                    extra=". --engine ray: a cell computes on what it reserves: cuda with "
+                    "--cell-gpus, else cpu")  # fmt: skip
     p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
     p.add_argument("--seeds", type=_count, default=1, metavar="N",
                    help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
