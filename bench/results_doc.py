@@ -469,7 +469,8 @@ def readme_make(path: Path) -> str:
     r = json.loads(path.read_text())
     status = "passed" if r["rc"] == 0 and r["rc_venv"] == 0 else f"FAILED (exit {r['rc']})"
     return (f"- `make test` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
-            f"{r['commit'][:10]}): `make venv` {r['venv_s'] / 60:.1f} min, then `make test` "
+            f"{r['commit'][:10]}): `make venv` {r['venv_s'] / 60:.1f} min (less when pip's cache "
+            f"already holds the wheels, as it did there), then `make test` "
             f"{r['target_s'] / 60:.1f} min, {status}; the clone then takes "
             f"{r['clone_bytes'] / 1e9:.1f} GB on disk ({r['venv_bytes'] / 1e9:.1f} GB of it .venv). "
             f"`make test-heavy` (the full benchmarks, Docker, Ray, fuzz and scale tests) is not "
