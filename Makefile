@@ -13,6 +13,8 @@ LOCK ?= requirements/lock.txt
 PY := $(VENV)/bin/python
 CONFIG ?= configs/standard.toml
 OUT ?= runs
+DEVICE ?=   # e.g. DEVICE=cuda: --device for every process of the run (docs/gpu.md); empty: cpu
+DEVICE_ARG = $(if $(strip $(DEVICE)),--device $(strip $(DEVICE)))
 
 WHEELS ?= deploy/wheelhouse
 
@@ -43,14 +45,14 @@ lock:
 venv: $(VENV)/.installed
 
 bench: venv
-	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT)
+	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT) $(DEVICE_ARG)
 
 # The privacy frontier: the DP recipe at eps 1, 2, 4, 8 and its non-DP twin, 3 seeds each
 # (plots/frontier.png: Dice and TPR@1%FPR against eps, mean ± sd).
 FRONTIER_METHOD ?= dpsgd-pt
 frontier: venv
 	$(VENV)/bin/fedonco bench --config $(CONFIG) --sweep target_epsilon=1,2,4,8 \
-		--sweep-method $(FRONTIER_METHOD) --seeds 3 --out $(OUT)
+		--sweep-method $(FRONTIER_METHOD) --seeds 3 --out $(OUT) $(DEVICE_ARG)
 
 # Fuzz the Federation service with 20,000 property-based messages (bench/fuzz.py): the server must
 # never exit and the model must end as the honest site made it; prints statuses and RSS.
