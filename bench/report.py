@@ -46,7 +46,7 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "dice_per_site": [result["dice_per_site"].get(s) for s in SITE_NAMES],
         "ce_loss": result["ce_loss"],
         "rounds": result["rounds"],
-        "rounds_aborted": sum(1 for r in history if "aborted" in r),
+        "rounds_aborted": sum(1 for r in history if r.get("aborted")),
         "n_params": result["n_params"],
         "initial_model_sha256": result["initial_model_sha256"],
         "final_model_sha256": result["final_model_sha256"],

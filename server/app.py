@@ -407,7 +407,8 @@ def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, 
     record["secagg"] = out.record
     record["failures"].update({s: f"dropped during secure aggregation ({k})"
                                for k, sites in out.record["dropouts"].items() for s in sites})  # fmt: skip
-    record["aborted"] = out.record.get("aborted")
+    if out.record.get("aborted"):
+        record["aborted"] = out.record["aborted"]
     if plan is not None and out.weighted_sum is not None:  # the mechanism this step realised
         k = len(out.record["survivors"])
         record["ddp"] = {"q": plan.q, "mu": k * plan.mu_share, "mu_target": plan.mu,

@@ -163,3 +163,18 @@ def test_a_runs_disk_use_counts_its_files_once_and_not_what_links_point_to(tmp_p
     big.write_bytes(b"z" * 10_000)
     (tmp_path / "link").symlink_to(big)
     assert disk_bytes(tmp_path) == 1024
+
+
+def test_rounds_aborted_counts_rounds_that_give_a_reason_not_the_empty_key():
+    from bench.report import method_entry
+
+    result = {k: 0.0 for k in ("dice", "dice_site_mean", "dice_global", "fp_rate_empty", "ce_loss")}
+    result.update(dice_per_site={}, rounds=3, n_params=1, initial_model_sha256="a",
+                  final_model_sha256="b", evaluated_at="server", wall_s=1.0)  # fmt: skip
+    fit = {"sites": {"A": {"bytes_up": 1.0}}, "total_weight": 1.0}
+    history = [
+        {"round": 1, "timing_s": {}, "fit": fit, "aborted": None, "secagg": {}},  # secagg's empty
+        {"round": 2, "timing_s": {}, "aborted": "2 update(s) < min_fit_sites=3", "secagg": {}},
+        {"round": 3, "timing_s": {}, "fit": fit, "secagg": {}},
+    ]
+    assert method_entry("fedavg", result, history)["rounds_aborted"] == 1
