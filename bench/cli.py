@@ -14,6 +14,7 @@ import traceback
 
 from common.config import SITE_NAMES, ConfigError
 from common.methods import METHOD_NAMES
+from common.progress import LOG_FORMAT
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     if not args.command:
         parser.print_help()

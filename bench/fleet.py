@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -39,12 +40,17 @@ def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def run_relaying(args: list[str], log: Path, label: str, relay: str = " INFO attacks.",
+# The attacker's lines worth repeating: its phases (each shadow federation, each target, the
+# ladder's timings) and progress lines (a shadow federation's rounds); not its connection chatter.
+RELAYED = re.compile(r" INFO (?:attacks\.(?:shadows|ladder|cli|auditor)|fedonco\.progress): (.*)$")
+
+
+def run_relaying(args: list[str], log: Path, label: str, relay: re.Pattern = RELAYED,
                  poll_s: float = 1.0) -> int:  # fmt: skip
     """Run ``args`` to completion with its output in ``log``, repeating each new line that
-    contains ``relay`` (the attacker's phase lines: each shadow federation, each target) as this
-    process's own log line prefixed with ``label``: a long audit shows where it is instead of
-    staying silent. Returns the exit code."""
+    ``relay`` matches (group 1: the message) as this process's own log line prefixed with
+    ``label``: a long audit shows where it is instead of staying silent. Returns the exit
+    code."""
     relay_log = logging.getLogger("fedonco.progress")
     proc = spawn(args, log)
     pos = 0
@@ -58,8 +64,9 @@ def run_relaying(args: list[str], log: Path, label: str, relay: str = " INFO att
             chunk = b""
         end = chunk.rfind(b"\n") + 1  # only whole lines; the rest waits for the next poll
         for line in chunk[:end].decode(errors="replace").splitlines():
-            if relay in line:
-                relay_log.info("%s: %s", label, line.split(relay, 1)[1].split(":", 1)[-1].strip())
+            m = relay.search(line)
+            if m:
+                relay_log.info("%s: %s", label, m.group(1).strip())
         pos += end
         if finished:
             return proc.returncode

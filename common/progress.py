@@ -16,6 +16,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 log = logging.getLogger("fedonco.progress")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # every fedonco process's lines
 
 
 class LogProgress:

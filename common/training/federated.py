@@ -24,6 +24,7 @@ from torch import nn
 
 from common.methods import get_method
 from common.model import float_keys, get_params, model_for, norm_keys, set_params
+from common.progress import progress
 from common.seeds import site_round_seed
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,15 @@ def weighted_mean(
 
 
 def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int,
-                        device: torch.device | None = None):  # fmt: skip
+                        device: torch.device | None = None, desc: str | None = None):  # fmt: skip
     """Run the rounds of ``method`` (``cfg.for_method(method)``) over ``sites`` (site -> dataset of
     (image (1, H, W), mask (1, H, W)) items) on ``device`` (default CPU) and return a
     ``SimulatedFederation``.
 
     Deterministic on CPU for a ``seed``. A DP method trains every site with DP-SGD (its own σ
     for its size and its own accountant, as at a real site); a site whose budget
-    (``dp.max_epsilon``) is exhausted stops contributing, as a real site declines.
+    (``dp.max_epsilon``) is exhausted stops contributing, as a real site declines. ``desc``:
+    report the rounds' progress under that name (``common.progress``).
     """
     from torch.utils.data import DataLoader
 
@@ -94,8 +96,9 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     shared = [k for k in float_keys(models[names[0]]) if k not in local]
     global_params = {k: initial[k] for k in shared}
     mu = cfg.fl.proximal_mu if spec.proximal else 0.0
+    bar = progress(t.rounds, desc, "round") if desc else None
     if spec.distributed_dp:
-        return _simulate_ddp(cfg, method, sites, names, models[names[0]], shared, seed, device)
+        return _simulate_ddp(cfg, method, sites, names, models[names[0]], shared, seed, device, bar)
     dp = _DPSites(cfg, models, sites) if spec.dp else None
     metrics: dict[str, dict] = {}
     try:
@@ -120,16 +123,21 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
                 break
             weights = {s: float(len(sites[s])) for s in done}
             global_params = weighted_mean(done, weights, shared)
+            if bar is not None:
+                bar.update()
     finally:
         if dp is not None:
             dp.close()
+        if bar is not None:
+            bar.close()
     final = {s: {**get_params(models[s]), **global_params} for s in names}
     all_float = float_keys(models[names[0]])
     averaged = weighted_mean(final, {s: float(len(sites[s])) for s in names}, all_float)
     return SimulatedFederation(shared, averaged, final, metrics, device)
 
 
-def _simulate_ddp(cfg, method, sites, names, model, shared, seed, device) -> SimulatedFederation:
+def _simulate_ddp(cfg, method, sites, names, model, shared, seed, device,
+                  bar=None) -> SimulatedFederation:  # fmt: skip
     """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
     ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
     aggregation reveals), and the server's step."""
@@ -152,8 +160,12 @@ def _simulate_ddp(cfg, method, sites, names, model, shared, seed, device) -> Sim
             noisy = unflatten(from_ring_sum(ring, plan.scale), params, shared)
             params = ddp_step(opt, params, noisy, total_n, plan.q)
             set_params(model, params, strict=False)
+            if bar is not None:
+                bar.update()
     finally:
         site.close()
+        if bar is not None:
+            bar.close()
     final = get_params(model)
     return SimulatedFederation(shared, final, {s: final for s in names}, {}, device)
 
@@ -202,7 +214,7 @@ class _DPSites:
 
 
 def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int,
-                    device: torch.device | None = None):  # fmt: skip
+                    device: torch.device | None = None, desc: str | None = None):  # fmt: skip
     """``method`` trained over ``sites`` in one process, whatever its kind: a federation
     (``simulate_federation``), the ``pooled`` reference (every site's slices as one site, the
     same schedule) or the ``local`` reference (each site alone, the same schedule; its
@@ -213,10 +225,18 @@ def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int,
     kind = get_method(method).kind
     if kind == "pooled":
         union = ConcatDataset([sites[s] for s in sorted(sites) if len(sites[s]) > 0])
-        return simulate_federation(cfg, method, {"pooled": union}, seed=seed, device=device)
+        return simulate_federation(cfg, method, {"pooled": union}, seed=seed, device=device,
+                                   desc=desc)  # fmt: skip
     if kind == "local":
         runs = {
-            s: simulate_federation(cfg, method, {s: sites[s]}, seed=seed, device=device)
+            s: simulate_federation(
+                cfg,
+                method,
+                {s: sites[s]},
+                seed=seed,
+                device=device,
+                desc=desc and f"{desc}, site {s}",
+            )
             for s in sorted(sites)
             if len(sites[s]) > 0
         }
@@ -227,4 +247,4 @@ def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int,
         mean = weighted_mean(own, {s: float(len(sites[s])) for s in own}, keys)
         metrics = {s: r.metrics[s] for s, r in runs.items()}
         return SimulatedFederation([], mean, own, metrics, torch.device(device or "cpu"))
-    return simulate_federation(cfg, method, sites, seed=seed, device=device)
+    return simulate_federation(cfg, method, sites, seed=seed, device=device, desc=desc)

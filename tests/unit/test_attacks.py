@@ -456,6 +456,38 @@ def test_shadows_are_cached_by_recipe_and_reloaded_bit_identical(tmp_path, monke
     assert len(list(tmp_path.glob("shadow-*.npz"))) == 2
 
 
+def test_shadows_trained_side_by_side_in_processes_equal_those_trained_here(monkeypatch):
+    """Worker processes (one per shadow, the cores split) give the very weights that training
+    the shadows one after the other in this process gives, and the per-site models (FedBN)."""
+    import attacks.shadows as shadows_mod
+
+    cfg = _cfg(rounds=2, local_epochs=1)
+    images, masks = _blobs(12, 4)
+    sites = np.array(list("AABBCCAABBCC"))
+    monkeypatch.setattr(shadows_mod.os, "cpu_count", lambda: 2)
+    here = train_shadows(cfg, "fedbn", images, masks, 2, seed=0, pool_sites=sites)  # tiny: here
+    monkeypatch.setattr(shadows_mod, "PARALLEL_MIN_WORK", 0)
+    calls = []
+    real = shadows_mod._run_jobs
+    monkeypatch.setattr(shadows_mod, "_run_jobs",
+                        lambda jobs, workers: calls.append(workers) or real(jobs, workers))  # fmt: skip
+    apart = train_shadows(cfg, "fedbn", images, masks, 2, seed=0, pool_sites=sites)
+    assert calls == [2]  # two worker processes
+    for a, b in zip(here, apart, strict=True):
+        assert np.array_equal(a.member_mask, b.member_mask)
+        assert set(a.site_models) == set(b.site_models) == {"A", "B", "C"}
+        for site in (None, *a.site_models):
+            assert np.array_equal(a.predict(images, site=site), b.predict(images, site=site))
+
+
+def test_shadow_threads_split_the_cores_whatever_is_cached():
+    from attacks.shadows import shadow_threads
+
+    assert shadow_threads(2, cpus=2) == 1 and shadow_threads(1, cpus=2) == 2
+    assert shadow_threads(2, cpus=16) == 8 and shadow_threads(64, cpus=16) == 1
+    assert shadow_threads(3, cpus=1) == 1
+
+
 def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit, margin):
     from attacks.auditor import AUDITOR_RUNGS, run_auditor, train_auditor_shadows
 

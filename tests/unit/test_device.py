@@ -118,13 +118,16 @@ def test_every_command_refuses_cuda_without_cuda_before_it_starts(argv, tmp_path
 
 
 # ----------------------------------------------------------------------------------------------
-# CPU: bit-identical to the code before the device option
+# CPU: bit-identical to recorded hashes (the NCHW ones from before the device option)
 # ----------------------------------------------------------------------------------------------
 
-# state_sha256 of each computation below, computed on main at f7fd48e (before the device option)
-# with torch 2.13.0+cpu, opacus 1.6.0 and one torch thread. Another torch may round differently.
+# state_sha256 of each computation below with torch 2.13.0+cpu, opacus 1.6.0 and one torch
+# thread (another torch may round differently). "nchw": computed on main at f7fd48e, before the
+# device option and before build_model's channels_last layout, with the model in NCHW (the
+# layout of that code): neither change moved a bit of it. "channels_last": the default layout
+# since (other oneDNN kernels, so other float32 roundings; recorded when the layout changed).
 REFERENCE_TORCH = "2.13.0"
-REFERENCE = {
+REFERENCE_NCHW = {
     "local": "3009a4025dc5d60525d503726d285abb7fd13ff9940b88966ccf424811e6bd72",
     "probs": "da336f70bbba3dd4a593afebac3e63055715d546d7948efc7c252e87c8827be9",
     "dpsgd": "b703841a39421fccd34573bd25ea8069107b9bf6d1138700e15e78d7949784bd",
@@ -132,6 +135,14 @@ REFERENCE = {
     "fed-fedavg": "db91ec88edf574e35088bb21acce6b4d59c11c4188cb89719b53d44122b91abf",
     "fed-dpsgd": "9e2a7561297479f5d1428808f87a752512667b6361cfb04090a90c32a41eb84d",
 }
+REFERENCE = {"nchw": REFERENCE_NCHW, "channels_last": {
+    "local": "69665ab869da12b5fa5f9ab071fe907b96ac135b4306d46a950c86c1a77ff00e",
+    "probs": "8b88b3de8e6ffd7eded45af46ce405a8f21018196a3ea11bf48e6488d37068c8",
+    "dpsgd": "c868594e4ae7a386f01b93a177eb1092e5f96f80b39cdd6a570260b877f56c2a",
+    "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+    "fed-fedavg": "4cf0ead26e99b6459e3928824a531f8fbcf8d18c785c90da5ce09126f456a531",
+    "fed-dpsgd": "64d2755f0e001c473618d2215724283f0338446aff23643fc812516749563321",
+}}  # fmt: skip
 
 
 def _data(n=8, size=16, seed=0):
@@ -154,7 +165,11 @@ def one_thread():
 
 @pytest.mark.skipif(not torch.__version__.startswith(REFERENCE_TORCH),
                     reason=f"reference hashes were computed with torch {REFERENCE_TORCH}")  # fmt: skip
-def test_cpu_steps_are_bit_identical_to_before_the_device_option(one_thread):
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_steps_are_bit_identical_to_the_recorded_hashes(layout, one_thread, monkeypatch):
+    import common.model
+
+    monkeypatch.setattr(common.model, "CHANNELS_LAST", layout == "channels_last")
     cpu = resolve_device("cpu")
     x, y = _data()
     got = {}
@@ -179,7 +194,7 @@ def test_cpu_steps_are_bit_identical_to_before_the_device_option(one_thread):
     for method in ("fedavg", "dpsgd"):
         fed = simulate_method(cfg, method, sites, seed=11, device=cpu)
         got[f"fed-{method}"] = state_sha256(fed.global_params)
-    assert got == REFERENCE
+    assert got == REFERENCE[layout]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ def test_the_attackers_phase_lines_are_relayed_while_it_runs(tmp_path, caplog):
         "import sys, time\n"
         "print('2026-12-03 10:00:00,000 INFO attacks.shadows: shadow federation 1/2: training', flush=True)\n"
         "print('noise that is not relayed', flush=True)\n"
+        "print('2026-12-03 10:00:00,500 INFO attacks.remote: connecting to 127.0.0.1:1', flush=True)\n"
+        "print('2026-12-03 10:00:00,600 INFO fedonco.progress: shadow federation 1/2 (fedavg): "
+        "3/10 rounds (30%), 41s', flush=True)\n"
         "time.sleep(0.3)\n"
         "print('2026-12-03 10:00:01,000 INFO attacks.cli: 1 target(s) attacked in 1.0s', flush=True)\n"
         "sys.exit(3)\n"
@@ -60,6 +63,8 @@ def test_the_attackers_phase_lines_are_relayed_while_it_runs(tmp_path, caplog):
     assert rc == 3
     assert [r.getMessage() for r in caplog.records] == [
         "audit of fedavg: shadow federation 1/2: training",
+        "audit of fedavg: shadow federation 1/2 (fedavg): 3/10 rounds (30%), 41s",
         "audit of fedavg: 1 target(s) attacked in 1.0s",
     ]
     assert "noise that is not relayed" in (tmp_path / "a.log").read_text()
+    assert "connecting" in (tmp_path / "a.log").read_text()  # in the log, not repeated

@@ -104,6 +104,12 @@ def make_grad_sample_module(model: nn.Module, grad_sample_mode: str = "fast"):
         raise DPConfigError(
             f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
         )
+    if grad_sample_mode != "fast":
+        # Opacus 1.6.0's stock convolution sampler (unfold) returns wrong per-sample gradients
+        # for channels_last weights and activations (every entry off, up to 1e4 relative; the
+        # build_model default since the layout change): these comparison modes run NCHW. The
+        # project's own sampler ("fast") is layout-agnostic (tests/unit/test_dp.py).
+        model.to(memory_format=torch.contiguous_format)
     cls = _grad_sample_module_cls(grad_sample_mode)
     return cls(
         model,

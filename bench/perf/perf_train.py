@@ -1,0 +1,224 @@
+"""Training-step throughput of the project's U-Net as a fraction of this machine's sgemm.
+
+`python bench/perf/perf_train.py [--sizes standard paper] [--threads 1 2] [--steps 5]
+[--federation 5] [--out FILE.json]`
+
+For each model size (standard: base 24, 64x64; paper: base 52, 256x256; batch 16, Adam) and
+thread count, the step kinds the federation runs, each in the NCHW layout and in channels_last
+(``build_model(channels_last=...)``, the default), timed interleaved so that drift on a shared
+machine hits every variant alike (best of ``--steps`` after a warm-up):
+
+- ``plain``: forward, backward, Adam step (FedAvg, FedBN; BatchNorm net; groupnorm: GroupNorm)
+- ``fedprox``: the same plus the proximal term (mu 0.01)
+- ``dp``: one DP-SGD step as common/training/dp/ runs it (the project's per-sample sampler,
+  Opacus' DPOptimizer: clip, noise, step; GroupNorm net)
+- ``eval``: forward only, under no_grad, batch 64 (what the server's evaluation and the release
+  service run)
+
+FLOPs come from ``torch.utils.flop_counter`` (convolutions and matmuls: what sgemm is the peak
+of); each kind's GFLOP/s is divided by the GFLOP/s of a 2048x2048 fp32 matmul on the same
+threads in the same run. ``--federation N``: N processes with 1 thread each, as N sites share
+the cores in a federation, each running plain steps for a fixed time; their aggregate GFLOP/s.
+Training is most of every profile's wall time (the target federations and the audit's shadow
+federations are both training), so this is the one hot path under everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from common.metrics import seg_loss  # noqa: E402
+from common.model import build_model  # noqa: E402
+from common.training.local import proximal_anchor, proximal_term  # noqa: E402
+
+SIZES = {"standard": (24, 64), "paper": (52, 256)}  # base, image side
+BATCH, GROUPS = 16, 4
+
+
+def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _batch(side: int, n: int = BATCH):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, side, side, generator=g)
+    y = (torch.rand(n, 1, side, side, generator=g) > 0.9).float()
+    return x, y
+
+
+def step_fn(kind: str, base: int, side: int, channels_last: bool):
+    """A closure that runs one step of ``kind``, and what to call when done."""
+    norm = "group" if kind == "dp" else "batch"
+    model = build_model(base, norm, GROUPS, seed=0, channels_last=channels_last)
+    x, y = _batch(side, 64 if kind == "eval" else BATCH)
+    if kind == "eval":
+        model.eval()
+
+        def run():
+            with torch.no_grad():
+                torch.sigmoid(model(x))
+
+        return run, lambda: None
+    if kind == "dp":
+        from opacus.optimizers import DPOptimizer
+
+        from common.training.dp import (
+            make_grad_sample_module,
+            per_sample_backward,
+            release_grad_sample_module,
+        )
+
+        gsm = make_grad_sample_module(model, "fast")
+        params = list(model.parameters())
+        opt = DPOptimizer(torch.optim.Adam(params, lr=1e-3), noise_multiplier=1.2,
+                          max_grad_norm=1.0, expected_batch_size=BATCH,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+        def run():
+            opt.zero_grad(set_to_none=True)
+            per_sample_backward(gsm, x, y)
+            opt.step()
+
+        return run, lambda: release_grad_sample_module(gsm, params)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    anchor = proximal_anchor(model) if kind == "fedprox" else None
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = seg_loss(model(x), y)
+        if anchor is not None:
+            loss = loss + proximal_term(model, anchor, 0.01)
+        loss.backward()
+        opt.step()
+
+    return run, lambda: None
+
+
+def flops_of(kind: str, base: int, side: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    run, close = step_fn("plain" if kind in ("fedprox", "dp") else kind, base, side, False)
+    with FlopCounterMode(display=False) as fc:
+        run()
+    close()
+    # DP-SGD's per-sample sampler computes the weight gradients per image (the same FLOPs in
+    # grouped convolutions); counted as the plain step's useful work
+    return float(fc.get_total_flops())
+
+
+def measure(size: str, threads: int, kinds: list[str], steps: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    base, side = SIZES[size]
+    variants = {(k, cl): step_fn(k, base, side, cl) for k in kinds for cl in (False, True)}
+    best = dict.fromkeys(variants, float("inf"))
+    peak = 0.0
+    for fn, _close in variants.values():
+        fn()  # warm-up
+    for _ in range(steps):
+        peak = max(peak, sgemm_gflops(reps=2))
+        for key, (fn, _close) in variants.items():
+            best[key] = min(best[key], _timed(fn))
+    for _fn, close in variants.values():
+        close()
+    rows = []
+    for (kind, cl), t in best.items():
+        flops = flops_of(kind, base, side)
+        gf = flops / t / 1e9
+        rows.append({"size": size, "threads": threads, "kind": kind,
+                     "layout": "channels_last" if cl else "nchw", "step_s": t,
+                     "gflop": flops / 1e9, "gflops": gf, "sgemm_gflops": peak,
+                     "fraction_of_sgemm": gf / peak,
+                     "speedup_vs_nchw": best[(kind, False)] / t})  # fmt: skip
+    return rows
+
+
+def _site_worker(args):
+    base, side, channels_last, seconds = args
+    torch.set_num_threads(1)
+    run, _ = step_fn("plain", base, side, channels_last)
+    run()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        run()
+        n += 1
+    return n, time.perf_counter() - t0
+
+
+def federation(size: str, n_sites: int, seconds: float) -> list[dict]:
+    """``n_sites`` one-thread processes training at once: aggregate GFLOP/s per layout."""
+    base, side = SIZES[size]
+    flops = flops_of("plain", base, side)
+    rows = []
+    ctx = mp.get_context("spawn")
+    for cl in (False, True):
+        with ctx.Pool(n_sites) as pool:
+            done = pool.map(_site_worker, [(base, side, cl, seconds)] * n_sites)
+        agg = sum(n * flops for n, _ in done) / max(t for _, t in done) / 1e9
+        rows.append({"size": size, "sites": n_sites, "layout": "channels_last" if cl else "nchw",
+                     "aggregate_gflops": agg, "steps": [n for n, _ in done]})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["standard"], choices=sorted(SIZES))
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--kinds", nargs="+", default=["plain", "fedprox", "dp", "eval"],
+                    choices=["plain", "fedprox", "dp", "eval"])  # fmt: skip
+    ap.add_argument("--steps", type=int, default=5, help="timed rounds per variant (best of)")
+    ap.add_argument("--federation", type=int, default=5,
+                    help="site processes for the shared-cores row (0: skip)")  # fmt: skip
+    ap.add_argument("--federation-s", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = ap.parse_args()
+    rows = []
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; best of {args.steps}")  # fmt: skip
+    print("| size | threads | kind | layout | ms/step | GFLOP | GFLOP/s | x sgemm | vs NCHW |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for threads in args.threads:
+            for r in measure(size, threads, args.kinds, args.steps):
+                rows.append(r)
+                print(f"| {size} | {threads} | {r['kind']} | {r['layout']} | "
+                      f"{1000 * r['step_s']:.0f} | {r['gflop']:.2f} | {r['gflops']:.0f} | "
+                      f"{r['fraction_of_sgemm']:.2f} (of {r['sgemm_gflops']:.0f}) | "
+                      f"{r['speedup_vs_nchw']:.2f}x |")  # fmt: skip
+    fed = []
+    if args.federation:
+        print(f"\n{args.federation} one-thread site processes training at once "
+              f"({args.federation_s:.0f} s each):")  # fmt: skip
+        for size in args.sizes:
+            for r in federation(size, args.federation, args.federation_s):
+                fed.append(r)
+                print(f"- {size}, {r['layout']}: {r['aggregate_gflops']:.0f} GFLOP/s in all "
+                      f"(steps per site {r['steps']})")  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps({"steps": rows, "federation": fed,
+                                        "torch": torch.__version__}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
