@@ -83,6 +83,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 perf: venv
+	$(PY) bench/perf/perf_train.py --sizes standard paper --threads 1 2
 	$(PY) bench/perf/perf_dp.py --steps 10 --modes fast hooks
 	$(PY) bench/perf/perf_data.py
 	$(PY) bench/perf/perf_secagg.py

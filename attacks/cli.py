@@ -79,14 +79,19 @@ def run_attack_cmd(args) -> int:
     jobs = [load_candidates(Path(c)) for c in candidates]  # every input checked before training
     if n_auditor and any(s is None for _i, _m, s in jobs):
         raise ValueError("the auditor's mode needs each candidate's site ('sites' in the .npz)")
+    t_shadows = time.perf_counter()
     shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed,
                             pool_sites, device=device)  # fmt: skip
+    # the shadows' wall time, shared by every target of this attack (each attack.json says it)
+    timing = {"shadow_train_s": time.perf_counter() - t_shadows}
     if n_auditor:  # one set for every target: each candidate is IN for half of them
         from attacks.auditor import run_auditor, train_auditor_shadows
 
         union = tuple(np.concatenate([job[k] for job in jobs]) for k in range(3))
+        t_aud = time.perf_counter()
         auditor = train_auditor_shadows(cfg, targets[0].method, (pool_images, pool_masks,
                                         pool_sites), union, n_auditor, args.seed, device)  # fmt: skip
+        timing["auditor_shadow_train_s"] = time.perf_counter() - t_aud
         ends = np.cumsum([len(job[0]) for job in jobs])
         inside = np.stack([sh.extra_member for sh in auditor])
         inside_per_job = np.split(inside, ends[:-1], axis=1)
@@ -115,6 +120,7 @@ def run_attack_cmd(args) -> int:
         info.update({"attacks": sorted(scores), "method": target.method, "model": target.model,
                      "n_candidates": int(len(cand_images)), "n_shadows": n_shadows, "site": site,
                      "queries": queries["n"], "wall_s": time.perf_counter() - t1,
+                     "shared_timing_s": timing,
                      "device": device_record(device)})  # fmt: skip
         (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
         log.info("attack on %s %r done: %d candidates, %d queries", args.target, target.model,

@@ -27,6 +27,7 @@ every rung on shadow data: the strongest rung is chosen there, never on the targ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -223,12 +224,16 @@ def select_on_shadows(
     classifier: str,
     seed: int,
     rungs=QUERY_RUNGS,
+    spent: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], float | None, dict]:
     """Each shadow in turn plays the target (labels: its own pool membership), the others are
     its references and the attacker's training data; every queried rung is scored on the pool
     slices that at least one other shadow left out. Returns ({rung: mean AUC}, RMIA's calibrated
     ``a``, {a: mean AUC}). This is where the strongest rung is chosen: on shadow data only,
-    never on the target's labels. Needs two shadows or more."""
+    never on the target's labels. Needs two shadows or more. ``spent``: each rung's seconds are
+    added to it."""
+    spent = {} if spent is None else spent
+    clock = _Clock(spent)
     s = len(pool_probs)
     if s < 2:
         raise ValueError("selecting on shadow data needs at least two shadows")
@@ -249,15 +254,21 @@ def select_on_shadows(
         if "loss" in rungs:
             cols["loss"] = -feats[j][ev, IDX["seg_loss"]]
         if "lira" in rungs:
-            cols["lira"] = lira_offline(lira_sig[j][ev], lira_sig[others][:, ev], out[:, ev])
+            with clock("lira"):
+                cols["lira"] = lira_offline(lira_sig[j][ev], lira_sig[others][:, ev], out[:, ev])
         if "shadow" in rungs:
-            cols["shadow"] = _shadow_from_features(
-                np.concatenate([feats[k] for k in others]), members[others].ravel(),
-                feats[j][ev], classifier)  # fmt: skip
+            with clock("shadow"):
+                cols["shadow"] = _shadow_from_features(
+                    np.concatenate([feats[k] for k in others]), members[others].ravel(),
+                    feats[j][ev], classifier)  # fmt: skip
         if need_maps:
-            cols["map"] = map_attack_scores(
-                torch.cat([maps[k] for k in others]), members[others].ravel(), maps[j][ev], seed
-            )
+            with clock("map"):
+                cols["map"] = map_attack_scores(
+                    torch.cat([maps[k] for k in others]),
+                    members[others].ravel(),
+                    maps[j][ev],
+                    seed,
+                )
         for r, v in cols.items():
             per_rung[r].append(_auc(v, y))
         kw = {"target_x": rmia_sig[j][ev], "reference_x": rmia_sig[others][:, ev],
@@ -266,9 +277,25 @@ def select_on_shadows(
         pairs.append((kw, y))
     a, a_table = (None, {})
     if "rmia" in rungs:
-        a, a_table = calibrate_a(pairs, _auc)
-        per_rung["rmia"] = [_auc(rmia_scores(**kw, a=a), y) for kw, y in pairs]
+        with clock("rmia"):
+            a, a_table = calibrate_a(pairs, _auc)
+            per_rung["rmia"] = [_auc(rmia_scores(**kw, a=a), y) for kw, y in pairs]
     return {r: float(np.mean(v)) for r, v in per_rung.items()}, a, a_table
+
+
+class _Clock:
+    """``with clock(name):`` adds the block's seconds to ``spent[name]``."""
+
+    def __init__(self, spent: dict[str, float]) -> None:
+        self.spent = spent
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t
 
 
 @dataclass
@@ -376,11 +403,14 @@ def run_ladder(
     pool_probs = [sh.predict(pool_images, site=site) for sh in shadows]
     members = np.stack([sh.member_mask for sh in shadows])
     selection, a, a_table = {}, mia.rmia_a, {}
+    selecting: dict[str, float] = {}  # each rung's seconds choosing on shadow data
     if len(shadows) >= 2:
         selection, a_cal, a_table = select_on_shadows(
             pool_probs, pool_masks, members, z_idx, gamma=mia.rmia_gamma,
-            classifier=classifier, seed=seed)  # fmt: skip
+            classifier=classifier, seed=seed, spent=selecting)  # fmt: skip
         a = a_cal if mia.rmia_a is None else mia.rmia_a
+        log.info("rungs measured on shadow data in %.1fs (%s); scoring the candidates",
+                 sum(selecting.values()), ", ".join(f"{r} {v:.1f}s" for r, v in selecting.items()))  # fmt: skip
     a = RMIA_A_FALLBACK if a is None else a
     strongest = (
         max(selection, key=selection.get)
@@ -388,20 +418,26 @@ def run_ladder(
         else next(r for r in FALLBACK_ORDER if r in QUERY_RUNGS)
     )
     cand_feats = image_features(target_id, cand_masks)
-    scores = {
-        "blind": blind_scores(cand_images, cand_masks),
-        "loss": sig.loss.mean(axis=0),
-        "shadow": _shadow_from_features(
+    scoring: dict[str, float] = {}  # each rung's seconds scoring the candidates
+    clock = _Clock(scoring)
+    scores = {"blind": blind_scores(cand_images, cand_masks), "loss": sig.loss.mean(axis=0)}
+    with clock("shadow"):
+        scores["shadow"] = _shadow_from_features(
             np.concatenate([image_features(p, pool_masks) for p in pool_probs]), members.ravel(),
-            cand_feats, classifier),
-        "map": map_attack_scores(
+            cand_feats, classifier)  # fmt: skip
+    with clock("map"):
+        scores["map"] = map_attack_scores(
             torch.cat([map_inputs(p, pool_masks) for p in pool_probs]), members.ravel(),
-            map_inputs(target_id, cand_masks), seed),
-        "lira": lira_offline(sig.lira_t, sig.lira_r),
-        "rmia": rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
-                            gamma=mia.rmia_gamma, a=a),
-    }  # fmt: skip
+            map_inputs(target_id, cand_masks), seed)  # fmt: skip
+    with clock("lira"):
+        scores["lira"] = lira_offline(sig.lira_t, sig.lira_r)
+    with clock("rmia"):
+        scores["rmia"] = rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
+                                     gamma=mia.rmia_gamma, a=a)  # fmt: skip
     t3 = time.perf_counter()
+    rungs_s = {
+        r: selecting.get(r, 0.0) + scoring.get(r, 0.0) for r in sorted({*selecting, *scoring})
+    }
     info = {
         "views": list(views),
         "queries": queries,
@@ -414,10 +450,15 @@ def run_ladder(
         "strongest": strongest,
         "selected_on": "shadows" if selection else "fixed order (one shadow: nothing to select on)",
         "n_shadows": len(shadows),
-        "timing_s": {"shadows": t1 - t0, "queries": t2 - t1, "attacks": t3 - t2},
+        "timing_s": {
+            "shadows": t1 - t0,
+            "queries": t2 - t1,
+            "attacks": t3 - t2,
+            "rungs": rungs_s,
+        },  # fmt: skip
     }
-    log.info("ladder: shadows %.1fs, queries+shadow views %.1fs, attacks %.1fs (%d shadows, %d "
-             "candidates, %d queries, views %s); strongest on shadow data: %s",
-             t1 - t0, t2 - t1, t3 - t2, len(shadows), len(cand_images), queries, ",".join(views),
-             strongest)  # fmt: skip
+    log.info("ladder: shadows %.1fs, queries+shadow views %.1fs, attacks %.1fs (%s; %d shadows, "
+             "%d candidates, %d queries, views %s); strongest on shadow data: %s",
+             t1 - t0, t2 - t1, t3 - t2, ", ".join(f"{r} {v:.1f}s" for r, v in rungs_s.items()),
+             len(shadows), len(cand_images), queries, ",".join(views), strongest)  # fmt: skip
     return LadderResult(scores, info)

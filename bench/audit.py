@@ -227,7 +227,8 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     scores, info = {}, {"queries": 0, "targets": sorted(targets), "per_target": {}}
     for tag, (part, part_info) in answers.items():
         info["queries"] += part_info["queries"]
-        info["per_target"][tag] = {k: part_info.get(k) for k in ("ladder", "auditor")}
+        info["per_target"][tag] = {k: part_info.get(k) for k in ("ladder", "auditor", "wall_s")}
+        info["shared_timing_s"] = part_info.get("shared_timing_s")  # the shadows' training
         info["device"] = part_info.get("device")  # where the attacker's shadows ran
         for k, v in part.items():
             scores.setdefault(k, np.full(len(images), np.nan))[picks[tag]] = v

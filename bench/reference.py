@@ -65,7 +65,9 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
     torch.manual_seed(cfg.seed)
     device = torch.device(device or "cpu")
     initial = get_params(initial_model(cfg, method, device))
-    fed = simulate_method(cfg, method, sites, seed=cfg.seed, device=device)
+    fed = simulate_method(
+        cfg, method, sites, seed=cfg.seed, device=device, desc=f"{method} (reference row)"
+    )  # rounds: bar or log lines
     test = _site_data(data_dir, "test", window)
     bs = cfg.train.eval_batch_size
     models = {s: fed.model(cfg, method, s if spec.kind == "local" else None) for s in SITE_NAMES

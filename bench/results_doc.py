@@ -459,6 +459,7 @@ def rewrite(path: Path, text: str, made: dict[str, str], names: tuple[str, ...],
 
 
 MAKE_TEST = Path("docs/runs/make-test.json")  # bench/perf/time_make.py test --out ...
+MAKE_BENCH = Path("docs/runs/make-bench.json")  # bench/perf/time_bench.py --out ...
 
 
 def readme_make(path: Path) -> str:
@@ -477,10 +478,26 @@ def readme_make(path: Path) -> str:
             f"included; CI runs both. Measured by `{r['command']}`.")  # fmt: skip
 
 
+def readme_bench(path: Path) -> str:
+    """The README's line on `make bench` alone: its wall time, the goal, and where the time goes,
+    from the file bench/perf/time_bench.py wrote."""
+    if not path.is_file():
+        return f"- `make bench` alone: not measured yet (`python bench/perf/time_bench.py --out {MAKE_BENCH}`)."
+    r = json.loads(path.read_text())
+    b = r["breakdown"]
+    top = sorted(b["phases_s"].items(), key=lambda kv: -kv[1])
+    parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in top if v >= 30)
+    return (f"- `make bench` alone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
+            f"{r['commit'][:10]}, seed {r['seed']}): {b['wall_s'] / 60:.1f} min (goal <= "
+            f"{r['goal_min']:.0f} min: {'PASS' if r['pass'] else 'FAIL'}); minutes by phase: "
+            f"{parts}. Measured by `{r['command']}` (its JSON holds every method's split).")  # fmt: skip
+
+
 def render(dirs: list[Path], root: Path) -> dict[Path, bytes]:
     """Every file ``fedonco report docs`` writes, as bytes, keyed by its path under ``root``."""
     runs = [load_run(d) for d in dirs]
-    made = {**blocks(runs), "readme-make": readme_make(root / MAKE_TEST)}
+    made = {**blocks(runs), "readme-make": readme_make(root / MAKE_TEST) + "\n"
+            + readme_bench(root / MAKE_BENCH)}  # fmt: skip
     cmd = "fedonco report docs " + " ".join(_rel(d) for d in dirs)
     out = {}
     for rel, names in BLOCKS.items():

@@ -54,7 +54,7 @@ from common.data.store import read_manifest
 from common.data.summary import summary_markdown
 from common.device import DeviceError, resolve_device
 from common.methods import SWEEP_METHOD, get_method
-from common.progress import progress
+from common.progress import LogProgress, progress
 from common.training.dp.randomness import SEEDED
 from common.training.pretrain import CACHE_ENV, pretrained_params
 from common.versions import collect_versions
@@ -463,9 +463,11 @@ def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
     done = {s: {"results": {}, "manifest": None, "wall_s": 0.0} for s in seed_dirs}
     ok: dict[Cell, dict] = {}
     failed: list[Outcome] = []
-    # a bar over cells where they run elsewhere (here, each federation shows its rounds' bar)
-    with (tqdm(total=len(cells), desc="cells", unit="cell", disable=engine.name == "local") as bar,
-          contextlib.closing(engine.run(cells, fn)) as outcomes):  # fmt: skip
+    # the whole run's progress over cells: a bar where they run elsewhere, and log lines where
+    # they run here (each federation shows its own rounds' bar, and its audit its phases)
+    bar = (progress(len(cells), "bench", "cell") if engine.name != "local"
+           else LogProgress(len(cells), "bench", "cell", every_s=0.0))  # fmt: skip
+    with bar, contextlib.closing(engine.run(cells, fn)) as outcomes:
         for out in outcomes:
             bar.update(1)
             cell, v = out.cell, out.value
@@ -479,8 +481,8 @@ def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
                                  "same versions? (node.json in each method directory)")  # fmt: skip
             if not out.ok:
                 failed.append(out)
-                bar.write(f"FAILED {cell.label} after {out.attempts} attempt(s): "
-                          f"{out.error.splitlines()[0]}")  # fmt: skip
+                tqdm.write(f"FAILED {cell.label} after {out.attempts} attempt(s): "
+                           f"{out.error.splitlines()[0]}", file=sys.stderr)  # fmt: skip
                 continue
             sdir = seed_dirs[cell.seed]
             mdir = sdir / cell.run_subdir / cell.method

@@ -30,12 +30,17 @@ class LogProgress:
         self.t0 = time.monotonic()
         self._last = -float("inf")  # the first step is always logged
         self._logged = initial  # the count the last line showed
+        self._initial = initial  # a resumed count: the pace counts only this run's steps
 
     def _line(self) -> str:
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         post = f", {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {done} {self.unit}s{pct}, {time.monotonic() - self.t0:.0f}s{post}"
+        spent = time.monotonic() - self.t0
+        left = ""
+        if self.total and self.total > self.n > self._initial:  # at the pace so far
+            left = f", ~{spent / (self.n - self._initial) * (self.total - self.n):.0f}s left"
+        return f"{self.desc}: {done} {self.unit}s{pct}, {spent:.0f}s{left}{post}"
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -68,3 +68,20 @@ def test_the_attackers_phase_lines_are_relayed_while_it_runs(tmp_path, caplog):
     ]
     assert "noise that is not relayed" in (tmp_path / "a.log").read_text()
     assert "connecting" in (tmp_path / "a.log").read_text()  # in the log, not repeated
+
+
+def test_a_log_line_estimates_the_time_left_at_the_pace_so_far(caplog, monkeypatch):
+    import common.progress
+
+    now = [100.0]
+    monkeypatch.setattr(common.progress.time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.INFO, logger="fedonco.progress")
+    bar = LogProgress(6, "bench", "cell", initial=2, every_s=0.0)  # resumed: 2 done before
+    now[0] = 160.0
+    bar.update(1)  # one cell of this run in 60 s: 3 left, ~180 s
+    now[0] = 220.0
+    bar.update(3)  # all done: no estimate
+    assert [r.getMessage() for r in caplog.records] == [
+        "bench: 3/6 cells (50%), 60s, ~180s left",
+        "bench: 6/6 cells (100%), 120s",
+    ]
