@@ -14,7 +14,8 @@ is the time a user waits — and splits the run's wall time with what the run re
 - queries: the black-box queries of the candidates and RMIA's population, and the shadows'
   answers on the same slices, per target;
 - each rung: its seconds choosing on shadow data and scoring the candidates (``rungs``), summed
-  over targets (FedBN: five);
+  over targets (FedBN: five); a run older than these records (94f503d) has them all under
+  "rungs, shared work", and its shadows' time read from the attacker's log;
 - other audit: the attacker's start, loading, the release service, the referee's statistics;
 - rest: the dataset, public pretraining, reports.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,11 +44,31 @@ from bench.perf.margins import _cpu  # noqa: E402
 RUNGS = ("loss", "shadow", "map", "lira", "rmia")
 
 
-def method_breakdown(entry: dict) -> dict:
-    """One method's seconds: training, and its audit split into shadows, queries and rungs."""
+SHADOW_READY = re.compile(r"shadow federation \d+/\d+ \(.*\) ready in ([\d.]+)s")
+
+
+def shadows_from_log(log: Path) -> dict:
+    """A run older than ``shared_timing_s`` (94f503d): the shadows' wall time from the attacker's
+    log — the longest "ready in" where they trained side by side ("at once"), else their sum —
+    or nothing."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    times = [float(m.group(1)) for m in SHADOW_READY.finditer(text)]
+    if not times:
+        return {}
+    return {"shadow_train_s": max(times) if " at once, " in text else sum(times)}
+
+
+def method_breakdown(entry: dict, method_dir: Path | None = None) -> dict:
+    """One method's seconds: training, and its audit split into shadows, queries and rungs
+    (``method_dir``: where its logs are, for a run that recorded no shadow time)."""
     mia = entry.get("mia") or {}
     info = mia.get("attack_info") or {}
     shared = info.get("shared_timing_s") or {}
+    if not shared and method_dir is not None:
+        shared = shadows_from_log(method_dir / "logs" / "attacker.log")
     targets = (info.get("per_target") or {}).values()
     ladders = [(t.get("ladder") or {}).get("timing_s") or {} for t in targets]
     rungs = {r: sum((lad.get("rungs") or {}).get(r, 0.0) for lad in ladders) for r in RUNGS}
@@ -68,9 +90,10 @@ def method_breakdown(entry: dict) -> dict:
     }
 
 
-def breakdown(results: dict) -> dict:
-    """The whole run's split (seconds) from its results.json."""
-    methods = {m: method_breakdown(e) for m, e in results["methods"].items()}
+def breakdown(results: dict, run: Path | None = None) -> dict:
+    """The whole run's split (seconds) from its results.json (``run``: its directory)."""
+    methods = {m: method_breakdown(e, run / m if run else None)
+               for m, e in results["methods"].items()}  # fmt: skip
     total = float(results.get("wall_s") or 0.0)
 
     def add(key):
@@ -93,7 +116,9 @@ def markdown(record: dict) -> str:
     total = b["wall_s"] or 1.0
     lines = [f"`make bench` ({record['config']}, seed {record['seed']}): "
              f"{b['wall_s'] / 60:.1f} min on {record['cores']} cores ({record['cpu']}), goal "
-             f"<= {record['goal_min']:.0f} min: {'PASS' if record['pass'] else 'FAIL'}", "",
+             f"<= {record['goal_min']:.0f} min: {'PASS' if record['pass'] else 'FAIL'}"
+             + (f" (not all methods ran: {', '.join(record['methods_missing'])} missing)"
+                if record.get("methods_missing") else ""), "",
              "| phase | min | share |", "|---|---|---|"]  # fmt: skip
     for k, v in b["phases_s"].items():
         lines.append(f"| {k} | {v / 60:.1f} | {100 * v / total:.0f}% |")
@@ -149,14 +174,19 @@ def main(argv: list[str] | None = None) -> int:
         run, wall = args.run, None
         command = f"python bench/perf/time_bench.py --run {args.run} --out {args.out}"
     results = json.loads((run / "results.json").read_text())
-    b = breakdown(results)
+    b = breakdown(results, run)
     if wall is not None:  # the process's own wall time, start to exit
         b["process_wall_s"] = wall
+    from common.config import load_config
+
+    planned = load_config(ROOT / args.config).fl.methods  # what `make bench` runs
+    missing = [m for m in planned if m not in results["methods"]]
     versions = run / "versions.json"
     code = json.loads(versions.read_text()).get("git_sha") if versions.is_file() else None
     record = {
         "config": args.config, "seed": results.get("seed"), "commit": sha, "run_code": code,
-        "goal_min": args.goal_min, "pass": b["wall_s"] <= 60 * args.goal_min,
+        "goal_min": args.goal_min, "methods_missing": missing,
+        "pass": b["wall_s"] <= 60 * args.goal_min and not missing,
         "breakdown": b, "cpu": _cpu(), "cores": os.cpu_count(), "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }  # fmt: skip
