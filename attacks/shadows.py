@@ -108,6 +108,10 @@ def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str,
         "index": index,
         "data": data_digest,
         "recipe": {k: c.model_dump()[k] for k in ("train", "dp", "model", "pretrain")},
+        # FedProx's pull, and secure aggregation's threshold and clip (ddp-sgd's noise shares
+        # and ring scale depend on them): a cached shadow of another setting must not be reused
+        "fl": {"proximal_mu": c.fl.proximal_mu},
+        "secagg": c.model_dump()["secagg"],
         "profile": {k: getattr(c.data, k) for k in ("image_size", "window", "noise_ref_hu")},
         "global_seed": c.seed,
         "torch": torch.__version__,

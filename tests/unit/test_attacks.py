@@ -480,6 +480,17 @@ def test_shadows_trained_side_by_side_in_processes_equal_those_trained_here(monk
             assert np.array_equal(a.predict(images, site=site), b.predict(images, site=site))
 
 
+def test_the_shadow_cache_key_follows_proximal_mu_and_secure_aggregation():
+    from attacks.shadows import _cache_key
+    from common.config import with_overrides
+
+    cfg, cpu = _cfg(), torch.device("cpu")
+    key = _cache_key(cfg, "fedprox", 0, 0, "d", cpu)
+    assert key == _cache_key(cfg, "fedprox", 0, 0, "d", cpu)
+    for change in ({"fl.proximal_mu": 0.5}, {"secagg.threshold": 2}, {"secagg.clip": 8.0}):
+        assert _cache_key(with_overrides(cfg, **change), "fedprox", 0, 0, "d", cpu) != key, change
+
+
 def test_shadow_threads_split_the_cores_whatever_is_cached():
     from attacks.shadows import shadow_threads
 
