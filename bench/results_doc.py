@@ -487,8 +487,9 @@ def readme_bench(path: Path) -> str:
     b = r["breakdown"]
     top = sorted(b["phases_s"].items(), key=lambda kv: -kv[1])
     parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in top if v >= 30)
-    return (f"- `make bench` alone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
-            f"{r['commit'][:10]}, seed {r['seed']}): {b['wall_s'] / 60:.1f} min (goal <= "
+    return (f"- `make bench` alone ({r['date']}, {r['cores']} cores, {r['cpu']}, code of commit "
+            f"{(r.get('run_code') or r['commit'])[:10]}, seed {r['seed']}, run "
+            f"`{r.get('run_id', '?')}`): {b['wall_s'] / 60:.1f} min (goal <= "
             f"{r['goal_min']:.0f} min: {'PASS' if r['pass'] else 'FAIL'}); minutes by phase: "
             f"{parts}. Measured by `{r['command']}` (its JSON holds every method's split).")  # fmt: skip
 

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run kept in {run}")
     else:
         run, wall = args.run, None
-        command = f"python bench/perf/time_bench.py --run {args.run} --out {args.out}"
+        command = f"python bench/perf/time_bench.py --run runs/<run_id> --out {args.out}"
     results = json.loads((run / "results.json").read_text())
     b = breakdown(results, run)
     if wall is not None:  # the process's own wall time, start to exit
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     code = json.loads(versions.read_text()).get("git_sha") if versions.is_file() else None
     record = {
         "config": args.config, "seed": results.get("seed"), "commit": sha, "run_code": code,
+        "run_id": run.name,
         "goal_min": args.goal_min, "methods_missing": missing,
         "pass": b["wall_s"] <= 60 * args.goal_min and not missing,
         "breakdown": b, "cpu": _cpu(), "cores": os.cpu_count(), "command": command,
