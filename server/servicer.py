@@ -119,7 +119,11 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def RegisterSite(self, request, context):
         def register(st, info):
-            theirs = scalars_from_proto(request.info).get("profile")
+            try:
+                theirs = scalars_from_proto(request.info).get("profile")
+            except ValueError as err:  # e.g. a Scalar with no value set: the caller's mistake
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"RegisterSite info: {clip_text(str(err), 120)}")  # fmt: skip
             if isinstance(theirs, str) and info.get("profile") and theirs != info["profile"]:
                 log.warning("refused site %s: its profile differs (%s)", clip_text(request.site_id, 32),
                             clip_text(theirs, 120))  # fmt: skip

@@ -25,7 +25,7 @@ from common.training.local import weighted_contribution
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
-from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays, scalars_to_proto
+from common.wire.serde import Scalar, ndarrays_to_proto, proto_to_ndarrays, scalars_to_proto
 from common.wire.tls import make_certs
 from server.app import Server
 from server.campaign import serve_campaign
@@ -297,6 +297,12 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     t.start()
     wait_until(port_file.exists, 60, "the server's port file")
     stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
+    for site in ("A", "Z"):  # issue 32: a Scalar with no value set was UNKNOWN with a traceback
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.RegisterSite(pb.RegisterSiteRequest(site_id=site, info={"profile": Scalar()}),
+                              timeout=10)  # fmt: skip
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.value.details()
+        assert "no value set" in bad.value.details()
     run_id = stub.RegisterSite(pb.RegisterSiteRequest(site_id="A"), timeout=10).run_id
     stub.RegisterSite(pb.RegisterSiteRequest(site_id="B"), timeout=10)
     task = None
