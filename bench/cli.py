@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
                    help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
                    "`fedonco certs` makes OUT/release; env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
+    q.add_argument("--insecure", action="store_true", default=_env_flag("FEDONCO_INSECURE"),
+                   help="without --tls-dir: allow plaintext on a non-loopback address (closed "
+                   "test networks only; env FEDONCO_INSECURE=1). Loopback is always allowed.")  # fmt: skip
     q.add_argument("--client-certs", action="store_true",
                    default=os.environ.get("FEDONCO_RELEASE_CLIENT_CERTS") == "1",
                    help="with --tls-dir: require a client certificate signed by DIR/ca.crt from "

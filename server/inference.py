@@ -204,6 +204,10 @@ def run_release_cmd(args) -> int:
 
     if not args.model and not args.models_root:
         raise ValueError("give --model RELEASE_DIR or --models-root DIR (or both)")
+    if not args.tls_dir:  # as the server and the sites: plaintext beyond loopback is opt-in
+        from common.wire.tls import plaintext_allowed
+
+        plaintext_allowed(args.address, args.insecure, "release service")
     device = resolve_device(args.device)  # before anything starts: one line if there is no CUDA
     return serve(
         Path(args.model) if args.model else None,

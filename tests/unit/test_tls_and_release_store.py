@@ -123,6 +123,22 @@ def test_plaintext_only_on_loopback_unless_opted_in(caplog):
     assert "PLAINTEXT" in caplog.text
 
 
+def test_the_release_service_refuses_plaintext_beyond_loopback_before_it_starts(
+    tmp_path, capsys, monkeypatch
+):
+    from bench import cli
+
+    monkeypatch.delenv("FEDONCO_INSECURE", raising=False)
+    root = tmp_path / "releases"
+    root.mkdir()
+    argv = ["release", "serve", "--models-root", str(root), "--address", "0.0.0.0:0"]
+    assert cli.main(argv) == 2  # issue 32: it bound 0.0.0.0 in plaintext without a word
+    err = capsys.readouterr().err
+    assert (
+        "release service: refusing plaintext gRPC on 0.0.0.0:0" in err and "\n" not in err.strip()
+    )
+
+
 def test_model_store_names(tmp_path):
     params = get_params(build_model(4, "batch", 2, seed=0))
     info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
