@@ -26,7 +26,7 @@ from common.data.loader import ct_dataset, load_arrays
 from common.data.store import read_manifest
 from common.device import device_record
 from common.evaluation import evaluate_sums
-from common.io import load_npz, safe_name, save_npz
+from common.io import load_npz, safe_name, save_npz, secure_dir
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
@@ -190,7 +190,7 @@ class SiteClient:
         self.linger = bool(info.get("linger", 0))
         # Local state lives per method: a campaign's runs never see each other's norm layers.
         self.state_dir = self.state_root / self.method / f"site{self.site}"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        secure_dir(self.state_dir)  # 0700: the site's own (its DP key, accountant, norms)
         self.local: dict[int, dict[str, np.ndarray]] = self._load_local()
         self.traits = get_method(self.method)
         self.run_cfg = self.cfg.for_method(self.method)  # the method's own recipe, if any

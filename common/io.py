@@ -21,6 +21,19 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # File modes: weights, site state and keys are the owner's alone; what another service of the same
 # deployment must read (the release service reads released weights) is readable by the group too.
 PRIVATE, GROUP_READ = 0o600, 0o640
+# Directories: the same two levels. Never writable by others whatever the umask (under umask 000
+# another local user could otherwise replace a checkpoint or a key inside them).
+PRIVATE_DIR, GROUP_DIR = 0o700, 0o750
+
+
+def secure_dir(path: str | Path, mode: int = PRIVATE_DIR) -> Path:
+    """``mkdir -p path`` and set ``mode`` on it (its parents keep theirs); an existing directory
+    of ours is tightened to ``mode`` too. Returns the path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid():  # another owner's (a mounted volume): theirs to set
+        os.chmod(path, mode)
+    return path
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.io import GROUP_READ, load_npz, save_npz, write_json_atomic
+from common.io import GROUP_DIR, GROUP_READ, load_npz, save_npz, secure_dir, write_json_atomic
 from common.methods import get_method
 from common.model import build_model, set_params, state_sha256
 
@@ -32,7 +32,7 @@ def export_release(out: Path, params: dict[str, np.ndarray], info: dict) -> None
     """Write the released model: weights (.npz, no pickle, 0640: the release service may run as
     another user of the deployment's group; nobody else reads them) and its public description."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    secure_dir(out, GROUP_DIR)  # the release service (the deployment's group) reads it
     save_npz(out / "model.npz", params, mode=GROUP_READ)
     write_json_atomic(out / "release.json", info)
 

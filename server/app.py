@@ -24,7 +24,7 @@ from common.data.loader import load_arrays
 from common.data.store import read_manifest
 from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
-from common.io import load_npz, save_npz, write_json_atomic
+from common.io import load_npz, save_npz, secure_dir, write_json_atomic
 from common.methods import get_method
 from common.metrics import SUM_KEYS
 from common.model import (
@@ -113,7 +113,7 @@ class Server:
         if self.traits.distributed_dp:
             self.ddp = plan_for(cfg, sum(initial[k].size for k in self.shared))
             self.strategy.plan_run(self.ddp)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        secure_dir(run_dir / "checkpoints")
         state_file = run_dir / "state.json"
         if resume:
             if not state_file.is_file():

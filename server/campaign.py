@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from common.config import SITE_NAMES
-from common.io import write_json_atomic
+from common.io import GROUP_DIR, secure_dir, write_json_atomic
 from common.methods import METHOD_NAMES, get_method
 from common.versions import collect_versions
 from common.wire.channel import MAX_MESSAGE_BYTES, MiB, create_server
@@ -163,7 +163,7 @@ def run_server_cmd(args) -> int:
     fresh = not args.resume and not (run_dir.is_dir() and any(run_dir.iterdir()))
     made: list[Server] = []
     try:  # the run is open before the port is announced (a site's first call finds it)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        secure_dir(run_dir, GROUP_DIR)  # checkpoints, ledger, logs: never writable by others
         made.append(Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume),
                            device=device))  # fmt: skip
         limit = federation_message_limit(cfg, [method])

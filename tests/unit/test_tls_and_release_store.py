@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -190,3 +191,26 @@ def test_site_subset_generates_the_same_slices():
         plan(cfg, ["Z"], None)
     with pytest.raises(ValueError, match="unknown"):
         plan(cfg, None, ["validation"])
+
+
+def test_directories_are_never_writable_by_others_whatever_the_umask(tmp_path):
+    """Issue 32: under umask 000 the state, run, release and certificate directories were 0777,
+    so another local user could replace a checkpoint, a released weight or a key inside them."""
+    from common.io import GROUP_DIR, PRIVATE_DIR, secure_dir
+
+    old = os.umask(0)
+    try:
+        export_release(tmp_path / "run" / "release", {"w": np.zeros(2, np.float32)},
+                       {"method": "fedavg"})  # fmt: skip
+        dirs = make_certs(tmp_path / "certs", ["A"])
+        loose = tmp_path / "state"
+        loose.mkdir(mode=0o777)
+        secure_dir(loose)
+        nested = secure_dir(tmp_path / "a" / "b" / "site", PRIVATE_DIR)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "run" / "release").stat().st_mode) == GROUP_DIR
+    for d in dirs.values():
+        assert stat.S_IMODE(d.stat().st_mode) == GROUP_DIR
+    assert stat.S_IMODE(loose.stat().st_mode) == PRIVATE_DIR  # an existing one is tightened
+    assert stat.S_IMODE(nested.stat().st_mode) == PRIVATE_DIR
