@@ -130,12 +130,20 @@ def _cached(path: Path | None, cfg, method: str,
     for key, value in arrays.items():
         group, _, name = key.partition("/")
         groups.setdefault(group, {})[name] = value
-    models = {}
-    for group, params in groups.items():
-        models[group] = model_for(cfg, method).to(device)
-        set_params(models[group], params)
-    glob = models.pop("global")
-    return glob, {g.removeprefix("site:"): m for g, m in models.items()}
+    sites = {g.removeprefix("site:"): v for g, v in groups.items() if g != "global"}
+    return _models(cfg, method, device, groups["global"], sites)
+
+
+def _models(cfg, method: str, device: torch.device, global_params: dict,
+            site_params: dict) -> tuple[nn.Module, dict[str, nn.Module]]:  # fmt: skip
+    """The shadow's global model and its sites' own models, on ``device``, from weights."""
+
+    def build(params):
+        model = model_for(cfg, method).to(device)
+        set_params(model, params)
+        return model
+
+    return build(global_params), {s: build(p) for s, p in site_params.items()}
 
 
 def _store(path: Path | None, global_params: dict, site_params: dict) -> None:
@@ -181,8 +189,8 @@ def _train_one(job: dict) -> tuple[dict, dict]:
 
 
 def _run_jobs(jobs: list[dict], workers: int):
-    """Each job's result, in order, ``workers`` at a time in spawned processes (1: here); yields
-    (index, result, seconds) as each finishes."""
+    """Run the jobs ``workers`` at a time in spawned processes (1: here, one after another);
+    yields (job index, result, seconds since they started) as each finishes, in any order."""
     if workers <= 1:
         for i, job in enumerate(jobs):
             t = time.perf_counter()
@@ -278,29 +286,20 @@ def train_shadows(
         sel = {s: take & (all_sites == s) for s in keep}
         jobs.append({"index": i, "cfg": cfg, "method": method, "seed": shadow_seed(seed, i),
                      "sites": {s: (all_images[m], all_masks[m]) for s, m in sel.items()},
+                     "slices": int(sum(m.sum() for m in sel.values())),
                      "window": window, "device": device, "threads": threads,
                      "desc": f"shadow federation {i + 1}/{n_shadows} ({method})"})  # fmt: skip
     t = cfg.for_method(method).train
-    work = (
-        sum(sum(len(im) for im, _ in j["sites"].values()) for j in jobs)
-        * t.rounds
-        * max(1, t.local_epochs)
-    )
+    work = sum(j["slices"] for j in jobs) * t.rounds * max(1, t.local_epochs)
     workers = (min(len(jobs), n_shadows, os.cpu_count() or 1)
                if device.type == "cpu" and len(jobs) > 1 and work >= PARALLEL_MIN_WORK else 1)  # fmt: skip
     for j in jobs:
         log.info("shadow federation %d/%d (%s, %d sites, %d slices): training%s", j["index"] + 1,
-                 n_shadows, method, len(j["sites"]),
-                 sum(len(im) for im, _ in j["sites"].values()),
+                 n_shadows, method, len(j["sites"]), j["slices"],
                  f" ({workers} at once, {threads} thread(s) each)" if workers > 1 else "")  # fmt: skip
     for k, (glob_params, site_params), elapsed in _run_jobs(jobs, workers):
         i = jobs[k]["index"]
-        glob = model_for(cfg, method).to(device)
-        set_params(glob, glob_params)
-        site_models = {}
-        for s, params in site_params.items():
-            site_models[s] = model_for(cfg, method).to(device)
-            set_params(site_models[s], params)
+        glob, site_models = _models(cfg, method, device, glob_params, site_params)
         _store(plan[i][3], glob_params, site_params)
         ready[i] = (glob, site_models, elapsed, False)
         log.info("shadow federation %d/%d (%s, %d sites) ready in %.1fs", i + 1, n_shadows,
