@@ -24,6 +24,10 @@ PRIVATE, GROUP_READ = 0o600, 0o640
 # Directories: the same two levels. Never writable by others whatever the umask (under umask 000
 # another local user could otherwise replace a checkpoint or a key inside them).
 PRIVATE_DIR, GROUP_DIR = 0o700, 0o750
+# Certificate directories hold public certificates beside a 0600 key: readable by everyone (a
+# container's user must reach its certificate and be told precisely when the key is not its own),
+# writable by the owner only.
+PUBLIC_DIR = 0o755
 
 
 def secure_dir(path: str | Path, mode: int = PRIVATE_DIR) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from common.io import GROUP_DIR, secure_dir, write_bytes_atomic
+from common.io import PUBLIC_DIR, secure_dir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _issue(cn: str, issuer_key, issuer_name, *, ca: bool, server_names=None, day
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    secure_dir(path.parent, GROUP_DIR)  # a role's directory: never writable by others
+    secure_dir(path.parent, PUBLIC_DIR)  # a role's directory: never writable by others
     write_bytes_atomic(path, data, mode=0o600 if private else 0o644)
 
 

@@ -196,7 +196,7 @@ def test_site_subset_generates_the_same_slices():
 def test_directories_are_never_writable_by_others_whatever_the_umask(tmp_path):
     """Issue 32: under umask 000 the state, run, release and certificate directories were 0777,
     so another local user could replace a checkpoint, a released weight or a key inside them."""
-    from common.io import GROUP_DIR, PRIVATE_DIR, secure_dir
+    from common.io import GROUP_DIR, PRIVATE_DIR, PUBLIC_DIR, secure_dir
 
     old = os.umask(0)
     try:
@@ -210,7 +210,7 @@ def test_directories_are_never_writable_by_others_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "run" / "release").stat().st_mode) == GROUP_DIR
-    for d in dirs.values():
-        assert stat.S_IMODE(d.stat().st_mode) == GROUP_DIR
+    for d in dirs.values():  # certificates are public; the key inside is 0600 (tested above)
+        assert stat.S_IMODE(d.stat().st_mode) == PUBLIC_DIR
     assert stat.S_IMODE(loose.stat().st_mode) == PRIVATE_DIR  # an existing one is tightened
     assert stat.S_IMODE(nested.stat().st_mode) == PRIVATE_DIR
