@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 import grpc
-import numpy as np
 import torch
 
+from common.logthrottle import Throttle
 from common.release import load_release
 from common.transforms import predict_hu
 from common.wire.channel import create_server
@@ -24,6 +24,7 @@ from common.wire.rpc import inference_pb2_grpc as pb_grpc
 from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 
 log = logging.getLogger(__name__)
+log.addFilter(Throttle())  # it logs refusals of what any caller sends: bounded
 MAX_BATCH = 64
 MAX_SIDE = 512  # the largest image side a released model may take (the paper's is 256)
 RELEASE_CONCURRENT_RPCS = 16
@@ -128,27 +129,39 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def Predict(self, request, context):
         model, info = self._model(request.model, context)
         size = int(info["image_size"])
-        try:
-            images = proto_to_ndarrays([request.images])[request.images.name]
-        except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        if images.dtype != np.int16 or images.ndim != 3 or images.shape[1:] != (size, size):
+        # The header (dtype, shape) is checked before a byte is decoded: a refused batch costs no
+        # more than its received bytes (issue 32: a 4,096-slice batch was decoded, then refused).
+        t = request.images
+        shape = tuple(t.shape[:4])
+        if t.dtype != "int16" or len(t.shape) != 3 or shape[1:] != (size, size):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"images must be int16 HU of shape (N, {size}, {size}); "
-                f"got {images.dtype} {images.shape}",
+                f"got {t.dtype[:16]!r} {shape}{'...' if len(t.shape) > 4 else ''}",
             )
-        if not len(images):
+        if shape[0] < 1:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty batch: send 1 or more slices")
-        if len(images) > self.max_batch:
+        if shape[0] > self.max_batch:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"batch of {len(images)} slices; send 1 to {self.max_batch} per request",
+                f"batch of {shape[0]} slices; send 1 to {self.max_batch} per request",
             )
+        try:
+            images = proto_to_ndarrays([t])[t.name]
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         self._charge(context, len(images))
         with self._lock:
             probs = predict_hu(model, images, tuple(info["window"]), batch_size=self.max_batch)
         return pb.PredictResponse(probs=ndarrays_to_proto({"probs": probs})[0])
+
+
+def request_limit(store: ModelStore, max_batch: int) -> int:
+    """The largest legal Predict, refused by gRPC before any decoding beyond it: a full batch of
+    int16 slices at the side of the model served (any released model's, up to ``MAX_SIDE``, when
+    ``roots`` may name others), plus 64 KiB for names and framing."""
+    side = MAX_SIDE if store.roots else int(store.get("")[1]["image_size"])
+    return max_batch * side * side * 2 + (1 << 16)
 
 
 def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
@@ -165,8 +178,7 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
     store = ModelStore(model_dir, roots, device)
     torch.set_num_threads(1)
     servicer = InferenceServicer(store, max_batch, max_queries)
-    # the largest legal Predict: a full batch of int16 slices at the largest side, plus names
-    limit = max_batch * MAX_SIDE * MAX_SIDE * 2 + (1 << 20)
+    limit = request_limit(store, max_batch)
     creds = None
     if client_certs and tls_dir is None:
         raise ValueError("client certificates (--client-certs) need TLS: give --tls-dir")

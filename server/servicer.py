@@ -10,6 +10,7 @@ import logging
 
 import grpc
 
+from common.logthrottle import Throttle
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_proto
@@ -30,6 +31,7 @@ from server.state import Rejected, RoundState
 from server.validation import check_metrics, check_num_examples, clip_text
 
 log = logging.getLogger(__name__)
+log.addFilter(Throttle())  # it logs refusals of what any caller sends: bounded
 
 STATUS = {
     "not_found": grpc.StatusCode.NOT_FOUND,

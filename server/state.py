@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.logthrottle import Throttle
 from server.records import TaskKind
 from server.validation import clip_text
 
 log = logging.getLogger(__name__)
+# Refusals answer what any caller sends: bounded (common/logthrottle.py), apart from the round log.
+refusals = logging.getLogger(__name__ + ".refusals")
+refusals.addFilter(Throttle())
 MAX_REJECTIONS = 1000
 
 
@@ -82,12 +86,10 @@ class RoundState:
         if site not in self.sites:
             raise Rejected(
                 "not_found",
-                f"unknown site {clip_text(site, 32)!r}; this run has sites {self.sites}",
+                f"unknown site {clip_text(site, 32)!r}",  # never the roster: anyone can ask
             )
         if run_id is not None and run_id != self.run_id:
-            raise Rejected(
-                "not_found", f"unknown run {clip_text(run_id, 64)!r} (this run is {self.run_id!r})"
-            )
+            raise Rejected("not_found", f"unknown run {clip_text(run_id, 64)!r}: register again")
         self._last_seen[site] = time.monotonic()
 
     def _reject(self, site: str, rnd: int, err: Rejected) -> Rejected:
@@ -96,7 +98,7 @@ class RoundState:
         message = clip_text(err)
         self.rejections.append({"site": clip_text(site, 32), "round": rnd, "kind": err.kind,
                                 "message": message})  # fmt: skip
-        log.warning("rejected %s from site %s (round %d): %s", err.kind, clip_text(site, 32), rnd,
+        refusals.warning("rejected %s from site %s (round %d): %s", err.kind, clip_text(site, 32), rnd,
                     message)  # fmt: skip
         return err
 

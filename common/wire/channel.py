@@ -15,7 +15,12 @@ from typing import Any
 
 import grpc
 
+from common.logthrottle import Throttle
+
 log = logging.getLogger(__name__)
+# gRPC logs a multi-line traceback for every request it cannot deserialise: anyone can send such
+# requests, so those lines are bounded and kept to one line each (common/logthrottle.py).
+_GRPC_LOGS = ("grpc._common", "grpc._server")
 
 MiB = 1024 * 1024
 # Largest message either end accepts. 256 MiB fits a ~60M-parameter float32 model in one unary
@@ -85,6 +90,10 @@ def create_server(
     ``max_concurrent_rpcs``: calls beyond it are refused with RESOURCE_EXHAUSTED instead of
     queuing without bound.
     """
+    for name in _GRPC_LOGS:
+        grpc_log = logging.getLogger(name)
+        if not any(isinstance(f, Throttle) for f in grpc_log.filters):
+            grpc_log.addFilter(Throttle(tracebacks=False))
     options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
     options.append(
         ("grpc.max_receive_message_length", int(min(max_receive_bytes, MAX_MESSAGE_BYTES)))

@@ -326,6 +326,7 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
             push(*args, **kw)
         assert err.value.code() == code, err.value.details()
         assert fragment in err.value.details()
+        return err.value.details()
 
     good = weighted_contribution(mine, 10)
     renamed = {**{k: v for k, v in good.items() if k != key}, key + "_x": good[key]}
@@ -338,8 +339,10 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     rejected(invalid, key, ndarrays_to_proto(as64))
     rejected(invalid, "NaN", ndarrays_to_proto(nan))
     rejected(invalid, "num_examples", ndarrays_to_proto(good), n=0)
-    rejected(grpc.StatusCode.NOT_FOUND, "unknown site", ndarrays_to_proto(good), site="Z")
-    rejected(grpc.StatusCode.NOT_FOUND, "unknown run", ndarrays_to_proto(good), run="forged")
+    # issue 32: a refusal names neither the run's sites nor its run id (anyone may ask)
+    told = rejected(grpc.StatusCode.NOT_FOUND, "unknown site", ndarrays_to_proto(good), site="Z")
+    told += rejected(grpc.StatusCode.NOT_FOUND, "unknown run", ndarrays_to_proto(good), run="x")
+    assert run_id not in told and "'A'" not in told and "'B'" not in told, told
     rejected(grpc.StatusCode.FAILED_PRECONDITION, "not open", ndarrays_to_proto(good), rnd=0)
     rejected(grpc.StatusCode.FAILED_PRECONDITION, "not open", ndarrays_to_proto(good), rnd=7)
     # issue 15: a mistyped metric, an unknown one, an inflated weight, a 1 MiB site id

@@ -243,3 +243,46 @@ def test_sigterm_while_waiting_for_sites_stops_cleanly(smoke_data, tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "stopped before the first round" in err
     assert not run_dir.exists()
+
+
+def test_release_service_refuses_an_oversized_batch_from_its_header_alone(tmp_path, caplog):
+    """Issue 32: the receive limit was a full batch at 512x512 whatever the served model's size,
+    and a batch was decoded before its size was checked (+98 MB per refused 4,096-slice request).
+    Now the limit follows the served model, and the header is checked before any byte is read:
+    a request claiming 100,000 slices with no data is refused for its size, not its bytes."""
+    from common.wire.rpc import inference_pb2, inference_pb2_grpc
+    from server.inference import MAX_SIDE, ModelStore, request_limit
+
+    serving = _serve_release(tmp_path, None, False)  # a 32x32 model, max_batch 64
+    address = next(serving)
+    try:
+        assert request_limit(ModelStore(tmp_path / "rel"), 64) == 64 * 32 * 32 * 2 + 65536
+        assert request_limit(ModelStore(roots=[tmp_path]), 64) == 64 * MAX_SIDE**2 * 2 + 65536
+        stub = inference_pb2_grpc.InferenceStub(create_channel(address))
+
+        def refused(images):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Predict(inference_pb2.PredictRequest(images=images), timeout=30)
+            return err.value.code(), err.value.details()
+
+        big = serde.ndarrays_to_proto({"images": np.zeros((4096, 32, 32), np.int16)})[0]
+        assert refused(big)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC: over the byte limit
+        empty = serde.Tensor(name="images", dtype="int16", shape=[100_000, 32, 32], data=b"")
+        code, details = refused(empty)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "batch of 100000" in details, details
+        code, details = refused(serde.Tensor(name="images", dtype="float64", shape=[1, 32, 32]))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "int16" in details, details
+        code, details = refused(serde.Tensor(name="images", dtype="int16", shape=[2, 32, 32]))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "bytes of data" in details, details
+        raw = create_channel(address).unary_unary("/fedonco.v1.Inference/Predict")
+        for _ in range(50):  # undecodable requests: one line each, no traceback, bounded
+            with pytest.raises(grpc.RpcError) as err:
+                raw(b"\xff" * 64, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+        lines = [r for r in caplog.records if "deserializ" in r.getMessage()]
+        assert 1 <= len(lines) <= 10 and "Traceback" not in caplog.text, caplog.text[-2000:]
+        ok = serde.ndarrays_to_proto({"images": np.zeros((64, 32, 32), np.int16)})[0]
+        probs = stub.Predict(inference_pb2.PredictRequest(images=ok), timeout=30).probs
+        assert tuple(probs.shape) == (64, 32, 32)
+    finally:
+        serving.close()
