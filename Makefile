@@ -54,8 +54,9 @@ frontier: venv
 	$(VENV)/bin/fedonco bench --config $(CONFIG) --sweep target_epsilon=1,2,4,8 \
 		--sweep-method $(FRONTIER_METHOD) --seeds 3 --out $(OUT) $(DEVICE_ARG)
 
-# Fuzz the Federation service with 20,000 property-based messages (bench/fuzz.py): the server must
-# never exit and the model must end as the honest site made it; prints statuses and RSS.
+# Fuzz the Federation service with 20,000 property-based messages, then the release service with as
+# many (bench/fuzz.py): the servers must never exit, the model must end as the honest site made it,
+# no call may get UNKNOWN and no log line a traceback; prints statuses and RSS.
 fuzz: venv
 	$(PY) -m bench.fuzz --messages 20000
 

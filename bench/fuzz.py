@@ -17,10 +17,18 @@ on. Left out as legal actions: C's own answer to the open stage and any Decline 
 the open round. The global model must equal the weighted mean of the three honest updates
 (within the quantisation bound).
 
-``make fuzz`` (``python -m bench.fuzz --messages 20000``, a quarter of them at the secure-aggregation
-stages) prints the statuses the server
-answered, the server's RSS before and after, and the check; tests/integration/test_fuzz.py runs a
-bounded version in ``make test``.
+``ReleaseFuzzTarget`` does it to the release service (``Predict``/``Describe``): model names
+(traversals, absolute paths, long ones), batches of every dtype, shape and length, against a
+default model and a models root; a legal Predict must still be answered at the end.
+
+Among the messages are raw bytes that are no request at all (gRPC answers INTERNAL for them). Every
+target counts the statuses and, with ``LogTally``, what the service logged: the check is that no
+call got UNKNOWN (an exception escaping a handler) and no log line carries a traceback.
+
+``make fuzz`` (``python -m bench.fuzz --messages 20000``: a quarter at the secure-aggregation
+stages, then as many again at the release service) prints the statuses, the server's RSS before
+and after, and the checks; tests/integration/test_fuzz.py runs a bounded version in
+``make test-heavy``.
 """
 
 from __future__ import annotations
@@ -28,19 +36,23 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from common.secagg import CT_LEN, SHARE_LEN
-from common.wire.channel import create_channel
+from common.wire.channel import create_channel, create_server
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
+from common.wire.rpc import inference_pb2 as ipb
+from common.wire.rpc import inference_pb2_grpc as ipb_grpc
 from common.wire.rpc import types_pb2 as tpb
 from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
 
@@ -56,6 +68,40 @@ RPCS = {  # request type -> RPC name
     pb.PushMaskedInputRequest: "PushMaskedInput",
     pb.UnmaskRequest: "Unmask",
 }
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Bytes that are no request message at all, sent to one RPC of the target's service."""
+
+    rpc: str
+    data: bytes
+
+
+class LogTally(logging.Handler):
+    """What the process logged (at the root logger's level, WARNING by default) while attached:
+    lines, and the lines that carry a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = self.tracebacks = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += 1
+        self.tracebacks += bool(record.exc_info) or "Traceback" in record.getMessage()
+
+    def __enter__(self) -> LogTally:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self)
+
+
+def _raw(rpcs) -> object:
+    from hypothesis import strategies as st
+
+    return st.builds(Raw, rpc=st.sampled_from(sorted(rpcs)), data=st.binary(max_size=200))
 
 
 def rss_mb() -> float:
@@ -128,12 +174,62 @@ def requests(run_id: str, names: list[str], legal=None):
         st.builds(pb.ShareKeysRequest, **common, ciphertexts=blobs),
         st.builds(pb.PushMaskedInputRequest, **common, masked=tensor, metrics=metrics),
         st.builds(pb.UnmaskRequest, **common, shares=blobs),
-    ).filter(lambda r: not legal(r))
+        _raw(RPCS.values()),
+    ).filter(lambda r: isinstance(r, Raw) or not legal(r))
 
 
-class FuzzTarget:
+def release_requests(size: int):
+    """A Hypothesis strategy over release-service requests for a model of side ``size``."""
+    from hypothesis import strategies as st
+
+    # mostly the default model and legal-looking batches: such requests reach the deepest checks
+    names = ["other", "./other", "missing", "../rel", "/etc/passwd", "other/../../rel", "a" * 300,
+             "\x00"]  # fmt: skip
+    model = st.one_of(*[st.just("")] * 6, st.sampled_from(names), st.text(max_size=40))
+    n = st.sampled_from([1, 2, 8, 9, 0, -1, 100_000]) | st.integers(-2, 2**40)
+    side = st.sampled_from([size] * 4 + [16, 0])
+    shape = st.tuples(n, side, side).map(list) | st.lists(st.integers(-2, 2**40), max_size=5)
+    dtype = st.sampled_from(["int16"] * 4 + ["float32", "uint8", "<i2", "object", ""])
+    data = st.binary(max_size=64) | st.sampled_from([1, 2]).map(
+        lambda k: bytes(k * size * size * 2)
+    )
+    tensor = st.builds(tpb.Tensor, name=st.sampled_from(["images"]) | st.text(max_size=10),
+                       dtype=dtype | st.text(max_size=8), shape=shape, data=data)  # fmt: skip
+    predict = st.builds(ipb.PredictRequest, model=model, images=tensor)
+    describe = st.builds(ipb.DescribeRequest, model=model)
+    return st.one_of(*[predict] * 6, describe, _raw(["Predict", "Describe"]))
+
+
+class _Target:
+    """Sends requests to one service and counts the statuses it answered."""
+
+    SERVICE = ""
+
+    def connect(self, address: str) -> None:
+        self.channel = create_channel(address)
+        self.statuses: collections.Counter = collections.Counter()
+
+    def call(self, request):
+        if isinstance(request, Raw):
+            return self.channel.unary_unary(f"/{self.SERVICE}/{request.rpc}")(request.data,
+                                                                                timeout=30)  # fmt: skip
+        return getattr(self.stub, self.rpc_of(request))(request, timeout=30)
+
+    def send(self, request) -> str:
+        """Send one request; the status name it got back (never raises for an RPC error)."""
+        try:
+            self.call(request)
+            code = "OK"
+        except grpc.RpcError as err:
+            code = err.code().name
+        self.statuses[code] += 1
+        return code
+
+
+class FuzzTarget(_Target):
     """A real server with an open fit phase; ``send`` any request; ``finish`` the round honestly."""
 
+    SERVICE = "fedonco.v1.Federation"
     overrides = {"fl.min_fit_sites": 1, "secagg.enabled": False}
     honest = ("A",)
 
@@ -158,13 +254,13 @@ class FuzzTarget:
             if time.monotonic() > end:
                 raise TimeoutError("the fuzz target's server did not start")
             time.sleep(0.05)
-        self.stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
+        self.connect(f"127.0.0.1:{port_file.read_text()}")
+        self.stub = pb_grpc.FederationStub(self.channel)
         for site in self.honest:
             self.run_id = self.stub.RegisterSite(
                 pb.RegisterSiteRequest(site_id=site), timeout=10
             ).run_id
         self.sent = {site: proto_to_ndarrays(self.pull(site).fit.tensors) for site in self.honest}
-        self.statuses: collections.Counter = collections.Counter()
 
     def pull(self, site: str, kind: str = "fit", timeout: float = 60.0):
         """Site's next task of ``kind`` (fit, secagg), polling until it is there."""
@@ -184,15 +280,12 @@ class FuzzTarget:
         return isinstance(request, pb.DeclineRequest) and (
             request.site_id, request.run_id, request.round) == ("A", self.run_id, 1)  # fmt: skip
 
-    def send(self, request) -> str:
-        """Send one request; the status name it got back (never raises for an RPC error)."""
-        try:
-            getattr(self.stub, RPCS[type(request)])(request, timeout=30)
-            code = "OK"
-        except grpc.RpcError as err:
-            code = err.code().name
-        self.statuses[code] += 1
-        return code
+    def strategy(self):
+        return requests(self.run_id, self.names, self.legal)
+
+    @staticmethod
+    def rpc_of(request) -> str:
+        return RPCS[type(request)]
 
     def alive(self) -> bool:
         return self.thread.is_alive() and "result" not in self.box
@@ -293,6 +386,50 @@ class SecAggFuzzTarget(FuzzTarget):
                 for k in self.names}  # fmt: skip
 
 
+class ReleaseFuzzTarget(_Target):
+    """A real release service on 127.0.0.1: a default model (side ``SIZE``, at most ``MAX_BATCH``
+    slices a call) and a models root holding one more (``other``)."""
+
+    SERVICE = "fedonco.v1.Inference"
+    SIZE, MAX_BATCH = 32, 8
+
+    def __init__(self, work: Path) -> None:
+        from common.model import build_model, get_params
+        from common.release import export_release
+        from server import inference
+
+        info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2,
+                "image_size": self.SIZE, "window": [-160, 240]}  # fmt: skip
+        params = get_params(build_model(4, "batch", 2, seed=0))
+        export_release(work / "rel", params, info)
+        export_release(work / "models" / "other", params, info)
+        store = inference.ModelStore(work / "rel", [work / "models"])
+        self.servicer = inference.InferenceServicer(store, self.MAX_BATCH)
+        self.server, port = create_server(
+            "127.0.0.1:0", [(ipb_grpc.add_InferenceServicer_to_server, self.servicer)],
+            max_receive_bytes=inference.request_limit(store, self.MAX_BATCH),
+            max_concurrent_rpcs=inference.RELEASE_CONCURRENT_RPCS)  # fmt: skip
+        self.server.start()
+        self.connect(f"127.0.0.1:{port}")
+        self.stub = ipb_grpc.InferenceStub(self.channel)
+
+    def strategy(self):
+        return release_requests(self.SIZE)
+
+    @staticmethod
+    def rpc_of(request) -> str:
+        return "Predict" if isinstance(request, ipb.PredictRequest) else "Describe"
+
+    def alive(self) -> bool:
+        """A legal Predict is answered, with probabilities of the right shape."""
+        images = ndarrays_to_proto({"images": np.zeros((2, self.SIZE, self.SIZE), np.int16)})[0]
+        probs = self.stub.Predict(ipb.PredictRequest(images=images), timeout=30).probs
+        return tuple(probs.shape) == (2, self.SIZE, self.SIZE)
+
+    def close(self) -> None:
+        self.server.stop(None)
+
+
 def model_is(final: dict, expected: dict, atol: float = 1e-6) -> bool:
     """The global model equals the honest update(s) (up to float32 rounding of n·w / n, or the
     quantisation of secure aggregation: ``atol``)."""
@@ -301,14 +438,14 @@ def model_is(final: dict, expected: dict, atol: float = 1e-6) -> bool:
     )
 
 
-def fuzz(target: FuzzTarget, messages: int, seed_: int, progress=None) -> None:
+def fuzz(target, messages: int, seed_: int, progress=None) -> None:
     """Send ``messages`` Hypothesis-drawn requests to ``target``; fail if the server stops."""
     from hypothesis import HealthCheck, given, seed, settings
 
     @seed(seed_)
     @settings(max_examples=messages, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(requests(target.run_id, target.names, target.legal))
+    @given(target.strategy())
     def one(request):
         target.send(request)
         if progress is not None:
@@ -321,7 +458,11 @@ def fuzz(target: FuzzTarget, messages: int, seed_: int, progress=None) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--messages", type=int, default=20_000, help="messages to send (default %(default)s)"
+        "--messages",
+        type=int,
+        default=20_000,
+        help="messages to the Federation service, and as many to the release service "
+        "(default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -330,12 +471,12 @@ def main(argv=None) -> int:
     from common.config import load_profile
     from common.data.build import build_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, LogTally() as logs:
         work = Path(tmp)
         build_dataset(load_profile("smoke"), work / "data", workers=1, gallery=False)
         per_stage = args.messages // 4 // len(SecAggFuzzTarget.STAGES)
         plain = args.messages - per_stage * len(SecAggFuzzTarget.STAGES)
-        bar = tqdm(total=args.messages, unit="msg", desc="fuzz")
+        bar = tqdm(total=2 * args.messages, unit="msg", desc="fuzz")
         target = FuzzTarget(work / "data", work / "plain")
         rss0, start = rss_mb(), time.perf_counter()
         fuzz(target, plain, args.seed, bar)
@@ -359,12 +500,25 @@ def main(argv=None) -> int:
             "server_alive_throughout": True,
             "round_completed": sec.box.get("result", {}).get("rounds") == 1,
             "model_is_the_honest_mean": model_is(final, sec.expected(), atol=1e-5)}  # fmt: skip
+        release = ReleaseFuzzTarget(work / "release")
+        rss0 = rss_mb()
+        fuzz(release, args.messages, args.seed + 100, bar)
+        report["release"] = {
+            "messages": sum(release.statuses.values()), "statuses": dict(release.statuses),
+            "rss_mb_before": round(rss0, 1), "rss_mb_after": round(rss_mb(), 1),
+            "legal_predict_answered_at_the_end": release.alive()}  # fmt: skip
+        release.close()
         bar.close()
         report["wall_s"] = round(time.perf_counter() - start, 1)
+        unknown = target.statuses["UNKNOWN"] + sec.statuses["UNKNOWN"] + release.statuses["UNKNOWN"]
+        report["checks"] = {"unknown_statuses": unknown, "log_lines": logs.lines,
+                            "log_lines_with_a_traceback": logs.tracebacks}  # fmt: skip
         print(json.dumps(report, indent=1))
         ok = all(r["round_completed"] for r in (report["plain"], report["secagg"]))
         ok = ok and report["plain"]["model_is_the_honest_update"]
-        return 0 if ok and report["secagg"]["model_is_the_honest_mean"] else 1
+        ok = ok and report["secagg"]["model_is_the_honest_mean"]
+        ok = ok and report["release"]["legal_predict_answered_at_the_end"]
+        return 0 if ok and not unknown and not logs.tracebacks else 1
 
 
 if __name__ == "__main__":

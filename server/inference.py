@@ -7,6 +7,7 @@ nothing but probabilities ever leaves: there is no RPC for weights, gradients or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -28,6 +29,7 @@ log.addFilter(Throttle())  # it logs refusals of what any caller sends: bounded
 MAX_BATCH = 64
 MAX_SIDE = 512  # the largest image side a released model may take (the paper's is 256)
 RELEASE_CONCURRENT_RPCS = 16
+CALLS_PER_CALLER = 4  # Predicts one caller may have in flight: no one caller takes all 16
 
 
 MAX_NAME = 200  # characters of a model name
@@ -97,13 +99,35 @@ def caller_of(context) -> str:
 
 class InferenceServicer(pb_grpc.InferenceServicer):
     """``max_queries``: slices one caller may have predicted over the service's life (None: no
-    limit); a caller over it gets RESOURCE_EXHAUSTED. ``queries`` counts what each caller used."""
+    limit); a caller over it gets RESOURCE_EXHAUSTED. ``queries`` counts what each caller used.
+    ``calls_per_caller``: Predicts one caller may have in flight; the next is RESOURCE_EXHAUSTED."""
 
     def __init__(self, store: ModelStore, max_batch: int = MAX_BATCH,
-                 max_queries: int | None = None) -> None:  # fmt: skip
+                 max_queries: int | None = None,
+                 calls_per_caller: int = CALLS_PER_CALLER) -> None:  # fmt: skip
         self.store, self.max_batch, self.max_queries = store, max_batch, max_queries
+        self.calls_per_caller = calls_per_caller
         self._lock = threading.Lock()  # one forward pass at a time (CPU-bound anyway)
+        self._calls_lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
         self.queries: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def _call_slot(self, context):
+        caller = caller_of(context)
+        with self._calls_lock:
+            n = self._in_flight.get(caller, 0)
+            if n >= self.calls_per_caller:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{n} calls of yours in flight: wait for one to finish")  # fmt: skip
+            self._in_flight[caller] = n + 1
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self._in_flight[caller] -= 1
+                if not self._in_flight[caller]:
+                    del self._in_flight[caller]
 
     def _charge(self, context, n: int) -> None:
         caller = caller_of(context)
@@ -127,6 +151,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         )
 
     def Predict(self, request, context):
+        with self._call_slot(context):
+            return self._predict(request, context)
+
+    def _predict(self, request, context):
         model, info = self._model(request.model, context)
         size = int(info["image_size"])
         # The header (dtype, shape) is checked before a byte is decoded: a refused batch costs no

@@ -1,11 +1,21 @@
-"""Property-based fuzzing of the Federation service (bench/fuzz.py), bounded for `make test`:
-whatever a caller sends, the server never exits, a rejected request costs bounded memory, and the
-model ends exactly as the honest site made it (issue 15). `make fuzz` runs 20,000 messages."""
+"""Property-based fuzzing of the Federation and release services (bench/fuzz.py), bounded for
+`make test-heavy`: whatever a caller sends, the server never exits, no call gets UNKNOWN (an
+exception escaping a handler) and no log line carries a traceback (issue 32), a rejected request
+costs bounded memory, and the model ends exactly as the honest site made it (issue 15).
+`make fuzz` runs 20,000 messages to each service."""
 
 import numpy as np
 import pytest
 
-from bench.fuzz import FuzzTarget, SecAggFuzzTarget, fuzz, model_is, rss_mb
+from bench.fuzz import (
+    FuzzTarget,
+    LogTally,
+    ReleaseFuzzTarget,
+    SecAggFuzzTarget,
+    fuzz,
+    model_is,
+    rss_mb,
+)
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.serde import ndarrays_to_proto
 
@@ -18,8 +28,11 @@ def target(smoke_data, tmp_path_factory):
 
 
 def test_fuzzed_messages_never_stop_the_server(target):
-    fuzz(target, 400, 1234)
+    with LogTally() as logs:
+        fuzz(target, 400, 1234)
     assert target.statuses["NOT_FOUND"] and target.statuses["INVALID_ARGUMENT"]
+    assert target.statuses["INTERNAL"]  # raw bytes that are no request: gRPC's own answer
+    assert not target.statuses["UNKNOWN"] and not logs.tracebacks, (target.statuses, logs.lines)
 
 
 def test_rejected_requests_cost_bounded_memory(target):
@@ -53,11 +66,28 @@ def test_fuzzed_messages_at_every_secure_aggregation_stage(smoke_data, tmp_path_
     reached = {}
     for i, stage in enumerate(sec.stages()):
         before = sec.statuses.copy()
-        fuzz(sec, 100, 99 + i)
+        with LogTally() as logs:
+            fuzz(sec, 100, 99 + i)
         reached[stage] = sec.statuses - before
-    assert all(sum(c.values()) == 100 for c in reached.values())
+        assert not logs.tracebacks, stage
+    assert all(sum(c.values()) == 100 and not c["UNKNOWN"] for c in reached.values())
     # some messages got past the caller checks into each stage's validation
     assert all(c["INVALID_ARGUMENT"] + c["FAILED_PRECONDITION"] for c in reached.values())
     final = sec.final_model(120.0)
     assert sec.box["result"]["rounds"] == 1
     assert model_is(final, sec.expected(), atol=1e-5)
+
+
+def test_fuzzed_release_service_answers_every_call_precisely(tmp_path):
+    # last: the Federation target above needs its site A heard from within three heartbeats
+    release = ReleaseFuzzTarget(tmp_path)
+    try:
+        with LogTally() as logs:
+            fuzz(release, 300, 4321)
+        got = release.statuses
+        assert got["OK"] and got["INVALID_ARGUMENT"] and got["NOT_FOUND"], got
+        assert got["RESOURCE_EXHAUSTED"] and got["INTERNAL"], got
+        assert not got["UNKNOWN"] and not logs.tracebacks, (got, logs.lines)
+        assert release.alive()
+    finally:
+        release.close()

@@ -286,3 +286,45 @@ def test_release_service_refuses_an_oversized_batch_from_its_header_alone(tmp_pa
         assert tuple(probs.shape) == (64, 32, 32)
     finally:
         serving.close()
+
+
+def test_one_caller_holds_at_most_calls_per_caller_predicts_at_once(tmp_path) -> None:
+    """Issue 32: the service admits 16 calls; one caller may hold at most 4 of them."""
+    import contextlib
+
+    from common.release import export_release
+    from server.inference import InferenceServicer, ModelStore
+
+    class Aborted(Exception):
+        pass
+
+    ports = iter(range(40000, 41000))
+
+    class Context:
+        def __init__(self, host):
+            self.host = host
+
+        def auth_context(self):
+            return {}
+
+        def peer(self):
+            return f"ipv4:{self.host}:{next(ports)}"  # a new port per connection
+
+        def abort(self, code, details):
+            raise Aborted(code, details)
+
+    params = get_params(build_model(4, "batch", 2, seed=0))
+    export_release(tmp_path / "rel", params, {"method": "fedavg", "base": 4, "norm": "batch",
+                   "groups": 2, "image_size": 32, "window": [-160, 240]})  # fmt: skip
+    servicer = InferenceServicer(ModelStore(tmp_path / "rel"), calls_per_caller=4)
+    with contextlib.ExitStack() as held:
+        for _ in range(4):
+            held.enter_context(servicer._call_slot(Context("10.0.0.1")))
+        with pytest.raises(Aborted) as err:
+            held.enter_context(servicer._call_slot(Context("10.0.0.1")))
+        assert err.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with servicer._call_slot(Context("10.0.0.2")):  # another caller is not held up
+            pass
+    with servicer._call_slot(Context("10.0.0.1")):  # the slots came back
+        assert servicer._in_flight == {"host:ipv4:10.0.0.1": 1}
+    assert servicer._in_flight == {}
