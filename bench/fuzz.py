@@ -408,7 +408,8 @@ class ReleaseFuzzTarget(_Target):
         self.server, port = create_server(
             "127.0.0.1:0", [(ipb_grpc.add_InferenceServicer_to_server, self.servicer)],
             max_receive_bytes=inference.request_limit(store, self.MAX_BATCH),
-            max_concurrent_rpcs=inference.RELEASE_CONCURRENT_RPCS)  # fmt: skip
+            max_concurrent_rpcs=inference.RELEASE_CONCURRENT_RPCS,
+            options=inference.RELEASE_SERVER_OPTIONS)  # fmt: skip
         self.server.start()
         self.connect(f"127.0.0.1:{port}")
         self.stub = ipb_grpc.InferenceStub(self.channel)

@@ -30,6 +30,11 @@ MAX_BATCH = 64
 MAX_SIDE = 512  # the largest image side a released model may take (the paper's is 256)
 RELEASE_CONCURRENT_RPCS = 16
 CALLS_PER_CALLER = 4  # Predicts one caller may have in flight: no one caller takes all 16
+# HTTP/2 flow-control windows stay at their initial 64 KiB (no bandwidth-delay probing): with the
+# probe, 16 oversized batches at once had gRPC buffer up to ~50 MB each burst before refusing
+# them (RSS +12..29 MB after 5 bursts, peak +53 MB; without it +2 MB). Requests here are at most
+# one batch of slices, so the cost is throughput on long, fast links only.
+RELEASE_SERVER_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 
 
 MAX_NAME = 200  # characters of a model name
@@ -216,7 +221,8 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
         creds = server_credentials(tls_dir, require_client_auth=client_certs)
     server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)],
                                  max_receive_bytes=limit, credentials=creds,
-                                 max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS)  # fmt: skip
+                                 max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS,
+                                 options=RELEASE_SERVER_OPTIONS)  # fmt: skip
     server.start()
     if port_file:
         port_file.write_text(str(port))

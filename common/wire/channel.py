@@ -79,6 +79,7 @@ def create_server(
     health: bool = True,
     max_receive_bytes: int = MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.Server, int]:
     """Build, bind and return a server that is **not started yet**, and the port it bound.
 
@@ -88,16 +89,18 @@ def create_server(
     ``max_receive_bytes``: the largest request accepted, checked by gRPC before any decoding (a
     service derives it from what a legal request can be: a model update, a batch of slices);
     ``max_concurrent_rpcs``: calls beyond it are refused with RESOURCE_EXHAUSTED instead of
-    queuing without bound.
+    queuing without bound; ``options``: more gRPC server options (a service's own).
     """
     for name in _GRPC_LOGS:
         grpc_log = logging.getLogger(name)
         if not any(isinstance(f, Throttle) for f in grpc_log.filters):
             grpc_log.addFilter(Throttle(tracebacks=False))
+    extra = list(options)
     options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
     options.append(
         ("grpc.max_receive_message_length", int(min(max_receive_bytes, MAX_MESSAGE_BYTES)))
     )
+    options += extra
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         options=options,
