@@ -63,10 +63,10 @@ fuzz: venv
 # `make test`: lint and every test but the heavy ones (full benchmarks, the Docker stack, Ray,
 # fuzzing, 70 sites); `make test-heavy`: only those; `make test-all`: both (what CI runs).
 test: lint
-	$(PY) -m pytest -q -m "not heavy" tests
+	$(PY) -m pytest -q -m "not heavy" --durations=10 tests
 
 test-heavy: venv
-	$(PY) -m pytest -q -m heavy tests
+	$(PY) -m pytest -q -m heavy --durations=0 tests
 
 test-all: test test-heavy
 
