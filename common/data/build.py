@@ -115,29 +115,35 @@ def make_slices(job: ShardJob, only: int | None = None) -> list:
     return slices
 
 
-def make_shard(job: ShardJob) -> tuple[dict, bytes]:
-    slices = make_slices(job)
-    samples = [s.params for s in slices]
+def shard_bytes(split: str, site: str, k: int, start: int, images: np.ndarray,
+                masks: np.ndarray, samples: list[dict]) -> tuple[dict, bytes]:  # fmt: skip
+    """Shard ``k`` of (split, site): its manifest entry and its ``.npz`` bytes (slice indices
+    ``start``...); ``images`` int16 HU and ``masks`` uint8, (n, H, W) each."""
+    n = len(images)
     data = npz_bytes(
-        {
-            "image": np.stack([s.image for s in slices]),
-            "mask": np.stack([s.mask for s in slices]),
-            "index": np.arange(job.start, job.start + job.n, dtype=np.int32),
-        }
+        {"image": images, "mask": masks, "index": np.arange(start, start + n, dtype=np.int32)}
     )
     entry = {
-        "file": shard_name(job.split, job.spec.name, job.k),
-        "site": job.spec.name,
-        "split": job.split,
-        "start": job.start,
-        "n": job.n,
+        "file": shard_name(split, site, k),
+        "site": site,
+        "split": split,
+        "start": start,
+        "n": n,
         "sha256": sha256_bytes(data),
         "samples": samples,
     }
     return entry, data
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
+def make_shard(job: ShardJob) -> tuple[dict, bytes]:
+    slices = make_slices(job)
+    return shard_bytes(job.split, job.spec.name, job.k, job.start,
+                       np.stack([s.image for s in slices]), np.stack([s.mask for s in slices]),
+                       [s.params for s in slices])  # fmt: skip
+
+
+def prepare_out(out: Path, force: bool) -> Path:
+    """A fresh temporary directory for the dataset that will be installed at ``out``."""
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; use --force to replace it")
     if out.exists() and not out.is_dir():
@@ -145,7 +151,7 @@ def _prepare_out(out: Path, force: bool) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         # An existing OUT is never renamed (it may be a bind mount, e.g. a container's /data):
-        # the new dataset is written inside it and swapped in entry by entry (_install).
+        # the new dataset is written inside it and swapped in entry by entry (install).
         where = out if out.exists() else out.parent
         tmp = where / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,7 +161,7 @@ def _prepare_out(out: Path, force: bool) -> Path:
     return tmp
 
 
-def _install(tmp: Path, out: Path) -> None:
+def install(tmp: Path, out: Path) -> None:
     """Put the finished dataset ``tmp`` at ``out``: a rename when ``out`` does not exist; else
     (``tmp`` lies inside ``out``) the old entries are removed and the new ones renamed into
     ``out``, which itself keeps its inode (a mount point cannot be renamed: EBUSY)."""
@@ -168,6 +174,18 @@ def _install(tmp: Path, out: Path) -> None:
     for new in tmp.iterdir():
         new.rename(out / new.name)
     tmp.rmdir()
+
+
+def write_manifest(tmp: Path, manifest: dict, gallery: bool) -> None:
+    """Add the per-site summary to ``manifest`` and write manifest.json, summary.md and (if
+    ``gallery``) gallery.png beside the shards in ``tmp``."""
+    from common.data.summary import render_gallery, site_summary, summary_markdown
+
+    manifest["summary"] = site_summary(manifest)
+    write_json_atomic(tmp / "manifest.json", manifest)
+    (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))
+    if gallery:
+        render_gallery(tmp, manifest, tmp / "gallery.png")
 
 
 def build_dataset(
@@ -185,11 +203,9 @@ def build_dataset(
     Returns the manifest. A diffusion dataset comes through
     ``common.data.diffusion.generate.build_dataset``, which passes its ``diffusion`` job."""
     sites_sel, splits_sel = only_sites, only_splits  # (``sites`` below are the site specs)
-    from common.data.summary import render_gallery, site_summary, summary_markdown
-
     out = Path(out)
     check_subset(sites_sel, splits_sel)
-    tmp = _prepare_out(out, force)
+    tmp = prepare_out(out, force)
     try:
         jobs = plan(cfg, sites_sel, splits_sel, diffusion)
         total = sum(j.n for j in jobs)
@@ -226,12 +242,8 @@ def build_dataset(
         }
         if jobs and jobs[0].diffusion is not None:
             manifest["diffusion"] = jobs[0].diffusion.to_dict()
-        manifest["summary"] = site_summary(manifest)
-        write_json_atomic(tmp / "manifest.json", manifest)
-        (tmp / "summary.md").write_text(summary_markdown(manifest["summary"]))
-        if gallery:
-            render_gallery(tmp, manifest, tmp / "gallery.png")
-        _install(tmp, out)
+        write_manifest(tmp, manifest, gallery)
+        install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

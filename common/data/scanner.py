@@ -36,6 +36,7 @@ REF_BODY_MM = (160.0, 115.0)  # reference patient (semi-axes) at which sigma_c i
 REF_CUTOFF = 0.8  # reference kernel cutoff
 REF_PIXEL_MM = 380.0 / 256  # pixel width at which noise_ref_hu is calibrated (paper's 256x256)
 N_ANGLES = 24
+HU_RANGE = (-1024, 3071)  # the stored image's range (12-bit CT), also of imported CT
 
 
 def _radial_freq(size: int) -> np.ndarray:
@@ -147,7 +148,7 @@ def scan(
         centre_sigma(noise_ref_hu, dose, kernel_cutoff, fov_mm / size),
     )  # fmt: skip
     noise = sig * ct_noise(rng, size, float(kernel_cutoff))
-    image = np.clip(np.rint(blurred + noise), -1024, 3071).astype(np.int16)
+    image = np.clip(np.rint(blurred + noise), *HU_RANGE).astype(np.int16)
     return image, noise.astype(np.float32)
 
 

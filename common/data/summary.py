@@ -48,11 +48,15 @@ def site_summary(manifest: dict) -> list[dict]:
                 if classes
                 else 0.0,
                 "noise_sigma_liver_hu": float(np.median(sig)) if sig else None,
-                "kernel": spec["kernel"],
-                "dose": spec["dose"],
+                "kernel": spec.get("kernel", "n/a"),  # an imported dataset: no scanner model
+                "dose": spec.get("dose"),
             }
         )
     return rows
+
+
+def _dose(dose: float | None) -> str:
+    return "n/a" if dose is None else f"{dose:.2f}"
 
 
 def summary_markdown(rows: list[dict]) -> str:
@@ -68,7 +72,7 @@ def summary_markdown(rows: list[dict]) -> str:
             f"| {r['site']} | {r['n_train']} | {r['n_holdout']} | {r['n_test']} | {r['n_attacker']} "
             f"| {r['prevalence']:.2f} | {r['tumor_area_mm2']:.0f} ({r['tumor_area_px']:.0f}) "
             f"| {r['large_frac']:.2f} | {r['small_or_tiny_frac']:.2f} | {sig} | {r['kernel']} "
-            f"| {r['dose']:.2f} |"
+            f"| {_dose(r['dose'])} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -101,10 +105,11 @@ def render_gallery(root: Path, manifest: dict, path: Path, per_site: int = 4) ->
                 ax.contour(masks[i], levels=[0.5], colors="r", linewidths=0.6)
             ax.set_title(f"{name} #{index[i]}", fontsize=7)
         axes[r, 0].text(
-            -0.05, 0.5, f"site {name}\n{spec['kernel']}\ndose {spec['dose']:.2f}", transform=axes[r, 0].transAxes,
+            -0.05, 0.5, f"site {name}\n{spec.get('kernel', 'n/a')}\ndose {_dose(spec.get('dose'))}", transform=axes[r, 0].transAxes,
             ha="right", va="center", fontsize=7,
         )  # fmt: skip
-    fig.suptitle("FedOnco-Bench synthetic CT (W400/L40; red: tumor mask)", fontsize=9)
+    what = "imported" if manifest.get("generator") == "import" else "synthetic"
+    fig.suptitle(f"FedOnco-Bench {what} CT (W400/L40; red: tumor mask)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,1 @@
+"""Real CT (NIfTI, DICOM) imported into the dataset format: sources.py reads, importer.py writes."""

@@ -1,0 +1,206 @@
+"""Real CT on disk: the layouts ``fedonco data import`` reads, and each case as (HU volume, label
+volume, affine) in one canonical voxel frame.
+
+Layouts (``find_cases``):
+
+- ``msd`` (Medical Segmentation Decathlon): ``imagesTr/<id>.nii.gz`` + ``labelsTr/<id>.nii.gz``;
+  ``dataset.json``'s ``labels`` name the tumour label ("tumour", "tumor", "cancer", "lesion") and
+  the organ (the one other non-background label) when the options do not.
+- ``lits``: ``volume-<n>.nii[.gz]`` + ``segmentation-<n>.nii[.gz]`` in one folder (any depth);
+  labels 1 liver, 2 tumour.
+- ``kits``: ``case_*/imaging.nii[.gz]`` + ``case_*/segmentation.nii[.gz]``; labels 1 kidney,
+  2 tumour.
+- ``dicom``: one folder per case holding one CT series (every file but the mask) and its mask
+  ``segmentation.nii[.gz]``, a NIfTI on the series' grid; slices are ordered by
+  ImagePositionPatient projected on the slice normal and RescaleSlope/Intercept are applied
+  (pydicom, through nibabel's DICOM wrapper).
+
+Files are read by nibabel and pydicom. The canonical frame: voxel axes (row, column, slice) run
+towards the patient's posterior, left and superior (nibabel axis codes P, L, S), i.e. an axial
+slice is displayed as a radiologist sees it and as the phantom is drawn (common/data/anatomy.py).
+Reorientation permutes and flips axes only (the closest canonical axes of the affine): an oblique
+acquisition keeps its own slice plane, nothing is interpolated across slices.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as nio
+
+LAYOUTS = ("msd", "lits", "kits", "dicom")
+LABEL_DEFAULTS = {"lits": (2, 1), "kits": (2, 1)}  # (tumour, organ) of the datasets' label maps
+CANONICAL = nio.axcodes2ornt(("P", "L", "S"))
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM patient space -> NIfTI world
+AFFINE_TOL_MM = 0.01  # image and label affines may differ by this much (any element)
+NOT_CT_HU = -500.0  # a CT volume has air below this; a volume that never goes below it is not CT
+GAP_TOL = 0.1  # a DICOM slice step may differ from the series' median step by 10%
+_TUMOUR_NAME = re.compile(r"tumou?r|cancer|lesion|neoplasm", re.IGNORECASE)
+_NII = (".nii.gz", ".nii")
+
+
+class ImportDataError(ValueError):
+    """Real CT that cannot be imported; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path  # a NIfTI file, or a DICOM series folder
+    label: Path  # a NIfTI file
+
+
+def _nifti(folder: Path, stem: str) -> Path | None:
+    return next((folder / f"{stem}{e}" for e in _NII if (folder / f"{stem}{e}").is_file()), None)
+
+
+def _stem(path: Path) -> str:
+    return next(path.name[: -len(e)] for e in (*_NII, "") if path.name.endswith(e))
+
+
+def detect_layout(src: Path) -> str:
+    if (src / "imagesTr").is_dir():
+        return "msd"
+    if next(src.rglob("volume-*.nii*"), None):
+        return "lits"
+    if next(src.glob("case_*/imaging.nii*"), None):
+        return "kits"
+    if any(_nifti(d, "segmentation") for d in src.iterdir() if d.is_dir()):
+        return "dicom"
+    raise ImportDataError(f"{src}: no known layout (imagesTr/ of MSD, volume-*.nii of LiTS, "
+                          "case_*/imaging.nii.gz of KiTS, or case folders with a DICOM series "
+                          "and segmentation.nii.gz); give --layout")  # fmt: skip
+
+
+def find_cases(src: Path, layout: str) -> list[Case]:
+    """Every case of ``src``, sorted by id; a case without its label file is an error."""
+    if layout == "msd":
+        pairs = [(_stem(p), p, src / "labelsTr" / p.name)
+                 for p in (src / "imagesTr").glob("*.nii*") if not p.name.startswith(".")]  # fmt: skip
+    elif layout == "lits":
+        pairs = [(_stem(p), p, p.with_name(p.name.replace("volume-", "segmentation-", 1)))
+                 for p in src.rglob("volume-*.nii*")]  # fmt: skip
+    elif layout == "kits":
+        pairs = [(p.parent.name, p, _nifti(p.parent, "segmentation") or
+                  p.parent / "segmentation.nii.gz") for p in src.glob("case_*/imaging.nii*")]  # fmt: skip
+    elif layout == "dicom":
+        pairs = [(d.name, d, _nifti(d, "segmentation") or d / "segmentation.nii.gz")
+                 for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")]  # fmt: skip
+    else:
+        raise ImportDataError(f"unknown layout {layout!r}; layouts are {', '.join(LAYOUTS)}")
+    for _, image, label in pairs:
+        if not label.is_file():
+            raise ImportDataError(f"{image}: no label volume (expected {label})")
+    ids = [i for i, _, _ in pairs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ImportDataError(f"{src}: case id(s) {dup} found twice")
+    if not pairs:
+        raise ImportDataError(f"{src}: no cases of layout {layout}")
+    return [Case(i, im, lab) for i, im, lab in sorted(pairs)]
+
+
+def msd_labels(src: Path) -> tuple[int | None, int | None]:
+    """(tumour, organ) label values from an MSD ``dataset.json`` (None where it does not say)."""
+    path = src / "dataset.json"
+    if not path.is_file():
+        return None, None
+    labels = json.loads(path.read_text()).get("labels", {})
+    # MSD: {"0": "background", "1": "liver", "2": "cancer"}; nnU-Net v2: {"background": 0, ...}
+    named = {int(k): v for k, v in labels.items()} if all(k.isdigit() for k in labels) else {
+        int(v): k for k, v in labels.items() if isinstance(v, int)}  # fmt: skip
+    tumour = [v for v, n in named.items() if _TUMOUR_NAME.search(n)]
+    others = [v for v, n in named.items() if v != 0 and v not in tumour]
+    return (tumour[0] if len(tumour) == 1 else None), (others[0] if len(others) == 1 else None)
+
+
+def canonical(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``arr`` and its affine reoriented to the canonical (P, L, S) voxel axes."""
+    ornt = nio.ornt_transform(nio.io_orientation(affine), CANONICAL)
+    return nio.apply_orientation(arr, ornt), affine @ nio.inv_ornt_aff(ornt, arr.shape)
+
+
+def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(HU volume (rows, columns, slices) float32, RAS affine) of the one series in ``folder``."""
+    import pydicom
+    from nibabel.nicom.dicomwrappers import wrapper_from_data
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and not p.name.endswith(_NII))  # fmt: skip
+    slices = []
+    for p in files:
+        try:
+            ds = pydicom.dcmread(p)
+        except pydicom.errors.InvalidDicomError:
+            raise ImportDataError(f"{p}: not a DICOM file (a case folder holds one DICOM series "
+                                  "and its segmentation.nii.gz)") from None  # fmt: skip
+        if ds.get("Modality") != "CT":
+            raise ImportDataError(f"{p}: modality {ds.get('Modality')!r}, not CT")
+        if int(ds.get("NumberOfFrames") or 1) != 1:
+            raise ImportDataError(f"{p}: a multi-frame DICOM; one file per slice is read")
+        slices.append((p, wrapper_from_data(ds)))
+    if not slices:
+        raise ImportDataError(f"{folder}: no DICOM files")
+    uids = sorted({str(w.get("SeriesInstanceUID")) for _, w in slices})
+    if len(uids) > 1:
+        raise ImportDataError(f"{folder}: mixed SeriesInstanceUID ({len(uids)} series: "
+                              f"{', '.join(uids)}); a case folder holds one series")  # fmt: skip
+    first = slices[0][1]
+    for p, w in slices:
+        if w.image_shape != first.image_shape or not np.allclose(
+            w.image_orient_patient, first.image_orient_patient, atol=1e-4
+        ):
+            raise ImportDataError(f"{p}: image size or orientation differs from {slices[0][0]}")
+    slices.sort(key=lambda s: s[1].slice_indicator)
+    z = np.array([w.slice_indicator for _, w in slices])
+    dz = float(first.voxel_sizes[2])
+    if len(z) > 1:
+        steps = np.diff(z)
+        dz = float(np.median(steps))
+        i = int(np.argmax(np.abs(steps - dz)))
+        if dz <= 0 or abs(steps[i] - dz) > GAP_TOL * dz:
+            raise ImportDataError(f"{folder}: a gap or a duplicate in the series: "
+                                  f"{slices[i][0].name} -> {slices[i + 1][0].name} is "
+                                  f"{steps[i]:.2f} mm, the series' step {dz:.2f} mm")  # fmt: skip
+    try:
+        hu = np.stack([w.get_data() for _, w in slices], axis=-1).astype(np.float32)
+    except Exception as err:  # pixel data pydicom cannot decode (a compressed syntax, say)
+        raise ImportDataError(f"{folder}: cannot read the pixel data: {err}") from None
+    affine = slices[0][1].affine.copy()  # LPS; columns: row index, column index, slice
+    affine[:3, 2] = slices[0][1].slice_normal * dz
+    return hu, LPS_TO_RAS @ affine
+
+
+def read_case(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HU float32, integer labels int16, affine) of one case in the canonical frame, checked:
+    image and label on one grid, and CT intensities."""
+    if case.image.is_dir():
+        hu, affine = read_dicom_series(case.image)
+    else:
+        img = nib.load(case.image)
+        hu, affine = img.get_fdata(dtype=np.float32), img.affine  # scl_slope/scl_inter applied
+    lab = nib.load(case.label)
+    label = np.rint(np.asanyarray(lab.dataobj)).astype(np.int16)  # float labels: nearest integer
+    if hu.ndim != 3 or label.ndim != 3:
+        raise ImportDataError(f"{case.image}: image {hu.shape}, label {label.shape}: "
+                              "3-D volumes are imported")  # fmt: skip
+    hu, affine = canonical(hu, affine)
+    label, lab_affine = canonical(label, lab.affine)
+    if hu.shape != label.shape:
+        raise ImportDataError(f"{case.label}: label shape {label.shape} differs from the image's "
+                              f"{hu.shape} ({case.image}; canonical axes)")  # fmt: skip
+    if np.abs(affine - lab_affine).max() > AFFINE_TOL_MM:
+        raise ImportDataError(f"{case.label}: label affine differs from the image's ({case.image}) "
+                              f"by up to {np.abs(affine - lab_affine).max():.3g} "
+                              f"(tolerance {AFFINE_TOL_MM} mm)")  # fmt: skip
+    low = float(hu.min())
+    if low > NOT_CT_HU:
+        raise ImportDataError(f"{case.image}: not CT: its lowest value is {low:.0f}, CT has air "
+                              f"near -1000 HU (an MR volume, or CT without its rescale "
+                              f"intercept)")  # fmt: skip
+    return hu, label, affine
