@@ -69,6 +69,12 @@ def _data(args) -> int:
     return run_data(args)
 
 
+def _data_import(args) -> int:
+    from bench.data_cli import run_data_import
+
+    return run_data_import(args)
+
+
 def _diffusion_train(args) -> int:
     from common.data.diffusion.train import run_diffusion_train
 
@@ -171,10 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the synthetic five-site CT dataset",
         description="Generate abdominal CT slices in HU with exact tumor masks for the five "
         "sites (train/holdout/test) and the attacker pool; writes compressed .npz shards, "
-        "manifest.json, summary.md and gallery.png into OUT.",
+        "manifest.json, summary.md and gallery.png into OUT. `fedonco data import SRC ...` "
+        "imports real CT instead (`fedonco data import --help`).",
     )
     _add_config_args(p)
-    p.add_argument("--out", required=True, help="output directory (must not exist, or --force)")
+    # not required=True: `data import` takes its own --out (checked in bench/data_cli.py)
+    p.add_argument("--out", help="output directory (must not exist, or --force)")
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     p.add_argument("--workers", type=_count, default=None, help="processes (default: CPU count)")
     p.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
@@ -186,6 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override data.generator (diffusion needs --model)")  # fmt: skip
     p.add_argument("--model", help="diffusion model directory (from `fedonco diffusion train`)")
     p.set_defaults(func=_data)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    q = dsub.add_parser(
+        "import",
+        help="import real CT (NIfTI or DICOM) with tumour labels as a dataset",
+        description="Import real CT volumes with tumour labels into the dataset format (shards, "
+        "manifest.json, summary.md, gallery.png), so training, the audit and `fedonco verify` "
+        "read it unchanged. Per case: reoriented to one frame, every tumour slice plus "
+        "ceil(free-ratio x tumour slices) tumour-free slices within the organ, resampled to the "
+        "pixel size of its site in the profile, cropped or padded around the body to the "
+        "profile's image size, HU clipped to -1024..3071. Cases go to the sites by --sites or "
+        "round-robin and to train/holdout/test/attacker by patient. Nothing is left at OUT on "
+        "an error. The rules: docs/data.md, 'Importing real CT'.",
+    )
+    q.add_argument("src", metavar="SRC", help="the source directory")
+    q.add_argument("--layout", choices=["auto", "msd", "lits", "kits", "dicom"], default="auto",
+                   help="msd: imagesTr/ + labelsTr/ (+ dataset.json); lits: volume-N.nii + "
+                   "segmentation-N.nii; kits: case_*/imaging.nii.gz + segmentation.nii.gz; "
+                   "dicom: one folder per case with its CT series and segmentation.nii.gz "
+                   "(default: auto, from what SRC holds)")  # fmt: skip
+    q.add_argument("--out", required=True, help="output directory (must not exist, or --force)")
+    _add_config_args(q)
+    q.add_argument("--tumor-label", type=int, help="label value of the tumour (default: "
+                   "dataset.json's tumour/cancer label for msd, 2 for lits and kits)")  # fmt: skip
+    q.add_argument("--organ-label", type=int, help="label value of the organ whose extent bounds "
+                   "the tumour-free slices (default: dataset.json's other label for msd, 1 for "
+                   "lits and kits; else any non-zero label)")  # fmt: skip
+    q.add_argument("--sites", metavar="CSV", help="case,site rows (sites A-E); default: "
+                   "round-robin over the sorted case ids. Every site needs >= 3 cases")  # fmt: skip
+    q.add_argument("--free-ratio", type=float, default=1.0,
+                   help="tumour-free slices per tumour slice of a case (default %(default)s)")  # fmt: skip
+    q.add_argument("--force", action="store_true", help="replace OUT if it already exists")
+    q.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
+    q.set_defaults(func=_data_import)
 
     p = sub.add_parser(
         "diffusion",

@@ -1,4 +1,5 @@
-"""`fedonco data`: generate the dataset of a profile and print its per-site summary."""
+"""`fedonco data`: generate the dataset of a profile and print its per-site summary;
+`fedonco data import`: import real CT as a dataset (common/data/real)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ log = logging.getLogger(__name__)
 
 
 def run_data(args) -> int:
+    if not args.out:
+        raise ValueError("the following argument is required: --out")
     cfg = resolve_config(args.config, args.profile, args.seed)
     if getattr(args, "generator", None) or getattr(args, "model", None):
         generator = args.generator or ("diffusion" if args.model else cfg.data.generator)
@@ -27,5 +30,22 @@ def run_data(args) -> int:
     print(f"\nDataset '{cfg.profile}' (seed {cfg.seed}, {cfg.data.image_size}px, severity "
           f"{cfg.data.severity}, stress {cfg.data.stress}, generator {cfg.data.generator}) "
           f"written to {args.out}\n")  # fmt: skip
+    print(summary_markdown(manifest["summary"]))
+    return 0
+
+
+def run_data_import(args) -> int:
+    from common.data.real.importer import import_dataset
+
+    cfg = resolve_config(args.config, args.profile, args.seed)
+    manifest = import_dataset(args.src, args.out, cfg, layout=args.layout,
+                              tumor_label=args.tumor_label, organ_label=args.organ_label,
+                              sites_csv=args.sites, free_ratio=args.free_ratio, force=args.force,
+                              gallery=not args.no_gallery)  # fmt: skip
+    opts = manifest["import"]
+    n = sum(len(v) for site in manifest["cases"].values() for v in site.values())
+    print(f"\nImported {n} cases ({opts['layout']}, tumour label {opts['tumor_label']}, organ "
+          f"label {opts['organ_label']}, sites {opts['site_rule']}) from {args.src} to {args.out} "
+          f"for profile '{cfg.profile}' ({cfg.data.image_size}px, seed {cfg.seed})\n")  # fmt: skip
     print(summary_markdown(manifest["summary"]))
     return 0

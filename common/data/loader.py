@@ -77,12 +77,14 @@ def regenerate_slice(
     re-sampled by ``common.data.diffusion.generate.regenerate_slice``.
     """
     m = root_or_manifest if isinstance(root_or_manifest, dict) else read_manifest(root_or_manifest)
-    spec = site_spec(m, site)
+    if m.get("generator") == "import":
+        raise ValueError("an imported dataset's slices come from real CT: none can be regenerated")
     if m.get("generator", "procedural") == "diffusion":
         raise ValueError(
             "a diffusion dataset's slice is re-sampled by its model: use "
             "common.data.diffusion.generate.regenerate_slice"
         )
+    spec = site_spec(m, site)
     cfg = parse_config(m["config"], "manifest")
     i = m["site_names"].index(site)
     seed = m["attacker_seed"] if split == "attacker" else m["seed"]

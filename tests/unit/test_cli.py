@@ -11,6 +11,7 @@ from bench import cli
 # handler is replaced, so nothing runs)
 COMMANDS = {
     ("data", "--out", "x"): ("bench.data_cli", "run_data"),
+    ("data", "import", "src", "--out", "x"): ("bench.data_cli", "run_data_import"),
     ("diffusion", "train", "--out", "x"): ("common.data.diffusion.train", "run_diffusion_train"),
     ("diffusion", "report", "--model", "m", "--out", "x"): (
         "common.data.diffusion.report",

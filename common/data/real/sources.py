@@ -12,8 +12,8 @@ Layouts (``find_cases``):
   2 tumour.
 - ``dicom``: one folder per case holding one CT series (every file but the mask) and its mask
   ``segmentation.nii[.gz]``, a NIfTI on the series' grid; slices are ordered by
-  ImagePositionPatient projected on the slice normal and RescaleSlope/Intercept are applied
-  (pydicom, through nibabel's DICOM wrapper).
+  ImagePositionPatient projected on the slice normal (the cross product of the
+  ImageOrientationPatient cosines) and RescaleSlope/Intercept are applied (pydicom).
 
 Files are read by nibabel and pydicom. The canonical frame: voxel axes (row, column, slice) run
 towards the patient's posterior, left and superior (nibabel axis codes P, L, S), i.e. an axial
@@ -128,7 +128,7 @@ def canonical(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(HU volume (rows, columns, slices) float32, RAS affine) of the one series in ``folder``."""
     import pydicom
-    from nibabel.nicom.dicomwrappers import wrapper_from_data
+    from pydicom.pixels import apply_rescale
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                    and not p.name.endswith(_NII))  # fmt: skip
@@ -143,22 +143,25 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ImportDataError(f"{p}: modality {ds.get('Modality')!r}, not CT")
         if int(ds.get("NumberOfFrames") or 1) != 1:
             raise ImportDataError(f"{p}: a multi-frame DICOM; one file per slice is read")
-        slices.append((p, wrapper_from_data(ds)))
+        slices.append((p, ds))
     if not slices:
         raise ImportDataError(f"{folder}: no DICOM files")
-    uids = sorted({str(w.get("SeriesInstanceUID")) for _, w in slices})
+    uids = sorted({str(ds.get("SeriesInstanceUID")) for _, ds in slices})
     if len(uids) > 1:
         raise ImportDataError(f"{folder}: mixed SeriesInstanceUID ({len(uids)} series: "
                               f"{', '.join(uids)}); a case folder holds one series")  # fmt: skip
-    first = slices[0][1]
-    for p, w in slices:
-        if w.image_shape != first.image_shape or not np.allclose(
-            w.image_orient_patient, first.image_orient_patient, atol=1e-4
+    p0, ds0 = slices[0]
+    # ImageOrientationPatient: the direction of a row (column index +1), then of a column
+    iop = np.array(ds0.ImageOrientationPatient, float).reshape(2, 3)
+    normal = np.cross(iop[0], iop[1])
+    for p, ds in slices:
+        if (ds.Rows, ds.Columns) != (ds0.Rows, ds0.Columns) or not np.allclose(
+            np.array(ds.ImageOrientationPatient, float).reshape(2, 3), iop, atol=1e-4
         ):
-            raise ImportDataError(f"{p}: image size or orientation differs from {slices[0][0]}")
-    slices.sort(key=lambda s: s[1].slice_indicator)
-    z = np.array([w.slice_indicator for _, w in slices])
-    dz = float(first.voxel_sizes[2])
+            raise ImportDataError(f"{p}: image size or orientation differs from {p0}")
+    slices.sort(key=lambda s: float(np.array(s[1].ImagePositionPatient, float) @ normal))
+    z = np.array([np.array(ds.ImagePositionPatient, float) @ normal for _, ds in slices])
+    dz = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
     if len(z) > 1:
         steps = np.diff(z)
         dz = float(np.median(steps))
@@ -167,13 +170,15 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ImportDataError(f"{folder}: a gap or a duplicate in the series: "
                                   f"{slices[i][0].name} -> {slices[i + 1][0].name} is "
                                   f"{steps[i]:.2f} mm, the series' step {dz:.2f} mm")  # fmt: skip
-    try:
-        hu = np.stack([w.get_data() for _, w in slices], axis=-1).astype(np.float32)
+    try:  # RescaleSlope/RescaleIntercept applied by pydicom
+        hu = np.stack([apply_rescale(ds.pixel_array, ds) for _, ds in slices], axis=-1)
     except Exception as err:  # pixel data pydicom cannot decode (a compressed syntax, say)
         raise ImportDataError(f"{folder}: cannot read the pixel data: {err}") from None
-    affine = slices[0][1].affine.copy()  # LPS; columns: row index, column index, slice
-    affine[:3, 2] = slices[0][1].slice_normal * dz
-    return hu, LPS_TO_RAS @ affine
+    d_row, d_col = (float(v) for v in ds0.PixelSpacing)  # between rows, between columns
+    lps = np.eye(4)  # voxel (row, column, slice) -> DICOM patient space (LPS)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[1] * d_row, iop[0] * d_col, normal * dz
+    lps[:3, 3] = np.array(slices[0][1].ImagePositionPatient, float)
+    return hu.astype(np.float32), LPS_TO_RAS @ lps
 
 
 def read_case(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

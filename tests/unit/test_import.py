@@ -1,0 +1,384 @@
+"""`fedonco data import`: real-CT layouts written here from the procedural phantom (nibabel,
+pydicom) import into a dataset that reproduces the phantom's slices and masks, splits by patient,
+loads through the normal loader, and fails with one line and nothing written on bad input."""
+
+import csv
+import json
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from nibabel import orientations as nio
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
+
+from bench.cli import main
+from common.config import SITE_NAMES, load_profile
+from common.data.anatomy import LABEL
+from common.data.generate import render_slice
+from common.data.loader import ct_dataset, load_arrays, regenerate_slice
+from common.data.real.importer import convert_case, import_dataset
+from common.data.real.sources import (
+    CANONICAL,
+    Case,
+    ImportDataError,
+    read_case,
+    read_dicom_series,
+)
+from common.data.sites import resolve_sites
+from common.data.store import DatasetIntegrityError, read_manifest
+
+CFG = load_profile("smoke")  # 64 px, seed 7
+SIZE = CFG.data.image_size
+SPECS = resolve_sites(CFG.data)
+N_CASES, N_Z, DZ = 15, 5, 2.5
+NO_TUMOUR = 7  # case 7 (site C) has no tumour
+
+
+def phantom_case(k: int) -> dict:
+    """Case k: N_Z phantom slices of site k % 5 (the site round-robin gives it), stacked in the
+    canonical frame (rows posterior, columns patient-left, slices superior) at that site's pixel
+    size; labels 0 background, 1 liver, 2 tumour, 3 kidney."""
+    spec = SPECS[k % 5] if k != NO_TUMOUR else replace(SPECS[k % 5], prevalence=0.0)
+    slices = [render_slice(100 + k, k % 5, "train", z, spec, SIZE, CFG.data.noise_ref_hu)
+              for z in range(N_Z)]  # fmt: skip
+    hu = np.stack([s.image for s in slices], axis=-1)
+    tissue = np.stack([s.tissue for s in slices], axis=-1)
+    mask = np.stack([s.mask for s in slices], axis=-1)
+    label = np.zeros(hu.shape, np.float32)
+    label[tissue == LABEL["liver"]], label[tissue == LABEL["kidney"]], label[mask == 1] = 1, 3, 2
+    px = spec.fov_mm / SIZE
+    affine = np.array([[0, -px, 0, 40.0], [-px, 0, 0, 25.0], [0, 0, DZ, -100.0], [0, 0, 0, 1]])
+    return {"hu": hu, "mask": mask, "label": label, "affine": affine, "px": px}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [phantom_case(k) for k in range(N_CASES)]
+
+
+def stored(arr: np.ndarray, affine: np.ndarray, axcodes, oblique_deg: float = 0.0):
+    """``arr`` (canonical frame) stored with voxel axes ``axcodes`` (its affine follows), the
+    world optionally rotated about the superior axis (an oblique acquisition)."""
+    ornt = nio.ornt_transform(CANONICAL, nio.axcodes2ornt(axcodes))
+    a = np.deg2rad(oblique_deg)
+    rot = np.array([[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0],
+                    [0, 0, 0, 1]])  # fmt: skip
+    return nio.apply_orientation(arr, ornt), rot @ affine @ nio.inv_ornt_aff(ornt, arr.shape)
+
+
+def save_nifti(path: Path, arr, affine, dtype=None) -> None:
+    img = nib.Nifti1Image(arr.astype(np.float32), affine)
+    if dtype is not None:  # nibabel picks scl_slope/scl_inter to store floats as int16
+        img.set_data_dtype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: int) -> None:
+    """One CT series, a file per slice, written in shuffled order under shuffled names; pixels
+    stored as uint16 with RescaleSlope 0.5, RescaleIntercept -1024. ``affine``: the canonical
+    frame's (rows posterior, columns left), so DICOM's row/column cosines are LPS +y and +x."""
+    folder.mkdir(parents=True)
+    uid, px = generate_uid(), float(np.linalg.norm(affine[:3, 0]))
+    order = list(range(hu.shape[2]))
+    random.Random(seed).shuffle(order)
+    for n, z in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (
+            CTImageStorage,
+            generate_uid(),
+        )
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, generate_uid()
+        ds.Rows, ds.Columns = hu.shape[:2]
+        ds.PixelSpacing = [px, px]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        # RAS translation (x, y, z) is LPS (-x, -y, z)
+        ds.ImagePositionPatient = [-affine[0, 3], -affine[1, 3], affine[2, 3] + z * DZ]
+        ds.SliceThickness = DZ
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 0.5, -1024
+        ds.PixelData = ((hu[:, :, z].astype(np.int32) + 1024) * 2).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"IM{n:04d}", enforce_file_format=True)
+
+
+def write_layout(root: Path, layout: str, cases: list[dict]) -> Path:
+    """The cases in one layout, each with another storage: msd RAS voxel axes, int16 with
+    scl_slope/scl_inter and dataset.json; lits LPS voxel axes; kits an oblique world; dicom a
+    shuffled series."""
+    src = root / layout
+    for k, c in enumerate(cases):
+        if layout == "msd":
+            img, lab = src / "imagesTr" / f"liver_{k:02d}.nii.gz", src / "labelsTr" / f"liver_{k:02d}.nii.gz"  # fmt: skip
+            save_nifti(img, *stored(c["hu"], c["affine"], ("R", "A", "S")), np.int16)
+            save_nifti(lab, *stored(c["label"], c["affine"], ("R", "A", "S")))
+        elif layout == "lits":
+            save_nifti(src / f"volume-{k:02d}.nii", *stored(c["hu"], c["affine"], ("L", "P", "S")))
+            save_nifti(src / f"segmentation-{k:02d}.nii",
+                       *stored(c["label"], c["affine"], ("L", "P", "S")))  # fmt: skip
+        elif layout == "kits":
+            save_nifti(src / f"case_{k:05d}" / "imaging.nii.gz",
+                       *stored(c["hu"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
+            save_nifti(src / f"case_{k:05d}" / "segmentation.nii.gz",
+                       *stored(c["label"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
+        else:
+            write_dicom_series(src / f"case{k:02d}", c["hu"], c["affine"], seed=k)
+            save_nifti(src / f"case{k:02d}" / "segmentation.nii.gz", c["label"], c["affine"])
+    if layout == "msd":
+        labels = {"0": "background", "1": "liver", "2": "cancer", "3": "kidney"}
+        (src / "dataset.json").write_text(json.dumps({"name": "test", "labels": labels}))
+    return src
+
+
+def case_ids(layout: str) -> list[str]:
+    fmt = {"msd": "liver_{:02d}", "lits": "volume-{:02d}", "kits": "case_{:05d}",
+           "dicom": "case{:02d}"}[layout]  # fmt: skip
+    return [fmt.format(k) for k in range(N_CASES)]
+
+
+def imported_slices(out: Path) -> dict:
+    """(case, z) -> (image, mask, site, split) of every imported slice, via the loader."""
+    m = read_manifest(out)
+    got = {}
+    for split in m["splits"]:
+        for site in m["site_names"]:
+            images, masks, _, _ = load_arrays(out, split, site, m)
+            recs = [r for e in m["shards"] if (e["split"], e["site"]) == (split, site)
+                    for r in e["samples"]]  # fmt: skip
+            for r, im, mk in zip(recs, images, masks, strict=True):
+                got[(r["case"], r["z"])] = (im, mk, site, split)
+    return got
+
+
+@pytest.mark.parametrize("layout", ["msd", "lits", "kits", "dicom"])
+def test_each_layout_reproduces_the_phantom_exactly(layout, cases, tmp_path):
+    src = write_layout(tmp_path, layout, cases)
+    if layout == "msd":  # the fixture really is int16 with scaling
+        hdr = nib.load(src / "imagesTr" / "liver_00.nii.gz")
+        assert hdr.get_data_dtype() == np.int16 and hdr.dataobj.slope != 1.0
+    out = tmp_path / "out"
+    # msd: dataset.json names the tumour ("cancer") but two organs; lits, kits: their defaults
+    labels = {"tumor_label": 2, "organ_label": 1} if layout == "dicom" else {}
+    manifest = import_dataset(src, out, CFG, gallery=False, **labels)
+    assert manifest["generator"] == "import" and manifest["import"]["layout"] == layout
+    assert manifest["import"]["tumor_label"] == 2
+    organ = manifest["import"]["organ_label"]
+    assert organ == (None if layout == "msd" else 1)
+    got = imported_slices(out)
+    for k, (cid, c) in enumerate(zip(case_ids(layout), cases, strict=True)):
+        tumour_z = {z for z in range(N_Z) if c["mask"][:, :, z].any()}
+        mine = {z for (i, z) in got if i == cid}
+        assert tumour_z <= mine, cid  # every tumour slice
+        # plus ceil(1.0 * max(T, 1)) tumour-free ones from the organ's extent
+        in_organ = (c["label"] != 0) if organ is None else np.isin(c["label"], (organ, 2))
+        extent = np.flatnonzero(in_organ.any(axis=(0, 1)))
+        free = set(range(extent[0], extent[-1] + 1)) - tumour_z
+        assert mine - tumour_z <= free, cid
+        assert len(mine - tumour_z) == min(len(free), max(len(tumour_z), 1)), cid
+        for z in mine:
+            image, mask, site, _ = got[(cid, z)]
+            assert site == SITE_NAMES[k % 5]
+            np.testing.assert_array_equal(mask, c["mask"][:, :, z], err_msg=f"{cid} z={z}")
+            np.testing.assert_array_equal(image, c["hu"][:, :, z], err_msg=f"{cid} z={z}")
+    assert sum(m.sum() for _, m, _, _ in got.values()) == sum(c["mask"].sum() for c in cases)
+
+
+def test_resampling_keeps_hu_and_mask_within_tolerance(cases):
+    """A case acquired at 3/4 of the site's pixel size (a finer scan, 85 px): import resamples
+    it to the site's grid; soft tissue HU and the tumour outline stay close."""
+    c = cases[0]
+    fine = ndimage.zoom(c["hu"].astype(np.float32), (4 / 3, 4 / 3, 1), order=1, grid_mode=True,
+                        mode="grid-constant", cval=-1024)  # fmt: skip
+    label = ndimage.zoom(
+        c["label"], (4 / 3, 4 / 3, 1), order=0, grid_mode=True, mode="grid-constant"
+    )
+    affine = c["affine"].copy()
+    affine[:2, :2] *= 0.75
+    images, masks, recs = convert_case("c", fine, np.rint(label).astype(np.int16), affine,
+                                       tumor_label=2, organ_label=1, px_mm=c["px"], size=SIZE,
+                                       free_ratio=1.0, seed=0)  # fmt: skip
+    assert images.shape[1:] == (SIZE, SIZE)
+    for im, mk, r in zip(images, masks, recs, strict=True):
+        z = r["z"]
+        liver = ndimage.binary_erosion(c["label"][:, :, z] == 1, iterations=2)
+        diff = np.abs(im.astype(float) - c["hu"][:, :, z])[liver]
+        assert np.median(diff) < 12, (z, np.median(diff))  # noise sd ~15 HU, interpolated twice
+        truth = c["mask"][:, :, z].astype(bool)
+        if truth.any():
+            dice = 2 * (mk.astype(bool) & truth).sum() / (mk.sum() + truth.sum())
+            assert dice > 0.85, (z, dice)
+
+
+def test_split_is_by_patient_and_follows_the_sites_csv(cases, tmp_path):
+    src = write_layout(tmp_path, "lits", cases)
+    ids = case_ids("lits")
+    table = tmp_path / "sites.csv"
+    mapping = {cid: SITE_NAMES[(k // 3) % 5] for k, cid in enumerate(ids)}  # 0-2 A, 3-5 B, ...
+    with table.open("w", newline="") as f:
+        csv.writer(f).writerows([["case", "site"], *mapping.items()])
+    out = tmp_path / "out"
+    m = import_dataset(src, out, CFG, sites_csv=table, gallery=False)
+    where = [(cid, site, split) for site, per in m["cases"].items() for split, v in per.items()
+             for cid in v]  # fmt: skip
+    assert sorted(c for c, _, _ in where) == sorted(ids)  # each case once: one site, one split
+    assert all(mapping[c] == site for c, site, _ in where)
+    for site in SITE_NAMES:  # 3 cases: one each to train, holdout, test
+        assert [len(m["cases"][site][s]) for s in ("train", "holdout", "test")] == [1, 1, 1]
+    for (cid, _), (_, _, site, split) in imported_slices(out).items():
+        assert cid in m["cases"][site][split]  # every slice in its patient's split
+    again = import_dataset(src, tmp_path / "again", CFG, sites_csv=table, gallery=False)
+    assert again["cases"] == m["cases"]  # the seed fixes the split
+    other = import_dataset(src, tmp_path / "other", CFG.model_copy(update={"seed": 8}),
+                           sites_csv=table, gallery=False)  # fmt: skip
+    assert other["cases"] != m["cases"]
+
+
+def test_imported_dataset_loads_trains_and_is_integrity_checked(cases, tmp_path):
+    import torch
+
+    from common.model import build_model
+
+    src = write_layout(tmp_path, "dicom", cases)
+    out = tmp_path / "out"
+    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml",
+            "--tumor-label", "2", "--organ-label", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "gallery.png").is_file() and (out / "summary.md").is_file()
+    m = read_manifest(out)
+    assert [r["site"] for r in m["summary"]] == list(SITE_NAMES)
+    assert sum(r["n_train"] for r in m["summary"]) == sum(e["n"] for e in m["shards"]
+                                                          if e["split"] == "train")  # fmt: skip
+    train = ct_dataset(out, "train", "A")
+    x, y = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
+    assert x.shape == (4, 1, SIZE, SIZE) and x.min() >= 0 and x.max() <= 1 and y.max() == 1
+    model = build_model(CFG.model.base, CFG.model.norm, CFG.model.groups)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="imported"):
+        regenerate_slice(m, "train", "A", 0)
+    shard = out / m["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetIntegrityError, match="corrupted"):
+        load_arrays(out, m["shards"][0]["split"], m["shards"][0]["site"])
+
+
+def test_ct_small_a_real_dicom_file_is_read_with_its_geometry_and_rescale(tmp_path):
+    real = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(real)
+    case = tmp_path / "ct_small"
+    case.mkdir()
+    shutil.copy(real, case / "CT_small.dcm")
+    hu, affine = read_dicom_series(case)
+    np.testing.assert_array_equal(hu[:, :, 0], ds.pixel_array * 1.0 - 1024)  # slope 1, -1024
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    np.testing.assert_allclose(affine[:3, 3], [-x, -y, z])  # LPS -> RAS
+    dr, dc = (float(v) for v in ds.PixelSpacing)
+    # the label's affine from the tags: rows run along the column cosine, columns along the row
+    # cosine (both LPS +x/+y here), slices along their normal by SliceThickness
+    own = np.array([[0, -dc, 0, -x], [-dr, 0, 0, -y], [0, 0, 5.0, z], [0, 0, 0, 1]])
+    label = np.zeros((128, 128, 1), np.uint8)
+    label[40:60, 50:80] = 2
+    save_nifti(case / "segmentation.nii.gz", label, own)
+    hu2, lab2, _ = read_case(Case("ct_small", case, case / "segmentation.nii.gz"))
+    assert hu2.min() < -500 and lab2.sum() == label.sum()
+
+
+def _src(tmp_path, cases, layout="lits"):
+    return write_layout(tmp_path, layout, cases)
+
+
+def _shape_mismatch(src, cases):
+    c = cases[4]
+    save_nifti(src / "segmentation-04.nii", *stored(c["label"][:, :, :-1], c["affine"], ("L", "P", "S")))  # fmt: skip
+    return "segmentation-04.nii", {}
+
+
+def _affine_mismatch(src, cases):
+    c = cases[4]
+    data, aff = stored(c["label"], c["affine"], ("L", "P", "S"))
+    aff[0, 3] += 5.0
+    save_nifti(src / "segmentation-04.nii", data, aff)
+    return "segmentation-04.nii", {}
+
+
+def _no_tumour_value(src, cases):
+    return "no case's label volume holds the tumour label 9", {"tumor_label": 9}
+
+
+def _mr_volume(src, cases):
+    c = cases[2]
+    save_nifti(src / "volume-02.nii", *stored(c["hu"] + 1100.0, c["affine"], ("L", "P", "S")))
+    return "volume-02.nii: not CT", {}
+
+
+def _dicom_gap(src, cases):
+    files = sorted((src / "case03").glob("IM*"), key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])  # fmt: skip
+    files[2].unlink()
+    return "case03: a gap", {"tumor_label": 2}
+
+
+def _dicom_two_series(src, cases):
+    p = next((src / "case03").glob("IM*"))
+    ds = pydicom.dcmread(p)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.save_as(p)
+    return "case03: mixed SeriesInstanceUID", {"tumor_label": 2}
+
+
+def _empty_site(src, cases):
+    table = src.parent / "sites.csv"
+    table.write_text(
+        "".join(f"{cid},{SITE_NAMES[k % 4]}\n" for k, cid in enumerate(case_ids("lits")))
+    )
+    return "site E has no cases", {"sites_csv": table}
+
+
+ERRORS = {"shape": _shape_mismatch, "affine": _affine_mismatch, "tumour": _no_tumour_value,
+          "mr": _mr_volume, "gap": ("dicom", _dicom_gap), "series": ("dicom", _dicom_two_series),
+          "site": _empty_site}  # fmt: skip
+
+
+@pytest.mark.parametrize("what", list(ERRORS))
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(what, cases, tmp_path, capsys):
+    layout, spoil = ERRORS[what] if isinstance(ERRORS[what], tuple) else ("lits", ERRORS[what])
+    src = _src(tmp_path / "in", cases, layout)
+    expect, opts = spoil(src, cases)
+    out = tmp_path / "out"
+    with pytest.raises(ImportDataError) as err:
+        import_dataset(src, out, CFG, gallery=False, **opts)
+    assert isinstance(err.value, ValueError) and expect in str(err.value)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no OUT, no temporary beside it
+    # the CLI: exit 2, one line
+    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml"]
+    argv += [f"--{k.replace('_', '-').replace('-csv', '')}={v}" for k, v in opts.items()]
+    assert main(argv) == 2
+    text = capsys.readouterr().err
+    assert text.startswith("fedonco data: error:") and expect in text
+    assert len(text.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_data_import_help_and_data_still_needs_out(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "import", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: fedonco data import" in text and "segmentation.nii.gz" in text
+    assert main(["data", "--profile", "smoke"]) == 2  # `fedonco data` without --out
+    assert "required: --out" in capsys.readouterr().err
