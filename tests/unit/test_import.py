@@ -45,7 +45,7 @@ NO_TUMOUR = 7  # case 7 (site C) has no tumour
 def phantom_case(k: int) -> dict:
     """Case k: N_Z phantom slices of site k % 5 (the site round-robin gives it), stacked in the
     canonical frame (rows posterior, columns patient-left, slices superior) at that site's pixel
-    size; labels 0 background, 1 liver, 2 tumour, 3 kidney."""
+    size; labels 0 background, 1 liver, 2 tumour, 3 kidney; none in the top slice."""
     spec = SPECS[k % 5] if k != NO_TUMOUR else replace(SPECS[k % 5], prevalence=0.0)
     slices = [render_slice(100 + k, k % 5, "train", z, spec, SIZE, CFG.data.noise_ref_hu)
               for z in range(N_Z)]  # fmt: skip
@@ -54,6 +54,7 @@ def phantom_case(k: int) -> dict:
     mask = np.stack([s.mask for s in slices], axis=-1)
     label = np.zeros(hu.shape, np.float32)
     label[tissue == LABEL["liver"]], label[tissue == LABEL["kidney"]], label[mask == 1] = 1, 3, 2
+    label[:, :, -1], mask[:, :, -1] = 0, 0  # the top slice lies above the labelled organs
     px = spec.fov_mm / SIZE
     affine = np.array([[0, -px, 0, 40.0], [-px, 0, 0, 25.0], [0, 0, DZ, -100.0], [0, 0, 0, 1]])
     return {"hu": hu, "mask": mask, "label": label, "affine": affine, "px": px}
