@@ -349,9 +349,23 @@ def _empty_site(src, cases):
     return "site E has no cases", {"sites_csv": table}
 
 
+def _small_site(src, cases):
+    table = src.parent / "sites.csv"
+    sites = ["E" if k < 2 else SITE_NAMES[k % 4] for k in range(N_CASES)]
+    table.write_text("".join(f"{c},{s}\n" for c, s in zip(case_ids("lits"), sites, strict=True)))
+    return "site E has 2 cases", {"sites_csv": table}
+
+
+def _csv_unknown_case(src, cases):
+    table = src.parent / "sites.csv"
+    rows = [f"{c},{SITE_NAMES[k % 5]}\n" for k, c in enumerate(case_ids("lits"))]
+    table.write_text("case,site\n" + "".join(rows) + "volume-99,A\n")
+    return "['volume-99'] not in the source", {"sites_csv": table}
+
+
 ERRORS = {"shape": _shape_mismatch, "affine": _affine_mismatch, "tumour": _no_tumour_value,
           "mr": _mr_volume, "gap": ("dicom", _dicom_gap), "series": ("dicom", _dicom_two_series),
-          "site": _empty_site}  # fmt: skip
+          "site": _empty_site, "few": _small_site, "csv": _csv_unknown_case}  # fmt: skip
 
 
 @pytest.mark.parametrize("what", list(ERRORS))
