@@ -391,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="run the benchmark end to end",
-        description="Run the benchmark for a profile: generate the dataset, then run every "
-        "method of fl.methods with a real server and five client processes over 127.0.0.1, and "
+        description="Run the benchmark for a profile: generate the dataset (or read --data DIR), "
+        "then run every method of fl.methods with a real server and five client processes over 127.0.0.1, and "
         "write runs/<run_id>/ (config, versions, history, results.json/.md/.csv, plots).",
     )
     _add_config_args(p)
@@ -402,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
                     extra=". --engine ray: a cell computes on what it reserves: cuda with "
                     "--cell-gpus, else cpu")  # fmt: skip
     p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
+    p.add_argument("--data", metavar="DIR",
+                   help="run on this dataset instead of generating one, e.g. `fedonco data "
+                   "import`'s output (real CT): same methods, audit and report. It must have the "
+                   "profile's image size, the five sites, train and test slices at every site, "
+                   "and, with the audit on, holdout slices and an attacker split. The run's data/ "
+                   "links to DIR (nothing copied); every seed of --seeds reads it. Local engine, "
+                   "no --dry-run")  # fmt: skip
     p.add_argument("--seeds", type=_count, default=1, metavar="N",
                    help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
                    "weights and training) and report mean ± sd of Dice, ε and the strongest "
