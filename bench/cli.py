@@ -75,6 +75,12 @@ def _data_import(args) -> int:
     return run_data_import(args)
 
 
+def _data_compare(args) -> int:
+    from bench.data_cli import run_data_compare
+
+    return run_data_compare(args)
+
+
 def _diffusion_train(args) -> int:
     from common.data.diffusion.train import run_diffusion_train
 
@@ -227,6 +233,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     q.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
     q.set_defaults(func=_data_import)
+    q = dsub.add_parser(
+        "compare",
+        help="realism report: compare two CT datasets statistic by statistic",
+        description="Measure, by one rule on both sides, per dataset and per site: HU mean and sd "
+        "in the organ (the phantom's liver; an imported dataset's organ label) and in the "
+        "tumour, their contrast, tumours per slice and their equivalent diameter (mm), the "
+        "tumour-to-organ area ratio, HU and noise sd in flat soft tissue and the noise power "
+        "spectrum's peak, the fraction of tumour slices; then the Wasserstein distance and the "
+        "two-sample KS test per statistic. A statistic a side cannot support is 'n/a (why)'. "
+        "Writes OUT/compare.md, compare.json and compare.png. Definitions: docs/data.md, "
+        "'Comparing with real CT'.",
+    )
+    q.add_argument("real", metavar="REAL", help="a dataset directory (e.g. from `fedonco data "
+                   "import`), a DICOM file (e.g. pydicom's CT_small.dcm) or a folder with one "
+                   "DICOM series")  # fmt: skip
+    q.add_argument("synth", metavar="SYNTH", help="a dataset directory (e.g. from `fedonco data`), "
+                   "or DICOM as REAL")  # fmt: skip
+    q.add_argument("--out", required=True, help="report directory (created; its three files "
+                   "are replaced)")  # fmt: skip
+    q.add_argument("--max-slices", type=_count, default=200, metavar="N",
+                   help="measure at most N slices per site, drawn with a fixed seed "
+                   "(default %(default)s)")  # fmt: skip
+    q.set_defaults(func=_data_compare)
 
     p = sub.add_parser(
         "diffusion",

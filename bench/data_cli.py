@@ -1,9 +1,11 @@
 """`fedonco data`: generate the dataset of a profile and print its per-site summary;
-`fedonco data import`: import real CT as a dataset (common/data/real)."""
+`fedonco data import`: import real CT as a dataset (common/data/real); `fedonco data compare`: the
+realism report of two datasets (common/data/real/compare.py)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from common.config import resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
@@ -48,4 +50,13 @@ def run_data_import(args) -> int:
           f"label {opts['organ_label']}, sites {opts['site_rule']}) from {args.src} to {args.out} "
           f"for profile '{cfg.profile}' ({cfg.data.image_size}px, seed {cfg.seed})\n")  # fmt: skip
     print(summary_markdown(manifest["summary"]))
+    return 0
+
+
+def run_data_compare(args) -> int:
+    from common.data.real.compare import run_compare
+
+    run_compare(args.real, args.synth, args.out, args.max_slices)
+    print(f"\nRealism report written to {args.out}/compare.md, compare.json, compare.png\n")
+    print((Path(args.out) / "compare.md").read_text())
     return 0

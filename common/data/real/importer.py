@@ -21,7 +21,9 @@ Per case (common/data/real/sources.py reads it into the canonical P-L-S frame):
    the chosen slices) and kept inside the volume when the volume is larger, centred on the volume
    (padded with -1024 HU air) when it is smaller; its origin is rounded to a whole source pixel, so
    a volume already at the target pixel size and matrix is copied exactly.
-4. HU rounded and clipped to the scanner range of the generator (-1024..3071, int16).
+4. HU rounded and clipped to the scanner range of the generator (-1024..3071, int16). The organ
+   mask (resampled like the tumour's) is not stored; each slice's record keeps its area and the
+   organ's HU mean and sd (``organ_record``) for ``fedonco data compare``.
 
 Sites: a ``--sites`` CSV (``case,site`` rows, a header row allowed) or round-robin over the case
 ids in sorted order (A, B, C, D, E, A, ...). Every site needs at least three cases.
@@ -91,6 +93,16 @@ def size_class(area_mm2: float) -> str:
     return min(RADIUS_MM, key=lambda c: abs(math.log(max(r, 1e-6) / RADIUS_MM[c])))
 
 
+def organ_record(image: np.ndarray, organ: np.ndarray, tumor: np.ndarray) -> dict:
+    """What the dataset keeps of a slice's organ label (its shards hold the tumour mask only):
+    the area of organ or tumour, and the HU mean and sd of the organ without the tumour (None
+    where it has no pixel); ``fedonco data compare`` reads them."""
+    hu = image[organ & ~tumor].astype(np.float64)
+    return {"area_px": int((organ | tumor).sum()),
+            "hu_mean": round(float(hu.mean()), 2) if hu.size else None,
+            "hu_sd": round(float(hu.std()), 2) if hu.size else None}  # fmt: skip
+
+
 def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.ndarray, *,
                  tumor_label: int, organ_label: int | None, px_mm: float, size: int,
                  free_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:  # fmt: skip
@@ -108,8 +120,9 @@ def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.nda
     for z in zs:
         img = ndimage.affine_transform(hu[:, :, z], scale, offset, output_shape=(size, size),
                                        order=1, mode="constant", cval=HU_RANGE[0])  # fmt: skip
-        mask = ndimage.affine_transform(tumor[:, :, z].astype(np.uint8), scale, offset,
-                                        output_shape=(size, size), order=0, cval=0)  # fmt: skip
+        mask, in_organ = (ndimage.affine_transform(m[:, :, z].astype(np.uint8), scale, offset,
+                                                   output_shape=(size, size), order=0, cval=0)
+                          for m in (tumor, organ))  # fmt: skip
         images.append(np.clip(np.rint(img), *HU_RANGE).astype(np.int16))
         masks.append(mask)
         area = int(mask.sum())
@@ -117,6 +130,7 @@ def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.nda
             "case": case_id, "z": int(z), "has_tumor": area > 0,
             "tumor": {"area_px": area, "size_class": size_class(area * px_mm**2)} if area else None,
             "noise": {"sigma_liver_hu": None},
+            "organ": organ_record(images[-1], in_organ.astype(bool), mask.astype(bool)),
         })  # fmt: skip
     return np.stack(images), np.stack(masks), records
 
