@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "lits and kits; else any non-zero label)")  # fmt: skip
     q.add_argument("--sites", metavar="CSV", help="case,site rows (sites A-E); default: "
                    "round-robin over the sorted case ids. Every site needs >= 3 cases")  # fmt: skip
+    q.add_argument("--site", choices=list(SITE_NAMES), help="every case to this one site (a "
+                   "hospital importing its own CT for `fedonco client --site`; >= 3 cases); the "
+                   "other sites stay empty")  # fmt: skip
     q.add_argument("--free-ratio", type=float, default=1.0,
                    help="tumour-free slices per tumour slice of a case (default %(default)s)")  # fmt: skip
     q.add_argument("--force", action="store_true", help="replace OUT if it already exists")

@@ -42,7 +42,7 @@ def run_data_import(args) -> int:
     cfg = resolve_config(args.config, args.profile, args.seed)
     manifest = import_dataset(args.src, args.out, cfg, layout=args.layout,
                               tumor_label=args.tumor_label, organ_label=args.organ_label,
-                              sites_csv=args.sites, free_ratio=args.free_ratio, force=args.force,
+                              sites_csv=args.sites, only_site=args.site, free_ratio=args.free_ratio, force=args.force,
                               gallery=not args.no_gallery)  # fmt: skip
     opts = manifest["import"]
     n = sum(len(v) for site in manifest["cases"].values() for v in site.values())

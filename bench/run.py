@@ -372,7 +372,7 @@ def given_dataset(data: Path, cfg: Config, args) -> dict:
     for row in manifest["summary"]:
         empty = [s for s in need if not row.get(f"n_{s}")]
         if empty:
-            raise ValueError(f"{what}: site {row['site']} has no {' or '.join(empty)} slices "
+            raise ValueError(f"{what}: site {row['site']} has no {'/'.join(empty)} slices "
                              f"(every site needs {', '.join(need)})")  # fmt: skip
     if cfg.mia.enabled and not sum(row.get("n_attacker", 0) for row in manifest["summary"]):
         raise ValueError(f"{what}: no attacker split, which the membership-inference audit needs "

@@ -309,3 +309,29 @@ def test_bench_data_refuses_a_dataset_that_does_not_fit_in_one_line(cases, tmp_p
         assert text.startswith("fedonco bench: error:") and expect in text, text
         assert len(text.strip().splitlines()) == 1
     assert not runs.exists()
+
+
+def test_one_hospital_imports_its_own_cases_as_one_site(cases, tmp_path, capsys):
+    """`--site C` (the site container): every case to site C, split by patient; the other sites
+    are empty, so only C's client can train on it and a benchmark refuses it."""
+    src, out = _src(tmp_path / "in", cases), tmp_path / "data"
+    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml"]
+    assert main([*argv, "--site", "C"]) == 0
+    m = read_manifest(out)
+    assert m["import"]["site_rule"] == "site C"
+    assert sorted(c for per in m["cases"]["C"].values() for c in per) == case_ids("lits")
+    assert all(not per for s in SITE_NAMES if s != "C" for per in m["cases"][s].values())
+    assert {e["site"] for e in m["shards"]} == {"C"}
+    assert len(ct_dataset(out, "train", "C")) == m["summary"][2]["n_train"] > 0
+    assert len(ct_dataset(out, "train", "A")) == 0
+    capsys.readouterr()
+    assert (
+        main(["bench", "--data", str(out), "--profile", "smoke", "--out", str(tmp_path / "r")]) == 2
+    )
+    assert "site A has no train/test/holdout slices" in capsys.readouterr().err
+    few = tmp_path / "few"  # a hospital with 2 cases
+    few.mkdir()
+    for p in src.glob("*-0[01].nii"):
+        shutil.copy(p, few / p.name)
+    assert main([*argv[:2], str(few), "--out", str(tmp_path / "o2"), "--site", "B"]) == 2
+    assert "site B has 2 cases (--site)" in capsys.readouterr().err
