@@ -75,6 +75,12 @@ def _data_import(args) -> int:
     return run_data_import(args)
 
 
+def _data_compare(args) -> int:
+    from bench.data_cli import run_data_compare
+
+    return run_data_compare(args)
+
+
 def _diffusion_train(args) -> int:
     from common.data.diffusion.train import run_diffusion_train
 
@@ -222,11 +228,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "lits and kits; else any non-zero label)")  # fmt: skip
     q.add_argument("--sites", metavar="CSV", help="case,site rows (sites A-E); default: "
                    "round-robin over the sorted case ids. Every site needs >= 3 cases")  # fmt: skip
+    q.add_argument("--site", choices=list(SITE_NAMES), help="every case to this one site (a "
+                   "hospital importing its own CT for `fedonco client --site`; >= 3 cases); the "
+                   "other sites stay empty")  # fmt: skip
     q.add_argument("--free-ratio", type=float, default=1.0,
                    help="tumour-free slices per tumour slice of a case (default %(default)s)")  # fmt: skip
     q.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     q.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
     q.set_defaults(func=_data_import)
+    q = dsub.add_parser(
+        "compare",
+        help="realism report: compare two CT datasets statistic by statistic",
+        description="Measure, by one rule on both sides, per dataset and per site: HU mean and sd "
+        "in the organ (the phantom's liver; an imported dataset's organ label) and in the "
+        "tumour, their contrast, tumours per slice and their equivalent diameter (mm), the "
+        "tumour-to-organ area ratio, HU and noise sd in flat soft tissue and the noise power "
+        "spectrum's peak, the fraction of tumour slices; then the Wasserstein distance and the "
+        "two-sample KS test per statistic. A statistic a side cannot support is 'n/a (why)'. "
+        "Writes OUT/compare.md, compare.json and compare.png. Definitions: docs/data.md, "
+        "'Comparing with real CT'.",
+    )
+    q.add_argument("real", metavar="REAL", help="a dataset directory (e.g. from `fedonco data "
+                   "import`), a DICOM file (e.g. pydicom's CT_small.dcm) or a folder with one "
+                   "DICOM series")  # fmt: skip
+    q.add_argument("synth", metavar="SYNTH", help="a dataset directory (e.g. from `fedonco data`), "
+                   "or DICOM as REAL")  # fmt: skip
+    q.add_argument("--out", required=True, help="report directory (created; its three files "
+                   "are replaced)")  # fmt: skip
+    q.add_argument("--max-slices", type=_count, default=200, metavar="N",
+                   help="measure at most N slices per site, drawn with a fixed seed "
+                   "(default %(default)s)")  # fmt: skip
+    q.set_defaults(func=_data_compare)
 
     p = sub.add_parser(
         "diffusion",
@@ -391,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="run the benchmark end to end",
-        description="Run the benchmark for a profile: generate the dataset, then run every "
-        "method of fl.methods with a real server and five client processes over 127.0.0.1, and "
+        description="Run the benchmark for a profile: generate the dataset (or read --data DIR), "
+        "then run every method of fl.methods with a real server and five client processes over 127.0.0.1, and "
         "write runs/<run_id>/ (config, versions, history, results.json/.md/.csv, plots).",
     )
     _add_config_args(p)
@@ -402,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
                     extra=". --engine ray: a cell computes on what it reserves: cuda with "
                     "--cell-gpus, else cpu")  # fmt: skip
     p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
+    p.add_argument("--data", metavar="DIR",
+                   help="run on this dataset instead of generating one, e.g. `fedonco data "
+                   "import`'s output (real CT): same methods, audit and report. It must have the "
+                   "profile's image size, the five sites, train and test slices at every site, "
+                   "and, with the audit on, holdout slices and an attacker split. The run's data/ "
+                   "links to DIR (nothing copied); every seed of --seeds reads it. Local engine, "
+                   "no --dry-run")  # fmt: skip
     p.add_argument("--seeds", type=_count, default=1, metavar="N",
                    help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
                    "weights and training) and report mean ± sd of Dice, ε and the strongest "

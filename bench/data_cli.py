@@ -1,9 +1,11 @@
 """`fedonco data`: generate the dataset of a profile and print its per-site summary;
-`fedonco data import`: import real CT as a dataset (common/data/real)."""
+`fedonco data import`: import real CT as a dataset (common/data/real); `fedonco data compare`: the
+realism report of two datasets (common/data/real/compare.py)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from common.config import resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
@@ -40,7 +42,7 @@ def run_data_import(args) -> int:
     cfg = resolve_config(args.config, args.profile, args.seed)
     manifest = import_dataset(args.src, args.out, cfg, layout=args.layout,
                               tumor_label=args.tumor_label, organ_label=args.organ_label,
-                              sites_csv=args.sites, free_ratio=args.free_ratio, force=args.force,
+                              sites_csv=args.sites, only_site=args.site, free_ratio=args.free_ratio, force=args.force,
                               gallery=not args.no_gallery)  # fmt: skip
     opts = manifest["import"]
     n = sum(len(v) for site in manifest["cases"].values() for v in site.values())
@@ -48,4 +50,13 @@ def run_data_import(args) -> int:
           f"label {opts['organ_label']}, sites {opts['site_rule']}) from {args.src} to {args.out} "
           f"for profile '{cfg.profile}' ({cfg.data.image_size}px, seed {cfg.seed})\n")  # fmt: skip
     print(summary_markdown(manifest["summary"]))
+    return 0
+
+
+def run_data_compare(args) -> int:
+    from common.data.real.compare import run_compare
+
+    run_compare(args.real, args.synth, args.out, args.max_slices)
+    print(f"\nRealism report written to {args.out}/compare.md, compare.json, compare.png\n")
+    print((Path(args.out) / "compare.md").read_text())
     return 0

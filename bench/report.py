@@ -290,6 +290,8 @@ def write_report(
         "seed": cfg.seed,
         "sites": list(SITE_NAMES),
         "data_summary": manifest["summary"],
+        # "import": real CT (`fedonco data import`, `fedonco bench --data`); else generated
+        "data_generator": manifest.get("generator", "procedural"),
         "wall_s": wall_s,
         "disk_bytes": disk_bytes(run_dir),  # the seed's directory: dataset, models, logs, audits
         "methods": {m: method_entry(m, r, histories[m]) for m, r in results_by_method.items()},
@@ -298,12 +300,13 @@ def write_report(
     results["goals"] = standard_goals(results)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (run_dir / "history.json").write_text(json.dumps(histories, indent=1, default=float) + "\n")
+    where = ", imported CT" if results["data_generator"] == "import" else ""
     table = markdown(results)
     table += "\nThe paper's claims, checked on this run:\n\n" + "".join(
         f"- {line}\n" for line in results["claims"]
     )
     (run_dir / "results.md").write_text(
-        f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed})\n\n{table}"
+        f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed}){where}\n\n{table}"
     )
     with open(run_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -323,7 +326,7 @@ def write_report(
         privacy_utility(results, run_dir / "plots" / "privacy_utility.png")
         table += "\n" + privacy_table(results)
         (run_dir / "results.md").write_text(
-            f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed})\n\n{table}"
+            f"# FedOnco-Bench results: {cfg.profile} (seed {cfg.seed}){where}\n\n{table}"
         )
     return table
 

@@ -258,9 +258,11 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
     n_seeds = getattr(args, "seeds", None) or 1
     if n_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
+    data = getattr(args, "data", None)
+    given = given_dataset(Path(data), cfg, args) if data else None
     if sweep or any(get_method(m).dp for m in cfg.fl.methods):
         # fail before any process starts, naming the site
-        check_dp(cfg, planned_manifest(cfg), [sweep[2]] if sweep else None)
+        check_dp(cfg, given or planned_manifest(cfg), [sweep[2]] if sweep else None)
     engine = make_engine(args)
     cpus, gpus = cell_resources(args)
     cfg, device = run_device(cfg, engine.name, gpus)  # no CUDA where asked: one line, no run dir
@@ -272,7 +274,7 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=False)
     seed_dirs = {cfg.seed: run_dir} if n_seeds == 1 else {s: run_dir / f"seed{s}" for s in seeds}
     cells = plan_cells(cfg, seed_dirs, sweep, cpus, gpus, device)
-    fn = cell_fn or (InPlace(seed_dirs) if engine.name == "local" else run_cell)
+    fn = cell_fn or (InPlace(seed_dirs, data) if engine.name == "local" else run_cell)
     try:
         done, failed = gather(engine, cells, fn, seed_dirs)
     except KeyboardInterrupt:
@@ -350,6 +352,34 @@ def run_device(cfg: Config, engine: str, gpus: float):
     return with_overrides(cfg, **{"train.device": want}), want
 
 
+def given_dataset(data: Path, cfg: Config, args) -> dict:
+    """The manifest of ``fedonco bench --data DIR`` (e.g. ``fedonco data import``'s output),
+    checked against the run before anything starts: one line naming what does not fit."""
+    if getattr(args, "dry_run", False):
+        raise ValueError("--dry-run makes its own tiny dataset; it does not take --data")
+    if getattr(args, "engine", "local") != "local":
+        raise ValueError("--data runs with --engine local only (a Ray node would not have DIR)")
+    manifest = read_manifest(data)
+    what = f"--data {data}"
+    if manifest["image_size"] != cfg.data.image_size:
+        raise ValueError(f"{what}: {manifest['image_size']} px slices, the profile "
+                         f"'{cfg.profile}' trains on {cfg.data.image_size} px; import or "
+                         "generate it with the same profile")  # fmt: skip
+    if list(manifest["site_names"]) != list(SITE_NAMES):
+        raise ValueError(f"{what}: sites {manifest['site_names']}, the federation has "
+                         f"{list(SITE_NAMES)}")  # fmt: skip
+    need = ["train", "test"] + (["holdout"] if cfg.mia.enabled else [])
+    for row in manifest["summary"]:
+        empty = [s for s in need if not row.get(f"n_{s}")]
+        if empty:
+            raise ValueError(f"{what}: site {row['site']} has no {'/'.join(empty)} slices "
+                             f"(every site needs {', '.join(need)})")  # fmt: skip
+    if cfg.mia.enabled and not sum(row.get("n_attacker", 0) for row in manifest["summary"]):
+        raise ValueError(f"{what}: no attacker split, which the membership-inference audit needs "
+                         "(import more cases, or set mia.enabled = false)")  # fmt: skip
+    return manifest
+
+
 def planned_manifest(cfg: Config) -> dict:
     """The training slices per site that the dataset will hold (what ``check_dp`` reads), without
     generating it."""
@@ -384,10 +414,12 @@ def plan_cells(cfg: Config, seed_dirs: dict[int, Path], sweep, cpus: int = 1, gp
 class InPlace:
     """The local engine's cell: in this process, into the seed's run directory, on the dataset
     built there once per seed (its first cell builds it; public pretraining is cached in the
-    first seed's cache/)."""
+    first seed's cache/). With ``data`` (``--data DIR``) every seed reads that dataset instead:
+    the seed's data/ is a symbolic link to it (nothing copied, e.g. a hospital's imported CT)."""
 
-    def __init__(self, seed_dirs: dict[int, Path]):
+    def __init__(self, seed_dirs: dict[int, Path], data: str | Path | None = None):
         self.seed_dirs, self.manifests = seed_dirs, {}
+        self.data = Path(data).resolve() if data else None
 
     def __call__(self, cell: Cell) -> dict:
         t0 = time.perf_counter()
@@ -398,7 +430,12 @@ class InPlace:
                 i = list(self.seed_dirs).index(cell.seed)
                 print(f"\n== seed {cell.seed} ({i + 1} of {len(self.seed_dirs)}) ==")
             os.environ.setdefault(CACHE_ENV, str(sdir / "cache"))
-            manifest = build_dataset(cfg, sdir / "data")
+            if self.data:
+                (sdir / "data").symlink_to(self.data, target_is_directory=True)
+                manifest = read_manifest(sdir / "data")
+                print(f"\nDataset {self.data} ({manifest.get('generator', 'procedural')})")
+            else:
+                manifest = build_dataset(cfg, sdir / "data")
             print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
             self.manifests[cell.seed] = manifest
         result = run_method(cfg, sdir / cell.config_file, cell.method, sdir / cell.run_subdir,

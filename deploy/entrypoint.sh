@@ -11,7 +11,11 @@
 #   FEDONCO_SITE      site: its ID, A-E                (required for `site`)
 #   FEDONCO_SERVER    site: server host:port           (default server:50051)
 #   FEDONCO_DATA      site: a dataset directory; if it holds no manifest.json, this site's own
-#                     synthetic slices are generated there (default /data)
+#                     slices are imported (FEDONCO_IMPORT) or generated there (default /data)
+#   FEDONCO_IMPORT    site: the hospital's real CT (NIfTI or DICOM, mounted read-only): imported
+#                     into FEDONCO_DATA as this site's cases (`fedonco data import --site`)
+#   FEDONCO_IMPORT_ARGS  site: more `fedonco data import` options, e.g. "--layout msd
+#                     --tumor-label 2" (word-split; untested in a container)
 #   FEDONCO_TLS_DIR   mutual TLS directory (ca.crt, tls.crt, tls.key) from `fedonco certs`
 #   FEDONCO_INSECURE  1 = allow plaintext gRPC beyond loopback (closed test networks only)
 #   FEDONCO_PUBLISH_DIR  site: where a FedBN site publishes its released model
@@ -53,7 +57,12 @@ site)
     if [ -n "${FEDONCO_TLS_DIR:-}" ]; then
         fedonco health "${FEDONCO_SERVER:-server:50051}" --tls-check "$FEDONCO_SITE"
     fi
-    if [ ! -f "$DATA/manifest.json" ]; then
+    if [ ! -f "$DATA/manifest.json" ] && [ -n "${FEDONCO_IMPORT:-}" ]; then
+        # the hospital's own CT, every case to this site, split by patient; it never leaves
+        # shellcheck disable=SC2086  # FEDONCO_IMPORT_ARGS is a list of options
+        fedonco data import "$FEDONCO_IMPORT" --site "$FEDONCO_SITE" --config "$CONFIG" \
+            --out "$DATA" --force ${FEDONCO_IMPORT_ARGS:-}
+    elif [ ! -f "$DATA/manifest.json" ]; then
         fedonco data --config "$CONFIG" --sites "$FEDONCO_SITE" --splits train,test --out "$DATA" \
             --force --no-gallery
     fi
@@ -81,7 +90,7 @@ fedonco)
     exec fedonco "$@"
     ;;
 help | --help | -h)
-    sed -n '2,20p' "$0"
+    sed -n '2,24p' "$0"
     exec fedonco --help
     ;;
 *)

@@ -3,150 +3,44 @@ pydicom) import into a dataset that reproduces the phantom's slices and masks, s
 loads through the normal loader, and fails with one line and nothing written on bad input."""
 
 import csv
-import json
-import random
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from nibabel import orientations as nio
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+from realct import (
+    CFG,
+    N_CASES,
+    N_Z,
+    SIZE,
+    case_ids,
+    phantom_case,
+    save_nifti,
+    stored,
+    write_layout,
+)
 from scipy import ndimage
 
 from bench.cli import main
-from common.config import SITE_NAMES, load_profile
-from common.data.anatomy import LABEL
-from common.data.generate import render_slice
+from common.config import SITE_NAMES
 from common.data.loader import ct_dataset, load_arrays, regenerate_slice
 from common.data.real.importer import convert_case, import_dataset
 from common.data.real.sources import (
-    CANONICAL,
     Case,
     ImportDataError,
     read_case,
     read_dicom_series,
 )
-from common.data.sites import resolve_sites
 from common.data.store import DatasetIntegrityError, read_manifest
-
-CFG = load_profile("smoke")  # 64 px, seed 7
-SIZE = CFG.data.image_size
-SPECS = resolve_sites(CFG.data)
-N_CASES, N_Z, DZ = 15, 5, 2.5
-NO_TUMOUR = 7  # case 7 (site C) has no tumour
-
-
-def phantom_case(k: int) -> dict:
-    """Case k: N_Z phantom slices of site k % 5 (the site round-robin gives it), stacked in the
-    canonical frame (rows posterior, columns patient-left, slices superior) at that site's pixel
-    size; labels 0 background, 1 liver, 2 tumour, 3 kidney; none in the top slice."""
-    spec = SPECS[k % 5] if k != NO_TUMOUR else replace(SPECS[k % 5], prevalence=0.0)
-    slices = [render_slice(100 + k, k % 5, "train", z, spec, SIZE, CFG.data.noise_ref_hu)
-              for z in range(N_Z)]  # fmt: skip
-    hu = np.stack([s.image for s in slices], axis=-1)
-    tissue = np.stack([s.tissue for s in slices], axis=-1)
-    mask = np.stack([s.mask for s in slices], axis=-1)
-    label = np.zeros(hu.shape, np.float32)
-    label[tissue == LABEL["liver"]], label[tissue == LABEL["kidney"]], label[mask == 1] = 1, 3, 2
-    label[:, :, -1], mask[:, :, -1] = 0, 0  # the top slice lies above the labelled organs
-    px = spec.fov_mm / SIZE
-    affine = np.array([[0, -px, 0, 40.0], [-px, 0, 0, 25.0], [0, 0, DZ, -100.0], [0, 0, 0, 1]])
-    return {"hu": hu, "mask": mask, "label": label, "affine": affine, "px": px}
 
 
 @pytest.fixture(scope="module")
 def cases():
     return [phantom_case(k) for k in range(N_CASES)]
-
-
-def stored(arr: np.ndarray, affine: np.ndarray, axcodes, oblique_deg: float = 0.0):
-    """``arr`` (canonical frame) stored with voxel axes ``axcodes`` (its affine follows), the
-    world optionally rotated about the superior axis (an oblique acquisition)."""
-    ornt = nio.ornt_transform(CANONICAL, nio.axcodes2ornt(axcodes))
-    a = np.deg2rad(oblique_deg)
-    rot = np.array([[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0],
-                    [0, 0, 0, 1]])  # fmt: skip
-    return nio.apply_orientation(arr, ornt), rot @ affine @ nio.inv_ornt_aff(ornt, arr.shape)
-
-
-def save_nifti(path: Path, arr, affine, dtype=None) -> None:
-    img = nib.Nifti1Image(arr.astype(np.float32), affine)
-    if dtype is not None:  # nibabel picks scl_slope/scl_inter to store floats as int16
-        img.set_data_dtype(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-
-
-def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: int) -> None:
-    """One CT series, a file per slice, written in shuffled order under shuffled names; pixels
-    stored as uint16 with RescaleSlope 0.5, RescaleIntercept -1024. ``affine``: the canonical
-    frame's (rows posterior, columns left), so DICOM's row/column cosines are LPS +y and +x."""
-    folder.mkdir(parents=True)
-    uid, px = generate_uid(), float(np.linalg.norm(affine[:3, 0]))
-    order = list(range(hu.shape[2]))
-    random.Random(seed).shuffle(order)
-    for n, z in enumerate(order):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (
-            CTImageStorage,
-            generate_uid(),
-        )
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, generate_uid()
-        ds.Rows, ds.Columns = hu.shape[:2]
-        ds.PixelSpacing = [px, px]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        # RAS translation (x, y, z) is LPS (-x, -y, z)
-        ds.ImagePositionPatient = [-affine[0, 3], -affine[1, 3], affine[2, 3] + z * DZ]
-        ds.SliceThickness = DZ
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 0.5, -1024
-        ds.PixelData = ((hu[:, :, z].astype(np.int32) + 1024) * 2).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"IM{n:04d}", enforce_file_format=True)
-
-
-def write_layout(root: Path, layout: str, cases: list[dict]) -> Path:
-    """The cases in one layout, each with another storage: msd RAS voxel axes, int16 with
-    scl_slope/scl_inter and dataset.json; lits LPS voxel axes; kits an oblique world; dicom a
-    shuffled series."""
-    src = root / layout
-    for k, c in enumerate(cases):
-        if layout == "msd":
-            img, lab = src / "imagesTr" / f"liver_{k:02d}.nii.gz", src / "labelsTr" / f"liver_{k:02d}.nii.gz"  # fmt: skip
-            save_nifti(img, *stored(c["hu"], c["affine"], ("R", "A", "S")), np.int16)
-            save_nifti(lab, *stored(c["label"], c["affine"], ("R", "A", "S")))
-        elif layout == "lits":
-            save_nifti(src / f"volume-{k:02d}.nii", *stored(c["hu"], c["affine"], ("L", "P", "S")))
-            save_nifti(src / f"segmentation-{k:02d}.nii",
-                       *stored(c["label"], c["affine"], ("L", "P", "S")))  # fmt: skip
-        elif layout == "kits":
-            save_nifti(src / f"case_{k:05d}" / "imaging.nii.gz",
-                       *stored(c["hu"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
-            save_nifti(src / f"case_{k:05d}" / "segmentation.nii.gz",
-                       *stored(c["label"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
-        else:
-            write_dicom_series(src / f"case{k:02d}", c["hu"], c["affine"], seed=k)
-            save_nifti(src / f"case{k:02d}" / "segmentation.nii.gz", c["label"], c["affine"])
-    if layout == "msd":
-        labels = {"0": "background", "1": "liver", "2": "cancer", "3": "kidney"}
-        (src / "dataset.json").write_text(json.dumps({"name": "test", "labels": labels}))
-    return src
-
-
-def case_ids(layout: str) -> list[str]:
-    fmt = {"msd": "liver_{:02d}", "lits": "volume-{:02d}", "kits": "case_{:05d}",
-           "dicom": "case{:02d}"}[layout]  # fmt: skip
-    return [fmt.format(k) for k in range(N_CASES)]
 
 
 def imported_slices(out: Path) -> dict:
@@ -397,3 +291,47 @@ def test_data_import_help_and_data_still_needs_out(capsys):
     assert "usage: fedonco data import" in text and "segmentation.nii.gz" in text
     assert main(["data", "--profile", "smoke"]) == 2  # `fedonco data` without --out
     assert "required: --out" in capsys.readouterr().err
+
+
+def test_bench_data_refuses_a_dataset_that_does_not_fit_in_one_line(cases, tmp_path, capsys):
+    """`fedonco bench --data DIR` checks the dataset against the run before anything starts:
+    another image size, or (audit on) no attacker split; nothing is written under --out."""
+    out = tmp_path / "data"
+    import_dataset(_src(tmp_path / "in", cases), out, CFG, gallery=False)
+    runs = tmp_path / "runs"
+    for argv, expect in [
+        (["--profile", "paper"], "64 px slices, the profile 'paper' trains on 256 px"),
+        (["--profile", "smoke"], "no attacker split"),  # 3 cases a site: train, holdout, test
+        (["--profile", "smoke", "--dry-run"], "--dry-run makes its own tiny dataset"),
+    ]:
+        assert main(["bench", "--data", str(out), "--out", str(runs), *argv]) == 2
+        text = capsys.readouterr().err
+        assert text.startswith("fedonco bench: error:") and expect in text, text
+        assert len(text.strip().splitlines()) == 1
+    assert not runs.exists()
+
+
+def test_one_hospital_imports_its_own_cases_as_one_site(cases, tmp_path, capsys):
+    """`--site C` (the site container): every case to site C, split by patient; the other sites
+    are empty, so only C's client can train on it and a benchmark refuses it."""
+    src, out = _src(tmp_path / "in", cases), tmp_path / "data"
+    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml"]
+    assert main([*argv, "--site", "C"]) == 0
+    m = read_manifest(out)
+    assert m["import"]["site_rule"] == "site C"
+    assert sorted(c for per in m["cases"]["C"].values() for c in per) == case_ids("lits")
+    assert all(not per for s in SITE_NAMES if s != "C" for per in m["cases"][s].values())
+    assert {e["site"] for e in m["shards"]} == {"C"}
+    assert len(ct_dataset(out, "train", "C")) == m["summary"][2]["n_train"] > 0
+    assert len(ct_dataset(out, "train", "A")) == 0
+    capsys.readouterr()
+    assert (
+        main(["bench", "--data", str(out), "--profile", "smoke", "--out", str(tmp_path / "r")]) == 2
+    )
+    assert "site A has no train/test/holdout slices" in capsys.readouterr().err
+    few = tmp_path / "few"  # a hospital with 2 cases
+    few.mkdir()
+    for p in src.glob("*-0[01].nii"):
+        shutil.copy(p, few / p.name)
+    assert main([*argv[:2], str(few), "--out", str(tmp_path / "o2"), "--site", "B"]) == 2
+    assert "site B has 2 cases (--site)" in capsys.readouterr().err

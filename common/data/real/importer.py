@@ -21,10 +21,14 @@ Per case (common/data/real/sources.py reads it into the canonical P-L-S frame):
    the chosen slices) and kept inside the volume when the volume is larger, centred on the volume
    (padded with -1024 HU air) when it is smaller; its origin is rounded to a whole source pixel, so
    a volume already at the target pixel size and matrix is copied exactly.
-4. HU rounded and clipped to the scanner range of the generator (-1024..3071, int16).
+4. HU rounded and clipped to the scanner range of the generator (-1024..3071, int16). The organ
+   mask (resampled like the tumour's) is not stored; each slice's record keeps its area and the
+   organ's HU mean and sd (``organ_record``) for ``fedonco data compare``.
 
 Sites: a ``--sites`` CSV (``case,site`` rows, a header row allowed) or round-robin over the case
-ids in sorted order (A, B, C, D, E, A, ...). Every site needs at least three cases.
+ids in sorted order (A, B, C, D, E, A, ...). Every site needs at least three cases. ``--site S``
+(one hospital importing its own CT, the site container): every case to site S, which needs three;
+the other sites are empty.
 Splits, by patient: each site's cases (sorted, then permuted by ``default_rng(seed)``) go one each
 to train, holdout and test, and the rest by the profile's split fractions (train_total,
 5 x holdout_per_site, 5 x test_per_site, attacker_size), largest remainder first. Every slice of a
@@ -91,6 +95,16 @@ def size_class(area_mm2: float) -> str:
     return min(RADIUS_MM, key=lambda c: abs(math.log(max(r, 1e-6) / RADIUS_MM[c])))
 
 
+def organ_record(image: np.ndarray, organ: np.ndarray, tumor: np.ndarray) -> dict:
+    """What the dataset keeps of a slice's organ label (its shards hold the tumour mask only):
+    the area of organ or tumour, and the HU mean and sd of the organ without the tumour (None
+    where it has no pixel); ``fedonco data compare`` reads them."""
+    hu = image[organ & ~tumor].astype(np.float64)
+    return {"area_px": int((organ | tumor).sum()),
+            "hu_mean": round(float(hu.mean()), 2) if hu.size else None,
+            "hu_sd": round(float(hu.std()), 2) if hu.size else None}  # fmt: skip
+
+
 def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.ndarray, *,
                  tumor_label: int, organ_label: int | None, px_mm: float, size: int,
                  free_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:  # fmt: skip
@@ -108,8 +122,9 @@ def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.nda
     for z in zs:
         img = ndimage.affine_transform(hu[:, :, z], scale, offset, output_shape=(size, size),
                                        order=1, mode="constant", cval=HU_RANGE[0])  # fmt: skip
-        mask = ndimage.affine_transform(tumor[:, :, z].astype(np.uint8), scale, offset,
-                                        output_shape=(size, size), order=0, cval=0)  # fmt: skip
+        mask, in_organ = (ndimage.affine_transform(m[:, :, z].astype(np.uint8), scale, offset,
+                                                   output_shape=(size, size), order=0, cval=0)
+                          for m in (tumor, organ))  # fmt: skip
         images.append(np.clip(np.rint(img), *HU_RANGE).astype(np.int16))
         masks.append(mask)
         area = int(mask.sum())
@@ -117,13 +132,22 @@ def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.nda
             "case": case_id, "z": int(z), "has_tumor": area > 0,
             "tumor": {"area_px": area, "size_class": size_class(area * px_mm**2)} if area else None,
             "noise": {"sigma_liver_hu": None},
+            "organ": organ_record(images[-1], in_organ.astype(bool), mask.astype(bool)),
         })  # fmt: skip
     return np.stack(images), np.stack(masks), records
 
 
-def assign_sites(case_ids: list[str], sites_csv: str | Path | None) -> dict[str, str]:
-    """case id -> site: from the CSV, or round-robin over the sorted ids; every site gets a case."""
-    if sites_csv is None:
+def assign_sites(case_ids: list[str], sites_csv: str | Path | None,
+                 only_site: str | None = None) -> dict[str, str]:  # fmt: skip
+    """case id -> site: every case to ``only_site`` (one hospital importing its own CT), from the
+    CSV, or round-robin over the sorted ids; every site (or ``only_site``) needs 3 cases."""
+    if only_site is not None:
+        if only_site not in SITE_NAMES:
+            raise ImportDataError(f"site {only_site!r} is not one of {', '.join(SITE_NAMES)}")
+        if sites_csv is not None:
+            raise ImportDataError("give --site or --sites, not both")
+        sites = dict.fromkeys(case_ids, only_site)
+    elif sites_csv is None:
         sites = {c: SITE_NAMES[i % len(SITE_NAMES)] for i, c in enumerate(sorted(case_ids))}
     else:
         path = Path(sites_csv)
@@ -140,10 +164,11 @@ def assign_sites(case_ids: list[str], sites_csv: str | Path | None) -> dict[str,
         if unknown or missing:
             raise ImportDataError(f"{path}: case(s) {unknown or missing} "
                                   f"{'not in the source' if unknown else 'not in the CSV'}")  # fmt: skip
-    for site in SITE_NAMES:
+    for site in [only_site] if only_site else SITE_NAMES:
         n = list(sites.values()).count(site)
         if n < 3:
-            where = f"in {sites_csv}" if sites_csv else f"round-robin over {len(case_ids)} cases"
+            where = (f"in {sites_csv}" if sites_csv else "--site" if only_site
+                     else f"round-robin over {len(case_ids)} cases")  # fmt: skip
             raise ImportDataError(f"site {site} has {n or 'no'} case{'s' if n != 1 else ''} "
                                   f"({where}); every site needs at least 3 (train, holdout, "
                                   "test)")  # fmt: skip
@@ -162,6 +187,8 @@ def split_cases(sites: dict[str, str], fractions: list[float], seed: int) -> dic
     out = {}
     for site in SITE_NAMES:
         cases = list(rng.permutation(sorted(c for c, s in sites.items() if s == site)))
+        if not cases:  # a single site's import (--site): the others have none
+            continue
         rest = len(cases) - 3
         raw = [rest * f for f in fractions]
         counts = [1 + math.floor(raw[i]) if i < 3 else math.floor(raw[i]) for i in range(4)]
@@ -186,7 +213,8 @@ def _labels(src: Path, layout: str, tumor_label: int | None, organ_label: int | 
 
 def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str = "auto",
                    tumor_label: int | None = None, organ_label: int | None = None,
-                   sites_csv: str | Path | None = None, free_ratio: float = 1.0,
+                   sites_csv: str | Path | None = None, only_site: str | None = None,
+                   free_ratio: float = 1.0,
                    force: bool = False, gallery: bool = True) -> dict:  # fmt: skip
     """Import the real CT of ``src`` into a dataset at ``out`` for the profile ``cfg`` (its image
     size, sites' pixel sizes, window, split fractions and shard size; ``cfg.seed`` draws the
@@ -199,7 +227,7 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
     layout = detect_layout(src) if layout == "auto" else layout
     cases = find_cases(src, layout)
     tumor_label, organ_label = _labels(src, layout, tumor_label, organ_label)
-    sites = assign_sites([c.id for c in cases], sites_csv)
+    sites = assign_sites([c.id for c in cases], sites_csv, only_site)
     splits = split_cases(sites, split_fractions(cfg), cfg.seed)
     size = cfg.data.image_size
     px = {s.name: s.fov_mm / size for s in resolve_sites(cfg.data)}
@@ -235,7 +263,11 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
                 "free_ratio": free_ratio,
                 "seed": cfg.seed,
                 "sites_csv": str(sites_csv) if sites_csv else None,
-                "site_rule": "csv" if sites_csv else "round-robin",
+                "site_rule": f"site {only_site}"
+                if only_site
+                else "csv"
+                if sites_csv
+                else "round-robin",
                 "split_fractions": dict(zip(SPLITS, split_fractions(cfg), strict=True)),
                 "hu_range": list(HU_RANGE),
             },  # fmt: skip

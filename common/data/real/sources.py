@@ -125,22 +125,28 @@ def canonical(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return nio.apply_orientation(arr, ornt), affine @ nio.inv_ornt_aff(ornt, arr.shape)
 
 
+def read_ct_file(path: Path, hint: str):
+    """The pydicom dataset of one CT file; ``ImportDataError`` (with ``hint``) if it is not one."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        raise ImportDataError(f"{path}: not a DICOM file ({hint})") from None
+    if ds.get("Modality") != "CT":
+        raise ImportDataError(f"{path}: modality {ds.get('Modality')!r}, not CT")
+    return ds
+
+
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(HU volume (rows, columns, slices) float32, RAS affine) of the one series in ``folder``."""
-    import pydicom
     from pydicom.pixels import apply_rescale
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                    and not p.name.endswith(_NII))  # fmt: skip
     slices = []
     for p in files:
-        try:
-            ds = pydicom.dcmread(p)
-        except pydicom.errors.InvalidDicomError:
-            raise ImportDataError(f"{p}: not a DICOM file (a case folder holds one DICOM series "
-                                  "and its segmentation.nii.gz)") from None  # fmt: skip
-        if ds.get("Modality") != "CT":
-            raise ImportDataError(f"{p}: modality {ds.get('Modality')!r}, not CT")
+        ds = read_ct_file(p, "a case folder holds one DICOM series and its segmentation.nii.gz")
         if int(ds.get("NumberOfFrames") or 1) != 1:
             raise ImportDataError(f"{p}: a multi-frame DICOM; one file per slice is read")
         slices.append((p, ds))
