@@ -15,7 +15,7 @@
 #   FEDONCO_IMPORT    site: the hospital's real CT (NIfTI or DICOM, mounted read-only): imported
 #                     into FEDONCO_DATA as this site's cases (`fedonco data import --site`)
 #   FEDONCO_IMPORT_ARGS  site: more `fedonco data import` options, e.g. "--layout msd
-#                     --tumor-label 2" (word-split; untested in a container)
+#                     --tumor-label 2" (word-split)
 #   FEDONCO_TLS_DIR   mutual TLS directory (ca.crt, tls.crt, tls.key) from `fedonco certs`
 #   FEDONCO_INSECURE  1 = allow plaintext gRPC beyond loopback (closed test networks only)
 #   FEDONCO_PUBLISH_DIR  site: where a FedBN site publishes its released model

@@ -286,6 +286,9 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
     certificate directory, fills in site.env from deploy/site.env.example and starts
     `docker run --rm --env-file site.env -v certs:/certs:ro -v site-data:/data -v
     site-state:/state fedonco-bench:latest site` (its data generated into the bind-mounted /data).
+    Hospital C trains on its own "real CT" instead (issue 28): a NIfTI directory (LiTS layout,
+    written from the phantom by tests/realct.py) mounted read-only with FEDONCO_IMPORT, imported
+    by the entry point into its /data as its patients, split by patient.
     Three hospitals on a private network stand in for the internet; the server publishes no port.
     CI runs as root, so this is the docs' root variant: the directories are handed to the image's
     unprivileged user (`chown -R 10001:10001 …`) and the containers run as it."""
@@ -313,6 +316,18 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
             (home / "site.env").write_text(env)
             (home / "site-data").mkdir()
             (home / "site-state").mkdir()
+            ct = []
+            if s == "C":  # its own scans, as FEDONCO_IMPORT in site.env would name them
+                from realct import phantom_case, write_layout
+
+                cases = [phantom_case(k, n_z=6, no_tumour=None) for k in range(4)]
+                write_layout(home / "ct", "lits", cases)
+                env = (
+                    env.rstrip("\n")
+                    + "\nFEDONCO_IMPORT=/import\nFEDONCO_IMPORT_ARGS=--layout lits\n"
+                )
+                (home / "site.env").write_text(env)
+                ct = ["-v", f"{home / 'ct'}:/import:ro"]
             _chown_r(
                 10001, 10001, *(home / d for d in ("certs/site-" + s, "site-data", "site-state"))
             )
@@ -321,7 +336,7 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
                 ["docker", "run", "--rm", "--network", net, "--env-file", str(home / "site.env"),
                  "-v", f"{home / 'certs' / f'site-{s}'}:/certs:ro",
                  "-v", f"{home / 'site-data'}:/data", "-v", f"{home / 'site-state'}:/state",
-                 IMAGE, "site"], stdout=logs[s], stderr=subprocess.STDOUT, cwd=home)  # fmt: skip
+                 *ct, IMAGE, "site"], stdout=logs[s], stderr=subprocess.STDOUT, cwd=home)  # fmt: skip
         for s, proc in sites.items():
             assert proc.wait(timeout=900) == 0, (
                 tmp_path / f"hospital-{s}" / "site.log"
@@ -348,11 +363,24 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
     _assert_owned(tmp_path / "runs", 10001, 10001)
     for s in "ABC":
         _assert_owned(tmp_path / f"hospital-{s}" / "site-data", 10001, 10001)
+    history = json.loads(
+        (tmp_path / "runs" / "compose-smoke" / "fedavg" / "history.json").read_text()
+    )
     for s in "ABC":  # each site's data went into its bind-mounted /data, and only its own
         manifest = json.loads(
             (tmp_path / f"hospital-{s}" / "site-data" / "manifest.json").read_text()
         )
-        assert manifest["subset"]["sites"] == [s]
+        if s == "C":  # imported from its mounted CT: every case its own, split by patient
+            assert manifest["generator"] == "import", manifest.get("generator")
+            cases = manifest["cases"]["C"]
+            ids = [c for split in cases.values() for c in split]
+            assert len(ids) == len(set(ids)) == 4 and cases["train"], cases
+            n_train = sum(e["n"] for e in manifest["shards"]
+                          if (e["split"], e["site"]) == ("train", "C"))  # fmt: skip
+            for r in history:  # it trained on exactly its imported training slices
+                assert int(r["fit"]["sites"]["C"]["num_examples"]) == n_train, r["fit"]
+        else:
+            assert manifest["subset"]["sites"] == [s]
         assert (
             "TLS to fedonco-e2e-fl-server:50051: ok"
             in (tmp_path / f"hospital-{s}" / "site.log").read_text()
