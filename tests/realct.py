@@ -19,8 +19,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from common.config import load_profile
 from common.data.anatomy import LABEL
 from common.data.generate import render_slice
+from common.data.loader import load_arrays
 from common.data.real.sources import CANONICAL
 from common.data.sites import resolve_sites
+from common.data.store import read_manifest
 
 CFG = load_profile("smoke")  # 64 px, seed 7
 SIZE = CFG.data.image_size
@@ -192,3 +194,17 @@ def case_ids(layout: str, n: int = N_CASES) -> list[str]:
     fmt = {"msd": "liver_{:02d}", "lits": "volume-{:02d}", "kits": "case_{:05d}",
            "dicom": "case{:02d}"}[layout]  # fmt: skip
     return [fmt.format(k) for k in range(n)]
+
+
+def imported_slices(out: Path) -> dict:
+    """(case, z) -> (image, mask, site, split) of every imported slice, via the loader."""
+    m = read_manifest(out)
+    got = {}
+    for split in m["splits"]:
+        for site in m["site_names"]:
+            images, masks, _, _ = load_arrays(out, split, site, m)
+            recs = [r for e in m["shards"] if (e["split"], e["site"]) == (split, site)
+                    for r in e["samples"]]  # fmt: skip
+            for r, im, mk in zip(recs, images, masks, strict=True):
+                got[(r["case"], r["z"])] = (im, mk, site, split)
+    return got

@@ -5,7 +5,6 @@ voxels; a SEG of another series, a missing segment number and frames off the CT'
 one-line errors that write nothing."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -15,6 +14,7 @@ from realct import (
     N_CASES,
     N_Z,
     case_ids,
+    imported_slices,
     phantom_case,
     save_nifti,
     write_dicom_seg,
@@ -23,7 +23,6 @@ from realct import (
 )
 
 from bench.cli import main
-from common.data.loader import load_arrays
 from common.data.real.importer import import_dataset
 from common.data.real.sources import Case, ImportDataError, find_cases, read_case
 from common.data.store import read_manifest
@@ -32,18 +31,6 @@ from common.data.store import read_manifest
 @pytest.fixture(scope="module")
 def cases():
     return [phantom_case(k) for k in range(N_CASES)]
-
-
-def _slices(out: Path) -> dict:
-    """(case, z) -> (image, mask) of every imported slice."""
-    m = read_manifest(out)
-    got = {}
-    for e in m["shards"]:
-        images, masks, _, _ = load_arrays(out, e["split"], e["site"], m)
-        recs = [r for f in m["shards"] if (f["split"], f["site"]) == (e["split"], e["site"])
-                for r in f["samples"]]  # fmt: skip
-        got.update({(r["case"], r["z"]): (im, mk) for r, im, mk in zip(recs, images, masks, strict=True)})  # fmt: skip
-    return got
 
 
 def test_dicom_seg_imports_the_phantom_tumour_voxels_exactly(cases, tmp_path):
@@ -68,15 +55,15 @@ def test_dicom_seg_imports_the_phantom_tumour_voxels_exactly(cases, tmp_path):
     assert main(argv) == 0
     m = read_manifest(out)
     assert m["import"]["layout"] == "dicom" and m["import"]["tumor_label"] == 2
-    got = _slices(out)
+    got = imported_slices(out)
     for cid, c in zip(case_ids("dicom"), cases, strict=True):
         tumour_z = {z for z in range(N_Z) if c["mask"][:, :, z].any()}
         assert tumour_z <= {z for (i, z) in got if i == cid}, cid
-    for (cid, z), (image, mask) in got.items():
+    for (cid, z), (image, mask, _, _) in got.items():
         c = cases[case_ids("dicom").index(cid)]
         np.testing.assert_array_equal(mask, c["mask"][:, :, z], err_msg=f"{cid} z={z}")
         np.testing.assert_array_equal(image, c["hu"][:, :, z], err_msg=f"{cid} z={z}")
-    assert sum(mk.sum() for _, mk in got.values()) == sum(c["mask"].sum() for c in cases) > 0
+    assert sum(v[1].sum() for v in got.values()) == sum(c["mask"].sum() for c in cases) > 0
 
 
 def test_tumour_is_the_segment_numbered_tumor_label_and_wins_overlaps(cases, tmp_path):
