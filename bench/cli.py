@@ -217,15 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--layout", choices=["auto", "msd", "lits", "kits", "dicom"], default="auto",
                    help="msd: imagesTr/ + labelsTr/ (+ dataset.json); lits: volume-N.nii + "
                    "segmentation-N.nii; kits: case_*/imaging.nii.gz + segmentation.nii.gz; "
-                   "dicom: one folder per case with its CT series and segmentation.nii.gz "
-                   "(default: auto, from what SRC holds)")  # fmt: skip
+                   "dicom: one folder per case with its CT series and segmentation.nii.gz or a "
+                   "DICOM-SEG file (default: auto, from what SRC holds)")  # fmt: skip
     q.add_argument("--out", required=True, help="output directory (must not exist, or --force)")
     _add_config_args(q)
-    q.add_argument("--tumor-label", type=int, help="label value of the tumour (default: "
-                   "dataset.json's tumour/cancer label for msd, 2 for lits and kits)")  # fmt: skip
-    q.add_argument("--organ-label", type=int, help="label value of the organ whose extent bounds "
-                   "the tumour-free slices (default: dataset.json's other label for msd, 1 for "
-                   "lits and kits; else any non-zero label)")  # fmt: skip
+    q.add_argument("--tumor-label", type=int, help="label value of the tumour, or its "
+                   "SegmentNumber in a DICOM-SEG (default: dataset.json's tumour/cancer label "
+                   "for msd, 2 for lits and kits)")  # fmt: skip
+    q.add_argument("--organ-label", type=int, help="label value (DICOM-SEG: SegmentNumber) of "
+                   "the organ whose extent bounds the tumour-free slices (default: "
+                   "dataset.json's other label for msd, 1 for lits and kits; else any non-zero "
+                   "label or any segment)")  # fmt: skip
     q.add_argument("--sites", metavar="CSV", help="case,site rows (sites A-E); default: "
                    "round-robin over the sorted case ids. Every site needs >= 3 cases")  # fmt: skip
     q.add_argument("--site", choices=list(SITE_NAMES), help="every case to this one site (a "

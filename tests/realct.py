@@ -1,23 +1,28 @@
-"""Real-CT fixtures written from the procedural phantom (nibabel, pydicom): the four layouts
-`fedonco data import` reads, with known tumour voxels. Shared by tests/unit/test_import.py and
-tests/integration/test_import_federation.py."""
+"""Real-CT fixtures written from the procedural phantom (nibabel, pydicom, highdicom): the four
+layouts `fedonco data import` reads, with known tumour voxels. Shared by tests/unit/test_import.py,
+tests/unit/test_import_seg.py and tests/integration/test_import_federation.py."""
 
 import json
 import random
 from dataclasses import replace
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 from nibabel import orientations as nio
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from common.config import load_profile
 from common.data.anatomy import LABEL
 from common.data.generate import render_slice
+from common.data.loader import load_arrays
 from common.data.real.sources import CANONICAL
 from common.data.sites import resolve_sites
+from common.data.store import read_manifest
 
 CFG = load_profile("smoke")  # 64 px, seed 7
 SIZE = CFG.data.image_size
@@ -68,7 +73,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: i
     stored as uint16 with RescaleSlope 0.5, RescaleIntercept -1024. ``affine``: the canonical
     frame's (rows posterior, columns left), so DICOM's row/column cosines are LPS +y and +x."""
     folder.mkdir(parents=True)
-    uid, px = generate_uid(), float(np.linalg.norm(affine[:3, 0]))
+    uid, study, frame, px = generate_uid(), generate_uid(), generate_uid(), float(np.linalg.norm(affine[:3, 0]))  # fmt: skip
     order = list(range(hu.shape[2]))
     random.Random(seed).shuffle(order)
     for n, z in enumerate(order):
@@ -81,7 +86,17 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: i
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, generate_uid()
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, study
+        # the patient and study modules a DICOM-SEG of the series copies (highdicom)
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = (
+            "P1",
+            "Phantom^Case",
+            "",
+            "O",
+        )
+        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20240101", "", ""
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, n + 1
+        ds.FrameOfReferenceUID = frame
         ds.Rows, ds.Columns = hu.shape[:2]
         ds.PixelSpacing = [px, px]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -95,10 +110,59 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: i
         ds.save_as(folder / f"IM{n:04d}", enforce_file_format=True)
 
 
-def write_layout(root: Path, layout: str, cases: list[dict]) -> Path:
+# segment number -> (SegmentLabel, the phantom labels it covers, SNOMED property type); the liver
+# segment holds its tumour, as many real SEGs do, so segments overlap
+SEGMENTS = {1: ("Liver", (1, 2), "Liver"), 2: ("Tumour", (2,), "Neoplasm"),
+            3: ("Kidney", (3,), "Kidney")}  # fmt: skip
+
+
+def write_dicom_seg(folder: Path, label: np.ndarray, affine: np.ndarray, seed: int,
+                    source: Path | None = None, segments: dict = SEGMENTS) -> Path:  # fmt: skip
+    """A DICOM-SEG (highdicom, BINARY) of ``label`` (canonical frame, as ``phantom_case``) on the
+    CT series ``write_dicom_series`` wrote in ``source`` (default: ``folder``), saved in
+    ``folder`` as ``mask-<seed>``; its frames then stored in shuffled order (per-frame groups and
+    pixel data permuted alike), so only the frames' source references place them."""
+    dss = [pydicom.dcmread(p) for p in sorted((source or folder).glob("IM*"))]
+    zs = [round((float(ds.ImagePositionPatient[2]) - affine[2, 3]) / DZ) for ds in dss]
+    pixels = np.stack([np.stack([np.isin(np.rint(label[:, :, z]), labels) for z in zs])
+                       for _, labels, _ in segments.values()], axis=-1).astype(np.uint8)  # fmt: skip
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="phantom", version="1", family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=name,
+            segmented_property_category=codes.SCT.Tissue if n != 2 else codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=getattr(codes.SCT, prop),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm)
+        for n, (name, _, prop) in segments.items()
+    ]  # fmt: skip
+    seg = hd.seg.Segmentation(
+        source_images=dss, pixel_array=pixels, segment_descriptions=descriptions,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, series_instance_uid=hd.UID(),
+        series_number=2, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test",
+        manufacturer_model_name="phantom", software_versions="0", device_serial_number="0")  # fmt: skip
+    n, rows, cols = int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns)
+    assert rows * cols % 8 == 0  # BINARY frames are bit-packed: whole bytes per frame
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    per = rows * cols // 8
+    data = bytes(seg.PixelData)
+    seg.PixelData = b"".join(data[i * per : (i + 1) * per] for i in order) + data[n * per :]
+    seg.PerFrameFunctionalGroupsSequence = [seg.PerFrameFunctionalGroupsSequence[i] for i in order]
+    if "DimensionOrganizationType" in seg:  # "3D" would promise frames in spatial order
+        del seg.DimensionOrganizationType
+    path = folder / f"mask-{seed}"
+    seg.save_as(path)
+    return path
+
+
+def write_layout(root: Path, layout: str, cases: list[dict], seg: bool = False) -> Path:
     """The cases in one layout, each with another storage: msd RAS voxel axes, int16 with
     scl_slope/scl_inter and dataset.json; lits LPS voxel axes; kits an oblique world; dicom a
-    shuffled series."""
+    shuffled series with segmentation.nii.gz, or (``seg``) with a DICOM-SEG of shuffled
+    frames."""
     src = root / layout
     for k, c in enumerate(cases):
         if layout == "msd":
@@ -116,7 +180,10 @@ def write_layout(root: Path, layout: str, cases: list[dict]) -> Path:
                        *stored(c["label"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
         else:
             write_dicom_series(src / f"case{k:02d}", c["hu"], c["affine"], seed=k)
-            save_nifti(src / f"case{k:02d}" / "segmentation.nii.gz", c["label"], c["affine"])
+            if seg:
+                write_dicom_seg(src / f"case{k:02d}", c["label"], c["affine"], seed=k)
+            else:
+                save_nifti(src / f"case{k:02d}" / "segmentation.nii.gz", c["label"], c["affine"])
     if layout == "msd":
         labels = {"0": "background", "1": "liver", "2": "cancer", "3": "kidney"}
         (src / "dataset.json").write_text(json.dumps({"name": "test", "labels": labels}))
@@ -127,3 +194,17 @@ def case_ids(layout: str, n: int = N_CASES) -> list[str]:
     fmt = {"msd": "liver_{:02d}", "lits": "volume-{:02d}", "kits": "case_{:05d}",
            "dicom": "case{:02d}"}[layout]  # fmt: skip
     return [fmt.format(k) for k in range(n)]
+
+
+def imported_slices(out: Path) -> dict:
+    """(case, z) -> (image, mask, site, split) of every imported slice, via the loader."""
+    m = read_manifest(out)
+    got = {}
+    for split in m["splits"]:
+        for site in m["site_names"]:
+            images, masks, _, _ = load_arrays(out, split, site, m)
+            recs = [r for e in m["shards"] if (e["split"], e["site"]) == (split, site)
+                    for r in e["samples"]]  # fmt: skip
+            for r, im, mk in zip(recs, images, masks, strict=True):
+                got[(r["case"], r["z"])] = (im, mk, site, split)
+    return got

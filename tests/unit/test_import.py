@@ -4,7 +4,6 @@ loads through the normal loader, and fails with one line and nothing written on 
 
 import csv
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +17,7 @@ from realct import (
     N_Z,
     SIZE,
     case_ids,
+    imported_slices,
     phantom_case,
     save_nifti,
     stored,
@@ -41,20 +41,6 @@ from common.data.store import DatasetIntegrityError, read_manifest
 @pytest.fixture(scope="module")
 def cases():
     return [phantom_case(k) for k in range(N_CASES)]
-
-
-def imported_slices(out: Path) -> dict:
-    """(case, z) -> (image, mask, site, split) of every imported slice, via the loader."""
-    m = read_manifest(out)
-    got = {}
-    for split in m["splits"]:
-        for site in m["site_names"]:
-            images, masks, _, _ = load_arrays(out, split, site, m)
-            recs = [r for e in m["shards"] if (e["split"], e["site"]) == (split, site)
-                    for r in e["samples"]]  # fmt: skip
-            for r, im, mk in zip(recs, images, masks, strict=True):
-                got[(r["case"], r["z"])] = (im, mk, site, split)
-    return got
 
 
 @pytest.mark.parametrize("layout", ["msd", "lits", "kits", "dicom"])

@@ -8,7 +8,8 @@ unchanged. It is written atomically by common/data/build.py's helpers: nothing i
 Per case (common/data/real/sources.py reads it into the canonical P-L-S frame):
 
 1. Masks: tumour = voxels whose (rounded) label is ``tumor_label``; organ = ``organ_label`` or
-   tumour (without an organ label: any non-zero label).
+   tumour (without an organ label: any non-zero label). A DICOM-SEG mask's labels are its
+   SegmentNumbers (sources.py), so there the options name segments.
 2. Axial slices (the rule): every slice with tumour, plus ``ceil(free_ratio * max(T, 1))``
    tumour-free slices (T: the case's tumour slices; at most as many as there are), drawn without
    replacement from the tumour-free slices within the organ's extent (first to last slice with
@@ -239,7 +240,7 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
         records: dict[int, list[dict]] = {}  # per case (small); its arrays go to work/
         with progress(len(cases), "importing", "case") as bar:
             for i, case in enumerate(cases):
-                hu, label, affine = read_case(case)
+                hu, label, affine = read_case(case, tumor_label, organ_label)
                 seen.update(np.unique(label).tolist())
                 images, masks, records[i] = convert_case(
                     case.id, hu, label, affine, tumor_label=tumor_label, organ_label=organ_label,

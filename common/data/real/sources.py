@@ -10,14 +10,26 @@ Layouts (``find_cases``):
   labels 1 liver, 2 tumour.
 - ``kits``: ``case_*/imaging.nii[.gz]`` + ``case_*/segmentation.nii[.gz]``; labels 1 kidney,
   2 tumour.
-- ``dicom``: one folder per case holding one CT series (every file but the mask) and its mask
-  ``segmentation.nii[.gz]``, a NIfTI on the series' grid; slices are ordered by
-  ImagePositionPatient projected on the slice normal (the cross product of the
-  ImageOrientationPatient cosines) and RescaleSlope/Intercept are applied (pydicom).
+- ``dicom``: one folder per case holding one CT series (every file but the mask) and its mask:
+  ``segmentation.nii[.gz]``, a NIfTI on the series' grid, or one DICOM-SEG file (Modality SEG,
+  any name; ``read_dicom_seg``). Slices are ordered by ImagePositionPatient projected on the slice
+  normal (the cross product of the ImageOrientationPatient cosines) and RescaleSlope/Intercept are
+  applied (pydicom).
 
-Files are read by nibabel and pydicom. The canonical frame: voxel axes (row, column, slice) run
-towards the patient's posterior, left and superior (nibabel axis codes P, L, S), i.e. an axial
-slice is displayed as a radiologist sees it and as the phantom is drawn (common/data/anatomy.py).
+A DICOM-SEG mask (read by highdicom) becomes a label volume whose values are segment numbers, so
+``--tumor-label N`` is SegmentNumber N and ``--organ-label M`` SegmentNumber M (without it, any
+segment is the organ, as any non-zero label is in a NIfTI). Where segments overlap, the tumour's
+number wins, then the organ's, then the higher number. Frames are matched to the CT slices by the
+SOP Instance UIDs they reference (highdicom's ``get_pixels_by_source_instance``), not by frame or
+file order; a slice no frame references is empty. Errors: a SEG that references another series
+(or instances the case's series does not hold), a segment number it does not have (its segments
+are listed), frames whose size, pixel spacing, orientation or position differ from the CT
+slice they reference.
+
+Files are read by nibabel, pydicom and highdicom. The canonical frame: voxel axes (row, column,
+slice) run towards the patient's posterior, left and superior (nibabel axis codes P, L, S), i.e.
+an axial slice is displayed as a radiologist sees it and as the phantom is drawn
+(common/data/anatomy.py).
 Reorientation permutes and flips axes only (the closest canonical axes of the affine): an oblique
 acquisition keeps its own slice plane, nothing is interpolated across slices.
 """
@@ -52,7 +64,35 @@ class ImportDataError(ValueError):
 class Case:
     id: str
     image: Path  # a NIfTI file, or a DICOM series folder
-    label: Path  # a NIfTI file
+    label: Path  # a NIfTI file, or a DICOM-SEG file (dicom layout)
+
+
+def _modality(path: Path) -> str | None:
+    """The Modality of a DICOM file (its header only), None for a file that is not DICOM."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    except pydicom.errors.InvalidDicomError:
+        return None
+    return ds.get("Modality")
+
+
+def _files(folder: Path) -> list[Path]:
+    """The files of a DICOM case folder but its NIfTI mask, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and not p.name.endswith(_NII))  # fmt: skip
+
+
+def dicom_mask(folder: Path) -> Path | None:
+    """The mask of a DICOM case folder: ``segmentation.nii[.gz]`` or its one DICOM-SEG file."""
+    segs = [p for p in _files(folder) if _modality(p) == "SEG"]
+    nifti = _nifti(folder, "segmentation")
+    if len(segs) + (nifti is not None) > 1:
+        names = ", ".join(p.name for p in ([nifti] if nifti else []) + segs)
+        raise ImportDataError(f"{folder}: more than one mask ({names}); a case folder holds one "
+                              "segmentation.nii.gz or one DICOM-SEG file")  # fmt: skip
+    return nifti or (segs[0] if segs else None)
 
 
 def _nifti(folder: Path, stem: str) -> Path | None:
@@ -70,11 +110,11 @@ def detect_layout(src: Path) -> str:
         return "lits"
     if next(src.glob("case_*/imaging.nii*"), None):
         return "kits"
-    if any(_nifti(d, "segmentation") for d in src.iterdir() if d.is_dir()):
+    if any(dicom_mask(d) for d in src.iterdir() if d.is_dir()):
         return "dicom"
     raise ImportDataError(f"{src}: no known layout (imagesTr/ of MSD, volume-*.nii of LiTS, "
                           "case_*/imaging.nii.gz of KiTS, or case folders with a DICOM series "
-                          "and segmentation.nii.gz); give --layout")  # fmt: skip
+                          "and segmentation.nii.gz or a DICOM-SEG); give --layout")  # fmt: skip
 
 
 def find_cases(src: Path, layout: str) -> list[Case]:
@@ -89,13 +129,14 @@ def find_cases(src: Path, layout: str) -> list[Case]:
         pairs = [(p.parent.name, p, _nifti(p.parent, "segmentation") or
                   p.parent / "segmentation.nii.gz") for p in src.glob("case_*/imaging.nii*")]  # fmt: skip
     elif layout == "dicom":
-        pairs = [(d.name, d, _nifti(d, "segmentation") or d / "segmentation.nii.gz")
+        pairs = [(d.name, d, dicom_mask(d) or d / "segmentation.nii.gz")
                  for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")]  # fmt: skip
     else:
         raise ImportDataError(f"unknown layout {layout!r}; layouts are {', '.join(LAYOUTS)}")
     for _, image, label in pairs:
         if not label.is_file():
-            raise ImportDataError(f"{image}: no label volume (expected {label})")
+            also = " or a DICOM-SEG file" if layout == "dicom" else ""
+            raise ImportDataError(f"{image}: no label volume (expected {label}{also})")
     ids = [i for i, _, _ in pairs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -138,15 +179,29 @@ def read_ct_file(path: Path, hint: str):
     return ds
 
 
+@dataclass(frozen=True)
+class Series:
+    hu: np.ndarray  # (rows, columns, slices) float32
+    affine: np.ndarray  # RAS, of the voxel axes of ``hu``
+    slices: list  # (path, pydicom dataset) per slice of ``hu``, in its order
+
+
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(HU volume (rows, columns, slices) float32, RAS affine) of the one series in ``folder``."""
+    series = read_series(folder)
+    return series.hu, series.affine
+
+
+def read_series(folder: Path) -> Series:
+    """The one CT series in ``folder`` (a DICOM-SEG file there is its mask, not read here)."""
     from pydicom.pixels import apply_rescale
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and not p.name.endswith(_NII))  # fmt: skip
     slices = []
-    for p in files:
-        ds = read_ct_file(p, "a case folder holds one DICOM series and its segmentation.nii.gz")
+    for p in _files(folder):
+        if _modality(p) == "SEG":
+            continue
+        ds = read_ct_file(p, "a case folder holds one DICOM series and its segmentation.nii.gz "
+                          "or DICOM-SEG")  # fmt: skip
         if int(ds.get("NumberOfFrames") or 1) != 1:
             raise ImportDataError(f"{p}: a multi-frame DICOM; one file per slice is read")
         slices.append((p, ds))
@@ -184,24 +239,122 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     lps = np.eye(4)  # voxel (row, column, slice) -> DICOM patient space (LPS)
     lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[1] * d_row, iop[0] * d_col, normal * dz
     lps[:3, 3] = np.array(slices[0][1].ImagePositionPatient, float)
-    return hu.astype(np.float32), LPS_TO_RAS @ lps
+    return Series(hu.astype(np.float32), LPS_TO_RAS @ lps, slices)
 
 
-def read_case(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _frame_attr(frame, shared, seq: str, name: str):
+    """A functional group attribute of one SEG frame: its own, else the shared one."""
+    for groups in (frame, shared):
+        if groups is not None and seq in groups and name in groups[seq][0]:
+            return groups[seq][0][name].value
+    return None
+
+
+_GEOMETRY = (  # what a SEG frame shares with its CT slice: (name, group, attribute, tolerance)
+    ("pixel spacing", "PixelMeasuresSequence", "PixelSpacing", 1e-3),
+    ("orientation", "PlaneOrientationSequence", "ImageOrientationPatient", 1e-4),
+    ("position", "PlanePositionSequence", "ImagePositionPatient", AFFINE_TOL_MM),
+)
+
+
+def _check_seg_geometry(path: Path, seg, slices: list) -> None:
+    """Each SEG frame has the size, pixel spacing, orientation and position of the CT slice it
+    references (``ImportDataError`` naming the first that does not)."""
+    by_uid = {str(ds.SOPInstanceUID): ds for _, ds in slices}
+    ds0 = slices[0][1]
+    if (seg.Rows, seg.Columns) != (ds0.Rows, ds0.Columns):
+        raise ImportDataError(f"{path}: DICOM-SEG frames are {seg.Rows}x{seg.Columns}, the CT "
+                              f"slices {ds0.Rows}x{ds0.Columns}")  # fmt: skip
+    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
+    for i, frame in enumerate(seg.get("PerFrameFunctionalGroupsSequence") or [], start=1):
+        refs = {str(src.ReferencedSOPInstanceUID) for der in frame.get("DerivationImageSequence", [])
+                for src in der.get("SourceImageSequence", [])}  # fmt: skip
+        for uid in sorted(refs & by_uid.keys()):
+            for what, group, name, tol in _GEOMETRY:
+                mine, theirs = _frame_attr(frame, shared, group, name), by_uid[uid].get(name)
+                if mine is None or theirs is None:
+                    continue
+                mine, theirs = np.array(mine, float), np.array(theirs, float)
+                if mine.shape != theirs.shape or not np.allclose(mine, theirs, atol=tol):
+                    raise ImportDataError(f"{path}: DICOM-SEG frame {i} {what} "
+                                          f"{mine.round(3).tolist()} differs from the CT slice it "
+                                          f"references ({theirs.round(3).tolist()}, instance "
+                                          f"{uid})")  # fmt: skip
+
+
+def read_dicom_seg(path: Path, slices: list, tumor_label: int | None = None,
+                   organ_label: int | None = None) -> np.ndarray:  # fmt: skip
+    """The label volume (rows, columns, slices) int16 of a DICOM-SEG on the CT ``slices`` (in
+    the series' order, ``Series.slices``): each voxel holds the number of its segment (the rule:
+    module docstring). ``tumor_label``, ``organ_label``: segment numbers that must exist."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as err:  # not a Segmentation highdicom can read
+        raise ImportDataError(f"{path}: cannot read the DICOM-SEG: {err}") from None
+    series_uid = str(slices[0][1].SeriesInstanceUID)
+    refs = seg.get_source_image_uids()  # (study, series, instance) of each referenced image
+    other = sorted({str(s) for _, s, _ in refs} - {series_uid})
+    if other or not refs:
+        raise ImportDataError(f"{path}: the DICOM-SEG references series "
+                              f"{', '.join(other) or '(none)'}, not the case's CT series "
+                              f"{series_uid}")  # fmt: skip
+    ct_uids = [str(ds.SOPInstanceUID) for _, ds in slices]
+    unknown = sorted({str(i) for _, _, i in refs} - set(ct_uids))
+    if unknown:
+        raise ImportDataError(f"{path}: the DICOM-SEG references {len(unknown)} instance(s) the "
+                              f"CT series does not hold (e.g. {unknown[0]})")  # fmt: skip
+    numbers = list(seg.segment_numbers)
+    for option, n in (("--tumor-label", tumor_label), ("--organ-label", organ_label)):
+        if n is not None and n not in numbers:
+            have = ", ".join(
+                f"{k} {seg.get_segment_description(k).segment_label!r}" for k in numbers
+            )
+            raise ImportDataError(f"{path}: no segment number {n} ({option}); its segments: {have}")
+    _check_seg_geometry(path, seg, slices)
+    # painted in this order, so the tumour wins where segments overlap, then the organ
+    order = sorted(numbers, key=lambda k: (k == tumor_label, k == organ_label, k))
+    try:
+        pix = seg.get_pixels_by_source_instance(ct_uids, segment_numbers=order,
+                                                assert_missing_frames_are_empty=True)  # fmt: skip
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ImportDataError(f"{path}: cannot match the DICOM-SEG frames to the CT slices: "
+                              f"{' '.join(str(err).split())}") from None  # fmt: skip
+    label = np.zeros((len(ct_uids), int(seg.Rows), int(seg.Columns)), np.int16)
+    for c, k in enumerate(order):  # BINARY 0/1; FRACTIONAL rescaled to 0..1 by highdicom
+        label[pix[..., c] >= 0.5] = k
+    return label.transpose(1, 2, 0)  # (rows, columns, slices), as Series.hu
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(_NII)
+
+
+def read_case(case: Case, tumor_label: int | None = None, organ_label: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(HU float32, integer labels int16, affine) of one case in the canonical frame, checked:
-    image and label on one grid, and CT intensities."""
+    image and label on one grid, and CT intensities. ``tumor_label``/``organ_label`` are used by
+    a DICOM-SEG mask only (the segment numbers it must have)."""
+    series = None
     if case.image.is_dir():
-        hu, affine = read_dicom_series(case.image)
+        series = read_series(case.image)
+        hu, affine = series.hu, series.affine
     else:
         img = nib.load(case.image)
         hu, affine = img.get_fdata(dtype=np.float32), img.affine  # scl_slope/scl_inter applied
-    lab = nib.load(case.label)
-    label = np.rint(np.asanyarray(lab.dataobj)).astype(np.int16)  # float labels: nearest integer
+    if series is not None and not _is_nifti(case.label):
+        label = read_dicom_seg(case.label, series.slices, tumor_label, organ_label)
+        lab_affine = affine  # the series' grid, checked frame by frame
+    else:
+        lab = nib.load(case.label)
+        label = np.rint(np.asanyarray(lab.dataobj)).astype(np.int16)  # float labels: nearest
+        lab_affine = lab.affine
     if hu.ndim != 3 or label.ndim != 3:
         raise ImportDataError(f"{case.image}: image {hu.shape}, label {label.shape}: "
                               "3-D volumes are imported")  # fmt: skip
     hu, affine = canonical(hu, affine)
-    label, lab_affine = canonical(label, lab.affine)
+    label, lab_affine = canonical(label, lab_affine)
     if hu.shape != label.shape:
         raise ImportDataError(f"{case.label}: label shape {label.shape} differs from the image's "
                               f"{hu.shape} ({case.image}; canonical axes)")  # fmt: skip
