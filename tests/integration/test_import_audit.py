@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from realct import CFG, phantom_case, write_layout
+from realct import CFG, bench_on, phantom_case, write_layout
 
 from bench.audit import AUDIT_SCORES, load_audit_cases, load_audit_scores
 from bench.fleet import fedonco
@@ -29,13 +29,7 @@ def test_audit_of_an_imported_dataset_reports_slices_and_patients(tmp_path):
     for site in SITE_NAMES:  # train, holdout, test and attacker cases at every site
         assert all(m["cases"][site][split] for split in m["splits"]), m["cases"][site]
     cfg = with_overrides(CFG, **{"fl.methods": ["fedavg"], "mia.enabled": True})
-    path = tmp_path / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--data", str(tmp_path / "data"),
-                                  "--out", str(tmp_path / "runs")),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = bench_on(tmp_path, cfg, timeout=600)
     mia = json.loads((run_dir / "results.json").read_text())["methods"]["fedavg"]["mia"]
     assert mia["error"] is None and 0.0 <= mia["auc"] <= 1.0 and mia["attack"]
     # the cases of the candidates the audit drew and saved: members train cases, non-members
