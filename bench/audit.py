@@ -22,7 +22,7 @@ from attacks.auditor import AUDITOR_RUNGS
 from attacks.ladder import QUERY_RUNGS
 from bench.fleet import fedonco, run_relaying, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
-from common.data.loader import load_arrays
+from common.data.loader import load_arrays, sample_params
 from common.data.store import read_manifest
 from common.io import GROUP_READ, load_npz, save_npz, write_json_atomic
 from common.seeds import candidates_rng
@@ -33,10 +33,13 @@ AUDIT_SCORES = "audit_scores.npz"  # <method>/audit/: the scores and labels the 
 SCORE_PREFIX = "score_"
 
 
-def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: int = 1):
+def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: int = 1,
+                    with_cases: bool = False):  # fmt: skip
     """(images, masks, is_member, sites), shuffled: members from the sites' train splits,
     ``nonmember_ratio`` times as many non-members from their holdout splits, matched per (site,
-    tumour present or not).
+    tumour present or not). ``with_cases``: a fifth array, each candidate's case (patient) id
+    from its sample record in the manifest (an imported dataset's ``case``; "" where the dataset
+    records none, as the generator's do); the draw itself is the same either way.
 
     Up to ``n_members`` / 5 members per site, split between tumour and tumour-free slices in the
     site's own training proportions; each stratum takes min(its quota, its train slices, its
@@ -48,11 +51,14 @@ def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: 
     tumour slice and ~0 otherwise), cannot masquerade as leakage or hide it.
     """
     rng = candidates_rng(seed)
+    manifest = read_manifest(data_dir)
     parts = []
     per_site = max(1, n_members // len(SITE_NAMES))
     for site in SITE_NAMES:
-        train = load_arrays(data_dir, "train", site)[:2]
-        holdout = load_arrays(data_dir, "holdout", site)[:2]
+        train = load_arrays(data_dir, "train", site, manifest)[:2]
+        holdout = load_arrays(data_dir, "holdout", site, manifest)[:2]
+        cases = [_case_ids(manifest, split, site, len(arrays[0]), with_cases)
+                 for split, arrays in (("train", train), ("holdout", holdout))]  # fmt: skip
         has = [m.reshape(len(m), -1).any(axis=1) for _, m in (train, holdout)]
         n_tumour = int(has[0].sum())
         quota_t = round(min(per_site, len(has[0])) * n_tumour / max(len(has[0]), 1))
@@ -60,13 +66,28 @@ def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: 
         for stratum, quota in quotas.items():
             pools = [np.flatnonzero(h == stratum) for h in has]
             k = min(quota, len(pools[0]), len(pools[1]) // nonmember_ratio)
-            for (images, masks), pool, member, n in zip((train, holdout), pools, (True, False),
-                                                        (k, k * nonmember_ratio), strict=True):  # fmt: skip
+            for (images, masks), ids, pool, member, n in zip(
+                    (train, holdout), cases, pools, (True, False), (k, k * nonmember_ratio),
+                    strict=True):  # fmt: skip
                 idx = np.sort(rng.choice(pool, size=n, replace=False))
-                parts.append((images[idx], masks[idx], np.full(n, member), np.full(n, site)))
-    images, masks, member, sites = (np.concatenate(x) for x in zip(*parts, strict=True))
+                parts.append((images[idx], masks[idx], np.full(n, member), np.full(n, site),
+                              ids[idx]))  # fmt: skip
+    images, masks, member, sites, ids = (np.concatenate(x) for x in zip(*parts, strict=True))
     order = rng.permutation(len(images))
-    return images[order], masks[order], member[order], sites[order]
+    drawn = images[order], masks[order], member[order], sites[order]
+    return (*drawn, ids[order].astype(str)) if with_cases else drawn
+
+
+def _case_ids(manifest: dict, split: str, site: str, n: int, wanted: bool) -> np.ndarray:
+    """The case id of each of the ``n`` slices ``load_arrays`` gives for (split, site), "" where
+    the sample record has none (or ``wanted`` is False): the records are in the arrays' order
+    (both read the manifest's shards in turn)."""
+    if not wanted:
+        return np.full(n, "")
+    records = sample_params(manifest, split, site)
+    if len(records) != n:
+        raise ValueError(f"{split} site {site}: {len(records)} sample records for {n} slices")
+    return np.array([str(r.get("case") or "") for r in records] or [""])[:n]
 
 
 def attacker_pool(data_dir: Path, out: Path) -> Path:
@@ -129,13 +150,17 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
     }
 
 
-def save_audit_scores(path: Path, scores: dict, member: np.ndarray, sites: np.ndarray) -> None:
+def save_audit_scores(path: Path, scores: dict, member: np.ndarray, sites: np.ndarray,
+                      cases: np.ndarray | None = None) -> None:  # fmt: skip
     """Every rung's pooled per-candidate scores with the candidates' membership labels and
     sites, as the referee scored them (``audit_metrics``): ``fedonco verify`` recomputes the
     reported AUCs and TPRs from this file. A plain .npz (no pickle): ``is_member`` (bool),
-    ``sites`` (str), ``score_<rung>`` (float64) in candidate order."""
+    ``sites`` (str), ``score_<rung>`` (float64) in candidate order, and ``cases`` (str, each
+    candidate's patient) when the dataset records cases (the patient-level audit)."""
     arrays = {f"{SCORE_PREFIX}{k}": np.asarray(v, np.float64) for k, v in scores.items()}
     arrays.update(is_member=np.asarray(member, bool), sites=np.asarray(sites).astype(str))
+    if cases is not None:
+        arrays["cases"] = np.asarray(cases).astype(str)
     save_npz(path, arrays, mode=GROUP_READ)
 
 
@@ -144,6 +169,11 @@ def load_audit_scores(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np
     z = load_npz(path)
     scores = {k[len(SCORE_PREFIX) :]: v for k, v in z.items() if k.startswith(SCORE_PREFIX)}
     return scores, z["is_member"], z["sites"]
+
+
+def load_audit_cases(path: Path) -> np.ndarray | None:
+    """The candidates' case ids ``save_audit_scores`` saved, or None (no case ids recorded)."""
+    return load_npz(path).get("cases")
 
 
 def strongest_rung(ladders: list[dict]) -> tuple[str | None, str]:
@@ -184,6 +214,20 @@ def weaker_rung_warning(attacks: dict, quoted: str | None) -> str | None:
             f"than {others} on the same run: the headline understates the leakage")  # fmt: skip
 
 
+def patient_audit(scores: dict, member: np.ndarray, cases: np.ndarray, rung: str | None,
+                  cfg: Config) -> dict | str:  # fmt: skip
+    """The audit at patient level (``bench.audit_metrics.patient_level``) of the quoted ``rung``,
+    from the pooled per-candidate scores: each candidate slice was scored by its own target (the
+    global release, or FedBN its site's) and a case lies in one site, so a case's slices all come
+    from one target and the per-case mean is taken per target."""
+    from bench.audit_metrics import patient_level
+
+    if rung not in scores:
+        return "n/a: no quoted rung"
+    return {"attack": rung, **patient_level(scores[rung], member, cases,
+                                            n_boot=cfg.mia.bootstrap, seed=cfg.seed)}  # fmt: skip
+
+
 def local_targets(method_dir: Path) -> dict[str, str]:
     """The released model(s) of a run on this machine, as names relative to ``method_dir``:
     {"all": "release"} or, FedBN, one per site."""
@@ -205,8 +249,8 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     release service at ``address`` speaks TLS)."""
     from bench.audit_metrics import audit_metrics, roc_plot
 
-    images, masks, member, sites = draw_candidates(data_dir, cfg.mia.n_members, cfg.seed,
-                                                   cfg.mia.nonmember_ratio)  # fmt: skip
+    images, masks, member, sites, cases = draw_candidates(
+        data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio, with_cases=True)  # fmt: skip
     pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
     logs, out = method_dir / "logs", method_dir / "audit"
     logs.mkdir(parents=True, exist_ok=True)
@@ -233,9 +277,10 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
         for k, v in part.items():
             scores.setdefault(k, np.full(len(images), np.nan))[picks[tag]] = v
     covered = ~np.isnan(next(iter(scores.values())))
-    member, sites = member[covered], sites[covered]
+    member, sites, cases = member[covered], sites[covered], cases[covered]
+    cases = cases if (cases != "").all() else None  # an imported dataset's patients, or none
     scores = {k: v[covered] for k, v in scores.items()}
-    save_audit_scores(out / AUDIT_SCORES, scores, member, sites)  # what `fedonco verify` rescores
+    save_audit_scores(out / AUDIT_SCORES, scores, member, sites, cases)  # `fedonco verify` rescores
     wall = time.perf_counter() - t0
     eps, delta = result.get("epsilon"), result.get("delta")
     attacks = {
@@ -270,6 +315,8 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
                           "tpr_at_1pct_fpr": head.get("tpr_at_1pct_fpr"), "attacks": auditor,
                           "threat_model": "knows the candidate set (not the labels); online "
                           "shadows that include half of the candidates"}  # fmt: skip
+    if cases is not None:
+        mia["patient_level"] = patient_audit(scores, member, cases, best, cfg)
     weaker = weaker_rung_warning(attacks, best)
     if weaker:
         mia["rung_warning"] = weaker

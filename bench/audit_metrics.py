@@ -18,6 +18,10 @@ of hard labels is a balanced accuracy). ``is_member`` is 1 for members, 0 for no
   1 − FPR <= e^ε·(1 − TPR) + δ. ``dp_ceiling`` gives min(1, e^ε·x + δ) at the nominal FPRs x
   and the largest AUC both constraints allow, and ``dp_ceiling_test`` a one-sided binomial test
   of TPR <= e^ε·FPR + δ at the recorded threshold (see there) wherever N0 >= 10 / x.
+- Patient level (a dataset that records case ids: ``fedonco data import``): a case's score is
+  the mean of its candidate slice scores, a case is a member when its slices are train slices
+  (each case lies in one split; ``case_scores`` refuses one that does not); AUC and its CI as
+  above over the cases, TPR at FPR x only with >= 1 / x non-member cases (``patient_level``).
 """
 
 from __future__ import annotations
@@ -241,6 +245,53 @@ def audit_metrics(
             f"{hi:.3f}] excludes 0.5; this is not privacy"
         )
         log.error(out["error"])
+    return out
+
+
+CASE_RULE = "mean of the case's candidate slice scores"
+
+
+def case_scores(scores: np.ndarray, is_member: np.ndarray, cases: np.ndarray):
+    """(case ids sorted, their scores, is_member, slices per case): each case's score is the mean
+    of its candidates' slice scores (``CASE_RULE``), its label its slices' label. ValueError when
+    a case has both member and non-member slices (a split by slice: the patient-level question
+    is then ill-posed) or a slice has no case id."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(is_member, dtype=bool)
+    cases = np.asarray(cases).astype(str)
+    if cases.shape != s.shape or y.shape != s.shape:
+        raise ValueError(f"scores, is_member and cases must have one shape, got {s.shape}, "
+                         f"{y.shape} and {cases.shape}")  # fmt: skip
+    if (cases == "").any():
+        raise ValueError(f"{int((cases == '').sum())} candidate slice(s) without a case id")
+    ids, inverse, counts = np.unique(cases, return_inverse=True, return_counts=True)
+    members = np.bincount(inverse, weights=y, minlength=len(ids))
+    mixed = ids[(members > 0) & (members < counts)]
+    if len(mixed):
+        raise ValueError(f"case(s) {', '.join(mixed[:5])} have both member (train) and "
+                         "non-member (holdout) slices: the dataset is not split by patient")  # fmt: skip
+    mean = np.bincount(inverse, weights=s, minlength=len(ids)) / counts
+    return ids, mean, members > 0, counts
+
+
+def patient_level(scores: np.ndarray, is_member: np.ndarray, cases: np.ndarray, *,
+                  n_boot: int = 1000, seed: int = 0) -> dict:  # fmt: skip
+    """The audit at patient level: ``audit_metrics`` of the per-case scores (``case_scores``:
+    the mean of each case's candidate slice scores; a case is a member when its slices are train
+    slices). TPR at FPR x is reported only with at least 1 / x non-member cases (the smallest
+    non-zero FPR is 1 / N0); else the value is "n/a (k non-member cases)" and its ``tpr`` record
+    None. Few cases make a wide CI: ``n_member_cases`` / ``n_nonmember_cases`` say how few."""
+    ids, s, y, counts = case_scores(scores, is_member, cases)
+    got = audit_metrics(s, y, n_boot=n_boot, seed=seed)
+    n0 = int((~y).sum())
+    out = {"rule": CASE_RULE, "auc": got["auc"], "auc_ci95": got["auc_ci95"]}
+    points = {}
+    for k, f in FPR_POINTS.items():
+        ok = n0 >= math.ceil(1 / f - 1e-9) and got["tpr"].get(k) is not None
+        out[k] = got["tpr"][k]["tpr"] if ok else f"n/a ({n0} non-member cases)"
+        points[k] = got["tpr"][k] if ok else None
+    out.update(tpr=points, advantage=got["advantage"], n_member_cases=int(y.sum()),
+               n_nonmember_cases=n0, n_member_slices=int(counts[y].sum()),
+               n_nonmember_slices=int(counts[~y].sum()), error=got["error"])  # fmt: skip
     return out
 
 

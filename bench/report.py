@@ -204,7 +204,7 @@ def _mia_table(mia_rows) -> list[str]:
               "non-members):", "",
               "| method | rung | TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR | DP ceiling test |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    notes = []
+    notes, patients = [], []
     for m, mia in mia_rows:
         cells = [_attack_cell(mia.get("attacks", {}).get(a)) for a in names]
         cells += [_attack_cell((mia.get("auditor") or {}).get("attacks", {}).get(a)) for a in aud]
@@ -219,13 +219,35 @@ def _mia_table(mia_rows) -> list[str]:
                       + " | ".join(_tpr_cell(tpr.get(k)) for k in
                                    ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"))
                       + f" | {_ceiling_cell(mia)} |")  # fmt: skip
+        if isinstance(mia.get("patient_level"), dict):
+            patients.append(_patient_row(m, mia["patient_level"]))
+        elif mia.get("patient_level"):
+            notes.append(f"- {m}: patient level {mia['patient_level']}")
         if mia.get("selected_on"):
             notes.append(f"- {m}: strongest rung chosen on {mia['selected_on']}.")
         if mia.get("rung_warning"):
             notes.append(f"- ⚠ {m}: {mia['rung_warning']}")
         if mia.get("warning"):
             notes.append(f"- ⚠ {m}: {mia['warning']}")
+    if patients:
+        quoted += ["", "Per patient (imported CT, split by patient): the quoted rung's score of a "
+                   "case is the mean of its candidate slices' scores; a case is a member when its "
+                   "slices are train slices. AUC CI: stratified bootstrap over the cases (few "
+                   "cases: a wide CI); TPR at FPR x only with >= 1 / x non-member cases.", "",
+                   "| method | rung | member / non-member cases (slices) | AUC [95% CI] | "
+                   "TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR |", "|---|---|---|---|---|---|---|",
+                   *patients]  # fmt: skip
     return lines + quoted + ([""] + notes if notes else [])
+
+
+def _patient_row(m: str, p: dict) -> str:
+    """One method's patient-level audit (``bench.audit_metrics.patient_level``)."""
+    tprs = [_tpr_cell(p["tpr"][k]) if (p.get("tpr") or {}).get(k) else str(p.get(k))
+            for k in ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")]  # fmt: skip
+    return (f"| {m} | {p.get('attack')} | {p['n_member_cases']} / {p['n_nonmember_cases']} "
+            f"({p['n_member_slices']} / {p['n_nonmember_slices']}) | {_fmt(p['auc'])}"
+            f"{_ci_text(p['auc_ci95'])}{' ⚠ ' + p['error'] if p.get('error') else ''} | "
+            + " | ".join(tprs) + " |")  # fmt: skip
 
 
 def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:

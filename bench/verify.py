@@ -18,7 +18,9 @@ this module recomputes, with the project's own code, and compares:
 - the audit: every rung's AUC, bootstrap CI, TPR at each FPR with its Clopper–Pearson CI, per-site
   AUCs and DP-ceiling tests, recomputed by ``bench.audit_metrics`` from the per-candidate scores
   and membership labels the audit saved (``<method>/audit/audit_scores.npz``); the labels are
-  checked against a fresh draw of the candidates, the scores against the attacker's own files.
+  checked against a fresh draw of the candidates, the scores against the attacker's own files;
+  on a dataset with case ids (an import) the patient-level audit too, from the saved case ids
+  (checked against the fresh draw's sample records).
 
 Tolerances: hashes, counts, labels and strings exact; floats within ``RTOL`` relative (``ATOL``
 absolute near 0). The summary says how many floats agreed bit for bit.
@@ -567,7 +569,7 @@ class SeedRun:
     # -- the audit ----------------------------------------------------------------------------------
 
     def check_audit(self, name: str, entry: dict, mdir: Path, cfg, eps: float | None) -> None:
-        from bench.audit import AUDIT_SCORES, draw_candidates, load_audit_scores
+        from bench.audit import AUDIT_SCORES, draw_candidates, load_audit_cases, load_audit_scores
         from bench.audit_metrics import audit_metrics
 
         r, mia = self.report, entry.get("mia")
@@ -580,18 +582,26 @@ class SeedRun:
             return
         try:
             scores, member, sites = load_audit_scores(path)
+            cases = load_audit_cases(path)
         except Exception as err:
             raise VerifyError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
         targets = (mia.get("attack_info") or {}).get("targets") or []
         if self.test_ok and self.data_dir is not None:  # the labels: a fresh draw of the candidates
-            _, _, fresh, fresh_sites = draw_candidates(self.data_dir, cfg.mia.n_members, cfg.seed,
-                                                       cfg.mia.nonmember_ratio)  # fmt: skip
+            _, _, fresh, fresh_sites, fresh_cases = draw_candidates(
+                self.data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio,
+                with_cases=True)  # fmt: skip
             keep = np.ones(len(fresh), bool) if "all" in targets else np.isin(fresh_sites, targets)
             same = (np.array_equal(fresh[keep], member) and
                     np.array_equal(fresh_sites[keep].astype(str), sites))  # fmt: skip
             r.add(Check(OK if same else MISMATCH, f"{name} audit labels and sites (a fresh draw of the "
                         "candidates)", f"{int(member.sum())} members", f"{int(fresh[keep].sum())} members",
                         "" if same else "the saved labels are not the candidates' memberships"))  # fmt: skip
+            if cases is not None:
+                same = np.array_equal(fresh_cases[keep], cases)
+                r.add(Check(OK if same else MISMATCH, f"{name} audit case ids (the fresh draw's "
+                            "sample records)", f"{len(set(cases.tolist()))} cases",
+                            f"{len(set(fresh_cases[keep].tolist()))} cases",
+                            "" if same else "the saved case ids are not the candidates' cases"))  # fmt: skip
         for tag in targets:  # the pooled scores are the attacker's own, target by target
             part_path = mdir / "audit" / tag / "scores.npz"
             if not part_path.is_file():
@@ -638,6 +648,31 @@ class SeedRun:
             r.tree(f"{name} mia auditor headline ({aud['attack']})",
                    {k: aud.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")},
                    {k: got.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")})  # fmt: skip
+        self.check_patient_level(name, mia, scores, member, cases, cfg)
+
+    def check_patient_level(self, name: str, mia: dict, scores: dict, member: np.ndarray,
+                            cases: np.ndarray | None, cfg) -> None:  # fmt: skip
+        """The patient-level audit (``bench.audit.patient_audit``), recomputed from the saved
+        scores and case ids; a run on a dataset without case ids has neither."""
+        from bench.audit import patient_audit
+
+        r, reported = self.report, mia.get("patient_level")
+        what = f"{name} mia patient_level"
+        if cases is None:
+            if reported is not None:
+                r.missing(what, "the saved scores hold no case ids")
+            return
+        if reported is None:
+            r.add(Check(MISMATCH, what, None, "a patient-level audit",
+                        "the saved scores hold case ids; results.json has no patient_level"))  # fmt: skip
+            return
+        self.bar.set_description(f"{name}: audit per patient")
+        try:
+            got = patient_audit(scores, member, cases, mia.get("attack"), cfg)
+        except ValueError as err:
+            r.add(Check(MISMATCH, what, "a patient-level audit", str(err)))
+            return
+        r.tree(f"{what} (the quoted rung per case)", reported, got)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Real-CT fixtures written from the procedural phantom (nibabel, pydicom, highdicom): the four
 layouts `fedonco data import` reads, with known tumour voxels. Shared by tests/unit/test_import.py,
-tests/unit/test_import_seg.py and tests/integration/test_import_federation.py."""
+tests/unit/test_import_seg.py and tests/integration/test_import_{federation,audit}.py (which
+run `fedonco bench --data` through ``bench_on``)."""
 
 import json
 import random
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from bench.fleet import fedonco
 from common.config import load_profile
 from common.data.anatomy import LABEL
 from common.data.generate import render_slice
@@ -208,3 +211,16 @@ def imported_slices(out: Path) -> dict:
             for r, im, mk in zip(recs, images, masks, strict=True):
                 got[(r["case"], r["z"])] = (im, mk, site, split)
     return got
+
+
+def bench_on(root: Path, cfg, timeout: int) -> Path:
+    """`fedonco bench --config cfg --data root/data --out root/runs` (cfg written to
+    root/smoke.json); asserts it succeeded and returns its run directory."""
+    path = root / "smoke.json"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    done = subprocess.run(fedonco("bench", "--config", str(path), "--data", str(root / "data"),
+                                  "--out", str(root / "runs")),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (root / "runs").iterdir()
+    return run_dir

@@ -4,12 +4,10 @@ real server and five site processes over 127.0.0.1 on it; each site trains on ex
 imported training slices, whose cases (patients) are in no other split."""
 
 import json
-import subprocess
 
 import pytest
-from realct import CFG, phantom_case, write_layout
+from realct import CFG, bench_on, phantom_case, write_layout
 
-from bench.fleet import fedonco
 from common.config import SITE_NAMES, with_overrides
 from common.data.real.importer import import_dataset
 from common.data.store import read_manifest
@@ -39,13 +37,7 @@ def test_bench_trains_each_site_on_its_imported_patients(imported):
         assert {r["case"] for r in train[site]} == set(per["train"])
     cfg = with_overrides(CFG, **{"train.rounds": ROUNDS, "fl.methods": ["fedavg"],
                                  "mia.enabled": False})  # fmt: skip
-    path = root / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--data", str(root / "data"),
-                                  "--out", str(root / "runs")),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    (run_dir,) = (root / "runs").iterdir()
+    run_dir = bench_on(root, cfg, timeout=300)
     assert (run_dir / "data").resolve() == (root / "data").resolve()  # linked, not copied
     results = json.loads((run_dir / "results.json").read_text())
     assert results["data_generator"] == "import" and results["data_summary"] == m["summary"]

@@ -103,6 +103,9 @@ def test_candidates_are_matched_per_site_and_tumour_presence(smoke_data):
         assert (member & (sites == s)).sum() >= 4
     again = draw_candidates(smoke_data, 40, seed=3)
     assert np.array_equal(again[0], images) and np.array_equal(again[2], member)
+    with_cases = draw_candidates(smoke_data, 40, seed=3, with_cases=True)  # the same draw
+    assert all(np.array_equal(a, b) for a, b in zip(with_cases, again, strict=False))
+    assert (with_cases[4] == "").all()  # a generated dataset records no cases (patients)
     other = draw_candidates(smoke_data, 40, seed=4)
     assert not np.array_equal(other[0], images)
     # three non-members per member, still matched stratum by stratum
