@@ -170,3 +170,15 @@ def test_the_readme_make_line_comes_from_the_timing_file(tmp_path):
     line = readme_make(f)
     assert "`make venv` 2.8 min (less when" in line and "then `make test` 6.5 min, passed" in line
     assert "1.9 GB on disk (1.8 GB of it .venv)" in line and "commit 0123456789" in line
+
+
+def test_the_committed_frontier_sweeps_the_dp_recipe_over_three_seeds():
+    """Issue 25: the privacy frontier (`dpsgd-pt` at replace-one ε 1, 2, 4, 8 and its non-DP
+    twin) rerun on the current accounting, one `fedonco bench --sweep ...` per seed."""
+    run = load_run(ROOT / "docs" / "runs" / "frontier")
+    assert run.sweep and {42, 43, 44} <= set(run.results)
+    for res in run.results.values():
+        swept = {e["sweep"]["target_epsilon"]: e for e in res["methods"].values() if e.get("sweep")}
+        assert sorted(swept) == [1.0, 2.0, 4.0, 8.0] and "groupnorm-pt" in res["methods"]
+        for eps, e in swept.items():
+            assert e["dp"]["adjacency"] == "replace-one" and e["dp"]["epsilon"] <= eps + 1e-6
