@@ -39,7 +39,10 @@ def test_pooled_and_local_rows_are_trained_released_and_audited(tmp_path):
 
 def test_frontier_sweeps_a_recipe_method_over_seeds_and_draws_the_plot(tmp_path):
     # 5 s heartbeats: DP rounds on 2 loaded cores can starve the 1 s heartbeat (4 s silence limit)
-    cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.heartbeat_s": 5.0})
+    # the sweep's mechanics, not learning: 2 local epochs instead of the smoke profile's 10 (the
+    # test took 173 s of CI's heavy suite; sigma is calibrated for the steps either way)
+    cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.heartbeat_s": 5.0,
+                                                   "train.local_epochs": 2})  # fmt: skip
     run_dir, _ = _bench(tmp_path, cfg, "--sweep", "target_epsilon=4,8", "--sweep-method",
                         "dpsgd-pt", "--seeds", "2")  # fmt: skip
     summary = json.loads((run_dir / "results.json").read_text())
