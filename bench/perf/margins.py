@@ -8,6 +8,7 @@ This reruns those tests with ``FEDONCO_TEST_SEED`` = 0..N-1 under each configura
 value seen: the margin a test states comes from here, not from one lucky draw.
 
     python bench/perf/margins.py --out docs/runs/margins            # the unit checks (~2 min a run)
+    python bench/perf/margins.py --leaky --configs avx2 --out docs/runs/margins-avx2
     python bench/perf/margins.py --leaky --seeds 5 --configs native  # + the leaky bench (slow)
 """
 
