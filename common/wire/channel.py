@@ -95,15 +95,11 @@ def create_server(
         grpc_log = logging.getLogger(name)
         if not any(isinstance(f, Throttle) for f in grpc_log.filters):
             grpc_log.addFilter(Throttle(tracebacks=False))
-    extra = list(options)
-    options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
-    options.append(
-        ("grpc.max_receive_message_length", int(min(max_receive_bytes, MAX_MESSAGE_BYTES)))
-    )
-    options += extra
+    limit = ("grpc.max_receive_message_length", int(min(max_receive_bytes, MAX_MESSAGE_BYTES)))
+    server_options = [o for o in SERVER_OPTIONS if o[0] != limit[0]] + [limit, *options]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=options,
+        options=server_options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     for add_to_server, servicer in services:
