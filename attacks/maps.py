@@ -58,7 +58,11 @@ def map_attack_scores(
         raise ValueError("the map classifier needs both IN and OUT shadow maps")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = MapNet()
+    # channels_last end to end: its 8- and 16-channel convolutions and max-pools train 1.5x
+    # faster than in NCHW (800 maps, one thread or two); scores equal to ~3e-5
+    net = MapNet().to(memory_format=torch.channels_last)
+    train_x = train_x.contiguous(memory_format=torch.channels_last)
+    target_x = target_x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     loss_fn = nn.BCEWithLogitsLoss()
     net.train()

@@ -125,7 +125,9 @@ def test_every_command_refuses_cuda_without_cuda_before_it_starts(argv, tmp_path
 # thread (another torch may round differently). "nchw": computed on main at f7fd48e, before the
 # device option and before build_model's channels_last layout, with the model in NCHW (the
 # layout of that code): neither change moved a bit of it. "channels_last": the default layout
-# since (other oneDNN kernels, so other float32 roundings; recorded when the layout changed).
+# since (other oneDNN kernels, so other float32 roundings; recorded when the layout changed; its
+# DP-SGD entries again when the per-sample sampler went to one weight-gradient call per sample
+# in that layout, issue 31).
 REFERENCE_TORCH = "2.13.0"
 REFERENCE_NCHW = {
     "local": "3009a4025dc5d60525d503726d285abb7fd13ff9940b88966ccf424811e6bd72",
@@ -138,10 +140,10 @@ REFERENCE_NCHW = {
 REFERENCE = {"nchw": REFERENCE_NCHW, "channels_last": {
     "local": "69665ab869da12b5fa5f9ab071fe907b96ac135b4306d46a950c86c1a77ff00e",
     "probs": "8b88b3de8e6ffd7eded45af46ce405a8f21018196a3ea11bf48e6488d37068c8",
-    "dpsgd": "c868594e4ae7a386f01b93a177eb1092e5f96f80b39cdd6a570260b877f56c2a",
+    "dpsgd": "cab5293fd561ac4e5988e4c0a17bdb1aa8e7e9c2782af1a6ed06e6382fd50e5e",
     "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
     "fed-fedavg": "4cf0ead26e99b6459e3928824a531f8fbcf8d18c785c90da5ce09126f456a531",
-    "fed-dpsgd": "64d2755f0e001c473618d2215724283f0338446aff23643fc812516749563321",
+    "fed-dpsgd": "aece694e4bc0fd4f335ff09ff55f1aacfac13f2aee8303fee970e285d54eeb0e",
 }}  # fmt: skip
 
 

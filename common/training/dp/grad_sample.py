@@ -18,11 +18,16 @@ GRAD_SAMPLE_MODES = ("fast", "hooks", "functorch")
 def _conv_weight_grad_sample(
     layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, gy: torch.Tensor
 ) -> torch.Tensor:
-    """Per-sample weight gradients (B, *weight.shape) as one grouped convolution backward.
+    """Per-sample weight gradients (B, *weight.shape) with the ordinary weight-gradient kernel.
 
-    Sample b's input channels and output channels form their own groups, so the weight gradient
-    of the grouped convolution holds each sample's gradient separately: the same kernel as the
-    ordinary weight gradient, without Opacus' unfold of the input.
+    NCHW activations: one grouped convolution backward. Sample b's input and output channels form
+    their own groups, so the weight gradient of the grouped convolution holds each sample's
+    gradient separately, without Opacus' unfold of the input. Its (1, B*C, H, W) view is free in
+    NCHW but a transposing copy of both tensors in channels_last, so channels_last activations
+    (the ``build_model`` default) take one weight-gradient call per sample on ``x[b:b+1]``, a
+    view in that layout: the per-sample part of a DP step 60 vs 93 ms at the standard size, one
+    thread (``bench/perf/perf_train.py`` has the step). A one-channel input is both layouts and
+    stays on the grouped path (NCHW models keep their weights bit for bit).
     """
     b = x.shape[0]
     w = layer.weight
@@ -37,6 +42,19 @@ def _conv_weight_grad_sample(
                 + 1
             )
             output_padding[i] = gy.shape[2 + i] - base
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        out = w.new_empty((b, *w.shape))
+        for i in range(b):
+            out[i] = torch.ops.aten.convolution_backward(
+                gy[i : i + 1], x[i : i + 1], w, None, list(layer.stride), list(layer.padding),
+                list(layer.dilation), transposed, output_padding, layer.groups,
+                [False, True, False],
+            )[1]  # fmt: skip
+        return out
     weight_shape = (b * w.shape[0], *w.shape[1:])
     _, grad_w, _ = torch.ops.aten.convolution_backward(
         gy.reshape(1, -1, *gy.shape[2:]),
