@@ -4,7 +4,7 @@ Each shadow takes a random half of the attacker's pool, splits it into shadow si
 site profile each pool slice was drawn from, and runs the target's method — rounds, local epochs,
 batch size, learning rate, optimizer, FedProx's proximal term, DP-SGD per site with its own σ and
 accountant, FedBN's local normalisation, the public pretrained start — in one process
-(``common.training.federated``; no gRPC is needed for a model the attacker owns). A centrally
+(``common.fl.simulate``; no gRPC is needed for a model the attacker owns). A centrally
 trained shadow (all of the half as one site, the ladder's first design) is a poor reference for a
 federated target: on a 64×64 FedAvg target offline LiRA reached AUC 0.48 with central shadows
 and 0.68 with one shadow federation (docs/results.md).
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.fl.strategy import strategy_for
 from common.io import load_npz, save_npz
 from common.methods import get_method
 from common.model import model_for, set_params
@@ -108,9 +109,10 @@ def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str,
         "index": index,
         "data": data_digest,
         "recipe": {k: c.model_dump()[k] for k in ("train", "dp", "model", "pretrain")},
-        # FedProx's pull, and secure aggregation's threshold and clip (ddp-sgd's noise shares
-        # and ring scale depend on them): a cached shadow of another setting must not be reused
-        "fl": {"proximal_mu": c.fl.proximal_mu},
+        # every setting of the method's strategy (FedProx's pull, FedAdam's server optimizer,
+        # site sampling, ...), and secure aggregation's threshold and clip (ddp-sgd's noise
+        # shares and ring scale depend on them): a shadow of another setting is never reused
+        "fl": strategy_for(c, method).fingerprint(),
         "secagg": c.model_dump()["secagg"],
         "profile": {k: getattr(c.data, k) for k in ("image_size", "window", "noise_ref_hu")},
         "global_seed": c.seed,
@@ -171,7 +173,7 @@ PARALLEL_MIN_WORK = 2000
 
 def _train_one(job: dict) -> tuple[dict, dict]:
     """One shadow federation (in a worker process, or here): its global and per-site weights."""
-    from common.training.federated import simulate_method
+    from common.fl.simulate import simulate_method
 
     if job.get("log_level") is not None:  # a worker: its lines join the parent's stderr
         logging.basicConfig(level=job["log_level"], format=LOG_FORMAT)

@@ -8,7 +8,7 @@
   FedBN's); ``dice_cross`` has every site's model on every site's test slices, and
   ``dice_all_sites`` each model on all five test sets, averaged over the sites.
 
-They are trained here, in one process (``common.training.federated.simulate_method``), because
+They are trained here, in one process (``common.fl.simulate.simulate_method``), because
 they are not federations; their models are released and audited exactly like a method's
 (``<row>/release`` or ``<row>/site-state/local/site<S>/release``, the same release service and
 black-box attacker, whose shadows are trained the same way).
@@ -27,12 +27,12 @@ from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays
 from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
+from common.fl.simulate import simulate_method
 from common.io import write_json_atomic
 from common.methods import get_method
 from common.metrics import metrics_from_sums
 from common.model import count_parameters, get_params, state_sha256
 from common.release import export_release, release_info
-from common.training.federated import simulate_method
 from common.training.pretrain import initial_model
 from common.transforms import to_inputs
 

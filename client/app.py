@@ -26,6 +26,7 @@ from common.data.loader import ct_dataset, load_arrays
 from common.data.store import read_manifest
 from common.device import device_record
 from common.evaluation import evaluate_sums
+from common.fl.instructions import FitInstructions, TrainMode
 from common.io import load_npz, safe_name, save_npz, secure_dir
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
@@ -242,14 +243,22 @@ class SiteClient:
     def fit(self, task: pb.FitTask) -> None:
         t0 = time.perf_counter()
         shared = proto_to_ndarrays(task.tensors)
-        config = scalars_from_proto(task.config)
+        try:  # the server's orders: typed and range-checked before anything trains on them
+            orders = FitInstructions.from_scalars(scalars_from_proto(task.config))
+            if orders.round != task.round:
+                raise ValueError(
+                    f"fit config: round {orders.round} in a task of round {task.round}"
+                )
+        except ValueError as err:
+            self._decline(task.round, str(err))
+            return
         local_keys = sorted(set(self.initial) - set(shared))
         set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
         t_decode = time.perf_counter() - t0
-        if config.get("ddp"):
-            self._ddp_step(task.round, shared, config, t_decode)
+        if orders.mode is TrainMode.DDP:
+            self._ddp_step(task.round, shared, orders, t_decode)
             return
-        if config.get("dp"):
+        if orders.mode is TrainMode.DP:
             if self.dp is None:
                 from client.dp_site import DPState  # Opacus only at a DP site
 
@@ -257,22 +266,22 @@ class SiteClient:
                                   self._noise_source(), self.attempts)  # fmt: skip
             try:
                 metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
-                    self.model, self.train_set, task.round, config, shared))  # fmt: skip
+                    self.model, self.train_set, orders, shared))  # fmt: skip
             except PrivacyBudgetExhausted as err:
                 self._decline(task.round, str(err))
                 return
         else:
-            loader = DataLoader(self.train_set, batch_size=int(config["batch_size"]), shuffle=True)
+            loader = DataLoader(self.train_set, batch_size=orders.batch_size, shuffle=True)
             metrics = self._with_heartbeat(task.round, lambda: train_local(
-                self.model, loader, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
-                seed=int(config["seed"]), proximal_mu=float(config["proximal_mu"]),
-                global_params=shared, optimizer=self.run_cfg.train.optimizer))  # fmt: skip
+                self.model, loader, epochs=orders.local_epochs, lr=orders.lr, seed=orders.seed,
+                proximal_mu=orders.proximal_mu, global_params=shared,
+                optimizer=self.run_cfg.train.optimizer))  # fmt: skip
         metrics.update(self.device_info)
         new = get_params(self.model)
         if local_keys:
             self._save_local(task.round, {k: new[k] for k in local_keys})
         n = len(self.train_set)
-        if config.get("secagg"):
+        if orders.secagg:
             update = flatten({k: new[k] for k in shared}, sorted(shared)) * n
             self._advertise(task.round, PendingUpdate(task.round, update, n), metrics, t_decode)
             return
@@ -350,7 +359,7 @@ class SiteClient:
 
     # -- secure aggregation ---------------------------------------------------------------------
 
-    def _ddp_step(self, rnd: int, shared: dict, config: dict, t_decode: float) -> None:
+    def _ddp_step(self, rnd: int, shared: dict, orders: FitInstructions, t_decode: float) -> None:
         """Distributed DP-SGD: this site's rounded clipped gradient sum over its Poisson sample
         plus its Skellam share, as an integer vector that only secure aggregation sees."""
 
@@ -364,11 +373,10 @@ class SiteClient:
             attempt = self.attempts.next(rnd)  # recorded before anything is drawn: fresh shares
             rngs = (noise.numpy_rng(rnd, attempt, DDP_SAMPLING),
                     noise.numpy_rng(rnd, attempt, DDP_NOISE))  # fmt: skip
+            p = orders.ddp
             vec, metrics = self.ddp.noisy_sum(
-                self.train_set, sorted(shared), q=float(config["ddp_q"]),
-                clip=float(config["ddp_clip"]), scale=float(config["ddp_scale"]),
-                mu_share=float(config["ddp_mu_share"]), rngs=rngs,
-                chunk=int(config["batch_size"]))  # fmt: skip
+                self.train_set, sorted(shared), q=p.q, clip=p.clip, scale=p.scale,
+                mu_share=p.mu_share, rngs=rngs, chunk=orders.batch_size)  # fmt: skip
             return vec, {**metrics, "randomness": noise.mode, "attempt": attempt,
                          **self.device_info}  # fmt: skip
 

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from common.config import Config
+from common.fl.instructions import FitInstructions
 from common.io import PRIVATE, write_bytes_atomic
 from common.training.dp import (
     PUBLIC_METRIC_KEYS,
@@ -57,19 +58,19 @@ class DPState:
         text = json.dumps({"run_id": self.run_id, "accountant": self.accountant.state_dict()})
         write_bytes_atomic(self.path, text.encode(), PRIVATE)
 
-    def train(self, model, dataset, rnd: int, config: dict, shared) -> dict:
+    def train(self, model, dataset, orders: FitInstructions, shared) -> dict:
         """One DP round; returns only the metrics ε covers (no un-noised loss leaves the site)."""
         if self.trainer is None or self.trainer.model is not model:
             self.trainer = DPTrainer(model, self.settings)
-        acc, before = self.accountant, self.accountant.steps
+        acc, before, rnd = self.accountant, self.accountant.steps, orders.round
         attempt = self.attempts.next(rnd)  # recorded before anything is drawn
         seeds = (self.noise.torch_seed(rnd, attempt, DP_SAMPLING),
                  self.noise.torch_seed(rnd, attempt, DP_NOISE))  # fmt: skip
         try:
             m = self.trainer.train_round(
-                dataset, epochs=int(config["local_epochs"]), lr=float(config["lr"]),
-                batch_size=int(config["batch_size"]), seed=int(config["seed"]), sigma=self.sigma,
-                accountant=acc, proximal_mu=float(config["proximal_mu"]), global_params=shared,
+                dataset, epochs=orders.local_epochs, lr=orders.lr, batch_size=orders.batch_size,
+                seed=orders.seed, sigma=self.sigma, accountant=acc,
+                proximal_mu=orders.proximal_mu, global_params=shared,
                 optimizer=self.cfg.train.optimizer, generator_seeds=seeds,
             )  # fmt: skip
         finally:

@@ -151,6 +151,11 @@ class FLConfig(_Frozen):
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     proximal_mu: float = Field(0.01, ge=0)
+    # FedAdam's server optimizer (common/fl/fedadam.py; Reddi et al. 2021's defaults, not tuned)
+    server_lr: float = Field(1e-2, gt=0, description="FedAdam: the server's step size eta")
+    server_beta1: float = Field(0.9, ge=0, lt=1, description="FedAdam: first-moment decay")
+    server_beta2: float = Field(0.99, ge=0, lt=1, description="FedAdam: second-moment decay")
+    server_tau: float = Field(1e-3, gt=0, description="FedAdam: adaptivity bound tau")
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_sites: int = Field(3, ge=1, le=5, description="fewer updates -> the round is skipped")
     round_timeout_s: float = Field(600.0, gt=0, description="a site later than this is left out")

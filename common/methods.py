@@ -4,7 +4,8 @@ Every layer reads a method's facts from here (the server's strategy and evaluati
 training mode and release, the model's normalisation, the attacker's shadow recipe, the
 benchmark's checks) instead of comparing method names.
 
-- ``strategy``: the server's aggregation rule (``server/strategies.py``);
+- ``strategy``: the name of its ``Strategy`` (``common/fl/``): what the sites are told and how the
+  server combines their sum, in the gRPC server and in the shadow simulator alike;
 - ``norm``: ``"config"`` uses ``model.norm`` of the profile (BatchNorm by default), ``"group"`` the
   GroupNorm twin of the U-Net (Opacus cannot train BatchNorm);
 - ``dp``: the method is differentially private (ε in the results): DP-SGD at every site with one
@@ -35,7 +36,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class Method:
     name: str
-    strategy: Literal["fedavg", "fedprox", "fedbn", "ddpsgd"]
+    strategy: str  # a registered common.fl strategy (tests/unit/test_methods.py checks)
     norm: Literal["config", "group"]
     dp: bool
     proximal: bool
@@ -87,6 +88,8 @@ _TABLE = (
     Method("ddp-sgd-pt", "ddpsgd", "group", True, False, "server", "global",
            "Distributed DP-SGD starting from public pretraining", twin="groupnorm-pt",
            pretrained=True),
+    Method("fedadam", "fedadam", "config", False, False, "server", "global",
+           "FedAdam: FedAvg's mean change as a pseudo-gradient for an Adam step at the server"),
     Method("pooled", "fedavg", "config", False, False, "server", "global",
            "Reference: one model trained centrally on every site's training slices, same schedule "
            "(the ceiling federation approaches)", kind="pooled"),

@@ -24,6 +24,7 @@ from common.data.loader import load_arrays
 from common.data.store import read_manifest
 from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
+from common.fl.strategy import strategy_for, sum_weighted_updates
 from common.io import load_npz, save_npz, secure_dir, write_json_atomic
 from common.methods import get_method
 from common.metrics import SUM_KEYS
@@ -36,7 +37,7 @@ from common.model import (
 )
 from common.progress import progress
 from common.release import export_release, release_info
-from common.training.ddp import plan_for, wrap_free
+from common.training.ddp import wrap_free
 from common.training.dp.accountant import epsilons_of, history_from_text
 from common.training.dp.adjacency import ADJACENCIES
 from common.training.dp.settings import DPConfigError
@@ -48,7 +49,6 @@ from server.ledger import PrivacyLedger
 from server.records import TaskKind
 from server.secure import secure_aggregate
 from server.state import RoundState
-from server.strategies import get_strategy, sum_weighted_updates
 
 log = logging.getLogger(__name__)
 DP_KEYS = (
@@ -74,24 +74,6 @@ DDP_THREAT_MODEL = (
 )
 
 
-def make_strategy(cfg: Config, method: str):
-    """The method's strategy (``common/methods.py``), emitting the whole fit config of a site."""
-    m = get_method(method)
-    kw = dict(
-        local_epochs=cfg.train.local_epochs,
-        lr=cfg.train.lr,
-        batch_size=cfg.train.batch_size,
-        fraction_fit=cfg.fl.fraction_fit,
-        min_fit_sites=cfg.fl.min_fit_sites,
-        seed=cfg.seed,
-        dp=m.dp,
-        secagg=cfg.secagg.enabled,
-    )
-    if m.proximal:
-        kw["proximal_mu"] = cfg.fl.proximal_mu
-    return get_strategy(m.strategy, **kw)
-
-
 class Server:
     def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool,
                  device: torch.device | None = None):  # fmt: skip
@@ -103,16 +85,15 @@ class Server:
         if self.traits.kind != "federated":
             raise ValueError(f"{method} is a reference row that `fedonco bench` trains in one "
                              "process, not a federation a server runs")  # fmt: skip
-        self.strategy = make_strategy(cfg, method)
+        self.strategy = strategy_for(cfg, method)
         torch.manual_seed(cfg.seed)
         self.model = initial_model(cfg, method, self.device)  # public pretraining, if any
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
-        self.ddp = None
+        buffers = {k for k, _ in self.model.named_buffers()} & set(self.shared)
+        self.strategy.setup(initial, self.shared, buffers, cfg)
+        self.ddp = self.strategy.ring_plan()  # distributed DP's plan: the sites send noisy sums
         self.ledger = PrivacyLedger(run_dir)  # every unmasked distributed-DP sum, crash or not
-        if self.traits.distributed_dp:
-            self.ddp = plan_for(cfg, sum(initial[k].size for k in self.shared))
-            self.strategy.plan_run(self.ddp)
         secure_dir(run_dir / "checkpoints")
         state_file = run_dir / "state.json"
         if resume:
@@ -130,7 +111,7 @@ class Server:
                 else initial
             )
             opt = run_dir / "checkpoints" / f"strategy_round_{self.done:04d}.npz"
-            if self.done and opt.is_file():  # the server's optimizer state (ddp-sgd)
+            if self.done and opt.is_file():  # the strategy's own state (an optimizer's moments)
                 self.strategy.load_state_dict(load_npz(opt))
             log.info("resuming run %s after round %d", self.run_id, self.done)
         else:
@@ -157,10 +138,11 @@ class Server:
         too few sites are alive to start it (the caller skips it)."""
         t0 = time.perf_counter()
         try:
-            configs = self.strategy.configure_fit(rnd, self.state.alive_sites())
+            orders = self.strategy.configure_fit(rnd, self.state.alive_sites())
         except ValueError as err:  # a site went silent since the loop looked: a thin round
             log.warning("round %d: %s", rnd, err)
             return None
+        configs = {site: o.to_scalars() for site, o in orders.items()}  # what the wire carries
         shared = {k: self.params[k] for k in self.shared}
         payload = ndarrays_to_proto(shared)
         t_enc = time.perf_counter() - t0
@@ -241,8 +223,9 @@ class Server:
     def checkpoint(self, rnd: int) -> None:
         ckpt = self.run_dir / "checkpoints"
         save_npz(ckpt / f"round_{rnd:04d}.npz", self.params)
-        if hasattr(self.strategy, "state_dict"):  # an optimizer at the server (ddp-sgd)
-            save_npz(ckpt / f"strategy_round_{rnd:04d}.npz", self.strategy.state_dict())
+        state = self.strategy.state_dict()
+        if state:  # the strategy's own state (ddp-sgd's and FedAdam's server optimizer)
+            save_npz(ckpt / f"strategy_round_{rnd:04d}.npz", state)
         self.done = rnd
         self._save_state()
         for old in [*ckpt.glob("round_*.npz"), *ckpt.glob("strategy_round_*.npz")]:

@@ -2,7 +2,7 @@
 chosen (docs/results.md, "Choosing the standard profile").
 
 For each method: the five sites' federation simulated in one process
-(``common.training.federated.simulate_method``: the real local training, seeds and weighted
+(``common.fl.simulate.simulate_method``: the real local training, seeds and weighted
 average, no network), test and train Dice, and two membership signals on every training slice
 (members) against every holdout slice (non-members): the loss threshold and offline LiRA
 against ``--shadows`` shadow federations trained on the attacker pool (``attacks.ladder``). It is
@@ -34,8 +34,8 @@ from bench.audit_metrics import audit_metrics  # noqa: E402
 from common.config import SITE_NAMES, load_config  # noqa: E402
 from common.data.build import build_dataset  # noqa: E402
 from common.data.loader import load_arrays  # noqa: E402
+from common.fl.simulate import simulate_method  # noqa: E402
 from common.metrics import segmentation_metrics  # noqa: E402
-from common.training.federated import simulate_method  # noqa: E402
 from common.training.pretrain import CACHE_ENV  # noqa: E402
 from common.transforms import predict_hu  # noqa: E402
 

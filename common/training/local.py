@@ -167,7 +167,7 @@ def weighted_contribution(
     """What a site uploads: ``num_examples * params`` per key, in each array's dtype.
 
     The aggregation layer (plain sum or secure aggregation) only ever adds these up; the strategy
-    divides the sum by the total number of examples (see server/strategies.py).
+    divides the sum by the total number of examples (see common/fl/strategy.py).
     """
     if num_examples <= 0:
         raise ValueError(f"num_examples must be positive, got {num_examples}")

@@ -36,8 +36,8 @@ from bench.audit_metrics import (
 from common.config import Config, DataConfig, ModelConfig, TrainConfig
 from common.data.generate import render_slice
 from common.data.sites import REFERENCE
+from common.fl.simulate import simulate_federation
 from common.model import model_for
-from common.training.federated import simulate_federation
 
 SIZE = 32
 WINDOW = (-160.0, 240.0)

@@ -18,10 +18,10 @@ from bench.run import run_device
 from common.config import ConfigError, load_profile, parse_config, with_device, with_overrides
 from common.device import DeviceError, device_record, device_spec, resolve_device
 from common.evaluation import evaluate_sums
+from common.fl.simulate import simulate_method
 from common.model import build_model, get_params, state_sha256
 from common.training.ddp import DDPSite
 from common.training.dp import DPSettings, SiteAccountant, dp_train_local
-from common.training.federated import simulate_method
 from common.training.local import train_local
 from common.transforms import predict_probs
 from common.versions import collect_versions

@@ -142,11 +142,13 @@ def test_the_site_accountant_counts_every_attempt(tmp_path):
     """client.dp_site.DPState: a round re-run (server restart) is trained with fresh noise and
     both attempts are in the accountant; nothing rolls it back, also after a site restart."""
     from client.dp_site import DPState
+    from common.fl.instructions import FitInstructions, TrainMode
 
     cfg = with_overrides(load_profile("smoke"), **{"train.batch_size": 4})
     data = tiny_data(12)
     noise = NoiseSource(b"s" * 32, SITE_SECRET, "run")
-    config = {"local_epochs": 1, "lr": 1e-3, "batch_size": 4, "seed": 7, "proximal_mu": 0.0}
+    orders = FitInstructions(round=1, seed=7, local_epochs=1, lr=1e-3, batch_size=4,
+                             mode=TrainMode.DP)  # fmt: skip
 
     def state():
         return DPState(cfg, len(data), tmp_path, "run", noise, AttemptLog(tmp_path, "run"))
@@ -154,8 +156,8 @@ def test_the_site_accountant_counts_every_attempt(tmp_path):
     def model():
         return build_model(base=4, norm="group", groups=2, seed=0)
 
-    first = state().train(model(), data, 1, config, None)
-    rerun = state().train(model(), data, 1, config, None)  # a restarted site, round 1 again
+    first = state().train(model(), data, orders, None)
+    rerun = state().train(model(), data, orders, None)  # a restarted site, round 1 again
     assert (first["attempt"], rerun["attempt"]) == (1, 2)
     assert rerun["steps_total"] == 2 * first["steps_total"] > 0
     assert rerun["epsilon"] > first["epsilon"]

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import Config, DataConfig, DPConfig, ModelConfig, TrainConfig
+from common.fl.simulate import simulate_federation, weighted_mean
 from common.model import get_params, model_for, norm_keys
 from common.seeds import site_round_seed
-from common.training.federated import simulate_federation, weighted_mean
 from common.training.local import train_local
 
 SIZE = 32
@@ -119,7 +119,7 @@ def test_weighted_mean_and_empty_federation():
 def test_pooled_is_one_site_holding_every_slice_and_local_is_each_site_alone():
     from torch.utils.data import ConcatDataset
 
-    from common.training.federated import simulate_method
+    from common.fl.simulate import simulate_method
 
     cfg = _cfg(rounds=1)
     sites = {"A": _site(4, 1), "B": _site(8, 2)}

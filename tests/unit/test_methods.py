@@ -4,10 +4,10 @@ fit config the server emits."""
 import pytest
 
 from common.config import load_profile
+from common.fl.instructions import TrainMode
+from common.fl.strategy import STRATEGIES, strategy_for
 from common.methods import DEFAULT_METHODS, METHOD_NAMES, METHODS, get_method
-from common.model import build_model, float_keys, model_for, norm_keys
-from server.app import make_strategy
-from server.strategies import STRATEGIES
+from common.model import build_model, float_keys, get_params, model_for, norm_keys
 
 
 def test_every_method_is_in_the_table_with_a_known_strategy():
@@ -39,17 +39,19 @@ def test_local_norm_layers_mean_site_evaluation_and_per_site_release(name):
 def test_the_strategy_emits_the_whole_fit_config(name):
     cfg = load_profile("smoke")
     m = get_method(name)
-    strategy = make_strategy(cfg, name)
-    if m.distributed_dp:  # its round is one DP step: the run's plan comes first
-        from common.model import count_parameters
-        from common.training.ddp import plan_for
-
-        strategy.plan_run(plan_for(cfg, count_parameters(model_for(cfg, name))))
-    conf = strategy.configure_fit(1, list("ABCDE"))["A"]
+    strategy = strategy_for(cfg, name)
+    model = model_for(cfg, name)
+    strategy.setup(get_params(model), float_keys(model), set(), cfg)  # ddp: the run's plan
+    orders = strategy.configure_fit(1, list("ABCDE"))["A"]
     # per-site DP-SGD for dp methods; distributed DP adds a noise share instead
-    assert conf["dp"] is (m.dp and not m.distributed_dp) and conf["secagg"] is cfg.secagg.enabled
-    assert conf.get("ddp", False) is m.distributed_dp
-    assert conf["proximal_mu"] == (cfg.fl.proximal_mu if m.proximal else 0.0)
+    mode = TrainMode.DDP if m.distributed_dp else TrainMode.DP if m.dp else TrainMode.PLAIN
+    assert orders.mode is mode and orders.secagg is cfg.secagg.enabled
+    assert (orders.ddp is not None) is m.distributed_dp is (strategy.ring_plan() is not None)
+    assert orders.proximal_mu == (cfg.fl.proximal_mu if m.proximal else 0.0)
+    conf = orders.to_scalars()  # the wire's keys, as sites of every version read them
+    assert (
+        conf["dp"] is (m.dp and not m.distributed_dp) and conf.get("ddp", False) is m.distributed_dp
+    )
     norm_types = {type(mod).__name__ for mod in model_for(cfg, name).modules()}
     assert ("GroupNorm" in norm_types) == (m.norm == "group" or cfg.model.norm == "group")
     assert ("BatchNorm2d" in norm_types) == (m.norm_type(cfg.model.norm) == "batch")

@@ -3,9 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.fl.instructions import TrainMode
+from common.fl.strategies import FedAvg, FedBN, FedProx
+from common.fl.strategy import get_strategy, sum_weighted_updates
 from common.model import build_model, float_keys, get_params, norm_keys
 from common.training.local import weighted_contribution
-from server.strategies import FedAvg, FedBN, FedProx, get_strategy, sum_weighted_updates
 
 
 def _fake_sites() -> dict[str, tuple[dict[str, np.ndarray], int]]:
@@ -104,18 +106,20 @@ def test_fedbn_aggregation_leaves_local_keys_alone() -> None:
         np.testing.assert_allclose(new[k], expected, rtol=1e-6)
 
 
-def test_configure_fit_configs() -> None:
+def test_configure_fit_instructions() -> None:
     cfg = FedAvg(local_epochs=2, lr=0.01, batch_size=8, seed=3).configure_fit(1, ["B", "A"])
     assert sorted(cfg) == ["A", "B"]
-    assert cfg["A"]["local_epochs"] == 2 and cfg["A"]["lr"] == 0.01
-    assert cfg["A"]["batch_size"] == 8 and cfg["A"]["proximal_mu"] == 0.0
-    assert cfg["A"]["seed"] != cfg["B"]["seed"]
+    assert cfg["A"].local_epochs == 2 and cfg["A"].lr == 0.01 and cfg["A"].round == 1
+    assert cfg["A"].batch_size == 8 and cfg["A"].proximal_mu == 0.0
+    assert cfg["A"].mode is TrainMode.PLAIN and cfg["A"].ddp is None
+    assert cfg["A"].seed != cfg["B"].seed
     again = FedAvg(seed=3).configure_fit(1, ["A", "B"])
-    assert again["A"]["seed"] == cfg["A"]["seed"]
-    assert FedAvg(seed=3).configure_fit(2, ["A"])["A"]["seed"] != cfg["A"]["seed"]
+    assert again["A"].seed == cfg["A"].seed
+    assert FedAvg(seed=3).configure_fit(2, ["A"])["A"].seed != cfg["A"].seed
     prox = FedProx().configure_fit(1, ["A"])
-    assert prox["A"]["proximal_mu"] == 0.01
-    assert FedProx(proximal_mu=0.1).configure_fit(1, ["A"])["A"]["proximal_mu"] == 0.1
+    assert prox["A"].proximal_mu == 0.01
+    assert FedProx(proximal_mu=0.1).configure_fit(1, ["A"])["A"].proximal_mu == 0.1
+    assert FedAvg(dp=True).configure_fit(1, ["A"])["A"].mode is TrainMode.DP
 
 
 def test_partial_participation() -> None:

@@ -1,15 +1,16 @@
-"""A federation in one process: the sites' local training and the example-weighted average,
+"""A federation in one process: the sites' local training and the method's own aggregation,
 without the network, secure aggregation or restarts.
 
 The attacker's shadow federations use it (``attacks.ladder``): a shadow trained the way the target
 was (five non-IID sites, the target's method, rounds, local epochs, DP-SGD per site) is a far
-better reference model than one trained centrally on pooled data. The maths is that of the real
-system: each site starts a round from the global shared weights (plus, for a method that keeps
-normalisation layers local, its own), trains with ``train_local`` or ``DPTrainer`` with the same
-per-(seed, round, site) seeds, and the shared float weights are averaged weighted by the sites'
-example counts in float64 (``server/strategies.py`` does the same sum over the wire). What it
-leaves out: site sampling (``fl.fraction_fit``), timeouts and dropouts, secure aggregation's
-quantisation (a rounding at the 1e-6 level).
+better reference model than one trained centrally on pooled data. It drives the method's
+``Strategy`` (``common/fl/strategy.py``) exactly as the gRPC server does: ``setup``, then per
+round ``configure_fit`` (which sites, with what ``FitInstructions``), the sites' training by
+those instructions (``train_local``, ``DPTrainer`` or distributed DP's noisy sum, with the same
+per-(seed, round, site) seeds) and ``aggregate_fit`` on the example-weighted sum of the shared
+weights, taken in float64 in sorted site order (what secure aggregation's sum approximates to
+its quantisation step, ~1e-6). What it leaves out: timeouts and dropouts, secure aggregation's
+quantisation, and a real site's DP randomness (a simulated site draws from the public seed).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.fl.instructions import FitInstructions, TrainMode
+from common.fl.strategy import Strategy, strategy_for
 from common.methods import get_method
 from common.model import float_keys, get_params, model_for, norm_keys, set_params
 from common.progress import progress
-from common.seeds import site_round_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +56,9 @@ def weighted_mean(
 ) -> dict[str, np.ndarray]:
     """The example-weighted mean of ``keys`` over sites, summed in float64 in sorted site order
     and cast back to each key's dtype."""
-    sites = sorted(params)
-    total = float(sum(weights[s] for s in sites))
-    out = {}
-    for k in keys:
-        acc = np.zeros(np.shape(params[sites[0]][k]), np.float64)
-        for s in sites:
-            acc += np.asarray(params[s][k], np.float64) * float(weights[s])
-        out[k] = (acc / total).astype(np.asarray(params[sites[0]][k]).dtype)
-    return out
+    summed, total = weighted_sum(params, weights, keys)
+    first = params[sorted(params)[0]]
+    return {k: (summed[k] / total).astype(np.asarray(first[k]).dtype) for k in keys}
 
 
 def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int,
@@ -71,58 +67,54 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     (image (1, H, W), mask (1, H, W)) items) on ``device`` (default CPU) and return a
     ``SimulatedFederation``.
 
-    Deterministic on CPU for a ``seed``. A DP method trains every site with DP-SGD (its own σ
-    for its size and its own accountant, as at a real site); a site whose budget
-    (``dp.max_epsilon``) is exhausted stops contributing, as a real site declines. ``desc``:
-    report the rounds' progress under that name (``common.progress``).
+    Deterministic on CPU for a ``seed`` (it replaces ``cfg.seed`` for the sites' seeds and the
+    site sampling). A DP method trains every site with DP-SGD (its own σ for its size and its
+    own accountant, as at a real site); a site whose budget (``dp.max_epsilon``) is exhausted
+    stops contributing, as a real site declines. ``desc``: report the rounds' progress under
+    that name (``common.progress``).
     """
-    from torch.utils.data import DataLoader
-
-    from common.training.local import train_local
     from common.training.pretrain import initial_model
 
     spec = get_method(method)
     cfg = cfg.for_method(method)  # the method's own recipe, as at the server and the sites
-    t = cfg.train
     device = torch.device(device or "cpu")
     names = sorted(s for s, ds in sites.items() if len(ds) > 0)
     if not names:
         raise ValueError("a simulated federation needs at least one site with data")
+    # no site ever drops out here: a federation of fewer sites than min_fit_sites (a reference
+    # row's single site) trains them all
+    fl = cfg.fl.model_copy(update={"min_fit_sites": min(cfg.fl.min_fit_sites, len(names))})
+    strategy = strategy_for(cfg.model_copy(update={"seed": seed, "fl": fl}), method)
     initial = get_params(initial_model(cfg, method, device))  # public pretraining, if any
     models = {s: model_for(cfg, method).to(device) for s in names}
     for m in models.values():
         set_params(m, initial)
-    local = norm_keys(models[names[0]]) if spec.keeps_norm_local else set()
-    shared = [k for k in float_keys(models[names[0]]) if k not in local]
+    first = models[names[0]]
+    shared = strategy.shared_keys(float_keys(first), norm_keys(first))
+    buffers = {k for k, _ in first.named_buffers()} & set(shared)
+    strategy.setup(initial, shared, buffers, cfg)
+    bar = progress(cfg.train.rounds, desc, "round") if desc else None
+    if strategy.ring_plan() is not None:
+        return _simulate_ddp(cfg, strategy, sites, names, first, shared, device, bar)
     global_params = {k: initial[k] for k in shared}
-    mu = cfg.fl.proximal_mu if spec.proximal else 0.0
-    bar = progress(t.rounds, desc, "round") if desc else None
-    if spec.distributed_dp:
-        return _simulate_ddp(cfg, method, sites, names, models[names[0]], shared, seed, device, bar)
     dp = _DPSites(cfg, models, sites) if spec.dp else None
     metrics: dict[str, dict] = {}
     try:
-        for rnd in range(1, t.rounds + 1):
+        for rnd in range(1, cfg.train.rounds + 1):
             done: dict[str, dict[str, np.ndarray]] = {}
-            for s in names:
+            for s, orders in strategy.configure_fit(rnd, names).items():
                 set_params(models[s], global_params, strict=False)
-                round_seed = site_round_seed(seed, rnd, s)
-                if dp is not None:
-                    m = dp.train(s, rnd, round_seed, mu, global_params)
-                    if m is None:  # budget exhausted: the site declines from now on
-                        continue
-                else:
-                    loader = DataLoader(sites[s], batch_size=t.batch_size, shuffle=True)
-                    m = train_local(models[s], loader, epochs=t.local_epochs, lr=t.lr,
-                                    seed=round_seed, proximal_mu=mu, global_params=global_params,
-                                    optimizer=t.optimizer)  # fmt: skip
+                m = _train_site(cfg, models[s], sites[s], orders, global_params, dp, s)
+                if m is None:  # DP budget exhausted: the site declines from now on
+                    continue
                 metrics[s] = m
                 done[s] = get_params(models[s])
             if not done:
                 log.info("simulated federation: no site left in round %d; stopping", rnd)
                 break
-            weights = {s: float(len(sites[s])) for s in done}
-            global_params = weighted_mean(done, weights, shared)
+            summed, total = weighted_sum(done, {s: float(len(sites[s])) for s in done}, shared)
+            global_params = strategy.aggregate_fit(rnd, summed, total, metrics,
+                                                   current=global_params)  # fmt: skip
             if bar is not None:
                 bar.update()
     finally:
@@ -131,34 +123,66 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
         if bar is not None:
             bar.close()
     final = {s: {**get_params(models[s]), **global_params} for s in names}
-    all_float = float_keys(models[names[0]])
+    all_float = float_keys(first)
     averaged = weighted_mean(final, {s: float(len(sites[s])) for s in names}, all_float)
     return SimulatedFederation(shared, averaged, final, metrics, device)
 
 
-def _simulate_ddp(cfg, method, sites, names, model, shared, seed, device,
+def _train_site(cfg, model, dataset, orders: FitInstructions, global_params, dp, site: str):
+    """One site's round by its instructions; its metrics, or None when its DP budget is spent."""
+    from torch.utils.data import DataLoader
+
+    from common.training.local import train_local
+
+    if orders.mode is TrainMode.DP:
+        return dp.train(site, orders, global_params)
+    if orders.mode is not TrainMode.PLAIN:
+        raise ValueError(f"site {site}: a {orders.mode.value} round in a weights federation")
+    loader = DataLoader(dataset, batch_size=orders.batch_size, shuffle=True)
+    return train_local(model, loader, epochs=orders.local_epochs, lr=orders.lr, seed=orders.seed,
+                       proximal_mu=orders.proximal_mu, global_params=global_params,
+                       optimizer=cfg.train.optimizer)  # fmt: skip
+
+
+def weighted_sum(params: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float],
+                 keys: list[str]) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+    """The example-weighted float64 sum of ``keys`` over sites, in sorted site order, and the
+    total weight: what a strategy receives (in the real system, from secure aggregation)."""
+    sites = sorted(params)
+    out = {}
+    for k in keys:
+        acc = np.zeros(np.shape(params[sites[0]][k]), np.float64)
+        for s in sites:
+            acc += np.asarray(params[s][k], np.float64) * float(weights[s])
+        out[k] = acc
+    return out, float(sum(weights[s] for s in sites))
+
+
+def _simulate_ddp(cfg, strategy: Strategy, sites, names, model, shared, device,
                   bar=None) -> SimulatedFederation:  # fmt: skip
     """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
     ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
-    aggregation reveals), and the server's step."""
+    aggregation reveals), and the strategy's step."""
     from common.secagg import unflatten
-    from common.training.ddp import DDPSite, ServerAdam, ddp_step, from_ring_sum, plan_for
+    from common.training.ddp import DDPSite, from_ring_sum
 
-    t = cfg.train
     params = get_params(model)
-    plan = plan_for(cfg, sum(params[k].size for k in shared))
-    site, opt = DDPSite(model), ServerAdam(t.lr)
+    plan = strategy.ring_plan()
+    site = DDPSite(model)
     total_n = float(sum(len(sites[s]) for s in names))
     try:
-        for rnd in range(1, t.rounds + 1):
+        for rnd in range(1, cfg.train.rounds + 1):
             ring = np.zeros(plan.dim, np.uint32)
-            for s in names:
-                vec, _m = site.noisy_sum(sites[s], shared, q=plan.q, clip=plan.clip,
-                                         scale=plan.scale, mu_share=plan.mu_share,
-                                         seed=site_round_seed(seed, rnd, s), chunk=t.batch_size)  # fmt: skip
+            for s, orders in strategy.configure_fit(rnd, names).items():
+                if orders.mode is not TrainMode.DDP:
+                    raise ValueError(f"site {s}: a {orders.mode.value} round in a ddp federation")
+                p = orders.ddp
+                vec, _m = site.noisy_sum(sites[s], shared, q=p.q, clip=p.clip, scale=p.scale,
+                                         mu_share=p.mu_share, seed=orders.seed,
+                                         chunk=orders.batch_size)  # fmt: skip
                 ring += vec  # uint32 arithmetic wraps modulo 2**32, as secure aggregation's
             noisy = unflatten(from_ring_sum(ring, plan.scale), params, shared)
-            params = ddp_step(opt, params, noisy, total_n, plan.q)
+            params = strategy.aggregate_fit(rnd, noisy, total_n, current=params)
             set_params(model, params, strict=False)
             if bar is not None:
                 bar.update()
@@ -194,18 +218,19 @@ class _DPSites:
                             for s in models}  # fmt: skip
         self.trainers = {s: DPTrainer(m, self.settings) for s, m in models.items()}
 
-    def train(self, site: str, rnd: int, seed: int, mu: float, global_params) -> dict | None:
+    def train(self, site: str, orders: FitInstructions, global_params) -> dict | None:
         from common.training.dp import PrivacyBudgetExhausted
 
-        t = self.cfg.train
         try:
             return self.trainers[site].train_round(
-                self.sites[site], epochs=t.local_epochs, lr=t.lr, batch_size=self.batch[site],
-                seed=seed, sigma=self.sigma[site], accountant=self.accountants[site],
-                proximal_mu=mu, global_params=global_params, optimizer=t.optimizer,
+                self.sites[site], epochs=orders.local_epochs, lr=orders.lr,
+                batch_size=min(orders.batch_size, self.batch[site]), seed=orders.seed,
+                sigma=self.sigma[site], accountant=self.accountants[site],
+                proximal_mu=orders.proximal_mu, global_params=global_params,
+                optimizer=self.cfg.train.optimizer,
             )  # fmt: skip
         except PrivacyBudgetExhausted as err:
-            log.info("simulated site %s, round %d: %s", site, rnd, err)
+            log.info("simulated site %s, round %d: %s", site, orders.round, err)
             return None
 
     def close(self) -> None:
