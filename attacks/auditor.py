@@ -17,13 +17,12 @@ import time
 
 import numpy as np
 
-from attacks.calibrated import lira_online, rmia_scores
 from attacks.ladder import LadderResult, Predict, view_signals
+from attacks.rungs import AUDITOR_RUNGS, BY_NAME, Evidence
 from attacks.shadows import train_shadows
 
 log = logging.getLogger(__name__)
 
-AUDITOR_RUNGS = ("lira_online", "rmia_online")
 AUDITOR_SEED_OFFSET = 7_000_003  # the auditor's shadows are not the attacker's
 
 
@@ -68,11 +67,11 @@ def run_auditor(
     t1 = time.perf_counter()
     sig = view_signals(predict, shadows, (cand_images, cand_masks), (pool_images, pool_masks),
                        mia, seed=seed, site=site, query_budget=query_budget)  # fmt: skip
-    scores = {
-        "lira_online": lira_online(sig.lira_t, sig.lira_r, inside),
-        "rmia_online": rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
-                                   gamma=mia.rmia_gamma, a=None),
-    }  # fmt: skip
+    target = Evidence(masks=cand_masks, probs=sig.target_id, loss=sig.loss, lira_t=sig.lira_t,
+                      lira_r=sig.lira_r, rmia_t=sig.rmia_t, rmia_r=sig.rmia_r,
+                      rmia_tz=sig.rmia_tz, rmia_rz=sig.rmia_rz, inside=inside,
+                      gamma=mia.rmia_gamma)  # fmt: skip
+    scores = {r: BY_NAME[r].score(target) for r in AUDITOR_RUNGS}
     info = {
         "threat_model": "auditor: knows the candidate set (not the labels), trains online shadows",
         "views": list(sig.views),

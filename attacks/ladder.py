@@ -7,7 +7,8 @@ config (architecture and training recipe), its own pool of (image, mask) slices 
 membership labels. It never sees weights, gradients or the training data. Every score is
 "higher = member".
 
-Rungs (``RUNGS``):
+Rungs (``attacks.rungs.RUNGS``: each one's row and score function, the same for choosing
+and for scoring):
 
 - ``blind`` never queries the model: a fixed function of the candidate's image and mask. On a
   proper split it sits at AUC ≈ 0.5; away from 0.5 it flags a biased split, not a leak.
@@ -39,23 +40,25 @@ import torch
 from attacks.calibrated import (
     RMIA_A_FALLBACK,
     calibrate_a,
-    lira_offline,
     lira_signal,
-    rmia_scores,
     rmia_signal,
 )
 from attacks.features import IDX, image_features
-from attacks.maps import map_attack_scores, map_inputs
+from attacks.rungs import (
+    BY_NAME,
+    FALLBACK,
+    LADDER,
+    QUERY_RUNGS,
+    Evidence,
+    loss_of,
+    shadow_from_features,
+)
 from attacks.shadows import QUERY_BATCH, ShadowModel, train_shadows
 from attacks.views import apply_view, views_within_budget
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
-RUNGS = ("blind", "loss", "shadow", "map", "lira", "rmia")
-QUERY_RUNGS = RUNGS[1:]  # the blind baseline never queries the model
-FALLBACK_ORDER = ("lira", "rmia", "map", "shadow", "loss")  # one shadow: nothing to select on
-BLIND_WEIGHTS = np.array([1.0, 0.25, 0.25])  # tumor area, mean HU, HU std (see blind_scores)
 
 
 def query(predict: Predict, images: np.ndarray, batch: int = QUERY_BATCH) -> np.ndarray:
@@ -79,39 +82,6 @@ def query(predict: Predict, images: np.ndarray, batch: int = QUERY_BATCH) -> np.
 
 
 # ---------------------------------------------------------------------------------------------
-# Rung 1: blind baseline
-
-
-def blind_scores(cand_images: np.ndarray, cand_masks: np.ndarray) -> np.ndarray:
-    """A fixed score from the candidate alone (no model, no labels, nothing fitted).
-
-    A weighted sum of z-scored statistics (z over the candidates; no labels): tumor area
-    (weight 1, the main driver of a slice's loss, so the confounder that matters most for the
-    loss-based rungs), mean HU and HU standard deviation (scanner offset and noise, weight 0.25
-    each). Members and non-members drawn from the same site distributions give AUC ≈ 0.5; a split
-    that differs in prevalence or tumor size (or, more weakly, scanner) moves it away from 0.5.
-    A fixed score only sees a bias along its own statistics: it is a tripwire, not a proof that
-    the split is unbiased.
-    """
-    images = np.asarray(cand_images, dtype=np.float64)
-    masks = np.asarray(cand_masks)
-    if images.ndim != 3 or images.shape != masks.shape:
-        raise ValueError(f"expected (N, H, W) images and masks, got {images.shape}, {masks.shape}")
-    n = len(images)
-    stats = np.stack(
-        [
-            masks.reshape(n, -1).mean(axis=1),
-            images.reshape(n, -1).mean(axis=1),
-            images.reshape(n, -1).std(axis=1),
-        ],
-        axis=1,
-    )
-    sd = stats.std(axis=0)
-    z = (stats - stats.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return z @ BLIND_WEIGHTS
-
-
-# ---------------------------------------------------------------------------------------------
 # Rung 2: loss threshold (Yeom)
 
 
@@ -123,32 +93,6 @@ def loss_scores(target_probs: np.ndarray, cand_masks: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Rung 3: learned shadow attack
-
-
-def _classifier(kind: str, n_rows: int):
-    from sklearn.ensemble import GradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if kind == "auto":
-        kind = "gb" if n_rows >= 200 else "lr"
-    if kind == "lr":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    if kind == "gb":
-        return GradientBoostingClassifier(n_estimators=200, max_depth=3, subsample=0.8,
-                                          learning_rate=0.05, random_state=0)  # fmt: skip
-    raise ValueError(f"unknown classifier {kind!r}; use 'auto', 'lr' or 'gb'")
-
-
-def _shadow_from_features(
-    train_x: np.ndarray, train_y: np.ndarray, target_x: np.ndarray, classifier: str
-) -> np.ndarray:
-    if train_y.all() or not train_y.any():
-        raise ValueError("the shadow training set needs both members and non-members")
-    clf = _classifier(classifier, len(train_y))
-    clf.fit(train_x, train_y)
-    return clf.predict_proba(target_x)[:, 1]
 
 
 def _shadow_training_set(
@@ -179,7 +123,7 @@ def shadow_attack_scores(
     ``site``: the target is that site's own model (see ``ShadowModel``).
     """
     x, y = _shadow_training_set(shadows, pool_images, pool_masks, site)
-    return _shadow_from_features(x, y, image_features(target_probs, cand_masks), classifier)
+    return shadow_from_features(x, y, image_features(target_probs, cand_masks), classifier)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,46 +185,29 @@ def select_on_shadows(
     feats = [image_features(p, pool_masks) for p in pool_probs]
     lira_sig = np.stack([lira_signal(p, pool_masks) for p in pool_probs])
     rmia_sig = np.stack([rmia_signal(p, pool_masks) for p in pool_probs])
-    need_maps = "map" in rungs
-    maps = [map_inputs(p, pool_masks) for p in pool_probs] if need_maps else []
-    per_rung: dict[str, list[float]] = {r: [] for r in rungs}
-    pairs = []
+    pairs = []  # (evidence, labels): shadow j plays the target, the others are its references
     for j in range(s):
         others = [k for k in range(s) if k != j]
         out = ~members[others]
         ev = out.any(axis=0)
-        y = members[j][ev]
-        cols = {}
-        if "loss" in rungs:
-            cols["loss"] = -feats[j][ev, IDX["seg_loss"]]
-        if "lira" in rungs:
-            with clock("lira"):
-                cols["lira"] = lira_offline(lira_sig[j][ev], lira_sig[others][:, ev], out[:, ev])
-        if "shadow" in rungs:
-            with clock("shadow"):
-                cols["shadow"] = _shadow_from_features(
-                    np.concatenate([feats[k] for k in others]), members[others].ravel(),
-                    feats[j][ev], classifier)  # fmt: skip
-        if need_maps:
-            with clock("map"):
-                cols["map"] = map_attack_scores(
-                    torch.cat([maps[k] for k in others]),
-                    members[others].ravel(),
-                    maps[j][ev],
-                    seed,
-                )
-        for r, v in cols.items():
-            per_rung[r].append(_auc(v, y))
-        kw = {"target_x": rmia_sig[j][ev], "reference_x": rmia_sig[others][:, ev],
-              "use_x": out[:, ev], "target_z": rmia_sig[j][z_idx],
-              "reference_z": rmia_sig[others][:, z_idx], "gamma": gamma}  # fmt: skip
-        pairs.append((kw, y))
+        pairs.append((Evidence(
+            masks=pool_masks[ev], probs=pool_probs[j][ev], loss=loss_of(feats[j][ev])[None],
+            lira_t=lira_sig[j][ev], lira_r=lira_sig[others][:, ev], rmia_t=rmia_sig[j][ev],
+            rmia_r=rmia_sig[others][:, ev], rmia_tz=rmia_sig[j][z_idx],
+            rmia_rz=rmia_sig[others][:, z_idx], train_probs=[pool_probs[k] for k in others],
+            train_masks=pool_masks, train_members=members[others], out=out[:, ev],
+            gamma=gamma, classifier=classifier, seed=seed), members[j][ev]))  # fmt: skip
     a, a_table = (None, {})
     if "rmia" in rungs:
         with clock("rmia"):
-            a, a_table = calibrate_a(pairs, _auc)
-            per_rung["rmia"] = [_auc(rmia_scores(**kw, a=a), y) for kw, y in pairs]
-    return {r: float(np.mean(v)) for r, v in per_rung.items()}, a, a_table
+            a, a_table = calibrate_a([(e.rmia_kwargs(), y) for e, y in pairs], _auc)
+        for e, _y in pairs:
+            e.a = a
+    per_rung = {}
+    for r in rungs:
+        with clock(r):
+            per_rung[r] = float(np.mean([_auc(BY_NAME[r].score(e), y) for e, y in pairs]))
+    return per_rung, a, a_table
 
 
 class _Clock:
@@ -412,28 +339,18 @@ def run_ladder(
         log.info("rungs measured on shadow data in %.1fs (%s); scoring the candidates",
                  sum(selecting.values()), ", ".join(f"{r} {v:.1f}s" for r, v in selecting.items()))  # fmt: skip
     a = RMIA_A_FALLBACK if a is None else a
-    strongest = (
-        max(selection, key=selection.get)
-        if selection
-        else next(r for r in FALLBACK_ORDER if r in QUERY_RUNGS)
-    )
-    cand_feats = image_features(target_id, cand_masks)
+    strongest = max(selection, key=selection.get) if selection else FALLBACK
+    target = Evidence(
+        masks=cand_masks, probs=target_id, loss=sig.loss, lira_t=sig.lira_t, lira_r=sig.lira_r,
+        rmia_t=sig.rmia_t, rmia_r=sig.rmia_r, rmia_tz=sig.rmia_tz, rmia_rz=sig.rmia_rz,
+        train_probs=pool_probs, train_masks=pool_masks, train_members=members,
+        images=cand_images, gamma=mia.rmia_gamma, a=a, classifier=classifier, seed=seed)  # fmt: skip
     scoring: dict[str, float] = {}  # each rung's seconds scoring the candidates
     clock = _Clock(scoring)
-    scores = {"blind": blind_scores(cand_images, cand_masks), "loss": sig.loss.mean(axis=0)}
-    with clock("shadow"):
-        scores["shadow"] = _shadow_from_features(
-            np.concatenate([image_features(p, pool_masks) for p in pool_probs]), members.ravel(),
-            cand_feats, classifier)  # fmt: skip
-    with clock("map"):
-        scores["map"] = map_attack_scores(
-            torch.cat([map_inputs(p, pool_masks) for p in pool_probs]), members.ravel(),
-            map_inputs(target_id, cand_masks), seed)  # fmt: skip
-    with clock("lira"):
-        scores["lira"] = lira_offline(sig.lira_t, sig.lira_r)
-    with clock("rmia"):
-        scores["rmia"] = rmia_scores(sig.rmia_t, sig.rmia_r, sig.rmia_tz, sig.rmia_rz,
-                                     gamma=mia.rmia_gamma, a=a)  # fmt: skip
+    scores = {}
+    for r in LADDER:
+        with clock(r):
+            scores[r] = BY_NAME[r].score(target)
     t3 = time.perf_counter()
     rungs_s = {
         r: selecting.get(r, 0.0) + scoring.get(r, 0.0) for r in sorted({*selecting, *scoring})

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.auditor import AUDITOR_RUNGS
-from attacks.ladder import QUERY_RUNGS
+from attacks.rungs import AUDITOR_RUNGS, QUERY_RUNGS
 from bench.fleet import fedonco, run_relaying, spawn, stop, wait_for_port
 from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays, sample_params

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.rungs import ORDER
 from bench.claims import paper_claims, standard_goals
 from common.config import SITE_NAMES, Config
 from common.methods import METHODS, SWEEP_METHOD
@@ -131,7 +132,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUNG_ORDER = ("blind", "loss", "shadow", "map", "lira", "rmia", "lira_online", "rmia_online")
+RUNG_ORDER = ORDER  # the rung registry's order (attacks/rungs.py)
 
 
 def _ci_text(ci) -> str:

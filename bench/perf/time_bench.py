@@ -39,10 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from attacks.rungs import LADDER as RUNGS  # noqa: E402  (the attacker's rungs, in order)
 from bench.perf.margins import _cpu  # noqa: E402
-
-RUNGS = ("loss", "shadow", "map", "lira", "rmia")
-
 
 SHADOW_READY = re.compile(r"shadow federation \d+/\d+ \(.*\) ready in ([\d.]+)s")
 

@@ -16,8 +16,9 @@ from attacks.calibrated import (
     rmia_scores,
     rmia_signal,
 )
-from attacks.ladder import QUERY_RUNGS, _auc, select_on_shadows
+from attacks.ladder import _auc, select_on_shadows
 from attacks.maps import map_attack_scores, map_inputs
+from attacks.rungs import QUERY_RUNGS
 from attacks.views import VIEW_NAMES, apply_view, views_within_budget
 from bench.audit import strongest_rung, weaker_rung_warning
 from common.config import Config, MIAConfig
@@ -262,3 +263,33 @@ def test_config_round_trip_keeps_the_new_mia_settings():
     cfg = Config(mia=MIAConfig(views=("id", "hflip"), rmia_a=0.3, auditor_shadows=2))
     again = Config.model_validate(cfg.model_dump(mode="json"))
     assert again.mia == cfg.mia
+
+
+def test_one_rung_table_names_every_rung_once_and_scores_any_evidence():
+    """attacks/rungs.py: the ladder, the auditor, the referee and the report read one table;
+    each rung's score is a function of Evidence alone (selection and final scoring call it)."""
+    from attacks import rungs
+    from bench.report import RUNG_ORDER
+
+    assert len(set(rungs.ORDER)) == len(rungs.ORDER) == len(rungs.RUNGS)
+    assert RUNG_ORDER == rungs.ORDER and rungs.FALLBACK == "lira"
+    assert "blind" in rungs.LADDER and "blind" not in rungs.QUERY_RUNGS
+    assert set(rungs.AUDITOR_RUNGS) == {"lira_online", "rmia_online"}
+    rng = np.random.default_rng(0)
+    n, s, p, v = 6, 2, 8, 1
+    probs = rng.random((n, 16, 16)).astype(np.float32)
+    masks = rng.random((n, 16, 16)) > 0.8
+    ev = rungs.Evidence(
+        masks=masks, probs=probs, loss=rng.random((v, n)), lira_t=rng.random((v, n)),
+        lira_r=rng.random((s, v, n)), rmia_t=rng.random((v, n)), rmia_r=rng.random((s, v, n)),
+        rmia_tz=rng.random((v, 5)), rmia_rz=rng.random((s, v, 5)),
+        train_probs=[rng.random((p, 16, 16)).astype(np.float32) for _ in range(s)],
+        train_masks=rng.random((p, 16, 16)) > 0.8, train_members=np.tile([True, False], (s, 4)),
+        images=rng.normal(size=(n, 16, 16)), inside=np.array([[True] * n, [False] * n]),
+        classifier="lr")  # fmt: skip
+    with pytest.raises(ValueError, match="offline a is not set"):
+        rungs.BY_NAME["rmia"].score(ev)
+    ev.a = 0.3
+    for r in rungs.RUNGS:
+        out = r.score(ev)
+        assert out.shape == (n,) and np.isfinite(out).all(), r.name

@@ -12,16 +12,15 @@ from conftest import SEED  # seed offset of the statistical checks (bench/perf/m
 
 import common.training.dp
 import common.training.local
-from attacks import ladder
 from attacks.calibrated import lira_offline, lira_signal
 from attacks.features import FEATURE_NAMES, IDX, image_features
 from attacks.ladder import (
-    blind_scores,
     loss_scores,
     query,
     run_ladder,
     shadow_attack_scores,
 )
+from attacks.rungs import FALLBACK, LADDER, QUERY_RUNGS, blind_scores
 from attacks.shadows import ShadowModel, dataset, train_shadows
 from bench.audit_metrics import (
     ALPHA,
@@ -403,10 +402,10 @@ def test_run_ladder_all_rungs(overfit, margin):
     )
     elapsed = time.perf_counter() - start
     scores = result.scores
-    assert set(scores) == set(ladder.RUNGS)
+    assert set(scores) == set(LADDER)
     # once per candidate and per population sample (the pool half no shadow trained on)
     assert sum(queried) == len(images) + 16 == result.info["queries"]
-    assert result.info["strongest"] == ladder.FALLBACK_ORDER[0] and not result.info["selection"]
+    assert result.info["strongest"] == FALLBACK and not result.info["selection"]
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in scores.items()}
     margin("ladder_blind_auc_off_chance", abs(aucs["blind"] - 0.5), 0.25, above=False)
     margin("ladder_loss_auc", aucs["loss"], 0.8)
@@ -500,7 +499,8 @@ def test_shadow_threads_split_the_cores_whatever_is_cached():
 
 
 def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit, margin):
-    from attacks.auditor import AUDITOR_RUNGS, run_auditor, train_auditor_shadows
+    from attacks.auditor import run_auditor, train_auditor_shadows
+    from attacks.rungs import AUDITOR_RUNGS
 
     cfg, predict, images, masks, member = overfit
     pool_images, pool_masks = _blobs(32, 14 + SEED)
@@ -546,7 +546,7 @@ def test_ladder_with_views_two_shadows_and_a_budget(overfit, margin):
     info = result.info
     assert info["views"] == ["id", "hflip"] and sum(seen) == info["queries"] == 2 * (64 + n_z)
     assert info["n_population"] == n_z and info["queries"] <= budget
-    assert set(info["selection"]) == set(ladder.QUERY_RUNGS)
+    assert set(info["selection"]) == set(QUERY_RUNGS)
     assert info["strongest"] == max(info["selection"], key=info["selection"].get)
     assert info["rmia_a_calibrated"] and info["rmia_a"] in info["rmia_a_table"]
     aucs = {k: audit_metrics(v, member, n_boot=100)["auc"] for k, v in result.scores.items()}
