@@ -93,6 +93,68 @@ class SegMetrics:
 SUM_KEYS = tuple(SegMetrics().sums())
 
 
+# ----------------------------------------------------------------------------------------------
+# What a site may report: one table. The server's allow-list at the service edge
+# (server/validation.py) is built from it, and tests/unit/test_validation.py checks that what each
+# emitter sends (train_local, the DP site, distributed DP's noisy sum, the client's timings,
+# the evaluation sums) is in it: a metric a site starts to send without a row here fails there.
+
+
+@dataclass(frozen=True)
+class SiteMetric:
+    """One metric a site may report: a number in [lo, hi] or text of at most ``hi`` characters."""
+
+    kind: Literal["number", "text"]
+    lo: float
+    hi: float
+    summary: str
+
+
+HUGE = 1e15  # counts, bytes and seconds far beyond any real run, still finite
+MAX_HISTORY_TEXT = 20_000  # characters of a reported DP mechanism history: far above any run's
+
+
+def _n(summary: str, lo: float = 0.0, hi: float = HUGE) -> SiteMetric:
+    return SiteMetric("number", lo, hi, summary)
+
+
+def _t(summary: str, hi: int) -> SiteMetric:
+    return SiteMetric("text", 0, hi, summary)
+
+
+FIT_METRICS: dict[str, SiteMetric] = {  # a fit (plain or masked upload: its advertisement)
+    "loss": _n("mean training loss of the last local epoch"),
+    "prox": _n("mean FedProx term of the last local epoch"),
+    "steps": _n("optimizer steps of the round"),
+    "examples_last_epoch": _n("slices seen in the last local epoch"),
+    "num_examples": _n("the site's training-set size (its FedAvg weight)"),
+    "train_time_s": _n("seconds of local training"),
+    "decode_s": _n("seconds decoding the global model"),
+    "encode_s": _n("seconds encoding the update"),
+    "bytes_up": _n("bytes of the update on the wire"),
+    # DP-SGD (client/dp_site.py: the public part of the round's report; ε covers it)
+    "sample_rate": _n("Poisson sampling rate q", 0, 1),
+    "noise_multiplier": _n("sigma"),
+    "max_grad_norm": _n("clipping norm C"),
+    "delta": _n("delta", 0, 1),
+    "epsilon": _n("epsilon after the round (an exhausted budget may read inf)", 0, float("inf")),
+    "accountant": _t("accountant name", 16),
+    "adjacency": _t("neighbouring relation (common.training.dp.adjacency)", 16),
+    "randomness": _t("where the DP noise came from (common.training.dp.randomness)", 24),
+    "attempt": _n("how often the site started this round (fresh noise each)", 1),
+    "steps_total": _n("DP steps over the run"),
+    "accountant_history": _t("the site's whole mechanism history (JSON)", MAX_HISTORY_TEXT),
+    "device": _t("where the site trained (common/device.py: cpu, cuda:N)", 16),
+    "gpu": _t("its GPU's name, on CUDA only", 64),
+}
+MASKED_METRICS: dict[str, SiteMetric] = {  # a masked input of secure aggregation
+    "mask_s": _n("seconds masking the update"),
+    "clipped": _n("entries clipped before quantisation"),
+    "bytes_up": _n("bytes of the masked vector"),
+}
+EVAL_METRICS: dict[str, SiteMetric] = {k: _n(f"evaluation sum {k}") for k in SUM_KEYS}
+
+
 def pool_sums(parts: list[dict[str, float]]) -> dict[str, float]:
     """Add up ``SegMetrics.sums()`` of several sites."""
     return {k: float(sum(p[k] for p in parts)) for k in SUM_KEYS}

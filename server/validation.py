@@ -1,7 +1,8 @@
 """What a site may say in its metrics: an allow-list with types and finite ranges, checked at the
 service edge (``server/servicer.py``) before anything reaches the round state or the round loop.
 
-Every site-reported metric the server reads, aggregates or records is named here; anything else
+Every site-reported metric the server reads, aggregates or records is a row of the table in
+``common/metrics.py`` (``FIT_METRICS``, ``MASKED_METRICS``, ``EVAL_METRICS``); anything else
 is refused with INVALID_ARGUMENT (a site of another version says which key it sent). The caps
 bound what one site can make the server store per round: at most ``MAX_METRICS`` entries, and
 strings of a declared length. Sizes of what a caller sends are logged and echoed at most
@@ -12,13 +13,11 @@ from __future__ import annotations
 
 import math
 
-from common.metrics import SUM_KEYS
-from common.training.dp.accountant import MAX_HISTORY_TEXT
+from common.metrics import EVAL_METRICS, FIT_METRICS, MASKED_METRICS, SUM_KEYS
 from server.records import TaskKind
 
 MAX_METRICS = 64
 MAX_ECHO = 200
-HUGE = 1e15  # counts, bytes and seconds far beyond any real run, still finite
 
 
 def clip_text(value, limit: int = MAX_ECHO) -> str:
@@ -27,37 +26,11 @@ def clip_text(value, limit: int = MAX_ECHO) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
-def _num(lo: float, hi: float):
-    return ("number", lo, hi)
+def _rules(table) -> dict[str, tuple]:
+    return {k: (m.kind, m.lo, m.hi) for k, m in table.items()}
 
 
-_TRAIN = {
-    "loss": _num(0, HUGE),
-    "prox": _num(0, HUGE),
-    "steps": _num(0, HUGE),
-    "examples_last_epoch": _num(0, HUGE),
-    "num_examples": _num(0, HUGE),
-    "train_time_s": _num(0, HUGE),
-    "decode_s": _num(0, HUGE),
-    "encode_s": _num(0, HUGE),
-    "bytes_up": _num(0, HUGE),
-    # DP-SGD (client/dp_site.py: the public part of the round's report)
-    "sample_rate": _num(0, 1),
-    "noise_multiplier": _num(0, HUGE),
-    "max_grad_norm": _num(0, HUGE),
-    "delta": _num(0, 1),
-    "epsilon": _num(0, math.inf),  # an exhausted budget may read inf
-    "accountant": ("text", 0, 16),
-    "adjacency": ("text", 0, 16),  # common.training.dp.adjacency
-    "randomness": ("text", 0, 24),  # common.training.dp.randomness
-    "attempt": _num(1, HUGE),  # how often the site has started this round (fresh noise each)
-    "steps_total": _num(0, HUGE),
-    "accountant_history": ("text", 0, MAX_HISTORY_TEXT),
-    "device": ("text", 0, 16),  # where the site trained (common/device.py: cpu, cuda:N)
-    "gpu": ("text", 0, 64),  # its GPU's name, on CUDA only
-}
-_MASKED = {"mask_s": _num(0, HUGE), "clipped": _num(0, HUGE), "bytes_up": _num(0, HUGE)}
-_EVAL = {k: _num(0, HUGE) for k in SUM_KEYS}
+_TRAIN, _MASKED, _EVAL = _rules(FIT_METRICS), _rules(MASKED_METRICS), _rules(EVAL_METRICS)
 
 SCHEMAS = {
     TaskKind.FIT: (_TRAIN, ()),

@@ -111,3 +111,47 @@ def test_a_release_is_group_readable_and_nothing_else_is(tmp_path):
     export_release(tmp_path / "rel", {"a": np.zeros(2, np.float32)}, {"method": "fedavg"})
     assert (tmp_path / "rel" / "model.npz").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "rel" / "release.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_what_every_emitter_reports_is_in_the_metric_table(tmp_path):
+    """common/metrics.py's table is the allow-list: each thing a site sends for a task (plain
+    training, a DP round, distributed DP's noisy sum, the client's timings and device, the
+    evaluation sums) has its row and passes the server's check."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from client.dp_site import DPState
+    from common.config import load_profile, with_overrides
+    from common.device import device_record
+    from common.evaluation import evaluate_sums
+    from common.fl.instructions import FitInstructions, TrainMode
+    from common.metrics import EVAL_METRICS, FIT_METRICS
+    from common.model import build_model
+    from common.training.ddp import DDPSite
+    from common.training.dp.randomness import SITE_SECRET, AttemptLog, NoiseSource
+    from common.training.local import train_local
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 1, 16, 16, generator=g), (torch.rand(8, 1, 16, 16, generator=g) > 0.8)
+    data = TensorDataset(x, y.float())
+    client_side = {"decode_s": 0.1, "encode_s": 0.1, "bytes_up": 10.0, **device_record("cpu")}
+    plain = train_local(build_model(base=4, seed=0), DataLoader(data, batch_size=4), epochs=1,
+                        lr=1e-3, seed=0)  # fmt: skip
+    cfg = with_overrides(load_profile("smoke"), **{"train.batch_size": 4})
+    dp = DPState(cfg, len(data), tmp_path, "run", NoiseSource(b"s" * 32, SITE_SECRET, "run"),
+                 AttemptLog(tmp_path, "run")).train(
+        build_model(base=4, norm="group", groups=2, seed=0), list(zip(x, y.float(), strict=True)),
+        FitInstructions(round=1, seed=1, local_epochs=1, lr=1e-3, batch_size=4,
+                        mode=TrainMode.DP), None)  # fmt: skip
+    model = build_model(base=4, norm="group", groups=2, seed=0)
+    site = DDPSite(model)
+    _vec, ddp = site.noisy_sum(data, sorted(k for k, _ in model.named_parameters()), q=0.5,
+                               clip=1.0, scale=100.0, mu_share=1.0, seed=0)  # fmt: skip
+    site.close()
+    ddp = {**ddp, "randomness": SITE_SECRET, "attempt": 1}  # what client/app.py adds
+    for sent in (plain, dp, ddp):
+        report = {**sent, **client_side}
+        assert set(report) <= set(FIT_METRICS), set(report) - set(FIT_METRICS)
+        assert check_metrics(TaskKind.FIT, report) == report
+    sums = evaluate_sums(build_model(base=4, seed=0), x, y.squeeze(1).numpy(), 4)
+    assert set(sums) == set(EVAL_METRICS) and check_metrics(TaskKind.EVALUATE, sums) == sums

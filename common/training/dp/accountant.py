@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from common.metrics import MAX_HISTORY_TEXT
 from common.training.dp.adjacency import (
     ADD_REMOVE,
     ADJACENCIES,
@@ -19,7 +20,6 @@ from common.training.dp.settings import (
 )
 
 STATE_FORMAT = "fedonco.dp.site_accountant/1"
-MAX_HISTORY_TEXT = 20_000  # characters of a reported history: far above any real run's
 
 
 def history_text(acc: SiteAccountant) -> str:
