@@ -24,6 +24,7 @@ from common.config import SITE_NAMES, Config
 from common.data.loader import load_arrays, sample_params
 from common.data.store import read_manifest
 from common.io import GROUP_READ, load_npz, save_npz, write_json_atomic
+from common.layout import RunLayout
 from common.seeds import candidates_rng
 
 log = logging.getLogger(__name__)
@@ -230,9 +231,10 @@ def patient_audit(scores: dict, member: np.ndarray, cases: np.ndarray, rung: str
 def local_targets(method_dir: Path) -> dict[str, str]:
     """The released model(s) of a run on this machine, as names relative to ``method_dir``:
     {"all": "release"} or, FedBN, one per site."""
-    if (method_dir / "release" / "release.json").is_file():
-        return {"all": "release"}
-    sites = {s: Path("site-state") / method_dir.name / f"site{s}" / "release" for s in SITE_NAMES}
+    layout = RunLayout(method_dir)
+    if (layout.release / "release.json").is_file():
+        return {"all": layout.release.name}
+    sites = {s: layout.site_release(s, relative=True) for s in SITE_NAMES}
     return {s: str(p) for s, p in sites.items() if (method_dir / p / "release.json").is_file()}
 
 

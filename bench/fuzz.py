@@ -294,7 +294,7 @@ class FuzzTarget(_Target):
         from common.io import load_npz
 
         self.thread.join(timeout=timeout)
-        return load_npz(self.srv.run_dir / "final_model.npz")
+        return load_npz(self.srv.layout.final_model)
 
     def finish(self, timeout: float = 120.0) -> tuple[dict, dict]:
         """Site A's honest update closes the round: (final model, what it must equal)."""

@@ -24,6 +24,7 @@ from bench.report import write_report
 from common.config import SITE_NAMES, load_config
 from common.data.store import read_manifest
 from common.io import write_json_atomic
+from common.layout import RunLayout
 from common.methods import METHOD_NAMES
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s
     """Names of the method's released model(s) on the release service: the server's global
     model under the campaign directory, or (FedBN) each site's own model, which the site
     publishes under ``<run_id>/site<ID>`` when the run ends (a site that died has none)."""
-    if (run_dir / method / "release" / "release.json").is_file():
+    if (RunLayout(run_dir / method).release / "release.json").is_file():
         return {"all": f"{run_dir.name}/{method}/release"}
     names = {}
     for s in SITE_NAMES:
@@ -94,14 +95,15 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
     results, unaudited = {}, []
     for method in methods:
         mdir = run_dir / method
-        log.info("waiting for %s to finish (%s)", method, mdir / "result.json")
-        wait_for(mdir / "result.json", timeout_s, method)
-        result = json.loads((mdir / "result.json").read_text())
+        layout = RunLayout(mdir)
+        log.info("waiting for %s to finish (%s)", method, layout.result)
+        wait_for(layout.result, timeout_s, method)
+        result = json.loads(layout.result.read_text())
         result["dir"] = str(mdir)
         if cfg.mia.enabled:
             names = release_names(run_dir, method, result, address, 60.0, tls_dir)
             result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, address, tls_dir)
-            global_release = (mdir / "release" / "release.json").is_file()
+            global_release = (layout.release / "release.json").is_file()
             unaudited += not_audited(method, global_release, names, result["mia"])
             dice = result.get("dice")
             log.info("%s: Dice %s, MIA AUC %s", method, "n/a" if dice is None else f"{dice:.3f}",

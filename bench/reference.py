@@ -29,6 +29,7 @@ from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
 from common.fl.simulate import simulate_method
 from common.io import write_json_atomic
+from common.layout import RunLayout
 from common.methods import get_method
 from common.metrics import metrics_from_sums
 from common.model import count_parameters, get_params, state_sha256
@@ -81,13 +82,14 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
                 t: metrics_from_sums(evaluate_sums(model, *test[t], bs))["dice"] for t in test
             }
     out_dir.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(out_dir)
     if spec.release == "global":
         final = fed.global_params
-        export_release(out_dir / "release", final, release_info(cfg, method, final))
+        export_release(layout.release, final, release_info(cfg, method, final))
     else:
         for s in models:
             params = fed.site_params[s]
-            export_release(out_dir / "site-state" / out_dir.name / f"site{s}" / "release",
+            export_release(layout.site_release(s),
                            params, release_info(cfg, method, params, site=s))  # fmt: skip
         final = fed.global_params  # not released: only a hash for the record
     overall = summary["overall"]
@@ -115,6 +117,6 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
         "train_s": time.perf_counter() - t0,
         "device": {"bench": device_record(device)},  # trained and evaluated in this process
     }
-    write_json_atomic(out_dir / "result.json", result)
-    (out_dir / "history.json").write_text("[]\n")  # no federated rounds to record
-    return json.loads((out_dir / "result.json").read_text())
+    write_json_atomic(layout.result, result)
+    layout.history.write_text("[]\n")  # no federated rounds to record
+    return json.loads(layout.result.read_text())

@@ -16,6 +16,7 @@ import numpy as np
 from attacks.rungs import ORDER
 from bench.claims import paper_claims, standard_goals
 from common.config import SITE_NAMES, Config
+from common.layout import RunLayout
 from common.methods import METHODS, SWEEP_METHOD
 
 SITE_COLS = [f"dice_{s}" for s in SITE_NAMES]
@@ -305,7 +306,7 @@ def write_report(
     cfg: Config, run_dir: Path, results_by_method: dict, manifest: dict, wall_s: float
 ) -> str:
     histories = {
-        m: json.loads((Path(r["dir"]) / "history.json").read_text())
+        m: json.loads(RunLayout(Path(r["dir"])).history.read_text())
         for m, r in results_by_method.items()
     }
     results = {

@@ -53,6 +53,7 @@ from common.data.diffusion.generate import build_dataset
 from common.data.store import read_manifest
 from common.data.summary import summary_markdown
 from common.device import DeviceError, resolve_device
+from common.layout import RunLayout
 from common.methods import SWEEP_METHOD, get_method
 from common.progress import LogProgress, progress
 from common.training.dp.randomness import SEEDED
@@ -96,7 +97,7 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
         for site in SITE_NAMES:  # started with the server: they retry until it listens
             procs.append(spawn(fedonco(
                 "client", "--config", str(config_path), "--site", site, "--server", address,
-                "--data", str(data_dir), "--state-dir", str(mdir / "site-state"), "--threads", "1",
+                "--data", str(data_dir), "--state-dir", str(RunLayout(mdir).site_states), "--threads", "1",
                 "--device", str(device), *seeded), logs / f"client{site}.log", env))  # fmt: skip
         wait_for_port(port_file, server, logs / "server.log")  # else the server's log says why
         _watch(cfg, method, mdir, server)
@@ -111,7 +112,7 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
                 log.warning("a client did not exit after the run; terminating it")
     finally:
         stop(procs)
-    result = json.loads((mdir / "result.json").read_text())
+    result = json.loads(RunLayout(mdir).result.read_text())
     return _audited(cfg, config_path, mdir, data_dir, result, t0)
 
 
@@ -127,7 +128,7 @@ def _audited(cfg: Config, config_path: Path, mdir: Path, data_dir: Path, result:
 
 def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> None:
     """A progress bar over rounds (read from the server's state.json) until the server exits."""
-    state = mdir / "state.json"
+    state = RunLayout(mdir).state
     done = 0
     with progress(cfg.for_method(method).train.rounds, f"{method:8s}", "round") as bar:
         while server.poll() is None:

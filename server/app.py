@@ -26,6 +26,7 @@ from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
 from common.fl.strategy import strategy_for, sum_weighted_updates
 from common.io import load_npz, save_npz, secure_dir, write_json_atomic
+from common.layout import RunLayout
 from common.methods import get_method
 from common.metrics import SUM_KEYS
 from common.model import (
@@ -94,8 +95,9 @@ class Server:
         self.strategy.setup(initial, self.shared, buffers, cfg)
         self.ddp = self.strategy.ring_plan()  # distributed DP's plan: the sites send noisy sums
         self.ledger = PrivacyLedger(run_dir)  # every unmasked distributed-DP sum, crash or not
-        secure_dir(run_dir / "checkpoints")
-        state_file = run_dir / "state.json"
+        self.layout = layout = RunLayout(run_dir)
+        secure_dir(layout.checkpoints)
+        state_file = layout.state
         if resume:
             if not state_file.is_file():
                 raise FileNotFoundError(f"--resume: {state_file} not found")
@@ -105,12 +107,8 @@ class Server:
             self.run_id, self.done, self.history = st["run_id"], st["round"], st["history"]
             self.skipped = st.get("skipped", [])
             self.initial_sha = st["initial_model_sha256"]
-            self.params = (
-                load_npz(run_dir / "checkpoints" / f"round_{self.done:04d}.npz")
-                if self.done
-                else initial
-            )
-            opt = run_dir / "checkpoints" / f"strategy_round_{self.done:04d}.npz"
+            self.params = load_npz(layout.checkpoint(self.done)) if self.done else initial
+            opt = layout.strategy_checkpoint(self.done)
             if self.done and opt.is_file():  # the strategy's own state (an optimizer's moments)
                 self.strategy.load_state_dict(load_npz(opt))
             log.info("resuming run %s after round %d", self.run_id, self.done)
@@ -215,21 +213,24 @@ class Server:
 
     def _save_state(self) -> None:
         write_json_atomic(
-            self.run_dir / "state.json",
+            self.layout.state,
             {"run_id": self.run_id, "method": self.method, "round": self.done, "history": self.history,
              "initial_model_sha256": self.initial_sha, "skipped": self.skipped},
         )  # fmt: skip
 
     def checkpoint(self, rnd: int) -> None:
-        ckpt = self.run_dir / "checkpoints"
-        save_npz(ckpt / f"round_{rnd:04d}.npz", self.params)
+        ckpt = self.layout.checkpoints
+        save_npz(self.layout.checkpoint(rnd), self.params)
         state = self.strategy.state_dict()
         if state:  # the strategy's own state (ddp-sgd's and FedAdam's server optimizer)
-            save_npz(ckpt / f"strategy_round_{rnd:04d}.npz", state)
+            save_npz(self.layout.strategy_checkpoint(rnd), state)
         self.done = rnd
         self._save_state()
         for old in [*ckpt.glob("round_*.npz"), *ckpt.glob("strategy_round_*.npz")]:
-            if not old.name.endswith(f"round_{rnd:04d}.npz"):
+            if old.name not in (
+                self.layout.checkpoint(rnd).name,
+                self.layout.strategy_checkpoint(rnd).name,
+            ):
                 old.unlink()
 
     def run_info(self, runs_left: int = 0, linger: bool = False) -> dict:
@@ -325,11 +326,11 @@ class Server:
         }  # fmt: skip
 
     def finalize(self, status: str = "completed") -> dict:
-        save_npz(self.run_dir / "final_model.npz", self.params)
+        save_npz(self.layout.final_model, self.params)
         if self.traits.release == "global":  # else (FedBN) each site releases its own model
-            export_release(self.run_dir / "release", self.params,
+            export_release(self.layout.release, self.params,
                            release_info(self.cfg, self.method, self.params))  # fmt: skip
-        write_json_atomic(self.run_dir / "history.json", self.history)
+        write_json_atomic(self.layout.history, self.history)
         last = self.history[-1]["eval"] if self.history else {}
         result = {
             "method": self.method,
@@ -352,7 +353,7 @@ class Server:
             "wall_s": time.perf_counter() - self.t_start,  # from the wait for the sites on
             **self.privacy(),
         }
-        write_json_atomic(self.run_dir / "result.json", result)
+        write_json_atomic(self.layout.result, result)
         return result
 
 

@@ -19,6 +19,7 @@ import torch
 
 from common.config import SITE_NAMES
 from common.io import GROUP_DIR, secure_dir, write_json_atomic
+from common.layout import RunLayout
 from common.methods import METHOD_NAMES, get_method
 from common.versions import collect_versions
 from common.wire.channel import MAX_MESSAGE_BYTES, MiB, create_server
@@ -157,7 +158,7 @@ def run_server_cmd(args) -> int:
         raise ValueError("give --run-dir (new run) or --resume RUN_DIR")
     method = args.method
     if args.resume and method is None:
-        method = json.loads((run_dir / "state.json").read_text())["method"]
+        method = json.loads(RunLayout(run_dir).state.read_text())["method"]
     if method is None:
         raise ValueError("give --method (fedavg, fedprox or fedbn)")
     fresh = not args.resume and not (run_dir.is_dir() and any(run_dir.iterdir()))
