@@ -182,3 +182,16 @@ def test_the_committed_frontier_sweeps_the_dp_recipe_over_three_seeds():
         assert sorted(swept) == [1.0, 2.0, 4.0, 8.0] and "groupnorm-pt" in res["methods"]
         for eps, e in swept.items():
             assert e["dp"]["adjacency"] == "replace-one" and e["dp"]["epsilon"] <= eps + 1e-6
+
+
+def test_the_committed_runs_carry_fedprox_and_fedadam_next_to_fedavg():
+    """Issue 27: FedProx and FedAdam on the standard profile, three seeds, merged per seed with
+    the standard run (docs/runs/standard-fl, read by the same `fedonco report docs`)."""
+    assert "docs/runs/standard-fl" in committed_rundirs()
+    fl = load_run(ROOT / "docs" / "runs" / "standard-fl")
+    assert set(fl.results) == {42, 43, 44} and not fl.sweep
+    for seed, res in fl.results.items():
+        assert set(res["methods"]) == {"fedprox", "fedadam"}, seed
+        assert res["methods"]["fedadam"]["mia"]["selected_on"].startswith("shadow AUC")
+    merged = merge([load_run(RUNS), fl])
+    assert all({"fedavg", "fedprox", "fedadam"} <= set(m.methods) for m in merged.values())
