@@ -197,6 +197,8 @@ def select_on_shadows(
             rmia_rz=rmia_sig[others][:, z_idx], train_probs=[pool_probs[k] for k in others],
             train_masks=pool_masks, train_members=members[others], out=out[:, ev],
             gamma=gamma, classifier=classifier, seed=seed), members[j][ev]))  # fmt: skip
+        e = pairs[-1][0]  # the features are per image: the ones computed above, not again
+        e.features, e.train_features = feats[j][ev], np.concatenate([feats[k] for k in others])
     a, a_table = (None, {})
     if "rmia" in rungs:
         with clock("rmia"):

@@ -173,6 +173,12 @@ def float_keys(model: nn.Module) -> list[str]:
     return sorted(k for k, v in model.state_dict().items() if v.is_floating_point())
 
 
+def buffer_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of buffers (BatchNorm running statistics and counters), not parameters:
+    what a strategy must not treat as weights to optimise (``Strategy.setup``)."""
+    return {k for k, _ in model.named_buffers()}
+
+
 def get_params(model: nn.Module) -> dict[str, np.ndarray]:
     """Copies of every float state_dict entry (parameters and BatchNorm running stats)."""
     state = model.state_dict()

@@ -30,6 +30,7 @@ from common.layout import RunLayout
 from common.methods import get_method
 from common.metrics import SUM_KEYS
 from common.model import (
+    buffer_keys,
     count_parameters,
     get_params,
     norm_keys,
@@ -91,7 +92,7 @@ class Server:
         self.model = initial_model(cfg, method, self.device)  # public pretraining, if any
         initial = get_params(self.model)
         self.shared = self.strategy.shared_keys(list(initial), norm_keys(self.model))
-        buffers = {k for k, _ in self.model.named_buffers()} & set(self.shared)
+        buffers = buffer_keys(self.model) & set(self.shared)
         self.strategy.setup(initial, self.shared, buffers, cfg)
         self.ddp = self.strategy.ring_plan()  # distributed DP's plan: the sites send noisy sums
         self.ledger = PrivacyLedger(run_dir)  # every unmasked distributed-DP sum, crash or not

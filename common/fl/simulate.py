@@ -26,7 +26,7 @@ from torch import nn
 from common.fl.instructions import FitInstructions, TrainMode
 from common.fl.strategy import Strategy, strategy_for
 from common.methods import get_method
-from common.model import float_keys, get_params, model_for, norm_keys, set_params
+from common.model import buffer_keys, float_keys, get_params, model_for, norm_keys, set_params
 from common.progress import progress
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
         set_params(m, initial)
     first = models[names[0]]
     shared = strategy.shared_keys(float_keys(first), norm_keys(first))
-    buffers = {k for k, _ in first.named_buffers()} & set(shared)
+    buffers = buffer_keys(first) & set(shared)
     strategy.setup(initial, shared, buffers, cfg)
     bar = progress(cfg.train.rounds, desc, "round") if desc else None
     if strategy.ring_plan() is not None:

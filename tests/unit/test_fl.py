@@ -16,7 +16,7 @@ from common.fl.instructions import DDPParams, FitInstructions, TrainMode
 from common.fl.simulate import simulate_federation, weighted_sum
 from common.fl.strategies import FedAvg
 from common.fl.strategy import STRATEGIES, Strategy, register, strategy_for
-from common.model import float_keys, get_params, model_for, set_params
+from common.model import buffer_keys, float_keys, get_params, model_for, set_params
 from common.seeds import site_round_seed
 from common.training.local import train_local
 
@@ -198,7 +198,7 @@ def test_the_simulator_runs_fedadam_through_its_hooks():
     strategy = strategy_for(cfg.model_copy(update={"seed": 11}), "fedadam")
     models = {s: model_for(cfg, "fedadam") for s in sites}
     keys = float_keys(models["A"])
-    buffers = {k for k, _ in models["A"].named_buffers()} & set(keys)
+    buffers = buffer_keys(models["A"]) & set(keys)
     current = get_params(models["A"])
     strategy.setup(current, keys, buffers, cfg)
     assert buffers and strategy.fingerprint()["strategy"] == "fedadam"
