@@ -227,3 +227,28 @@ def test_the_simulator_samples_sites_as_the_server_does():
     fed = simulate_federation(cfg, "fedavg", sites, seed=11)
     picked = strategy_for(cfg.model_copy(update={"seed": 11}), "fedavg").configure_fit(1, "ABCD")
     assert len(picked) == 2 and sorted(fed.metrics) == sorted(picked)
+
+
+@pytest.mark.parametrize(("change", "field"), [({"lr": float("nan")}, "lr"),
+                                               ({"round": 2}, "round 2 in a task of round 3"),
+                                               ({"ddp": True}, "ddp_q")])  # fmt: skip
+def test_a_site_declines_a_round_whose_orders_are_hostile_and_trains_nothing(change, field):
+    """client/app.py at the edge: the server's fit config is parsed before anything is loaded
+    or trained; a bad one ends in a Decline naming the field, not an exception out of the site."""
+    from client.app import SiteClient
+    from common.wire.rpc import federation_pb2 as pb
+    from common.wire.serde import ndarrays_to_proto, scalars_to_proto
+
+    declined = []
+
+    class Stub:
+        def Decline(self, request, timeout, wait_for_ready):  # noqa: N802 (the gRPC name)
+            declined.append(request)
+
+    site = SiteClient.__new__(SiteClient)  # no server, no data: fit must stop before needing them
+    site.site, site.run_id, site.stub, site.retry_timeout_s = "A", "run", Stub(), 0.0
+    site.model = site.initial = None  # training or loading weights would fail loudly
+    task = pb.FitTask(round=3, tensors=ndarrays_to_proto({}),
+                      config=scalars_to_proto({**PLAIN.to_scalars(), **change}))  # fmt: skip
+    site.fit(task)
+    assert len(declined) == 1 and declined[0].round == 3 and field in declined[0].reason
