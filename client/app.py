@@ -27,6 +27,7 @@ from common.data.store import read_manifest
 from common.device import device_record
 from common.evaluation import evaluate_sums
 from common.fl.instructions import FitInstructions, TrainMode
+from common.fl.strategy import split_extras
 from common.io import load_npz, safe_name, save_npz, secure_dir
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
@@ -42,6 +43,8 @@ from common.training.dp.randomness import (
 )
 from common.training.dp.settings import DPConfigError, PrivacyBudgetExhausted
 from common.training.local import train_local, weighted_contribution
+from common.training.scaffold import PREFIX as CONTROL
+from common.training.scaffold import ControlVariates
 from common.transforms import to_inputs
 from common.wire.channel import create_channel
 from common.wire.rpc import federation_pb2 as pb
@@ -110,6 +113,12 @@ class SiteClient:
         earlier = [r for r in self.local if r < rnd]
         src = self.local[max(earlier)] if earlier else self.initial
         return {k: src[k] for k in keys}
+
+    def _kept_before(self, rnd: int) -> dict[str, np.ndarray]:
+        """The extra state (SCAFFOLD's c_i) kept at the end of the last round before ``rnd``."""
+        earlier = [r for r in self.local if r < rnd]
+        src = self.local[max(earlier)] if earlier else {}
+        return {k: v for k, v in src.items() if k.startswith(CONTROL)}
 
     def _save_local(self, rnd: int, values: dict[str, np.ndarray]) -> None:
         self.local[rnd] = values
@@ -242,18 +251,23 @@ class SiteClient:
 
     def fit(self, task: pb.FitTask) -> None:
         t0 = time.perf_counter()
-        shared = proto_to_ndarrays(task.tensors)
+        shared, extras = split_extras(proto_to_ndarrays(task.tensors))
+        local_keys = sorted(set(self.initial) - set(shared))
+        control = None  # SCAFFOLD's correction, when the orders ask for it
         try:  # the server's orders: typed and range-checked before anything trains on them
             orders = FitInstructions.from_scalars(scalars_from_proto(task.config))
             if orders.round != task.round:
                 raise ValueError(
                     f"fit config: round {orders.round} in a task of round {task.round}"
                 )
+            set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
+            if orders.control_variates:
+                control = ControlVariates(self.model, extras, self._kept_before(task.round))
+            elif extras:
+                raise ValueError(f"fit task: extra tensors {sorted(extras)[:3]} not asked for")
         except ValueError as err:
             self._decline(task.round, str(err))
             return
-        local_keys = sorted(set(self.initial) - set(shared))
-        set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
         t_decode = time.perf_counter() - t0
         if orders.mode is TrainMode.DDP:
             self._ddp_step(task.round, shared, orders, t_decode)
@@ -266,7 +280,7 @@ class SiteClient:
                                   self._noise_source(), self.attempts)  # fmt: skip
             try:
                 metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
-                    self.model, self.train_set, orders, shared))  # fmt: skip
+                    self.model, self.train_set, orders, shared, grad_hook=control))  # fmt: skip
             except PrivacyBudgetExhausted as err:
                 self._decline(task.round, str(err))
                 return
@@ -275,18 +289,24 @@ class SiteClient:
             metrics = self._with_heartbeat(task.round, lambda: train_local(
                 self.model, loader, epochs=orders.local_epochs, lr=orders.lr, seed=orders.seed,
                 proximal_mu=orders.proximal_mu, global_params=shared,
-                optimizer=self.run_cfg.train.optimizer))  # fmt: skip
+                optimizer=self.run_cfg.train.optimizer, grad_hook=control))  # fmt: skip
         metrics.update(self.device_info)
         new = get_params(self.model)
-        if local_keys:
-            self._save_local(task.round, {k: new[k] for k in local_keys})
+        up = {k: new[k] for k in shared}  # what leaves: the shared weights, and any extras
+        keep = {k: new[k] for k in local_keys}  # what stays: norm layers, a control variate
+        if control is not None:
+            kept, delta = control.finish()
+            keep.update(kept)
+            up.update(delta)
+        if keep:
+            self._save_local(task.round, keep)
         n = len(self.train_set)
         if orders.secagg:
-            update = flatten({k: new[k] for k in shared}, sorted(shared)) * n
+            update = flatten(up, sorted(up)) * n
             self._advertise(task.round, PendingUpdate(task.round, update, n), metrics, t_decode)
             return
         t1 = time.perf_counter()
-        tensors = ndarrays_to_proto(weighted_contribution({k: new[k] for k in shared}, n))
+        tensors = ndarrays_to_proto(weighted_contribution(up, n))
         metrics.update(
             decode_s=t_decode,
             encode_s=time.perf_counter() - t1,

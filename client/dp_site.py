@@ -58,8 +58,9 @@ class DPState:
         text = json.dumps({"run_id": self.run_id, "accountant": self.accountant.state_dict()})
         write_bytes_atomic(self.path, text.encode(), PRIVATE)
 
-    def train(self, model, dataset, orders: FitInstructions, shared) -> dict:
-        """One DP round; returns only the metrics ε covers (no un-noised loss leaves the site)."""
+    def train(self, model, dataset, orders: FitInstructions, shared, grad_hook=None) -> dict:
+        """One DP round; returns only the metrics ε covers (no un-noised loss leaves the site).
+        ``grad_hook``: SCAFFOLD's correction, run on each noisy gradient."""
         if self.trainer is None or self.trainer.model is not model:
             self.trainer = DPTrainer(model, self.settings)
         acc, before, rnd = self.accountant, self.accountant.steps, orders.round
@@ -71,7 +72,7 @@ class DPState:
                 dataset, epochs=orders.local_epochs, lr=orders.lr, batch_size=orders.batch_size,
                 seed=orders.seed, sigma=self.sigma, accountant=acc,
                 proximal_mu=orders.proximal_mu, global_params=shared,
-                optimizer=self.cfg.train.optimizer, generator_seeds=seeds,
+                optimizer=self.cfg.train.optimizer, generator_seeds=seeds, grad_hook=grad_hook,
             )  # fmt: skip
         finally:
             if (

@@ -90,6 +90,8 @@ _TABLE = (
            pretrained=True),
     Method("fedadam", "fedadam", "config", False, False, "server", "global",
            "FedAdam: FedAvg's mean change as a pseudo-gradient for an Adam step at the server"),
+    Method("scaffold", "scaffold", "config", False, False, "server", "global",
+           "SCAFFOLD: FedAvg whose sites correct each step by the drift c − c_i of control variates"),
     Method("pooled", "fedavg", "config", False, False, "server", "global",
            "Reference: one model trained centrally on every site's training slices, same schedule "
            "(the ceiling federation approaches)", kind="pooled"),

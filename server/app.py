@@ -143,11 +143,12 @@ class Server:
             return None
         configs = {site: o.to_scalars() for site, o in orders.items()}  # what the wire carries
         shared = {k: self.params[k] for k in self.shared}
-        payload = ndarrays_to_proto(shared)
+        payload = ndarrays_to_proto({**shared, **self.strategy.payload_down(rnd)})
+        upload = self.strategy.upload_template(shared)  # the weights and the strategy's extras
         t_enc = time.perf_counter() - t0
         record = {"round": rnd, "selected": sorted(configs)}
         try:
-            summed, total, metrics = self.gather(rnd, configs, payload, shared, record)
+            summed, total, metrics = self.gather(rnd, configs, payload, upload, record)
         except (ValueError, KeyError, TypeError, ArithmeticError) as err:  # never out of the loop
             log.exception("round %d: the sites' results could not be combined", rnd)
             record["aborted"] = f"results could not be combined: {type(err).__name__}: {err}"
@@ -176,10 +177,10 @@ class Server:
         record["bytes_down_per_site"] = tensors_nbytes(payload)
         return record
 
-    def gather(self, rnd, configs, payload, shared, record):
-        """The sites train; returns (sum of n_k * params_k, sum of n_k, site metrics). A
+    def gather(self, rnd, configs, payload, upload, record):
+        """The sites train; returns (sum of n_k * upload_k, sum of n_k, site metrics). A
         distributed-DP sum is entered in the ledger before anything derived from it leaves."""
-        out = fit_phase(self.cfg, self.state, rnd, configs, payload, shared, record, self.ddp)
+        out = fit_phase(self.cfg, self.state, rnd, configs, payload, upload, record, self.ddp)
         if "ddp" in record:
             self.ledger.append({"round": rnd, **record["ddp"]})
         return out
@@ -358,11 +359,13 @@ class Server:
         return result
 
 
-def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, shared: dict,
+def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, upload: dict,
           record: dict, plan=None):  # fmt: skip
     """The fit phase of round ``rnd``: the sites in ``configs`` train on ``payload``; returns
-    (sum of n_k * params_k, sum of n_k, site metrics) and notes failures, dropouts and the
-    secure-aggregation record in ``record``. ``plan``: distributed DP's (``DDPPlan``).
+    (sum of n_k * upload_k, sum of n_k, site metrics) and notes failures, dropouts and the
+    secure-aggregation record in ``record``. ``upload``: what each site sends (its shared
+    weights and the strategy's extras; names, dtypes, shapes). ``plan``: distributed DP's
+    (``DDPPlan``).
 
     With secure aggregation the server only ever holds masked vectors and their sum; without
     it, the plain updates are summed. Either way the strategy sees only the sum.
@@ -370,7 +373,7 @@ def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, 
     timeout = cfg.fl.round_timeout_s
     if not cfg.secagg.enabled:
         updates, record["failures"] = state.run_phase(
-            TaskKind.FIT, rnd, configs, payload, spec_of(shared), timeout
+            TaskKind.FIT, rnd, configs, payload, spec_of(upload), timeout
         )
         if not updates:
             return None, 0.0, {}
@@ -387,7 +390,7 @@ def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, 
             record["aborted"] = (f"ddp-sgd: {n_total:.0f} examples could wrap the int32 sum "
                                  "at this scale; no step taken")  # fmt: skip
             return None, 0.0, {}
-    out = secure_aggregate(cfg, state, rnd, advertised, shared,
+    out = secure_aggregate(cfg, state, rnd, advertised, upload,
                            ring_scale=plan.scale if plan else None)  # fmt: skip
     record["secagg"] = out.record
     record["failures"].update({s: f"dropped during secure aggregation ({k})"

@@ -5,4 +5,4 @@ Importing the package registers the built-in strategies (a new one: a module her
 ``@register``-ed class, named below, and its row in ``common/methods.py``).
 """
 
-from common.fl import fedadam, strategies  # noqa: F401  (registers the built-in strategies)
+from common.fl import fedadam, scaffold, strategies  # noqa: F401  (registers the built-in strategies)

@@ -8,7 +8,8 @@ network until it has a type and a range).
 
 The scalar keys are those of the wire since the first release (``round``, ``local_epochs``,
 ``lr``, ``batch_size``, ``proximal_mu``, ``seed``, ``dp``, ``secagg``; ``ddp`` and its four
-``ddp_*`` parameters for distributed DP), so sites and servers of either side of this change
+``ddp_*`` parameters for distributed DP; ``control_variates`` for SCAFFOLD, sent only when
+true), so sites and servers of either side of this change
 understand each other.
 """
 
@@ -52,6 +53,7 @@ class FitInstructions:
     mode: TrainMode = TrainMode.PLAIN
     proximal_mu: float = 0.0  # FedProx's pull towards the round's global model
     secagg: bool = False  # upload through secure aggregation
+    control_variates: bool = False  # SCAFFOLD's correction (common/training/scaffold.py)
     ddp: DDPParams | None = None  # mode DDP only
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class FitInstructions:
             "dp": self.mode is TrainMode.DP,
             "secagg": self.secagg,
         }
+        if self.control_variates:
+            out["control_variates"] = True
         if self.ddp is not None:
             out.update(ddp=True, ddp_q=self.ddp.q, ddp_clip=self.ddp.clip,
                        ddp_scale=self.ddp.scale, ddp_mu_share=self.ddp.mu_share)  # fmt: skip
@@ -91,7 +95,8 @@ class FitInstructions:
                    local_epochs=_get(config, "local_epochs", int), lr=_get(config, "lr", float),
                    batch_size=_get(config, "batch_size", int), mode=mode,
                    proximal_mu=_get(config, "proximal_mu", float, 0.0),
-                   secagg=_get(config, "secagg", bool, False), ddp=ddp)  # fmt: skip
+                   secagg=_get(config, "secagg", bool, False), ddp=ddp,
+                   control_variates=_get(config, "control_variates", bool, False))  # fmt: skip
 
 
 _MISSING = object()
@@ -131,6 +136,8 @@ def _check(f: FitInstructions) -> None:
     finite("proximal_mu", f.proximal_mu, 0.0, strict=False)
     if (f.mode is TrainMode.DDP) != (f.ddp is not None):
         raise ValueError("fit config: distributed DP's parameters go with mode DDP, and only then")
+    if f.control_variates and f.mode is TrainMode.DDP:
+        raise ValueError("fit config: control variates go with weights training, not ddp")
     if f.ddp is not None:
         if not 0 < f.ddp.q <= 1:
             raise ValueError(f"fit config: ddp_q must be in (0, 1], got {f.ddp.q}")

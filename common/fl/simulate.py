@@ -5,10 +5,11 @@ The attacker's shadow federations use it (``attacks.ladder``): a shadow trained 
 was (five non-IID sites, the target's method, rounds, local epochs, DP-SGD per site) is a far
 better reference model than one trained centrally on pooled data. It drives the method's
 ``Strategy`` (``common/fl/strategy.py``) exactly as the gRPC server does: ``setup``, then per
-round ``configure_fit`` (which sites, with what ``FitInstructions``), the sites' training by
-those instructions (``train_local``, ``DPTrainer`` or distributed DP's noisy sum, with the same
-per-(seed, round, site) seeds) and ``aggregate_fit`` on the example-weighted sum of the shared
-weights, taken in float64 in sorted site order (what secure aggregation's sum approximates to
+round ``configure_fit`` (which sites, with what ``FitInstructions``) and ``payload_down``, the
+sites' training by those instructions (``train_local``, ``DPTrainer`` or distributed DP's noisy
+sum, with the same per-(seed, round, site) seeds; SCAFFOLD's correction with each site's own
+control variate) and ``aggregate_fit`` on the example-weighted sum of what the sites upload
+(the shared weights and the strategy's ``payload_up`` extras), taken in float64 in sorted site order (what secure aggregation's sum approximates to
 its quantisation step, ~1e-6). What it leaves out: timeouts and dropouts, secure aggregation's
 quantisation, and a real site's DP randomness (a simulated site draws from the public seed).
 """
@@ -28,6 +29,7 @@ from common.fl.strategy import Strategy, strategy_for
 from common.methods import get_method
 from common.model import buffer_keys, float_keys, get_params, model_for, norm_keys, set_params
 from common.progress import progress
+from common.training.scaffold import ControlVariates
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +101,32 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     global_params = {k: initial[k] for k in shared}
     dp = _DPSites(cfg, models, sites) if spec.dp else None
     metrics: dict[str, dict] = {}
+    control: dict[str, dict[str, np.ndarray]] = {s: {} for s in names}  # SCAFFOLD's c_i per site
     try:
         for rnd in range(1, cfg.train.rounds + 1):
             done: dict[str, dict[str, np.ndarray]] = {}
-            for s, orders in strategy.configure_fit(rnd, names).items():
+            round_metrics: dict[str, dict] = {}
+            orders_of = strategy.configure_fit(rnd, names)
+            down = strategy.payload_down(rnd)  # extra tensors with the weights
+            for s, orders in orders_of.items():
                 set_params(models[s], global_params, strict=False)
-                m = _train_site(cfg, models[s], sites[s], orders, global_params, dp, s)
+                cv = None
+                if orders.control_variates:  # SCAFFOLD: the server's c and the site's own c_i
+                    cv = ControlVariates(models[s], down, control[s])
+                m = _train_site(cfg, models[s], sites[s], orders, global_params, dp, s, cv)
                 if m is None:  # DP budget exhausted: the site declines from now on
                     continue
-                metrics[s] = m
+                metrics[s] = round_metrics[s] = m
                 done[s] = get_params(models[s])
+                if cv is not None:
+                    control[s], delta = cv.finish()
+                    done[s].update(delta)
             if not done:
                 log.info("simulated federation: no site left in round %d; stopping", rnd)
                 break
-            summed, total = weighted_sum(done, {s: float(len(sites[s])) for s in done}, shared)
-            global_params = strategy.aggregate_fit(rnd, summed, total, metrics,
+            keys = sorted(strategy.upload_template(global_params))
+            summed, total = weighted_sum(done, {s: float(len(sites[s])) for s in done}, keys)
+            global_params = strategy.aggregate_fit(rnd, summed, total, round_metrics,
                                                    current=global_params)  # fmt: skip
             if bar is not None:
                 bar.update()
@@ -128,20 +141,22 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     return SimulatedFederation(shared, averaged, final, metrics, device)
 
 
-def _train_site(cfg, model, dataset, orders: FitInstructions, global_params, dp, site: str):
-    """One site's round by its instructions; its metrics, or None when its DP budget is spent."""
+def _train_site(cfg, model, dataset, orders: FitInstructions, global_params, dp, site: str,
+                grad_hook=None):  # fmt: skip
+    """One site's round by its instructions; its metrics, or None when its DP budget is spent.
+    ``grad_hook``: SCAFFOLD's correction (``ControlVariates``), if the instructions ask for it."""
     from torch.utils.data import DataLoader
 
     from common.training.local import train_local
 
     if orders.mode is TrainMode.DP:
-        return dp.train(site, orders, global_params)
+        return dp.train(site, orders, global_params, grad_hook)
     if orders.mode is not TrainMode.PLAIN:
         raise ValueError(f"site {site}: a {orders.mode.value} round in a weights federation")
     loader = DataLoader(dataset, batch_size=orders.batch_size, shuffle=True)
     return train_local(model, loader, epochs=orders.local_epochs, lr=orders.lr, seed=orders.seed,
                        proximal_mu=orders.proximal_mu, global_params=global_params,
-                       optimizer=cfg.train.optimizer)  # fmt: skip
+                       optimizer=cfg.train.optimizer, grad_hook=grad_hook)  # fmt: skip
 
 
 def weighted_sum(params: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float],
@@ -218,7 +233,8 @@ class _DPSites:
                             for s in models}  # fmt: skip
         self.trainers = {s: DPTrainer(m, self.settings) for s, m in models.items()}
 
-    def train(self, site: str, orders: FitInstructions, global_params) -> dict | None:
+    def train(self, site: str, orders: FitInstructions, global_params,
+              grad_hook=None) -> dict | None:  # fmt: skip
         from common.training.dp import PrivacyBudgetExhausted
 
         try:
@@ -227,7 +243,7 @@ class _DPSites:
                 batch_size=min(orders.batch_size, self.batch[site]), seed=orders.seed,
                 sigma=self.sigma[site], accountant=self.accountants[site],
                 proximal_mu=orders.proximal_mu, global_params=global_params,
-                optimizer=self.cfg.train.optimizer,
+                optimizer=self.cfg.train.optimizer, grad_hook=grad_hook,
             )  # fmt: skip
         except PrivacyBudgetExhausted as err:
             log.info("simulated site %s, round %d: %s", site, orders.round, err)

@@ -16,8 +16,14 @@ Hooks (each has a default; a method overrides what it changes):
   keys that leave a site and which of them are buffers (BatchNorm statistics, not parameters);
 - ``shared_keys(float_keys, norm_keys)``: the state_dict entries that leave a site;
 - ``configure_fit(rnd, sites)``: ``{site: FitInstructions}`` for the sites that train;
+- ``payload_down(rnd)`` / ``payload_up(shared)``: extra named tensors sent to the training sites
+  with the round's weights, and the zero templates of those each training site adds to its
+  upload (weighted by n_k like its weights, summed by the same aggregation layer, secure
+  aggregation included; ``aggregate_fit`` finds their sums in ``weighted_sum``). Their names
+  contain a '/', which no state_dict key does (``split_extras``); none by default. SCAFFOLD's
+  control variates travel this way (``common/fl/scaffold.py``);
 - ``aggregate_fit(rnd, weighted_sum, total_weight, metrics, current=...)``: the next global
-  weights;
+  weights (``metrics``: the contributing sites');
 - ``state_dict()`` / ``load_state_dict(state)``: server-side state a checkpoint must keep (an
   optimizer's moments); empty by default;
 - ``ring_plan()``: distributed DP's public plan when the sites send noisy integer sums;
@@ -38,6 +44,7 @@ from common.fl.instructions import FitInstructions, TrainMode
 from common.seeds import site_round_seed
 
 Params = dict[str, np.ndarray]
+EXTRA = "/"  # in the name of every extra tensor, in no state_dict key
 STRATEGIES: dict[str, type[Strategy]] = {}
 
 
@@ -148,6 +155,25 @@ class Strategy:
             raise ValueError(f"rounds are 1-based, got {rnd}")
         return {site: self.instructions(rnd, site) for site in self.select_sites(rnd, sites)}
 
+    # -- extra tensors both ways ---------------------------------------------------------------
+
+    def payload_down(self, rnd: int) -> Params:
+        """Extra tensors the training sites of round ``rnd`` receive with the weights."""
+        return {}
+
+    def payload_up(self, shared: Mapping[str, np.ndarray]) -> Params:
+        """Zero templates (name, dtype, shape) of the extra tensors each training site uploads
+        next to its weights ``shared``."""
+        return {}
+
+    def upload_template(self, shared: Mapping[str, np.ndarray]) -> Params:
+        """Everything a training site uploads: its shared weights and the extras."""
+        extras = self.payload_up(shared)
+        bad = sorted(k for k in extras if EXTRA not in k or k in shared)
+        if bad:
+            raise ValueError(f"{self.name}: extra tensor names must contain {EXTRA!r}: {bad[:3]}")
+        return {**shared, **extras}
+
     # -- aggregation ---------------------------------------------------------------------------
 
     def aggregate_fit(
@@ -175,6 +201,12 @@ class Strategy:
         """Distributed DP's plan (``common.training.ddp.DDPPlan``) when the sites send noisy
         integer gradient sums instead of weights; None otherwise."""
         return None
+
+
+def split_extras(tensors: Mapping[str, np.ndarray]) -> tuple[Params, Params]:
+    """(model entries, extra tensors) of what arrived with a round."""
+    model = {k: v for k, v in tensors.items() if EXTRA not in k}
+    return model, {k: v for k, v in tensors.items() if EXTRA in k}
 
 
 def weighted_average(rnd: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import numpy as np
@@ -82,9 +82,12 @@ def run_epochs(
     epochs: int,
     proximal_mu: float = 0.0,
     anchor: Mapping[str, torch.Tensor] | None = None,
+    grad_hook: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """The training loop itself; returns the last epoch's mean losses and counts. Each batch is
-    moved to the device of the model's parameters (a no-op on the CPU)."""
+    moved to the device of the model's parameters (a no-op on the CPU). ``grad_hook`` runs after
+    each backward pass, before the optimizer step (SCAFFOLD's correction,
+    ``common/training/scaffold.py``)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if proximal_mu < 0:
@@ -107,6 +110,8 @@ def run_epochs(
                     f"non-finite loss at epoch {epoch + 1}, step {steps + 1}: lower the lr"
                 )
             total.backward()
+            if grad_hook is not None:
+                grad_hook()
             optimizer.step()
             seg_sum += float(loss.detach())
             prox_sum += 0.0 if prox is None else float(prox.detach())
@@ -134,6 +139,7 @@ def train_local(
     proximal_mu: float = 0.0,
     global_params: Mapping[str, np.ndarray] | None = None,
     optimizer: OptimizerName = "adam",
+    grad_hook: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``epochs`` and return metrics.
 
@@ -150,9 +156,8 @@ def train_local(
         torch.manual_seed(seed)
         opt = make_optimizer(model, optimizer, lr)
         anchor = proximal_anchor(model, global_params) if proximal_mu > 0 else None
-        metrics = run_epochs(
-            model, loader, opt, epochs=epochs, proximal_mu=proximal_mu, anchor=anchor
-        )
+        metrics = run_epochs(model, loader, opt, epochs=epochs, proximal_mu=proximal_mu,
+                             anchor=anchor, grad_hook=grad_hook)  # fmt: skip
     model.train(was_training)
     dataset = getattr(loader, "dataset", None)
     n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None

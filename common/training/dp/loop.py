@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -101,6 +101,7 @@ class DPTrainer:
         global_params: Mapping[str, np.ndarray] | None = None,
         optimizer: OptimizerName = "adam",
         generator_seeds: tuple[int, int] | None = None,
+        grad_hook: Callable[[], None] | None = None,
     ) -> dict:
         """One round of DP-SGD at a site: trains the model in place and updates ``accountant``.
 
@@ -110,7 +111,8 @@ class DPTrainer:
         ``global_params`` (default: the weights at the start of the call); its gradient is added
         in Opacus' step hook, after the noise. ``generator_seeds``: the (sampling, noise) seeds of
         a site's secret randomness; without them both derive from ``seed`` (a simulation).
-        Deterministic on CPU for given seeds; the caller's global torch RNG is left as it was.
+        ``grad_hook`` runs on each noisy gradient, before FedProx's term and the optimizer step
+        (SCAFFOLD's correction: post-processing, no privacy cost). Deterministic on CPU for given seeds; the caller's global torch RNG is left as it was.
 
         Raises ``DPConfigError`` for bad settings and ``PrivacyBudgetExhausted`` (before
         training; nothing changed) when this round would exceed ``settings.max_epsilon``.
@@ -162,6 +164,8 @@ class DPTrainer:
             under-counted), and FedProx's gradient mu·(w − w_global), which touches no data,
             is added to the noised gradient (post-processing: no privacy cost)."""
             accountant.record(sigma, q, 1)
+            if grad_hook is not None:
+                grad_hook()
             if anchor is None:
                 return
             with torch.no_grad():
