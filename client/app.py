@@ -252,7 +252,6 @@ class SiteClient:
     def fit(self, task: pb.FitTask) -> None:
         t0 = time.perf_counter()
         shared, extras = split_extras(proto_to_ndarrays(task.tensors))
-        local_keys = sorted(set(self.initial) - set(shared))
         control = None  # SCAFFOLD's correction, when the orders ask for it
         try:  # the server's orders: typed and range-checked before anything trains on them
             orders = FitInstructions.from_scalars(scalars_from_proto(task.config))
@@ -260,11 +259,12 @@ class SiteClient:
                 raise ValueError(
                     f"fit config: round {orders.round} in a task of round {task.round}"
                 )
-            set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
-            if orders.control_variates:
-                control = ControlVariates(self.model, extras, self._kept_before(task.round))
-            elif extras:
+            if extras and not orders.control_variates:
                 raise ValueError(f"fit task: extra tensors {sorted(extras)[:3]} not asked for")
+            local_keys = sorted(set(self.initial) - set(shared))
+            set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
+            if orders.control_variates:  # SCAFFOLD: checks the server's c before training
+                control = ControlVariates(self.model, extras, self._kept_before(task.round))
         except ValueError as err:
             self._decline(task.round, str(err))
             return

@@ -1,5 +1,5 @@
 """A federation in one process: the sites' local training and the method's own aggregation,
-without the network, secure aggregation or restarts.
+without the network, the masks of secure aggregation or restarts.
 
 The attacker's shadow federations use it (``attacks.ladder``): a shadow trained the way the target
 was (five non-IID sites, the target's method, rounds, local epochs, DP-SGD per site) is a far
@@ -9,9 +9,11 @@ round ``configure_fit`` (which sites, with what ``FitInstructions``) and ``paylo
 sites' training by those instructions (``train_local``, ``DPTrainer`` or distributed DP's noisy
 sum, with the same per-(seed, round, site) seeds; SCAFFOLD's correction with each site's own
 control variate) and ``aggregate_fit`` on the example-weighted sum of what the sites upload
-(the shared weights and the strategy's ``payload_up`` extras), taken in float64 in sorted site order (what secure aggregation's sum approximates to
-its quantisation step, ~1e-6). What it leaves out: timeouts and dropouts, secure aggregation's
-quantisation, and a real site's DP randomness (a simulated site draws from the public seed).
+(the shared weights and the strategy's ``payload_up`` extras), computed as the real
+aggregation layer computes it (secure aggregation's quantised sum, or the plain sum of float32
+uploads): with the same thread count a simulated run is the federation's, bit for bit. What
+it leaves out: timeouts and dropouts, secure aggregation's masks (they cancel in the sum), and a
+real site's DP randomness (a simulated site draws from the public seed).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from common.fl.instructions import FitInstructions, TrainMode
-from common.fl.strategy import Strategy, strategy_for
+from common.fl.strategy import Strategy, strategy_for, sum_weighted_updates
 from common.methods import get_method
 from common.model import buffer_keys, float_keys, get_params, model_for, norm_keys, set_params
 from common.progress import progress
@@ -124,8 +126,10 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
             if not done:
                 log.info("simulated federation: no site left in round %d; stopping", rnd)
                 break
-            keys = sorted(strategy.upload_template(global_params))
-            summed, total = weighted_sum(done, {s: float(len(sites[s])) for s in done}, keys)
+            summed, total = aggregation_layer(
+                cfg, done, {s: len(sites[s]) for s in done},
+                strategy.upload_template(global_params), exact=spec.kind != "federated",
+            )  # fmt: skip
             global_params = strategy.aggregate_fit(rnd, summed, total, round_metrics,
                                                    current=global_params)  # fmt: skip
             if bar is not None:
@@ -171,6 +175,35 @@ def weighted_sum(params: Mapping[str, Mapping[str, np.ndarray]], weights: Mappin
             acc += np.asarray(params[s][k], np.float64) * float(weights[s])
         out[k] = acc
     return out, float(sum(weights[s] for s in sites))
+
+
+def aggregation_layer(cfg, uploads: Mapping[str, Mapping[str, np.ndarray]],
+                       weights: Mapping[str, int], template: Mapping[str, np.ndarray],
+                       exact: bool = False) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+    """(the sum of n_k * upload_k, the sum of n_k) as the real aggregation layer computes it,
+    bit for bit: with secure aggregation (``cfg.secagg.enabled``) each site's vector quantised at
+    the round's scale (no site dropping out) and the integer sum dequantised, else the float64 sum
+    in sorted site order of each site's float32 n_k * upload_k (``weighted_contribution``). A
+    reference row (``exact``: a single model trained in one place) takes the float64 sum."""
+    from common.secagg import dequantize, flatten, quantization_scale, quantize, unflatten
+    from common.training.local import weighted_contribution
+
+    keys = sorted(template)
+    if exact:
+        return weighted_sum(uploads, {s: float(n) for s, n in weights.items()}, keys)
+    if not cfg.secagg.enabled:
+        return sum_weighted_updates(
+            {s: (weighted_contribution({k: u[k] for k in keys}, weights[s]), weights[s])
+             for s, u in uploads.items()}
+        )  # fmt: skip
+    total = float(sum(weights.values()))
+    clip = cfg.secagg.clip
+    scale = quantization_scale(clip, total, max_sites=len(uploads))
+    ring = np.zeros(sum(np.size(template[k]) for k in keys), np.uint32)
+    for s in sorted(uploads):
+        n = weights[s]
+        ring += quantize(flatten(uploads[s], keys) * n, n, clip, scale)[0]  # wraps mod 2**32
+    return unflatten(dequantize(ring, scale), dict(template), keys), total
 
 
 def _simulate_ddp(cfg, strategy: Strategy, sites, names, model, shared, device,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.config import Config, DataConfig, ModelConfig, TrainConfig
 from common.fl.fedadam import FedAdam
 from common.fl.instructions import DDPParams, FitInstructions, TrainMode
-from common.fl.simulate import simulate_federation, weighted_sum
+from common.fl.simulate import aggregation_layer, simulate_federation, weighted_sum
 from common.fl.strategies import FedAvg
 from common.fl.strategy import STRATEGIES, Strategy, register, strategy_for
 from common.model import buffer_keys, float_keys, get_params, model_for, set_params
@@ -209,7 +209,8 @@ def test_the_simulator_runs_fedadam_through_its_hooks():
             loader = DataLoader(ds, batch_size=4, shuffle=True)
             train_local(models[s], loader, epochs=1, lr=0.01, seed=site_round_seed(11, rnd, s))
             done[s] = get_params(models[s])
-        summed, total = weighted_sum(done, {s: float(len(ds)) for s, ds in sites.items()}, keys)
+        summed, total = aggregation_layer(cfg, done, {s: len(ds) for s, ds in sites.items()},
+                                          {k: current[k] for k in keys})  # fmt: skip
         current = strategy.aggregate_fit(rnd, summed, total, current=current)
     assert all(np.array_equal(fed.global_params[k], current[k]) for k in keys)
     fedavg = simulate_federation(cfg, "fedavg", sites, seed=11)
@@ -231,7 +232,11 @@ def test_the_simulator_samples_sites_as_the_server_does():
 
 @pytest.mark.parametrize(("change", "field"), [({"lr": float("nan")}, "lr"),
                                                ({"round": 2}, "round 2 in a task of round 3"),
-                                               ({"ddp": True}, "ddp_q")])  # fmt: skip
+                                               ({"ddp": True}, "ddp_q"),
+                                               ({"control_variates": True, "ddp": True,
+                                                 "ddp_q": 0.5, "ddp_clip": 1.0, "ddp_scale": 2.0,
+                                                 "ddp_mu_share": 1.0}, "not ddp"),
+                                               ({}, "extra tensors ['control/x']")])  # fmt: skip
 def test_a_site_declines_a_round_whose_orders_are_hostile_and_trains_nothing(change, field):
     """client/app.py at the edge: the server's fit config is parsed before anything is loaded
     or trained; a bad one ends in a Decline naming the field, not an exception out of the site."""
@@ -248,7 +253,8 @@ def test_a_site_declines_a_round_whose_orders_are_hostile_and_trains_nothing(cha
     site = SiteClient.__new__(SiteClient)  # no server, no data: fit must stop before needing them
     site.site, site.run_id, site.stub, site.retry_timeout_s = "A", "run", Stub(), 0.0
     site.model = site.initial = None  # training or loading weights would fail loudly
-    task = pb.FitTask(round=3, tensors=ndarrays_to_proto({}),
+    extras = {} if change else {"control/x": np.zeros(2, np.float32)}  # not asked for
+    task = pb.FitTask(round=3, tensors=ndarrays_to_proto(extras),
                       config=scalars_to_proto({**PLAIN.to_scalars(), **change}))  # fmt: skip
     site.fit(task)
     assert len(declined) == 1 and declined[0].round == 3 and field in declined[0].reason
