@@ -101,7 +101,12 @@ def test_runs_of_one_seed_merge_and_a_method_given_twice_differently_is_refused(
     )
     seeds = merge([load_run(a), load_run(b)])
     assert list(seeds) == [7] and list(seeds[7].methods) == ["fedavg", "fedbn"]
-    assert seeds[7].wall_s == 180.0  # both files gave a method: both runs' time
+    # the time of what `make bench` runs is the time of the file holding the profile's methods,
+    # never a sum with a run of extra methods
+    assert seeds[7].walls == {a / "results.json": 60.0, b / "results.json": 120.0}
+    assert seeds[7].bench_wall(["fedavg"]) == (a / "results.json", 60.0)
+    assert seeds[7].bench_wall(["fedavg", "fedbn"]) == (b / "results.json", 120.0)
+    assert seeds[7].bench_wall(["fedavg", "dpsgd"]) == (None, None)
     assert seeds[7].source["fedbn"] == b / "results.json"
     c = _one_seed_run(tmp_path, "c", 7, {"fedavg": _entry(0.6, 0.7)}, 60.0)
     with pytest.raises(ValueError) as err:
