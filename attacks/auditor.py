@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 AUDITOR_SEED_OFFSET = 7_000_003  # the auditor's shadows are not the attacker's
 
 
-def train_auditor_shadows(cfg, method: str, pool, candidates, n_shadows: int, seed: int = 0,
-                          device=None):  # fmt: skip
+def train_auditor_shadows(
+    cfg, method: str, pool, candidates, n_shadows: int, seed: int = 0, device=None
+):
     """The auditor's ``n_shadows`` (even, >= 2) shadow federations, each trained on half the pool
     and half of the candidates (images, masks, sites) — every candidate of every target at once:
     a per-site release (FedBN) is compared with the shadow's model of that site, whose data held
@@ -38,9 +39,17 @@ def train_auditor_shadows(cfg, method: str, pool, candidates, n_shadows: int, se
     cand_images, cand_masks, cand_sites = (np.asarray(a) for a in candidates)
     if not (cand_images.shape == cand_masks.shape and len(cand_sites) == len(cand_images)):
         raise ValueError("candidates must be (images, masks, sites) of the same length")
-    return train_shadows(cfg, method, pool_images, pool_masks, n_shadows,
-                         seed + AUDITOR_SEED_OFFSET, pool_sites,
-                         extra=(cand_images, cand_masks, cand_sites), device=device)  # fmt: skip
+    return train_shadows(
+        cfg,
+        method,
+        pool_images,
+        pool_masks,
+        n_shadows,
+        seed + AUDITOR_SEED_OFFSET,
+        pool_sites,
+        extra=(cand_images, cand_masks, cand_sites),
+        device=device,
+    )
 
 
 def run_auditor(
@@ -65,12 +74,29 @@ def run_auditor(
         raise ValueError(f"inside must be (shadows, candidates), got {inside.shape}")
     mia = cfg.mia
     t1 = time.perf_counter()
-    sig = view_signals(predict, shadows, (cand_images, cand_masks), (pool_images, pool_masks),
-                       mia, seed=seed, site=site, query_budget=query_budget)  # fmt: skip
-    target = Evidence(masks=cand_masks, probs=sig.target_id, loss=sig.loss, lira_t=sig.lira_t,
-                      lira_r=sig.lira_r, rmia_t=sig.rmia_t, rmia_r=sig.rmia_r,
-                      rmia_tz=sig.rmia_tz, rmia_rz=sig.rmia_rz, inside=inside,
-                      gamma=mia.rmia_gamma)  # fmt: skip
+    sig = view_signals(
+        predict,
+        shadows,
+        (cand_images, cand_masks),
+        (pool_images, pool_masks),
+        mia,
+        seed=seed,
+        site=site,
+        query_budget=query_budget,
+    )
+    target = Evidence(
+        masks=cand_masks,
+        probs=sig.target_id,
+        loss=sig.loss,
+        lira_t=sig.lira_t,
+        lira_r=sig.lira_r,
+        rmia_t=sig.rmia_t,
+        rmia_r=sig.rmia_r,
+        rmia_tz=sig.rmia_tz,
+        rmia_rz=sig.rmia_rz,
+        inside=inside,
+        gamma=mia.rmia_gamma,
+    )
     scores = {r: BY_NAME[r].score(target) for r in AUDITOR_RUNGS}
     info = {
         "threat_model": "auditor: knows the candidate set (not the labels), trains online shadows",

@@ -69,8 +69,12 @@ def _pooled_sd(values: np.ndarray, use: np.ndarray) -> float:
     models): the pooled within-candidate spread of ``values`` (S, N) over entries ``use``, or
     their plain spread when no candidate has two of them."""
     counts = use.sum(axis=0)
-    mu = np.divide(np.where(use, values, 0).sum(axis=0), counts, out=np.zeros(values.shape[1]),
-                   where=counts > 0)  # fmt: skip
+    mu = np.divide(
+        np.where(use, values, 0).sum(axis=0),
+        counts,
+        out=np.zeros(values.shape[1]),
+        where=counts > 0,
+    )
     dof = int(counts.sum() - (counts > 0).sum())
     if dof > 0:
         sd = float(np.sqrt((np.where(use, values - mu, 0.0) ** 2).sum() / dof))

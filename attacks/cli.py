@@ -36,8 +36,9 @@ def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
         raise ValueError(f"{path}: candidates must not carry membership labels")
     images, masks, sites = z["images"], z["masks"], z.get("sites")
     if images.ndim != 3 or images.shape != masks.shape:
-        raise ValueError(f"{path}: images and masks must both be (N, H, W), got {images.shape}, "
-                         f"{masks.shape}")  # fmt: skip
+        raise ValueError(
+            f"{path}: images and masks must both be (N, H, W), got {images.shape}, {masks.shape}"
+        )
     if sites is not None and sites.shape != (len(images),):
         raise ValueError(f"{path}: 'sites' must give one site per candidate")
     return images, masks, sites
@@ -68,8 +69,9 @@ def run_attack_cmd(args) -> int:
     t0 = time.perf_counter()
     tls_dir = Path(args.tls_dir) if getattr(args, "tls_dir", None) else None
     wait = getattr(args, "connect_timeout", 20.0)
-    targets = [RemoteModel(args.target, name, tls_dir=tls_dir, connect_timeout=wait)
-               for name in models]  # fmt: skip
+    targets = [
+        RemoteModel(args.target, name, tls_dir=tls_dir, connect_timeout=wait) for name in models
+    ]
     methods = {t.method for t in targets}
     if len(methods) != 1:
         raise ValueError(f"the targets were trained with different methods {sorted(methods)}")
@@ -80,8 +82,16 @@ def run_attack_cmd(args) -> int:
     if n_auditor and any(s is None for _i, _m, s in jobs):
         raise ValueError("the auditor's mode needs each candidate's site ('sites' in the .npz)")
     t_shadows = time.perf_counter()
-    shadows = train_shadows(cfg, targets[0].method, pool_images, pool_masks, n_shadows, args.seed,
-                            pool_sites, device=device)  # fmt: skip
+    shadows = train_shadows(
+        cfg,
+        targets[0].method,
+        pool_images,
+        pool_masks,
+        n_shadows,
+        args.seed,
+        pool_sites,
+        device=device,
+    )
     # the shadows' wall time, shared by every target of this attack (each attack.json says it)
     timing = {"shadow_train_s": time.perf_counter() - t_shadows}
     if n_auditor:  # one set for every target: each candidate is IN for half of them
@@ -89,8 +99,15 @@ def run_attack_cmd(args) -> int:
 
         union = tuple(np.concatenate([job[k] for job in jobs]) for k in range(3))
         t_aud = time.perf_counter()
-        auditor = train_auditor_shadows(cfg, targets[0].method, (pool_images, pool_masks,
-                                        pool_sites), union, n_auditor, args.seed, device)  # fmt: skip
+        auditor = train_auditor_shadows(
+            cfg,
+            targets[0].method,
+            (pool_images, pool_masks, pool_sites),
+            union,
+            n_auditor,
+            args.seed,
+            device,
+        )
         timing["auditor_shadow_train_s"] = time.perf_counter() - t_aud
         ends = np.cumsum([len(job[0]) for job in jobs])
         inside = np.stack([sh.extra_member for sh in auditor])
@@ -104,26 +121,56 @@ def run_attack_cmd(args) -> int:
             queries["n"] += len(images)
             return target.predict(images)
 
-        ladder = run_ladder(predict, cfg, target.method, (pool_images, pool_masks),
-                            (cand_images, cand_masks), seed=args.seed, shadows=shadows,
-                            site=site, query_budget=budget)  # fmt: skip
+        ladder = run_ladder(
+            predict,
+            cfg,
+            target.method,
+            (pool_images, pool_masks),
+            (cand_images, cand_masks),
+            seed=args.seed,
+            shadows=shadows,
+            site=site,
+            query_budget=budget,
+        )
         scores, info = dict(ladder.scores), {"ladder": ladder.info}
         if n_auditor:
-            aud = run_auditor(predict, cfg, (pool_images, pool_masks), (cand_images, cand_masks),
-                              auditor, inside_per_job[j], seed=args.seed, site=site,
-                              query_budget=budget)  # fmt: skip
+            aud = run_auditor(
+                predict,
+                cfg,
+                (pool_images, pool_masks),
+                (cand_images, cand_masks),
+                auditor,
+                inside_per_job[j],
+                seed=args.seed,
+                site=site,
+                query_budget=budget,
+            )
             scores.update(aud.scores)
             info["auditor"] = aud.info
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / "scores.npz", **{k: np.asarray(v, np.float64) for k, v in scores.items()})
-        info.update({"attacks": sorted(scores), "method": target.method, "model": target.model,
-                     "n_candidates": int(len(cand_images)), "n_shadows": n_shadows, "site": site,
-                     "queries": queries["n"], "wall_s": time.perf_counter() - t1,
-                     "shared_timing_s": timing,
-                     "device": device_record(device)})  # fmt: skip
+        info.update(
+            {
+                "attacks": sorted(scores),
+                "method": target.method,
+                "model": target.model,
+                "n_candidates": int(len(cand_images)),
+                "n_shadows": n_shadows,
+                "site": site,
+                "queries": queries["n"],
+                "wall_s": time.perf_counter() - t1,
+                "shared_timing_s": timing,
+                "device": device_record(device),
+            }
+        )
         (out / "attack.json").write_text(json.dumps(info, indent=1) + "\n")
-        log.info("attack on %s %r done: %d candidates, %d queries", args.target, target.model,
-                 info["n_candidates"], queries["n"])  # fmt: skip
+        log.info(
+            "attack on %s %r done: %d candidates, %d queries",
+            args.target,
+            target.model,
+            info["n_candidates"],
+            queries["n"],
+        )
     log.info("%d target(s) attacked in %.1fs", len(targets), time.perf_counter() - t0)
     return 0

@@ -190,13 +190,29 @@ def select_on_shadows(
         others = [k for k in range(s) if k != j]
         out = ~members[others]
         ev = out.any(axis=0)
-        pairs.append((Evidence(
-            masks=pool_masks[ev], probs=pool_probs[j][ev], loss=loss_of(feats[j][ev])[None],
-            lira_t=lira_sig[j][ev], lira_r=lira_sig[others][:, ev], rmia_t=rmia_sig[j][ev],
-            rmia_r=rmia_sig[others][:, ev], rmia_tz=rmia_sig[j][z_idx],
-            rmia_rz=rmia_sig[others][:, z_idx], train_probs=[pool_probs[k] for k in others],
-            train_masks=pool_masks, train_members=members[others], out=out[:, ev],
-            gamma=gamma, classifier=classifier, seed=seed), members[j][ev]))  # fmt: skip
+        pairs.append(
+            (
+                Evidence(
+                    masks=pool_masks[ev],
+                    probs=pool_probs[j][ev],
+                    loss=loss_of(feats[j][ev])[None],
+                    lira_t=lira_sig[j][ev],
+                    lira_r=lira_sig[others][:, ev],
+                    rmia_t=rmia_sig[j][ev],
+                    rmia_r=rmia_sig[others][:, ev],
+                    rmia_tz=rmia_sig[j][z_idx],
+                    rmia_rz=rmia_sig[others][:, z_idx],
+                    train_probs=[pool_probs[k] for k in others],
+                    train_masks=pool_masks,
+                    train_members=members[others],
+                    out=out[:, ev],
+                    gamma=gamma,
+                    classifier=classifier,
+                    seed=seed,
+                ),
+                members[j][ev],
+            )
+        )
         e = pairs[-1][0]  # the features are per image: the ones computed above, not again
         e.features, e.train_features = feats[j][ev], np.concatenate([feats[k] for k in others])
     a, a_table = (None, {})
@@ -284,8 +300,7 @@ def view_signals(
             refs["rmia_rz"][k].append(rmia_signal(sh.predict(zv, site=site), zmv))
     arrays = {k: np.stack(v) for k, v in out.items()}
     arrays.update({k: np.stack([np.stack(r) for r in v]) for k, v in refs.items()})
-    return ViewSignals(**arrays, target_id=target_id, queries=queries, views=views,
-                       z_idx=z_idx)  # fmt: skip
+    return ViewSignals(**arrays, target_id=target_id, queries=queries, views=views, z_idx=z_idx)
 
 
 def run_ladder(
@@ -322,11 +337,20 @@ def run_ladder(
         )
     t0 = time.perf_counter()
     if shadows is None:
-        shadows = train_shadows(cfg, method, pool_images, pool_masks, n_shadows, seed, pool_sites,
-                                device=device)  # fmt: skip
+        shadows = train_shadows(
+            cfg, method, pool_images, pool_masks, n_shadows, seed, pool_sites, device=device
+        )
     t1 = time.perf_counter()
-    sig = view_signals(predict, shadows, (cand_images, cand_masks), (pool_images, pool_masks),
-                       mia, seed=seed, site=site, query_budget=query_budget)  # fmt: skip
+    sig = view_signals(
+        predict,
+        shadows,
+        (cand_images, cand_masks),
+        (pool_images, pool_masks),
+        mia,
+        seed=seed,
+        site=site,
+        query_budget=query_budget,
+    )
     queries, target_id, views, z_idx = sig.queries, sig.target_id, sig.views, sig.z_idx
     t2 = time.perf_counter()
     pool_probs = [sh.predict(pool_images, site=site) for sh in shadows]
@@ -335,18 +359,42 @@ def run_ladder(
     selecting: dict[str, float] = {}  # each rung's seconds choosing on shadow data
     if len(shadows) >= 2:
         selection, a_cal, a_table = select_on_shadows(
-            pool_probs, pool_masks, members, z_idx, gamma=mia.rmia_gamma,
-            classifier=classifier, seed=seed, spent=selecting)  # fmt: skip
+            pool_probs,
+            pool_masks,
+            members,
+            z_idx,
+            gamma=mia.rmia_gamma,
+            classifier=classifier,
+            seed=seed,
+            spent=selecting,
+        )
         a = a_cal if mia.rmia_a is None else mia.rmia_a
-        log.info("rungs measured on shadow data in %.1fs (%s); scoring the candidates",
-                 sum(selecting.values()), ", ".join(f"{r} {v:.1f}s" for r, v in selecting.items()))  # fmt: skip
+        log.info(
+            "rungs measured on shadow data in %.1fs (%s); scoring the candidates",
+            sum(selecting.values()),
+            ", ".join(f"{r} {v:.1f}s" for r, v in selecting.items()),
+        )
     a = RMIA_A_FALLBACK if a is None else a
     strongest = max(selection, key=selection.get) if selection else FALLBACK
     target = Evidence(
-        masks=cand_masks, probs=target_id, loss=sig.loss, lira_t=sig.lira_t, lira_r=sig.lira_r,
-        rmia_t=sig.rmia_t, rmia_r=sig.rmia_r, rmia_tz=sig.rmia_tz, rmia_rz=sig.rmia_rz,
-        train_probs=pool_probs, train_masks=pool_masks, train_members=members,
-        images=cand_images, gamma=mia.rmia_gamma, a=a, classifier=classifier, seed=seed)  # fmt: skip
+        masks=cand_masks,
+        probs=target_id,
+        loss=sig.loss,
+        lira_t=sig.lira_t,
+        lira_r=sig.lira_r,
+        rmia_t=sig.rmia_t,
+        rmia_r=sig.rmia_r,
+        rmia_tz=sig.rmia_tz,
+        rmia_rz=sig.rmia_rz,
+        train_probs=pool_probs,
+        train_masks=pool_masks,
+        train_members=members,
+        images=cand_images,
+        gamma=mia.rmia_gamma,
+        a=a,
+        classifier=classifier,
+        seed=seed,
+    )
     scoring: dict[str, float] = {}  # each rung's seconds scoring the candidates
     clock = _Clock(scoring)
     scores = {}
@@ -374,10 +422,19 @@ def run_ladder(
             "queries": t2 - t1,
             "attacks": t3 - t2,
             "rungs": rungs_s,
-        },  # fmt: skip
+        },
     }
-    log.info("ladder: shadows %.1fs, queries+shadow views %.1fs, attacks %.1fs (%s; %d shadows, "
-             "%d candidates, %d queries, views %s); strongest on shadow data: %s",
-             t1 - t0, t2 - t1, t3 - t2, ", ".join(f"{r} {v:.1f}s" for r, v in rungs_s.items()),
-             len(shadows), len(cand_images), queries, ",".join(views), strongest)  # fmt: skip
+    log.info(
+        "ladder: shadows %.1fs, queries+shadow views %.1fs, attacks %.1fs (%s; %d shadows, "
+        "%d candidates, %d queries, views %s); strongest on shadow data: %s",
+        t1 - t0,
+        t2 - t1,
+        t3 - t2,
+        ", ".join(f"{r} {v:.1f}s" for r, v in rungs_s.items()),
+        len(shadows),
+        len(cand_images),
+        queries,
+        ",".join(views),
+        strongest,
+    )
     return LadderResult(scores, info)

@@ -34,10 +34,15 @@ class MapNet(nn.Module):
     def __init__(self, width: int = 8) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(4 * width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,9 @@ class ReleaseServiceError(ConnectionError):
         hint = ""
         if self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             hint = " — is `fedonco release serve` running there, and is --target right?"
-        super().__init__(f"release service at {address}: {call} failed: {self.code.name}: "
-                         f"{self.details}{hint}")  # fmt: skip
+        super().__init__(
+            f"release service at {address}: {call} failed: {self.code.name}: {self.details}{hint}"
+        )
 
 
 class RemoteModel:
@@ -41,8 +42,14 @@ class RemoteModel:
     still be starting) or a failed call raises ``ReleaseServiceError`` naming the address and the
     status."""
 
-    def __init__(self, address: str, model: str = "", timeout: float = 60.0,
-                 tls_dir: Path | None = None, connect_timeout: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        address: str,
+        model: str = "",
+        timeout: float = 60.0,
+        tls_dir: Path | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
         creds = None
         if tls_dir is not None:  # verify the service against the CA (client cert if present)
             from common.wire.tls import ca_channel_credentials

@@ -62,8 +62,14 @@ class Evidence:
 
     def rmia_kwargs(self) -> dict:
         """``rmia_scores``'s arguments but ``a`` (offline: the OUT references)."""
-        return {"target_x": self.rmia_t, "reference_x": self.rmia_r, "use_x": self.out,
-                "target_z": self.rmia_tz, "reference_z": self.rmia_rz, "gamma": self.gamma}  # fmt: skip
+        return {
+            "target_x": self.rmia_t,
+            "reference_x": self.rmia_r,
+            "use_x": self.out,
+            "target_z": self.rmia_tz,
+            "reference_z": self.rmia_rz,
+            "gamma": self.gamma,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,9 @@ def _classifier(kind: str, n_rows: int):
     if kind == "lr":
         return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
     if kind == "gb":
-        return GradientBoostingClassifier(n_estimators=200, max_depth=3, subsample=0.8,
-                                          learning_rate=0.05, random_state=0)  # fmt: skip
+        return GradientBoostingClassifier(
+            n_estimators=200, max_depth=3, subsample=0.8, learning_rate=0.05, random_state=0
+        )
     raise ValueError(f"unknown classifier {kind!r}; use 'auto', 'lr' or 'gb'")
 
 
@@ -140,8 +147,9 @@ def _blind(ev: Evidence) -> np.ndarray:
 
 
 def _shadow(ev: Evidence) -> np.ndarray:
-    return shadow_from_features(ev.train_features, np.ravel(ev.train_members), ev.features,
-                                ev.classifier)  # fmt: skip
+    return shadow_from_features(
+        ev.train_features, np.ravel(ev.train_members), ev.features, ev.classifier
+    )
 
 
 def _map(ev: Evidence) -> np.ndarray:
@@ -150,8 +158,9 @@ def _map(ev: Evidence) -> np.ndarray:
     from attacks.maps import map_attack_scores, map_inputs
 
     train = torch.cat([map_inputs(p, ev.train_masks) for p in ev.train_probs])
-    return map_attack_scores(train, np.ravel(ev.train_members), map_inputs(ev.probs, ev.masks),
-                             ev.seed)  # fmt: skip
+    return map_attack_scores(
+        train, np.ravel(ev.train_members), map_inputs(ev.probs, ev.masks), ev.seed
+    )
 
 
 def _rmia(ev: Evidence) -> np.ndarray:
@@ -165,22 +174,49 @@ def _rmia_online(ev: Evidence) -> np.ndarray:
 
 
 RUNGS: tuple[Rung, ...] = (
-    Rung("blind", "a fixed function of the candidate's image and mask: the split's bias check",
-         _blind, queries=False, shadows=False),
-    Rung("loss", "Yeom et al.: minus the per-image training loss",
-         lambda ev: ev.loss.mean(axis=0), shadows=False, fallback=4),
-    Rung("shadow", "Shokri et al.: a classifier on per-image features, trained on the shadows",
-         _shadow, fallback=3),
-    Rung("map", "He et al. / Chobola et al.: a small CNN on the per-pixel loss map", _map,
-         fallback=2),
-    Rung("lira", "offline LiRA with a fixed variance",
-         lambda ev: lira_offline(ev.lira_t, ev.lira_r, ev.out), fallback=0),
+    Rung(
+        "blind",
+        "a fixed function of the candidate's image and mask: the split's bias check",
+        _blind,
+        queries=False,
+        shadows=False,
+    ),
+    Rung(
+        "loss",
+        "Yeom et al.: minus the per-image training loss",
+        lambda ev: ev.loss.mean(axis=0),
+        shadows=False,
+        fallback=4,
+    ),
+    Rung(
+        "shadow",
+        "Shokri et al.: a classifier on per-image features, trained on the shadows",
+        _shadow,
+        fallback=3,
+    ),
+    Rung(
+        "map", "He et al. / Chobola et al.: a small CNN on the per-pixel loss map", _map, fallback=2
+    ),
+    Rung(
+        "lira",
+        "offline LiRA with a fixed variance",
+        lambda ev: lira_offline(ev.lira_t, ev.lira_r, ev.out),
+        fallback=0,
+    ),
     Rung("rmia", "offline RMIA against population samples from the pool", _rmia, fallback=1),
-    Rung("lira_online", "online LiRA against the auditor's IN/OUT shadows",
-         lambda ev: lira_online(ev.lira_t, ev.lira_r, ev.inside), auditor=True),
-    Rung("rmia_online", "online RMIA (Pr(x) over IN and OUT shadows alike)", _rmia_online,
-         auditor=True),
-)  # fmt: skip
+    Rung(
+        "lira_online",
+        "online LiRA against the auditor's IN/OUT shadows",
+        lambda ev: lira_online(ev.lira_t, ev.lira_r, ev.inside),
+        auditor=True,
+    ),
+    Rung(
+        "rmia_online",
+        "online RMIA (Pr(x) over IN and OUT shadows alike)",
+        _rmia_online,
+        auditor=True,
+    ),
+)
 BY_NAME: dict[str, Rung] = {r.name: r for r in RUNGS}
 ORDER: tuple[str, ...] = tuple(r.name for r in RUNGS)  # the report's column order
 LADDER: tuple[str, ...] = tuple(r.name for r in RUNGS if not r.auditor)  # the attacker's

@@ -92,8 +92,9 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str,
-               device: torch.device) -> str:  # fmt: skip
+def _cache_key(
+    cfg, method: str, seed: int, index: int, data_digest: str, device: torch.device
+) -> str:
     c, m = cfg.for_method(method), get_method(method)
     facts = {  # what training depends on, not the method's name: equal recipes share shadows
         "method": [
@@ -123,8 +124,9 @@ def _cache_key(cfg, method: str, seed: int, index: int, data_digest: str,
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def _cached(path: Path | None, cfg, method: str,
-            device: torch.device) -> tuple[nn.Module, dict] | None:  # fmt: skip
+def _cached(
+    path: Path | None, cfg, method: str, device: torch.device
+) -> tuple[nn.Module, dict] | None:
     if path is None or not path.is_file():
         return None
     arrays = load_npz(path)
@@ -136,8 +138,9 @@ def _cached(path: Path | None, cfg, method: str,
     return _models(cfg, method, device, groups["global"], sites)
 
 
-def _models(cfg, method: str, device: torch.device, global_params: dict,
-            site_params: dict) -> tuple[nn.Module, dict[str, nn.Module]]:  # fmt: skip
+def _models(
+    cfg, method: str, device: torch.device, global_params: dict, site_params: dict
+) -> tuple[nn.Module, dict[str, nn.Module]]:
     """The shadow's global model and its sites' own models, on ``device``, from weights."""
 
     def build(params):
@@ -182,8 +185,14 @@ def _train_one(job: dict) -> tuple[dict, dict]:
         torch.set_num_threads(job["threads"])
     try:
         datasets = {s: dataset(im, mk, job["window"]) for s, (im, mk) in job["sites"].items()}
-        fed = simulate_method(job["cfg"], job["method"], datasets, seed=job["seed"],
-                              device=job["device"], desc=job["desc"])  # fmt: skip
+        fed = simulate_method(
+            job["cfg"],
+            job["method"],
+            datasets,
+            seed=job["seed"],
+            device=job["device"],
+            desc=job["desc"],
+        )
     finally:
         torch.set_num_threads(old)
     per_site = get_method(job["method"]).release == "per_site"
@@ -204,8 +213,9 @@ def _run_jobs(jobs: list[dict], workers: int):
     level = logging.getLogger().getEffectiveLevel()
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, {**job, "log_level": level}): i
-                   for i, job in enumerate(jobs)}  # fmt: skip
+        futures = {
+            pool.submit(_train_one, {**job, "log_level": level}): i for i, job in enumerate(jobs)
+        }
         for fut in as_completed(futures):
             yield futures[fut], fut.result(), time.perf_counter() - t0
 
@@ -249,9 +259,10 @@ def train_shadows(
     if sites.shape != (n,):
         raise ValueError(f"pool_sites must give one site per pool slice, got shape {sites.shape}")
     ex_images, ex_masks, ex_sites = (
-        (np.asarray(a) for a in extra) if extra is not None
+        (np.asarray(a) for a in extra)
+        if extra is not None
         else (pool_images[:0], pool_masks[:0], sites[:0])
-    )  # fmt: skip
+    )
     ex_sites = ex_sites.astype(str)
     if ex_images.shape[1:] != pool_images.shape[1:] or not (
         len(ex_images) == len(ex_masks) == len(ex_sites)
@@ -261,8 +272,9 @@ def train_shadows(
     coins = np.random.default_rng([seed, 7919]).random(len(ex_images)) < 0.5
     window = tuple(cfg.data.window)
     cache = os.environ.get(CACHE_ENV)
-    digest = _digest(pool_images, pool_masks, sites.astype("U8"), ex_images, ex_masks,
-                     ex_sites.astype("U8"))  # fmt: skip
+    digest = _digest(
+        pool_images, pool_masks, sites.astype("U8"), ex_images, ex_masks, ex_sites.astype("U8")
+    )
     all_images = np.concatenate([pool_images, ex_images])
     all_masks = np.concatenate([pool_masks, ex_masks])
     all_sites = np.concatenate([sites, ex_sites])
@@ -277,35 +289,64 @@ def train_shadows(
             ex_member = ex_member[:0]
         take = np.concatenate([member, ex_member])
         keep = sorted({str(s) for s in np.unique(all_sites[take])})
-        path = Path(cache) / f"shadow-{_cache_key(cfg, method, seed, i, digest, device)}.npz" if cache else None  # fmt: skip
+        path = (
+            Path(cache) / f"shadow-{_cache_key(cfg, method, seed, i, digest, device)}.npz"
+            if cache
+            else None
+        )
         plan.append((member, ex_member, keep, path))
         hit = _cached(path, cfg, method, device)
         if hit is not None:
             ready[i] = (*hit, 0.0, True)
-            log.info("shadow federation %d/%d (%s): cached weights %s", i + 1, n_shadows, method,
-                     path)  # fmt: skip
+            log.info(
+                "shadow federation %d/%d (%s): cached weights %s", i + 1, n_shadows, method, path
+            )
             continue
         sel = {s: take & (all_sites == s) for s in keep}
-        jobs.append({"index": i, "cfg": cfg, "method": method, "seed": shadow_seed(seed, i),
-                     "sites": {s: (all_images[m], all_masks[m]) for s, m in sel.items()},
-                     "slices": int(sum(m.sum() for m in sel.values())),
-                     "window": window, "device": device, "threads": threads,
-                     "desc": f"shadow federation {i + 1}/{n_shadows} ({method})"})  # fmt: skip
+        jobs.append(
+            {
+                "index": i,
+                "cfg": cfg,
+                "method": method,
+                "seed": shadow_seed(seed, i),
+                "sites": {s: (all_images[m], all_masks[m]) for s, m in sel.items()},
+                "slices": int(sum(m.sum() for m in sel.values())),
+                "window": window,
+                "device": device,
+                "threads": threads,
+                "desc": f"shadow federation {i + 1}/{n_shadows} ({method})",
+            }
+        )
     t = cfg.for_method(method).train
     work = sum(j["slices"] for j in jobs) * t.rounds * max(1, t.local_epochs)
-    workers = (min(len(jobs), n_shadows, os.cpu_count() or 1)
-               if device.type == "cpu" and len(jobs) > 1 and work >= PARALLEL_MIN_WORK else 1)  # fmt: skip
+    workers = (
+        min(len(jobs), n_shadows, os.cpu_count() or 1)
+        if device.type == "cpu" and len(jobs) > 1 and work >= PARALLEL_MIN_WORK
+        else 1
+    )
     for j in jobs:
-        log.info("shadow federation %d/%d (%s, %d sites, %d slices): training%s", j["index"] + 1,
-                 n_shadows, method, len(j["sites"]), j["slices"],
-                 f" ({workers} at once, {threads} thread(s) each)" if workers > 1 else "")  # fmt: skip
+        log.info(
+            "shadow federation %d/%d (%s, %d sites, %d slices): training%s",
+            j["index"] + 1,
+            n_shadows,
+            method,
+            len(j["sites"]),
+            j["slices"],
+            f" ({workers} at once, {threads} thread(s) each)" if workers > 1 else "",
+        )
     for k, (glob_params, site_params), elapsed in _run_jobs(jobs, workers):
         i = jobs[k]["index"]
         glob, site_models = _models(cfg, method, device, glob_params, site_params)
         _store(plan[i][3], glob_params, site_params)
         ready[i] = (glob, site_models, elapsed, False)
-        log.info("shadow federation %d/%d (%s, %d sites) ready in %.1fs", i + 1, n_shadows,
-                 method, len(plan[i][2]), elapsed)  # fmt: skip
+        log.info(
+            "shadow federation %d/%d (%s, %d sites) ready in %.1fs",
+            i + 1,
+            n_shadows,
+            method,
+            len(plan[i][2]),
+            elapsed,
+        )
     shadows = []
     for i, (member, ex_member, keep, _path) in enumerate(plan):
         glob, site_models, elapsed, cached = ready[i]

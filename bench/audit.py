@@ -33,8 +33,9 @@ AUDIT_SCORES = "audit_scores.npz"  # <method>/audit/: the scores and labels the 
 SCORE_PREFIX = "score_"
 
 
-def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: int = 1,
-                    with_cases: bool = False):  # fmt: skip
+def draw_candidates(
+    data_dir: Path, n_members: int, seed: int, nonmember_ratio: int = 1, with_cases: bool = False
+):
     """(images, masks, is_member, sites), shuffled: members from the sites' train splits,
     ``nonmember_ratio`` times as many non-members from their holdout splits, matched per (site,
     tumour present or not). ``with_cases``: a fifth array, each candidate's case (patient) id
@@ -57,8 +58,10 @@ def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: 
     for site in SITE_NAMES:
         train = load_arrays(data_dir, "train", site, manifest)[:2]
         holdout = load_arrays(data_dir, "holdout", site, manifest)[:2]
-        cases = [_case_ids(manifest, split, site, len(arrays[0]), with_cases)
-                 for split, arrays in (("train", train), ("holdout", holdout))]  # fmt: skip
+        cases = [
+            _case_ids(manifest, split, site, len(arrays[0]), with_cases)
+            for split, arrays in (("train", train), ("holdout", holdout))
+        ]
         has = [m.reshape(len(m), -1).any(axis=1) for _, m in (train, holdout)]
         n_tumour = int(has[0].sum())
         quota_t = round(min(per_site, len(has[0])) * n_tumour / max(len(has[0]), 1))
@@ -67,11 +70,12 @@ def draw_candidates(data_dir: Path, n_members: int, seed: int, nonmember_ratio: 
             pools = [np.flatnonzero(h == stratum) for h in has]
             k = min(quota, len(pools[0]), len(pools[1]) // nonmember_ratio)
             for (images, masks), ids, pool, member, n in zip(
-                    (train, holdout), cases, pools, (True, False), (k, k * nonmember_ratio),
-                    strict=True):  # fmt: skip
+                (train, holdout), cases, pools, (True, False), (k, k * nonmember_ratio), strict=True
+            ):
                 idx = np.sort(rng.choice(pool, size=n, replace=False))
-                parts.append((images[idx], masks[idx], np.full(n, member), np.full(n, site),
-                              ids[idx]))  # fmt: skip
+                parts.append(
+                    (images[idx], masks[idx], np.full(n, member), np.full(n, site), ids[idx])
+                )
     images, masks, member, sites, ids = (np.concatenate(x) for x in zip(*parts, strict=True))
     order = rng.permutation(len(images))
     drawn = images[order], masks[order], member[order], sites[order]
@@ -115,23 +119,53 @@ def local_release(method_dir: Path, logs: Path, device: str = "cpu"):
     its address."""
     port_file, log_file = logs / "release.port", logs / "release.log"
     port_file.unlink(missing_ok=True)
-    server = spawn(fedonco("release", "serve", "--models-root", str(method_dir), "--address",
-                           "127.0.0.1:0", "--port-file", str(port_file), "--device", device),
-                   log_file)  # fmt: skip
+    server = spawn(
+        fedonco(
+            "release",
+            "serve",
+            "--models-root",
+            str(method_dir),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--device",
+            device,
+        ),
+        log_file,
+    )
     try:
         yield f"127.0.0.1:{wait_for_port(port_file, server, log_file)}"
     finally:
         stop([server])
 
 
-def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, pool: Path,
-                 tls_dir: Path | None = None) -> dict:  # fmt: skip
+def run_attacker(
+    cfg,
+    config_path,
+    address: str,
+    jobs: dict,
+    log_file: Path,
+    pool: Path,
+    tls_dir: Path | None = None,
+) -> dict:
     """The attacker as its own process: ``jobs`` maps a tag to (model name on the release service
     at ``address``, candidate images, masks, output directory); the attacker gets the unlabeled
     candidates and the pool, and its only access to the models is Predict (over TLS, verified
     against ``tls_dir``, when given). Returns {tag: (scores, attack info)}."""
-    args = ["attack", "--target", address, "--pool", str(pool), "--config", str(config_path),
-            "--seed", str(cfg.seed), "--device", cfg.train.device]  # fmt: skip
+    args = [
+        "attack",
+        "--target",
+        address,
+        "--pool",
+        str(pool),
+        "--config",
+        str(config_path),
+        "--seed",
+        str(cfg.seed),
+        "--device",
+        cfg.train.device,
+    ]
     if tls_dir is not None:
         args += ["--tls-dir", str(tls_dir)]
     for tag, (model, images, masks, sites, out) in jobs.items():
@@ -150,8 +184,9 @@ def run_attacker(cfg, config_path, address: str, jobs: dict, log_file: Path, poo
     }
 
 
-def save_audit_scores(path: Path, scores: dict, member: np.ndarray, sites: np.ndarray,
-                      cases: np.ndarray | None = None) -> None:  # fmt: skip
+def save_audit_scores(
+    path: Path, scores: dict, member: np.ndarray, sites: np.ndarray, cases: np.ndarray | None = None
+) -> None:
     """Every rung's pooled per-candidate scores with the candidates' membership labels and
     sites, as the referee scored them (``audit_metrics``): ``fedonco verify`` recomputes the
     reported AUCs and TPRs from this file. A plain .npz (no pickle): ``is_member`` (bool),
@@ -204,18 +239,26 @@ def weaker_rung_warning(attacks: dict, quoted: str | None) -> str | None:
         return None
     lo, hi = top["auc_ci95"]
     half = (hi - lo) / 2
-    stronger = {r: v["auc"] for r, v in attacks.items()
-                if r in QUERY_RUNGS and r != quoted and v.get("auc") is not None
-                and v["auc"] > top["auc"] + half}  # fmt: skip
+    stronger = {
+        r: v["auc"]
+        for r, v in attacks.items()
+        if r in QUERY_RUNGS
+        and r != quoted
+        and v.get("auc") is not None
+        and v["auc"] > top["auc"] + half
+    }
     if not stronger:
         return None
     others = ", ".join(f"{r} {a:.3f}" for r, a in sorted(stronger.items(), key=lambda x: -x[1]))
-    return (f"the quoted rung {quoted} (AUC {top['auc']:.3f}, CI half-width {half:.3f}) is weaker "
-            f"than {others} on the same run: the headline understates the leakage")  # fmt: skip
+    return (
+        f"the quoted rung {quoted} (AUC {top['auc']:.3f}, CI half-width {half:.3f}) is weaker "
+        f"than {others} on the same run: the headline understates the leakage"
+    )
 
 
-def patient_audit(scores: dict, member: np.ndarray, cases: np.ndarray, rung: str | None,
-                  cfg: Config) -> dict | str:  # fmt: skip
+def patient_audit(
+    scores: dict, member: np.ndarray, cases: np.ndarray, rung: str | None, cfg: Config
+) -> dict | str:
     """The audit at patient level (``bench.audit_metrics.patient_level``) of the quoted ``rung``,
     from the pooled per-candidate scores: each candidate slice was scored by its own target (the
     global release, or FedBN its site's) and a case lies in one site, so a case's slices all come
@@ -224,8 +267,10 @@ def patient_audit(scores: dict, member: np.ndarray, cases: np.ndarray, rung: str
 
     if rung not in scores:
         return "n/a: no quoted rung"
-    return {"attack": rung, **patient_level(scores[rung], member, cases,
-                                            n_boot=cfg.mia.bootstrap, seed=cfg.seed)}  # fmt: skip
+    return {
+        "attack": rung,
+        **patient_level(scores[rung], member, cases, n_boot=cfg.mia.bootstrap, seed=cfg.seed),
+    }
 
 
 def local_targets(method_dir: Path) -> dict[str, str]:
@@ -238,9 +283,16 @@ def local_targets(method_dir: Path) -> dict[str, str]:
     return {s: str(p) for s, p in sites.items() if (method_dir / p / "release.json").is_file()}
 
 
-def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict,
-          targets: dict | None = None, address: str | None = None,
-          tls_dir: Path | None = None) -> dict:  # fmt: skip
+def audit(
+    cfg: Config,
+    config_path: Path,
+    method_dir: Path,
+    data_dir: Path,
+    result: dict,
+    targets: dict | None = None,
+    address: str | None = None,
+    tls_dir: Path | None = None,
+) -> dict:
     """Run the attacker against the release(s) and score the answers (results' mia).
 
     ``targets`` maps "all" (one global model) or site IDs (FedBN: shared weights + that site's
@@ -251,7 +303,8 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     from bench.audit_metrics import audit_metrics, roc_plot
 
     images, masks, member, sites, cases = draw_candidates(
-        data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio, with_cases=True)  # fmt: skip
+        data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio, with_cases=True
+    )
     pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
     logs, out = method_dir / "logs", method_dir / "audit"
     logs.mkdir(parents=True, exist_ok=True)
@@ -261,14 +314,17 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     if not targets:
         return {"error": "no released model found", "attacks": {}}
     picks = {t: np.ones(len(images), bool) if t == "all" else sites == t for t in targets}
-    jobs = {t: (name, images[picks[t]], masks[picks[t]], sites[picks[t]], out / t)
-            for t, name in targets.items()}  # fmt: skip
+    jobs = {
+        t: (name, images[picks[t]], masks[picks[t]], sites[picks[t]], out / t)
+        for t, name in targets.items()
+    }
     if address is None:
         with local_release(method_dir, logs, cfg.train.device) as local:
             answers = run_attacker(cfg, config_path, local, jobs, logs / "attacker.log", pool)
     else:
-        answers = run_attacker(cfg, config_path, address, jobs, logs / "attacker.log", pool,
-                               tls_dir)  # fmt: skip
+        answers = run_attacker(
+            cfg, config_path, address, jobs, logs / "attacker.log", pool, tls_dir
+        )
     scores, info = {}, {"queries": 0, "targets": sorted(targets), "per_target": {}}
     for tag, (part, part_info) in answers.items():
         info["queries"] += part_info["queries"]
@@ -285,9 +341,17 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     wall = time.perf_counter() - t0
     eps, delta = result.get("epsilon"), result.get("delta")
     attacks = {
-        name: audit_metrics(s, member, sites=sites, epsilon=eps, delta=delta, n_boot=cfg.mia.bootstrap, seed=cfg.seed)
+        name: audit_metrics(
+            s,
+            member,
+            sites=sites,
+            epsilon=eps,
+            delta=delta,
+            n_boot=cfg.mia.bootstrap,
+            seed=cfg.seed,
+        )
         for name, s in scores.items()
-    }  # fmt: skip
+    }
     roc_plot({k: (v, member) for k, v in scores.items()}, out / "roc.png")
     auditor = {k: attacks.pop(k) for k in AUDITOR_RUNGS if k in attacks}
     best, selection = strongest_rung([i.get("ladder") or {} for i in info["per_target"].values()])
@@ -311,11 +375,15 @@ def audit(cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, resu
     }
     if auditor:
         head = auditor.get(AUDITOR_HEADLINE, {})
-        mia["auditor"] = {"attack": AUDITOR_HEADLINE, "auc": head.get("auc"),
-                          "auc_ci95": head.get("auc_ci95"),
-                          "tpr_at_1pct_fpr": head.get("tpr_at_1pct_fpr"), "attacks": auditor,
-                          "threat_model": "knows the candidate set (not the labels); online "
-                          "shadows that include half of the candidates"}  # fmt: skip
+        mia["auditor"] = {
+            "attack": AUDITOR_HEADLINE,
+            "auc": head.get("auc"),
+            "auc_ci95": head.get("auc_ci95"),
+            "tpr_at_1pct_fpr": head.get("tpr_at_1pct_fpr"),
+            "attacks": auditor,
+            "threat_model": "knows the candidate set (not the labels); online "
+            "shadows that include half of the candidates",
+        }
     if cases is not None:
         mia["patient_level"] = patient_audit(scores, member, cases, best, cfg)
     weaker = weaker_rung_warning(attacks, best)

@@ -100,9 +100,18 @@ def tpr_point(scores: np.ndarray, labels: np.ndarray, fpr: float) -> dict:
         threshold = float(above.min()) if len(above) else None
         tp, fp = int((pos > neg[k]).sum()), int((neg > neg[k]).sum())
     lo, hi = clopper_pearson(tp, n1)
-    return {"fpr": fpr, "k_allowed": k, "threshold": threshold, "tp": tp, "n_members": n1,
-            "tpr": tp / n1, "tpr_ci95": [lo, hi], "fp": fp, "n_nonmembers": n0,
-            "fpr_realised": fp / n0}  # fmt: skip
+    return {
+        "fpr": fpr,
+        "k_allowed": k,
+        "threshold": threshold,
+        "tp": tp,
+        "n_members": n1,
+        "tpr": tp / n1,
+        "tpr_ci95": [lo, hi],
+        "fp": fp,
+        "n_nonmembers": n0,
+        "fpr_realised": fp / n0,
+    }
 
 
 def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
@@ -131,13 +140,22 @@ def dp_ceiling_test(point: dict, epsilon: float, delta: float = 0.0, alpha: floa
     n0, n1, x = point["n_nonmembers"], point["n_members"], point["fpr"]
     need = math.ceil(CEILING_SUPPORT / x - 1e-9)
     if n0 < need:
-        return {"estimable": False,
-                "reason": f"needs >= {need:,} non-members at {x:.1%} FPR, has {n0:,}"}  # fmt: skip
+        return {
+            "estimable": False,
+            "reason": f"needs >= {need:,} non-members at {x:.1%} FPR, has {n0:,}",
+        }
     f_up = clopper_pearson(point["k_allowed"], n0, 1 - alpha)[1]
     bound = min(1.0, math.exp(epsilon) * f_up + delta)
     p = 1.0 if bound >= 1.0 else float(binomtest(point["tp"], n1, bound, "greater").pvalue)
-    return {"estimable": True, "fpr_upper": f_up, "bound": bound, "tpr": point["tpr"],
-            "p_value": p, "violates": p < alpha / 2, "alpha": alpha}  # fmt: skip
+    return {
+        "estimable": True,
+        "fpr_upper": f_up,
+        "bound": bound,
+        "tpr": point["tpr"],
+        "p_value": p,
+        "violates": p < alpha / 2,
+        "alpha": alpha,
+    }
 
 
 def bootstrap_auc_ci(
@@ -236,9 +254,10 @@ def audit_metrics(
             "auc": dp_auc_ceiling(epsilon, d),
             "epsilon": float(epsilon),
             "delta": d,
-            "tests": {k: None if p is None else dp_ceiling_test(p, epsilon, d)
-                      for k, p in points.items()},
-        }  # fmt: skip
+            "tests": {
+                k: None if p is None else dp_ceiling_test(p, epsilon, d) for k, p in points.items()
+            },
+        }
     if auc < 0.5 and hi < 0.5:
         out["error"] = (
             f"{BROKEN_ATTACK}: AUC {auc:.3f} is below chance and its 95% CI [{lo:.3f}, "
@@ -259,22 +278,32 @@ def case_scores(scores: np.ndarray, is_member: np.ndarray, cases: np.ndarray):
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(is_member, dtype=bool)
     cases = np.asarray(cases).astype(str)
     if cases.shape != s.shape or y.shape != s.shape:
-        raise ValueError(f"scores, is_member and cases must have one shape, got {s.shape}, "
-                         f"{y.shape} and {cases.shape}")  # fmt: skip
+        raise ValueError(
+            f"scores, is_member and cases must have one shape, got {s.shape}, "
+            f"{y.shape} and {cases.shape}"
+        )
     if (cases == "").any():
         raise ValueError(f"{int((cases == '').sum())} candidate slice(s) without a case id")
     ids, inverse, counts = np.unique(cases, return_inverse=True, return_counts=True)
     members = np.bincount(inverse, weights=y, minlength=len(ids))
     mixed = ids[(members > 0) & (members < counts)]
     if len(mixed):
-        raise ValueError(f"case(s) {', '.join(mixed[:5])} have both member (train) and "
-                         "non-member (holdout) slices: the dataset is not split by patient")  # fmt: skip
+        raise ValueError(
+            f"case(s) {', '.join(mixed[:5])} have both member (train) and "
+            "non-member (holdout) slices: the dataset is not split by patient"
+        )
     mean = np.bincount(inverse, weights=s, minlength=len(ids)) / counts
     return ids, mean, members > 0, counts
 
 
-def patient_level(scores: np.ndarray, is_member: np.ndarray, cases: np.ndarray, *,
-                  n_boot: int = 1000, seed: int = 0) -> dict:  # fmt: skip
+def patient_level(
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    cases: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """The audit at patient level: ``audit_metrics`` of the per-case scores (``case_scores``:
     the mean of each case's candidate slice scores; a case is a member when its slices are train
     slices). TPR at FPR x is reported only with at least 1 / x non-member cases (the smallest
@@ -289,9 +318,15 @@ def patient_level(scores: np.ndarray, is_member: np.ndarray, cases: np.ndarray, 
         ok = n0 >= math.ceil(1 / f - 1e-9) and got["tpr"].get(k) is not None
         out[k] = got["tpr"][k]["tpr"] if ok else f"n/a ({n0} non-member cases)"
         points[k] = got["tpr"][k] if ok else None
-    out.update(tpr=points, advantage=got["advantage"], n_member_cases=int(y.sum()),
-               n_nonmember_cases=n0, n_member_slices=int(counts[y].sum()),
-               n_nonmember_slices=int(counts[~y].sum()), error=got["error"])  # fmt: skip
+    out.update(
+        tpr=points,
+        advantage=got["advantage"],
+        n_member_cases=int(y.sum()),
+        n_nonmember_cases=n0,
+        n_member_slices=int(counts[y].sum()),
+        n_nonmember_slices=int(counts[~y].sum()),
+        error=got["error"],
+    )
     return out
 
 

@@ -78,8 +78,9 @@ def ceiling_text(m: dict) -> str:
         ci_s = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         rel = ">" if t["violates"] else "<="
         name = k.replace("tpr_at_", "TPR@").replace("pct_fpr", "%FPR")
-        parts.append(f"{name} {t['tpr']:.3f}{ci_s} {rel} bound {t['bound']:.3f} "
-                     f"(p {t['p_value']:.2g})")  # fmt: skip
+        parts.append(
+            f"{name} {t['tpr']:.3f}{ci_s} {rel} bound {t['bound']:.3f} (p {t['p_value']:.2g})"
+        )
     return "; ".join(parts) or "no estimable ceiling test"
 
 
@@ -89,34 +90,46 @@ def paper_claims(results: dict) -> list[str]:
     fedavg, fedbn = ms.get("fedavg"), ms.get("fedbn")
     lines = []
     chance = (0.5, 0.5)
-    lines.append(f"FedAvg leaks membership (strongest attack's AUC CI above 0.5): "
-                 f"{_auc(fedavg)}: {_lower(chance if _ci(fedavg) else None, _ci(fedavg))}")  # fmt: skip
+    lines.append(
+        f"FedAvg leaks membership (strongest attack's AUC CI above 0.5): "
+        f"{_auc(fedavg)}: {_lower(chance if _ci(fedavg) else None, _ci(fedavg))}"
+    )
     for name, spec in METHODS.items():
         if not spec.dp or name not in ms or spec.twin not in ms:
             continue
         dp, twin = ms[name], ms[spec.twin]
-        lines.append(f"DP lowers leakage ({name} vs {spec.twin}; AUC CIs separate): {_auc(dp)} vs "
-                     f"{_auc(twin)}: {_lower(_ci(dp), _ci(twin))}")  # fmt: skip
+        lines.append(
+            f"DP lowers leakage ({name} vs {spec.twin}; AUC CIs separate): {_auc(dp)} vs "
+            f"{_auc(twin)}: {_lower(_ci(dp), _ci(twin))}"
+        )
         d, t = dp.get("dice"), twin.get("dice")
         ok = None if d is None or not t else d >= DP_UTILITY * t
         ratio = f" ({d / t:.2f}x)" if d is not None and t else ""
         eps = dp.get("epsilon")
-        lines.append(f"DP costs little Dice ({name} at eps {eps:.2f} vs {spec.twin}; the paper: "
-                     f"0.85 -> 0.79): {d:.3f} vs {t:.3f}{ratio}: {_verdict(ok)}"
-                     if d is not None and t is not None and eps is not None
-                     else f"DP costs little Dice ({name}): {_verdict(None)}")  # fmt: skip
+        lines.append(
+            f"DP costs little Dice ({name} at eps {eps:.2f} vs {spec.twin}; the paper: "
+            f"0.85 -> 0.79): {d:.3f} vs {t:.3f}{ratio}: {_verdict(ok)}"
+            if d is not None and t is not None and eps is not None
+            else f"DP costs little Dice ({name}): {_verdict(None)}"
+        )
     if fedavg and fedbn:
-        pairs = [(a, b) for a, b in zip(fedbn["dice_per_site"], fedavg["dice_per_site"], strict=True)
-                 if a is not None and b is not None]  # fmt: skip
+        pairs = [
+            (a, b)
+            for a, b in zip(fedbn["dice_per_site"], fedavg["dice_per_site"], strict=True)
+            if a is not None and b is not None
+        ]
         better = sum(a > b for a, b in pairs)
         p = binomtest(better, len(pairs), 0.5, "greater").pvalue if pairs else None
-        verdict = ("not measured" if p is None else "reproduced" if p < 0.05
-                   else "not distinguishable")  # fmt: skip
+        verdict = (
+            "not measured" if p is None else "reproduced" if p < 0.05 else "not distinguishable"
+        )
         p_s = "" if p is None else f", sign test p {p:.2g}"
-        lines.append(f"FedBN helps the heterogeneous sites (per-site Dice above FedAvg's on "
-                     f"{better} of {len(pairs)} sites{p_s}; site mean "
-                     f"{fedbn['dice_site_mean']:.3f} vs {fedavg['dice_site_mean']:.3f}): "
-                     f"{verdict}")  # fmt: skip
+        lines.append(
+            f"FedBN helps the heterogeneous sites (per-site Dice above FedAvg's on "
+            f"{better} of {len(pairs)} sites{p_s}; site mean "
+            f"{fedbn['dice_site_mean']:.3f} vs {fedavg['dice_site_mean']:.3f}): "
+            f"{verdict}"
+        )
     else:
         lines.append(f"FedBN helps the heterogeneous sites: {_verdict(None)}")
     lines += reference_lines(ms)
@@ -136,8 +149,10 @@ def reference_lines(ms: dict) -> list[str]:
             continue
         d, parts = entry["dice"], []
         if local and local.get("dice") is not None:
-            parts.append(f"{d - local['dice']:+.3f} over local ({local['dice']:.3f}, each site "
-                         "alone on its own test set)")  # fmt: skip
+            parts.append(
+                f"{d - local['dice']:+.3f} over local ({local['dice']:.3f}, each site "
+                "alone on its own test set)"
+            )
         if pooled and pooled.get("dice") is not None:
             parts.append(f"{d - pooled['dice']:+.3f} against pooled ({pooled['dice']:.3f})")
         out.append(f"What {name} buys (Dice {d:.3f}): {'; '.join(parts)}")
@@ -153,11 +168,15 @@ def standard_goals(results: dict) -> list[str]:
     ms = results["methods"]
     out = []
     wall = results.get("wall_s")
-    out.append(f"{_pass(None if wall is None else wall <= WALL_S)} all methods and audits in <= "
-               f"{WALL_S // 60} min: {wall / 60 if wall else float('nan'):.1f} min")  # fmt: skip
+    out.append(
+        f"{_pass(None if wall is None else wall <= WALL_S)} all methods and audits in <= "
+        f"{WALL_S // 60} min: {wall / 60 if wall else float('nan'):.1f} min"
+    )
     d = (ms.get("fedavg") or {}).get("dice")
-    out.append(f"{_pass(None if d is None else d >= FEDAVG_DICE)} FedAvg Dice >= {FEDAVG_DICE}: "
-               f"{'n/a' if d is None else f'{d:.3f}'}")  # fmt: skip
+    out.append(
+        f"{_pass(None if d is None else d >= FEDAVG_DICE)} FedAvg Dice >= {FEDAVG_DICE}: "
+        f"{'n/a' if d is None else f'{d:.3f}'}"
+    )
     for name, entry in ms.items():
         spec = METHODS.get(name)
         if spec is None or spec.dp:
@@ -171,8 +190,10 @@ def standard_goals(results: dict) -> list[str]:
                 and lo > LEAK_CI_LO
                 and (m.get("tpr_at_1pct_fpr") or 0) >= LEAK_TPR
             )
-        out.append(f"{_pass(ok)} {name} leaks measurably (AUC >= {LEAK_AUC}, CI low > "
-                   f"{LEAK_CI_LO}, TPR@1%FPR >= {LEAK_TPR}): {_auc(entry)}")  # fmt: skip
+        out.append(
+            f"{_pass(ok)} {name} leaks measurably (AUC >= {LEAK_AUC}, CI low > "
+            f"{LEAK_CI_LO}, TPR@1%FPR >= {LEAK_TPR}): {_auc(entry)}"
+        )
     for name, spec in METHODS.items():
         if not spec.dp or name not in ms:
             continue
@@ -181,12 +202,18 @@ def standard_goals(results: dict) -> list[str]:
         eps, d, t = dp.get("epsilon"), dp.get("dice"), twin.get("dice")
         tests = ceiling_tests(m)
         lo, hi = m.get("auc_ci95") or (None, None)
-        parts = [eps is not None and eps <= DP_EPSILON, d is not None and bool(t) and d >= DP_UTILITY * t,
-                 lo is not None and lo <= 0.5 <= hi, bool(tests) and not any(x["violates"] for x in tests.values())]  # fmt: skip
+        parts = [
+            eps is not None and eps <= DP_EPSILON,
+            d is not None and bool(t) and d >= DP_UTILITY * t,
+            lo is not None and lo <= 0.5 <= hi,
+            bool(tests) and not any(x["violates"] for x in tests.values()),
+        ]
         ok = None if eps is None or d is None or not t or m.get("auc") is None else all(parts)
-        out.append(f"{_pass(ok)} {name} keeps utility privately (eps <= {DP_EPSILON:g}, Dice >= "
-                   f"{DP_UTILITY} x {spec.twin}, AUC CI covers 0.5, no binomial DP-ceiling test "
-                   f"violated at 5%): eps {eps if eps is None else round(eps, 2)}, Dice "
-                   f"{d if d is None else round(d, 3)} vs {t if t is None else round(t, 3)}, "
-                   f"{_auc(dp)}, ceiling: {ceiling_text(m)}")  # fmt: skip
+        out.append(
+            f"{_pass(ok)} {name} keeps utility privately (eps <= {DP_EPSILON:g}, Dice >= "
+            f"{DP_UTILITY} x {spec.twin}, AUC CI covers 0.5, no binomial DP-ceiling test "
+            f"violated at 5%): eps {eps if eps is None else round(eps, 2)}, Dice "
+            f"{d if d is None else round(d, 3)} vs {t if t is None else round(t, 3)}, "
+            f"{_auc(dp)}, ceiling: {ceiling_text(m)}"
+        )
     return out

@@ -36,13 +36,18 @@ def _count(text: str) -> int:
     return n
 
 
-def _add_device_arg(p: argparse.ArgumentParser, what: str, default: str | None = None,
-                    extra: str = "") -> None:  # fmt: skip
+def _add_device_arg(
+    p: argparse.ArgumentParser, what: str, default: str | None = None, extra: str = ""
+) -> None:
     source = f"default {default}" if default else "default: the config's train.device, cpu"
-    p.add_argument("--device", default=default, metavar="DEVICE",
-                   help=f"where {what}: auto (CUDA if this process sees a GPU, else the CPU), "
-                   f"cpu, cuda or cuda:N ({source}). A CUDA device that is not there is an error "
-                   f"before anything starts; float32 throughout, no AMP (docs/gpu.md){extra}")  # fmt: skip
+    p.add_argument(
+        "--device",
+        default=default,
+        metavar="DEVICE",
+        help=f"where {what}: auto (CUDA if this process sees a GPU, else the CPU), "
+        f"cpu, cuda or cuda:N ({source}). A CUDA device that is not there is an error "
+        f"before anything starts; float32 throughout, no AMP (docs/gpu.md){extra}",
+    )
 
 
 def _env_flag(name: str) -> bool:
@@ -50,12 +55,19 @@ def _env_flag(name: str) -> bool:
 
 
 def _add_tls_args(p: argparse.ArgumentParser, role: str) -> None:
-    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_TLS_DIR") or None,
-                   help=f"mutual TLS: directory with ca.crt, tls.crt, tls.key for the {role} "
-                   "(from `fedonco certs`; env FEDONCO_TLS_DIR)")  # fmt: skip
-    p.add_argument("--insecure", action="store_true", default=_env_flag("FEDONCO_INSECURE"),
-                   help="allow plaintext gRPC on a non-loopback address (closed test networks "
-                   "only; env FEDONCO_INSECURE=1). Loopback is always allowed.")  # fmt: skip
+    p.add_argument(
+        "--tls-dir",
+        default=os.environ.get("FEDONCO_TLS_DIR") or None,
+        help=f"mutual TLS: directory with ca.crt, tls.crt, tls.key for the {role} "
+        "(from `fedonco certs`; env FEDONCO_TLS_DIR)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_flag("FEDONCO_INSECURE"),
+        help="allow plaintext gRPC on a non-loopback address (closed test networks "
+        "only; env FEDONCO_INSECURE=1). Loopback is always allowed.",
+    )
 
 
 # Each command's handler, imported when the command runs (``fedonco --help`` stays fast, and a
@@ -163,10 +175,13 @@ def _verify(args) -> int:
 
 
 def _add_release_tls_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
-                   help="the release service speaks TLS: verify it against DIR/ca.crt (and "
-                   "present DIR/tls.crt + tls.key if there, e.g. `fedonco certs`' OUT/attacker; "
-                   "env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
+    p.add_argument(
+        "--tls-dir",
+        default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
+        help="the release service speaks TLS: verify it against DIR/ca.crt (and "
+        "present DIR/tls.crt + tls.key if there, e.g. `fedonco certs`' OUT/attacker; "
+        "env FEDONCO_RELEASE_TLS_DIR)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,12 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     p.add_argument("--workers", type=_count, default=None, help="processes (default: CPU count)")
     p.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
-    p.add_argument("--sites", help="only these sites, e.g. A or A,B (a site generates only its "
-                   "own data; slices are identical to the full dataset's)")  # fmt: skip
-    p.add_argument("--splits", help="only these splits, e.g. train,test "
-                   "(of train, holdout, test, attacker)")  # fmt: skip
-    p.add_argument("--generator", choices=["procedural", "diffusion"],
-                   help="override data.generator (diffusion needs --model)")  # fmt: skip
+    p.add_argument(
+        "--sites",
+        help="only these sites, e.g. A or A,B (a site generates only its "
+        "own data; slices are identical to the full dataset's)",
+    )
+    p.add_argument(
+        "--splits", help="only these splits, e.g. train,test (of train, holdout, test, attacker)"
+    )
+    p.add_argument(
+        "--generator",
+        choices=["procedural", "diffusion"],
+        help="override data.generator (diffusion needs --model)",
+    )
     p.add_argument("--model", help="diffusion model directory (from `fedonco diffusion train`)")
     p.set_defaults(func=_data)
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -214,27 +236,51 @@ def build_parser() -> argparse.ArgumentParser:
         "an error. The rules: docs/data.md, 'Importing real CT'.",
     )
     q.add_argument("src", metavar="SRC", help="the source directory")
-    q.add_argument("--layout", choices=["auto", "msd", "lits", "kits", "dicom"], default="auto",
-                   help="msd: imagesTr/ + labelsTr/ (+ dataset.json); lits: volume-N.nii + "
-                   "segmentation-N.nii; kits: case_*/imaging.nii.gz + segmentation.nii.gz; "
-                   "dicom: one folder per case with its CT series and segmentation.nii.gz or a "
-                   "DICOM-SEG file (default: auto, from what SRC holds)")  # fmt: skip
+    q.add_argument(
+        "--layout",
+        choices=["auto", "msd", "lits", "kits", "dicom"],
+        default="auto",
+        help="msd: imagesTr/ + labelsTr/ (+ dataset.json); lits: volume-N.nii + "
+        "segmentation-N.nii; kits: case_*/imaging.nii.gz + segmentation.nii.gz; "
+        "dicom: one folder per case with its CT series and segmentation.nii.gz or a "
+        "DICOM-SEG file (default: auto, from what SRC holds)",
+    )
     q.add_argument("--out", required=True, help="output directory (must not exist, or --force)")
     _add_config_args(q)
-    q.add_argument("--tumor-label", type=int, help="label value of the tumour, or its "
-                   "SegmentNumber in a DICOM-SEG (default: dataset.json's tumour/cancer label "
-                   "for msd, 2 for lits and kits)")  # fmt: skip
-    q.add_argument("--organ-label", type=int, help="label value (DICOM-SEG: SegmentNumber) of "
-                   "the organ whose extent bounds the tumour-free slices (default: "
-                   "dataset.json's other label for msd, 1 for lits and kits; else any non-zero "
-                   "label or any segment)")  # fmt: skip
-    q.add_argument("--sites", metavar="CSV", help="case,site rows (sites A-E); default: "
-                   "round-robin over the sorted case ids. Every site needs >= 3 cases")  # fmt: skip
-    q.add_argument("--site", choices=list(SITE_NAMES), help="every case to this one site (a "
-                   "hospital importing its own CT for `fedonco client --site`; >= 3 cases); the "
-                   "other sites stay empty")  # fmt: skip
-    q.add_argument("--free-ratio", type=float, default=1.0,
-                   help="tumour-free slices per tumour slice of a case (default %(default)s)")  # fmt: skip
+    q.add_argument(
+        "--tumor-label",
+        type=int,
+        help="label value of the tumour, or its "
+        "SegmentNumber in a DICOM-SEG (default: dataset.json's tumour/cancer label "
+        "for msd, 2 for lits and kits)",
+    )
+    q.add_argument(
+        "--organ-label",
+        type=int,
+        help="label value (DICOM-SEG: SegmentNumber) of "
+        "the organ whose extent bounds the tumour-free slices (default: "
+        "dataset.json's other label for msd, 1 for lits and kits; else any non-zero "
+        "label or any segment)",
+    )
+    q.add_argument(
+        "--sites",
+        metavar="CSV",
+        help="case,site rows (sites A-E); default: "
+        "round-robin over the sorted case ids. Every site needs >= 3 cases",
+    )
+    q.add_argument(
+        "--site",
+        choices=list(SITE_NAMES),
+        help="every case to this one site (a "
+        "hospital importing its own CT for `fedonco client --site`; >= 3 cases); the "
+        "other sites stay empty",
+    )
+    q.add_argument(
+        "--free-ratio",
+        type=float,
+        default=1.0,
+        help="tumour-free slices per tumour slice of a case (default %(default)s)",
+    )
     q.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     q.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
     q.set_defaults(func=_data_import)
@@ -250,16 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/compare.md, compare.json and compare.png. Definitions: docs/data.md, "
         "'Comparing with real CT'.",
     )
-    q.add_argument("real", metavar="REAL", help="a dataset directory (e.g. from `fedonco data "
-                   "import`), a DICOM file (e.g. pydicom's CT_small.dcm) or a folder with one "
-                   "DICOM series")  # fmt: skip
-    q.add_argument("synth", metavar="SYNTH", help="a dataset directory (e.g. from `fedonco data`), "
-                   "or DICOM as REAL")  # fmt: skip
-    q.add_argument("--out", required=True, help="report directory (created; its three files "
-                   "are replaced)")  # fmt: skip
-    q.add_argument("--max-slices", type=_count, default=200, metavar="N",
-                   help="measure at most N slices per site, drawn with a fixed seed "
-                   "(default %(default)s)")  # fmt: skip
+    q.add_argument(
+        "real",
+        metavar="REAL",
+        help="a dataset directory (e.g. from `fedonco data "
+        "import`), a DICOM file (e.g. pydicom's CT_small.dcm) or a folder with one "
+        "DICOM series",
+    )
+    q.add_argument(
+        "synth",
+        metavar="SYNTH",
+        help="a dataset directory (e.g. from `fedonco data`), or DICOM as REAL",
+    )
+    q.add_argument(
+        "--out", required=True, help="report directory (created; its three files are replaced)"
+    )
+    q.add_argument(
+        "--max-slices",
+        type=_count,
+        default=200,
+        metavar="N",
+        help="measure at most N slices per site, drawn with a fixed seed (default %(default)s)",
+    )
     q.set_defaults(func=_data_compare)
 
     p = sub.add_parser(
@@ -285,8 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="model directory")
     q.add_argument("--out", required=True, help="report directory (report.md/.json, PNGs)")
     q.add_argument("--n", type=_count, default=200, help="slices per generator (default 200)")
-    q.add_argument("--seg-slices", type=_count, default=1000,
-                   help="procedural slices to train the fidelity segmenter on (default 1000)")  # fmt: skip
+    q.add_argument(
+        "--seg-slices",
+        type=_count,
+        default=1000,
+        help="procedural slices to train the fidelity segmenter on (default 1000)",
+    )
     q.add_argument("--seg-epochs", type=_count, default=8, help="segmenter epochs (default 8)")
     q.set_defaults(func=_diffusion_report)
 
@@ -300,22 +362,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--method", choices=list(METHOD_NAMES), help="FL method")
-    g.add_argument("--methods", help="a campaign: one run per method (comma-separated), one after "
-                   "another on the same port, into RUN_DIR/<method>; sites follow from run to run")  # fmt: skip
+    g.add_argument(
+        "--methods",
+        help="a campaign: one run per method (comma-separated), one after "
+        "another on the same port, into RUN_DIR/<method>; sites follow from run to run",
+    )
     p.add_argument("--data", required=True, help="dataset directory (the server reads 'test')")
     p.add_argument("--run-dir", help="new run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last round")
-    p.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50051"),
-                   help="host:port to listen on; port 0 picks a free one (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--address",
+        default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50051"),
+        help="host:port to listen on; port 0 picks a free one (default %(default)s)",
+    )
     p.add_argument("--port-file", help="write the bound port to this file")
     p.add_argument("--rounds", type=_count, help="override train.rounds")
     p.add_argument("--threads", type=_count, default=None, help="torch threads")
     _add_device_arg(p, "the server's model computes (evaluation, public pretraining)")
     _add_tls_args(p, "server")
-    p.add_argument("--hold-until", metavar="FILE", help="after the last run keep the sites "
-                   "waiting until FILE exists (compose: the judge's end-of-audit marker)")  # fmt: skip
-    p.add_argument("--hold-timeout", type=float, default=3600.0,
-                   help="longest wait for --hold-until, seconds (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--hold-until",
+        metavar="FILE",
+        help="after the last run keep the sites "
+        "waiting until FILE exists (compose: the judge's end-of-audit marker)",
+    )
+    p.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=3600.0,
+        help="longest wait for --hold-until, seconds (default %(default)s)",
+    )
     p.set_defaults(func=_server)
 
     p = sub.add_parser(
@@ -333,21 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where local state is kept (default: DATA-state)")
     p.add_argument("--threads", type=_count, default=1, help="torch threads (default 1)")
     _add_device_arg(p, "this site computes (training, DP-SGD, evaluation)")
-    p.add_argument("--retry-timeout", type=float,
-                   default=float(os.environ.get("FEDONCO_RETRY_TIMEOUT", 0) or 0),
-                   help="give up after the server was unreachable this long, seconds (default 0: "
-                   "retry for ever, backing off to one attempt every ~35 s, one log line each; "
-                   "env FEDONCO_RETRY_TIMEOUT)")  # fmt: skip
+    p.add_argument(
+        "--retry-timeout",
+        type=float,
+        default=float(os.environ.get("FEDONCO_RETRY_TIMEOUT", 0) or 0),
+        help="give up after the server was unreachable this long, seconds (default 0: "
+        "retry for ever, backing off to one attempt every ~35 s, one log line each; "
+        "env FEDONCO_RETRY_TIMEOUT)",
+    )
     _add_tls_args(p, "site")
-    p.add_argument("--publish-dir", default=os.environ.get("FEDONCO_PUBLISH_DIR") or None,
-                   help="FedBN: also publish this site's released model to "
-                   "PUBLISH_DIR/<run_id>/site<ID> (e.g. the release service's model store)")  # fmt: skip
-    p.add_argument("--allow-seeded-noise", action="store_true",
-                   help="accept dp.randomness = 'seeded-simulation': this site's DP noise then "
-                   "derives from the run's public seed, so the server (or anyone with the "
-                   "config) can regenerate and subtract it and epsilon protects nothing against "
-                   "them. For simulations (`fedonco bench` passes it); a deployed site keeps "
-                   "the default 'site-secret' key (docs/dp.md, \"Randomness\")")  # fmt: skip
+    p.add_argument(
+        "--publish-dir",
+        default=os.environ.get("FEDONCO_PUBLISH_DIR") or None,
+        help="FedBN: also publish this site's released model to "
+        "PUBLISH_DIR/<run_id>/site<ID> (e.g. the release service's model store)",
+    )
+    p.add_argument(
+        "--allow-seeded-noise",
+        action="store_true",
+        help="accept dp.randomness = 'seeded-simulation': this site's DP noise then "
+        "derives from the run's public seed, so the server (or anyone with the "
+        "config) can regenerate and subtract it and epsilon protects nothing against "
+        "them. For simulations (`fedonco bench` passes it); a deployed site keeps "
+        "the default 'site-secret' key (docs/dp.md, \"Randomness\")",
+    )
     p.set_defaults(func=_client)
 
     p = sub.add_parser(
@@ -359,31 +444,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rsub = p.add_subparsers(dest="release_command", metavar="ACTION", required=True)
     q = rsub.add_parser("serve", help="run the Inference service")
-    q.add_argument("--model", help="the default model: a release directory (model.npz + "
-                   "release.json)")  # fmt: skip
-    q.add_argument("--models-root", action="append", metavar="DIR",
-                   help="also serve any release under DIR by its relative path as the request's "
-                   "model name (repeatable)")  # fmt: skip
+    q.add_argument(
+        "--model", help="the default model: a release directory (model.npz + release.json)"
+    )
+    q.add_argument(
+        "--models-root",
+        action="append",
+        metavar="DIR",
+        help="also serve any release under DIR by its relative path as the request's "
+        "model name (repeatable)",
+    )
     q.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50052"))
     q.add_argument("--port-file", help="write the bound port to this file")
     q.add_argument("--max-batch", type=_count, default=64, help="slices per Predict (default 64)")
     _add_device_arg(q, "the served models compute", default="cpu")
     q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
-    q.add_argument("--tls-dir", default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
-                   help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
-                   "`fedonco certs` makes OUT/release; env FEDONCO_RELEASE_TLS_DIR)")  # fmt: skip
-    q.add_argument("--insecure", action="store_true", default=_env_flag("FEDONCO_INSECURE"),
-                   help="without --tls-dir: allow plaintext on a non-loopback address (closed "
-                   "test networks only; env FEDONCO_INSECURE=1). Loopback is always allowed.")  # fmt: skip
-    q.add_argument("--client-certs", action="store_true",
-                   default=os.environ.get("FEDONCO_RELEASE_CLIENT_CERTS") == "1",
-                   help="with --tls-dir: require a client certificate signed by DIR/ca.crt from "
-                   "every caller (mutual TLS); it names the caller for --max-queries (without it, "
-                   "no certificate is asked for and a caller is its host; env "
-                   "FEDONCO_RELEASE_CLIENT_CERTS=1)")  # fmt: skip
-    q.add_argument("--max-queries", type=_count, metavar="Q", help="slices one caller (client "
-                   "certificate with --client-certs, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
-                   "(default: no limit)")  # fmt: skip
+    q.add_argument(
+        "--tls-dir",
+        default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
+        help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
+        "`fedonco certs` makes OUT/release; env FEDONCO_RELEASE_TLS_DIR)",
+    )
+    q.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_flag("FEDONCO_INSECURE"),
+        help="without --tls-dir: allow plaintext on a non-loopback address (closed "
+        "test networks only; env FEDONCO_INSECURE=1). Loopback is always allowed.",
+    )
+    q.add_argument(
+        "--client-certs",
+        action="store_true",
+        default=os.environ.get("FEDONCO_RELEASE_CLIENT_CERTS") == "1",
+        help="with --tls-dir: require a client certificate signed by DIR/ca.crt from "
+        "every caller (mutual TLS); it names the caller for --max-queries (without it, "
+        "no certificate is asked for and a caller is its host; env "
+        "FEDONCO_RELEASE_CLIENT_CERTS=1)",
+    )
+    q.add_argument(
+        "--max-queries",
+        type=_count,
+        metavar="Q",
+        help="slices one caller (client "
+        "certificate with --client-certs, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
+        "(default: no limit)",
+    )
     q.set_defaults(func=_release)
 
     p = sub.add_parser(
@@ -396,29 +501,64 @@ def build_parser() -> argparse.ArgumentParser:
         "the auditor's online LiRA and RMIA too.",
     )
     p.add_argument("--target", required=True, help="release service host:port")
-    p.add_argument("--model", action="append", help="model name on the release service (default: "
-                   "its default model); repeat with --candidates and --out, once per target")  # fmt: skip
+    p.add_argument(
+        "--model",
+        action="append",
+        help="model name on the release service (default: "
+        "its default model); repeat with --candidates and --out, once per target",
+    )
     p.add_argument("--pool", required=True, help="dataset directory with the 'attacker' split")
-    p.add_argument("--candidates", action="append", required=True,
-                   help=".npz with 'images' and 'masks' (no labels), one per target")  # fmt: skip
+    p.add_argument(
+        "--candidates",
+        action="append",
+        required=True,
+        help=".npz with 'images' and 'masks' (no labels), one per target",
+    )
     p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
-    p.add_argument("--out", action="append", required=True,
-                   help="output directory (scores.npz, attack.json), one per target")  # fmt: skip
-    p.add_argument("--site", action="append", help="the site that released this model, for a "
-                   "method whose sites release their own models (FedBN; public knowledge): the "
-                   "shadow federation's model of that site is the reference; once per target")  # fmt: skip
-    p.add_argument("--shadows", type=int, help="number of shadow federations (default: "
-                   "mia.n_shadows; >= 2 lets the attack pick its strongest rung on them)")  # fmt: skip
-    p.add_argument("--auditor", type=int, metavar="N", help="also run the auditor's online rungs "
-                   "with N shadows that train on half the candidates each (even; default "
-                   "mia.auditor_shadows; needs 'sites' in the candidates)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        action="append",
+        required=True,
+        help="output directory (scores.npz, attack.json), one per target",
+    )
+    p.add_argument(
+        "--site",
+        action="append",
+        help="the site that released this model, for a "
+        "method whose sites release their own models (FedBN; public knowledge): the "
+        "shadow federation's model of that site is the reference; once per target",
+    )
+    p.add_argument(
+        "--shadows",
+        type=int,
+        help="number of shadow federations (default: "
+        "mia.n_shadows; >= 2 lets the attack pick its strongest rung on them)",
+    )
+    p.add_argument(
+        "--auditor",
+        type=int,
+        metavar="N",
+        help="also run the auditor's online rungs "
+        "with N shadows that train on half the candidates each (even; default "
+        "mia.auditor_shadows; needs 'sites' in the candidates)",
+    )
     _add_release_tls_arg(p)
-    p.add_argument("--query-budget", type=_count, metavar="Q", help="at most Q Predict calls per "
-                   "target (slices); views beyond it are dropped (default mia.query_budget)")  # fmt: skip
+    p.add_argument(
+        "--query-budget",
+        type=_count,
+        metavar="Q",
+        help="at most Q Predict calls per "
+        "target (slices); views beyond it are dropped (default mia.query_budget)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--connect-timeout", type=float, default=20.0, metavar="S",
-                   help="give up (one error line, exit 2) when the release service has not "
-                   "answered within S seconds (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="give up (one error line, exit 2) when the release service has not "
+        "answered within S seconds (default %(default)s)",
+    )
     _add_device_arg(p, "the attacker's shadow federations compute")
     p.set_defaults(func=_attack)
 
@@ -431,26 +571,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
-    _add_device_arg(p, "every process of the run computes (server, sites, release service, "
-                    "attacker; public pretraining and reference rows here), passed to each",
-                    extra=". --engine ray: a cell computes on what it reserves: cuda with "
-                    "--cell-gpus, else cpu")  # fmt: skip
+    _add_device_arg(
+        p,
+        "every process of the run computes (server, sites, release service, "
+        "attacker; public pretraining and reference rows here), passed to each",
+        extra=". --engine ray: a cell computes on what it reserves: cuda with "
+        "--cell-gpus, else cpu",
+    )
     p.add_argument("--methods", help="only these methods, comma-separated (default: fl.methods)")
-    p.add_argument("--data", metavar="DIR",
-                   help="run on this dataset instead of generating one, e.g. `fedonco data "
-                   "import`'s output (real CT): same methods, audit and report. It must have the "
-                   "profile's image size, the five sites, train and test slices at every site, "
-                   "and, with the audit on, holdout slices and an attacker split. The run's data/ "
-                   "links to DIR (nothing copied); every seed of --seeds reads it. Local engine, "
-                   "no --dry-run")  # fmt: skip
-    p.add_argument("--seeds", type=_count, default=1, metavar="N",
-                   help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
-                   "weights and training) and report mean ± sd of Dice, ε and the strongest "
-                   "attack's AUC and TPR@1%%FPR (default 1)")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true",
-                   help="the profile's shapes (image size, model, secure aggregation, audit) on a "
-                   "handful of slices per site for one round: check a profile, e.g. "
-                   "configs/paper.toml before a GPU run, in minutes")  # fmt: skip
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="run on this dataset instead of generating one, e.g. `fedonco data "
+        "import`'s output (real CT): same methods, audit and report. It must have the "
+        "profile's image size, the five sites, train and test slices at every site, "
+        "and, with the audit on, holdout slices and an attacker split. The run's data/ "
+        "links to DIR (nothing copied); every seed of --seeds reads it. Local engine, "
+        "no --dry-run",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
+        "weights and training) and report mean ± sd of Dice, ε and the strongest "
+        "attack's AUC and TPR@1%%FPR (default 1)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the profile's shapes (image size, model, secure aggregation, audit) on a "
+        "handful of slices per site for one round: check a profile, e.g. "
+        "configs/paper.toml before a GPU run, in minutes",
+    )
     p.add_argument(
         "--sweep",
         metavar="KEY=V1,V2,...",
@@ -459,39 +613,64 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. target_epsilon=1,2,4,8; writes plots/privacy_utility.png (with --seeds: "
         "plots/frontier.png, Dice and TPR@1%%FPR against the value, mean ± sd)",
     )
-    p.add_argument("--auditor", type=int, metavar="N",
-                   help="also run the auditor's online LiRA/RMIA with N shadows (even) per "
-                   "audited method: the strongest adversary, reported in its own column "
-                   "(sets mia.auditor_shadows; costs N more shadow federations per method)")  # fmt: skip
-    p.add_argument("--sweep-method", metavar="METHOD",
-                   help="the DP method a --sweep runs (default dpsgd), e.g. dpsgd-pt; its recipe "
-                   "applies, with the swept value on top")  # fmt: skip
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="where the cells run (a cell is one federation: a method, or a sweep "
-                   "value, for one seed). local (default): one after another in this process. "
-                   "ray: each cell a task on a Ray cluster, as many at once as the nodes hold, "
-                   "each on one node with its server and sites on that node's 127.0.0.1; a failed "
-                   "cell is retried once, then listed in results.json/.md and the exit status is "
-                   "1; Ctrl-C cancels the cells (exit 130). The results are the same "
-                   "(final_model_sha256) either way. Needs pip install -e '.[ray]' on every node")  # fmt: skip
-    p.add_argument("--ray-address", metavar="HOST:PORT",
-                   help="--engine ray: the cluster's head (`ray start --head` prints it, e.g. "
-                   "HEAD:6379; env RAY_ADDRESS); default: start a local Ray on this machine for "
-                   "the run")  # fmt: skip
-    p.add_argument("--cell-cpus", type=_count, metavar="N",
-                   help="--engine ray: CPUs a cell reserves on its node (default 6: a server and "
-                   "five sites; fewer only make a cell slower, never different)")  # fmt: skip
-    p.add_argument("--dp-randomness", choices=["seeded-simulation", "site-secret"],
-                   default="seeded-simulation",
-                   help="where the sites' DP noise comes from (dp.randomness). seeded-simulation "
-                   "(default): from the run's seed, so the same seed gives the same run, but the "
-                   "server could subtract the noise (results.json says so). site-secret: each "
-                   "site's own key, as a deployment; not reproducible")  # fmt: skip
-    p.add_argument("--cell-gpus", type=float, metavar="N",
-                   help="--engine ray: GPUs a cell reserves on its node, shared by its server, "
-                   "sites, release service and attacker, which then compute on it (cuda: Ray "
-                   "sets the cell's CUDA_VISIBLE_DEVICES; fractions share a GPU between cells; "
-                   "default 0: the cells compute on the CPU)")  # fmt: skip
+    p.add_argument(
+        "--auditor",
+        type=int,
+        metavar="N",
+        help="also run the auditor's online LiRA/RMIA with N shadows (even) per "
+        "audited method: the strongest adversary, reported in its own column "
+        "(sets mia.auditor_shadows; costs N more shadow federations per method)",
+    )
+    p.add_argument(
+        "--sweep-method",
+        metavar="METHOD",
+        help="the DP method a --sweep runs (default dpsgd), e.g. dpsgd-pt; its recipe "
+        "applies, with the swept value on top",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where the cells run (a cell is one federation: a method, or a sweep "
+        "value, for one seed). local (default): one after another in this process. "
+        "ray: each cell a task on a Ray cluster, as many at once as the nodes hold, "
+        "each on one node with its server and sites on that node's 127.0.0.1; a failed "
+        "cell is retried once, then listed in results.json/.md and the exit status is "
+        "1; Ctrl-C cancels the cells (exit 130). The results are the same "
+        "(final_model_sha256) either way. Needs pip install -e '.[ray]' on every node",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="--engine ray: the cluster's head (`ray start --head` prints it, e.g. "
+        "HEAD:6379; env RAY_ADDRESS); default: start a local Ray on this machine for "
+        "the run",
+    )
+    p.add_argument(
+        "--cell-cpus",
+        type=_count,
+        metavar="N",
+        help="--engine ray: CPUs a cell reserves on its node (default 6: a server and "
+        "five sites; fewer only make a cell slower, never different)",
+    )
+    p.add_argument(
+        "--dp-randomness",
+        choices=["seeded-simulation", "site-secret"],
+        default="seeded-simulation",
+        help="where the sites' DP noise comes from (dp.randomness). seeded-simulation "
+        "(default): from the run's seed, so the same seed gives the same run, but the "
+        "server could subtract the noise (results.json says so). site-secret: each "
+        "site's own key, as a deployment; not reproducible",
+    )
+    p.add_argument(
+        "--cell-gpus",
+        type=float,
+        metavar="N",
+        help="--engine ray: GPUs a cell reserves on its node, shared by its server, "
+        "sites, release service and attacker, which then compute on it (cuda: Ray "
+        "sets the cell's CUDA_VISIBLE_DEVICES; fractions share a GPU between cells; "
+        "default 0: the cells compute on the CPU)",
+    )
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(
@@ -508,8 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run: every seed's bundle and the mean ± sd. Exit 0: everything agrees; 1: a MISMATCH "
         "or a MISSING file; 2: RUN is not a usable run. docs/reproduce.md.",
     )
-    p.add_argument("run", metavar="RUN", help="the run directory `fedonco bench` wrote, "
-                   "runs/<run_id> (a several-seed run: its top directory)")  # fmt: skip
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        help="the run directory `fedonco bench` wrote, "
+        "runs/<run_id> (a several-seed run: its top directory)",
+    )
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
@@ -523,17 +706,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sites", default=",".join(SITE_NAMES), help="site IDs (default %(default)s)")
-    p.add_argument("--server-name", action="append", metavar="NAME",
-                   help="DNS name or IP the sites dial (repeatable; default: server, localhost, "
-                   "127.0.0.1)")  # fmt: skip
-    p.add_argument("--release-name", action="append", metavar="NAME",
-                   help="DNS name or IP callers dial for the release service (repeatable; "
-                   "default: release, localhost, 127.0.0.1)")  # fmt: skip
+    p.add_argument(
+        "--server-name",
+        action="append",
+        metavar="NAME",
+        help="DNS name or IP the sites dial (repeatable; default: server, localhost, 127.0.0.1)",
+    )
+    p.add_argument(
+        "--release-name",
+        action="append",
+        metavar="NAME",
+        help="DNS name or IP callers dial for the release service (repeatable; "
+        "default: release, localhost, 127.0.0.1)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing CA")
-    p.add_argument("--owner", type=_owner, metavar="UID:GID",
-                   help="hand each role's directory to this account (the user its container runs "
-                   "as: `deploy/compose user` prints it for the simulation); keys stay 0600, so "
-                   "readable by that account only. Needs root unless it is you")  # fmt: skip
+    p.add_argument(
+        "--owner",
+        type=_owner,
+        metavar="UID:GID",
+        help="hand each role's directory to this account (the user its container runs "
+        "as: `deploy/compose user` prints it for the simulation); keys stay 0600, so "
+        "readable by that account only. Needs root unless it is you",
+    )
     p.set_defaults(func=_certs)
 
     p = sub.add_parser(
@@ -544,13 +738,20 @@ def build_parser() -> argparse.ArgumentParser:
         "certificate the server accepts (the server's own directory works).",
     )
     p.add_argument("address", help="host:port")
-    p.add_argument("--tls-dir", default=os.environ.get("FEDONCO_TLS_DIR") or None,
-                   help="mutual TLS directory (env FEDONCO_TLS_DIR)")  # fmt: skip
+    p.add_argument(
+        "--tls-dir",
+        default=os.environ.get("FEDONCO_TLS_DIR") or None,
+        help="mutual TLS directory (env FEDONCO_TLS_DIR)",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
-    p.add_argument("--tls-check", metavar="SITE", help="instead: check that site SITE can talk "
-                   "TLS to ADDRESS with --tls-dir (its certificate names SITE, the handshake "
-                   "works); exit 2 naming the cause, 0 when it works or nothing listens yet (a "
-                   "site runs this before it generates its data)")  # fmt: skip
+    p.add_argument(
+        "--tls-check",
+        metavar="SITE",
+        help="instead: check that site SITE can talk "
+        "TLS to ADDRESS with --tls-dir (its certificate names SITE, the handshake "
+        "works); exit 2 naming the cause, 0 when it works or nothing listens yet (a "
+        "site runs this before it generates its data)",
+    )
     p.set_defaults(func=_health)
 
     p = sub.add_parser(
@@ -563,13 +764,20 @@ def build_parser() -> argparse.ArgumentParser:
         "and finally write the report (results.json/.md/.csv, plots) and RUN_DIR/audit.done.",
     )
     p.add_argument("--run-dir", required=True, help="the server's campaign directory")
-    p.add_argument("--data", required=True,
-                   help="dataset with every site's train/holdout and the attacker split")  # fmt: skip
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset with every site's train/holdout and the attacker split",
+    )
     p.add_argument("--release", required=True, help="release service host:port")
     _add_release_tls_arg(p)
     p.add_argument("--methods", required=True, help="comma-separated, as given to the server")
-    p.add_argument("--timeout", type=float, default=3600.0,
-                   help="longest wait for one method's result, seconds (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="longest wait for one method's result, seconds (default %(default)s)",
+    )
     p.set_defaults(func=_judge)
 
     p = sub.add_parser(
@@ -590,14 +798,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Run it in the repository root after copying a run's results.json/.md files to "
         "docs/runs/<name>/.",
     )
-    q.add_argument("rundirs", nargs="+", metavar="RUNDIR",
-                   help="a run directory: results.json of one seed, or seed<N>/results.json "
-                   "(and the summary results.json) of several, e.g. docs/runs/standard-issue25")  # fmt: skip
-    q.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 (naming the files) if any file differs from what "
-                   "the runs give, e.g. a number edited by hand")  # fmt: skip
-    q.add_argument("--root", default=".", help="the repository root (default: the current "
-                   "directory)")  # fmt: skip
+    q.add_argument(
+        "rundirs",
+        nargs="+",
+        metavar="RUNDIR",
+        help="a run directory: results.json of one seed, or seed<N>/results.json "
+        "(and the summary results.json) of several, e.g. docs/runs/standard-issue25",
+    )
+    q.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 (naming the files) if any file differs from what "
+        "the runs give, e.g. a number edited by hand",
+    )
+    q.add_argument(
+        "--root", default=".", help="the repository root (default: the current directory)"
+    )
     q.set_defaults(func=_report_docs)
     return parser
 

@@ -68,8 +68,9 @@ def crosscheck(run_dir: Path, method: str, n_boot: int = 300) -> dict:
         data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio
     )
     pool_images, pool_masks, _, pool_sites = load_arrays(run_dir / "attacker-pool", "attacker")
-    shadows = train_shadows(cfg, method, pool_images, pool_masks, cfg.mia.n_shadows, cfg.seed,
-                            pool_sites)  # fmt: skip
+    shadows = train_shadows(
+        cfg, method, pool_images, pool_masks, cfg.mia.n_shadows, cfg.seed, pool_sites
+    )
     targets = local_targets(mdir)
     scores = {k: np.full(len(images), np.nan) for k in ART_MODELS}
     with local_release(mdir, mdir / "logs") as address:
@@ -90,17 +91,23 @@ def crosscheck(run_dir: Path, method: str, n_boot: int = 300) -> dict:
             for kind in ART_MODELS:
                 scores[kind][pick] = _art_attack(kind, train_in, train_out, target)
     ok = ~np.isnan(scores[ART_MODELS[0]])
-    art = {f"art_{k}": audit_metrics(v[ok], member[ok], n_boot=n_boot, seed=cfg.seed)
-           for k, v in scores.items()}  # fmt: skip
-    ours = {k: {"auc": v["auc"], "tpr_at_1pct_fpr": v["tpr_at_1pct_fpr"]}
-            for k, v in mia["attacks"].items()}  # fmt: skip
+    art = {
+        f"art_{k}": audit_metrics(v[ok], member[ok], n_boot=n_boot, seed=cfg.seed)
+        for k, v in scores.items()
+    }
+    ours = {
+        k: {"auc": v["auc"], "tpr_at_1pct_fpr": v["tpr_at_1pct_fpr"]}
+        for k, v in mia["attacks"].items()
+    }
     return {
         "method": method,
         "ours": ours,
         "ours_strongest": mia.get("attack"),
-        "art": {k: {"auc": v["auc"], "auc_ci95": v["auc_ci95"],
-                    "tpr_at_1pct_fpr": v["tpr_at_1pct_fpr"]} for k, v in art.items()},
-    }  # fmt: skip
+        "art": {
+            k: {"auc": v["auc"], "auc_ci95": v["auc_ci95"], "tpr_at_1pct_fpr": v["tpr_at_1pct_fpr"]}
+            for k, v in art.items()
+        },
+    }
 
 
 def main(argv=None) -> int:
@@ -112,8 +119,10 @@ def main(argv=None) -> int:
     try:
         import art  # noqa: F401
     except ImportError:
-        print("ART is not installed: pip install adversarial-robustness-toolbox==1.20.1",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "ART is not installed: pip install adversarial-robustness-toolbox==1.20.1",
+            file=sys.stderr,
+        )
         return 2
     out = crosscheck(Path(args.run), args.method)
     text = json.dumps(out, indent=1)

@@ -26,12 +26,20 @@ def run_data(args) -> int:
     def _list(v):
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
-    manifest = build_dataset(cfg, args.out, workers=args.workers, force=args.force,
-                             gallery=not args.no_gallery, only_sites=_list(args.sites),
-                             only_splits=_list(args.splits))  # fmt: skip
-    print(f"\nDataset '{cfg.profile}' (seed {cfg.seed}, {cfg.data.image_size}px, severity "
-          f"{cfg.data.severity}, stress {cfg.data.stress}, generator {cfg.data.generator}) "
-          f"written to {args.out}\n")  # fmt: skip
+    manifest = build_dataset(
+        cfg,
+        args.out,
+        workers=args.workers,
+        force=args.force,
+        gallery=not args.no_gallery,
+        only_sites=_list(args.sites),
+        only_splits=_list(args.splits),
+    )
+    print(
+        f"\nDataset '{cfg.profile}' (seed {cfg.seed}, {cfg.data.image_size}px, severity "
+        f"{cfg.data.severity}, stress {cfg.data.stress}, generator {cfg.data.generator}) "
+        f"written to {args.out}\n"
+    )
     print(summary_markdown(manifest["summary"]))
     return 0
 
@@ -40,15 +48,26 @@ def run_data_import(args) -> int:
     from common.data.real.importer import import_dataset
 
     cfg = resolve_config(args.config, args.profile, args.seed)
-    manifest = import_dataset(args.src, args.out, cfg, layout=args.layout,
-                              tumor_label=args.tumor_label, organ_label=args.organ_label,
-                              sites_csv=args.sites, only_site=args.site, free_ratio=args.free_ratio, force=args.force,
-                              gallery=not args.no_gallery)  # fmt: skip
+    manifest = import_dataset(
+        args.src,
+        args.out,
+        cfg,
+        layout=args.layout,
+        tumor_label=args.tumor_label,
+        organ_label=args.organ_label,
+        sites_csv=args.sites,
+        only_site=args.site,
+        free_ratio=args.free_ratio,
+        force=args.force,
+        gallery=not args.no_gallery,
+    )
     opts = manifest["import"]
     n = sum(len(v) for site in manifest["cases"].values() for v in site.values())
-    print(f"\nImported {n} cases ({opts['layout']}, tumour label {opts['tumor_label']}, organ "
-          f"label {opts['organ_label']}, sites {opts['site_rule']}) from {args.src} to {args.out} "
-          f"for profile '{cfg.profile}' ({cfg.data.image_size}px, seed {cfg.seed})\n")  # fmt: skip
+    print(
+        f"\nImported {n} cases ({opts['layout']}, tumour label {opts['tumor_label']}, organ "
+        f"label {opts['organ_label']}, sites {opts['site_rule']}) from {args.src} to {args.out} "
+        f"for profile '{cfg.profile}' ({cfg.data.image_size}px, seed {cfg.seed})\n"
+    )
     print(summary_markdown(manifest["summary"]))
     return 0
 

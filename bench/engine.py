@@ -44,7 +44,11 @@ class Cell:
     @property
     def name(self) -> str:
         """Its key in results.json (the method, or ``<method>-<key>-<value>`` in a sweep)."""
-        return self.method if self.sweep is None else f"{self.method}-{self.sweep[0]}-{self.sweep[1]:g}"  # fmt: skip
+        return (
+            self.method
+            if self.sweep is None
+            else f"{self.method}-{self.sweep[0]}-{self.sweep[1]:g}"
+        )
 
     @property
     def config_file(self) -> str:
@@ -139,8 +143,13 @@ class RayEngine:
             pending: dict = {}  # ObjectRef -> (cell, attempt, errors so far)
 
             def submit(cell: Cell, attempt: int, errors: list[str]) -> None:
-                opts = {"num_cpus": cell.cpus, "num_gpus": cell.gpus, "max_retries": 0,
-                        "retry_exceptions": False, "name": f"fedonco {cell.label}"}  # fmt: skip
+                opts = {
+                    "num_cpus": cell.cpus,
+                    "num_gpus": cell.gpus,
+                    "max_retries": 0,
+                    "retry_exceptions": False,
+                    "name": f"fedonco {cell.label}",
+                }
                 pending[remote.options(**opts).remote(fn, cell, threads)] = (cell, attempt, errors)
 
             for cell in cells:
@@ -155,8 +164,12 @@ class RayEngine:
                         except ray.exceptions.RayError as err:
                             errors = [*errors, _why(err)]
                             if attempt <= self.retries:
-                                log.warning("%s failed (attempt %d): %s; retrying", cell.label,
-                                            attempt, errors[-1].splitlines()[0])  # fmt: skip
+                                log.warning(
+                                    "%s failed (attempt %d): %s; retrying",
+                                    cell.label,
+                                    attempt,
+                                    errors[-1].splitlines()[0],
+                                )
                                 submit(cell, attempt + 1, errors)
                                 continue
                             yield Outcome(cell, None, attempt, errors[-1], errors)
@@ -175,9 +188,11 @@ class RayEngine:
         console output stays in their logs/cell.log, not on this terminal."""
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if self.address:
-            hint = ("does `ray start --head` run there, with the same Ray and Python as here? A "
-                    "cluster with token authentication also needs RAY_AUTH_MODE=token and its "
-                    "token on this machine")  # fmt: skip
+            hint = (
+                "does `ray start --head` run there, with the same Ray and Python as here? A "
+                "cluster with token authentication also needs RAY_AUTH_MODE=token and its "
+                "token on this machine"
+            )
             if self.address not in ("auto", "local"):  # ray.init would retry for minutes
                 _reachable(self.address, hint)
             try:
@@ -196,8 +211,10 @@ class RayEngine:
         for kind, need in (("CPU", cpus), ("GPU", gpus)):
             most = max((r.get(kind, 0) for r in nodes), default=0)
             if need > most:
-                msg = (f"a cell reserves {need:g} {kind}s but the largest node has {most:g}: "
-                       f"lower --cell-{kind.lower()}s or add a larger node")  # fmt: skip
+                msg = (
+                    f"a cell reserves {need:g} {kind}s but the largest node has {most:g}: "
+                    f"lower --cell-{kind.lower()}s or add a larger node"
+                )
                 if local:
                     raise ValueError(msg)
                 log.warning("%s; the cells wait until such a node joins (Ctrl-C stops)", msg)
@@ -283,9 +300,15 @@ def import_ray():
 def make_engine(args) -> LocalEngine | RayEngine:
     """The engine of ``fedonco bench`` (``--engine``, ``--ray-address`` or env RAY_ADDRESS)."""
     engine = getattr(args, "engine", None) or "local"
-    ray_only = [f for f, v in (("--ray-address", getattr(args, "ray_address", None)),
-                               ("--cell-cpus", getattr(args, "cell_cpus", None)),
-                               ("--cell-gpus", getattr(args, "cell_gpus", None))) if v is not None]  # fmt: skip
+    ray_only = [
+        f
+        for f, v in (
+            ("--ray-address", getattr(args, "ray_address", None)),
+            ("--cell-cpus", getattr(args, "cell_cpus", None)),
+            ("--cell-gpus", getattr(args, "cell_gpus", None)),
+        )
+        if v is not None
+    ]
     if engine == "local":
         if ray_only:
             raise ValueError(f"{', '.join(ray_only)}: only with --engine ray")

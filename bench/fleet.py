@@ -45,8 +45,9 @@ def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
 RELAYED = re.compile(r" INFO (?:attacks\.(?:shadows|ladder|cli|auditor)|fedonco\.progress): (.*)$")
 
 
-def run_relaying(args: list[str], log: Path, label: str, relay: re.Pattern = RELAYED,
-                 poll_s: float = 1.0) -> int:  # fmt: skip
+def run_relaying(
+    args: list[str], log: Path, label: str, relay: re.Pattern = RELAYED, poll_s: float = 1.0
+) -> int:
     """Run ``args`` to completion with its output in ``log``, repeating each new line that
     ``relay`` matches (group 1: the message) as this process's own log line prefixed with
     ``label``: a long audit shows where it is instead of staying silent. Returns the exit

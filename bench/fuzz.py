@@ -133,8 +133,9 @@ def requests(run_id: str, names: list[str], legal=None):
         st.builds(tpb.Scalar, bool_value=st.booleans()),
         st.builds(tpb.Scalar, string_value=st.text(max_size=50)),
     )
-    metric_keys = st.sampled_from(["loss", "train_time_s", "clipped", "pixels", "pred_sum",
-                                   "epsilon", "accountant_history"]) | st.text(max_size=20)  # fmt: skip
+    metric_keys = st.sampled_from(
+        ["loss", "train_time_s", "clipped", "pixels", "pred_sum", "epsilon", "accountant_history"]
+    ) | st.text(max_size=20)
     metrics = st.dictionaries(metric_keys, scalar, max_size=6)
     tensor = st.builds(
         tpb.Tensor,
@@ -165,9 +166,7 @@ def requests(run_id: str, names: list[str], legal=None):
         st.builds(pb.RegisterSiteRequest, site_id=site, info=metrics),
         st.builds(pb.PullTaskRequest, site_id=site, run_id=run, round=rnd),
         st.builds(pb.HeartbeatRequest, site_id=site, run_id=run, round=rnd),
-        st.builds(
-            pb.PushUpdateRequest, **common, tensors=tensors, num_examples=n, metrics=metrics
-        ),  # fmt: skip
+        st.builds(pb.PushUpdateRequest, **common, tensors=tensors, num_examples=n, metrics=metrics),
         st.builds(pb.PushEvaluationRequest, **common, num_examples=n, metrics=metrics),
         st.builds(pb.DeclineRequest, **common, reason=st.text(max_size=100)),
         st.builds(pb.AdvertiseKeysRequest, **common, keys=keys, num_examples=n, metrics=metrics),
@@ -183,8 +182,16 @@ def release_requests(size: int):
     from hypothesis import strategies as st
 
     # mostly the default model and legal-looking batches: such requests reach the deepest checks
-    names = ["other", "./other", "missing", "../rel", "/etc/passwd", "other/../../rel", "a" * 300,
-             "\x00"]  # fmt: skip
+    names = [
+        "other",
+        "./other",
+        "missing",
+        "../rel",
+        "/etc/passwd",
+        "other/../../rel",
+        "a" * 300,
+        "\x00",
+    ]
     model = st.one_of(*[st.just("")] * 6, st.sampled_from(names), st.text(max_size=40))
     n = st.sampled_from([1, 2, 8, 9, 0, -1, 100_000]) | st.integers(-2, 2**40)
     side = st.sampled_from([size] * 4 + [16, 0])
@@ -193,8 +200,13 @@ def release_requests(size: int):
     data = st.binary(max_size=64) | st.sampled_from([1, 2]).map(
         lambda k: bytes(k * size * size * 2)
     )
-    tensor = st.builds(tpb.Tensor, name=st.sampled_from(["images"]) | st.text(max_size=10),
-                       dtype=dtype | st.text(max_size=8), shape=shape, data=data)  # fmt: skip
+    tensor = st.builds(
+        tpb.Tensor,
+        name=st.sampled_from(["images"]) | st.text(max_size=10),
+        dtype=dtype | st.text(max_size=8),
+        shape=shape,
+        data=data,
+    )
     predict = st.builds(ipb.PredictRequest, model=model, images=tensor)
     describe = st.builds(ipb.DescribeRequest, model=model)
     return st.one_of(*[predict] * 6, describe, _raw(["Predict", "Describe"]))
@@ -211,8 +223,9 @@ class _Target:
 
     def call(self, request):
         if isinstance(request, Raw):
-            return self.channel.unary_unary(f"/{self.SERVICE}/{request.rpc}")(request.data,
-                                                                                timeout=30)  # fmt: skip
+            return self.channel.unary_unary(f"/{self.SERVICE}/{request.rpc}")(
+                request.data, timeout=30
+            )
         return getattr(self.stub, self.rpc_of(request))(request, timeout=30)
 
     def send(self, request) -> str:
@@ -238,16 +251,29 @@ class FuzzTarget(_Target):
         from server.app import Server
         from server.campaign import federation_message_limit, serve_campaign
 
-        cfg = with_overrides(cfg or load_profile("smoke"), **{
-            "train.rounds": 1, "fl.wait_for_sites_s": 2.0, "fl.round_timeout_s": 3600.0,
-            "fl.heartbeat_s": 5.0, **self.overrides})  # fmt: skip
+        cfg = with_overrides(
+            cfg or load_profile("smoke"),
+            **{
+                "train.rounds": 1,
+                "fl.wait_for_sites_s": 2.0,
+                "fl.round_timeout_s": 3600.0,
+                "fl.heartbeat_s": 5.0,
+                **self.overrides,
+            },
+        )
         self.cfg = cfg
         self.srv = Server(cfg, "fedavg", data_dir, work / "run", resume=False)
         port_file, self.box = work / "port", {}
         limit = federation_message_limit(cfg, ["fedavg"])
-        self.thread = threading.Thread(target=lambda: self.box.setdefault(
-            "result", serve_campaign([lambda: self.srv], "127.0.0.1:0", port_file,
-                                     max_message_bytes=limit)[0]), daemon=True)  # fmt: skip
+        self.thread = threading.Thread(
+            target=lambda: self.box.setdefault(
+                "result",
+                serve_campaign(
+                    [lambda: self.srv], "127.0.0.1:0", port_file, max_message_bytes=limit
+                )[0],
+            ),
+            daemon=True,
+        )
         self.thread.start()
         end = time.monotonic() + 60
         while not port_file.exists():
@@ -278,7 +304,10 @@ class FuzzTarget(_Target):
     def legal(self, request) -> bool:
         """Site A's Decline of the open round is a legal action, not an attack."""
         return isinstance(request, pb.DeclineRequest) and (
-            request.site_id, request.run_id, request.round) == ("A", self.run_id, 1)  # fmt: skip
+            request.site_id,
+            request.run_id,
+            request.round,
+        ) == ("A", self.run_id, 1)
 
     def strategy(self):
         return requests(self.run_id, self.names, self.legal)
@@ -301,8 +330,13 @@ class FuzzTarget(_Target):
         from common.training.local import weighted_contribution
 
         mine = {k: v + np.float32(0.5) for k, v in self.sent["A"].items()}
-        req = pb.PushUpdateRequest(site_id="A", run_id=self.run_id, round=1, num_examples=10,
-                                   tensors=ndarrays_to_proto(weighted_contribution(mine, 10)))  # fmt: skip
+        req = pb.PushUpdateRequest(
+            site_id="A",
+            run_id=self.run_id,
+            round=1,
+            num_examples=10,
+            tensors=ndarrays_to_proto(weighted_contribution(mine, 10)),
+        )
         self.stub.PushUpdate(req, timeout=30)
         return self.final_model(timeout), mine
 
@@ -314,8 +348,12 @@ class SecAggFuzzTarget(FuzzTarget):
     overrides = {"fl.min_fit_sites": 3, "secagg.enabled": True, "secagg.threshold": 3}
     honest = ("A", "B", "C")
     STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
-    REQUEST = {"advertise_keys": pb.AdvertiseKeysRequest, "share_keys": pb.ShareKeysRequest,
-               "masked_input": pb.PushMaskedInputRequest, "unmask": pb.UnmaskRequest}  # fmt: skip
+    REQUEST = {
+        "advertise_keys": pb.AdvertiseKeysRequest,
+        "share_keys": pb.ShareKeysRequest,
+        "masked_input": pb.PushMaskedInputRequest,
+        "unmask": pb.UnmaskRequest,
+    }
 
     def __init__(self, data_dir: Path, work: Path, cfg=None) -> None:
         super().__init__(data_dir, work, cfg)
@@ -323,12 +361,17 @@ class SecAggFuzzTarget(FuzzTarget):
 
         keys = self.names
         # fixed updates, one offset and weight per site: the result is known in advance
-        self.updates = {s: {k: v + np.float32(0.25 * (i + 1)) for k, v in self.sent[s].items()}
-                        for i, s in enumerate(self.honest)}  # fmt: skip
+        self.updates = {
+            s: {k: v + np.float32(0.25 * (i + 1)) for k, v in self.sent[s].items()}
+            for i, s in enumerate(self.honest)
+        }
         self.weights = {s: 10 * (i + 1) for i, s in enumerate(self.honest)}
         self.clients = {s: SecAggClient(s, self.run_id, 1) for s in self.honest}
-        self.vectors = {s: np.concatenate([self.updates[s][k].ravel() for k in keys]).astype(
-            np.float64) * self.weights[s] for s in self.honest}  # fmt: skip
+        self.vectors = {
+            s: np.concatenate([self.updates[s][k].ravel() for k in keys]).astype(np.float64)
+            * self.weights[s]
+            for s in self.honest
+        }
         self.stage = None
 
     def legal(self, request) -> bool:
@@ -349,9 +392,15 @@ class SecAggFuzzTarget(FuzzTarget):
         c, base = self.clients[site], {"site_id": site, "run_id": self.run_id, "round": 1}
         if stage == "advertise_keys":
             enc, mask = c.advertise_keys()
-            self.stub.AdvertiseKeys(pb.AdvertiseKeysRequest(
-                **base, keys=pb.PublicKeys(enc_pk=enc, mask_pk=mask), num_examples=self.weights[site],
-                metrics=scalars_to_proto({"train_time_s": 0.1})), timeout=30)  # fmt: skip
+            self.stub.AdvertiseKeys(
+                pb.AdvertiseKeysRequest(
+                    **base,
+                    keys=pb.PublicKeys(enc_pk=enc, mask_pk=mask),
+                    num_examples=self.weights[site],
+                    metrics=scalars_to_proto({"train_time_s": 0.1}),
+                ),
+                timeout=30,
+            )
             return
         task = self.pull(site, "secagg").secagg
         assert task.WhichOneof("stage") == stage, (site, task.WhichOneof("stage"), stage)
@@ -364,8 +413,12 @@ class SecAggFuzzTarget(FuzzTarget):
             st = task.masked_input
             q, clipped = quantize(self.vectors[site], self.weights[site], st.clip, st.scale)
             masked = ndarrays_to_proto({"masked": c.masked_input(dict(st.ciphertexts), q)})[0]
-            self.stub.PushMaskedInput(pb.PushMaskedInputRequest(
-                **base, masked=masked, metrics=scalars_to_proto({"clipped": clipped})), timeout=30)  # fmt: skip
+            self.stub.PushMaskedInput(
+                pb.PushMaskedInputRequest(
+                    **base, masked=masked, metrics=scalars_to_proto({"clipped": clipped})
+                ),
+                timeout=30,
+            )
         else:
             shares = c.unmask(list(task.unmask.survivors), list(task.unmask.dropped))
             self.stub.Unmask(pb.UnmaskRequest(**base, shares=shares), timeout=30)
@@ -382,8 +435,10 @@ class SecAggFuzzTarget(FuzzTarget):
 
     def expected(self) -> dict:
         total = sum(self.weights.values())
-        return {k: sum(self.updates[s][k] * self.weights[s] for s in self.honest) / total
-                for k in self.names}  # fmt: skip
+        return {
+            k: sum(self.updates[s][k] * self.weights[s] for s in self.honest) / total
+            for k in self.names
+        }
 
 
 class ReleaseFuzzTarget(_Target):
@@ -398,18 +453,26 @@ class ReleaseFuzzTarget(_Target):
         from common.release import export_release
         from server import inference
 
-        info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2,
-                "image_size": self.SIZE, "window": [-160, 240]}  # fmt: skip
+        info = {
+            "method": "fedavg",
+            "base": 4,
+            "norm": "batch",
+            "groups": 2,
+            "image_size": self.SIZE,
+            "window": [-160, 240],
+        }
         params = get_params(build_model(4, "batch", 2, seed=0))
         export_release(work / "rel", params, info)
         export_release(work / "models" / "other", params, info)
         store = inference.ModelStore(work / "rel", [work / "models"])
         self.servicer = inference.InferenceServicer(store, self.MAX_BATCH)
         self.server, port = create_server(
-            "127.0.0.1:0", [(ipb_grpc.add_InferenceServicer_to_server, self.servicer)],
+            "127.0.0.1:0",
+            [(ipb_grpc.add_InferenceServicer_to_server, self.servicer)],
             max_receive_bytes=inference.request_limit(store, self.MAX_BATCH),
             max_concurrent_rpcs=inference.RELEASE_CONCURRENT_RPCS,
-            options=inference.RELEASE_SERVER_OPTIONS)  # fmt: skip
+            options=inference.RELEASE_SERVER_OPTIONS,
+        )
         self.server.start()
         self.connect(f"127.0.0.1:{port}")
         self.stub = ipb_grpc.InferenceStub(self.channel)
@@ -444,8 +507,9 @@ def fuzz(target, messages: int, seed_: int, progress=None) -> None:
     from hypothesis import HealthCheck, given, seed, settings
 
     @seed(seed_)
-    @settings(max_examples=messages, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=messages, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(target.strategy())
     def one(request):
         target.send(request)
@@ -483,12 +547,17 @@ def main(argv=None) -> int:
         fuzz(target, plain, args.seed, bar)
         rss1 = rss_mb()
         final, expected = target.finish()
-        report = {"plain": {
-            "messages": sum(target.statuses.values()), "statuses": dict(target.statuses),
-            "rss_mb_before": round(rss0, 1), "rss_mb_after": round(rss1, 1),
-            "server_alive_throughout": True,
-            "round_completed": target.box.get("result", {}).get("rounds") == 1,
-            "model_is_the_honest_update": model_is(final, expected)}}  # fmt: skip
+        report = {
+            "plain": {
+                "messages": sum(target.statuses.values()),
+                "statuses": dict(target.statuses),
+                "rss_mb_before": round(rss0, 1),
+                "rss_mb_after": round(rss1, 1),
+                "server_alive_throughout": True,
+                "round_completed": target.box.get("result", {}).get("rounds") == 1,
+                "model_is_the_honest_update": model_is(final, expected),
+            }
+        }
         sec = SecAggFuzzTarget(work / "data", work / "secagg")
         per = {}
         for i, stage in enumerate(sec.stages()):
@@ -497,23 +566,31 @@ def main(argv=None) -> int:
             per[stage] = dict(sec.statuses - before)
         final = sec.final_model(120.0)
         report["secagg"] = {
-            "messages": sum(sec.statuses.values()), "statuses_per_stage": per,
+            "messages": sum(sec.statuses.values()),
+            "statuses_per_stage": per,
             "server_alive_throughout": True,
             "round_completed": sec.box.get("result", {}).get("rounds") == 1,
-            "model_is_the_honest_mean": model_is(final, sec.expected(), atol=1e-5)}  # fmt: skip
+            "model_is_the_honest_mean": model_is(final, sec.expected(), atol=1e-5),
+        }
         release = ReleaseFuzzTarget(work / "release")
         rss0 = rss_mb()
         fuzz(release, args.messages, args.seed + 100, bar)
         report["release"] = {
-            "messages": sum(release.statuses.values()), "statuses": dict(release.statuses),
-            "rss_mb_before": round(rss0, 1), "rss_mb_after": round(rss_mb(), 1),
-            "legal_predict_answered_at_the_end": release.alive()}  # fmt: skip
+            "messages": sum(release.statuses.values()),
+            "statuses": dict(release.statuses),
+            "rss_mb_before": round(rss0, 1),
+            "rss_mb_after": round(rss_mb(), 1),
+            "legal_predict_answered_at_the_end": release.alive(),
+        }
         release.close()
         bar.close()
         report["wall_s"] = round(time.perf_counter() - start, 1)
         unknown = target.statuses["UNKNOWN"] + sec.statuses["UNKNOWN"] + release.statuses["UNKNOWN"]
-        report["checks"] = {"unknown_statuses": unknown, "log_lines": logs.lines,
-                            "log_lines_with_a_traceback": logs.tracebacks}  # fmt: skip
+        report["checks"] = {
+            "unknown_statuses": unknown,
+            "log_lines": logs.lines,
+            "log_lines_with_a_traceback": logs.tracebacks,
+        }
         print(json.dumps(report, indent=1))
         ok = all(r["round_completed"] for r in (report["plain"], report["secagg"]))
         ok = ok and report["plain"]["model_is_the_honest_update"]

@@ -56,8 +56,14 @@ def model_available(address: str, name: str, timeout_s: float, tls_dir: Path | N
             time.sleep(1.0)
 
 
-def release_names(run_dir: Path, method: str, result: dict, address: str, wait_s: float,
-                  tls_dir: Path | None = None) -> dict:  # fmt: skip
+def release_names(
+    run_dir: Path,
+    method: str,
+    result: dict,
+    address: str,
+    wait_s: float,
+    tls_dir: Path | None = None,
+) -> dict:
     """Names of the method's released model(s) on the release service: the server's global
     model under the campaign directory, or (FedBN) each site's own model, which the site
     publishes under ``<run_id>/site<ID>`` when the run ends (a site that died has none)."""
@@ -83,8 +89,14 @@ def not_audited(method: str, global_release: bool, names: dict, mia: dict) -> li
     return out
 
 
-def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeout_s: float,
-          tls_dir: Path | None = None) -> int:  # fmt: skip
+def judge(
+    run_dir: Path,
+    data_dir: Path,
+    address: str,
+    methods: list[str],
+    timeout_s: float,
+    tls_dir: Path | None = None,
+) -> int:
     cfg_path = run_dir / "config.json"
     log.info("judge: waiting for the server's campaign config (%s)", cfg_path)
     wait_for(cfg_path, timeout_s, "the server's campaign config")
@@ -106,8 +118,12 @@ def judge(run_dir: Path, data_dir: Path, address: str, methods: list[str], timeo
             global_release = (layout.release / "release.json").is_file()
             unaudited += not_audited(method, global_release, names, result["mia"])
             dice = result.get("dice")
-            log.info("%s: Dice %s, MIA AUC %s", method, "n/a" if dice is None else f"{dice:.3f}",
-                     result["mia"].get("auc"))  # fmt: skip
+            log.info(
+                "%s: Dice %s, MIA AUC %s",
+                method,
+                "n/a" if dice is None else f"{dice:.3f}",
+                result["mia"].get("auc"),
+            )
         results[method] = result
     table = write_report(cfg, run_dir, results, manifest, time.perf_counter() - t0)
     print(f"\nRun {run_dir}\n\n{table}")

@@ -66,8 +66,10 @@ def ddp_rows(cfg: Config, method: str) -> list[str]:
                 "delta2": plan.delta2,
             }
             eps = {r: epsilon_of([step] * plan.rounds, plan.delta, r) for r in RELATIONS}
-            rows.append(f"| {method} (μ for {adjacency}) | {label} | {plan.q:g} × {plan.rounds} | "
-                        f"{plan.noise_multiplier:.3f} | {_fmt(eps)} | | | |")  # fmt: skip
+            rows.append(
+                f"| {method} (μ for {adjacency}) | {label} | {plan.q:g} × {plan.rounds} | "
+                f"{plan.noise_multiplier:.3f} | {_fmt(eps)} | | | |"
+            )
         if adjacency == "add-remove" or mcfg.dp.target_epsilon is None:
             break
     return rows
@@ -77,9 +79,11 @@ def privacy_table(cfg: Config, methods=None) -> str:
     from bench.run import planned_manifest
 
     sizes = {r["site"]: int(r["n_train"]) for r in planned_manifest(cfg)["summary"]}
-    head = ("| method | site (N) / survivors | q × steps | σ | ε replace-one | ε add/remove | σ "
-            "for the target under add/remove | its ε replace-one | its ε add/remove |\n"
-            "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    head = (
+        "| method | site (N) / survivors | q × steps | σ | ε replace-one | ε add/remove | σ "
+        "for the target under add/remove | its ε replace-one | its ε add/remove |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
     rows = []
     for m in methods or cfg.fl.methods:
         spec = get_method(m)
@@ -94,8 +98,10 @@ def privacy_table(cfg: Config, methods=None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", default="configs/standard.toml")
-    ap.add_argument("--methods", help="comma-separated (default: the profile's DP methods and "
-                    "ddp-sgd, ddp-sgd-pt)")  # fmt: skip
+    ap.add_argument(
+        "--methods",
+        help="comma-separated (default: the profile's DP methods and ddp-sgd, ddp-sgd-pt)",
+    )
     args = ap.parse_args(argv)
     cfg = resolve_config(args.config, None, None)
     methods = (

@@ -46,8 +46,9 @@ def _site_data(data_dir: Path, split: str, window) -> dict[str, tuple[torch.Tens
     return out
 
 
-def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
-                    device: torch.device | None = None) -> dict:  # fmt: skip
+def train_reference(
+    cfg: Config, method: str, data_dir: Path, out_dir: Path, device: torch.device | None = None
+) -> dict:
     """Train, evaluate and release a reference row on ``device`` (default CPU); its
     ``result.json`` (the keys of a server's)."""
     from torch.utils.data import TensorDataset
@@ -71,8 +72,11 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
     )  # rounds: bar or log lines
     test = _site_data(data_dir, "test", window)
     bs = cfg.train.eval_batch_size
-    models = {s: fed.model(cfg, method, s if spec.kind == "local" else None) for s in SITE_NAMES
-              if spec.kind != "local" or s in fed.site_params}  # fmt: skip
+    models = {
+        s: fed.model(cfg, method, s if spec.kind == "local" else None)
+        for s in SITE_NAMES
+        if spec.kind != "local" or s in fed.site_params
+    }
     own = {s: evaluate_sums(models[s], *test[s], bs) for s in models}
     summary = summarize(own)
     cross = {}
@@ -89,8 +93,9 @@ def train_reference(cfg: Config, method: str, data_dir: Path, out_dir: Path,
     else:
         for s in models:
             params = fed.site_params[s]
-            export_release(layout.site_release(s),
-                           params, release_info(cfg, method, params, site=s))  # fmt: skip
+            export_release(
+                layout.site_release(s), params, release_info(cfg, method, params, site=s)
+            )
         final = fed.global_params  # not released: only a hash for the record
     overall = summary["overall"]
     result = {

@@ -97,10 +97,11 @@ def _fmt(x, nd=3) -> str:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| method | Dice | Dice (site mean) | " + " | ".join(f"Dice {s}" for s in SITE_NAMES)
+        "| method | Dice | Dice (site mean) | "
+        + " | ".join(f"Dice {s}" for s in SITE_NAMES)
         + " | global Dice | FP rate (tumor-free) | CE | ε (δ) | rounds | wall s |",
         "|---" * (9 + len(SITE_NAMES)) + "|",
-    ]  # fmt: skip
+    ]
     for m, r in results["methods"].items():
         lines.append(
             f"| {m} | {_fmt(r['dice'])} | {_fmt(r['dice_site_mean'])} | "
@@ -113,10 +114,14 @@ def markdown(results: dict) -> str:
             )
             + f" | {r['rounds']} | {_fmt(r['timing_s']['total'], 1)} |"
         )
-    lines += ["", "Time per run (s), summed over rounds: training of the slowest site, the rest of the fit phase,",
-              "aggregation and evaluation. FL overhead = (fit phase + aggregation − slowest training) / (fit phase + aggregation), mean over rounds.", "",
-              "| method | train | client (de)serialize | server encode | secagg mask (client) | secagg unmask (server) | transfer & wait | fit phase | aggregate | evaluate | FL overhead |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "Time per run (s), summed over rounds: training of the slowest site, the rest of the fit phase,",
+        "aggregation and evaluation. FL overhead = (fit phase + aggregation − slowest training) / (fit phase + aggregation), mean over rounds.",
+        "",
+        "| method | train | client (de)serialize | server encode | secagg mask (client) | secagg unmask (server) | transfer & wait | fit phase | aggregate | evaluate | FL overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for m, r in results["methods"].items():
         if r.get("kind", "federated") != "federated":
             continue  # a reference row has no federated rounds (its wall time is in the table)
@@ -144,11 +149,15 @@ def _attack_cell(x: dict | None) -> str:
     if not x:
         return "n/a"
     tpr = x.get("tpr") or {}
-    cell = (f"{_fmt(x['auc'])}{_ci_text(x['auc_ci95'])} / {_fmt(x['tpr_at_1pct_fpr'], 3)}"
-            f"{_ci_text((tpr.get('tpr_at_1pct_fpr') or {}).get('tpr_ci95'))}")  # fmt: skip
+    cell = (
+        f"{_fmt(x['auc'])}{_ci_text(x['auc_ci95'])} / {_fmt(x['tpr_at_1pct_fpr'], 3)}"
+        f"{_ci_text((tpr.get('tpr_at_1pct_fpr') or {}).get('tpr_ci95'))}"
+    )
     if x.get("tpr_at_0.1pct_fpr") is not None:
-        cell += (f" / {_fmt(x['tpr_at_0.1pct_fpr'], 4)}"
-                 f"{_ci_text((tpr.get('tpr_at_0.1pct_fpr') or {}).get('tpr_ci95'))}")  # fmt: skip
+        cell += (
+            f" / {_fmt(x['tpr_at_0.1pct_fpr'], 4)}"
+            f"{_ci_text((tpr.get('tpr_at_0.1pct_fpr') or {}).get('tpr_ci95'))}"
+        )
     return cell + (" ⚠ " + x["error"] if x.get("error") else "")
 
 
@@ -157,15 +166,17 @@ def _tpr_cell(p: dict | None) -> str:
     if not p:
         return "not estimable"
     thr = "none" if p["threshold"] is None else f"{p['threshold']:.4g}"
-    return (f"{_fmt(p['tpr'], 3)}{_ci_text(p['tpr_ci95'])} ({p['fp']}/{p['n_nonmembers']} FP, "
-            f"threshold {thr})")  # fmt: skip
+    return (
+        f"{_fmt(p['tpr'], 3)}{_ci_text(p['tpr_ci95'])} ({p['fp']}/{p['n_nonmembers']} FP, "
+        f"threshold {thr})"
+    )
 
 
 def _ceiling_cell(mia: dict) -> str:
     """The DP-ceiling binomial tests of the quoted rung, or why none is made."""
-    ceiling = mia.get("dp_ceiling") or (mia.get("attacks", {}).get(mia.get("attack") or "") or {}).get(
-        "dp_ceiling"
-    )  # fmt: skip
+    ceiling = mia.get("dp_ceiling") or (
+        mia.get("attacks", {}).get(mia.get("attack") or "") or {}
+    ).get("dp_ceiling")
     if not ceiling:
         return "no DP"
     parts = []
@@ -177,8 +188,10 @@ def _ceiling_cell(mia: dict) -> str:
             parts.append(f"{name}: not estimable ({t['reason']})")
         else:
             verdict = "VIOLATED" if t["violates"] else "holds"
-            parts.append(f"{name}: TPR {t['tpr']:.3f} vs bound {t['bound']:.3f}, p {t['p_value']:.2g}"
-                         f" ({verdict})")  # fmt: skip
+            parts.append(
+                f"{name}: TPR {t['tpr']:.3f} vs bound {t['bound']:.3f}, p {t['p_value']:.2g}"
+                f" ({verdict})"
+            )
     return f"ε {ceiling['epsilon']:.2f}: " + "; ".join(parts) if parts else "no test"
 
 
@@ -190,37 +203,55 @@ def _mia_table(mia_rows) -> list[str]:
     auditor = {a for _m, mia in mia_rows for a in (mia.get("auditor") or {}).get("attacks", {})}
     names = [a for a in RUNG_ORDER if a in present] + sorted(present - set(RUNG_ORDER))
     aud = [a for a in RUNG_ORDER if a in auditor]
-    lines = ["", "Membership inference: AUC [95% CI] / TPR@1%FPR [95% CI] (/ TPR@0.1%FPR with >= "
-             "1,000 non-members) per rung; members from train, non-members from holdout. Black "
-             "box: only Predict, shadows from its own pool; the strongest rung is chosen on shadow "
-             "data. Auditor (†): also knows the candidate set and trains online shadows on half "
-             "of it. AUC CIs: stratified bootstrap; TPR CIs: exact (Clopper–Pearson) over the "
-             "members at the threshold.", "",
-             "| method | members / non-members | " + " | ".join(names)
-             + "".join(f" | {a} †" for a in aud)
-             + " | strongest (black box) | queries |",
-             "|---" * (4 + len(names) + len(aud)) + "|"]  # fmt: skip
-    quoted = ["", "The quoted (strongest black-box) rung at each FPR, and the DP ceiling TPR <= "
-              "e^ε·FPR + δ as a one-sided binomial test at that threshold (the threshold's FPR "
-              "bounded by its Clopper–Pearson upper limit; made only with >= 10 / FPR "
-              "non-members):", "",
-              "| method | rung | TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR | DP ceiling test |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        "Membership inference: AUC [95% CI] / TPR@1%FPR [95% CI] (/ TPR@0.1%FPR with >= "
+        "1,000 non-members) per rung; members from train, non-members from holdout. Black "
+        "box: only Predict, shadows from its own pool; the strongest rung is chosen on shadow "
+        "data. Auditor (†): also knows the candidate set and trains online shadows on half "
+        "of it. AUC CIs: stratified bootstrap; TPR CIs: exact (Clopper–Pearson) over the "
+        "members at the threshold.",
+        "",
+        "| method | members / non-members | "
+        + " | ".join(names)
+        + "".join(f" | {a} †" for a in aud)
+        + " | strongest (black box) | queries |",
+        "|---" * (4 + len(names) + len(aud)) + "|",
+    ]
+    quoted = [
+        "",
+        "The quoted (strongest black-box) rung at each FPR, and the DP ceiling TPR <= "
+        "e^ε·FPR + δ as a one-sided binomial test at that threshold (the threshold's FPR "
+        "bounded by its Clopper–Pearson upper limit; made only with >= 10 / FPR "
+        "non-members):",
+        "",
+        "| method | rung | TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR | DP ceiling test |",
+        "|---|---|---|---|---|---|",
+    ]
     notes, patients = [], []
     for m, mia in mia_rows:
         cells = [_attack_cell(mia.get("attacks", {}).get(a)) for a in names]
         cells += [_attack_cell((mia.get("auditor") or {}).get("attacks", {}).get(a)) for a in aud]
         queries = (mia.get("attack_info") or {}).get("queries")
-        lines.append(f"| {m} | {mia.get('n_members', 'n/a')} / {mia.get('n_nonmembers', 'n/a')} | "
-                     + " | ".join(cells) + f" | {mia.get('attack') or mia.get('error')} | "
-                     f"{queries if queries is not None else 'n/a'} |")  # fmt: skip
-        tpr = mia.get("tpr") or (mia.get("attacks", {}).get(mia.get("attack") or "") or {}).get(
-            "tpr"
-        ) or {}  # fmt: skip
-        quoted.append(f"| {m} | {mia.get('attack') or 'n/a'} | "
-                      + " | ".join(_tpr_cell(tpr.get(k)) for k in
-                                   ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"))
-                      + f" | {_ceiling_cell(mia)} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {mia.get('n_members', 'n/a')} / {mia.get('n_nonmembers', 'n/a')} | "
+            + " | ".join(cells)
+            + f" | {mia.get('attack') or mia.get('error')} | "
+            f"{queries if queries is not None else 'n/a'} |"
+        )
+        tpr = (
+            mia.get("tpr")
+            or (mia.get("attacks", {}).get(mia.get("attack") or "") or {}).get("tpr")
+            or {}
+        )
+        quoted.append(
+            f"| {m} | {mia.get('attack') or 'n/a'} | "
+            + " | ".join(
+                _tpr_cell(tpr.get(k))
+                for k in ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+            )
+            + f" | {_ceiling_cell(mia)} |"
+        )
         if isinstance(mia.get("patient_level"), dict):
             patients.append(_patient_row(m, mia["patient_level"]))
         elif mia.get("patient_level"):
@@ -232,24 +263,34 @@ def _mia_table(mia_rows) -> list[str]:
         if mia.get("warning"):
             notes.append(f"- ⚠ {m}: {mia['warning']}")
     if patients:
-        quoted += ["", "Per patient (imported CT, split by patient): the quoted rung's score of a "
-                   "case is the mean of its candidate slices' scores; a case is a member when its "
-                   "slices are train slices. AUC CI: stratified bootstrap over the cases (few "
-                   "cases: a wide CI); TPR at FPR x only with >= 1 / x non-member cases.", "",
-                   "| method | rung | member / non-member cases (slices) | AUC [95% CI] | "
-                   "TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR |", "|---|---|---|---|---|---|---|",
-                   *patients]  # fmt: skip
+        quoted += [
+            "",
+            "Per patient (imported CT, split by patient): the quoted rung's score of a "
+            "case is the mean of its candidate slices' scores; a case is a member when its "
+            "slices are train slices. AUC CI: stratified bootstrap over the cases (few "
+            "cases: a wide CI); TPR at FPR x only with >= 1 / x non-member cases.",
+            "",
+            "| method | rung | member / non-member cases (slices) | AUC [95% CI] | "
+            "TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR |",
+            "|---|---|---|---|---|---|---|",
+            *patients,
+        ]
     return lines + quoted + ([""] + notes if notes else [])
 
 
 def _patient_row(m: str, p: dict) -> str:
     """One method's patient-level audit (``bench.audit_metrics.patient_level``)."""
-    tprs = [_tpr_cell(p["tpr"][k]) if (p.get("tpr") or {}).get(k) else str(p.get(k))
-            for k in ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")]  # fmt: skip
-    return (f"| {m} | {p.get('attack')} | {p['n_member_cases']} / {p['n_nonmember_cases']} "
-            f"({p['n_member_slices']} / {p['n_nonmember_slices']}) | {_fmt(p['auc'])}"
-            f"{_ci_text(p['auc_ci95'])}{' ⚠ ' + p['error'] if p.get('error') else ''} | "
-            + " | ".join(tprs) + " |")  # fmt: skip
+    tprs = [
+        _tpr_cell(p["tpr"][k]) if (p.get("tpr") or {}).get(k) else str(p.get(k))
+        for k in ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+    ]
+    return (
+        f"| {m} | {p.get('attack')} | {p['n_member_cases']} / {p['n_nonmember_cases']} "
+        f"({p['n_member_slices']} / {p['n_nonmember_slices']}) | {_fmt(p['auc'])}"
+        f"{_ci_text(p['auc_ci95'])}{' ⚠ ' + p['error'] if p.get('error') else ''} | "
+        + " | ".join(tprs)
+        + " |"
+    )
 
 
 def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:
@@ -334,16 +375,53 @@ def write_report(
     )
     with open(run_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "dice", "dice_site_mean", *SITE_COLS, "dice_global", "fp_rate_empty", "ce_loss",
-                    "epsilon", "delta", "mia_auc", "mia_auc_lo", "mia_auc_hi", "mia_tpr_at_1pct_fpr", "mia_attack",
-                    "rounds", "n_params", "final_model_sha256", "wall_s"])  # fmt: skip
+        w.writerow(
+            [
+                "method",
+                "dice",
+                "dice_site_mean",
+                *SITE_COLS,
+                "dice_global",
+                "fp_rate_empty",
+                "ce_loss",
+                "epsilon",
+                "delta",
+                "mia_auc",
+                "mia_auc_lo",
+                "mia_auc_hi",
+                "mia_tpr_at_1pct_fpr",
+                "mia_attack",
+                "rounds",
+                "n_params",
+                "final_model_sha256",
+                "wall_s",
+            ]
+        )
         for m, r in results["methods"].items():
             mia = r.get("mia") or {}
             ci = mia.get("auc_ci95") or [None, None]
-            w.writerow([m, r["dice"], r["dice_site_mean"], *r["dice_per_site"], r["dice_global"], r["fp_rate_empty"],
-                        r["ce_loss"], r["epsilon"], r["delta"], mia.get("auc"), ci[0], ci[1],
-                        mia.get("tpr_at_1pct_fpr"), mia.get("attack"),
-                        r["rounds"], r["n_params"], r["final_model_sha256"], r["timing_s"]["total"]])  # fmt: skip
+            w.writerow(
+                [
+                    m,
+                    r["dice"],
+                    r["dice_site_mean"],
+                    *r["dice_per_site"],
+                    r["dice_global"],
+                    r["fp_rate_empty"],
+                    r["ce_loss"],
+                    r["epsilon"],
+                    r["delta"],
+                    mia.get("auc"),
+                    ci[0],
+                    ci[1],
+                    mia.get("tpr_at_1pct_fpr"),
+                    mia.get("attack"),
+                    r["rounds"],
+                    r["n_params"],
+                    r["final_model_sha256"],
+                    r["timing_s"]["total"],
+                ]
+            )
     plots(histories, results, run_dir / "plots")
     dp_rows = {m: r for m, r in results["methods"].items() if r.get("epsilon") is not None}
     if dp_rows:
@@ -362,7 +440,7 @@ def privacy_table(results: dict) -> str:
     lines = [
         "| run | σ | C | ε (worst site) | adjacency | ε add/remove | δ | accountant | randomness | Dice |",
         "|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     seeded = False
     for m, r in results["methods"].items():
         dp = r.get("dp") or {}
@@ -370,14 +448,19 @@ def privacy_table(results: dict) -> str:
         other = (dp.get("epsilon_by_adjacency") or {}).get("add-remove")
         rand = dp.get("randomness") or "n/a"
         seeded |= "seeded" in rand
-        lines.append(f"| {m} | {_fmt(dp.get('noise_multiplier'), 2)} | {_fmt(dp.get('max_grad_norm'), 1)} | {eps}"
-                     f" | {dp.get('adjacency') or 'n/a'} | {_fmt(other, 2)} | {r.get('delta') or 'n/a'}"
-                     f" | {r.get('accountant') or 'n/a'} | {rand} | {_fmt(r['dice'])} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {_fmt(dp.get('noise_multiplier'), 2)} | {_fmt(dp.get('max_grad_norm'), 1)} | {eps}"
+            f" | {dp.get('adjacency') or 'n/a'} | {_fmt(other, 2)} | {r.get('delta') or 'n/a'}"
+            f" | {r.get('accountant') or 'n/a'} | {rand} | {_fmt(r['dice'])} |"
+        )
     if seeded:
-        lines += ["", "Randomness seeded-simulation: the sites' DP noise derives from the run's "
-                  "public seed (reproducible); whoever knows the seed, the server included, can "
-                  "subtract it, so ε holds only against the released model's users "
-                  "(`--dp-randomness site-secret` for site keys)."]  # fmt: skip
+        lines += [
+            "",
+            "Randomness seeded-simulation: the sites' DP noise derives from the run's "
+            "public seed (reproducible); whoever knows the seed, the server included, can "
+            "subtract it, so ε holds only against the released model's users "
+            "(`--dp-randomness site-secret` for site keys).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -389,10 +472,18 @@ def privacy_utility(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    pts = sorted((r["epsilon"], _nan(r["dice"]), (r.get("dp") or {}).get("noise_multiplier"))
-                 for r in results["methods"].values() if r.get("epsilon") is not None)  # fmt: skip
-    swept = sorted({(r.get("sweep") or {}).get("method", SWEEP_METHOD)
-                    for r in results["methods"].values() if r.get("epsilon") is not None})  # fmt: skip
+    pts = sorted(
+        (r["epsilon"], _nan(r["dice"]), (r.get("dp") or {}).get("noise_multiplier"))
+        for r in results["methods"].values()
+        if r.get("epsilon") is not None
+    )
+    swept = sorted(
+        {
+            (r.get("sweep") or {}).get("method", SWEEP_METHOD)
+            for r in results["methods"].values()
+            if r.get("epsilon") is not None
+        }
+    )
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=", ".join(swept))
     for eps, dice, sigma in pts:
         ax.annotate(
@@ -428,8 +519,12 @@ SEED_METRICS = ("dice", "epsilon", "mia_auc", "mia_tpr_at_1pct_fpr")
 
 def _seed_values(entry: dict) -> dict[str, float | None]:
     mia = entry.get("mia") or {}
-    return {"dice": entry.get("dice"), "epsilon": entry.get("epsilon"),
-            "mia_auc": mia.get("auc"), "mia_tpr_at_1pct_fpr": mia.get("tpr_at_1pct_fpr")}  # fmt: skip
+    return {
+        "dice": entry.get("dice"),
+        "epsilon": entry.get("epsilon"),
+        "mia_auc": mia.get("auc"),
+        "mia_tpr_at_1pct_fpr": mia.get("tpr_at_1pct_fpr"),
+    }
 
 
 def seed_summary(per_seed: dict[int, dict]) -> dict:
@@ -466,14 +561,19 @@ def write_seed_summary(run_dir: Path, profile: str, per_seed: dict[int, dict]) -
     summary = seed_summary(per_seed)
     out = {"profile": profile, "seeds": sorted(per_seed), "methods": summary}
     (run_dir / "results.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
-    lines = [f"Mean ± sd over seeds {', '.join(map(str, sorted(per_seed)))} (each seed: its own "
-             "data, initial weights and training; its report in seed<N>/).", "",
-             "| method | Dice | ε (worst site) | strongest attack AUC | TPR@1%FPR |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Mean ± sd over seeds {', '.join(map(str, sorted(per_seed)))} (each seed: its own "
+        "data, initial weights and training; its report in seed<N>/).",
+        "",
+        "| method | Dice | ε (worst site) | strongest attack AUC | TPR@1%FPR |",
+        "|---|---|---|---|---|",
+    ]
     for m, s in summary.items():
         eps = _mean_sd(s["epsilon"], 2) if s["epsilon"]["mean"] is not None else "∞ (no DP)"
-        lines.append(f"| {m} | {_mean_sd(s['dice'])} | {eps} | {_mean_sd(s['mia_auc'])} | "
-                     f"{_mean_sd(s['mia_tpr_at_1pct_fpr'])} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {_mean_sd(s['dice'])} | {eps} | {_mean_sd(s['mia_auc'])} | "
+            f"{_mean_sd(s['mia_tpr_at_1pct_fpr'])} |"
+        )
     table = "\n".join(lines) + "\n"
     (run_dir / "results.md").write_text(
         f"# FedOnco-Bench results: {profile}, {len(per_seed)} seeds\n\n{table}"
@@ -530,8 +630,9 @@ def frontier_plot(summary: dict, path: Path) -> None:
                 ax.axhline(means[0], color="gray", ls="--", label=name)
                 ax.axhspan(means[0] - sds[0], means[0] + sds[0], color="gray", alpha=0.15)
             else:
-                ax.errorbar([r[0] for r in rows], means, yerr=sds, marker="o", capsize=3,
-                            label=name)  # fmt: skip
+                ax.errorbar(
+                    [r[0] for r in rows], means, yerr=sds, marker="o", capsize=3, label=name
+                )
     label = "ε (target, worst site)" if key == "target_epsilon" else key
     axes[0].set(xlabel=label, ylabel="Dice (mean ± sd over seeds)", title="utility")
     axes[1].set(xlabel=label, ylabel="TPR at 1% FPR (strongest attack)", title="leakage")
@@ -562,9 +663,16 @@ def note_failed_cells(run_dir: Path, rows: list[dict], **facts) -> None:
     results["failed_cells"] = rows
     path.write_text(json.dumps(results, indent=1, default=float) + "\n")
     text = md.read_text() if md.is_file() else "# FedOnco-Bench results\n"
-    lines = ["", "## Failed cells", "", "Not in the tables above: each was run and retried, and "
-             "failed both times (its last error; all of them in results.json).", "",
-             "| seed | cell | attempts | error |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        "## Failed cells",
+        "",
+        "Not in the tables above: each was run and retried, and "
+        "failed both times (its last error; all of them in results.json).",
+        "",
+        "| seed | cell | attempts | error |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         error = (r["error"] or "").splitlines()[0][:200].replace("|", "\\|")
         lines.append(f"| {r['seed']} | {r['cell']} | {r['attempts']} | {error} |")

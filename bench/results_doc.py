@@ -48,8 +48,10 @@ BLOCK = re.compile(
     re.S,
 )
 # Which file holds which block (every block exactly once).
-BLOCKS = {README: ("readme-make", "readme-time", "readme-results"),
-          RESULTS: ("runs", "summary", "per-seed", "verdicts", "frontier")}  # fmt: skip
+BLOCKS = {
+    README: ("readme-make", "readme-time", "readme-results"),
+    RESULTS: ("runs", "summary", "per-seed", "verdicts", "frontier"),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,8 +108,10 @@ def _check_summary(path: Path, summary: dict, results: dict[int, dict]) -> None:
         raise ValueError(f"{path}: seeds {summary['seeds']}, but seed<N>/ holds {sorted(results)}")
     again = json.loads(json.dumps(seed_summary(results), default=float))
     if again != summary["methods"]:
-        raise ValueError(f"{path}: its mean ± sd do not match its seed<N>/results.json files "
-                         "(edited by hand?); regenerate the run's report")  # fmt: skip
+        raise ValueError(
+            f"{path}: its mean ± sd do not match its seed<N>/results.json files "
+            "(edited by hand?); regenerate the run's report"
+        )
 
 
 @dataclass
@@ -140,14 +144,18 @@ def merge(runs: list[Run]) -> dict[int, Seed]:
             res, path = run.results[s], run.files[s]
             seed = out.setdefault(s, Seed(res.get("profile", "?")))
             if res.get("profile", "?") != seed.profile:
-                raise ValueError(f"{path}: profile {res.get('profile')!r}, but "
-                                 f"{seed.files[0]} is {seed.profile!r}: merge one profile")  # fmt: skip
+                raise ValueError(
+                    f"{path}: profile {res.get('profile')!r}, but "
+                    f"{seed.files[0]} is {seed.profile!r}: merge one profile"
+                )
             new = False
             for m, entry in res["methods"].items():
                 if m in seed.methods:
                     if entry != seed.methods[m]:
-                        raise ValueError(f"seed {s}: method {m} in both {seed.source[m]} and "
-                                         f"{path} with different numbers; keep one of them")  # fmt: skip
+                        raise ValueError(
+                            f"seed {s}: method {m} in both {seed.source[m]} and "
+                            f"{path} with different numbers; keep one of them"
+                        )
                     continue
                 seed.methods[m], seed.source[m], new = entry, path, True
             if new:
@@ -226,14 +234,18 @@ def _row(label: str, rs: list[dict]) -> str:
     mias = [r.get("mia") or {} for r in rs]
     eps = [r.get("epsilon") for r in rs]
     eps_s = "∞ (no DP)" if all(e is None for e in eps) else _mean_sd(eps, 2)
-    return (f"| {label} | {len(rs)} | {_mean_sd([r.get('dice') for r in rs])} | {eps_s} | "
-            f"{_mean_sd([x.get('auc') for x in mias])} | "
-            f"{_mean_sd([_tpr(x, 'tpr_at_10pct_fpr')[0] for x in mias])} | "
-            f"{_mean_sd([_tpr(x, 'tpr_at_1pct_fpr')[0] for x in mias])} |")  # fmt: skip
+    return (
+        f"| {label} | {len(rs)} | {_mean_sd([r.get('dice') for r in rs])} | {eps_s} | "
+        f"{_mean_sd([x.get('auc') for x in mias])} | "
+        f"{_mean_sd([_tpr(x, 'tpr_at_10pct_fpr')[0] for x in mias])} | "
+        f"{_mean_sd([_tpr(x, 'tpr_at_1pct_fpr')[0] for x in mias])} |"
+    )
 
 
-HEADER = ["| method | seeds | Dice | ε (worst site) | quoted attack AUC | TPR@10%FPR | TPR@1%FPR |",
-          "|---|---|---|---|---|---|---|"]  # fmt: skip
+HEADER = [
+    "| method | seeds | Dice | ε (worst site) | quoted attack AUC | TPR@10%FPR | TPR@1%FPR |",
+    "|---|---|---|---|---|---|---|",
+]
 
 
 def _by_method(seeds: dict[int, Seed]) -> dict[str, list[dict]]:
@@ -242,16 +254,22 @@ def _by_method(seeds: dict[int, Seed]) -> dict[str, list[dict]]:
 
 
 def summary_table(seeds: dict[int, Seed]) -> str:
-    lines = [f"Mean ± sd over seeds {', '.join(map(str, sorted(seeds)))} (sample sd; `seeds`: how "
-             "many of them ran the method):", "", *HEADER]  # fmt: skip
+    lines = [
+        f"Mean ± sd over seeds {', '.join(map(str, sorted(seeds)))} (sample sd; `seeds`: how "
+        "many of them ran the method):",
+        "",
+        *HEADER,
+    ]
     lines += [_row(m, rs) for m, rs in _by_method(seeds).items()]
     return "\n".join(lines)
 
 
 def per_seed_table(seeds: dict[int, Seed]) -> str:
-    lines = ["| seed | method | Dice | ε | randomness | quoted rung | AUC [95% CI] | TPR@10%FPR [CP 95%] (FP/N0) "
-             "| TPR@1%FPR [CP 95%] (FP/N0) | DP ceiling test |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| seed | method | Dice | ε | randomness | quoted rung | AUC [95% CI] | TPR@10%FPR [CP 95%] (FP/N0) "
+        "| TPR@1%FPR [CP 95%] (FP/N0) | DP ceiling test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in sorted(seeds):
         for m in _order(seeds[s].methods):
             r = seeds[s].methods[m]
@@ -265,25 +283,34 @@ def per_seed_table(seeds: dict[int, Seed]) -> str:
                 rung += " ⚠"
             rand = (r.get("dp") or {}).get("randomness") or "–"
             dice = "n/a" if r.get("dice") is None else f"{r['dice']:.3f}"
-            lines.append(f"| {s} | {m} | {dice} | {_eps(r)} | {rand} | {rung} | {auc} | "
-                         f"{_tpr_cell(mia, 'tpr_at_10pct_fpr')} | {_tpr_cell(mia, 'tpr_at_1pct_fpr')} | "
-                         f"{_ceiling(mia)} |")  # fmt: skip
+            lines.append(
+                f"| {s} | {m} | {dice} | {_eps(r)} | {rand} | {rung} | {auc} | "
+                f"{_tpr_cell(mia, 'tpr_at_10pct_fpr')} | {_tpr_cell(mia, 'tpr_at_1pct_fpr')} | "
+                f"{_ceiling(mia)} |"
+            )
     return "\n".join(lines)
 
 
 def verdicts(seeds: dict[int, Seed]) -> str:
-    out = ["The paper's claims and the standard profile's goals (`bench/claims.py`), computed on "
-           "each seed's merged methods; the time goal on the wall time of the run that holds the "
-           "profile's own methods (what `make bench` runs), not on runs of extra methods.",
-           ""]  # fmt: skip
+    out = [
+        "The paper's claims and the standard profile's goals (`bench/claims.py`), computed on "
+        "each seed's merged methods; the time goal on the wall time of the run that holds the "
+        "profile's own methods (what `make bench` runs), not on runs of extra methods.",
+        "",
+    ]
     want = _profile_methods(_profiles(seeds))
     for s in sorted(seeds):
         seed = seeds[s]
         path, wall = seed.bench_wall(want)
-        out.append(f"Seed {s} ({', '.join(_order(seed.methods))}; "
-                   + (f"{wall / 60:.1f} min for `{_rel(path)}`" if wall is not None
-                      else "no run of the profile's methods with a recorded wall time")
-                   + "):")  # fmt: skip
+        out.append(
+            f"Seed {s} ({', '.join(_order(seed.methods))}; "
+            + (
+                f"{wall / 60:.1f} min for `{_rel(path)}`"
+                if wall is not None
+                else "no run of the profile's methods with a recorded wall time"
+            )
+            + "):"
+        )
         res = {"profile": seed.profile, "methods": seed.methods, "wall_s": wall}
         out += [f"- {line}" for line in paper_claims(res)]
         out += [f"- goal: {line}" for line in standard_goals(res)]
@@ -303,8 +330,10 @@ def runs_list(runs: list[Run], seeds: dict[int, Seed]) -> str:
     for run in runs:
         ms = _order({m for r in run.results.values() for m in r["methods"]})
         kind = "sweep" if run.sweep else "methods"
-        lines.append(f"| `{_rel(run.path)}` | {kind} | {', '.join(map(str, sorted(run.files)))} | "
-                     f"{', '.join(ms)} |")  # fmt: skip
+        lines.append(
+            f"| `{_rel(run.path)}` | {kind} | {', '.join(map(str, sorted(run.files)))} | "
+            f"{', '.join(ms)} |"
+        )
     return "\n".join(lines)
 
 
@@ -336,26 +365,34 @@ def frontier(runs: list[Run]) -> str:
         )
     out = []
     for run in sweeps:
-        out += [f"`{_rel(run.path)}`, mean ± sd over seeds {', '.join(map(str, sorted(run.files)))}:",
-                "", *HEADER]  # fmt: skip
+        out += [
+            f"`{_rel(run.path)}`, mean ± sd over seeds {', '.join(map(str, sorted(run.files)))}:",
+            "",
+            *HEADER,
+        ]
         out += [_row(label, es) for label, es in _sweep_rows(run)]
         out.append("")
     return "\n".join(out).rstrip()
 
 
 def readme_results(seeds: dict[int, Seed]) -> str:
-    lines = [f"Mean ± sd over seeds {', '.join(map(str, sorted(seeds)))} of the "
-             f"{_profiles(seeds)} profile (per seed, the rung, intervals and verdicts: "
-             "[docs/results.md](docs/results.md)):", "",
-             "| method | seeds | Dice | ε (worst site) | strongest attack AUC | TPR@1%FPR |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Mean ± sd over seeds {', '.join(map(str, sorted(seeds)))} of the "
+        f"{_profiles(seeds)} profile (per seed, the rung, intervals and verdicts: "
+        "[docs/results.md](docs/results.md)):",
+        "",
+        "| method | seeds | Dice | ε (worst site) | strongest attack AUC | TPR@1%FPR |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, rs in _by_method(seeds).items():
         mias = [r.get("mia") or {} for r in rs]
         eps = [r.get("epsilon") for r in rs]
         eps_s = "∞ (no DP)" if all(e is None for e in eps) else _mean_sd(eps, 2)
-        lines.append(f"| {m} | {len(rs)} | {_mean_sd([r.get('dice') for r in rs])} | {eps_s} | "
-                     f"{_mean_sd([x.get('auc') for x in mias])} | "
-                     f"{_mean_sd([_tpr(x, 'tpr_at_1pct_fpr')[0] for x in mias])} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {len(rs)} | {_mean_sd([r.get('dice') for r in rs])} | {eps_s} | "
+            f"{_mean_sd([x.get('auc') for x in mias])} | "
+            f"{_mean_sd([_tpr(x, 'tpr_at_1pct_fpr')[0] for x in mias])} |"
+        )
     return "\n".join(lines)
 
 
@@ -387,34 +424,51 @@ def readme_time(seeds: dict[int, Seed]) -> str:
         path, wall = seed.bench_wall(want)
         if path is None:
             missing = [m for m in want or [] if m not in seed.methods]
-            lines.append(f"- seed {s}: no run of the profile's methods"
-                         + (f" (not in these runs: {', '.join(missing)})" if missing else ""))  # fmt: skip
+            lines.append(
+                f"- seed {s}: no run of the profile's methods"
+                + (f" (not in these runs: {', '.join(missing)})" if missing else "")
+            )
         else:
-            lines.append(f"- seed {s}: {_minutes(wall)} for {', '.join(_order(seed.covers[path]))}"
-                         f" — `wall_s` of `{_rel(path)}`")  # fmt: skip
+            lines.append(
+                f"- seed {s}: {_minutes(wall)} for {', '.join(_order(seed.covers[path]))}"
+                f" — `wall_s` of `{_rel(path)}`"
+            )
         for p in seed.files:
             if p != path:
-                lines.append(f"  - extra methods {', '.join(_order(seed.covers[p]))}: "
-                             f"{_minutes(seed.walls[p])} more — `wall_s` of `{_rel(p)}`")  # fmt: skip
-    return (f"Measured wall time of the {profile} profile (`make bench` runs one seed of it): per "
-            "seed, its committed run's own `wall_s` (a run that shared the cores shows it only as "
-            "a longer time); runs of extra methods (`--methods ...`) are listed under it:\n\n"
-            + "\n".join(lines))  # fmt: skip
+                lines.append(
+                    f"  - extra methods {', '.join(_order(seed.covers[p]))}: "
+                    f"{_minutes(seed.walls[p])} more — `wall_s` of `{_rel(p)}`"
+                )
+    return (
+        f"Measured wall time of the {profile} profile (`make bench` runs one seed of it): per "
+        "seed, its committed run's own `wall_s` (a run that shared the cores shows it only as "
+        "a longer time); runs of extra methods (`--methods ...`) are listed under it:\n\n"
+        + "\n".join(lines)
+    )
 
 
 def blocks(runs: list[Run]) -> dict[str, str]:
     seeds = merge(runs)
     profiles = {s.profile for s in seeds.values()}
     if len(profiles) > 1:
-        raise ValueError(f"the runs that are not sweeps mix profiles ({', '.join(sorted(profiles))}): "
-                         "one table is one profile; give the runs of one profile")  # fmt: skip
+        raise ValueError(
+            f"the runs that are not sweeps mix profiles ({', '.join(sorted(profiles))}): "
+            "one table is one profile; give the runs of one profile"
+        )
     if not seeds:
-        raise ValueError("no run without --sweep among the run directories: the standard tables "
-                         "need at least one")  # fmt: skip
-    return {"readme-time": readme_time(seeds), "readme-results": readme_results(seeds),
-            "runs": runs_list(runs, seeds), "summary": summary_table(seeds),
-            "per-seed": per_seed_table(seeds), "verdicts": verdicts(seeds),
-            "frontier": frontier(runs)}  # fmt: skip
+        raise ValueError(
+            "no run without --sweep among the run directories: the standard tables "
+            "need at least one"
+        )
+    return {
+        "readme-time": readme_time(seeds),
+        "readme-results": readme_results(seeds),
+        "runs": runs_list(runs, seeds),
+        "summary": summary_table(seeds),
+        "per-seed": per_seed_table(seeds),
+        "verdicts": verdicts(seeds),
+        "frontier": frontier(runs),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,15 +492,23 @@ def dice_vs_auc_png(seeds: dict[int, Seed]) -> bytes:
             if auc[0] is None or dice[0] is None:
                 continue
             dp = METHODS[m].dp if m in METHODS else False
-            ax.errorbar(auc[0], dice[0], xerr=auc[1] or 0.0, yerr=dice[1] or 0.0,
-                        fmt="s" if dp else "o", capsize=3, color=f"C{i}",
-                        label=f"{m} (n={len(rs)})" + (" DP" if dp else ""))  # fmt: skip
-            ax.annotate(m, (auc[0], dice[0]), xytext=(5, 5), textcoords="offset points",
-                        fontsize=8)  # fmt: skip
+            ax.errorbar(
+                auc[0],
+                dice[0],
+                xerr=auc[1] or 0.0,
+                yerr=dice[1] or 0.0,
+                fmt="s" if dp else "o",
+                capsize=3,
+                color=f"C{i}",
+                label=f"{m} (n={len(rs)})" + (" DP" if dp else ""),
+            )
+            ax.annotate(m, (auc[0], dice[0]), xytext=(5, 5), textcoords="offset points", fontsize=8)
         ax.axvline(0.5, color="gray", ls="--", lw=1, label="AUC 0.5 (chance)")
-        ax.set(xlabel="strongest black-box attack AUC (lower: less leakage)",
-               ylabel="test Dice (higher: better)",
-               title=f"{_profiles(seeds)} profile: utility vs leakage, mean ± sd over seeds")  # fmt: skip
+        ax.set(
+            xlabel="strongest black-box attack AUC (lower: less leakage)",
+            ylabel="test Dice (higher: better)",
+            title=f"{_profiles(seeds)} profile: utility vs leakage, mean ± sd over seeds",
+        )
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -467,12 +529,16 @@ def rewrite(path: Path, text: str, made: dict[str, str], names: tuple[str, ...],
     found = [m.group("name") for m in BLOCK.finditer(text)]
     for name in names:
         if found.count(name) != 1:
-            raise ValueError(f"{path}: block {name!r} appears {found.count(name)} times (want one: "
-                             f"'<!-- generated by: {cmd} | block: {name} -->' ... '{END}')")  # fmt: skip
+            raise ValueError(
+                f"{path}: block {name!r} appears {found.count(name)} times (want one: "
+                f"'<!-- generated by: {cmd} | block: {name} -->' ... '{END}')"
+            )
     stray = sorted(set(found) - set(names))
     if stray:
-        raise ValueError(f"{path}: unknown generated block(s) {', '.join(stray)}; this file holds "
-                         f"{', '.join(names)}")  # fmt: skip
+        raise ValueError(
+            f"{path}: unknown generated block(s) {', '.join(stray)}; this file holds "
+            f"{', '.join(names)}"
+        )
 
     def body(m: re.Match) -> str:
         return f"<!-- generated by: {cmd} | block: {m.group('name')} -->\n{made[m.group('name')]}\n{END}"
@@ -491,13 +557,15 @@ def readme_make(path: Path) -> str:
         return f"- `make test`: not measured yet (`python bench/perf/time_make.py test --out {MAKE_TEST}`)."
     r = json.loads(path.read_text())
     status = "passed" if r["rc"] == 0 and r["rc_venv"] == 0 else f"FAILED (exit {r['rc']})"
-    return (f"- `make test` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
-            f"{r['commit'][:10]}): `make venv` {r['venv_s'] / 60:.1f} min (less when pip's cache "
-            f"already holds the wheels, as it did there), then `make test` "
-            f"{r['target_s'] / 60:.1f} min, {status}; the clone then takes "
-            f"{r['clone_bytes'] / 1e9:.1f} GB on disk ({r['venv_bytes'] / 1e9:.1f} GB of it .venv). "
-            f"`make test-heavy` (the full benchmarks, Docker, Ray, fuzz and scale tests) is not "
-            f"included; CI runs both. Measured by `{r['command']}`.")  # fmt: skip
+    return (
+        f"- `make test` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
+        f"{r['commit'][:10]}): `make venv` {r['venv_s'] / 60:.1f} min (less when pip's cache "
+        f"already holds the wheels, as it did there), then `make test` "
+        f"{r['target_s'] / 60:.1f} min, {status}; the clone then takes "
+        f"{r['clone_bytes'] / 1e9:.1f} GB on disk ({r['venv_bytes'] / 1e9:.1f} GB of it .venv). "
+        f"`make test-heavy` (the full benchmarks, Docker, Ray, fuzz and scale tests) is not "
+        f"included; CI runs both. Measured by `{r['command']}`."
+    )
 
 
 def readme_bench(path: Path) -> str:
@@ -509,18 +577,22 @@ def readme_bench(path: Path) -> str:
     b = r["breakdown"]
     top = sorted(b["phases_s"].items(), key=lambda kv: -kv[1])
     parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in top if v >= 30)
-    return (f"- `make bench` alone ({r['date']}, {r['cores']} cores, {r['cpu']}, code of commit "
-            f"{(r.get('run_code') or r['commit'])[:10]}, seed {r['seed']}, run "
-            f"`{r.get('run_id', '?')}`): {b['wall_s'] / 60:.1f} min (goal <= "
-            f"{r['goal_min']:.0f} min: {'PASS' if r['pass'] else 'FAIL'}); minutes by phase: "
-            f"{parts}. Measured by `{r['command']}` (its JSON holds every method's split).")  # fmt: skip
+    return (
+        f"- `make bench` alone ({r['date']}, {r['cores']} cores, {r['cpu']}, code of commit "
+        f"{(r.get('run_code') or r['commit'])[:10]}, seed {r['seed']}, run "
+        f"`{r.get('run_id', '?')}`): {b['wall_s'] / 60:.1f} min (goal <= "
+        f"{r['goal_min']:.0f} min: {'PASS' if r['pass'] else 'FAIL'}); minutes by phase: "
+        f"{parts}. Measured by `{r['command']}` (its JSON holds every method's split)."
+    )
 
 
 def render(dirs: list[Path], root: Path) -> dict[Path, bytes]:
     """Every file ``fedonco report docs`` writes, as bytes, keyed by its path under ``root``."""
     runs = [load_run(d) for d in dirs]
-    made = {**blocks(runs), "readme-make": readme_make(root / MAKE_TEST) + "\n"
-            + readme_bench(root / MAKE_BENCH)}  # fmt: skip
+    made = {
+        **blocks(runs),
+        "readme-make": readme_make(root / MAKE_TEST) + "\n" + readme_bench(root / MAKE_BENCH),
+    }
     cmd = "fedonco report docs " + " ".join(_rel(d) for d in dirs)
     out = {}
     for rel, names in BLOCKS.items():
@@ -540,8 +612,10 @@ def run_report_docs(args) -> int:
     stale = [p for p, data in files.items() if not p.is_file() or p.read_bytes() != data]
     if args.check:
         for p in stale:
-            print(f"fedonco report docs: {p} differs from what the committed runs give "
-                  "(a number typed by hand, or new runs): run the command without --check")  # fmt: skip
+            print(
+                f"fedonco report docs: {p} differs from what the committed runs give "
+                "(a number typed by hand, or new runs): run the command without --check"
+            )
         return 1 if stale else 0
     for p in stale:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -83,22 +83,63 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     if get_method(method).pretrained:  # once, into the run's cache: the server starts from it
-        print(f"{method}: public pretraining ({cfg.pretrain.public_size} public slices, "
-              f"{cfg.pretrain.epochs} epochs; cached for the server and the attacker)")  # fmt: skip
+        print(
+            f"{method}: public pretraining ({cfg.pretrain.public_size} public slices, "
+            f"{cfg.pretrain.epochs} epochs; cached for the server and the attacker)"
+        )
         pretrained_params(cfg.for_method(method), method, device)
     address = f"127.0.0.1:{free_port()}"
     seeded = ["--allow-seeded-noise"] if cfg.for_method(method).dp.randomness == SEEDED else []
-    server = spawn(fedonco(
-        "server", "--config", str(config_path), "--method", method, "--data", str(data_dir),
-        "--run-dir", str(mdir), "--address", address, "--port-file", str(port_file), "--threads", "1",
-        "--device", str(device)), logs / "server.log", env)  # fmt: skip
+    server = spawn(
+        fedonco(
+            "server",
+            "--config",
+            str(config_path),
+            "--method",
+            method,
+            "--data",
+            str(data_dir),
+            "--run-dir",
+            str(mdir),
+            "--address",
+            address,
+            "--port-file",
+            str(port_file),
+            "--threads",
+            "1",
+            "--device",
+            str(device),
+        ),
+        logs / "server.log",
+        env,
+    )
     procs = [server]
     try:
         for site in SITE_NAMES:  # started with the server: they retry until it listens
-            procs.append(spawn(fedonco(
-                "client", "--config", str(config_path), "--site", site, "--server", address,
-                "--data", str(data_dir), "--state-dir", str(RunLayout(mdir).site_states), "--threads", "1",
-                "--device", str(device), *seeded), logs / f"client{site}.log", env))  # fmt: skip
+            procs.append(
+                spawn(
+                    fedonco(
+                        "client",
+                        "--config",
+                        str(config_path),
+                        "--site",
+                        site,
+                        "--server",
+                        address,
+                        "--data",
+                        str(data_dir),
+                        "--state-dir",
+                        str(RunLayout(mdir).site_states),
+                        "--threads",
+                        "1",
+                        "--device",
+                        str(device),
+                        *seeded,
+                    ),
+                    logs / f"client{site}.log",
+                    env,
+                )
+            )
         wait_for_port(port_file, server, logs / "server.log")  # else the server's log says why
         _watch(cfg, method, mdir, server)
         if server.returncode != 0:
@@ -143,8 +184,10 @@ def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> No
                 done = st["round"]
                 last = st["history"][-1]
                 n_ok = len(last.get("fit", {}).get("sites", {}))
-                bar.set_postfix(dice=f"{last['eval']['overall'].get('dice', float('nan')):.3f}",
-                                sites=f"{n_ok}/{len(last['selected'])}")  # fmt: skip
+                bar.set_postfix(
+                    dice=f"{last['eval']['overall'].get('dice', float('nan')):.3f}",
+                    sites=f"{n_ok}/{len(last['selected'])}",
+                )
 
 
 SWEEPABLE = ("noise_multiplier", "max_grad_norm", "target_epsilon")
@@ -169,8 +212,13 @@ def _variant(cfg: Config, run_dir: Path, name: str, method: str, **dp) -> tuple[
     processes apply on top of ``[dp]``), written next to the run (processes read it)."""
     recipe = cfg.recipes.get(method) or Recipe()
     recipes = {**cfg.recipes, method: recipe.model_copy(update={"dp": {**recipe.dp, **dp}})}
-    c = parse_config({**cfg.model_dump(mode="json"), "recipes": {
-        m: r.model_dump(mode="json") for m, r in recipes.items()}}, f"sweep {name}")  # fmt: skip
+    c = parse_config(
+        {
+            **cfg.model_dump(mode="json"),
+            "recipes": {m: r.model_dump(mode="json") for m, r in recipes.items()},
+        },
+        f"sweep {name}",
+    )
     path = run_dir / f"config-{name}.json"
     path.write_text(json.dumps(c.model_dump(mode="json"), indent=1) + "\n")
     return c, path
@@ -192,8 +240,10 @@ def check_dp(cfg: Config, manifest: dict, methods=None) -> None:
             plan_for(mcfg, count_parameters(model_for(mcfg, method)))
             n_total = sum(int(row["n_train"]) for row in manifest["summary"])
             if mcfg.dp.delta >= 1.0 / n_total:
-                raise ValueError(f"{method}: dp.delta {mcfg.dp.delta:g} must be < 1/N = "
-                                 f"{1.0 / n_total:.3g} over the union of the sites")  # fmt: skip
+                raise ValueError(
+                    f"{method}: dp.delta {mcfg.dp.delta:g} must be < 1/N = "
+                    f"{1.0 / n_total:.3g} over the union of the sites"
+                )
             continue
         settings, t = DPSettings.from_config(mcfg.dp), mcfg.train
         for row in manifest["summary"]:
@@ -225,8 +275,9 @@ DRY_RUN = {
 def bench_config(args) -> Config:
     """The run's config: the profile, --seed, --device, --methods, --dp-randomness and --dry-run
     applied."""
-    cfg = with_device(resolve_config(args.config, args.profile, args.seed),
-                      getattr(args, "device", None))  # fmt: skip
+    cfg = with_device(
+        resolve_config(args.config, args.profile, args.seed), getattr(args, "device", None)
+    )
     # a benchmark reruns bit-identically: its sites' DP noise derives from the seed, unless asked
     cfg = with_overrides(cfg, **{"dp.randomness": getattr(args, "dp_randomness", None) or SEEDED})
     if getattr(args, "methods", None):
@@ -254,8 +305,10 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
             raise ValueError(f"--sweep-method {method}: not a DP method")
         sweep = (*sweep, method)
     if getattr(args, "dry_run", False):
-        print("DRY RUN: the profile's shapes on a handful of slices for one round; its numbers "
-              "mean nothing, it checks that every part runs.")  # fmt: skip
+        print(
+            "DRY RUN: the profile's shapes on a handful of slices for one round; its numbers "
+            "mean nothing, it checks that every part runs."
+        )
     n_seeds = getattr(args, "seeds", None) or 1
     if n_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
@@ -279,14 +332,22 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
     try:
         done, failed = gather(engine, cells, fn, seed_dirs)
     except KeyboardInterrupt:
-        print(f"\nInterrupted: the cells still running were cancelled; {run_dir} holds what "
-              "had finished (no report).", file=sys.stderr)  # fmt: skip
+        print(
+            f"\nInterrupted: the cells still running were cancelled; {run_dir} holds what "
+            "had finished (no report).",
+            file=sys.stderr,
+        )
         return 130
     per_seed, tables = {}, {}
     for s, sdir in seed_dirs.items():
         if done[s]["results"]:
-            tables[s] = write_report(seed_config(cfg, s), sdir, done[s]["results"],
-                                     done[s]["manifest"], done[s]["wall_s"])  # fmt: skip
+            tables[s] = write_report(
+                seed_config(cfg, s),
+                sdir,
+                done[s]["results"],
+                done[s]["manifest"],
+                done[s]["wall_s"],
+            )
             per_seed[s] = json.loads((sdir / "results.json").read_text())
     if n_seeds == 1:
         table = tables.get(cfg.seed, "")
@@ -297,8 +358,10 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
     else:
         table = write_seed_summary(run_dir, cfg.profile, per_seed)
         print(f"\nRun {run_dir}\n\n{table}")
-    print(f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}; "
-          f"membership-inference audit: {'on' if cfg.mia.enabled else 'OFF'}.")  # fmt: skip
+    print(
+        f"Secure aggregation: {'on' if cfg.secagg.enabled else 'OFF'}; "
+        f"membership-inference audit: {'on' if cfg.mia.enabled else 'OFF'}."
+    )
     if not failed:
         return 0
     rows = [failure_row(o) for o in failed]
@@ -308,11 +371,17 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
             note_failed_cells(sdir, mine, profile=cfg.profile, seed=s)
     if n_seeds > 1:
         note_failed_cells(run_dir, rows, profile=cfg.profile)
-    print(f"\n{len(failed)} of {len(cells)} cells FAILED (after {engine.name}'s retry; listed in "
-          f"results.json and results.md):", file=sys.stderr)  # fmt: skip
+    print(
+        f"\n{len(failed)} of {len(cells)} cells FAILED (after {engine.name}'s retry; listed in "
+        f"results.json and results.md):",
+        file=sys.stderr,
+    )
     for r in rows:
-        print(f"  seed {r['seed']} {r['cell']} ({r['attempts']} attempts): "
-              f"{r['error'].splitlines()[0]}", file=sys.stderr)  # fmt: skip
+        print(
+            f"  seed {r['seed']} {r['cell']} ({r['attempts']} attempts): "
+            f"{r['error'].splitlines()[0]}",
+            file=sys.stderr,
+        )
     return 1
 
 
@@ -346,10 +415,15 @@ def run_device(cfg: Config, engine: str, gpus: float):
         return with_overrides(cfg, **{"train.device": str(device)}), device
     want = "cuda" if gpus > 0 else "cpu"
     if spec not in ("auto", want):
-        fix = ("--device cuda: a cell uses the GPU it reserves, which Ray names cuda"
-               if gpus > 0 else "--cell-gpus N to reserve GPUs for the cells")  # fmt: skip
-        raise DeviceError(f"--engine ray with --cell-gpus {gpus:g}: the cells compute on {want}, "
-                          f"not {spec!r}; use {fix} (or --device auto)")  # fmt: skip
+        fix = (
+            "--device cuda: a cell uses the GPU it reserves, which Ray names cuda"
+            if gpus > 0
+            else "--cell-gpus N to reserve GPUs for the cells"
+        )
+        raise DeviceError(
+            f"--engine ray with --cell-gpus {gpus:g}: the cells compute on {want}, "
+            f"not {spec!r}; use {fix} (or --device auto)"
+        )
     return with_overrides(cfg, **{"train.device": want}), want
 
 
@@ -363,21 +437,28 @@ def given_dataset(data: Path, cfg: Config, args) -> dict:
     manifest = read_manifest(data)
     what = f"--data {data}"
     if manifest["image_size"] != cfg.data.image_size:
-        raise ValueError(f"{what}: {manifest['image_size']} px slices, the profile "
-                         f"'{cfg.profile}' trains on {cfg.data.image_size} px; import or "
-                         "generate it with the same profile")  # fmt: skip
+        raise ValueError(
+            f"{what}: {manifest['image_size']} px slices, the profile "
+            f"'{cfg.profile}' trains on {cfg.data.image_size} px; import or "
+            "generate it with the same profile"
+        )
     if list(manifest["site_names"]) != list(SITE_NAMES):
-        raise ValueError(f"{what}: sites {manifest['site_names']}, the federation has "
-                         f"{list(SITE_NAMES)}")  # fmt: skip
+        raise ValueError(
+            f"{what}: sites {manifest['site_names']}, the federation has {list(SITE_NAMES)}"
+        )
     need = ["train", "test"] + (["holdout"] if cfg.mia.enabled else [])
     for row in manifest["summary"]:
         empty = [s for s in need if not row.get(f"n_{s}")]
         if empty:
-            raise ValueError(f"{what}: site {row['site']} has no {'/'.join(empty)} slices "
-                             f"(every site needs {', '.join(need)})")  # fmt: skip
+            raise ValueError(
+                f"{what}: site {row['site']} has no {'/'.join(empty)} slices "
+                f"(every site needs {', '.join(need)})"
+            )
     if cfg.mia.enabled and not sum(row.get("n_attacker", 0) for row in manifest["summary"]):
-        raise ValueError(f"{what}: no attacker split, which the membership-inference audit needs "
-                         "(import more cases, or set mia.enabled = false)")  # fmt: skip
+        raise ValueError(
+            f"{what}: no attacker split, which the membership-inference audit needs "
+            "(import more cases, or set mia.enabled = false)"
+        )
     return manifest
 
 
@@ -388,8 +469,9 @@ def planned_manifest(cfg: Config) -> dict:
     return {"summary": [{"site": s, "n_train": n} for s, n in zip(SITE_NAMES, counts, strict=True)]}
 
 
-def plan_cells(cfg: Config, seed_dirs: dict[int, Path], sweep, cpus: int = 1, gpus: float = 0,
-               device=None):  # fmt: skip
+def plan_cells(
+    cfg: Config, seed_dirs: dict[int, Path], sweep, cpus: int = 1, gpus: float = 0, device=None
+):
     """Every cell of the run, seed by seed in the order the serial run takes them (each method of
     fl.methods; or a sweep's non-DP twin, then the DP method once per value). Writes each seed's
     config.json, a sweep value's config-<name>.json and versions.json (``device``: the run's,
@@ -439,10 +521,14 @@ class InPlace:
                 manifest = build_dataset(cfg, sdir / "data")
             print(f"\nDataset per site:\n\n{summary_markdown(manifest['summary'])}")
             self.manifests[cell.seed] = manifest
-        result = run_method(cfg, sdir / cell.config_file, cell.method, sdir / cell.run_subdir,
-                            sdir / "data")  # fmt: skip
-        return {"result": result, "manifest": self.manifests[cell.seed],
-                "wall_s": time.perf_counter() - t0}  # fmt: skip
+        result = run_method(
+            cfg, sdir / cell.config_file, cell.method, sdir / cell.run_subdir, sdir / "data"
+        )
+        return {
+            "result": result,
+            "manifest": self.manifests[cell.seed],
+            "wall_s": time.perf_counter() - t0,
+        }
 
 
 @contextlib.contextmanager
@@ -472,13 +558,27 @@ def run_cell(cell: Cell) -> dict:
         config_path.write_text(cell.config)
         cfg = parse_config(json.loads(cell.config), cell.label)
         log_path, data = work / "cell.log", work / "data"
-        with (open(log_path, "w", buffering=1) as out, contextlib.redirect_stdout(out),
-              contextlib.redirect_stderr(out),
-              _env(CACHE_ENV, os.environ.get(CACHE_ENV) or str(work / "cache"))):  # fmt: skip
+        with (
+            open(log_path, "w", buffering=1) as out,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(out),
+            _env(CACHE_ENV, os.environ.get(CACHE_ENV) or str(work / "cache")),
+        ):
             print(f"{cell.label} on {socket.gethostname()}: dataset into {data}")
-            rc = subprocess.run(fedonco("data", "--config", str(config_path), "--out", str(data),
-                                        "--workers", str(max(1, int(cell.cpus))), "--no-gallery"),
-                                stdout=out, stderr=subprocess.STDOUT).returncode  # fmt: skip
+            rc = subprocess.run(
+                fedonco(
+                    "data",
+                    "--config",
+                    str(config_path),
+                    "--out",
+                    str(data),
+                    "--workers",
+                    str(max(1, int(cell.cpus))),
+                    "--no-gallery",
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            ).returncode
             if rc != 0:
                 raise RuntimeError(f"{cell.label}: fedonco data exited {rc}:\n{tail(log_path)}")
             manifest = read_manifest(data)
@@ -489,8 +589,12 @@ def run_cell(cell: Cell) -> dict:
         node = {"node": socket.gethostname(), **collect_versions(resolve_device(cfg.train.device))}
         (mdir / "node.json").write_text(json.dumps(node, indent=1) + "\n")
         files = pack_dir(mdir)
-    return {"result": result, "manifest": manifest, "files": files,
-            "wall_s": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "result": result,
+        "manifest": manifest,
+        "files": files,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
@@ -503,8 +607,11 @@ def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
     failed: list[Outcome] = []
     # the whole run's progress over cells: a bar where they run elsewhere, and log lines where
     # they run here (each federation shows its own rounds' bar, and its audit its phases)
-    bar = (progress(len(cells), "bench", "cell") if engine.name != "local"
-           else LogProgress(len(cells), "bench", "cell", every_s=0.0))  # fmt: skip
+    bar = (
+        progress(len(cells), "bench", "cell")
+        if engine.name != "local"
+        else LogProgress(len(cells), "bench", "cell", every_s=0.0)
+    )
     with bar, contextlib.closing(engine.run(cells, fn)) as outcomes:
         for out in outcomes:
             bar.update(1)
@@ -512,15 +619,23 @@ def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
             seen = done[cell.seed]
             if out.ok:
                 seen["manifest"] = seen["manifest"] or v["manifest"]
-                mine, first = dataset_fingerprint(v["manifest"]), dataset_fingerprint(seen["manifest"])  # fmt: skip
+                mine, first = (
+                    dataset_fingerprint(v["manifest"]),
+                    dataset_fingerprint(seen["manifest"]),
+                )
                 if mine != first:
-                    out.error = (f"its dataset (fingerprint {mine}) differs from the one seed "
-                                 f"{cell.seed}'s other cells saw ({first}): do the nodes run the "
-                                 "same versions? (node.json in each method directory)")  # fmt: skip
+                    out.error = (
+                        f"its dataset (fingerprint {mine}) differs from the one seed "
+                        f"{cell.seed}'s other cells saw ({first}): do the nodes run the "
+                        "same versions? (node.json in each method directory)"
+                    )
             if not out.ok:
                 failed.append(out)
-                tqdm.write(f"FAILED {cell.label} after {out.attempts} attempt(s): "
-                           f"{out.error.splitlines()[0]}", file=sys.stderr)  # fmt: skip
+                tqdm.write(
+                    f"FAILED {cell.label} after {out.attempts} attempt(s): "
+                    f"{out.error.splitlines()[0]}",
+                    file=sys.stderr,
+                )
                 continue
             sdir = seed_dirs[cell.seed]
             mdir = sdir / cell.run_subdir / cell.method
@@ -542,6 +657,12 @@ def gather(engine, cells: list[Cell], fn: CellFn, seed_dirs: dict[int, Path]):
 
 def failure_row(out: Outcome) -> dict:
     c = out.cell
-    return {"seed": c.seed, "cell": c.name, "method": c.method,
-            "sweep": dict([c.sweep]) if c.sweep else None, "attempts": out.attempts,
-            "error": out.error, "errors": out.errors or [out.error]}  # fmt: skip
+    return {
+        "seed": c.seed,
+        "cell": c.name,
+        "method": c.method,
+        "sweep": dict([c.sweep]) if c.sweep else None,
+        "attempts": out.attempts,
+        "error": out.error,
+        "errors": out.errors or [out.error],
+    }

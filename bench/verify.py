@@ -153,8 +153,9 @@ class Report:
         return check.status == OK
 
     def exact(self, what: str, reported, recomputed, note: str = "") -> bool:
-        return self.add(Check(OK if reported == recomputed else MISMATCH, what, reported,
-                              recomputed, note))  # fmt: skip
+        return self.add(
+            Check(OK if reported == recomputed else MISMATCH, what, reported, recomputed, note)
+        )
 
     def number(self, what: str, reported, recomputed, note: str = "") -> bool:
         """A float (or a list of floats) within the tolerance."""
@@ -175,7 +176,9 @@ class Report:
             return self.add(Check(OK, what, f"{n} numbers", f"{n} numbers", "all within tolerance"))
         path, a, b = diffs[0]
         more = f"; {len(diffs) - 1} more" if len(diffs) > 1 else ""
-        return self.add(Check(MISMATCH, f"{what} {path.lstrip('.')}", a, b, f"{len(diffs)} of {n} differ{more}"))  # fmt: skip
+        return self.add(
+            Check(MISMATCH, f"{what} {path.lstrip('.')}", a, b, f"{len(diffs)} of {n} differ{more}")
+        )
 
     def missing(self, what: str, note: str) -> bool:
         return self.add(Check(MISSING, what, note=note))
@@ -188,10 +191,12 @@ class Report:
 
     def summary(self) -> str:
         c = self.counts()
-        return (f"verify: {len(self.checks)} checks: {c[OK]} OK, {c[MISMATCH]} MISMATCH, "
-                f"{c[MISSING]} MISSING, {c[SKIP]} SKIP; {self.identical} of {self.floats} "
-                f"floats bit-identical (tolerance: relative {RTOL:g}, absolute {ATOL:g}; hashes, "
-                "counts and labels exact)")  # fmt: skip
+        return (
+            f"verify: {len(self.checks)} checks: {c[OK]} OK, {c[MISMATCH]} MISMATCH, "
+            f"{c[MISSING]} MISSING, {c[SKIP]} SKIP; {self.identical} of {self.floats} "
+            f"floats bit-identical (tolerance: relative {RTOL:g}, absolute {ATOL:g}; hashes, "
+            "counts and labels exact)"
+        )
 
     @property
     def failed(self) -> bool:
@@ -270,15 +275,19 @@ class SeedRun:
         self.dir, self.report, self.cache_dir = Path(sdir), report, cache_dir
         self.bench_threads = 1  # torch's in the benchmark's own process (versions.json)
         self.bar = bar if bar is not None else tqdm(disable=True)
-        self.results = read_json(sdir / "results.json", ": not a run directory (give the "
-                                 "directory `fedonco bench` wrote, runs/<run_id>)")  # fmt: skip
+        self.results = read_json(
+            sdir / "results.json",
+            ": not a run directory (give the directory `fedonco bench` wrote, runs/<run_id>)",
+        )
         if not isinstance(self.results, dict) or not isinstance(self.results.get("methods"), dict):
             raise VerifyError(f"{sdir / 'results.json'}: no 'methods': not a benchmark's results")
         self.configs = {}
         for name in ["config.json"] + sorted(p.name for p in sdir.glob("config-*.json")):
             try:
-                self.configs[name] = parse_config(read_json(sdir / name, ": not a bench run "
-                                                  "(config.json is missing)"), str(sdir / name))  # fmt: skip
+                self.configs[name] = parse_config(
+                    read_json(sdir / name, ": not a bench run (config.json is missing)"),
+                    str(sdir / name),
+                )
             except ConfigError as err:
                 why = " ".join(str(err).split())
                 raise VerifyError(f"{sdir / name}: not a usable config ({why})") from None
@@ -306,8 +315,11 @@ class SeedRun:
                 )
                 self.manifest, self.data_dir = self._regenerate(tmp / "data"), tmp / "data"
             else:
-                r.missing(f"seed {self.cfg.seed} data", "neither data/manifest.json nor "
-                          "data-manifest.json: Dice and the audit's labels cannot be checked")  # fmt: skip
+                r.missing(
+                    f"seed {self.cfg.seed} data",
+                    "neither data/manifest.json nor "
+                    "data-manifest.json: Dice and the audit's labels cannot be checked",
+                )
                 self.test_ok = False
                 return
         except DatasetIntegrityError as err:
@@ -327,15 +339,19 @@ class SeedRun:
                 self.test_ok = False
         summary = self.results.get("data_summary")
         if summary is not None:
-            r.tree(f"seed {self.cfg.seed} data_summary (per-site table)", summary,
-                   recorded.get("summary"))  # fmt: skip
+            r.tree(
+                f"seed {self.cfg.seed} data_summary (per-site table)",
+                summary,
+                recorded.get("summary"),
+            )
 
     def _regenerate(self, out: Path) -> dict:
         from common.data.diffusion.generate import build_dataset
 
         self.bar.set_description("regenerating the dataset")
-        return build_dataset(self.cfg, out, workers=1, gallery=False,
-                             only_splits=["train", "holdout", "test"])  # fmt: skip
+        return build_dataset(
+            self.cfg, out, workers=1, gallery=False, only_splits=["train", "holdout", "test"]
+        )
 
     # -- one method -----------------------------------------------------------------------------
 
@@ -344,7 +360,11 @@ class SeedRun:
         for name, entry in self.results["methods"].items():
             sweep = entry.get("sweep")
             if sweep:
-                method, mdir, cfile = sweep["method"], self.dir / name / sweep["method"], f"config-{name}.json"  # fmt: skip
+                method, mdir, cfile = (
+                    sweep["method"],
+                    self.dir / name / sweep["method"],
+                    f"config-{name}.json",
+                )
             else:
                 method, mdir, cfile = name, self.dir / name, "config.json"
             if cfile not in self.configs:
@@ -385,22 +405,36 @@ class SeedRun:
         final = mdir / "final_model.npz"
         targets = local_targets(mdir)
         if final.is_file():
-            r.exact(f"{name} final_model_sha256 (final_model.npz)", entry["final_model_sha256"],
-                    state_sha256(read_npz(final)))  # fmt: skip
+            r.exact(
+                f"{name} final_model_sha256 (final_model.npz)",
+                entry["final_model_sha256"],
+                state_sha256(read_npz(final)),
+            )
         elif "all" not in targets:
-            r.skip(f"{name} final_model_sha256", "the run keeps no file of this model (a "
-                   "reference row's unreleased average)")  # fmt: skip
+            r.skip(
+                f"{name} final_model_sha256",
+                "the run keeps no file of this model (a reference row's unreleased average)",
+            )
         for tag, rel in targets.items():
             info = read_json(mdir / rel / "release.json")
             h = state_sha256(read_npz(mdir / rel / "model.npz"))
-            r.exact(f"{name} release {rel}/model.npz sha256 (release.json)",
-                    info.get("final_model_sha256"), h)  # fmt: skip
+            r.exact(
+                f"{name} release {rel}/model.npz sha256 (release.json)",
+                info.get("final_model_sha256"),
+                h,
+            )
             if tag == "all":
-                r.exact(f"{name} final_model_sha256 (released {rel}/model.npz)",
-                        entry["final_model_sha256"], h)  # fmt: skip
+                r.exact(
+                    f"{name} final_model_sha256 (released {rel}/model.npz)",
+                    entry["final_model_sha256"],
+                    h,
+                )
             elif (result.get("site_model_sha256") or {}).get(tag) is not None:
-                r.exact(f"{name} site_model_sha256 {tag} (released {rel}/model.npz)",
-                        result["site_model_sha256"][tag], h)  # fmt: skip
+                r.exact(
+                    f"{name} site_model_sha256 {tag} (released {rel}/model.npz)",
+                    result["site_model_sha256"][tag],
+                    h,
+                )
         if not targets:
             r.missing(f"{name} released model", f"no release.json under {mdir}")
         # the initial model: seeded weights (public pretraining redone, into a scratch cache)
@@ -408,8 +442,11 @@ class SeedRun:
         torch.manual_seed(mcfg.seed)
         with torch_threads(self.bench_threads):  # pretraining runs in the benchmark's process
             initial = get_params(initial_model(mcfg, method))
-        r.exact(f"{name} initial_model_sha256 (rebuilt from the seed)",
-                entry["initial_model_sha256"], state_sha256(initial))  # fmt: skip
+        r.exact(
+            f"{name} initial_model_sha256 (rebuilt from the seed)",
+            entry["initial_model_sha256"],
+            state_sha256(initial),
+        )
 
     def _test(self, site: str):
         from common.data.loader import load_arrays
@@ -436,14 +473,20 @@ class SeedRun:
             return
         gpus = sorted(set(_cuda_devices(entry.get("device"))))
         if gpus:
-            r.write(f"NOTE     {name} computed on {', '.join(gpus)}; verify evaluates on the CPU: "
-                    "Dice and CE may differ in the last bits, a pixel at the 0.5 threshold may flip")  # fmt: skip
+            r.write(
+                f"NOTE     {name} computed on {', '.join(gpus)}; verify evaluates on the CPU: "
+                "Dice and CE may differ in the last bits, a pixel at the 0.5 threshold may flip"
+            )
         models = {}
         for tag, rel in targets.items():
             try:
                 models[tag] = load_release(mdir / rel)[0]
             except (KeyError, RuntimeError, ValueError) as err:  # wrong names or shapes
-                r.add(Check(MISMATCH, f"{name} release {rel} loads", note=f"{type(err).__name__}: {err}"))  # fmt: skip
+                r.add(
+                    Check(
+                        MISMATCH, f"{name} release {rel} loads", note=f"{type(err).__name__}: {err}"
+                    )
+                )
                 return
         test = {s: self._test(s) for s in SITE_NAMES}
         bs = mcfg.train.eval_batch_size
@@ -457,8 +500,13 @@ class SeedRun:
                 sums = {s: evaluate_sums(models[s], *test[s], bs) for s in models}
             cross = {}
             if get_method(method).kind == "local":
-                cross = {s: {t: metrics_from_sums(evaluate_sums(m, *test[t], bs))["dice"]
-                             for t in SITE_NAMES} for s, m in models.items()}  # fmt: skip
+                cross = {
+                    s: {
+                        t: metrics_from_sums(evaluate_sums(m, *test[t], bs))["dice"]
+                        for t in SITE_NAMES
+                    }
+                    for s, m in models.items()
+                }
         got = summarize(sums)
         for key in ("dice", "dice_site_mean", "dice_global", "fp_rate_empty", "ce_loss"):
             value = got[key] if key == "dice_site_mean" else got["overall"][key]
@@ -519,9 +567,17 @@ class SeedRun:
             except (DPConfigError, TypeError, ValueError) as err:
                 r.add(Check(MISMATCH, f"{what} history", note=f"unusable: {err}"))
                 continue
-            r.number(f"{what} epsilon ({rec['adjacency']}, {rec['accountant']})", rec.get("epsilon"), eps[site])  # fmt: skip
+            r.number(
+                f"{what} epsilon ({rec['adjacency']}, {rec['accountant']})",
+                rec.get("epsilon"),
+                eps[site],
+            )
             for adj, value in by_adj.items():
-                r.number(f"{what} epsilon_by_adjacency {adj}", (rec.get("epsilon_by_adjacency") or {}).get(adj), value)  # fmt: skip
+                r.number(
+                    f"{what} epsilon_by_adjacency {adj}",
+                    (rec.get("epsilon_by_adjacency") or {}).get(adj),
+                    value,
+                )
             r.exact(f"{what} steps (sum of the history)", rec.get("steps"), acc.steps)
             state = mdir / "site-state" / mdir.name / f"site{site}" / "dp_accountant.json"
             if state.is_file():  # what the site itself saved after its last round
@@ -533,8 +589,11 @@ class SeedRun:
         r.number(f"{name} epsilon (worst site)", entry.get("epsilon"), eps[worst])
         r.number(f"{name} dp.epsilon (worst site)", dp.get("epsilon"), eps[worst])
         r.exact(f"{name} dp.worst_site", dp.get("worst_site"), worst)
-        r.tree(f"{name} dp.epsilon_by_adjacency (worst site)", dp.get("epsilon_by_adjacency"),
-               per_site[worst].get("epsilon_by_adjacency"))  # fmt: skip
+        r.tree(
+            f"{name} dp.epsilon_by_adjacency (worst site)",
+            dp.get("epsilon_by_adjacency"),
+            per_site[worst].get("epsilon_by_adjacency"),
+        )
         return eps[worst]
 
     def _check_ddp(self, name: str, entry: dict, dp: dict, mdir: Path) -> float | None:
@@ -553,7 +612,11 @@ class SeedRun:
         r.exact(f"{name} dp.steps_accounted (ledger lines)", dp.get("steps_accounted"), len(ledger))
         history = read_json(mdir / "history.json") if (mdir / "history.json").is_file() else []
         kept = sum("ddp" in h for h in history)
-        r.exact(f"{name} dp.releases_not_in_history", dp.get("releases_not_in_history"), len(ledger) - kept)  # fmt: skip
+        r.exact(
+            f"{name} dp.releases_not_in_history",
+            dp.get("releases_not_in_history"),
+            len(ledger) - kept,
+        )
         delta = float(entry["delta"])
         try:
             by_adj = {adj: epsilon_of(ledger, delta, adj) for adj in ADJACENCIES}
@@ -561,7 +624,11 @@ class SeedRun:
             r.add(Check(MISMATCH, f"{name} privacy ledger", note=f"unusable: {err}"))
             return None
         for adj, value in by_adj.items():
-            r.number(f"{name} dp.epsilon_by_adjacency {adj} (ledger)", (dp.get("epsilon_by_adjacency") or {}).get(adj), value)  # fmt: skip
+            r.number(
+                f"{name} dp.epsilon_by_adjacency {adj} (ledger)",
+                (dp.get("epsilon_by_adjacency") or {}).get(adj),
+                value,
+            )
         eps = by_adj.get(dp.get("adjacency"))
         r.number(f"{name} epsilon ({dp.get('adjacency')}, ledger)", entry.get("epsilon"), eps)
         return eps
@@ -577,8 +644,11 @@ class SeedRun:
             return
         path = mdir / "audit" / AUDIT_SCORES
         if not path.is_file():
-            r.missing(f"{name} audit scores", f"{path} not found (a run before `fedonco verify` "
-                      "existed does not save them): the audit cannot be recomputed")  # fmt: skip
+            r.missing(
+                f"{name} audit scores",
+                f"{path} not found (a run before `fedonco verify` "
+                "existed does not save them): the audit cannot be recomputed",
+            )
             return
         try:
             scores, member, sites = load_audit_scores(path)
@@ -588,20 +658,32 @@ class SeedRun:
         targets = (mia.get("attack_info") or {}).get("targets") or []
         if self.test_ok and self.data_dir is not None:  # the labels: a fresh draw of the candidates
             _, _, fresh, fresh_sites, fresh_cases = draw_candidates(
-                self.data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio,
-                with_cases=True)  # fmt: skip
+                self.data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio, with_cases=True
+            )
             keep = np.ones(len(fresh), bool) if "all" in targets else np.isin(fresh_sites, targets)
-            same = (np.array_equal(fresh[keep], member) and
-                    np.array_equal(fresh_sites[keep].astype(str), sites))  # fmt: skip
-            r.add(Check(OK if same else MISMATCH, f"{name} audit labels and sites (a fresh draw of the "
-                        "candidates)", f"{int(member.sum())} members", f"{int(fresh[keep].sum())} members",
-                        "" if same else "the saved labels are not the candidates' memberships"))  # fmt: skip
+            same = np.array_equal(fresh[keep], member) and np.array_equal(
+                fresh_sites[keep].astype(str), sites
+            )
+            r.add(
+                Check(
+                    OK if same else MISMATCH,
+                    f"{name} audit labels and sites (a fresh draw of the candidates)",
+                    f"{int(member.sum())} members",
+                    f"{int(fresh[keep].sum())} members",
+                    "" if same else "the saved labels are not the candidates' memberships",
+                )
+            )
             if cases is not None:
                 same = np.array_equal(fresh_cases[keep], cases)
-                r.add(Check(OK if same else MISMATCH, f"{name} audit case ids (the fresh draw's "
-                            "sample records)", f"{len(set(cases.tolist()))} cases",
-                            f"{len(set(fresh_cases[keep].tolist()))} cases",
-                            "" if same else "the saved case ids are not the candidates' cases"))  # fmt: skip
+                r.add(
+                    Check(
+                        OK if same else MISMATCH,
+                        f"{name} audit case ids (the fresh draw's sample records)",
+                        f"{len(set(cases.tolist()))} cases",
+                        f"{len(set(fresh_cases[keep].tolist()))} cases",
+                        "" if same else "the saved case ids are not the candidates' cases",
+                    )
+                )
         for tag in targets:  # the pooled scores are the attacker's own, target by target
             part_path = mdir / "audit" / tag / "scores.npz"
             if not part_path.is_file():
@@ -609,9 +691,17 @@ class SeedRun:
                 continue
             part = read_npz(part_path)
             pick = np.ones(len(member), bool) if tag == "all" else sites == tag
-            same = set(part) == set(scores) and all(np.array_equal(part[k], scores[k][pick]) for k in part)  # fmt: skip
-            r.add(Check(OK if same else MISMATCH, f"{name} audit scores == the attacker's {tag}/scores.npz",
-                        f"{len(part)} rungs", f"{len(scores)} rungs"))  # fmt: skip
+            same = set(part) == set(scores) and all(
+                np.array_equal(part[k], scores[k][pick]) for k in part
+            )
+            r.add(
+                Check(
+                    OK if same else MISMATCH,
+                    f"{name} audit scores == the attacker's {tag}/scores.npz",
+                    f"{len(part)} rungs",
+                    f"{len(scores)} rungs",
+                )
+            )
         r.exact(f"{name} mia.n_members", mia.get("n_members"), int(member.sum()))
         r.exact(f"{name} mia.n_nonmembers", mia.get("n_nonmembers"), int((~member).sum()))
         epsilon = eps if eps is not None else entry.get("epsilon")
@@ -622,8 +712,15 @@ class SeedRun:
             if rung not in scores:
                 r.missing(f"{name} mia {rung}", f"no scores for it in {path.name}")
                 continue
-            got = audit_metrics(scores[rung], member, sites=sites, epsilon=epsilon,
-                                delta=entry.get("delta"), n_boot=cfg.mia.bootstrap, seed=cfg.seed)  # fmt: skip
+            got = audit_metrics(
+                scores[rung],
+                member,
+                sites=sites,
+                epsilon=epsilon,
+                delta=entry.get("delta"),
+                n_boot=cfg.mia.bootstrap,
+                seed=cfg.seed,
+            )
             fresh_metrics[rung] = got
             what = f"{name} mia {rung}"
             r.number(f"{what} auc", reported.get("auc"), got["auc"])
@@ -633,25 +730,41 @@ class SeedRun:
                 if point is None:
                     r.exact(f"{what} {k}", reported.get(k), None, "not estimable")
                     continue
-                r.number(f"{what} {k} [Clopper-Pearson 95%]", [reported.get(k), *((rep or {}).get("tpr_ci95") or [None, None])],
-                         [point["tpr"], *point["tpr_ci95"]])  # fmt: skip
+                r.number(
+                    f"{what} {k} [Clopper-Pearson 95%]",
+                    [reported.get(k), *((rep or {}).get("tpr_ci95") or [None, None])],
+                    [point["tpr"], *point["tpr_ci95"]],
+                )
             r.tree(f"{what} every other number (per site, thresholds, DP ceiling)", reported, got)
         best = mia.get("attack")
         if best in fresh_metrics:
-            keys = ("auc", "auc_ci95", "tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr",
-                    "tpr", "dp_ceiling")  # fmt: skip
-            r.tree(f"{name} mia headline (the quoted rung, {best})", {k: mia.get(k) for k in keys},
-                   {k: fresh_metrics[best].get(k) for k in keys})  # fmt: skip
+            keys = (
+                "auc",
+                "auc_ci95",
+                "tpr_at_10pct_fpr",
+                "tpr_at_1pct_fpr",
+                "tpr_at_0.1pct_fpr",
+                "tpr",
+                "dp_ceiling",
+            )
+            r.tree(
+                f"{name} mia headline (the quoted rung, {best})",
+                {k: mia.get(k) for k in keys},
+                {k: fresh_metrics[best].get(k) for k in keys},
+            )
         aud = mia.get("auditor") or {}
         if aud.get("attack") in fresh_metrics:
             got = fresh_metrics[aud["attack"]]
-            r.tree(f"{name} mia auditor headline ({aud['attack']})",
-                   {k: aud.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")},
-                   {k: got.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")})  # fmt: skip
+            r.tree(
+                f"{name} mia auditor headline ({aud['attack']})",
+                {k: aud.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")},
+                {k: got.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")},
+            )
         self.check_patient_level(name, mia, scores, member, cases, cfg)
 
-    def check_patient_level(self, name: str, mia: dict, scores: dict, member: np.ndarray,
-                            cases: np.ndarray | None, cfg) -> None:  # fmt: skip
+    def check_patient_level(
+        self, name: str, mia: dict, scores: dict, member: np.ndarray, cases: np.ndarray | None, cfg
+    ) -> None:
         """The patient-level audit (``bench.audit.patient_audit``), recomputed from the saved
         scores and case ids; a run on a dataset without case ids has neither."""
         from bench.audit import patient_audit
@@ -663,8 +776,15 @@ class SeedRun:
                 r.missing(what, "the saved scores hold no case ids")
             return
         if reported is None:
-            r.add(Check(MISMATCH, what, None, "a patient-level audit",
-                        "the saved scores hold case ids; results.json has no patient_level"))  # fmt: skip
+            r.add(
+                Check(
+                    MISMATCH,
+                    what,
+                    None,
+                    "a patient-level audit",
+                    "the saved scores hold case ids; results.json has no patient_level",
+                )
+            )
             return
         self.bar.set_description(f"{name}: audit per patient")
         try:
@@ -694,17 +814,24 @@ def bench_threads(sdir: Path, write) -> int:
         return here
     then, now = read_json(path), collect_versions()
     libs = then.get("libraries") or {}
-    differ = [f"{k} {libs[k]} -> {now['libraries'].get(k)}" for k in sorted(libs)
-              if libs[k] != now["libraries"].get(k)]  # fmt: skip
+    differ = [
+        f"{k} {libs[k]} -> {now['libraries'].get(k)}"
+        for k in sorted(libs)
+        if libs[k] != now["libraries"].get(k)
+    ]
     if then.get("python") != now["python"]:
         differ.append(f"python {then.get('python')} -> {now['python']}")
     if differ:
-        write("NOTE     versions differ from the run's (" + ", ".join(differ) + "): floats may "
-              "differ in the last bits")  # fmt: skip
+        write(
+            "NOTE     versions differ from the run's (" + ", ".join(differ) + "): floats may "
+            "differ in the last bits"
+        )
     threads = then.get("torch_threads")
     if not isinstance(threads, int) or threads < 1:
-        write(f"NOTE     versions.json does not record the benchmark's torch thread count: public "
-              f"pretraining and the reference rows are recomputed with this process's {here}")  # fmt: skip
+        write(
+            f"NOTE     versions.json does not record the benchmark's torch thread count: public "
+            f"pretraining and the reference rows are recomputed with this process's {here}"
+        )
         return here
     return threads
 
@@ -715,8 +842,10 @@ def seed_dirs(run_dir: Path) -> tuple[dict | None, list[Path]]:
         raise VerifyError(f"{run_dir}: no such directory")
     if not run_dir.is_dir():
         raise VerifyError(f"{run_dir}: not a directory (give the run directory, runs/<run_id>)")
-    top = read_json(run_dir / "results.json", ": not a run directory (give the directory "
-                    "`fedonco bench` wrote, runs/<run_id>)")  # fmt: skip
+    top = read_json(
+        run_dir / "results.json",
+        ": not a run directory (give the directory `fedonco bench` wrote, runs/<run_id>)",
+    )
     if isinstance(top, dict) and "seeds" in top:
         dirs = [run_dir / f"seed{s}" for s in top["seeds"]]
         for d in dirs:
@@ -746,14 +875,20 @@ def verify_run(run_dir: Path, write=_print) -> Report:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="fedonco-verify-cache-"))
         )
         saved_cache = os.environ.get("FEDONCO_CACHE_DIR")
-        stack.callback(lambda: os.environ.__setitem__("FEDONCO_CACHE_DIR", saved_cache)
-                       if saved_cache is not None else os.environ.pop("FEDONCO_CACHE_DIR", None))  # fmt: skip
+        stack.callback(
+            lambda: (
+                os.environ.__setitem__("FEDONCO_CACHE_DIR", saved_cache)
+                if saved_cache is not None
+                else os.environ.pop("FEDONCO_CACHE_DIR", None)
+            )
+        )
         report = Report(write)
         # every bundle's results and configs read first: an unusable one stops before any work
         runs = [SeedRun(sdir, report, cache) for sdir in dirs]
         total = sum(1 + 4 * len(s.results["methods"]) for s in runs)
-        bar = stack.enter_context(tqdm(total=total, desc="verify", unit="step", disable=None,
-                                       file=sys.stderr))  # fmt: skip
+        bar = stack.enter_context(
+            tqdm(total=total, desc="verify", unit="step", disable=None, file=sys.stderr)
+        )
         threads = bench_threads(dirs[0], report.write)
         for run in runs:
             run.bar, run.bench_threads = bar, threads
@@ -766,14 +901,17 @@ def verify_run(run_dir: Path, write=_print) -> Report:
                 try:
                     run.check_method(name, entry, method, mdir, cfg)
                 except KeyError as err:
-                    raise VerifyError(f"{run.dir / 'results.json'}: {name} lacks {err}: not a "
-                                      "complete results file") from None  # fmt: skip
+                    raise VerifyError(
+                        f"{run.dir / 'results.json'}: {name} lacks {err}: not a "
+                        "complete results file"
+                    ) from None
         if summary is not None:
             per_seed = {int(r.results.get("seed", r.cfg.seed)): r.results for r in runs}
             again = seed_summary(per_seed)
             for m in sorted(set(summary["methods"]) | set(again)):
-                report.tree(f"summary {m} (mean ± sd over seeds)", summary["methods"].get(m),
-                            again.get(m))  # fmt: skip
+                report.tree(
+                    f"summary {m} (mean ± sd over seeds)", summary["methods"].get(m), again.get(m)
+                )
     return report
 
 

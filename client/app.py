@@ -67,10 +67,19 @@ RETRYABLE = (
 
 
 class SiteClient:
-    def __init__(self, cfg: Config, site: str, server: str, data_dir: Path, state_dir: Path,
-                 retry_timeout_s: float = 0.0, tls_dir: Path | None = None,
-                 publish_dir: Path | None = None, allow_seeded_noise: bool = False,
-                 device: torch.device | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        site: str,
+        server: str,
+        data_dir: Path,
+        state_dir: Path,
+        retry_timeout_s: float = 0.0,
+        tls_dir: Path | None = None,
+        publish_dir: Path | None = None,
+        allow_seeded_noise: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
         self.allow_seeded_noise = allow_seeded_noise
         self.device = torch.device(device or "cpu")  # where this site trains and evaluates
         self.device_info = device_record(self.device)  # reported with every update
@@ -95,8 +104,10 @@ class SiteClient:
 
             cert_site = certificate_site(tls_dir)
             if cert_site != site:
-                raise ValueError(f"{tls_dir}: the client certificate is for site {cert_site!r}, "
-                                 f"not {site!r} (the server would refuse it)")  # fmt: skip
+                raise ValueError(
+                    f"{tls_dir}: the client certificate is for site {cert_site!r}, "
+                    f"not {site!r} (the server would refuse it)"
+                )
             creds = channel_credentials(tls_dir)
         self.stub = pb_grpc.FederationStub(create_channel(server, credentials=creds))
 
@@ -143,13 +154,21 @@ class SiteClient:
                     raise
                 waited = time.monotonic() - start
                 if self.retry_timeout_s and waited > self.retry_timeout_s:
-                    raise ValueError(f"site {self.site}: server {self.server} unreachable for "
-                                     f"{waited:.0f}s ({err.code().name}); giving up "
-                                     "(--retry-timeout)") from None  # fmt: skip
+                    raise ValueError(
+                        f"site {self.site}: server {self.server} unreachable for "
+                        f"{waited:.0f}s ({err.code().name}); giving up "
+                        "(--retry-timeout)"
+                    ) from None
                 self._check_tls()  # gRPC says UNAVAILABLE for every TLS mistake: which is it?
                 attempt += 1
-                log.info("server %s not reachable (%s, attempt %d, %.0fs so far); retrying in "
-                         "%.1fs", self.server, err.code().name, attempt, waited, delay)  # fmt: skip
+                log.info(
+                    "server %s not reachable (%s, attempt %d, %.0fs so far); retrying in %.1fs",
+                    self.server,
+                    err.code().name,
+                    attempt,
+                    waited,
+                    delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -221,11 +240,19 @@ class SiteClient:
         if self.noise is None:
             self._check_randomness(self.run_cfg)
             self.noise = NoiseSource.for_site(
-                self.run_cfg.dp.randomness, state_root=self.state_root, site=self.site,
-                seed=self.run_cfg.seed, run_id=self.run_id, method=self.method)  # fmt: skip
+                self.run_cfg.dp.randomness,
+                state_root=self.state_root,
+                site=self.site,
+                seed=self.run_cfg.seed,
+                run_id=self.run_id,
+                method=self.method,
+            )
             if self.noise.mode == SEEDED:
-                log.warning("site %s: DP noise from the public run seed (seeded simulation): "
-                            "the server can regenerate and subtract it", self.site)  # fmt: skip
+                log.warning(
+                    "site %s: DP noise from the public run seed (seeded simulation): "
+                    "the server can regenerate and subtract it",
+                    self.site,
+                )
         return self.noise
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -276,20 +303,40 @@ class SiteClient:
             if self.dp is None:
                 from client.dp_site import DPState  # Opacus only at a DP site
 
-                self.dp = DPState(self.run_cfg, len(self.train_set), self.state_dir, self.run_id,
-                                  self._noise_source(), self.attempts)  # fmt: skip
+                self.dp = DPState(
+                    self.run_cfg,
+                    len(self.train_set),
+                    self.state_dir,
+                    self.run_id,
+                    self._noise_source(),
+                    self.attempts,
+                )
             try:
-                metrics = self._with_heartbeat(task.round, lambda: self.dp.train(
-                    self.model, self.train_set, orders, shared, grad_hook=control))  # fmt: skip
+                metrics = self._with_heartbeat(
+                    task.round,
+                    lambda: self.dp.train(
+                        self.model, self.train_set, orders, shared, grad_hook=control
+                    ),
+                )
             except PrivacyBudgetExhausted as err:
                 self._decline(task.round, str(err))
                 return
         else:
             loader = DataLoader(self.train_set, batch_size=orders.batch_size, shuffle=True)
-            metrics = self._with_heartbeat(task.round, lambda: train_local(
-                self.model, loader, epochs=orders.local_epochs, lr=orders.lr, seed=orders.seed,
-                proximal_mu=orders.proximal_mu, global_params=shared,
-                optimizer=self.run_cfg.train.optimizer, grad_hook=control))  # fmt: skip
+            metrics = self._with_heartbeat(
+                task.round,
+                lambda: train_local(
+                    self.model,
+                    loader,
+                    epochs=orders.local_epochs,
+                    lr=orders.lr,
+                    seed=orders.seed,
+                    proximal_mu=orders.proximal_mu,
+                    global_params=shared,
+                    optimizer=self.run_cfg.train.optimizer,
+                    grad_hook=control,
+                ),
+            )
         metrics.update(self.device_info)
         new = get_params(self.model)
         up = {k: new[k] for k in shared}  # what leaves: the shared weights, and any extras
@@ -313,9 +360,13 @@ class SiteClient:
             bytes_up=float(tensors_nbytes(tensors)),
         )
         request = pb.PushUpdateRequest(
-            site_id=self.site, run_id=self.run_id, round=task.round, tensors=tensors,
-            num_examples=n, metrics=scalars_to_proto(metrics),
-        )  # fmt: skip
+            site_id=self.site,
+            run_id=self.run_id,
+            round=task.round,
+            tensors=tensors,
+            num_examples=n,
+            metrics=scalars_to_proto(metrics),
+        )
         if not self._push(self.stub.PushUpdate, request, task.round):
             return
         log.info(
@@ -356,9 +407,12 @@ class SiteClient:
             self.run_cfg.train.eval_batch_size,
         )
         request = pb.PushEvaluationRequest(
-            site_id=self.site, run_id=self.run_id, round=task.round, num_examples=len(images),
+            site_id=self.site,
+            run_id=self.run_id,
+            round=task.round,
+            num_examples=len(images),
             metrics=scalars_to_proto(sums),
-        )  # fmt: skip
+        )
         self._push(self.stub.PushEvaluation, request, task.round)
 
     def _push(self, method, request, rnd: int) -> bool:
@@ -391,14 +445,27 @@ class SiteClient:
 
                 self.ddp = DDPSite(self.model)
             attempt = self.attempts.next(rnd)  # recorded before anything is drawn: fresh shares
-            rngs = (noise.numpy_rng(rnd, attempt, DDP_SAMPLING),
-                    noise.numpy_rng(rnd, attempt, DDP_NOISE))  # fmt: skip
+            rngs = (
+                noise.numpy_rng(rnd, attempt, DDP_SAMPLING),
+                noise.numpy_rng(rnd, attempt, DDP_NOISE),
+            )
             p = orders.ddp
             vec, metrics = self.ddp.noisy_sum(
-                self.train_set, sorted(shared), q=p.q, clip=p.clip, scale=p.scale,
-                mu_share=p.mu_share, rngs=rngs, chunk=orders.batch_size)  # fmt: skip
-            return vec, {**metrics, "randomness": noise.mode, "attempt": attempt,
-                         **self.device_info}  # fmt: skip
+                self.train_set,
+                sorted(shared),
+                q=p.q,
+                clip=p.clip,
+                scale=p.scale,
+                mu_share=p.mu_share,
+                rngs=rngs,
+                chunk=orders.batch_size,
+            )
+            return vec, {
+                **metrics,
+                "randomness": noise.mode,
+                "attempt": attempt,
+                **self.device_info,
+            }
 
         try:
             vec, metrics = self._with_heartbeat(rnd, work)
@@ -507,10 +574,18 @@ def run_client_cmd(args) -> int:
         from common.wire.tls import plaintext_allowed
 
         plaintext_allowed(server, args.insecure, f"site {site}")
-    client = SiteClient(cfg, site, server, Path(args.data), Path(args.state_dir or args.data + "-state"),
-                        retry_timeout_s=args.retry_timeout, tls_dir=tls_dir,
-                        publish_dir=Path(args.publish_dir) if args.publish_dir else None,
-                        allow_seeded_noise=args.allow_seeded_noise, device=device)  # fmt: skip
+    client = SiteClient(
+        cfg,
+        site,
+        server,
+        Path(args.data),
+        Path(args.state_dir or args.data + "-state"),
+        retry_timeout_s=args.retry_timeout,
+        tls_dir=tls_dir,
+        publish_dir=Path(args.publish_dir) if args.publish_dir else None,
+        allow_seeded_noise=args.allow_seeded_noise,
+        device=device,
+    )
     stop_on_sigterm(f"site {site}")
     return client.run()
 

@@ -36,8 +36,15 @@ class DPState:
     """The site's DP state for one run: settings, σ, the accountant, the randomness, and the DP
     trainer (the model is wrapped for per-sample gradients once, at the first DP round)."""
 
-    def __init__(self, cfg: Config, n_site: int, state_dir: Path, run_id: str,
-                 noise: NoiseSource, attempts: AttemptLog) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        n_site: int,
+        state_dir: Path,
+        run_id: str,
+        noise: NoiseSource,
+        attempts: AttemptLog,
+    ) -> None:
         d, t = cfg.dp, cfg.train
         self.settings = DPSettings.from_config(d)
         self.sigma = self.settings.run_sigma(n_site, t.batch_size, t.rounds, t.local_epochs)
@@ -50,9 +57,17 @@ class DPState:
             saved = json.loads(self.path.read_text())
             if saved.get("run_id") == run_id:
                 self.accountant = SiteAccountant.from_state_dict(saved["accountant"])
-        log.info("DP-SGD: sigma %.4f, C %g, delta %g, %s accountant (%s), %s randomness, %d step(s) "
-                 "so far", self.sigma, d.max_grad_norm, d.delta, d.accountant, d.adjacency,
-                 noise.mode, self.accountant.steps)  # fmt: skip
+        log.info(
+            "DP-SGD: sigma %.4f, C %g, delta %g, %s accountant (%s), %s randomness, %d step(s) "
+            "so far",
+            self.sigma,
+            d.max_grad_norm,
+            d.delta,
+            d.accountant,
+            d.adjacency,
+            noise.mode,
+            self.accountant.steps,
+        )
 
     def _save(self) -> None:
         text = json.dumps({"run_id": self.run_id, "accountant": self.accountant.state_dict()})
@@ -65,23 +80,40 @@ class DPState:
             self.trainer = DPTrainer(model, self.settings)
         acc, before, rnd = self.accountant, self.accountant.steps, orders.round
         attempt = self.attempts.next(rnd)  # recorded before anything is drawn
-        seeds = (self.noise.torch_seed(rnd, attempt, DP_SAMPLING),
-                 self.noise.torch_seed(rnd, attempt, DP_NOISE))  # fmt: skip
+        seeds = (
+            self.noise.torch_seed(rnd, attempt, DP_SAMPLING),
+            self.noise.torch_seed(rnd, attempt, DP_NOISE),
+        )
         try:
             m = self.trainer.train_round(
-                dataset, epochs=orders.local_epochs, lr=orders.lr, batch_size=orders.batch_size,
-                seed=orders.seed, sigma=self.sigma, accountant=acc,
-                proximal_mu=orders.proximal_mu, global_params=shared,
-                optimizer=self.cfg.train.optimizer, generator_seeds=seeds, grad_hook=grad_hook,
-            )  # fmt: skip
+                dataset,
+                epochs=orders.local_epochs,
+                lr=orders.lr,
+                batch_size=orders.batch_size,
+                seed=orders.seed,
+                sigma=self.sigma,
+                accountant=acc,
+                proximal_mu=orders.proximal_mu,
+                global_params=shared,
+                optimizer=self.cfg.train.optimizer,
+                generator_seeds=seeds,
+                grad_hook=grad_hook,
+            )
         finally:
             if (
                 acc.steps != before
             ):  # steps happened (even if the round failed half-way): they count
                 self._save()
         if attempt > 1:
-            log.warning("round %d re-run (attempt %d): fresh randomness, and epsilon counts every "
-                        "attempt", rnd, attempt)  # fmt: skip
-        return {**{k: m[k] for k in PUBLIC_METRIC_KEYS if k in m}, "steps_total": acc.steps,
-                "accountant_history": history_text(acc), "attempt": attempt,
-                "randomness": self.noise.mode}  # fmt: skip
+            log.warning(
+                "round %d re-run (attempt %d): fresh randomness, and epsilon counts every attempt",
+                rnd,
+                attempt,
+            )
+        return {
+            **{k: m[k] for k in PUBLIC_METRIC_KEYS if k in m},
+            "steps_total": acc.steps,
+            "accountant_history": history_text(acc),
+            "attempt": attempt,
+            "randomness": self.noise.mode,
+        }

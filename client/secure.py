@@ -29,19 +29,24 @@ class PendingUpdate:
     ring: bool = False  # distributed DP: already an integer vector mod 2**32, noise share included
 
 
-def advertise_request(site: str, run_id: str, secagg: SecAggClient, pending: PendingUpdate,
-                      metrics: dict) -> pb.AdvertiseKeysRequest:  # fmt: skip
+def advertise_request(
+    site: str, run_id: str, secagg: SecAggClient, pending: PendingUpdate, metrics: dict
+) -> pb.AdvertiseKeysRequest:
     """Stage 0: fresh public keys and n_k (not secret); the update stays at the site."""
     enc_pk, mask_pk = secagg.advertise_keys()
     return pb.AdvertiseKeysRequest(
-        site_id=site, run_id=run_id, round=pending.round,
-        keys=pb.PublicKeys(enc_pk=enc_pk, mask_pk=mask_pk), num_examples=pending.num_examples,
+        site_id=site,
+        run_id=run_id,
+        round=pending.round,
+        keys=pb.PublicKeys(enc_pk=enc_pk, mask_pk=mask_pk),
+        num_examples=pending.num_examples,
         metrics=scalars_to_proto(metrics),
-    )  # fmt: skip
+    )
 
 
-def stage_answer(site: str, run_id: str, secagg: SecAggClient, pending: PendingUpdate,
-                 task: pb.SecAggTask) -> tuple[str, object]:  # fmt: skip
+def stage_answer(
+    site: str, run_id: str, secagg: SecAggClient, pending: PendingUpdate, task: pb.SecAggTask
+) -> tuple[str, object]:
     """(Federation RPC name, request) answering the stage ``task`` opens. Raises
     ``common.secagg.SecAggError`` for a stage this site must refuse (e.g. both shares of one
     peer asked for)."""

@@ -137,8 +137,10 @@ class TrainConfig(_Frozen):
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     eval_batch_size: int = Field(64, ge=1)
-    device: str = Field("cpu", description=f"where every process computes: {DEVICES} "
-                        "(--device overrides it; docs/gpu.md)")  # fmt: skip
+    device: str = Field(
+        "cpu",
+        description=f"where every process computes: {DEVICES} (--device overrides it; docs/gpu.md)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -229,8 +231,10 @@ class DPConfig(_Frozen):
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
         if self.adjacency == "replace-one" and self.accountant != "rdp":
-            raise ValueError("the prv accountant has no replace-one analysis here: use "
-                             "accountant = 'rdp' or adjacency = 'add-remove'")  # fmt: skip
+            raise ValueError(
+                "the prv accountant has no replace-one analysis here: use "
+                "accountant = 'rdp' or adjacency = 'add-remove'"
+            )
         return self
 
 
@@ -390,8 +394,10 @@ class Config(_Frozen):
     def _recipes_apply(self):
         for method, recipe in self.recipes.items():
             if "device" in recipe.train:
-                raise ValueError(f"recipes.{method}.train.device: the device is one for the "
-                                 "whole run; set train.device (or --device)")  # fmt: skip
+                raise ValueError(
+                    f"recipes.{method}.train.device: the device is one for the "
+                    "whole run; set train.device (or --device)"
+                )
             get_method(method)  # a recipe for an unknown method is a typo
             self.for_method(method)  # every recipe must give a valid config
         return self
@@ -400,8 +406,10 @@ class Config(_Frozen):
         """What a site and the server must agree on for their tensors to fit, in words:
         the image size, the HU window and the U-Net (base width, groups, normalisation)."""
         d, m = self.data, self.model
-        return (f"{d.image_size}px window {d.window[0]:g}..{d.window[1]:g} HU, U-Net base "
-                f"{m.base} groups {m.groups} norm {m.norm}")  # fmt: skip
+        return (
+            f"{d.image_size}px window {d.window[0]:g}..{d.window[1]:g} HU, U-Net base "
+            f"{m.base} groups {m.groups} norm {m.norm}"
+        )
 
     def for_method(self, method: str) -> Config:
         """The config ``method`` runs with: ``[train]`` and ``[dp]`` with ``[recipes.<method>]``
@@ -417,8 +425,10 @@ class Config(_Frozen):
         if "noise_multiplier" in recipe.dp and "target_epsilon" not in recipe.dp:
             dp["target_epsilon"] = None
         problems = []
-        for section, model, data in (("train", TrainConfig, {**self.train.model_dump(), **recipe.train}),
-                                     ("dp", DPConfig, dp)):  # fmt: skip
+        for section, model, data in (
+            ("train", TrainConfig, {**self.train.model_dump(), **recipe.train}),
+            ("dp", DPConfig, dp),
+        ):
             try:
                 model.model_validate(data)
             except ValidationError as err:  # one line per field, with its full path

@@ -48,14 +48,18 @@ def resolve_device(text: str) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
-        raise DeviceError(f"device {spec!r} asked for, but this process has no CUDA ({build}); "
-                          "use --device cpu (or auto), or install a CUDA torch (README)")  # fmt: skip
+        raise DeviceError(
+            f"device {spec!r} asked for, but this process has no CUDA ({build}); "
+            "use --device cpu (or auto), or install a CUDA torch (README)"
+        )
     device = torch.device("cuda" if spec == "auto" else spec)
     index = 0 if device.index is None else device.index
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"device {spec!r} asked for, but this process sees {count} GPU(s) "
-                          f"(cuda:0..cuda:{count - 1}; CUDA_VISIBLE_DEVICES narrows them)")  # fmt: skip
+        raise DeviceError(
+            f"device {spec!r} asked for, but this process sees {count} GPU(s) "
+            f"(cuda:0..cuda:{count - 1}; CUDA_VISIBLE_DEVICES narrows them)"
+        )
     _float32_cuda()
     return torch.device("cuda", index)
 

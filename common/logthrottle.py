@@ -20,8 +20,13 @@ BURST, WINDOW_S = 10, 60.0
 
 
 class Throttle(logging.Filter):
-    def __init__(self, burst: int = BURST, window_s: float = WINDOW_S,
-                 tracebacks: bool = True, clock=time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        burst: int = BURST,
+        window_s: float = WINDOW_S,
+        tracebacks: bool = True,
+        clock=time.monotonic,
+    ) -> None:
         super().__init__()
         if burst < 1 or window_s <= 0:
             raise ValueError(f"burst must be >= 1 and window_s > 0, got {burst}, {window_s}")

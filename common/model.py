@@ -110,8 +110,13 @@ class UNet(nn.Module):
 CHANNELS_LAST = True
 
 
-def build_model(base: int = 16, norm: Norm = "batch", groups: int = 8, seed: int = 0,
-                channels_last: bool | None = None) -> UNet:  # fmt: skip
+def build_model(
+    base: int = 16,
+    norm: Norm = "batch",
+    groups: int = 8,
+    seed: int = 0,
+    channels_last: bool | None = None,
+) -> UNet:
     """A U-Net whose initial weights depend only on ``seed``.
 
     The global torch RNG is neither read nor changed: initialisation runs inside a forked RNG

@@ -23,8 +23,9 @@ class LogProgress:
     """The subset of tqdm's interface the project uses (update, set_postfix, close, ``with``),
     as log lines."""
 
-    def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0,
-                 every_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, total: int | None, desc: str, unit: str, initial: int = 0, every_s: float = 30.0
+    ) -> None:
         self.total, self.desc, self.unit, self.n = total, desc.strip(), unit, initial
         self.every_s, self.postfix = every_s, ""
         self.t0 = time.monotonic()
@@ -67,8 +68,14 @@ class LogProgress:
         self.close()
 
 
-def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0,
-             stream: TextIO | None = None, every_s: float = 30.0):  # fmt: skip
+def progress(
+    total: int | None,
+    desc: str,
+    unit: str = "it",
+    initial: int = 0,
+    stream: TextIO | None = None,
+    every_s: float = 30.0,
+):
     """A tqdm bar when ``stream`` (default stderr) is a terminal, else log lines."""
     stream = stream or sys.stderr
     if stream.isatty():

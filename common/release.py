@@ -21,10 +21,15 @@ from common.model import build_model, set_params, state_sha256
 def release_info(cfg, method: str, params: dict[str, np.ndarray], site: str | None = None) -> dict:
     """The public description of a released model of ``method`` under ``cfg`` (architecture and
     input facts, the weights' hash; ``site`` for a site's own release)."""
-    info = {"method": method, "base": cfg.model.base,
-            "norm": get_method(method).norm_type(cfg.model.norm), "groups": cfg.model.groups,
-            "image_size": cfg.data.image_size, "window": list(cfg.data.window),
-            "final_model_sha256": state_sha256(params)}  # fmt: skip
+    info = {
+        "method": method,
+        "base": cfg.model.base,
+        "norm": get_method(method).norm_type(cfg.model.norm),
+        "groups": cfg.model.groups,
+        "image_size": cfg.data.image_size,
+        "window": list(cfg.data.window),
+        "final_model_sha256": state_sha256(params),
+    }
     return info if site is None else {**info, "site": site}
 
 

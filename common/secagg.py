@@ -506,8 +506,11 @@ class SecAggServer:
     def receive_masked(self, masked: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
         """(survivors U3, dropped U2 \\ U3). Only uint32 vectors of vector_len count as arrived."""
         self._enter(2, masked, self.u2)
-        ok = {s: v for s, v in masked.items() if isinstance(v, np.ndarray)
-              and v.dtype == np.uint32 and v.shape == (self.vector_len,)}  # fmt: skip
+        ok = {
+            s: v
+            for s, v in masked.items()
+            if isinstance(v, np.ndarray) and v.dtype == np.uint32 and v.shape == (self.vector_len,)
+        }
         if bad := sorted(set(masked) - set(ok)):
             log.warning("round %d: malformed masked input from %s, dropping them", self.rnd, bad)
         self.u3, dropped = sorted(ok), sorted(set(self.u2) - set(ok))

@@ -9,16 +9,31 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("numpy", "scipy", "torch", "pydantic", "grpcio", "protobuf", "matplotlib", "opacus",
-            "cryptography", "scikit-learn", "diffusers")  # fmt: skip
+PACKAGES = (
+    "numpy",
+    "scipy",
+    "torch",
+    "pydantic",
+    "grpcio",
+    "protobuf",
+    "matplotlib",
+    "opacus",
+    "cryptography",
+    "scikit-learn",
+    "diffusers",
+)
 
 
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=5, check=True,
-        )  # fmt: skip
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -77,16 +77,25 @@ DDP_THREAT_MODEL = (
 
 
 class Server:
-    def __init__(self, cfg: Config, method: str, data_dir: Path, run_dir: Path, resume: bool,
-                 device: torch.device | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        method: str,
+        data_dir: Path,
+        run_dir: Path,
+        resume: bool,
+        device: torch.device | None = None,
+    ):
         """``device``: where the server's model evaluates (and pretrains; default CPU)."""
         cfg = cfg.for_method(method)  # the method's own [recipes.<method>], if any
         self.cfg, self.method, self.run_dir = cfg, method, run_dir
         self.device = torch.device(device or "cpu")
         self.traits = get_method(method)
         if self.traits.kind != "federated":
-            raise ValueError(f"{method} is a reference row that `fedonco bench` trains in one "
-                             "process, not a federation a server runs")  # fmt: skip
+            raise ValueError(
+                f"{method} is a reference row that `fedonco bench` trains in one "
+                "process, not a federation a server runs"
+            )
         self.strategy = strategy_for(cfg, method)
         torch.manual_seed(cfg.seed)
         self.model = initial_model(cfg, method, self.device)  # public pretraining, if any
@@ -125,8 +134,9 @@ class Server:
         manifest = read_manifest(data_dir)
         images, self.test_masks, _, self.test_sites = load_arrays(data_dir, "test", None, manifest)
         self.test_inputs = to_inputs(images, manifest["window"])
-        self.state = RoundState(self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s,
-                                cfg.fl.max_examples_per_site)  # fmt: skip
+        self.state = RoundState(
+            self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s, cfg.fl.max_examples_per_site
+        )
         self.t_start = time.perf_counter()
         self.transport = "plaintext"  # serve_campaign sets what the port speaks
 
@@ -171,9 +181,15 @@ class Server:
         record["eval"] = self.evaluate(rnd)
         timing = record.setdefault("timing_s", {})
         slowest = max((_number(m.get("train_time_s")) for m in metrics.values()), default=0.0)
-        timing.update(encode=t_enc, fit_phase=t_fit, round=round_wall, evaluate=time.perf_counter() - t2,
-                      slowest_train=slowest, fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0,
-                      secagg_server=record.get("secagg", {}).get("secagg_server_s", 0.0))  # fmt: skip
+        timing.update(
+            encode=t_enc,
+            fit_phase=t_fit,
+            round=round_wall,
+            evaluate=time.perf_counter() - t2,
+            slowest_train=slowest,
+            fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0,
+            secagg_server=record.get("secagg", {}).get("secagg_server_s", 0.0),
+        )
         record["bytes_down_per_site"] = tensors_nbytes(payload)
         return record
 
@@ -191,9 +207,13 @@ class Server:
             shared = {k: self.params[k] for k in self.shared}
             sites = self.state.alive_sites()
             results, failures = self.state.run_phase(
-                TaskKind.EVALUATE, rnd, {s: {"round": rnd} for s in sites}, ndarrays_to_proto(shared), None,
+                TaskKind.EVALUATE,
+                rnd,
+                {s: {"round": rnd} for s in sites},
+                ndarrays_to_proto(shared),
+                None,
                 self.cfg.fl.round_timeout_s,
-            )  # fmt: skip
+            )
             sums = {
                 s: {k: float(v) for k, v in r.metrics.items() if k in SUM_KEYS}
                 for s, r in results.items()
@@ -205,8 +225,12 @@ class Server:
         sums = {}
         for site in SITE_NAMES:
             sel = self.test_sites == site
-            sums[site] = evaluate_sums(self.model, self.test_inputs[torch.from_numpy(sel)], self.test_masks[sel],
-                                       self.cfg.train.eval_batch_size)  # fmt: skip
+            sums[site] = evaluate_sums(
+                self.model,
+                self.test_inputs[torch.from_numpy(sel)],
+                self.test_masks[sel],
+                self.cfg.train.eval_batch_size,
+            )
         out = summarize(sums)
         out["where"] = "server"
         return out
@@ -216,9 +240,15 @@ class Server:
     def _save_state(self) -> None:
         write_json_atomic(
             self.layout.state,
-            {"run_id": self.run_id, "method": self.method, "round": self.done, "history": self.history,
-             "initial_model_sha256": self.initial_sha, "skipped": self.skipped},
-        )  # fmt: skip
+            {
+                "run_id": self.run_id,
+                "method": self.method,
+                "round": self.done,
+                "history": self.history,
+                "initial_model_sha256": self.initial_sha,
+                "skipped": self.skipped,
+            },
+        )
 
     def checkpoint(self, rnd: int) -> None:
         ckpt = self.layout.checkpoints
@@ -238,9 +268,14 @@ class Server:
     def run_info(self, runs_left: int = 0, linger: bool = False) -> dict:
         """Public facts a site learns when it registers (``runs_left``: runs after this one;
         ``linger``: after the last run, stay until the server goes away)."""
-        return {"method": self.method, "rounds": self.cfg.train.rounds,
-                "model_base": self.cfg.model.base, "runs_left": runs_left, "linger": int(linger),
-                "profile": self.cfg.shape_fingerprint()}  # fmt: skip
+        return {
+            "method": self.method,
+            "rounds": self.cfg.train.rounds,
+            "model_base": self.cfg.model.base,
+            "runs_left": runs_left,
+            "linger": int(linger),
+            "profile": self.cfg.shape_fingerprint(),
+        }
 
     def serve_rounds(self, stop: threading.Event) -> dict:
         """Wait for the sites, run the remaining rounds, finalize, tell the sites it is over."""
@@ -256,11 +291,22 @@ class Server:
             record = self.run_round(rnd) if len(alive) >= self.cfg.fl.min_fit_sites else None
             if record is None:
                 skips += 1
-                self.skipped.append({"round": rnd, "attempt": skips, "alive": alive,
-                                     "reason": f"{len(alive)} live site(s) < min_fit_sites="
-                                     f"{self.cfg.fl.min_fit_sites}"})  # fmt: skip
-                log.warning("round %d skipped (%d of %d in a row): %s", rnd, skips,
-                            self.cfg.fl.max_skipped_rounds, self.skipped[-1]["reason"])  # fmt: skip
+                self.skipped.append(
+                    {
+                        "round": rnd,
+                        "attempt": skips,
+                        "alive": alive,
+                        "reason": f"{len(alive)} live site(s) < min_fit_sites="
+                        f"{self.cfg.fl.min_fit_sites}",
+                    }
+                )
+                log.warning(
+                    "round %d skipped (%d of %d in a row): %s",
+                    rnd,
+                    skips,
+                    self.cfg.fl.max_skipped_rounds,
+                    self.skipped[-1]["reason"],
+                )
                 self._save_state()
                 if skips >= self.cfg.fl.max_skipped_rounds:
                     status = f"stopped: {skips} rounds in a row without min_fit_sites live sites"
@@ -273,7 +319,10 @@ class Server:
             self.checkpoint(rnd)
             ev = record["eval"]["overall"]
             bar.update(1)
-            bar.set_postfix(dice=f"{ev.get('dice', float('nan')):.3f}", sites=f"{len(record.get('fit', {}).get('sites', {}))}/{len(record['selected'])}")  # fmt: skip
+            bar.set_postfix(
+                dice=f"{ev.get('dice', float('nan')):.3f}",
+                sites=f"{len(record.get('fit', {}).get('sites', {}))}/{len(record['selected'])}",
+            )
             if stop.is_set():
                 raise KeyboardInterrupt
         bar.close()
@@ -302,11 +351,19 @@ class Server:
             eps = {adj: epsilon_of(releases, self.ddp.delta, adj) for adj in ADJACENCIES}
             kept = sum("ddp" in h for h in self.history)
             randomness = _consensus(h.get("fit", {}).get("sites", {}) for h in self.history)
-            return {"epsilon": eps[adjacency], "delta": self.ddp.delta, "accountant": SKELLAM_ACCOUNTANT,
-                    "dp": {**self.ddp.as_dict(), "steps_accounted": len(releases),
-                           "releases_not_in_history": len(releases) - kept,
-                           "epsilon_by_adjacency": eps, "randomness": randomness,
-                           "threat_model": DDP_THREAT_MODEL}}  # fmt: skip
+            return {
+                "epsilon": eps[adjacency],
+                "delta": self.ddp.delta,
+                "accountant": SKELLAM_ACCOUNTANT,
+                "dp": {
+                    **self.ddp.as_dict(),
+                    "steps_accounted": len(releases),
+                    "releases_not_in_history": len(releases) - kept,
+                    "epsilon_by_adjacency": eps,
+                    "randomness": randomness,
+                    "threat_model": DDP_THREAT_MODEL,
+                },
+            }
         per_site = {}
         for rec in self.history:  # the latest report of each site
             for site, m in rec.get("fit", {}).get("sites", {}).items():
@@ -323,15 +380,20 @@ class Server:
             "epsilon": per_site[worst]["epsilon"],
             "delta": per_site[worst]["delta"],
             "accountant": per_site[worst]["accountant"],
-            "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site,
-                   "randomness": _consensus([per_site])},
-        }  # fmt: skip
+            "dp": {
+                **per_site[worst],
+                "worst_site": worst,
+                "per_site": per_site,
+                "randomness": _consensus([per_site]),
+            },
+        }
 
     def finalize(self, status: str = "completed") -> dict:
         save_npz(self.layout.final_model, self.params)
         if self.traits.release == "global":  # else (FedBN) each site releases its own model
-            export_release(self.layout.release, self.params,
-                           release_info(self.cfg, self.method, self.params))  # fmt: skip
+            export_release(
+                self.layout.release, self.params, release_info(self.cfg, self.method, self.params)
+            )
         write_json_atomic(self.layout.history, self.history)
         last = self.history[-1]["eval"] if self.history else {}
         result = {
@@ -359,8 +421,16 @@ class Server:
         return result
 
 
-def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, upload: dict,
-          record: dict, plan=None):  # fmt: skip
+def fit_phase(
+    cfg: Config,
+    state: RoundState,
+    rnd: int,
+    configs: dict,
+    payload,
+    upload: dict,
+    record: dict,
+    plan=None,
+):
     """The fit phase of round ``rnd``: the sites in ``configs`` train on ``payload``; returns
     (sum of n_k * upload_k, sum of n_k, site metrics) and notes failures, dropouts and the
     secure-aggregation record in ``record``. ``upload``: what each site sends (its shared
@@ -387,20 +457,34 @@ def fit_phase(cfg: Config, state: RoundState, rnd: int, configs: dict, payload, 
     if plan is not None:
         n_total = float(sum(a.num_examples for a in advertised.values()))
         if not wrap_free(plan.scale, plan.clip, n_total, len(advertised) * plan.mu_share):
-            record["aborted"] = (f"ddp-sgd: {n_total:.0f} examples could wrap the int32 sum "
-                                 "at this scale; no step taken")  # fmt: skip
+            record["aborted"] = (
+                f"ddp-sgd: {n_total:.0f} examples could wrap the int32 sum "
+                "at this scale; no step taken"
+            )
             return None, 0.0, {}
-    out = secure_aggregate(cfg, state, rnd, advertised, upload,
-                           ring_scale=plan.scale if plan else None)  # fmt: skip
+    out = secure_aggregate(
+        cfg, state, rnd, advertised, upload, ring_scale=plan.scale if plan else None
+    )
     record["secagg"] = out.record
-    record["failures"].update({s: f"dropped during secure aggregation ({k})"
-                               for k, sites in out.record["dropouts"].items() for s in sites})  # fmt: skip
+    record["failures"].update(
+        {
+            s: f"dropped during secure aggregation ({k})"
+            for k, sites in out.record["dropouts"].items()
+            for s in sites
+        }
+    )
     if out.record.get("aborted"):
         record["aborted"] = out.record["aborted"]
     if plan is not None and out.weighted_sum is not None:  # the mechanism this step realised
         k = len(out.record["survivors"])
-        record["ddp"] = {"q": plan.q, "mu": k * plan.mu_share, "mu_target": plan.mu,
-                         "sites": k, "delta1": plan.delta1, "delta2": plan.delta2}  # fmt: skip
+        record["ddp"] = {
+            "q": plan.q,
+            "mu": k * plan.mu_share,
+            "mu_target": plan.mu,
+            "sites": k,
+            "delta1": plan.delta1,
+            "delta2": plan.delta2,
+        }
     return out.weighted_sum, out.total_weight, out.metrics
 
 

@@ -64,9 +64,15 @@ def federation_message_limit(cfg, methods) -> int:
     return 2 * 4 * entries + MiB
 
 
-def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: Path | None = None,
-                   hold=None, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                   sites: int = len(SITE_NAMES)) -> list[dict]:  # fmt: skip
+def serve_campaign(
+    runs,
+    address: str,
+    port_file: Path | None = None,
+    tls_dir: Path | None = None,
+    hold=None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    sites: int = len(SITE_NAMES),
+) -> list[dict]:
     """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
     (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
     the next run. ``hold``: after the last run, keep serving until hold(stop) returns (compose: the
@@ -78,15 +84,23 @@ def serve_campaign(runs, address: str, port_file: Path | None = None, tls_dir: P
     creds = server_credentials(tls_dir) if tls_dir else None
     budget = federation_rpc_budget(sites)
     server, port = create_server(
-        address, [(pb_grpc.add_FederationServicer_to_server, servicer)], credentials=creds,
-        max_receive_bytes=max_message_bytes, max_workers=budget, max_concurrent_rpcs=budget,
-    )  # fmt: skip
+        address,
+        [(pb_grpc.add_FederationServicer_to_server, servicer)],
+        credentials=creds,
+        max_receive_bytes=max_message_bytes,
+        max_workers=budget,
+        max_concurrent_rpcs=budget,
+    )
     server.start()
     if port_file:
         port_file.write_text(str(port))
     transport = "mutual TLS" if creds else "plaintext"
-    log.info("federation listening on port %d over %s%s", port, transport,
-             " (a CA-signed client certificate naming the site is required)" if creds else "")  # fmt: skip
+    log.info(
+        "federation listening on port %d over %s%s",
+        port,
+        transport,
+        " (a CA-signed client certificate naming the site is required)" if creds else "",
+    )
     stop = threading.Event()
 
     def _term(signum, _frame):
@@ -135,9 +149,11 @@ def run_server_cmd(args) -> int:
         federated = [m for m in METHOD_NAMES if get_method(m).kind == "federated"]
         bad = [m for m in methods if m not in federated]
         if bad or not methods:
-            raise ValueError(f"--methods: not a federated method {bad} (choose from "
-                             f"{', '.join(federated)}; pooled and local are reference rows "
-                             "that `fedonco bench` trains in one process)")  # fmt: skip
+            raise ValueError(
+                f"--methods: not a federated method {bad} (choose from "
+                f"{', '.join(federated)}; pooled and local are reference rows "
+                "that `fedonco bench` trains in one process)"
+            )
         if not args.run_dir:
             raise ValueError("--methods needs --run-dir (the campaign directory)")
         root = Path(args.run_dir)
@@ -148,8 +164,14 @@ def run_server_cmd(args) -> int:
             lambda m=m: Server(cfg, m, Path(args.data), root / m, resume=False, device=device)
             for m in methods
         ]
-        results = serve_campaign(runs, args.address, _port_file(args), tls_dir, hold,
-                                 federation_message_limit(cfg, methods))  # fmt: skip
+        results = serve_campaign(
+            runs,
+            args.address,
+            _port_file(args),
+            tls_dir,
+            hold,
+            federation_message_limit(cfg, methods),
+        )
         for r in results:
             print(json.dumps({k: r[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
         return 0
@@ -165,11 +187,13 @@ def run_server_cmd(args) -> int:
     made: list[Server] = []
     try:  # the run is open before the port is announced (a site's first call finds it)
         secure_dir(run_dir, GROUP_DIR)  # checkpoints, ledger, logs: never writable by others
-        made.append(Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume),
-                           device=device))  # fmt: skip
+        made.append(
+            Server(cfg, method, Path(args.data), run_dir, resume=bool(args.resume), device=device)
+        )
         limit = federation_message_limit(cfg, [method])
-        (result,) = serve_campaign([lambda: made[0]], args.address, _port_file(args), tls_dir,
-                                   hold, limit)  # fmt: skip
+        (result,) = serve_campaign(
+            [lambda: made[0]], args.address, _port_file(args), tls_dir, hold, limit
+        )
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the rounds done so far are checkpointed
         done = made[0].done if made else 0
         if fresh and done == 0:

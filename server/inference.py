@@ -47,8 +47,12 @@ class ModelStore:
     share one copy. Names are checked (length, no absolute paths, no ``..``, nothing outside the
     roots) and errors never reveal the server's paths."""
 
-    def __init__(self, default: Path | None = None, roots: list[Path] | None = None,
-                 device: torch.device | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        default: Path | None = None,
+        roots: list[Path] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.roots = [Path(r).resolve() for r in roots or []]
         self.device = torch.device(device or "cpu")  # where every model it loads runs
         self._models: dict[str, tuple[torch.nn.Module, dict]] = {}
@@ -107,9 +111,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     limit); a caller over it gets RESOURCE_EXHAUSTED. ``queries`` counts what each caller used.
     ``calls_per_caller``: Predicts one caller may have in flight; the next is RESOURCE_EXHAUSTED."""
 
-    def __init__(self, store: ModelStore, max_batch: int = MAX_BATCH,
-                 max_queries: int | None = None,
-                 calls_per_caller: int = CALLS_PER_CALLER) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: ModelStore,
+        max_batch: int = MAX_BATCH,
+        max_queries: int | None = None,
+        calls_per_caller: int = CALLS_PER_CALLER,
+    ) -> None:
         self.store, self.max_batch, self.max_queries = store, max_batch, max_queries
         self.calls_per_caller = calls_per_caller
         self._lock = threading.Lock()  # one forward pass at a time (CPU-bound anyway)
@@ -123,8 +131,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         with self._calls_lock:
             n = self._in_flight.get(caller, 0)
             if n >= self.calls_per_caller:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"{n} calls of yours in flight: wait for one to finish")  # fmt: skip
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{n} calls of yours in flight: wait for one to finish",
+                )
             self._in_flight[caller] = n + 1
         try:
             yield
@@ -139,8 +149,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         with self._lock:
             used = self.queries.get(caller, 0)
             if self.max_queries is not None and used + n > self.max_queries:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"query budget spent: {used} of {self.max_queries} slices used")  # fmt: skip
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"query budget spent: {used} of {self.max_queries} slices used",
+                )
             self.queries[caller] = used + n
 
     def _model(self, name: str, context):
@@ -197,11 +209,18 @@ def request_limit(store: ModelStore, max_batch: int) -> int:
     return max_batch * side * side * 2 + (1 << 16)
 
 
-def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
-          max_batch: int = MAX_BATCH, roots: list[Path] | None = None,
-          exit_when: Path | None = None, max_queries: int | None = None,
-          tls_dir: Path | None = None, client_certs: bool = False,
-          device: torch.device | None = None) -> int:  # fmt: skip
+def serve(
+    model_dir: Path | None,
+    address: str,
+    port_file: Path | None = None,
+    max_batch: int = MAX_BATCH,
+    roots: list[Path] | None = None,
+    exit_when: Path | None = None,
+    max_queries: int | None = None,
+    tls_dir: Path | None = None,
+    client_certs: bool = False,
+    device: torch.device | None = None,
+) -> int:
     """Serve until SIGTERM (or until ``exit_when`` appears: the end of a compose campaign).
 
     ``tls_dir``: server-authenticated TLS. gRPC's Python API either requires a verified client
@@ -219,16 +238,25 @@ def serve(model_dir: Path | None, address: str, port_file: Path | None = None,
         from common.wire.tls import server_credentials
 
         creds = server_credentials(tls_dir, require_client_auth=client_certs)
-    server, port = create_server(address, [(pb_grpc.add_InferenceServicer_to_server, servicer)],
-                                 max_receive_bytes=limit, credentials=creds,
-                                 max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS,
-                                 options=RELEASE_SERVER_OPTIONS)  # fmt: skip
+    server, port = create_server(
+        address,
+        [(pb_grpc.add_InferenceServicer_to_server, servicer)],
+        max_receive_bytes=limit,
+        credentials=creds,
+        max_concurrent_rpcs=RELEASE_CONCURRENT_RPCS,
+        options=RELEASE_SERVER_OPTIONS,
+    )
     server.start()
     if port_file:
         port_file.write_text(str(port))
-    log.info("release service on port %d, %s (default model: %s; roots: %s; device %s)", port,
-             ("mutual TLS" if client_certs else "TLS") if creds else "plaintext", model_dir,
-             ", ".join(map(str, store.roots)) or "none", store.device)  # fmt: skip
+    log.info(
+        "release service on port %d, %s (default model: %s; roots: %s; device %s)",
+        port,
+        ("mutual TLS" if client_certs else "TLS") if creds else "plaintext",
+        model_dir,
+        ", ".join(map(str, store.roots)) or "none",
+        store.device,
+    )
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

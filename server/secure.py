@@ -78,20 +78,37 @@ def secure_aggregate(
 
     weights = {s: a.num_examples for s, a in advertised.items()}
     try:
-        srv = SecAggServer(state.run_id, rnd, sorted(advertised), cfg.secagg.threshold, length,
-                           neighbours=cfg.secagg.neighbours)  # fmt: skip
+        srv = SecAggServer(
+            state.run_id,
+            rnd,
+            sorted(advertised),
+            cfg.secagg.threshold,
+            length,
+            neighbours=cfg.secagg.neighbours,
+        )
         u1 = timed(srv.receive_keys, {s: (a.enc_pk, a.mask_pk) for s, a in advertised.items()})
         public = {j: u1[j] for j in sorted(u1)}
-        shares = phase(TaskKind.SHARE_KEYS, sorted(u1), {
-            s: ShareKeysStage(public, cfg.secagg.threshold, [j for j in srv.neighbours_of(s) if j in u1])
-            for s in u1})  # fmt: skip
+        shares = phase(
+            TaskKind.SHARE_KEYS,
+            sorted(u1),
+            {
+                s: ShareKeysStage(
+                    public, cfg.secagg.threshold, [j for j in srv.neighbours_of(s) if j in u1]
+                )
+                for s in u1
+            },
+        )
         routed = timed(srv.route_shares, {s: r.ciphertexts for s, r in shares.items()})
         # m = the sites that may send (not the weight): any legal total quantises (issue 15)
-        scale = ring_scale or quantization_scale(cfg.secagg.clip, float(sum(weights[s] for s in routed)),
-                                                 max_sites=len(routed))  # fmt: skip
-        masked = phase(TaskKind.MASKED_INPUT, sorted(routed), {
-            s: MaskedInputStage(routed[s], scale, cfg.secagg.clip) for s in routed},
-            spec={"masked": ("uint32", (length,))})  # fmt: skip
+        scale = ring_scale or quantization_scale(
+            cfg.secagg.clip, float(sum(weights[s] for s in routed)), max_sites=len(routed)
+        )
+        masked = phase(
+            TaskKind.MASKED_INPUT,
+            sorted(routed),
+            {s: MaskedInputStage(routed[s], scale, cfg.secagg.clip) for s in routed},
+            spec={"masked": ("uint32", (length,))},
+        )
         survivors, dropped = timed(srv.receive_masked, {s: m.masked for s, m in masked.items()})
         revealed = phase(
             TaskKind.UNMASK, survivors, {s: UnmaskStage(survivors, dropped) for s in survivors}

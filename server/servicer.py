@@ -81,8 +81,12 @@ class FederationServicer(pb_grpc.FederationServicer):
     With ``authenticate`` (mutual TLS) every call must come from the site its client certificate
     names: the claimed ``site_id`` is checked against the certificate's common name."""
 
-    def __init__(self, state: RoundState | None = None, run_info: dict | None = None,
-                 authenticate: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state: RoundState | None = None,
+        run_info: dict | None = None,
+        authenticate: bool = False,
+    ) -> None:
         self._open = (state, run_info or {})
         self.authenticate = authenticate
 
@@ -94,8 +98,11 @@ class FederationServicer(pb_grpc.FederationServicer):
             return
         peer = site_of_peer(context)
         if peer != site_id:
-            log.warning("refused a call claiming site %r from certificate site %r",
-                        clip_text(site_id, 32), clip_text(peer, 32))  # fmt: skip
+            log.warning(
+                "refused a call claiming site %r from certificate site %r",
+                clip_text(site_id, 32),
+                clip_text(peer, 32),
+            )
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"client certificate is not site {clip_text(site_id, 32)!r}'s",
@@ -115,8 +122,13 @@ class FederationServicer(pb_grpc.FederationServicer):
     def _submit(self, context, kind, request, decode):
         """Hand a result to the round state, decoded lazily by ``decode(spec, state)`` against
         the open phase's spec; a ValueError from it is an INVALID_ARGUMENT and stores nothing."""
-        self._call(context, request.site_id, lambda st, _i: st.submit(
-            kind, request.site_id, request.run_id, request.round, lambda spec: decode(spec, st)))  # fmt: skip
+        self._call(
+            context,
+            request.site_id,
+            lambda st, _i: st.submit(
+                kind, request.site_id, request.run_id, request.round, lambda spec: decode(spec, st)
+            ),
+        )
         return pb.SecAggResponse()
 
     def RegisterSite(self, request, context):
@@ -124,18 +136,26 @@ class FederationServicer(pb_grpc.FederationServicer):
             try:
                 theirs = scalars_from_proto(request.info).get("profile")
             except ValueError as err:  # e.g. a Scalar with no value set: the caller's mistake
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"RegisterSite info: {clip_text(str(err), 120)}")  # fmt: skip
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"RegisterSite info: {clip_text(str(err), 120)}",
+                )
             if isinstance(theirs, str) and info.get("profile") and theirs != info["profile"]:
-                log.warning("refused site %s: its profile differs (%s)", clip_text(request.site_id, 32),
-                            clip_text(theirs, 120))  # fmt: skip
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"this site's profile ({clip_text(theirs, 120)}) differs from the "
-                              f"server's ({info['profile']}): run the site with the federation's "
-                              "profile")  # fmt: skip
+                log.warning(
+                    "refused site %s: its profile differs (%s)",
+                    clip_text(request.site_id, 32),
+                    clip_text(theirs, 120),
+                )
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"this site's profile ({clip_text(theirs, 120)}) differs from the "
+                    f"server's ({info['profile']}): run the site with the federation's "
+                    "profile",
+                )
             st.register(request.site_id)
-            return pb.RegisterSiteResponse(run_id=st.run_id, heartbeat_interval_s=st.heartbeat_s,
-                                           info=scalars_to_proto(info))  # fmt: skip
+            return pb.RegisterSiteResponse(
+                run_id=st.run_id, heartbeat_interval_s=st.heartbeat_s, info=scalars_to_proto(info)
+            )
 
         return self._call(context, request.site_id, register)
 
@@ -147,8 +167,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._call(context, request.site_id, beat)
 
     def PullTask(self, request, context):
-        task, run_id = self._call(context, request.site_id, lambda st, _i: (
-            st.next_task(request.site_id, request.run_id, LONG_POLL_S), st.run_id))  # fmt: skip
+        task, run_id = self._call(
+            context,
+            request.site_id,
+            lambda st, _i: (st.next_task(request.site_id, request.run_id, LONG_POLL_S), st.run_id),
+        )
         resp = pb.PullTaskResponse(run_id=run_id)
         if task.kind in (TaskKind.FIT, TaskKind.ADVERTISE_KEYS):
             resp.fit.CopyFrom(
@@ -193,8 +216,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.PushEvaluationResponse()
 
     def Decline(self, request, context):
-        self._call(context, request.site_id, lambda st, _i: st.decline(
-            request.site_id, request.run_id, request.round, request.reason))  # fmt: skip
+        self._call(
+            context,
+            request.site_id,
+            lambda st, _i: st.decline(
+                request.site_id, request.run_id, request.round, request.reason
+            ),
+        )
         return pb.DeclineResponse()
 
     # -- secure aggregation stages ------------------------------------------------------------
@@ -211,8 +239,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._submit(context, TaskKind.ADVERTISE_KEYS, request, decode)
 
     def ShareKeys(self, request, context):
-        return self._submit(context, TaskKind.SHARE_KEYS, request, lambda _s, st: SharedKeys(
-            _secrets(request.ciphertexts, st.sites, "ciphertexts")))  # fmt: skip
+        return self._submit(
+            context,
+            TaskKind.SHARE_KEYS,
+            request,
+            lambda _s, st: SharedKeys(_secrets(request.ciphertexts, st.sites, "ciphertexts")),
+        )
 
     def PushMaskedInput(self, request, context):
         def decode(spec, _st):
@@ -222,5 +254,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._submit(context, TaskKind.MASKED_INPUT, request, decode)
 
     def Unmask(self, request, context):
-        return self._submit(context, TaskKind.UNMASK, request, lambda _s, st: UnmaskReply(
-            _secrets(request.shares, st.sites, "shares")))  # fmt: skip
+        return self._submit(
+            context,
+            TaskKind.UNMASK,
+            request,
+            lambda _s, st: UnmaskReply(_secrets(request.shares, st.sites, "shares")),
+        )

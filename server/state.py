@@ -67,8 +67,9 @@ class Task:
 
 
 class RoundState:
-    def __init__(self, run_id: str, sites: list[str], heartbeat_s: float,
-                 max_examples: int = 2**31 - 1) -> None:  # fmt: skip
+    def __init__(
+        self, run_id: str, sites: list[str], heartbeat_s: float, max_examples: int = 2**31 - 1
+    ) -> None:
         self.run_id = run_id
         self.sites = list(sites)
         self.heartbeat_s = heartbeat_s
@@ -96,10 +97,12 @@ class RoundState:
         """Keep and log a bounded account of a refused request: never its payload, at most
         ``MAX_ECHO`` characters of any string the caller chose."""
         message = clip_text(err)
-        self.rejections.append({"site": clip_text(site, 32), "round": rnd, "kind": err.kind,
-                                "message": message})  # fmt: skip
-        refusals.warning("rejected %s from site %s (round %d): %s", err.kind, clip_text(site, 32), rnd,
-                    message)  # fmt: skip
+        self.rejections.append(
+            {"site": clip_text(site, 32), "round": rnd, "kind": err.kind, "message": message}
+        )
+        refusals.warning(
+            "rejected %s from site %s (round %d): %s", err.kind, clip_text(site, 32), rnd, message
+        )
         return err
 
     # -- servicer side --------------------------------------------------------------------------

@@ -67,8 +67,12 @@ def local_two_seeds(tmp_path_factory):
     cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.methods": ["fedavg"]})
     path = tmp / "smoke.json"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--seeds", "2", "--out", str(tmp / "runs")),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        fedonco("bench", "--config", str(path), "--seeds", "2", "--out", str(tmp / "runs")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp / "runs").iterdir()
     return cfg, path, run_dir
@@ -88,12 +92,17 @@ def smoke_bench_dp(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("smoke-bench-dp")
     # 5 s heartbeats: DP rounds on 2 loaded cores can starve the 1 s heartbeat
-    cfg = with_overrides(load_profile("smoke"), **{"fl.methods": ["dpsgd", "ddp-sgd"],
-                                                   "fl.heartbeat_s": 5.0})  # fmt: skip
+    cfg = with_overrides(
+        load_profile("smoke"), **{"fl.methods": ["dpsgd", "ddp-sgd"], "fl.heartbeat_s": 5.0}
+    )
     path = tmp / "smoke.json"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--out", str(tmp / "runs")),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        fedonco("bench", "--config", str(path), "--out", str(tmp / "runs")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp / "runs").iterdir()
     return run_dir

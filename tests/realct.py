@@ -40,8 +40,10 @@ def phantom_case(k: int, n_z: int = N_Z, no_tumour: int | None = NO_TUMOUR) -> d
     pixel size; labels 0 background, 1 liver, 2 tumour, 3 kidney; none in the top slice. Case
     ``no_tumour`` has no tumour."""
     spec = SPECS[k % 5] if k != no_tumour else replace(SPECS[k % 5], prevalence=0.0)
-    slices = [render_slice(100 + k, k % 5, "train", z, spec, SIZE, CFG.data.noise_ref_hu)
-              for z in range(n_z)]  # fmt: skip
+    slices = [
+        render_slice(100 + k, k % 5, "train", z, spec, SIZE, CFG.data.noise_ref_hu)
+        for z in range(n_z)
+    ]
     hu = np.stack([s.image for s in slices], axis=-1)
     tissue = np.stack([s.tissue for s in slices], axis=-1)
     mask = np.stack([s.mask for s in slices], axis=-1)
@@ -58,8 +60,9 @@ def stored(arr: np.ndarray, affine: np.ndarray, axcodes, oblique_deg: float = 0.
     world optionally rotated about the superior axis (an oblique acquisition)."""
     ornt = nio.ornt_transform(CANONICAL, nio.axcodes2ornt(axcodes))
     a = np.deg2rad(oblique_deg)
-    rot = np.array([[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0],
-                    [0, 0, 0, 1]])  # fmt: skip
+    rot = np.array(
+        [[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
     return nio.apply_orientation(arr, ornt), rot @ affine @ nio.inv_ornt_aff(ornt, arr.shape)
 
 
@@ -76,7 +79,12 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: i
     stored as uint16 with RescaleSlope 0.5, RescaleIntercept -1024. ``affine``: the canonical
     frame's (rows posterior, columns left), so DICOM's row/column cosines are LPS +y and +x."""
     folder.mkdir(parents=True)
-    uid, study, frame, px = generate_uid(), generate_uid(), generate_uid(), float(np.linalg.norm(affine[:3, 0]))  # fmt: skip
+    uid, study, frame, px = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        float(np.linalg.norm(affine[:3, 0])),
+    )
     order = list(range(hu.shape[2]))
     random.Random(seed).shuffle(order)
     for n, z in enumerate(order):
@@ -115,37 +123,64 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, seed: i
 
 # segment number -> (SegmentLabel, the phantom labels it covers, SNOMED property type); the liver
 # segment holds its tumour, as many real SEGs do, so segments overlap
-SEGMENTS = {1: ("Liver", (1, 2), "Liver"), 2: ("Tumour", (2,), "Neoplasm"),
-            3: ("Kidney", (3,), "Kidney")}  # fmt: skip
+SEGMENTS = {
+    1: ("Liver", (1, 2), "Liver"),
+    2: ("Tumour", (2,), "Neoplasm"),
+    3: ("Kidney", (3,), "Kidney"),
+}
 
 
-def write_dicom_seg(folder: Path, label: np.ndarray, affine: np.ndarray, seed: int,
-                    source: Path | None = None, segments: dict = SEGMENTS) -> Path:  # fmt: skip
+def write_dicom_seg(
+    folder: Path,
+    label: np.ndarray,
+    affine: np.ndarray,
+    seed: int,
+    source: Path | None = None,
+    segments: dict = SEGMENTS,
+) -> Path:
     """A DICOM-SEG (highdicom, BINARY) of ``label`` (canonical frame, as ``phantom_case``) on the
     CT series ``write_dicom_series`` wrote in ``source`` (default: ``folder``), saved in
     ``folder`` as ``mask-<seed>``; its frames then stored in shuffled order (per-frame groups and
     pixel data permuted alike), so only the frames' source references place them."""
     dss = [pydicom.dcmread(p) for p in sorted((source or folder).glob("IM*"))]
     zs = [round((float(ds.ImagePositionPatient[2]) - affine[2, 3]) / DZ) for ds in dss]
-    pixels = np.stack([np.stack([np.isin(np.rint(label[:, :, z]), labels) for z in zs])
-                       for _, labels, _ in segments.values()], axis=-1).astype(np.uint8)  # fmt: skip
+    pixels = np.stack(
+        [
+            np.stack([np.isin(np.rint(label[:, :, z]), labels) for z in zs])
+            for _, labels, _ in segments.values()
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="phantom", version="1", family=codes.cid7162.ArtificialIntelligence
     )
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=n, segment_label=name,
-            segmented_property_category=codes.SCT.Tissue if n != 2 else codes.SCT.MorphologicallyAbnormalStructure,
+            segment_number=n,
+            segment_label=name,
+            segmented_property_category=codes.SCT.Tissue
+            if n != 2
+            else codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=getattr(codes.SCT, prop),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm)
+            algorithm_identification=algorithm,
+        )
         for n, (name, _, prop) in segments.items()
-    ]  # fmt: skip
+    ]
     seg = hd.seg.Segmentation(
-        source_images=dss, pixel_array=pixels, segment_descriptions=descriptions,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, series_instance_uid=hd.UID(),
-        series_number=2, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test",
-        manufacturer_model_name="phantom", software_versions="0", device_serial_number="0")  # fmt: skip
+        source_images=dss,
+        pixel_array=pixels,
+        segment_descriptions=descriptions,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="phantom",
+        software_versions="0",
+        device_serial_number="0",
+    )
     n, rows, cols = int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns)
     assert rows * cols % 8 == 0  # BINARY frames are bit-packed: whole bytes per frame
     order = list(range(n))
@@ -169,18 +204,26 @@ def write_layout(root: Path, layout: str, cases: list[dict], seg: bool = False) 
     src = root / layout
     for k, c in enumerate(cases):
         if layout == "msd":
-            img, lab = src / "imagesTr" / f"liver_{k:02d}.nii.gz", src / "labelsTr" / f"liver_{k:02d}.nii.gz"  # fmt: skip
+            img, lab = (
+                src / "imagesTr" / f"liver_{k:02d}.nii.gz",
+                src / "labelsTr" / f"liver_{k:02d}.nii.gz",
+            )
             save_nifti(img, *stored(c["hu"], c["affine"], ("R", "A", "S")), np.int16)
             save_nifti(lab, *stored(c["label"], c["affine"], ("R", "A", "S")))
         elif layout == "lits":
             save_nifti(src / f"volume-{k:02d}.nii", *stored(c["hu"], c["affine"], ("L", "P", "S")))
-            save_nifti(src / f"segmentation-{k:02d}.nii",
-                       *stored(c["label"], c["affine"], ("L", "P", "S")))  # fmt: skip
+            save_nifti(
+                src / f"segmentation-{k:02d}.nii", *stored(c["label"], c["affine"], ("L", "P", "S"))
+            )
         elif layout == "kits":
-            save_nifti(src / f"case_{k:05d}" / "imaging.nii.gz",
-                       *stored(c["hu"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
-            save_nifti(src / f"case_{k:05d}" / "segmentation.nii.gz",
-                       *stored(c["label"], c["affine"], ("R", "A", "S"), oblique_deg=12.0))  # fmt: skip
+            save_nifti(
+                src / f"case_{k:05d}" / "imaging.nii.gz",
+                *stored(c["hu"], c["affine"], ("R", "A", "S"), oblique_deg=12.0),
+            )
+            save_nifti(
+                src / f"case_{k:05d}" / "segmentation.nii.gz",
+                *stored(c["label"], c["affine"], ("R", "A", "S"), oblique_deg=12.0),
+            )
         else:
             write_dicom_series(src / f"case{k:02d}", c["hu"], c["affine"], seed=k)
             if seg:
@@ -194,8 +237,12 @@ def write_layout(root: Path, layout: str, cases: list[dict], seg: bool = False) 
 
 
 def case_ids(layout: str, n: int = N_CASES) -> list[str]:
-    fmt = {"msd": "liver_{:02d}", "lits": "volume-{:02d}", "kits": "case_{:05d}",
-           "dicom": "case{:02d}"}[layout]  # fmt: skip
+    fmt = {
+        "msd": "liver_{:02d}",
+        "lits": "volume-{:02d}",
+        "kits": "case_{:05d}",
+        "dicom": "case{:02d}",
+    }[layout]
     return [fmt.format(k) for k in range(n)]
 
 
@@ -206,8 +253,12 @@ def imported_slices(out: Path) -> dict:
     for split in m["splits"]:
         for site in m["site_names"]:
             images, masks, _, _ = load_arrays(out, split, site, m)
-            recs = [r for e in m["shards"] if (e["split"], e["site"]) == (split, site)
-                    for r in e["samples"]]  # fmt: skip
+            recs = [
+                r
+                for e in m["shards"]
+                if (e["split"], e["site"]) == (split, site)
+                for r in e["samples"]
+            ]
             for r, im, mk in zip(recs, images, masks, strict=True):
                 got[(r["case"], r["z"])] = (im, mk, site, split)
     return got
@@ -218,9 +269,20 @@ def bench_on(root: Path, cfg, timeout: int) -> Path:
     root/smoke.json); asserts it succeeded and returns its run directory."""
     path = root / "smoke.json"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--data", str(root / "data"),
-                                  "--out", str(root / "runs")),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        fedonco(
+            "bench",
+            "--config",
+            str(path),
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(root / "runs"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = (root / "runs").iterdir()
     return run_dir

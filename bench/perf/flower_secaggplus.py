@@ -140,10 +140,16 @@ def main() -> None:
     weight = int(total[0][0])
     if weight != 100 * len(alive):  # the quantised weight factors must sum exactly
         raise SystemExit(f"Flower unmask gave weight {weight}, not {100 * len(alive)}")
-    print(json.dumps({
-        "client_s": float(np.mean([client_s[i] for i in alive])), "server_s": server_s,
-        "bytes_up": int(sum(x.nbytes for x in masked[alive[0]])), "flwr": _version(),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "client_s": float(np.mean([client_s[i] for i in alive])),
+                "server_s": server_s,
+                "bytes_up": int(sum(x.nbytes for x in masked[alive[0]])),
+                "flwr": _version(),
+            }
+        )
+    )
 
 
 def _version() -> str:

@@ -51,9 +51,22 @@ def run_once(tests: list[str], env_extra: dict, seed: int) -> tuple[dict, int, f
         xml = Path(tmp) / "junit.xml"
         env = {**os.environ, **env_extra, "FEDONCO_TEST_SEED": str(seed)}
         t0 = time.perf_counter()
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             f"--junitxml={xml}", *tests], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode  # fmt: skip
+        rc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={xml}",
+                *tests,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
         wall = time.perf_counter() - t0
         values = {}
         if xml.is_file():
@@ -81,14 +94,19 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def markdown(checks: dict, meta: dict) -> str:
-    lines = [f"Margins of the statistical test checks ({meta['runs']} runs: seeds "
-             f"{meta['seeds']}, configurations {', '.join(meta['configs'])}; "
-             f"`python bench/perf/margins.py`, {meta['cpu']}).", "",
-             "| check | needs | min | max | smallest margin | runs |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"Margins of the statistical test checks ({meta['runs']} runs: seeds "
+        f"{meta['seeds']}, configurations {', '.join(meta['configs'])}; "
+        f"`python bench/perf/margins.py`, {meta['cpu']}).",
+        "",
+        "| check | needs | min | max | smallest margin | runs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, c in sorted(checks.items()):
-        lines.append(f"| {name} | {c['op']} {c['threshold']:g} | {c['min']:.3f} | {c['max']:.3f} "
-                     f"| {c['margin']:+.3f} | {c['n']} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {c['op']} {c['threshold']:g} | {c['min']:.3f} | {c['max']:.3f} "
+            f"| {c['margin']:+.3f} | {c['n']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -105,10 +123,16 @@ def _cpu() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=5, help="seed offsets 0..N-1 (default 5)")
-    p.add_argument("--configs", default="native,avx2,2-threads",
-                   help=f"comma-separated, of {', '.join(CONFIGS)} (default: all)")  # fmt: skip
-    p.add_argument("--leaky", action="store_true",
-                   help="also the leaky-profile bench test (a full federation + audit per run)")  # fmt: skip
+    p.add_argument(
+        "--configs",
+        default="native,avx2,2-threads",
+        help=f"comma-separated, of {', '.join(CONFIGS)} (default: all)",
+    )
+    p.add_argument(
+        "--leaky",
+        action="store_true",
+        help="also the leaky-profile bench test (a full federation + audit per run)",
+    )
     p.add_argument("--out", type=Path, help="write margins.json and margins.md here")
     args = p.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -120,13 +144,25 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         for seed in range(args.seeds):
             values, rc, wall = run_once(tests, CONFIGS[config], seed)
-            runs.append({"config": config, "seed": seed, "rc": rc, "wall_s": round(wall, 1),
-                         "values": values})  # fmt: skip
+            runs.append(
+                {
+                    "config": config,
+                    "seed": seed,
+                    "rc": rc,
+                    "wall_s": round(wall, 1),
+                    "values": values,
+                }
+            )
             low = ", ".join(f"{k}={v[0]:.3f}" for k, v in sorted(values.items()))
             print(f"[{config} seed {seed}] rc={rc} {wall:.0f}s {low}", flush=True)
     checks = summarize(runs)
-    meta = {"runs": len(runs), "seeds": f"0-{args.seeds - 1}", "configs": configs, "cpu": _cpu(),
-            "tests": tests}  # fmt: skip
+    meta = {
+        "runs": len(runs),
+        "seeds": f"0-{args.seeds - 1}",
+        "configs": configs,
+        "cpu": _cpu(),
+        "tests": tests,
+    }
     print(markdown(checks, meta))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,11 @@ def one_round(d: int, n_sites: int, t: int, mu_share: float, rng) -> dict:
     t0 = time.perf_counter()
     from_ring_sum(srv.unmask(shares), 1e4)
     server_s += time.perf_counter() - t0
-    return {"site_s": statistics.median(site_s.values()), "noise_s": statistics.median(noise_s),
-            "server_s": server_s}  # fmt: skip
+    return {
+        "site_s": statistics.median(site_s.values()),
+        "noise_s": statistics.median(noise_s),
+        "server_s": server_s,
+    }
 
 
 def main(argv=None) -> int:
@@ -69,8 +72,13 @@ def main(argv=None) -> int:
     p.add_argument("--sites", type=int, default=5)
     p.add_argument("--threshold", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--train-s", type=float, nargs="*", default=[],
-                   help="per-round training time of the slowest site for each size (s)")  # fmt: skip
+    p.add_argument(
+        "--train-s",
+        type=float,
+        nargs="*",
+        default=[],
+        help="per-round training time of the slowest site for each size (s)",
+    )
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     print(
@@ -78,10 +86,19 @@ def main(argv=None) -> int:
         "server: route + unmask | training per round |\n|---|---|---|---|---|"
     )
     for i, d in enumerate(args.params):
-        plan = make_plan(q=1.0, clip=1.0, dim=d, threshold=args.threshold, rounds=25,
-                         delta=1e-5, target_epsilon=4.0)  # fmt: skip
-        runs = [one_round(d, args.sites, args.threshold, plan.mu_share, rng)
-                for _ in range(args.repeats)]  # fmt: skip
+        plan = make_plan(
+            q=1.0,
+            clip=1.0,
+            dim=d,
+            threshold=args.threshold,
+            rounds=25,
+            delta=1e-5,
+            target_epsilon=4.0,
+        )
+        runs = [
+            one_round(d, args.sites, args.threshold, plan.mu_share, rng)
+            for _ in range(args.repeats)
+        ]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         train = f"{args.train_s[i]:.2f} s" if i < len(args.train_s) else "n/a"
         print(

@@ -70,8 +70,13 @@ def main() -> None:
             torch.cuda.synchronize()
 
     train_step = _median_time(step, args.steps)
-    model = load_model(args.model) if args.model else DiffusionModel(unet.eval(), sched, {
-        "image_size": size, "diffusion": dc.model_dump(mode="json")})  # fmt: skip
+    model = (
+        load_model(args.model)
+        if args.model
+        else DiffusionModel(
+            unet.eval(), sched, {"image_size": size, "diffusion": dc.model_dump(mode="json")}
+        )
+    )
     model.unet.to(args.device)
     masks = np.stack([s.mask for s in slices[: args.n]])
     bg = np.stack([s.image for s in slices[: args.n]])
@@ -82,9 +87,17 @@ def main() -> None:
     def sample(mode: str, ids, batch: int):
         for k in range(0, len(ids), batch):
             j = ids[k : k + batch]
-            generate_hu(model, masks[j], sites[j], [seeds[i] for i in j], mode=mode,
-                        steps=dc.ddim_steps, background_hu=bg[j], dilate_px=dc.dilate_px,
-                        blur_px=dc.blur_px)  # fmt: skip
+            generate_hu(
+                model,
+                masks[j],
+                sites[j],
+                [seeds[i] for i in j],
+                mode=mode,
+                steps=dc.ddim_steps,
+                background_hu=bg[j],
+                dilate_px=dc.dilate_px,
+                blur_px=dc.blur_px,
+            )
 
     ids = np.arange(args.n)
     few = ids[: max(1, args.n // 8)]
@@ -92,20 +105,29 @@ def main() -> None:
         ("procedural slice (baseline)", procedural),
         (f"train step, batch {dc.batch_size}", train_step),
         ("whole slice, batch 1", _median_time(lambda: sample("whole", few, 1), 1) / len(few)),
-        (f"whole slice, batch {dc.sample_batch}",
-         _median_time(lambda: sample("whole", ids, dc.sample_batch), 2) / args.n),
-        (f"composite, per tumour slice, batch {dc.sample_batch}",
-         _median_time(lambda: sample("composite", tumour, dc.sample_batch), 2) / max(1, len(tumour))),
-    ]  # fmt: skip
+        (
+            f"whole slice, batch {dc.sample_batch}",
+            _median_time(lambda: sample("whole", ids, dc.sample_batch), 2) / args.n,
+        ),
+        (
+            f"composite, per tumour slice, batch {dc.sample_batch}",
+            _median_time(lambda: sample("composite", tumour, dc.sample_batch), 2)
+            / max(1, len(tumour)),
+        ),
+    ]
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"\nDiffusion generator, {args.config}: {size}x{size}, {n_params / 1e6:.2f} M params, "
-          f"DDIM {dc.ddim_steps} steps, device {args.device}, {torch.get_num_threads()} torch "
-          f"threads, {os.cpu_count()} CPU cores\n")  # fmt: skip
+    print(
+        f"\nDiffusion generator, {args.config}: {size}x{size}, {n_params / 1e6:.2f} M params, "
+        f"DDIM {dc.ddim_steps} steps, device {args.device}, {torch.get_num_threads()} torch "
+        f"threads, {os.cpu_count()} CPU cores\n"
+    )
     print("| what | seconds | per second |\n|---|---|---|")
     for name, s in rows:
         print(f"| {name} | {s:.4f} | {1 / s:.1f} |")
-    print(f"\ntraining throughput: {dc.batch_size / train_step:.1f} images/s; "
-          f"{dc.steps} steps of the config ≈ {dc.steps * train_step / 60:.1f} min")  # fmt: skip
+    print(
+        f"\ntraining throughput: {dc.batch_size / train_step:.1f} images/s; "
+        f"{dc.steps} steps of the config ≈ {dc.steps * train_step / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

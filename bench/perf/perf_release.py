@@ -30,8 +30,14 @@ def main() -> None:
     for size, base, n in ((args.size, args.base, args.n),):
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(base, "batch", 4, seed=0)
-            info = {"method": "fedavg", "base": base, "norm": "batch", "groups": 4, "image_size": size,
-                    "window": [-160, 240]}  # fmt: skip
+            info = {
+                "method": "fedavg",
+                "base": base,
+                "norm": "batch",
+                "groups": 4,
+                "image_size": size,
+                "window": [-160, 240],
+            }
             export_release(Path(tmp) / "rel", get_params(model), info)
             port_file = Path(tmp) / "port"
             threading.Thread(
@@ -61,8 +67,10 @@ def main() -> None:
     for size, base, lr, gr in rows:
         print(f"| {size}² | {base} | {lr:.1f} | {gr:.1f} | {gr / lr:.2f} |")
     p50, p99 = np.percentile(lat, [50, 99])
-    print(f"\nbatch-1 Predict latency, 8 concurrent callers x 40 calls: p50 {1e3 * p50:.1f} ms, "
-          f"p99 {1e3 * p99:.1f} ms")  # fmt: skip
+    print(
+        f"\nbatch-1 Predict latency, 8 concurrent callers x 40 calls: p50 {1e3 * p50:.1f} ms, "
+        f"p99 {1e3 * p99:.1f} ms"
+    )
 
 
 def _latency(address: str, images: np.ndarray, callers: int, calls: int) -> np.ndarray:

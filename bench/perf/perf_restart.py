@@ -36,8 +36,11 @@ def secagg_round(cfg, data: Path, work: Path, restart: str | None) -> dict:
                 self.secagg = self.pending = None  # a new process: this round's update is gone
             return super().secagg_stage(task)
 
-    server = threading.Thread(target=lambda: box.setdefault(
-        "r", serve_campaign([lambda: srv], "127.0.0.1:0", port_file)[0]))  # fmt: skip
+    server = threading.Thread(
+        target=lambda: box.setdefault(
+            "r", serve_campaign([lambda: srv], "127.0.0.1:0", port_file)[0]
+        )
+    )
     server.start()
     end = time.monotonic() + 60
     while not port_file.exists():
@@ -60,9 +63,15 @@ def main(argv=None) -> int:
     from common.config import load_profile, with_overrides
     from common.data.build import build_dataset
 
-    cfg = with_overrides(load_profile("smoke"), **{
-        "train.rounds": 1, "secagg.enabled": True, "fl.round_timeout_s": 60.0,
-        "fl.heartbeat_s": 0.5})  # fmt: skip
+    cfg = with_overrides(
+        load_profile("smoke"),
+        **{
+            "train.rounds": 1,
+            "secagg.enabled": True,
+            "fl.round_timeout_s": 60.0,
+            "fl.heartbeat_s": 0.5,
+        },
+    )
     times: dict[str, list[float]] = {"normal": [], "restart": []}
     with tempfile.TemporaryDirectory() as tmp:
         build_dataset(cfg, Path(tmp) / "data", workers=1, gallery=False)

@@ -71,8 +71,10 @@ def dropping(sites: list[str], fraction: float) -> set[str]:
 def scale_config(k: int | None, threshold: int):
     """The smoke profile's settings with generous timeouts; the secure-aggregation graph and
     threshold for n sites are set past the profile's validation, which assumes five sites."""
-    cfg = with_overrides(load_profile("smoke"), **{
-        "fl.heartbeat_s": 30.0, "fl.round_timeout_s": 600.0, "fl.wait_for_sites_s": 600.0})  # fmt: skip
+    cfg = with_overrides(
+        load_profile("smoke"),
+        **{"fl.heartbeat_s": 30.0, "fl.round_timeout_s": 600.0, "fl.wait_for_sites_s": 600.0},
+    )
     secagg = cfg.secagg.model_copy(update={"neighbours": k, "threshold": threshold})
     fl = cfg.fl.model_copy(update={"min_fit_sites": threshold})
     return cfg.model_copy(update={"secagg": secagg, "fl": fl})
@@ -123,24 +125,36 @@ class ScaleRun:
             payload = ndarrays_to_proto(self.shared)
             configs = {s: {"round": rnd, "secagg": 1} for s in self.state.alive_sites()}
             record: dict = {}
-            summed, total, metrics = fit_phase(self.cfg, self.state, rnd, configs, payload,
-                                               self.shared, record)  # fmt: skip
+            summed, total, metrics = fit_phase(
+                self.cfg, self.state, rnd, configs, payload, self.shared, record
+            )
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             if summed is None:
                 raise RuntimeError(f"round {rnd} aborted: {record.get('aborted')}")
             sec = record["secagg"]
             # correct in the same run: the survivors' weighted sum, within the quantisation bound
-            exact = sum(light_update(self.shared["w"], rnd, s).astype(np.float64) * WEIGHT
-                        for s in sec["survivors"])  # fmt: skip
+            exact = sum(
+                light_update(self.shared["w"], rnd, s).astype(np.float64) * WEIGHT
+                for s in sec["survivors"]
+            )
             err = float(np.abs(summed["w"] - exact).max())
             if err > sec["error_bound_sum"]:
                 raise RuntimeError(
                     f"round {rnd}: secure sum off by {err} > {sec['error_bound_sum']}"
                 )
-            rows.append({"round": rnd, "wall_s": wall, "server_cpu_s": cpu,
-                         "survivors": len(sec["survivors"]), "dropped": len(sec["dropped"]),
-                         "steps_s": sec["server_steps_s"], "bytes_down": tensors_nbytes(payload),
-                         "max_err": err, "error_bound": sec["error_bound_sum"]})  # fmt: skip
+            rows.append(
+                {
+                    "round": rnd,
+                    "wall_s": wall,
+                    "server_cpu_s": cpu,
+                    "survivors": len(sec["survivors"]),
+                    "dropped": len(sec["dropped"]),
+                    "steps_s": sec["server_steps_s"],
+                    "bytes_down": tensors_nbytes(payload),
+                    "max_err": err,
+                    "error_bound": sec["error_bound_sum"],
+                }
+            )
         self.state.finish(self.rounds, "completed", wait_s=5.0)
         out = {"rounds": rows, "peak_rss_mb": peak_rss_mb()}
         self.out.write_text(json.dumps(out))
@@ -164,8 +178,13 @@ def serve(args) -> int:
     cfg = scale_config(k, threshold_for(args.n, k))
     run = ScaleRun(cfg, sites, args.params, args.rounds, Path(args.out))
     limit = 2 * 4 * args.params + (1 << 20)
-    serve_campaign([lambda: run], "127.0.0.1:0", Path(args.port_file), max_message_bytes=limit,
-                   sites=len(sites))  # fmt: skip
+    serve_campaign(
+        [lambda: run],
+        "127.0.0.1:0",
+        Path(args.port_file),
+        max_message_bytes=limit,
+        sites=len(sites),
+    )
     return 0
 
 
@@ -210,8 +229,15 @@ def light_site(site: str, server: str, drops: bool, out: dict) -> None:
         elif kind == "secagg":
             task = resp.secagg
             if drops and task.WhichOneof("stage") == "masked_input":
-                call("Decline", pb.DeclineRequest(site_id=site, run_id=run_id, round=task.round,
-                                                  reason="scale benchmark: dropping"))  # fmt: skip
+                call(
+                    "Decline",
+                    pb.DeclineRequest(
+                        site_id=site,
+                        run_id=run_id,
+                        round=task.round,
+                        reason="scale benchmark: dropping",
+                    ),
+                )
             else:
                 name, request = stage_answer(site, run_id, secagg, pending, task)
                 call(name, request)
@@ -220,8 +246,10 @@ def light_site(site: str, server: str, drops: bool, out: dict) -> None:
         if kind in ("fit", "secagg"):
             cpu[last] = cpu.get(last, 0.0) + time.thread_time() - t0
     bytes_at[last + 1] = (up, down)
-    per_round = {r: (bytes_at[r + 1][0] - bytes_at[r][0], bytes_at[r + 1][1] - bytes_at[r][1])
-                 for r in range(1, last + 1)}  # fmt: skip
+    per_round = {
+        r: (bytes_at[r + 1][0] - bytes_at[r][0], bytes_at[r + 1][1] - bytes_at[r][1])
+        for r in range(1, last + 1)
+    }
     out[site] = {"cpu_s": cpu, "bytes": per_round}
 
 
@@ -229,8 +257,9 @@ def sites_worker(args) -> int:
     ids = args.ids.split(",")
     drops = set(args.drop.split(",")) if args.drop else set()
     out: dict = {}
-    threads = [threading.Thread(target=light_site, args=(s, args.server, s in drops, out))
-               for s in ids]  # fmt: skip
+    threads = [
+        threading.Thread(target=light_site, args=(s, args.server, s in drops, out)) for s in ids
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -243,8 +272,9 @@ def sites_worker(args) -> int:
 # -- the driver ---------------------------------------------------------------------------------
 
 
-def one_federation(n: int, params: int, graph: str, dropout: float, rounds: int, workers: int,
-                   tmp: Path) -> dict:  # fmt: skip
+def one_federation(
+    n: int, params: int, graph: str, dropout: float, rounds: int, workers: int, tmp: Path
+) -> dict:
     me = [sys.executable, str(Path(__file__).resolve())]
     sites = site_ids(n)
     drops = dropping(sites, dropout)
@@ -253,18 +283,49 @@ def one_federation(n: int, params: int, graph: str, dropout: float, rounds: int,
     for stale in tmp.glob(f"{tag}.*"):  # an earlier run's port file would send the sites astray
         stale.unlink()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    server = spawn([*me, "serve", "--n", str(n), "--params", str(params), "--graph", graph,
-                    "--rounds", str(rounds), "--port-file", str(port_file), "--out", str(server_out)],
-                   tmp / f"{tag}.server.log", env)  # fmt: skip
+    server = spawn(
+        [
+            *me,
+            "serve",
+            "--n",
+            str(n),
+            "--params",
+            str(params),
+            "--graph",
+            graph,
+            "--rounds",
+            str(rounds),
+            "--port-file",
+            str(port_file),
+            "--out",
+            str(server_out),
+        ],
+        tmp / f"{tag}.server.log",
+        env,
+    )
     port = wait_for_port(port_file, server, tmp / f"{tag}.server.log", timeout=120)
     address = f"127.0.0.1:{port}"
     procs = []
     for w in range(workers):
         ids = sites[w::workers]
-        procs.append(spawn([*me, "sites", "--ids", ",".join(ids), "--server", address,
-                            "--drop", ",".join(sorted(drops & set(ids))),
-                            "--out", str(tmp / f"{tag}.sites{w}.json")],
-                           tmp / f"{tag}.sites{w}.log", env))  # fmt: skip
+        procs.append(
+            spawn(
+                [
+                    *me,
+                    "sites",
+                    "--ids",
+                    ",".join(ids),
+                    "--server",
+                    address,
+                    "--drop",
+                    ",".join(sorted(drops & set(ids))),
+                    "--out",
+                    str(tmp / f"{tag}.sites{w}.json"),
+                ],
+                tmp / f"{tag}.sites{w}.log",
+                env,
+            )
+        )
     try:
         for p in [server, *procs]:
             if p.wait(timeout=3600) != 0:
@@ -283,19 +344,27 @@ def one_federation(n: int, params: int, graph: str, dropout: float, rounds: int,
 
     live = [s for s in sites if s not in drops]
     return {
-        "n": n, "params": params, "graph": graph, "k": neighbours_for(n, graph), "dropout": dropout,
-        "dropped": len(drops), "threshold": threshold_for(n, neighbours_for(n, graph)),
+        "n": n,
+        "params": params,
+        "graph": graph,
+        "k": neighbours_for(n, graph),
+        "dropout": dropout,
+        "dropped": len(drops),
+        "threshold": threshold_for(n, neighbours_for(n, graph)),
         "round_wall_s": med([r["wall_s"] for r in measured]),
         "server_cpu_s": med([r["server_cpu_s"] for r in measured]),
         "unmask_s": med([r["steps_s"].get("unmask", 0.0) for r in measured]),
         "server_secagg_s": med([sum(r["steps_s"].values()) for r in measured]),
         "peak_rss_mb": srv["peak_rss_mb"],
         "bytes_up_per_site": med([site_rows[s]["bytes"][str(r)][0] for s in live for r in rounds_]),
-        "bytes_down_per_site": med([site_rows[s]["bytes"][str(r)][1] for s in live for r in rounds_]),
-        "site_cpu_s": statistics.mean([site_rows[s]["cpu_s"].get(str(r), 0.0) for s in live
-                                       for r in rounds_]),  # fmt: skip
+        "bytes_down_per_site": med(
+            [site_rows[s]["bytes"][str(r)][1] for s in live for r in rounds_]
+        ),
+        "site_cpu_s": statistics.mean(
+            [site_rows[s]["cpu_s"].get(str(r), 0.0) for s in live for r in rounds_]
+        ),
         "rounds": srv["rounds"],
-    }  # fmt: skip
+    }
 
 
 def maths(n: int, params: int, graph: str, dropout: float, flower: str | None) -> dict:
@@ -310,14 +379,26 @@ def maths(n: int, params: int, graph: str, dropout: float, flower: str | None) -
     vec = {s: rng.standard_normal(params).astype(np.float32) * 0.05 for s in sites}
     w = dict.fromkeys(sites, 100.0)
     scale = quantization_scale(1.0, sum(w.values()), max_sites=n)
-    r = one_round(vec, w, scale, 1.0, tuple(sorted(dropping(sites, dropout))), neighbours=k,
-                  threshold=t)  # fmt: skip
+    r = one_round(
+        vec, w, scale, 1.0, tuple(sorted(dropping(sites, dropout))), neighbours=k, threshold=t
+    )
     client = r["setup"] + r["quantize"] + r["mask"] + r["reveal"]
     out = {"ours": {"client_s": client, "server_s": r["server"], "bytes_up": r["bytes"]}}
     if flower:
-        cmd = [flower, str(Path(__file__).with_name("flower_secaggplus.py")), "--n", str(n),
-               "--params", str(params), "--neighbours", str(k or n - 1), "--threshold", str(t),
-               "--drop", str(len(dropping(sites, dropout)))]  # fmt: skip
+        cmd = [
+            flower,
+            str(Path(__file__).with_name("flower_secaggplus.py")),
+            "--n",
+            str(n),
+            "--params",
+            str(params),
+            "--neighbours",
+            str(k or n - 1),
+            "--threshold",
+            str(t),
+            "--drop",
+            str(len(dropping(sites, dropout))),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
             out["flower"] = {"error": done.stderr.strip().splitlines()[-1:]}
@@ -327,8 +408,10 @@ def maths(n: int, params: int, graph: str, dropout: float, flower: str | None) -
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " (see the module doc)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " (see the module doc)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd")
     s = sub.add_parser("serve")  # internal: the server process of one federation
     s.add_argument("--n", type=int, required=True)
@@ -344,8 +427,9 @@ def main(argv=None) -> int:
     w.add_argument("--out", required=True)
     p.add_argument("--sites", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     p.add_argument("--params", type=int, nargs="+", default=[STANDARD_PARAMS, PAPER_PARAMS])
-    p.add_argument("--graphs", nargs="+", default=["complete", "secagg+"],
-                   choices=["complete", "secagg+"])  # fmt: skip
+    p.add_argument(
+        "--graphs", nargs="+", default=["complete", "secagg+"], choices=["complete", "secagg+"]
+    )
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.1])
     p.add_argument("--rounds", type=int, default=3, help="per federation; round 1 is warm-up")
     p.add_argument("--workers", type=int, default=2, help="site processes per federation")
@@ -366,8 +450,13 @@ def drive(args) -> int:
     out = Path(args.out)
     tmp = out / "work"
     tmp.mkdir(parents=True, exist_ok=True)
-    grid = [(n, d, g, f) for d in args.params for g in args.graphs for f in args.dropouts
-            for n in args.sites]  # fmt: skip
+    grid = [
+        (n, d, g, f)
+        for d in args.params
+        for g in args.graphs
+        for f in args.dropouts
+        for n in args.sites
+    ]
     rows = []
     for n, d, g, f in tqdm(grid, desc="federations", unit="fed"):
         if g == "secagg+" and neighbours_for(n, g) is None and "complete" in args.graphs:
@@ -386,9 +475,11 @@ def drive(args) -> int:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| params | graph (k) | dropout | n | round wall s | server CPU s | unmask s | "
-            "server RSS MB | up/site MiB | down/site MiB | site CPU s | ours maths: client / server s"
-            " | Flower maths: client / server s |\n" + "|---" * 13 + "|\n")  # fmt: skip
+    head = (
+        "| params | graph (k) | dropout | n | round wall s | server CPU s | unmask s | "
+        "server RSS MB | up/site MiB | down/site MiB | site CPU s | ours maths: client / server s"
+        " | Flower maths: client / server s |\n" + "|---" * 13 + "|\n"
+    )
     lines = []
     for r in rows:
         m = r.get("maths", {})
@@ -404,7 +495,7 @@ def markdown(rows: list[dict]) -> str:
                 f"{fl['client_s']:.3f} / {fl['server_s']:.3f} |"
                 if fl and "client_s" in fl
                 else f"{fl.get('error') if fl else ''} |"
-            )  # fmt: skip
+            )
         )
     return head + "\n".join(lines) + "\n"
 
@@ -427,8 +518,11 @@ def plot(rows: list[dict], path: Path) -> None:
         style = "-" if graph == "secagg+" else "--"
         for ax, key in zip(axes, ("round_wall_s", "server_cpu_s", "peak_rss_mb"), strict=True):
             ax.plot(ns, [r[key] for r in rs], style, marker="o", label=label)
-    for ax, title in zip(axes, ("round wall time (s)", "server CPU per round (s)",
-                                "server peak RSS (MB)"), strict=True):  # fmt: skip
+    for ax, title in zip(
+        axes,
+        ("round wall time (s)", "server CPU per round (s)", "server peak RSS (MB)"),
+        strict=True,
+    ):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sites n")
@@ -438,8 +532,13 @@ def plot(rows: list[dict], path: Path) -> None:
     if ns:
         ref = [r for r in rows if r["n"] == ns[0]]
         base = min(r["round_wall_s"] for r in ref)
-        axes[0].plot(ns, [base * n * math.log2(n) / (ns[0] * math.log2(ns[0])) for n in ns], ":",
-                     color="grey", label="n log n (from the smallest)")  # fmt: skip
+        axes[0].plot(
+            ns,
+            [base * n * math.log2(n) / (ns[0] * math.log2(ns[0])) for n in ns],
+            ":",
+            color="grey",
+            label="n log n (from the smallest)",
+        )
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -91,9 +91,13 @@ def step_fn(kind: str, base: int, side: int, channels_last: bool):
 
         gsm = make_grad_sample_module(model, "fast")
         params = list(model.parameters())
-        opt = DPOptimizer(torch.optim.Adam(params, lr=1e-3), noise_multiplier=1.2,
-                          max_grad_norm=1.0, expected_batch_size=BATCH,
-                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+        opt = DPOptimizer(
+            torch.optim.Adam(params, lr=1e-3),
+            noise_multiplier=1.2,
+            max_grad_norm=1.0,
+            expected_batch_size=BATCH,
+            generator=torch.Generator().manual_seed(0),
+        )
 
         def run():
             opt.zero_grad(set_to_none=True)
@@ -145,11 +149,20 @@ def measure(size: str, threads: int, kinds: list[str], steps: int) -> list[dict]
     for (kind, cl), t in best.items():
         flops = flops_of(kind, base, side)
         gf = flops / t / 1e9
-        rows.append({"size": size, "threads": threads, "kind": kind,
-                     "layout": "channels_last" if cl else "nchw", "step_s": t,
-                     "gflop": flops / 1e9, "gflops": gf, "sgemm_gflops": peak,
-                     "fraction_of_sgemm": gf / peak,
-                     "speedup_vs_nchw": best[(kind, False)] / t})  # fmt: skip
+        rows.append(
+            {
+                "size": size,
+                "threads": threads,
+                "kind": kind,
+                "layout": "channels_last" if cl else "nchw",
+                "step_s": t,
+                "gflop": flops / 1e9,
+                "gflops": gf,
+                "sgemm_gflops": peak,
+                "fraction_of_sgemm": gf / peak,
+                "speedup_vs_nchw": best[(kind, False)] / t,
+            }
+        )
     return rows
 
 
@@ -175,8 +188,15 @@ def federation(size: str, n_sites: int, seconds: float) -> list[dict]:
         with ctx.Pool(n_sites) as pool:
             done = pool.map(_site_worker, [(base, side, cl, seconds)] * n_sites)
         agg = sum(n * flops for n, _ in done) / max(t for _, t in done) / 1e9
-        rows.append({"size": size, "sites": n_sites, "layout": "channels_last" if cl else "nchw",
-                     "aggregate_gflops": agg, "steps": [n for n, _ in done]})  # fmt: skip
+        rows.append(
+            {
+                "size": size,
+                "sites": n_sites,
+                "layout": "channels_last" if cl else "nchw",
+                "aggregate_gflops": agg,
+                "steps": [n for n, _ in done],
+            }
+        )
     return rows
 
 
@@ -185,39 +205,56 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["standard"], choices=sorted(SIZES))
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--kinds", nargs="+", default=["plain", "fedprox", "dp", "eval"],
-                    choices=["plain", "fedprox", "dp", "eval"])  # fmt: skip
+    ap.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["plain", "fedprox", "dp", "eval"],
+        choices=["plain", "fedprox", "dp", "eval"],
+    )
     ap.add_argument("--steps", type=int, default=5, help="timed rounds per variant (best of)")
-    ap.add_argument("--federation", type=int, default=5,
-                    help="site processes for the shared-cores row (0: skip)")  # fmt: skip
+    ap.add_argument(
+        "--federation",
+        type=int,
+        default=5,
+        help="site processes for the shared-cores row (0: skip)",
+    )
     ap.add_argument("--federation-s", type=float, default=20.0)
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
     rows = []
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; best of {args.steps}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; best of {args.steps}"
+    )
     print("| size | threads | kind | layout | ms/step | GFLOP | GFLOP/s | x sgemm | vs NCHW |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for threads in args.threads:
             for r in measure(size, threads, args.kinds, args.steps):
                 rows.append(r)
-                print(f"| {size} | {threads} | {r['kind']} | {r['layout']} | "
-                      f"{1000 * r['step_s']:.0f} | {r['gflop']:.2f} | {r['gflops']:.0f} | "
-                      f"{r['fraction_of_sgemm']:.2f} (of {r['sgemm_gflops']:.0f}) | "
-                      f"{r['speedup_vs_nchw']:.2f}x |")  # fmt: skip
+                print(
+                    f"| {size} | {threads} | {r['kind']} | {r['layout']} | "
+                    f"{1000 * r['step_s']:.0f} | {r['gflop']:.2f} | {r['gflops']:.0f} | "
+                    f"{r['fraction_of_sgemm']:.2f} (of {r['sgemm_gflops']:.0f}) | "
+                    f"{r['speedup_vs_nchw']:.2f}x |"
+                )
     fed = []
     if args.federation:
-        print(f"\n{args.federation} one-thread site processes training at once "
-              f"({args.federation_s:.0f} s each):")  # fmt: skip
+        print(
+            f"\n{args.federation} one-thread site processes training at once "
+            f"({args.federation_s:.0f} s each):"
+        )
         for size in args.sizes:
             for r in federation(size, args.federation, args.federation_s):
                 fed.append(r)
-                print(f"- {size}, {r['layout']}: {r['aggregate_gflops']:.0f} GFLOP/s in all "
-                      f"(steps per site {r['steps']})")  # fmt: skip
+                print(
+                    f"- {size}, {r['layout']}: {r['aggregate_gflops']:.0f} GFLOP/s in all "
+                    f"(steps per site {r['steps']})"
+                )
     if args.out:
-        args.out.write_text(json.dumps({"steps": rows, "federation": fed,
-                                        "torch": torch.__version__}, indent=1))  # fmt: skip
+        args.out.write_text(
+            json.dumps({"steps": rows, "federation": fed, "torch": torch.__version__}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,13 @@ def main(argv=None) -> int:
     p.add_argument("run", type=Path, help="a finished run directory (with config.json, data/)")
     p.add_argument("--methods", required=True, help="comma-separated methods of that run")
     p.add_argument("--tag", required=True, help="name of this setting (output subdirectory)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="a config override, e.g. mia.rmia_gamma=2.0 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a config override, e.g. mia.rmia_gamma=2.0 (repeatable)",
+    )
     p.add_argument("--work", type=Path, default=Path("runs/reaudit"), help="output root")
     args = p.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -59,14 +64,25 @@ def main(argv=None) -> int:
         result = json.loads((args.run / m / "result.json").read_text())
         start = time.perf_counter()
         mia = audit(cfg, cpath, mdir, args.run / "data", result)
-        print(json.dumps({
-            "tag": args.tag, "method": m, "wall_s": round(time.perf_counter() - start, 1),
-            "members": mia["n_members"], "nonmembers": mia["n_nonmembers"],
-            "strongest": mia["attack"], "selected_on": mia["selected_on"],
-            "queries": mia["attack_info"]["queries"],
-            "rungs": {k: _cell(v) for k, v in mia["attacks"].items()},
-            "auditor": {k: _cell(v) for k, v in (mia.get("auditor") or {}).get("attacks", {}).items()},
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "tag": args.tag,
+                    "method": m,
+                    "wall_s": round(time.perf_counter() - start, 1),
+                    "members": mia["n_members"],
+                    "nonmembers": mia["n_nonmembers"],
+                    "strongest": mia["attack"],
+                    "selected_on": mia["selected_on"],
+                    "queries": mia["attack_info"]["queries"],
+                    "rungs": {k: _cell(v) for k, v in mia["attacks"].items()},
+                    "auditor": {
+                        k: _cell(v)
+                        for k, v in (mia.get("auditor") or {}).get("attacks", {}).items()
+                    },
+                }
+            )
+        )
     return 0
 
 

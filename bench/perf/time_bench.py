@@ -90,8 +90,9 @@ def method_breakdown(entry: dict, method_dir: Path | None = None) -> dict:
 
 def breakdown(results: dict, run: Path | None = None) -> dict:
     """The whole run's split (seconds) from its results.json (``run``: its directory)."""
-    methods = {m: method_breakdown(e, run / m if run else None)
-               for m, e in results["methods"].items()}  # fmt: skip
+    methods = {
+        m: method_breakdown(e, run / m if run else None) for m, e in results["methods"].items()
+    }
     total = float(results.get("wall_s") or 0.0)
 
     def add(key):
@@ -112,26 +113,40 @@ def breakdown(results: dict, run: Path | None = None) -> dict:
 def markdown(record: dict) -> str:
     b = record["breakdown"]
     total = b["wall_s"] or 1.0
-    lines = [f"`make bench` ({record['config']}, seed {record['seed']}): "
-             f"{b['wall_s'] / 60:.1f} min on {record['cores']} cores ({record['cpu']}), goal "
-             f"<= {record['goal_min']:.0f} min: {'PASS' if record['pass'] else 'FAIL'}"
-             + (f" (not all methods ran: {', '.join(record['methods_missing'])} missing)"
-                if record.get("methods_missing") else ""), "",
-             "| phase | min | share |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        f"`make bench` ({record['config']}, seed {record['seed']}): "
+        f"{b['wall_s'] / 60:.1f} min on {record['cores']} cores ({record['cpu']}), goal "
+        f"<= {record['goal_min']:.0f} min: {'PASS' if record['pass'] else 'FAIL'}"
+        + (
+            f" (not all methods ran: {', '.join(record['methods_missing'])} missing)"
+            if record.get("methods_missing")
+            else ""
+        ),
+        "",
+        "| phase | min | share |",
+        "|---|---|---|",
+    ]
     for k, v in b["phases_s"].items():
         lines.append(f"| {k} | {v / 60:.1f} | {100 * v / total:.0f}% |")
-    lines += ["", "| method | training min | audit min | shadows min | rungs min | targets |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| method | training min | audit min | shadows min | rungs min | targets |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, x in b["methods"].items():
-        lines.append(f"| {m} | {x['training_s'] / 60:.1f} | {x['audit_s'] / 60:.1f} | "
-                     f"{x['shadows_s'] / 60:.1f} | {sum(x['rungs_s'].values()) / 60:.1f} | "
-                     f"{x['targets']} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {x['training_s'] / 60:.1f} | {x['audit_s'] / 60:.1f} | "
+            f"{x['shadows_s'] / 60:.1f} | {sum(x['rungs_s'].values()) / 60:.1f} | "
+            f"{x['targets']} |"
+        )
     return "\n".join(lines)
 
 
 def newest_run(out: Path) -> Path:
-    runs = sorted((p for p in out.iterdir() if (p / "results.json").is_file()),
-                  key=lambda p: p.stat().st_mtime)  # fmt: skip
+    runs = sorted(
+        (p for p in out.iterdir() if (p / "results.json").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not runs:
         raise SystemExit(f"{out}: the bench wrote no results.json")
     return runs[-1]
@@ -145,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--goal-min", type=float, default=20.0)
     p.add_argument("--keep", action="store_true", help="keep the run directory (prints its path)")
     args = p.parse_args(argv)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     if args.run is None:
         out = Path(tempfile.mkdtemp(prefix="fedonco-bench-"))
         cmd = [
@@ -182,13 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     versions = run / "versions.json"
     code = json.loads(versions.read_text()).get("git_sha") if versions.is_file() else None
     record = {
-        "config": args.config, "seed": results.get("seed"), "commit": sha, "run_code": code,
+        "config": args.config,
+        "seed": results.get("seed"),
+        "commit": sha,
+        "run_code": code,
         "run_id": run.name,
-        "goal_min": args.goal_min, "methods_missing": missing,
+        "goal_min": args.goal_min,
+        "methods_missing": missing,
         "pass": b["wall_s"] <= 60 * args.goal_min and not missing,
-        "breakdown": b, "cpu": _cpu(), "cores": os.cpu_count(), "command": command,
+        "breakdown": b,
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(markdown(record))

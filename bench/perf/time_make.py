@@ -31,8 +31,13 @@ from bench.report import disk_bytes  # noqa: E402
 def timed(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float]:
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        rc = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "CI": os.environ.get("CI", "")}).returncode  # fmt: skip
+        rc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CI": os.environ.get("CI", "")},
+        ).returncode
     return rc, time.perf_counter() - t0
 
 
@@ -42,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--keep", action="store_true", help="keep the clone (prints its path)")
     args = p.parse_args(argv)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="fedonco-fresh-"))
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
@@ -54,12 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         rc, target_s = timed(["make", args.target], clone, tmp / f"{args.target}.log")
         print(f"make {args.target}: rc {rc}, {target_s:.0f} s", flush=True)
     record = {
-        "target": args.target, "commit": sha, "rc_venv": rc_venv, "venv_s": round(venv_s, 1),
-        "rc": rc, "target_s": round(target_s, 1), "clone_bytes": disk_bytes(clone),
-        "venv_bytes": disk_bytes(clone / ".venv"), "cpu": _cpu(), "cores": os.cpu_count(),
+        "target": args.target,
+        "commit": sha,
+        "rc_venv": rc_venv,
+        "venv_s": round(venv_s, 1),
+        "rc": rc,
+        "target_s": round(target_s, 1),
+        "clone_bytes": disk_bytes(clone),
+        "venv_bytes": disk_bytes(clone / ".venv"),
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "command": f"python bench/perf/time_make.py {args.target} --out {args.out}",
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))

@@ -123,8 +123,15 @@ def build_anatomy(rng: np.random.Generator, size: int, fov_mm: float) -> Anatomy
 
     spleen_scale = max(0.0, 1.0 - 1.3 * z) * _u(rng, 0.85, 1.15)
     if spleen_scale > 0.25:
-        sp = ellipse(Xw, Yb, 0.6 * ca, 0.3 * cb, 0.22 * ca * spleen_scale, 0.34 * cb * spleen_scale,
-                     math.radians(_u(rng, 25, 45)))  # fmt: skip
+        sp = ellipse(
+            Xw,
+            Yb,
+            0.6 * ca,
+            0.3 * cb,
+            0.22 * ca * spleen_scale,
+            0.34 * cb * spleen_scale,
+            math.radians(_u(rng, 25, 45)),
+        )
         paint(sp & cavity, "spleen")
     kidney_scale = min(1.0, max(0.0, (z - 0.25) * 2.2)) * _u(rng, 0.85, 1.1)
     if kidney_scale > 0.25:
@@ -138,11 +145,25 @@ def build_anatomy(rng: np.random.Generator, size: int, fov_mm: float) -> Anatomy
             )
 
     liver_scale = (1.1 - 0.4 * z) * _u(rng, 0.9, 1.08)
-    liver = ellipse(Xw, Yb, -0.42 * ca, -0.05 * cb, 0.52 * ca * liver_scale, 0.74 * cb * liver_scale,
-                    math.radians(_u(rng, -25, -8)))  # fmt: skip
+    liver = ellipse(
+        Xw,
+        Yb,
+        -0.42 * ca,
+        -0.05 * cb,
+        0.52 * ca * liver_scale,
+        0.74 * cb * liver_scale,
+        math.radians(_u(rng, -25, -8)),
+    )
     if rng.random() < 0.85 * (1 - z):  # left lobe reaching across the midline
-        liver |= ellipse(Xw, Yb, 0.02 * ca, -0.52 * cb, 0.3 * ca * liver_scale,
-                         0.2 * cb * liver_scale, math.radians(_u(rng, -10, 10)))  # fmt: skip
+        liver |= ellipse(
+            Xw,
+            Yb,
+            0.02 * ca,
+            -0.52 * cb,
+            0.3 * ca * liver_scale,
+            0.2 * cb * liver_scale,
+            math.radians(_u(rng, -10, 10)),
+        )
     paint(liver & cavity, "liver")
 
     if z > 0.45:

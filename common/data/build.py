@@ -60,12 +60,15 @@ def check_subset(sites: list[str] | None, splits: list[str] | None) -> None:
     bad = [s for s in sites or [] if s not in SITE_NAMES]
     bad += [s for s in splits or [] if s not in SPLITS]
     if bad:
-        raise ValueError(f"unknown site(s)/split(s) {bad}: sites are {', '.join(SITE_NAMES)}, "
-                         f"splits {', '.join(SPLITS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown site(s)/split(s) {bad}: sites are {', '.join(SITE_NAMES)}, "
+            f"splits {', '.join(SPLITS)}"
+        )
 
 
-def plan(cfg: Config, sites: list[str] | None = None, splits: list[str] | None = None,
-         diffusion=None):  # fmt: skip
+def plan(
+    cfg: Config, sites: list[str] | None = None, splits: list[str] | None = None, diffusion=None
+):
     """The shard jobs; ``sites``/``splits`` select a subset (each slice is the same as in the
     full dataset: a site can generate only its own data). ``diffusion``: the diffusion layer's
     job (``common.data.diffusion.generate.DiffusionJob``) that a diffusion dataset needs."""
@@ -115,8 +118,15 @@ def make_slices(job: ShardJob, only: int | None = None) -> list:
     return slices
 
 
-def shard_bytes(split: str, site: str, k: int, start: int, images: np.ndarray,
-                masks: np.ndarray, samples: list[dict]) -> tuple[dict, bytes]:  # fmt: skip
+def shard_bytes(
+    split: str,
+    site: str,
+    k: int,
+    start: int,
+    images: np.ndarray,
+    masks: np.ndarray,
+    samples: list[dict],
+) -> tuple[dict, bytes]:
     """Shard ``k`` of (split, site): its manifest entry and its ``.npz`` bytes (slice indices
     ``start``...); ``images`` int16 HU and ``masks`` uint8, (n, H, W) each."""
     n = len(images)
@@ -137,9 +147,15 @@ def shard_bytes(split: str, site: str, k: int, start: int, images: np.ndarray,
 
 def make_shard(job: ShardJob) -> tuple[dict, bytes]:
     slices = make_slices(job)
-    return shard_bytes(job.split, job.spec.name, job.k, job.start,
-                       np.stack([s.image for s in slices]), np.stack([s.mask for s in slices]),
-                       [s.params for s in slices])  # fmt: skip
+    return shard_bytes(
+        job.split,
+        job.spec.name,
+        job.k,
+        job.start,
+        np.stack([s.image for s in slices]),
+        np.stack([s.mask for s in slices]),
+        [s.params for s in slices],
+    )
 
 
 def prepare_out(out: Path, force: bool) -> Path:

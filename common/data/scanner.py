@@ -144,9 +144,12 @@ def scan(
     mtf = _mtf(size, float(kernel_cutoff), psf_mm / (fov_mm / size))
     blurred = np.fft.irfft2(np.fft.rfft2(shifted) * mtf, s=hu.shape) - 1000.0
     sig = sigma_map(
-        size, fov_mm, body_axes_mm, body_cy_mm,
+        size,
+        fov_mm,
+        body_axes_mm,
+        body_cy_mm,
         centre_sigma(noise_ref_hu, dose, kernel_cutoff, fov_mm / size),
-    )  # fmt: skip
+    )
     noise = sig * ct_noise(rng, size, float(kernel_cutoff))
     image = np.clip(np.rint(blurred + noise), *HU_RANGE).astype(np.int16)
     return image, noise.astype(np.float32)

@@ -105,9 +105,14 @@ def render_gallery(root: Path, manifest: dict, path: Path, per_site: int = 4) ->
                 ax.contour(masks[i], levels=[0.5], colors="r", linewidths=0.6)
             ax.set_title(f"{name} #{index[i]}", fontsize=7)
         axes[r, 0].text(
-            -0.05, 0.5, f"site {name}\n{spec.get('kernel', 'n/a')}\ndose {_dose(spec.get('dose'))}", transform=axes[r, 0].transAxes,
-            ha="right", va="center", fontsize=7,
-        )  # fmt: skip
+            -0.05,
+            0.5,
+            f"site {name}\n{spec.get('kernel', 'n/a')}\ndose {_dose(spec.get('dose'))}",
+            transform=axes[r, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
     what = "imported" if manifest.get("generator") == "import" else "synthetic"
     fig.suptitle(f"FedOnco-Bench {what} CT (W400/L40; red: tumor mask)", fontsize=9)
     fig.tight_layout()

@@ -31,12 +31,22 @@ from common.fl.strategy import Params, register, weighted_average
 class FedAdam(FedAvg):
     name: ClassVar[str] = "fedadam"
 
-    def __init__(self, *, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        server_lr: float = 1e-2,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        for name, value, ok in (("server_lr", server_lr, server_lr > 0),
-                                ("beta1", beta1, 0 <= beta1 < 1), ("beta2", beta2, 0 <= beta2 < 1),
-                                ("tau", tau, tau > 0)):  # fmt: skip
+        for name, value, ok in (
+            ("server_lr", server_lr, server_lr > 0),
+            ("beta1", beta1, 0 <= beta1 < 1),
+            ("beta2", beta2, 0 <= beta2 < 1),
+            ("tau", tau, tau > 0),
+        ):
             if not (math.isfinite(value) and ok):
                 raise ValueError(f"fedadam: {name} out of range, got {value}")
         self.server_lr, self.beta1, self.beta2, self.tau = server_lr, beta1, beta2, tau
@@ -47,11 +57,17 @@ class FedAdam(FedAvg):
     @classmethod
     def config_kwargs(cls, cfg, method) -> dict[str, Any]:
         f = cfg.fl
-        return {**super().config_kwargs(cfg, method), "server_lr": f.server_lr,
-                "beta1": f.server_beta1, "beta2": f.server_beta2, "tau": f.server_tau}  # fmt: skip
+        return {
+            **super().config_kwargs(cfg, method),
+            "server_lr": f.server_lr,
+            "beta1": f.server_beta1,
+            "beta2": f.server_beta2,
+            "tau": f.server_tau,
+        }
 
-    def setup(self, params: Mapping[str, np.ndarray], shared: Sequence[str],
-              buffers: Iterable[str], cfg) -> None:  # fmt: skip
+    def setup(
+        self, params: Mapping[str, np.ndarray], shared: Sequence[str], buffers: Iterable[str], cfg
+    ) -> None:
         self._buffers = set(buffers)
 
     def aggregate_fit(self, rnd, weighted_sum, total_weight, metrics=None, *, current) -> Params:
@@ -72,8 +88,10 @@ class FedAdam(FedAvg):
         return new
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {**{f"m/{k}": v for k, v in self._m.items()},
-                **{f"v/{k}": v for k, v in self._v.items()}}  # fmt: skip
+        return {
+            **{f"m/{k}": v for k, v in self._m.items()},
+            **{f"v/{k}": v for k, v in self._v.items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         m, v = {}, {}

@@ -74,8 +74,13 @@ class FitInstructions:
         if self.control_variates:
             out["control_variates"] = True
         if self.ddp is not None:
-            out.update(ddp=True, ddp_q=self.ddp.q, ddp_clip=self.ddp.clip,
-                       ddp_scale=self.ddp.scale, ddp_mu_share=self.ddp.mu_share)  # fmt: skip
+            out.update(
+                ddp=True,
+                ddp_q=self.ddp.q,
+                ddp_clip=self.ddp.clip,
+                ddp_scale=self.ddp.scale,
+                ddp_mu_share=self.ddp.mu_share,
+            )
         return out
 
     @classmethod
@@ -84,19 +89,28 @@ class FitInstructions:
         the wrong type or out of range (never a KeyError or TypeError out of the site)."""
         ddp = None
         if _get(config, "ddp", bool, False):
-            ddp = DDPParams(q=_get(config, "ddp_q", float), clip=_get(config, "ddp_clip", float),
-                            scale=_get(config, "ddp_scale", float),
-                            mu_share=_get(config, "ddp_mu_share", float))  # fmt: skip
+            ddp = DDPParams(
+                q=_get(config, "ddp_q", float),
+                clip=_get(config, "ddp_clip", float),
+                scale=_get(config, "ddp_scale", float),
+                mu_share=_get(config, "ddp_mu_share", float),
+            )
         dp = _get(config, "dp", bool, False)
         if dp and ddp is not None:
             raise ValueError("fit config: 'dp' and 'ddp' are exclusive")
         mode = TrainMode.DDP if ddp is not None else TrainMode.DP if dp else TrainMode.PLAIN
-        return cls(round=_get(config, "round", int), seed=_get(config, "seed", int),
-                   local_epochs=_get(config, "local_epochs", int), lr=_get(config, "lr", float),
-                   batch_size=_get(config, "batch_size", int), mode=mode,
-                   proximal_mu=_get(config, "proximal_mu", float, 0.0),
-                   secagg=_get(config, "secagg", bool, False), ddp=ddp,
-                   control_variates=_get(config, "control_variates", bool, False))  # fmt: skip
+        return cls(
+            round=_get(config, "round", int),
+            seed=_get(config, "seed", int),
+            local_epochs=_get(config, "local_epochs", int),
+            lr=_get(config, "lr", float),
+            batch_size=_get(config, "batch_size", int),
+            mode=mode,
+            proximal_mu=_get(config, "proximal_mu", float, 0.0),
+            secagg=_get(config, "secagg", bool, False),
+            ddp=ddp,
+            control_variates=_get(config, "control_variates", bool, False),
+        )
 
 
 _MISSING = object()

@@ -39,8 +39,9 @@ class Scaffold(FedAvg):
         self._c: dict[str, np.ndarray] = {}  # parameter -> the server's control variate
         self._available = 0  # sites available when the round was configured (N)
 
-    def setup(self, params: Mapping[str, np.ndarray], shared: Sequence[str],
-              buffers: Iterable[str], cfg) -> None:  # fmt: skip
+    def setup(
+        self, params: Mapping[str, np.ndarray], shared: Sequence[str], buffers: Iterable[str], cfg
+    ) -> None:
         skip = set(buffers)
         self._c = {k: np.zeros(np.shape(params[k]), np.float64) for k in shared if k not in skip}
 
@@ -60,10 +61,16 @@ class Scaffold(FedAvg):
     def aggregate_fit(self, rnd, weighted_sum, total_weight, metrics=None, *, current) -> Params:
         deltas = {k[len(PREFIX) :]: v for k, v in weighted_sum.items() if k.startswith(PREFIX)}
         if set(deltas) != set(self._c):
-            raise ValueError(f"round {rnd}: scaffold needs the sum of every control variate's "
-                             f"change, got {len(deltas)} of {len(self._c)}")  # fmt: skip
-        new = weighted_average(rnd, {k: v for k, v in weighted_sum.items() if k not in
-                                     {PREFIX + d for d in deltas}}, total_weight, current)  # fmt: skip
+            raise ValueError(
+                f"round {rnd}: scaffold needs the sum of every control variate's "
+                f"change, got {len(deltas)} of {len(self._c)}"
+            )
+        new = weighted_average(
+            rnd,
+            {k: v for k, v in weighted_sum.items() if k not in {PREFIX + d for d in deltas}},
+            total_weight,
+            current,
+        )
         contributed = len(metrics) if metrics else self._available
         share = contributed / self._available if self._available else 1.0
         for k, s in deltas.items():

@@ -65,8 +65,15 @@ def weighted_mean(
     return {k: (summed[k] / total).astype(np.asarray(first[k]).dtype) for k in keys}
 
 
-def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: int,
-                        device: torch.device | None = None, desc: str | None = None):  # fmt: skip
+def simulate_federation(
+    cfg,
+    method: str,
+    sites: Mapping[str, object],
+    *,
+    seed: int,
+    device: torch.device | None = None,
+    desc: str | None = None,
+):
     """Run the rounds of ``method`` (``cfg.for_method(method)``) over ``sites`` (site -> dataset of
     (image (1, H, W), mask (1, H, W)) items) on ``device`` (default CPU) and return a
     ``SimulatedFederation``.
@@ -127,11 +134,15 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
                 log.info("simulated federation: no site left in round %d; stopping", rnd)
                 break
             summed, total = aggregation_layer(
-                cfg, done, {s: len(sites[s]) for s in done},
-                strategy.upload_template(global_params), exact=spec.kind != "federated",
-            )  # fmt: skip
-            global_params = strategy.aggregate_fit(rnd, summed, total, round_metrics,
-                                                   current=global_params)  # fmt: skip
+                cfg,
+                done,
+                {s: len(sites[s]) for s in done},
+                strategy.upload_template(global_params),
+                exact=spec.kind != "federated",
+            )
+            global_params = strategy.aggregate_fit(
+                rnd, summed, total, round_metrics, current=global_params
+            )
             if bar is not None:
                 bar.update()
     finally:
@@ -145,8 +156,9 @@ def simulate_federation(cfg, method: str, sites: Mapping[str, object], *, seed: 
     return SimulatedFederation(shared, averaged, final, metrics, device)
 
 
-def _train_site(cfg, model, dataset, orders: FitInstructions, global_params, dp, site: str,
-                grad_hook=None):  # fmt: skip
+def _train_site(
+    cfg, model, dataset, orders: FitInstructions, global_params, dp, site: str, grad_hook=None
+):
     """One site's round by its instructions; its metrics, or None when its DP budget is spent.
     ``grad_hook``: SCAFFOLD's correction (``ControlVariates``), if the instructions ask for it."""
     from torch.utils.data import DataLoader
@@ -158,13 +170,22 @@ def _train_site(cfg, model, dataset, orders: FitInstructions, global_params, dp,
     if orders.mode is not TrainMode.PLAIN:
         raise ValueError(f"site {site}: a {orders.mode.value} round in a weights federation")
     loader = DataLoader(dataset, batch_size=orders.batch_size, shuffle=True)
-    return train_local(model, loader, epochs=orders.local_epochs, lr=orders.lr, seed=orders.seed,
-                       proximal_mu=orders.proximal_mu, global_params=global_params,
-                       optimizer=cfg.train.optimizer, grad_hook=grad_hook)  # fmt: skip
+    return train_local(
+        model,
+        loader,
+        epochs=orders.local_epochs,
+        lr=orders.lr,
+        seed=orders.seed,
+        proximal_mu=orders.proximal_mu,
+        global_params=global_params,
+        optimizer=cfg.train.optimizer,
+        grad_hook=grad_hook,
+    )
 
 
-def weighted_sum(params: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float],
-                 keys: list[str]) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+def weighted_sum(
+    params: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float], keys: list[str]
+) -> tuple[dict[str, np.ndarray], float]:
     """The example-weighted float64 sum of ``keys`` over sites, in sorted site order, and the
     total weight: what a strategy receives (in the real system, from secure aggregation)."""
     sites = sorted(params)
@@ -177,9 +198,13 @@ def weighted_sum(params: Mapping[str, Mapping[str, np.ndarray]], weights: Mappin
     return out, float(sum(weights[s] for s in sites))
 
 
-def aggregation_layer(cfg, uploads: Mapping[str, Mapping[str, np.ndarray]],
-                       weights: Mapping[str, int], template: Mapping[str, np.ndarray],
-                       exact: bool = False) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+def aggregation_layer(
+    cfg,
+    uploads: Mapping[str, Mapping[str, np.ndarray]],
+    weights: Mapping[str, int],
+    template: Mapping[str, np.ndarray],
+    exact: bool = False,
+) -> tuple[dict[str, np.ndarray], float]:
     """(the sum of n_k * upload_k, the sum of n_k) as the real aggregation layer computes it,
     bit for bit: with secure aggregation (``cfg.secagg.enabled``) each site's vector quantised at
     the round's scale (no site dropping out) and the integer sum dequantised, else the float64 sum
@@ -193,9 +218,11 @@ def aggregation_layer(cfg, uploads: Mapping[str, Mapping[str, np.ndarray]],
         return weighted_sum(uploads, {s: float(n) for s, n in weights.items()}, keys)
     if not cfg.secagg.enabled:
         return sum_weighted_updates(
-            {s: (weighted_contribution({k: u[k] for k in keys}, weights[s]), weights[s])
-             for s, u in uploads.items()}
-        )  # fmt: skip
+            {
+                s: (weighted_contribution({k: u[k] for k in keys}, weights[s]), weights[s])
+                for s, u in uploads.items()
+            }
+        )
     total = float(sum(weights.values()))
     clip = cfg.secagg.clip
     scale = quantization_scale(clip, total, max_sites=len(uploads))
@@ -206,8 +233,9 @@ def aggregation_layer(cfg, uploads: Mapping[str, Mapping[str, np.ndarray]],
     return unflatten(dequantize(ring, scale), dict(template), keys), total
 
 
-def _simulate_ddp(cfg, strategy: Strategy, sites, names, model, shared, device,
-                  bar=None) -> SimulatedFederation:  # fmt: skip
+def _simulate_ddp(
+    cfg, strategy: Strategy, sites, names, model, shared, device, bar=None
+) -> SimulatedFederation:
     """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
     ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
     aggregation reveals), and the strategy's step."""
@@ -225,9 +253,16 @@ def _simulate_ddp(cfg, strategy: Strategy, sites, names, model, shared, device,
                 if orders.mode is not TrainMode.DDP:
                     raise ValueError(f"site {s}: a {orders.mode.value} round in a ddp federation")
                 p = orders.ddp
-                vec, _m = site.noisy_sum(sites[s], shared, q=p.q, clip=p.clip, scale=p.scale,
-                                         mu_share=p.mu_share, seed=orders.seed,
-                                         chunk=orders.batch_size)  # fmt: skip
+                vec, _m = site.noisy_sum(
+                    sites[s],
+                    shared,
+                    q=p.q,
+                    clip=p.clip,
+                    scale=p.scale,
+                    mu_share=p.mu_share,
+                    seed=orders.seed,
+                    chunk=orders.batch_size,
+                )
                 ring += vec  # uint32 arithmetic wraps modulo 2**32, as secure aggregation's
             noisy = unflatten(from_ring_sum(ring, plan.scale), params, shared)
             params = strategy.aggregate_fit(rnd, noisy, total_n, current=params)
@@ -256,28 +291,41 @@ class _DPSites:
         self.batch = {s: min(t.batch_size, len(sites[s])) for s in models}
         for s, b in self.batch.items():
             if b < t.batch_size:
-                log.warning("simulated site %s: %d slices < batch_size %d; batch %d (q = 1)",
-                            s, len(sites[s]), t.batch_size, b)  # fmt: skip
+                log.warning(
+                    "simulated site %s: %d slices < batch_size %d; batch %d (q = 1)",
+                    s,
+                    len(sites[s]),
+                    t.batch_size,
+                    b,
+                )
         self.sigma = {
             s: self.settings.run_sigma(len(sites[s]), self.batch[s], t.rounds, t.local_epochs)
             for s in models
         }
-        self.accountants = {s: SiteAccountant(self.settings.accountant, self.settings.adjacency)
-                            for s in models}  # fmt: skip
+        self.accountants = {
+            s: SiteAccountant(self.settings.accountant, self.settings.adjacency) for s in models
+        }
         self.trainers = {s: DPTrainer(m, self.settings) for s, m in models.items()}
 
-    def train(self, site: str, orders: FitInstructions, global_params,
-              grad_hook=None) -> dict | None:  # fmt: skip
+    def train(
+        self, site: str, orders: FitInstructions, global_params, grad_hook=None
+    ) -> dict | None:
         from common.training.dp import PrivacyBudgetExhausted
 
         try:
             return self.trainers[site].train_round(
-                self.sites[site], epochs=orders.local_epochs, lr=orders.lr,
-                batch_size=min(orders.batch_size, self.batch[site]), seed=orders.seed,
-                sigma=self.sigma[site], accountant=self.accountants[site],
-                proximal_mu=orders.proximal_mu, global_params=global_params,
-                optimizer=self.cfg.train.optimizer, grad_hook=grad_hook,
-            )  # fmt: skip
+                self.sites[site],
+                epochs=orders.local_epochs,
+                lr=orders.lr,
+                batch_size=min(orders.batch_size, self.batch[site]),
+                seed=orders.seed,
+                sigma=self.sigma[site],
+                accountant=self.accountants[site],
+                proximal_mu=orders.proximal_mu,
+                global_params=global_params,
+                optimizer=self.cfg.train.optimizer,
+                grad_hook=grad_hook,
+            )
         except PrivacyBudgetExhausted as err:
             log.info("simulated site %s, round %d: %s", site, orders.round, err)
             return None
@@ -287,8 +335,15 @@ class _DPSites:
             trainer.close()
 
 
-def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int,
-                    device: torch.device | None = None, desc: str | None = None):  # fmt: skip
+def simulate_method(
+    cfg,
+    method: str,
+    sites: Mapping[str, object],
+    *,
+    seed: int,
+    device: torch.device | None = None,
+    desc: str | None = None,
+):
     """``method`` trained over ``sites`` in one process, whatever its kind: a federation
     (``simulate_federation``), the ``pooled`` reference (every site's slices as one site, the
     same schedule) or the ``local`` reference (each site alone, the same schedule; its
@@ -299,8 +354,9 @@ def simulate_method(cfg, method: str, sites: Mapping[str, object], *, seed: int,
     kind = get_method(method).kind
     if kind == "pooled":
         union = ConcatDataset([sites[s] for s in sorted(sites) if len(sites[s]) > 0])
-        return simulate_federation(cfg, method, {"pooled": union}, seed=seed, device=device,
-                                   desc=desc)  # fmt: skip
+        return simulate_federation(
+            cfg, method, {"pooled": union}, seed=seed, device=device, desc=desc
+        )
     if kind == "local":
         runs = {
             s: simulate_federation(

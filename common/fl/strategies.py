@@ -83,8 +83,9 @@ class DDPSGD(FedAvg):
         self._plan = None
         self._opt = ServerAdam(self.lr)
 
-    def setup(self, params: Mapping[str, np.ndarray], shared: Sequence[str],
-              buffers: Iterable[str], cfg) -> None:  # fmt: skip
+    def setup(
+        self, params: Mapping[str, np.ndarray], shared: Sequence[str], buffers: Iterable[str], cfg
+    ) -> None:
         from common.training.ddp import plan_for
 
         self._plan = plan_for(cfg, sum(np.asarray(params[k]).size for k in shared))
@@ -97,9 +98,10 @@ class DDPSGD(FedAvg):
             raise ValueError("ddp-sgd: setup was not called")
         p = self._plan
         return dataclasses.replace(
-            super().instructions(rnd, site), mode=TrainMode.DDP,
+            super().instructions(rnd, site),
+            mode=TrainMode.DDP,
             ddp=DDPParams(q=p.q, clip=p.clip, scale=p.scale, mu_share=p.mu_share),
-        )  # fmt: skip
+        )
 
     def aggregate_fit(self, rnd, weighted_sum, total_weight, metrics=None, *, current) -> Params:
         from common.training.ddp import ddp_step

@@ -99,9 +99,16 @@ class Strategy:
     def config_kwargs(cls, cfg, method) -> dict[str, Any]:
         """The constructor's arguments from a run's config (``method``: its ``Method`` row)."""
         t = cfg.train
-        return dict(local_epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
-                    fraction_fit=cfg.fl.fraction_fit, min_fit_sites=cfg.fl.min_fit_sites,
-                    seed=cfg.seed, dp=method.dp, secagg=cfg.secagg.enabled)  # fmt: skip
+        return dict(
+            local_epochs=t.local_epochs,
+            lr=t.lr,
+            batch_size=t.batch_size,
+            fraction_fit=cfg.fl.fraction_fit,
+            min_fit_sites=cfg.fl.min_fit_sites,
+            seed=cfg.seed,
+            dp=method.dp,
+            secagg=cfg.secagg.enabled,
+        )
 
     @classmethod
     def from_config(cls, cfg, method) -> Strategy:
@@ -119,8 +126,9 @@ class Strategy:
 
     # -- before round 1 ------------------------------------------------------------------------
 
-    def setup(self, params: Mapping[str, np.ndarray], shared: Sequence[str],
-              buffers: Iterable[str], cfg) -> None:  # fmt: skip
+    def setup(
+        self, params: Mapping[str, np.ndarray], shared: Sequence[str], buffers: Iterable[str], cfg
+    ) -> None:
         """Called once before round 1 (also on resume, before ``load_state_dict``)."""
 
     def shared_keys(self, float_keys: Iterable[str], norm_keys: Iterable[str]) -> list[str]:
@@ -144,10 +152,14 @@ class Strategy:
 
     def instructions(self, rnd: int, site: str) -> FitInstructions:
         return FitInstructions(
-            round=rnd, seed=site_round_seed(self.seed, rnd, site), local_epochs=self.local_epochs,
-            lr=self.lr, batch_size=self.batch_size,
-            mode=TrainMode.DP if self.dp else TrainMode.PLAIN, secagg=self.secagg,
-        )  # fmt: skip
+            round=rnd,
+            seed=site_round_seed(self.seed, rnd, site),
+            local_epochs=self.local_epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            mode=TrainMode.DP if self.dp else TrainMode.PLAIN,
+            secagg=self.secagg,
+        )
 
     def configure_fit(self, rnd: int, sites: Sequence[str]) -> dict[str, FitInstructions]:
         """{site: instructions} for the sites selected to train in round ``rnd`` (1-based)."""
@@ -209,8 +221,12 @@ def split_extras(tensors: Mapping[str, np.ndarray]) -> tuple[Params, Params]:
     return model, {k: v for k, v in tensors.items() if EXTRA in k}
 
 
-def weighted_average(rnd: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float,
-                     current: Mapping[str, np.ndarray]) -> Params:  # fmt: skip
+def weighted_average(
+    rnd: int,
+    weighted_sum: Mapping[str, np.ndarray],
+    total_weight: float,
+    current: Mapping[str, np.ndarray],
+) -> Params:
     """``current`` with each summed key replaced by sum / total weight, in ``current``'s dtypes;
     keys not in ``weighted_sum`` (FedBN's norm layers) keep their current values."""
     check_sum(rnd, weighted_sum, total_weight, current)
@@ -223,8 +239,12 @@ def weighted_average(rnd: int, weighted_sum: Mapping[str, np.ndarray], total_wei
     return new
 
 
-def check_sum(rnd: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float,
-              current: Mapping[str, np.ndarray]) -> None:  # fmt: skip
+def check_sum(
+    rnd: int,
+    weighted_sum: Mapping[str, np.ndarray],
+    total_weight: float,
+    current: Mapping[str, np.ndarray],
+) -> None:
     """A positive total weight, and only keys (and shapes) of the global model."""
     if not (math.isfinite(total_weight) and total_weight > 0):
         raise ValueError(f"round {rnd}: total weight must be positive, got {total_weight}")
@@ -233,8 +253,9 @@ def check_sum(rnd: int, weighted_sum: Mapping[str, np.ndarray], total_weight: fl
         raise ValueError(f"round {rnd}: keys not in the global model: {unknown}")
     for k, s in weighted_sum.items():
         if np.shape(s) != np.shape(current[k]):
-            raise ValueError(f"round {rnd}: {k} has shape {np.shape(s)}, expected "
-                             f"{np.shape(current[k])}")  # fmt: skip
+            raise ValueError(
+                f"round {rnd}: {k} has shape {np.shape(s)}, expected {np.shape(current[k])}"
+            )
 
 
 def sum_weighted_updates(
@@ -291,6 +312,8 @@ def strategy_for(cfg, method: str) -> Strategy:
     try:
         cls = STRATEGIES[m.strategy]
     except KeyError:
-        raise ValueError(f"method {method!r} names strategy {m.strategy!r}, which is not "
-                         f"registered; known: {sorted(STRATEGIES)}") from None  # fmt: skip
+        raise ValueError(
+            f"method {method!r} names strategy {m.strategy!r}, which is not "
+            f"registered; known: {sorted(STRATEGIES)}"
+        ) from None
     return cls.from_config(cfg.for_method(method), m)

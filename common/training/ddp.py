@@ -83,13 +83,25 @@ class DDPPlan:
 
     def as_dict(self) -> dict:
         """As results.json records it (with DP-SGD's names for sigma and C)."""
-        return {**asdict(self), "noise_multiplier": self.noise_multiplier,
-                "max_grad_norm": self.clip}  # fmt: skip
+        return {
+            **asdict(self),
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": self.clip,
+        }
 
 
-def make_plan(*, q: float, clip: float, dim: int, threshold: int, rounds: int, delta: float,
-              noise_multiplier: float | None = None, target_epsilon: float | None = None,
-              adjacency: str = REPLACE_ONE) -> DDPPlan:  # fmt: skip
+def make_plan(
+    *,
+    q: float,
+    clip: float,
+    dim: int,
+    threshold: int,
+    rounds: int,
+    delta: float,
+    noise_multiplier: float | None = None,
+    target_epsilon: float | None = None,
+    adjacency: str = REPLACE_ONE,
+) -> DDPPlan:
     """The run's plan: s, the sensitivities and the noise, from a noise multiplier (sigma: mu =
     (sigma*Delta2)**2) or from a target epsilon over ``rounds`` rounds (the smallest such mu)."""
     if not 0 < q <= 1:
@@ -104,8 +116,21 @@ def make_plan(*, q: float, clip: float, dim: int, threshold: int, rounds: int, d
         mu = noise_for_epsilon(target_epsilon, delta, q, rounds, d1, d2, adjacency)
     else:
         mu = (float(noise_multiplier) * d2) ** 2
-    return DDPPlan(q, clip, scale, dim, d1, d2, mu, mu / threshold, threshold, rounds, delta,
-                   target_epsilon, adjacency)  # fmt: skip
+    return DDPPlan(
+        q,
+        clip,
+        scale,
+        dim,
+        d1,
+        d2,
+        mu,
+        mu / threshold,
+        threshold,
+        rounds,
+        delta,
+        target_epsilon,
+        adjacency,
+    )
 
 
 def plan_for(cfg, dim: int) -> DDPPlan:
@@ -113,13 +138,22 @@ def plan_for(cfg, dim: int) -> DDPPlan:
     ``dim`` values: q = ``dp.ddp_sample_rate``, C, delta and sigma or the target epsilon from
     ``[dp]``, t = ``secagg.threshold``, one step per ``train.rounds``."""
     if not cfg.secagg.enabled:
-        raise DPConfigError("ddp-sgd needs secure aggregation (secagg.enabled): the server must "
-                            "only ever see the sum of the sites' noise shares")  # fmt: skip
+        raise DPConfigError(
+            "ddp-sgd needs secure aggregation (secagg.enabled): the server must "
+            "only ever see the sum of the sites' noise shares"
+        )
     d = cfg.dp
-    return make_plan(q=d.ddp_sample_rate, clip=d.max_grad_norm, dim=dim,
-                     threshold=cfg.secagg.threshold, rounds=cfg.train.rounds, delta=d.delta,
-                     noise_multiplier=None if d.target_epsilon else d.noise_multiplier,
-                     target_epsilon=d.target_epsilon, adjacency=d.adjacency)  # fmt: skip
+    return make_plan(
+        q=d.ddp_sample_rate,
+        clip=d.max_grad_norm,
+        dim=dim,
+        threshold=cfg.secagg.threshold,
+        rounds=cfg.train.rounds,
+        delta=d.delta,
+        noise_multiplier=None if d.target_epsilon else d.noise_multiplier,
+        target_epsilon=d.target_epsilon,
+        adjacency=d.adjacency,
+    )
 
 
 def wrap_free(plan_scale: float, clip: float, total_examples: float, mu: float) -> bool:
@@ -135,9 +169,12 @@ MAX_MU = 1e18  # numpy's Poisson sampler takes lambda < ~9.2e18
 def check_round_params(q: float, clip: float, scale: float, mu_share: float) -> None:
     """A round's public parameters as a site receives them from the server (network input):
     ``DPConfigError`` naming the first that is out of range."""
-    for name, value, ok in (("q", q, 0 < q <= 1), ("C", clip, 0 < clip < math.inf),
-                            ("s", scale, 0 < scale < math.inf),
-                            ("the noise share", mu_share, 0 <= mu_share <= MAX_MU)):  # fmt: skip
+    for name, value, ok in (
+        ("q", q, 0 < q <= 1),
+        ("C", clip, 0 < clip < math.inf),
+        ("s", scale, 0 < scale < math.inf),
+        ("the noise share", mu_share, 0 <= mu_share <= MAX_MU),
+    ):
         if not (isinstance(value, int | float) and ok):
             raise DPConfigError(f"ddp-sgd: {name} = {value!r} is out of range")
 
@@ -167,8 +204,15 @@ class DDPSite:
     def close(self) -> None:
         release_grad_sample_module(self.gsm, list(self.named.values()))
 
-    def clipped_sum(self, images: torch.Tensor, masks: torch.Tensor, keys: Sequence[str],
-                    clip: float, scale: float, chunk: int = 16) -> np.ndarray:  # fmt: skip
+    def clipped_sum(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        keys: Sequence[str],
+        clip: float,
+        scale: float,
+        chunk: int = 16,
+    ) -> np.ndarray:
         """sum_i round(scale * clip_C(g_i)) over the given slices, int64, keys in order
         (computed on the model's device, returned as CPU numpy)."""
         dim = sum(self.named[k].numel() for k in keys)
@@ -186,10 +230,19 @@ class DDPSite:
             total += torch.round(g * factor[:, None]).to(torch.int64).sum(dim=0)
         return total.cpu().numpy()
 
-    def noisy_sum(self, dataset, keys: Sequence[str], *, q: float, clip: float, scale: float,
-                  mu_share: float, seed: int | None = None,
-                  rngs: tuple[np.random.Generator, np.random.Generator] | None = None,
-                  chunk: int = 16) -> tuple[np.ndarray, dict]:  # fmt: skip
+    def noisy_sum(
+        self,
+        dataset,
+        keys: Sequence[str],
+        *,
+        q: float,
+        clip: float,
+        scale: float,
+        mu_share: float,
+        seed: int | None = None,
+        rngs: tuple[np.random.Generator, np.random.Generator] | None = None,
+        chunk: int = 16,
+    ) -> tuple[np.ndarray, dict]:
         """This round's masked-input vector (uint32): the site's rounded clipped gradient sum
         over its Poisson sample plus its Skellam share. Returns (vector, public metrics).
         ``rngs``: the (sampling, noise) generators of a site's ``NoiseSource``; else ``seed``
@@ -198,8 +251,10 @@ class DDPSite:
         check_round_params(q, clip, scale, mu_share)
         if (seed is None) == (rngs is None):
             raise ValueError("give exactly one of seed and rngs")
-        sample_rng, noise_rng = rngs or (np.random.default_rng([seed, SAMPLE_STREAM]),
-                                         np.random.default_rng([seed, NOISE_STREAM]))  # fmt: skip
+        sample_rng, noise_rng = rngs or (
+            np.random.default_rng([seed, SAMPLE_STREAM]),
+            np.random.default_rng([seed, NOISE_STREAM]),
+        )
         start = time.perf_counter()
         n = len(dataset)
         picked = np.flatnonzero(sample_rng.random(n) < q)
@@ -213,8 +268,12 @@ class DDPSite:
         else:
             total = np.zeros(dim, np.int64)
         total += skellam(noise_rng, mu_share, dim)
-        metrics = {"sample_rate": q, "max_grad_norm": clip, "num_examples": n,
-                   "train_time_s": time.perf_counter() - start}  # fmt: skip
+        metrics = {
+            "sample_rate": q,
+            "max_grad_norm": clip,
+            "num_examples": n,
+            "train_time_s": time.perf_counter() - start,
+        }
         return to_ring(total), metrics
 
 
@@ -263,8 +322,13 @@ class ServerAdam:
         self.v = {k[2:]: np.asarray(v) for k, v in state.items() if k.startswith("v/")}
 
 
-def ddp_step(opt: ServerAdam, current: Mapping[str, np.ndarray], noisy_sum: Mapping[str, np.ndarray],
-             total_examples: float, q: float) -> dict:  # fmt: skip
+def ddp_step(
+    opt: ServerAdam,
+    current: Mapping[str, np.ndarray],
+    noisy_sum: Mapping[str, np.ndarray],
+    total_examples: float,
+    q: float,
+) -> dict:
     """The server's step: the noisy sum over the union divided by its expected size q * sum(n_k)."""
     if not (math.isfinite(total_examples) and total_examples > 0):
         raise ValueError(f"the union's size must be positive, got {total_examples}")

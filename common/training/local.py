@@ -58,8 +58,9 @@ def proximal_anchor(
         if global_params is None:
             anchor[name] = p.detach().clone()
         elif name in global_params:
-            anchor[name] = torch.tensor(np.asarray(global_params[name]), dtype=p.dtype,
-                                        device=p.device)  # fmt: skip
+            anchor[name] = torch.tensor(
+                np.asarray(global_params[name]), dtype=p.dtype, device=p.device
+            )
         else:
             raise ValueError(f"global_params has no entry for trainable parameter {name!r}")
     return anchor
@@ -156,8 +157,15 @@ def train_local(
         torch.manual_seed(seed)
         opt = make_optimizer(model, optimizer, lr)
         anchor = proximal_anchor(model, global_params) if proximal_mu > 0 else None
-        metrics = run_epochs(model, loader, opt, epochs=epochs, proximal_mu=proximal_mu,
-                             anchor=anchor, grad_hook=grad_hook)  # fmt: skip
+        metrics = run_epochs(
+            model,
+            loader,
+            opt,
+            epochs=epochs,
+            proximal_mu=proximal_mu,
+            anchor=anchor,
+            grad_hook=grad_hook,
+        )
     model.train(was_training)
     dataset = getattr(loader, "dataset", None)
     n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None

@@ -42,10 +42,11 @@ def public_pool(cfg) -> tuple[np.ndarray, np.ndarray]:
     """(images int16 HU, masks uint8) of the public pool, (N, H, W) each."""
     n, size = cfg.pretrain.public_size, cfg.data.image_size
     slices = [
-        render_slice(cfg.public_seed, PUBLIC_SITE_INDEX, "train", i, REFERENCE, size,
-                     cfg.data.noise_ref_hu)
+        render_slice(
+            cfg.public_seed, PUBLIC_SITE_INDEX, "train", i, REFERENCE, size, cfg.data.noise_ref_hu
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     return np.stack([s.image for s in slices]), np.stack([s.mask for s in slices])
 
 
@@ -79,10 +80,17 @@ def pretrain(cfg, method: str, device: torch.device | None = None) -> dict[str, 
     y = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
     model = model_for(cfg, method).to(device or "cpu")
     loader = DataLoader(TensorDataset(x, y), batch_size=p.batch_size, shuffle=True)
-    metrics = train_local(model, loader, epochs=p.epochs, lr=p.lr, seed=cfg.public_seed,
-                          optimizer=cfg.train.optimizer)  # fmt: skip
-    log.info("public pretraining (%s): %d slices, %d epochs, loss %.4f, %.1fs", method, len(x),
-             p.epochs, metrics["loss"], time.perf_counter() - start)  # fmt: skip
+    metrics = train_local(
+        model, loader, epochs=p.epochs, lr=p.lr, seed=cfg.public_seed, optimizer=cfg.train.optimizer
+    )
+    log.info(
+        "public pretraining (%s): %d slices, %d epochs, loss %.4f, %.1fs",
+        method,
+        len(x),
+        p.epochs,
+        metrics["loss"],
+        time.perf_counter() - start,
+    )
     return get_params(model)
 
 

@@ -44,13 +44,19 @@ class ControlVariates:
     zeros, a site's first round). Anything else is refused with a ValueError (network input).
     """
 
-    def __init__(self, model: nn.Module, server: Mapping[str, np.ndarray],
-                 site: Mapping[str, np.ndarray] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        server: Mapping[str, np.ndarray],
+        site: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.params = trainable(model)
         want = {PREFIX + n for n in self.params}
         if set(server) != want:
-            raise ValueError(f"SCAFFOLD: the server's control variates name "
-                             f"{sorted(set(server) ^ want)[:3]} wrongly")  # fmt: skip
+            raise ValueError(
+                f"SCAFFOLD: the server's control variates name "
+                f"{sorted(set(server) ^ want)[:3]} wrongly"
+            )
         site = dict(site or {})
         device = next(model.parameters()).device
         self.site: dict[str, torch.Tensor] = {}
@@ -61,8 +67,10 @@ class ControlVariates:
             c_i = np.asarray(site.get(PREFIX + n, np.zeros(p.shape, np.float32)))
             for what, v in (("server", c), ("site", c_i)):
                 if v.shape != tuple(p.shape) or not np.isfinite(v).all():
-                    raise ValueError(f"SCAFFOLD: the {what} control variate of {n} has shape "
-                                     f"{v.shape} (expected {tuple(p.shape)}) or is not finite")  # fmt: skip
+                    raise ValueError(
+                        f"SCAFFOLD: the {what} control variate of {n} has shape "
+                        f"{v.shape} (expected {tuple(p.shape)}) or is not finite"
+                    )
             self.site[n] = torch.as_tensor(c_i, dtype=p.dtype, device=device)
             self.correction[n] = torch.as_tensor(c, dtype=p.dtype, device=device) - self.site[n]
             self.sum[n] = torch.zeros_like(p)

@@ -139,8 +139,9 @@ def create_channel(
     return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
 
 
-def check_health(address: str, credentials: grpc.ChannelCredentials | None = None,
-                 timeout: float = 5.0) -> bool:  # fmt: skip
+def check_health(
+    address: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 5.0
+) -> bool:
     """Whether the server at ``address`` answers the standard health check with SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

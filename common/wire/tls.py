@@ -176,9 +176,14 @@ def make_certs(
             for path in (d, d / CA_CERT, d / CERT, d / KEY):
                 os.chown(path, *owner)
         dirs[role] = d
-    log.info("wrote a CA, a server certificate (%s), %d site certificates, a release-service "
-             "certificate (%s) and an attacker certificate to %s",
-             ", ".join(names), len(sites), ", ".join(release), out)  # fmt: skip
+    log.info(
+        "wrote a CA, a server certificate (%s), %d site certificates, a release-service "
+        "certificate (%s) and an attacker certificate to %s",
+        ", ".join(names),
+        len(sites),
+        ", ".join(release),
+        out,
+    )
     return dirs
 
 
@@ -296,21 +301,27 @@ def diagnose_tls(address: str, tls_dir: Path, timeout: float = 10.0) -> str | No
             with contextlib.suppress(TimeoutError):
                 answer = tls.recv(1)  # a gRPC server answers the preface with its SETTINGS
         if answer == b"":  # closed right after the handshake: the client certificate's verdict
-            return (f"the server closed the connection right after the TLS handshake: it refused "
-                    f"this site's certificate ({tls_dir / CERT} is not signed by the federation's "
-                    "CA, or has expired); ask the operator for this site's directory from "
-                    "`fedonco certs`")  # fmt: skip
+            return (
+                f"the server closed the connection right after the TLS handshake: it refused "
+                f"this site's certificate ({tls_dir / CERT} is not signed by the federation's "
+                "CA, or has expired); ask the operator for this site's directory from "
+                "`fedonco certs`"
+            )
         return None
     except ssl.SSLCertVerificationError as err:
         code = err.verify_code
         if code in _NAME_MISMATCH:
-            return (f"the server's certificate is not for the name {host!r} that this site dials "
-                    f"(OpenSSL: {err.verify_message}); dial a name on the server certificate, or "
-                    "have the operator add it: fedonco certs --server-name NAME")  # fmt: skip
+            return (
+                f"the server's certificate is not for the name {host!r} that this site dials "
+                f"(OpenSSL: {err.verify_message}); dial a name on the server certificate, or "
+                "have the operator add it: fedonco certs --server-name NAME"
+            )
         if code in _UNKNOWN_CA:
-            return (f"the server's certificate is not signed by the CA in {tls_dir / CA_CERT} "
-                    f"(unknown CA; OpenSSL: {err.verify_message}): this certificate directory "
-                    "belongs to another federation, or the server runs with another CA")  # fmt: skip
+            return (
+                f"the server's certificate is not signed by the CA in {tls_dir / CA_CERT} "
+                f"(unknown CA; OpenSSL: {err.verify_message}): this certificate directory "
+                "belongs to another federation, or the server runs with another CA"
+            )
         if code == 10:
             return "the server's certificate has expired; the operator must issue a new one"
         return f"the server's certificate failed verification: {err.verify_message}"
@@ -321,16 +332,22 @@ def diagnose_tls(address: str, tls_dir: Path, timeout: float = 10.0) -> str | No
             or "RECORD_LAYER" in reason
             or "PACKET_LENGTH" in reason
         ):
-            return (f"{address} does not speak TLS (a plaintext server?): start the server with "
-                    "--tls-dir, or check the address")  # fmt: skip
+            return (
+                f"{address} does not speak TLS (a plaintext server?): start the server with "
+                "--tls-dir, or check the address"
+            )
         if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason or "ACCESS_DENIED" in reason:
-            return (f"the server refused this site's certificate ({err.reason}): "
-                    f"{tls_dir / CERT} is not signed by the federation's CA, or has expired; "
-                    "ask the operator for this site's directory from `fedonco certs`")  # fmt: skip
+            return (
+                f"the server refused this site's certificate ({err.reason}): "
+                f"{tls_dir / CERT} is not signed by the federation's CA, or has expired; "
+                "ask the operator for this site's directory from `fedonco certs`"
+            )
         return f"the TLS handshake with {address} failed: {err}"
     except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, EOFError):
-        return (f"{address} closed the connection during the TLS handshake: it probably speaks "
-                "plaintext (start the server with --tls-dir) or is not a FedOnco server")  # fmt: skip
+        return (
+            f"{address} closed the connection during the TLS handshake: it probably speaks "
+            "plaintext (start the server with --tls-dir) or is not a FedOnco server"
+        )
     except OSError:
         return None
 
@@ -373,8 +390,14 @@ def parse_owner(text: str) -> tuple[int, int]:
 
 def run_certs_cmd(args) -> int:
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-    dirs = make_certs(Path(args.out), sites, args.server_name, force=args.force,
-                      release_names=args.release_name, owner=args.owner)  # fmt: skip
+    dirs = make_certs(
+        Path(args.out),
+        sites,
+        args.server_name,
+        force=args.force,
+        release_names=args.release_name,
+        owner=args.owner,
+    )
     print(f"CA: {Path(args.out) / CA_CERT} (keep {Path(args.out) / 'ca.key'} private)")
     for role, d in dirs.items():
         print(f"{role:>8}: {d}/  ({CA_CERT}, {CERT}, {KEY})")

@@ -64,15 +64,21 @@ class Stack:
         self.files = ["-f", str(ROOT / "docker-compose.yml")]
         if tls_certs is not None:
             self.files += ["-f", str(ROOT / "deploy" / "compose.tls.yml")]
-        self.env = {**os.environ, "FEDONCO_RUNS": str(runs), "FEDONCO_SUBNET": subnet,
-                    "FEDONCO_RUN_ID": name, **env}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "FEDONCO_RUNS": str(runs),
+            "FEDONCO_SUBNET": subnet,
+            "FEDONCO_RUN_ID": name,
+            **env,
+        }
         if tls_certs is not None:
             self.env["FEDONCO_CERTS"] = str(tls_certs)
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True):
         cmd = [*_compose_cmd(), "-p", self.name, *self.files, *args]
-        r = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True,
-                           timeout=timeout)  # fmt: skip
+        r = subprocess.run(
+            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and r.returncode != 0:
             raise AssertionError(
                 f"{' '.join(args)} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -140,8 +146,11 @@ def _compose_user() -> tuple[int, int]:
 
 def _assert_owned(root: Path, uid: int, gid: int) -> None:
     paths = [root, *root.rglob("*")]
-    wrong = [f"{p} ({p.stat().st_uid}:{p.stat().st_gid})" for p in paths
-             if (p.stat().st_uid, p.stat().st_gid) != (uid, gid)]  # fmt: skip
+    wrong = [
+        f"{p} ({p.stat().st_uid}:{p.stat().st_gid})"
+        for p in paths
+        if (p.stat().st_uid, p.stat().st_gid) != (uid, gid)
+    ]
     assert len(paths) > 3 and not wrong, f"not owned by {uid}:{gid}: {wrong[:10]}"
 
 
@@ -152,12 +161,28 @@ def test_the_image_runs_as_an_unprivileged_user(tmp_path):
     assert r.stdout.strip() == "10001:10001"
     # a site key the container's user may not read (issued by root without --owner): the site
     # stops before generating data, with one line saying whose the key is and what to do
-    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(tmp_path),
-                    "--sites", "A"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "bench.cli", "certs", "--out", str(tmp_path), "--sites", "A"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     os.chown(tmp_path / "site-A" / "tls.key", 0, 0)
-    r = _docker("run", "--rm", "-e", "FEDONCO_SITE=A", "-e", "FEDONCO_TLS_DIR=/certs",
-                "-e", "FEDONCO_SERVER=localhost:1", "-v", f"{tmp_path / 'site-A'}:/certs:ro",
-                IMAGE, "site", check=False)  # fmt: skip
+    r = _docker(
+        "run",
+        "--rm",
+        "-e",
+        "FEDONCO_SITE=A",
+        "-e",
+        "FEDONCO_TLS_DIR=/certs",
+        "-e",
+        "FEDONCO_SERVER=localhost:1",
+        "-v",
+        f"{tmp_path / 'site-A'}:/certs:ro",
+        IMAGE,
+        "site",
+        check=False,
+    )
     assert r.returncode != 0
     assert "cannot read /certs/tls.key as uid 10001" in r.stderr, r.stderr[-2000:]
     assert "--user 0:0" in r.stderr and "Traceback" not in r.stderr
@@ -202,10 +227,30 @@ def tls_stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
     # deploy/README.md §3: the role directories belong to the user the containers run as
     owner = "{}:{}".format(*_compose_user())
-    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(root / "certs"),
-                    "--owner", owner], check=True, capture_output=True, timeout=120)  # fmt: skip
-    stack = Stack("fedonco-e2e-tls", root / "runs", "172.29.62.0/24", tls_certs=root / "certs",
-                  FEDONCO_PROFILE="smoke", FEDONCO_METHODS="fedavg", FEDONCO_ROUNDS=str(TLS_ROUNDS))  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "certs",
+            "--out",
+            str(root / "certs"),
+            "--owner",
+            owner,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    stack = Stack(
+        "fedonco-e2e-tls",
+        root / "runs",
+        "172.29.62.0/24",
+        tls_certs=root / "certs",
+        FEDONCO_PROFILE="smoke",
+        FEDONCO_METHODS="fedavg",
+        FEDONCO_ROUNDS=str(TLS_ROUNDS),
+    )
     try:
         stack.compose("up", "-d", timeout=300)
         yield stack
@@ -221,8 +266,18 @@ def test_mtls_refuses_a_client_without_or_with_the_wrong_certificate(tls_stack):
             f"a healthy {service}",
             tls_stack,
         )
-    r = tls_stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "site1", "-c", PROBE,
-                          timeout=180)  # fmt: skip
+    r = tls_stack.compose(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "--entrypoint",
+        "python",
+        "site1",
+        "-c",
+        PROBE,
+        timeout=180,
+    )
     verdicts = json.loads(r.stdout.strip().splitlines()[-1])
     assert verdicts == {
         "no_client_certificate": "UNAVAILABLE",  # the TLS handshake fails
@@ -257,8 +312,9 @@ def test_killed_site_container_the_campaign_completes_over_tls(tls_stack):
     # after the kill, C is either reported as a failure of a round it was selected for, or no
     # longer selected at all: either way it never contributes again
     assert with_c == list(range(1, with_c[-1] + 1)) and with_c[-1] < TLS_ROUNDS
-    failed_or_gone = [h["round"] for h in history
-                      if "C" in h.get("failures", {}) or "C" not in h["selected"]]  # fmt: skip
+    failed_or_gone = [
+        h["round"] for h in history if "C" in h.get("failures", {}) or "C" not in h["selected"]
+    ]
     assert failed_or_gone and failed_or_gone[-1] == TLS_ROUNDS
     assert all(len(h["fit"]["sites"]) >= 3 for h in history)  # secure aggregation went on
     results = json.loads((tls_stack.run_dir / "results.json").read_text())
@@ -293,20 +349,49 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
     CI runs as root, so this is the docs' root variant: the directories are handed to the image's
     unprivileged user (`chown -R 10001:10001 …`) and the containers run as it."""
     server, net = "fedonco-e2e-fl-server", "fedonco-e2e-hospital"
-    subprocess.run([sys.executable, "-m", "bench.cli", "certs", "--out", str(tmp_path / "certs"),
-                    "--sites", "A,B,C,D,E", "--server-name", server],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "certs",
+            "--out",
+            str(tmp_path / "certs"),
+            "--sites",
+            "A,B,C,D,E",
+            "--server-name",
+            server,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     example = (ROOT / "deploy" / "site.env.example").read_text()
     (tmp_path / "runs").mkdir()
     _chown_r(10001, 10001, tmp_path / "certs" / "server", tmp_path / "runs")
     _docker("network", "create", net)
     sites, logs = {}, {}
     try:
-        _docker("run", "-d", "--name", server, "--network", net,
-                "-e", "FEDONCO_PROFILE=smoke", "-e", "FEDONCO_METHODS=fedavg",
-                "-e", "FEDONCO_TLS_DIR=/certs",
-                "-v", f"{tmp_path / 'certs' / 'server'}:/certs:ro",
-                "-v", f"{tmp_path / 'runs'}:/runs", IMAGE, "server")  # fmt: skip
+        _docker(
+            "run",
+            "-d",
+            "--name",
+            server,
+            "--network",
+            net,
+            "-e",
+            "FEDONCO_PROFILE=smoke",
+            "-e",
+            "FEDONCO_METHODS=fedavg",
+            "-e",
+            "FEDONCO_TLS_DIR=/certs",
+            "-v",
+            f"{tmp_path / 'certs' / 'server'}:/certs:ro",
+            "-v",
+            f"{tmp_path / 'runs'}:/runs",
+            IMAGE,
+            "server",
+        )
         for s in "ABC":
             home = tmp_path / f"hospital-{s}"  # what the hospital holds: its own directory only
             shutil.copytree(tmp_path / "certs" / f"site-{s}", home / "certs" / f"site-{s}")
@@ -333,10 +418,28 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
             )
             logs[s] = open(home / "site.log", "w")  # noqa: SIM115 (closed below)
             sites[s] = subprocess.Popen(
-                ["docker", "run", "--rm", "--network", net, "--env-file", str(home / "site.env"),
-                 "-v", f"{home / 'certs' / f'site-{s}'}:/certs:ro",
-                 "-v", f"{home / 'site-data'}:/data", "-v", f"{home / 'site-state'}:/state",
-                 *ct, IMAGE, "site"], stdout=logs[s], stderr=subprocess.STDOUT, cwd=home)  # fmt: skip
+                [
+                    "docker",
+                    "run",
+                    "--rm",
+                    "--network",
+                    net,
+                    "--env-file",
+                    str(home / "site.env"),
+                    "-v",
+                    f"{home / 'certs' / f'site-{s}'}:/certs:ro",
+                    "-v",
+                    f"{home / 'site-data'}:/data",
+                    "-v",
+                    f"{home / 'site-state'}:/state",
+                    *ct,
+                    IMAGE,
+                    "site",
+                ],
+                stdout=logs[s],
+                stderr=subprocess.STDOUT,
+                cwd=home,
+            )
         for s, proc in sites.items():
             assert proc.wait(timeout=900) == 0, (
                 tmp_path / f"hospital-{s}" / "site.log"
@@ -375,8 +478,9 @@ def test_a_hospital_joins_as_the_deploy_docs_say(tmp_path):
             cases = manifest["cases"]["C"]
             ids = [c for split in cases.values() for c in split]
             assert len(ids) == len(set(ids)) == 4 and cases["train"], cases
-            n_train = sum(e["n"] for e in manifest["shards"]
-                          if (e["split"], e["site"]) == ("train", "C"))  # fmt: skip
+            n_train = sum(
+                e["n"] for e in manifest["shards"] if (e["split"], e["site"]) == ("train", "C")
+            )
             for r in history:  # it trained on exactly its imported training slices
                 assert int(r["fit"]["sites"]["C"]["num_examples"]) == n_train, r["fit"]
         else:
@@ -391,8 +495,13 @@ def test_the_site_image_file_loads():
     """`make site-image` writes the file deploy/README.md §4 tells a hospital to `docker load`;
     loading it gives back the very image (same ID) under the name the docs run."""
     image_id = _docker("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
-    r = subprocess.run(["make", "-o", "images", "site-image"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        ["make", "-o", "images", "site-image"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     tar = ROOT / "dist" / "fedonco-bench.tar"
     r = _docker("load", "-i", str(tar), timeout=600)

@@ -12,9 +12,12 @@ pytestmark = pytest.mark.slow
 
 def test_device_cpu_gives_the_same_model_and_records_the_cpu(local_two_seeds, tmp_path):
     cfg, path, reference = local_two_seeds  # the session's run without --device (conftest.py)
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--device", "cpu", "--out",
-                                  str(tmp_path / "runs")), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        fedonco("bench", "--config", str(path), "--device", "cpu", "--out", str(tmp_path / "runs")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     ours = json.loads((run_dir / "results.json").read_text())["methods"]["fedavg"]

@@ -14,10 +14,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 def test_paper_profile_dry_run_runs_every_part(tmp_path):
     done = subprocess.run(
-        fedonco("bench", "--config", "configs/paper.toml", "--dry-run", "--methods", "dpsgd",
-                "--out", str(tmp_path)),
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        fedonco(
+            "bench",
+            "--config",
+            "configs/paper.toml",
+            "--dry-run",
+            "--methods",
+            "dpsgd",
+            "--out",
+            str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DRY RUN" in done.stdout
     (run_dir,) = tmp_path.iterdir()

@@ -14,8 +14,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 def _bench(tmp_path, cfg, *args):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(fedonco("bench", "--config", str(path), "--out", str(tmp_path / "runs"), *args),
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        fedonco("bench", "--config", str(path), "--out", str(tmp_path / "runs"), *args),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     return run_dir, done.stdout
@@ -41,10 +45,13 @@ def test_frontier_sweeps_a_recipe_method_over_seeds_and_draws_the_plot(tmp_path)
     # 5 s heartbeats: DP rounds on 2 loaded cores can starve the 1 s heartbeat (4 s silence limit)
     # the sweep's mechanics, not learning: 2 local epochs instead of the smoke profile's 10 (the
     # test took 173 s of CI's heavy suite; sigma is calibrated for the steps either way)
-    cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.heartbeat_s": 5.0,
-                                                   "train.local_epochs": 2})  # fmt: skip
-    run_dir, _ = _bench(tmp_path, cfg, "--sweep", "target_epsilon=4,8", "--sweep-method",
-                        "dpsgd-pt", "--seeds", "2")  # fmt: skip
+    cfg = with_overrides(
+        load_profile("smoke"),
+        **{"mia.enabled": False, "fl.heartbeat_s": 5.0, "train.local_epochs": 2},
+    )
+    run_dir, _ = _bench(
+        tmp_path, cfg, "--sweep", "target_epsilon=4,8", "--sweep-method", "dpsgd-pt", "--seeds", "2"
+    )
     summary = json.loads((run_dir / "results.json").read_text())
     names = set(summary["methods"])
     assert names == {"groupnorm-pt", "dpsgd-pt-target_epsilon-4", "dpsgd-pt-target_epsilon-8"}
@@ -55,5 +62,7 @@ def test_frontier_sweeps_a_recipe_method_over_seeds_and_draws_the_plot(tmp_path)
     assert (run_dir / "plots" / "frontier.png").stat().st_size > 1000
     seed_run = json.loads((run_dir / f"seed{cfg.seed}" / "results.json").read_text())
     gn = seed_run["methods"]["groupnorm-pt"]
-    assert gn["initial_model_sha256"] == seed_run["methods"]["dpsgd-pt-target_epsilon-4"][
-        "initial_model_sha256"]  # both start from the same public pretraining  # fmt: skip
+    assert (
+        gn["initial_model_sha256"]
+        == seed_run["methods"]["dpsgd-pt-target_epsilon-4"]["initial_model_sha256"]
+    )  # both start from the same public pretraining

@@ -40,10 +40,26 @@ def setup(tmp_path_factory, smoke_data):
 def tls_fedavg_server(root: Path, work: Path, tls_dir: Path):
     """A TLS server for one FedAvg run, waiting for sites; yields its address."""
     log = work / "server.log"
-    proc = spawn(fedonco("server", "--config", str(root / "config.json"), "--method", "fedavg",
-                         "--data", str(root / "data"), "--run-dir", str(work / "run"),
-                         "--address", "127.0.0.1:0", "--port-file", str(work / "port"),
-                         "--tls-dir", str(tls_dir)), log)  # fmt: skip
+    proc = spawn(
+        fedonco(
+            "server",
+            "--config",
+            str(root / "config.json"),
+            "--method",
+            "fedavg",
+            "--data",
+            str(root / "data"),
+            "--run-dir",
+            str(work / "run"),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(work / "port"),
+            "--tls-dir",
+            str(tls_dir),
+        ),
+        log,
+    )
     try:
         yield f"127.0.0.1:{wait_for_port(work / 'port', proc, log)}"
     finally:
@@ -120,11 +136,27 @@ def test_client_refuses_a_server_it_cannot_verify(setup, tmp_path):
 def test_client_cli_checks_its_certificate_and_plaintext_needs_opt_in(setup):
     _, root = setup
     base = ["client", "--config", str(root / "config.json"), "--data", str(root / "data")]
-    r = subprocess.run(fedonco(*base, "--site", "B", "--server", "127.0.0.1:1", "--tls-dir",
-                            str(root / "certs" / "site-A")), capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        fedonco(
+            *base,
+            "--site",
+            "B",
+            "--server",
+            "127.0.0.1:1",
+            "--tls-dir",
+            str(root / "certs" / "site-A"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "certificate is for site 'A'" in r.stderr
-    r = subprocess.run(fedonco(*base, "--site", "A", "--server", "10.1.2.3:50051"),
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        fedonco(*base, "--site", "A", "--server", "10.1.2.3:50051"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "refusing plaintext" in r.stderr
 
 
@@ -134,8 +166,17 @@ def test_a_site_names_the_cause_of_a_tls_failure(setup, tmp_path):
     import shutil
 
     _, root = setup
-    base = ["client", "--config", str(root / "config.json"), "--data", str(root / "data"),
-            "--site", "A", "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    base = [
+        "client",
+        "--config",
+        str(root / "config.json"),
+        "--data",
+        str(root / "data"),
+        "--site",
+        "A",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
     mixed = tmp_path / "mixed"  # the right CA, a certificate from another CA
     mixed.mkdir()
     shutil.copy(root / "certs" / "site-A" / "ca.crt", mixed / "ca.crt")
@@ -147,24 +188,40 @@ def test_a_site_names_the_cause_of_a_tls_failure(setup, tmp_path):
             "refused this site's certificate": mixed,
         }
         for cause, tls in cases.items():
-            r = subprocess.run(fedonco(*base, "--server", address, "--tls-dir", str(tls)),
-                               capture_output=True, text=True, timeout=120)  # fmt: skip
+            r = subprocess.run(
+                fedonco(*base, "--server", address, "--tls-dir", str(tls)),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert r.returncode == 2 and cause in r.stderr, (cause, r.stderr[-2000:])
         # the same check, before a site container generates its data (deploy/entrypoint.sh)
         check = ["health", address, "--tls-check", "A", "--tls-dir"]
         r = subprocess.run(fedonco(*check, str(mixed)), capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "refused this site's certificate" in r.stderr
-        r = subprocess.run(fedonco(*check, str(root / "certs" / "site-A")), capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            fedonco(*check, str(root / "certs" / "site-A")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0 and "ok" in r.stdout
-        r = subprocess.run(fedonco(*check, str(root / "certs" / "site-B")), capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            fedonco(*check, str(root / "certs" / "site-B")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 2 and "is for site 'B'" in r.stderr
     named = make_certs(tmp_path / "named", list("ABCDE"), ["fl.example.org"])
     (tmp_path / "n").mkdir()
     with tls_fedavg_server(root, tmp_path / "n", named["server"]) as address:  # 127.0.0.1
-        r = subprocess.run(fedonco(*base, "--server", address, "--tls-dir", str(named["site-A"])),
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            fedonco(*base, "--server", address, "--tls-dir", str(named["site-A"])),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and "is not for the name '127.0.0.1'" in r.stderr, r.stderr[-2000:]
 
 
@@ -176,11 +233,26 @@ def test_a_site_with_another_profile_is_refused_at_registration(setup, tmp_path)
     (tmp_path / "other.json").write_text(json.dumps(other.model_dump(mode="json")))
     (tmp_path / "s").mkdir()
     with tls_fedavg_server(root, tmp_path / "s", root / "certs" / "server") as address:
-        r = subprocess.run(fedonco("client", "--config", str(tmp_path / "other.json"), "--data",
-                                   str(root / "data"), "--site", "A", "--state-dir",
-                                   str(tmp_path / "state"), "--server", address, "--tls-dir",
-                                   str(root / "certs" / "site-A")),
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            fedonco(
+                "client",
+                "--config",
+                str(tmp_path / "other.json"),
+                "--data",
+                str(root / "data"),
+                "--site",
+                "A",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--server",
+                address,
+                "--tls-dir",
+                str(root / "certs" / "site-A"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"base {cfg.model.base * 2}" in r.stderr and f"base {cfg.model.base} " in r.stderr
     assert "the server refused it" in r.stderr

@@ -71,25 +71,83 @@ def campaign(env):
 
     try:
         address = f"localhost:{free_port()}"
-        server = start("server", "server", "--config", str(path), "--methods", ",".join(METHODS),
-                       "--data", str(root / "data"), "--run-dir", str(run_dir), "--address",
-                       address, "--port-file", str(root / "server.port"), "--tls-dir",
-                       str(root / "certs" / "server"), "--hold-until", str(run_dir / "audit.done"),
-                       "--threads", "1")  # fmt: skip
+        server = start(
+            "server",
+            "server",
+            "--config",
+            str(path),
+            "--methods",
+            ",".join(METHODS),
+            "--data",
+            str(root / "data"),
+            "--run-dir",
+            str(run_dir),
+            "--address",
+            address,
+            "--port-file",
+            str(root / "server.port"),
+            "--tls-dir",
+            str(root / "certs" / "server"),
+            "--hold-until",
+            str(run_dir / "audit.done"),
+            "--threads",
+            "1",
+        )
         for s in "ABCDE":
-            start(f"site{s}", "client", "--config", str(path), "--site", s, "--server", address,
-                  "--data", str(root / "data"), "--state-dir", str(state), "--tls-dir",
-                  str(root / "certs" / f"site-{s}"), "--publish-dir", str(root / "published"))  # fmt: skip
-        release = start("release", "release", "serve", "--models-root", str(root),
-                        "--models-root", str(root / "published"), "--address", "127.0.0.1:0",
-                        "--port-file", str(root / "release.port"), "--exit-when",
-                        str(run_dir / "audit.done"), "--tls-dir", str(root / "certs" / "release"),
-                        "--client-certs")  # fmt: skip
+            start(
+                f"site{s}",
+                "client",
+                "--config",
+                str(path),
+                "--site",
+                s,
+                "--server",
+                address,
+                "--data",
+                str(root / "data"),
+                "--state-dir",
+                str(state),
+                "--tls-dir",
+                str(root / "certs" / f"site-{s}"),
+                "--publish-dir",
+                str(root / "published"),
+            )
+        release = start(
+            "release",
+            "release",
+            "serve",
+            "--models-root",
+            str(root),
+            "--models-root",
+            str(root / "published"),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(root / "release.port"),
+            "--exit-when",
+            str(run_dir / "audit.done"),
+            "--tls-dir",
+            str(root / "certs" / "release"),
+            "--client-certs",
+        )
         wait_for_port(root / "server.port", server, logs / "server.log")
         rport = wait_for_port(root / "release.port", release, logs / "release.log")
-        judge = start("judge", "judge", "--run-dir", str(run_dir), "--data", str(root / "data"),
-                      "--release", f"127.0.0.1:{rport}", "--methods", ",".join(METHODS),
-                      "--timeout", "300", "--tls-dir", str(root / "certs" / "attacker"))  # fmt: skip
+        judge = start(
+            "judge",
+            "judge",
+            "--run-dir",
+            str(run_dir),
+            "--data",
+            str(root / "data"),
+            "--release",
+            f"127.0.0.1:{rport}",
+            "--methods",
+            ",".join(METHODS),
+            "--timeout",
+            "300",
+            "--tls-dir",
+            str(root / "certs" / "attacker"),
+        )
         assert judge.wait(timeout=600) == 0, (logs / "judge.log").read_text()[-3000:]
         for p in procs:  # the judge's marker ends the campaign: everyone exits on their own
             assert p.wait(timeout=60) == 0, p.args[3:5]
@@ -128,13 +186,45 @@ def _serve(cfg, methods, root: Path, name: str) -> Path:
     """``methods`` as one campaign of a server and five client processes; the run directory."""
     path, run_dir, logs = _write_config(cfg, root / f"{name}.json"), root / name, root / name[:3]
     address = f"127.0.0.1:{free_port()}"
-    procs = [spawn(fedonco("server", "--config", str(path), "--methods", ",".join(methods),
-                           "--data", str(root / "data"), "--run-dir", str(run_dir), "--address",
-                           address, "--threads", "1"), logs / "server.log")]  # fmt: skip
+    procs = [
+        spawn(
+            fedonco(
+                "server",
+                "--config",
+                str(path),
+                "--methods",
+                ",".join(methods),
+                "--data",
+                str(root / "data"),
+                "--run-dir",
+                str(run_dir),
+                "--address",
+                address,
+                "--threads",
+                "1",
+            ),
+            logs / "server.log",
+        )
+    ]
     for s in "ABCDE":
-        procs.append(spawn(fedonco("client", "--config", str(path), "--site", s, "--server", address,
-                                   "--data", str(root / "data"), "--state-dir",
-                                   str(root / f"{name}-state")), logs / f"site{s}.log"))  # fmt: skip
+        procs.append(
+            spawn(
+                fedonco(
+                    "client",
+                    "--config",
+                    str(path),
+                    "--site",
+                    s,
+                    "--server",
+                    address,
+                    "--data",
+                    str(root / "data"),
+                    "--state-dir",
+                    str(root / f"{name}-state"),
+                ),
+                logs / f"site{s}.log",
+            )
+        )
     try:
         for p in procs:
             assert p.wait(timeout=300) == 0, p.args[3:5]
@@ -156,8 +246,15 @@ def parity(env):
     from common.fl.simulate import simulate_method
 
     cfg, _, root = env
-    pcfg = with_overrides(cfg, **{"train.rounds": 2, "train.local_epochs": 2,
-                                  "secagg.enabled": False, "fl.proximal_mu": 1.0})  # fmt: skip
+    pcfg = with_overrides(
+        cfg,
+        **{
+            "train.rounds": 2,
+            "train.local_epochs": 2,
+            "secagg.enabled": False,
+            "fl.proximal_mu": 1.0,
+        },
+    )
     scfg = with_overrides(pcfg, **{"secagg.enabled": True})
     run_dir = _serve(pcfg, PARITY, root, "parity")
     secure = _serve(scfg, ["scaffold"], root, "psec")
@@ -176,8 +273,9 @@ def parity(env):
 
 def _gap(a: dict, b: dict, keys) -> float:
     """The largest difference over ``keys``, relative to the largest weight of that entry."""
-    return max(float(np.max(np.abs(a[k] - b[k]))) / max(1.0, float(np.max(np.abs(b[k]))))
-               for k in keys)  # fmt: skip
+    return max(
+        float(np.max(np.abs(a[k] - b[k]))) / max(1.0, float(np.max(np.abs(b[k])))) for k in keys
+    )
 
 
 # The simulator computes the aggregation layer's sum as the server does (the float64 sum of the
@@ -263,18 +361,41 @@ class Fleet:
             else ["--run-dir", str(self.run_dir), "--method", "fedavg"]
         )
         self.server = spawn(
-            fedonco("server", "--config", str(self.path), "--data", str(self.root / "data"), *where,
-                 "--address", f"127.0.0.1:{self.port}", "--rounds", str(self.rounds), "--threads", "1"),
+            fedonco(
+                "server",
+                "--config",
+                str(self.path),
+                "--data",
+                str(self.root / "data"),
+                *where,
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--rounds",
+                str(self.rounds),
+                "--threads",
+                "1",
+            ),
             self.run_dir / f"server{'-resumed' if resume else ''}.log",
-        )  # fmt: skip
+        )
 
     def start_clients(self):
         for s in "ABCDE":
             self.clients[s] = spawn(
-                fedonco("client", "--config", str(self.path), "--site", s, "--server", f"127.0.0.1:{self.port}",
-                     "--data", str(self.root / "data"), "--state-dir", str(self.run_dir / "state")),
+                fedonco(
+                    "client",
+                    "--config",
+                    str(self.path),
+                    "--site",
+                    s,
+                    "--server",
+                    f"127.0.0.1:{self.port}",
+                    "--data",
+                    str(self.root / "data"),
+                    "--state-dir",
+                    str(self.run_dir / "state"),
+                ),
                 self.run_dir / f"client{s}.log",
-            )  # fmt: skip
+            )
 
     def stop(self):
         for p in [self.server, *self.clients.values()]:
@@ -312,8 +433,11 @@ def test_sites_wait_for_the_server_and_a_restart_resumes_to_the_same_final_model
     try:
         fleet.start_clients()  # sites first: nothing listens yet
         logs = [fleet.run_dir / f"client{s}.log" for s in "ABCDE"]
-        wait_until(lambda: all(f.exists() and "connecting to" in f.read_text() for f in logs), 60,
-                   "every site to dial the server")  # fmt: skip
+        wait_until(
+            lambda: all(f.exists() and "connecting to" in f.read_text() for f in logs),
+            60,
+            "every site to dial the server",
+        )
         assert all(p.poll() is None for p in fleet.clients.values())
         fleet.start_server()
         _wait_round(fleet.run_dir, 1)
@@ -339,9 +463,22 @@ def test_a_site_stops_at_once_on_sigterm(env, tmp_path):
     as PID 1 and be killed after 10 s)."""
     _, path, root = env
     log = tmp_path / "site.log"
-    proc = spawn(fedonco("client", "--config", str(path), "--site", "A", "--server",
-                         f"127.0.0.1:{free_port()}", "--data", str(root / "data"),
-                         "--state-dir", str(tmp_path / "state")), log)  # fmt: skip
+    proc = spawn(
+        fedonco(
+            "client",
+            "--config",
+            str(path),
+            "--site",
+            "A",
+            "--server",
+            f"127.0.0.1:{free_port()}",
+            "--data",
+            str(root / "data"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ),
+        log,
+    )
     try:
         wait_until(lambda: "connecting to" in log.read_text(), 60, "the site to dial")
         proc.send_signal(signal.SIGTERM)
@@ -356,11 +493,26 @@ def test_every_role_ends_on_sigterm(tmp_path):
     once on SIGTERM like a killed process (143), and still writes its end marker."""
     run_dir = tmp_path / "campaign"
     log = tmp_path / "judge.log"
-    proc = spawn(fedonco("judge", "--run-dir", str(run_dir), "--data", str(tmp_path / "none"),
-                         "--release", "127.0.0.1:1", "--methods", "fedavg"), log)  # fmt: skip
+    proc = spawn(
+        fedonco(
+            "judge",
+            "--run-dir",
+            str(run_dir),
+            "--data",
+            str(tmp_path / "none"),
+            "--release",
+            "127.0.0.1:1",
+            "--methods",
+            "fedavg",
+        ),
+        log,
+    )
     try:
-        wait_until(lambda: "waiting for the server" in log.read_text() or proc.poll() is not None,
-                   60, "the judge to start")  # fmt: skip
+        wait_until(
+            lambda: "waiting for the server" in log.read_text() or proc.poll() is not None,
+            60,
+            "the judge to start",
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 143
     finally:
@@ -370,10 +522,26 @@ def test_every_role_ends_on_sigterm(tmp_path):
 
 def test_a_site_retries_with_one_line_per_attempt_and_gives_up_only_when_told(env, tmp_path):
     _, path, root = env
-    r = subprocess.run(fedonco("client", "--config", str(path), "--site", "A", "--server",
-                               f"127.0.0.1:{free_port()}", "--data", str(root / "data"),
-                               "--state-dir", str(tmp_path / "state"), "--retry-timeout", "4"),
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        fedonco(
+            "client",
+            "--config",
+            str(path),
+            "--site",
+            "A",
+            "--server",
+            f"127.0.0.1:{free_port()}",
+            "--data",
+            str(root / "data"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--retry-timeout",
+            "4",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "giving up (--retry-timeout)" in r.stderr
     assert "Traceback" not in r.stderr and "attempt 1," in r.stderr
 
@@ -398,8 +566,9 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
     stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
     for site in ("A", "Z"):  # issue 32: a Scalar with no value set was UNKNOWN with a traceback
         with pytest.raises(grpc.RpcError) as bad:
-            stub.RegisterSite(pb.RegisterSiteRequest(site_id=site, info={"profile": Scalar()}),
-                              timeout=10)  # fmt: skip
+            stub.RegisterSite(
+                pb.RegisterSiteRequest(site_id=site, info={"profile": Scalar()}), timeout=10
+            )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.value.details()
         assert "no value set" in bad.value.details()
     run_id = stub.RegisterSite(pb.RegisterSiteRequest(site_id="A"), timeout=10).run_id
@@ -415,9 +584,13 @@ def test_bad_updates_are_rejected_and_never_touch_the_model(env, tmp_path):
 
     def push(tensors, site="A", run=run_id, rnd=1, n=10, metrics=None):
         req = pb.PushUpdateRequest(
-            site_id=site, run_id=run, round=rnd, tensors=tensors, num_examples=n,
+            site_id=site,
+            run_id=run,
+            round=rnd,
+            tensors=tensors,
+            num_examples=n,
             metrics=scalars_to_proto(metrics or {"loss": 0.1, "train_time_s": 1.0}),
-        )  # fmt: skip
+        )
         return stub.PushUpdate(req, timeout=10)
 
     def rejected(code, fragment, *args, **kw):
@@ -470,13 +643,25 @@ def test_a_thin_round_is_skipped_not_fatal_and_the_run_stops_with_a_status(env, 
     """Fewer live sites than min_fit_sites: the round is skipped and retried; after
     fl.max_skipped_rounds skips in a row the run ends with status 'stopped' (issue 15)."""
     cfg, _, root = env
-    cfg = with_overrides(cfg, **{"train.rounds": 3, "fl.min_fit_sites": 2, "fl.heartbeat_s": 0.5,
-                                 "fl.wait_for_sites_s": 5.0, "fl.max_skipped_rounds": 2,
-                                 "fl.skip_wait_s": 0.5, "secagg.enabled": False})  # fmt: skip
+    cfg = with_overrides(
+        cfg,
+        **{
+            "train.rounds": 3,
+            "fl.min_fit_sites": 2,
+            "fl.heartbeat_s": 0.5,
+            "fl.wait_for_sites_s": 5.0,
+            "fl.max_skipped_rounds": 2,
+            "fl.skip_wait_s": 0.5,
+            "secagg.enabled": False,
+        },
+    )
     srv = Server(cfg, "fedavg", root / "data", tmp_path / "run", resume=False)
     port_file, box = tmp_path / "port", {}
-    t = threading.Thread(target=lambda: box.setdefault(
-        "result", serve_campaign([lambda: srv], "127.0.0.1:0", port_file)[0]))  # fmt: skip
+    t = threading.Thread(
+        target=lambda: box.setdefault(
+            "result", serve_campaign([lambda: srv], "127.0.0.1:0", port_file)[0]
+        )
+    )
     t.start()
     wait_until(port_file.exists, 60, "the server's port file")
     stub = pb_grpc.FederationStub(create_channel(f"127.0.0.1:{port_file.read_text()}"))
@@ -499,9 +684,22 @@ def test_report_follows_the_results_contract(runs, env):
     assert res["profile"] == "smoke" and res["seed"] == cfg.seed
     for method in ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm"):
         m = res["methods"][method]
-        for key in ("dice", "dice_per_site", "ce_loss", "rounds", "n_params", "initial_model_sha256",
-                    "final_model_sha256", "epsilon", "delta", "accountant", "dp", "mia", "timing_s",
-                    "bytes_up_per_client_round"):  # fmt: skip
+        for key in (
+            "dice",
+            "dice_per_site",
+            "ce_loss",
+            "rounds",
+            "n_params",
+            "initial_model_sha256",
+            "final_model_sha256",
+            "epsilon",
+            "delta",
+            "accountant",
+            "dp",
+            "mia",
+            "timing_s",
+            "bytes_up_per_client_round",
+        ):
             assert key in m, (method, key)
         assert len(m["dice_per_site"]) == 5 and m["rounds"] == ROUNDS
         assert m["timing_s"]["total"] > m["timing_s"]["train"] > 0
@@ -683,8 +881,9 @@ def test_a_ddp_sum_unmasked_before_a_crash_is_accounted_and_no_share_is_reused(e
     from server.ledger import PrivacyLedger
 
     cfg, _, root = env
-    cfg = with_overrides(cfg, **{"train.rounds": 1, "fl.round_timeout_s": 20.0,
-                                 "fl.heartbeat_s": 0.5})  # fmt: skip
+    cfg = with_overrides(
+        cfg, **{"train.rounds": 1, "fl.round_timeout_s": 20.0, "fl.heartbeat_s": 0.5}
+    )
     port, run = free_port(), tmp_path / "run"
     sent: dict[str, list[np.ndarray]] = {}
 
@@ -706,17 +905,28 @@ def test_a_ddp_sum_unmasked_before_a_crash_is_accounted_and_no_share_is_reused(e
             box.append(serve_campaign([make], f"127.0.0.1:{port}")[0])
 
     box: list = []
-    first = threading.Thread(target=serve, args=(lambda: CrashingServer(cfg, "ddp-sgd", root / "data", run, resume=False),))  # fmt: skip
+    first = threading.Thread(
+        target=serve,
+        args=(lambda: CrashingServer(cfg, "ddp-sgd", root / "data", run, resume=False),),
+    )
     first.start()
-    sites = [threading.Thread(target=lambda s=s: Site(cfg, s, f"127.0.0.1:{port}", root / "data",
-                                                     tmp_path / "st").run(), daemon=True)
-             for s in "ABCDE"]  # fmt: skip
+    sites = [
+        threading.Thread(
+            target=lambda s=s: Site(
+                cfg, s, f"127.0.0.1:{port}", root / "data", tmp_path / "st"
+            ).run(),
+            daemon=True,
+        )
+        for s in "ABCDE"
+    ]
     for t in sites:
         t.start()
     first.join(timeout=120)
     assert not first.is_alive() and not box  # it crashed
     assert len(PrivacyLedger(run).entries) == 1  # the release was written down before the crash
-    second = threading.Thread(target=serve, args=(lambda: Server(cfg, "ddp-sgd", root / "data", run, resume=True),))  # fmt: skip
+    second = threading.Thread(
+        target=serve, args=(lambda: Server(cfg, "ddp-sgd", root / "data", run, resume=True),)
+    )
     second.start()
     second.join(timeout=120)
     assert not second.is_alive() and box
@@ -808,8 +1018,21 @@ def test_release_service_answers_predict_and_refuses_bad_input(runs, env, tmp_pa
         root / "runs" / "fedbn" / "release"
     ).exists()  # FedBN's models are released by the sites
     port_file = tmp_path / "port"
-    proc = spawn(fedonco("release", "serve", "--model", str(release), "--address", "127.0.0.1:0",
-                         "--port-file", str(port_file), "--max-batch", "8"), tmp_path / "release.log")  # fmt: skip
+    proc = spawn(
+        fedonco(
+            "release",
+            "serve",
+            "--model",
+            str(release),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--max-batch",
+            "8",
+        ),
+        tmp_path / "release.log",
+    )
     try:
         address = f"127.0.0.1:{wait_for_port(port_file, proc, tmp_path / 'release.log')}"
         remote = RemoteModel(address)

@@ -39,8 +39,9 @@ def test_rejected_requests_cost_bounded_memory(target):
     # 20 KiB of caller-chosen id and 64 KiB of payload each: kept whole (as before issue 15),
     # 10,000 of them would grow the server by ~200 MB
     junk = ndarrays_to_proto({"w": np.zeros(16_384, np.float32)})
-    bad = pb.PushUpdateRequest(site_id="Z" * 20_480, run_id="forged", round=1, tensors=junk,
-                               num_examples=10)  # fmt: skip
+    bad = pb.PushUpdateRequest(
+        site_id="Z" * 20_480, run_id="forged", round=1, tensors=junk, num_examples=10
+    )
     for _ in range(500):  # warm up the channel and the allocator
         target.send(bad)
     before = rss_mb()

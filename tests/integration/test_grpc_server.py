@@ -110,8 +110,14 @@ def test_release_service_enforces_a_per_caller_query_budget(tmp_path) -> None:
     from server.inference import InferenceServicer, ModelStore
 
     params = get_params(build_model(4, "batch", 2, seed=0))
-    info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
-            "window": [-160, 240]}  # fmt: skip
+    info = {
+        "method": "fedavg",
+        "base": 4,
+        "norm": "batch",
+        "groups": 2,
+        "image_size": 32,
+        "window": [-160, 240],
+    }
     export_release(tmp_path / "rel", params, info)
     servicer = InferenceServicer(ModelStore(tmp_path / "rel"), max_batch=4, max_queries=6)
     server, port = create_server(
@@ -145,14 +151,29 @@ def _serve_release(tmp_path, tls_dir, client_certs: bool, max_queries=None):
     from server.inference import serve
 
     params = get_params(build_model(4, "batch", 2, seed=0))
-    info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
-            "window": [-160, 240]}  # fmt: skip
+    info = {
+        "method": "fedavg",
+        "base": 4,
+        "norm": "batch",
+        "groups": 2,
+        "image_size": 32,
+        "window": [-160, 240],
+    }
     export_release(tmp_path / "rel", params, info)
     port_file, stop_file = tmp_path / f"port-{client_certs}", tmp_path / f"stop-{client_certs}"
-    thread = threading.Thread(target=serve, daemon=True, kwargs={
-        "model_dir": tmp_path / "rel", "address": "localhost:0", "port_file": port_file,
-        "exit_when": stop_file, "tls_dir": tls_dir, "client_certs": client_certs,
-        "max_queries": max_queries})  # fmt: skip
+    thread = threading.Thread(
+        target=serve,
+        daemon=True,
+        kwargs={
+            "model_dir": tmp_path / "rel",
+            "address": "localhost:0",
+            "port_file": port_file,
+            "exit_when": stop_file,
+            "tls_dir": tls_dir,
+            "client_certs": client_certs,
+            "max_queries": max_queries,
+        },
+    )
     thread.start()
     end = time.monotonic() + 30
     while not port_file.exists() and time.monotonic() < end:
@@ -206,8 +227,20 @@ def test_release_service_over_tls_with_and_without_client_certificates(tmp_path)
 def _server_cmd(smoke_data, run_dir, address, *extra):
     from bench.fleet import fedonco
 
-    return fedonco("server", "--config", "configs/smoke.toml", "--data", str(smoke_data),
-                   "--run-dir", str(run_dir), "--method", "fedavg", "--address", address, *extra)  # fmt: skip
+    return fedonco(
+        "server",
+        "--config",
+        "configs/smoke.toml",
+        "--data",
+        str(smoke_data),
+        "--run-dir",
+        str(run_dir),
+        "--method",
+        "fedavg",
+        "--address",
+        address,
+        *extra,
+    )
 
 
 @pytest.mark.slow
@@ -217,8 +250,12 @@ def test_a_failed_server_start_leaves_no_run_behind_and_the_retry_starts(smoke_d
     taken, port = create_server("127.0.0.1:0", [])  # the port a first attempt collides with
     run_dir = tmp_path / "run"
     try:
-        done = subprocess.run(_server_cmd(smoke_data, run_dir, f"127.0.0.1:{port}"),
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            _server_cmd(smoke_data, run_dir, f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         taken.stop(None)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -234,8 +271,11 @@ def test_sigterm_while_waiting_for_sites_stops_cleanly(smoke_data, tmp_path):
     from conftest import wait_until
 
     run_dir, port_file = tmp_path / "run", tmp_path / "port"
-    proc = subprocess.Popen(_server_cmd(smoke_data, run_dir, "127.0.0.1:0", "--port-file",
-                                        str(port_file)), stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _server_cmd(smoke_data, run_dir, "127.0.0.1:0", "--port-file", str(port_file)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: port_file.is_file() and port_file.read_text(), 120, "the server's port")
         proc.send_signal(signal.SIGTERM)
@@ -316,8 +356,18 @@ def test_one_caller_holds_at_most_calls_per_caller_predicts_at_once(tmp_path) ->
             raise Aborted(code, details)
 
     params = get_params(build_model(4, "batch", 2, seed=0))
-    export_release(tmp_path / "rel", params, {"method": "fedavg", "base": 4, "norm": "batch",
-                   "groups": 2, "image_size": 32, "window": [-160, 240]})  # fmt: skip
+    export_release(
+        tmp_path / "rel",
+        params,
+        {
+            "method": "fedavg",
+            "base": 4,
+            "norm": "batch",
+            "groups": 2,
+            "image_size": 32,
+            "window": [-160, 240],
+        },
+    )
     servicer = InferenceServicer(ModelStore(tmp_path / "rel"), calls_per_caller=4)
     with contextlib.ExitStack() as held:
         for _ in range(4):
@@ -354,13 +404,36 @@ def test_oversized_batches_in_bursts_do_not_grow_the_release_service(tmp_path) -
     from common.release import export_release
     from common.wire.rpc import inference_pb2, inference_pb2_grpc
 
-    export_release(tmp_path / "rel", get_params(build_model(8, "batch", 2, seed=0)),
-                   {"method": "fedavg", "base": 8, "norm": "batch", "groups": 2,
-                    "image_size": 64, "window": [-160, 240]})  # fmt: skip
+    export_release(
+        tmp_path / "rel",
+        get_params(build_model(8, "batch", 2, seed=0)),
+        {
+            "method": "fedavg",
+            "base": 8,
+            "norm": "batch",
+            "groups": 2,
+            "image_size": 64,
+            "window": [-160, 240],
+        },
+    )
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "release", "serve", "--model",
-                             str(tmp_path / "rel"), "--address", "127.0.0.1:0", "--port-file",
-                             str(port_file)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "release",
+            "serve",
+            "--model",
+            str(tmp_path / "rel"),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         end = time.monotonic() + 60
         while not port_file.exists() and proc.poll() is None and time.monotonic() < end:

@@ -55,12 +55,18 @@ def test_audit_of_an_imported_dataset_reports_slices_and_patients(tmp_path):
     assert isinstance(p["tpr_at_10pct_fpr"], float) == (n0 >= 10)
     text = (run_dir / "results.md").read_text()
     assert "Per patient" in text and f"| fedavg | {p['attack']} | {p['n_member_cases']} / " in text
-    print("slice level:", {k: mia[k] for k in ("attack", "auc", "auc_ci95", "n_members",
-                                               "n_nonmembers", "tpr_at_10pct_fpr")})  # fmt: skip
+    print(
+        "slice level:",
+        {
+            k: mia[k]
+            for k in ("attack", "auc", "auc_ci95", "n_members", "n_nonmembers", "tpr_at_10pct_fpr")
+        },
+    )
     print("patient level:", {k: v for k, v in p.items() if k != "tpr"})
     # fedonco verify recomputes the patient level from the saved scores and case ids
-    done = subprocess.run(fedonco("verify", str(run_dir)), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        fedonco("verify", str(run_dir)), capture_output=True, text=True, timeout=300
+    )
     lines = done.stdout.splitlines()
     bad = [line for line in lines if line.startswith(("MISMATCH", "MISSING"))]
     assert done.returncode == 0 and not bad, (

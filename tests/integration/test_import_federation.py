@@ -27,16 +27,19 @@ def imported(tmp_path_factory):
 
 def test_bench_trains_each_site_on_its_imported_patients(imported):
     root, m = imported
-    train = {s: [r for e in m["shards"] if (e["split"], e["site"]) == ("train", s)
-                 for r in e["samples"]] for s in SITE_NAMES}  # fmt: skip
+    train = {
+        s: [r for e in m["shards"] if (e["split"], e["site"]) == ("train", s) for r in e["samples"]]
+        for s in SITE_NAMES
+    }
     for site in SITE_NAMES:  # the splits are by patient, and every split the run reads is there
         per = m["cases"][site]
         assert all(per[split] for split in ("train", "holdout", "test")), (site, per)
         ids = [c for split in per.values() for c in split]
         assert len(ids) == len(set(ids)) == CASES_PER_SITE
         assert {r["case"] for r in train[site]} == set(per["train"])
-    cfg = with_overrides(CFG, **{"train.rounds": ROUNDS, "fl.methods": ["fedavg"],
-                                 "mia.enabled": False})  # fmt: skip
+    cfg = with_overrides(
+        CFG, **{"train.rounds": ROUNDS, "fl.methods": ["fedavg"], "mia.enabled": False}
+    )
     run_dir = bench_on(root, cfg, timeout=300)
     assert (run_dir / "data").resolve() == (root / "data").resolve()  # linked, not copied
     results = json.loads((run_dir / "results.json").read_text())
@@ -48,7 +51,8 @@ def test_bench_trains_each_site_on_its_imported_patients(imported):
         assert r["failures"] == {}
         fit = r["fit"]["sites"]
         assert {s: int(fit[s]["num_examples"]) for s in fit} == {
-            s: len(train[s]) for s in SITE_NAMES}  # fmt: skip
+            s: len(train[s]) for s in SITE_NAMES
+        }
         assert set(r["eval"]["per_site"]) == set(SITE_NAMES)
     fedavg = results["methods"]["fedavg"]
     assert fedavg["final_model_sha256"] != fedavg["initial_model_sha256"]

@@ -25,8 +25,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 @pytest.fixture(scope="module")
 def leaky_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("leaky")
-    done = subprocess.run(fedonco("bench", "--config", "configs/leaky.toml", "--seed", str(11 + SEED),
-                                  "--out", str(out)), capture_output=True, text=True, timeout=1100)  # fmt: skip
+    done = subprocess.run(
+        fedonco(
+            "bench", "--config", "configs/leaky.toml", "--seed", str(11 + SEED), "--out", str(out)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=1100,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (run_dir,) = out.iterdir()
     return run_dir, json.loads((run_dir / "results.json").read_text())["methods"]["fedavg"]["mia"]

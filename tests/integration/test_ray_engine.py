@@ -44,17 +44,43 @@ def ray_address():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     with open(log, "w") as out:
         head = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-             "--node-ip-address", "127.0.0.1", "--ray-client-server-port", str(client),
-             "--dashboard-agent-listen-port", str(agent), "--metrics-export-port", str(metrics),
-             "--include-dashboard=false", "--disable-usage-stats",
-             "--object-store-memory", str(200 * 2**20), "--temp-dir", str(tmp)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--port",
+                str(port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--ray-client-server-port",
+                str(client),
+                "--dashboard-agent-listen-port",
+                str(agent),
+                "--metrics-export-port",
+                str(metrics),
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                "--object-store-memory",
+                str(200 * 2**20),
+                "--temp-dir",
+                str(tmp),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        )  # fmt: skip
+        )
     try:
-        wait_until(lambda: "block forever" in log.read_text() or head.poll() is not None, 90,
-                   "the Ray head to start", interval=0.2)  # fmt: skip
+        wait_until(
+            lambda: "block forever" in log.read_text() or head.poll() is not None,
+            90,
+            "the Ray head to start",
+            interval=0.2,
+        )
         assert head.poll() is None, log.read_text()[-3000:]
         yield f"127.0.0.1:{port}"
     finally:
@@ -69,8 +95,12 @@ def ray_address():
 
 
 def _hashes(run_dir: Path, seeds) -> dict[int, str]:
-    return {s: json.loads((run_dir / f"seed{s}" / "results.json").read_text())["methods"]
-            ["fedavg"]["final_model_sha256"] for s in seeds}  # fmt: skip
+    return {
+        s: json.loads((run_dir / f"seed{s}" / "results.json").read_text())["methods"]["fedavg"][
+            "final_model_sha256"
+        ]
+        for s in seeds
+    }
 
 
 @pytest.mark.timeout(600)  # with the session's local run and the cluster's start: ~1.5 min alone
@@ -78,10 +108,26 @@ def test_ray_cells_give_the_local_engines_models(ray_address, local_two_seeds, t
     cfg, config, local = local_two_seeds
     seeds = [cfg.seed, cfg.seed + 1]
     t0 = time.perf_counter()
-    done = subprocess.run(fedonco("bench", "--config", str(config), "--seeds", "2", "--out",
-                                  str(tmp_path), "--engine", "ray", "--ray-address", ray_address,
-                                  "--cell-cpus", "2"),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        fedonco(
+            "bench",
+            "--config",
+            str(config),
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--engine",
+            "ray",
+            "--ray-address",
+            ray_address,
+            "--cell-cpus",
+            "2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
@@ -90,8 +136,11 @@ def test_ray_cells_give_the_local_engines_models(ray_address, local_two_seeds, t
     assert json.loads((run_dir / "results.json").read_text())["seeds"] == seeds
     # the local run's files, but the dataset (regenerated on the node; its manifest is kept) and
     # the checkpoints (the final model is there) -- the report, plots, logs, releases
-    want = {p.relative_to(local) for p in local.rglob("*") if p.is_file()
-            and not {"data", "checkpoints"} & set(p.relative_to(local).parts)}  # fmt: skip
+    want = {
+        p.relative_to(local)
+        for p in local.rglob("*")
+        if p.is_file() and not {"data", "checkpoints"} & set(p.relative_to(local).parts)
+    }
     got = {p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file()}
     assert want <= got, sorted(want - got)
     for s in seeds:
@@ -123,22 +172,43 @@ def test_a_failing_cell_is_retried_once_then_reported(ray_address, local_two_see
             raise RuntimeError(f"boom in seed {cell.seed}")
         import torch
 
-        (attempts / "threads").write_text(json.dumps([torch.get_num_threads(),
-                                                      os.environ.get("OMP_NUM_THREADS")]))  # fmt: skip
+        (attempts / "threads").write_text(
+            json.dumps([torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")])
+        )
         mdir = local / f"seed{cell.seed}" / cell.method
-        return {"result": json.loads((mdir / "result.json").read_text()),
-                "manifest": json.loads((local / f"seed{cell.seed}" / "data" / "manifest.json")
-                                       .read_text()),
-                "files": pack_dir(mdir), "wall_s": 0.1}  # fmt: skip
+        return {
+            "result": json.loads((mdir / "result.json").read_text()),
+            "manifest": json.loads(
+                (local / f"seed{cell.seed}" / "data" / "manifest.json").read_text()
+            ),
+            "files": pack_dir(mdir),
+            "wall_s": 0.1,
+        }
 
-    args = build_parser().parse_args(["bench", "--config", str(config), "--seeds", "2", "--out",
-                                      str(tmp_path / "runs"), "--engine", "ray", "--ray-address",
-                                      ray_address, "--cell-cpus", "2"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--config",
+            str(config),
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            ray_address,
+            "--cell-cpus",
+            "2",
+        ]
+    )
     assert run_bench(args, cell_fn=cell_fn) == 1
     threads = json.loads((attempts / "threads").read_text())
     assert tuple(threads) == driver_threads()  # not Ray's OMP_NUM_THREADS=2 for a 2-CPU task
     assert {p.name: len(p.read_text()) for p in attempts.glob("seed*")} == {
-        f"seed{cfg.seed}": 1, f"seed{cfg.seed + 1}": 2}  # fmt: skip
+        f"seed{cfg.seed}": 1,
+        f"seed{cfg.seed + 1}": 2,
+    }
     (run_dir,) = (tmp_path / "runs").iterdir()
     (row,) = json.loads((run_dir / "results.json").read_text())["failed_cells"]
     assert (row["seed"], row["cell"], row["attempts"]) == (cfg.seed + 1, "fedavg", 2)
@@ -169,8 +239,9 @@ def _cell_processes() -> dict[int, str]:
     return out
 
 
-def test_ctrl_c_cancels_a_running_cell_and_stops_its_processes(ray_address, local_two_seeds,
-                                                               tmp_path):  # fmt: skip
+def test_ctrl_c_cancels_a_running_cell_and_stops_its_processes(
+    ray_address, local_two_seeds, tmp_path
+):
     """A cell of 1,000 rounds (it would run for an hour): Ctrl-C on the driver interrupts it, its
     server and sites stop, and the driver exits 130 long before Ray's cancel would be forced."""
     cfg, _config, _local = local_two_seeds
@@ -178,10 +249,24 @@ def test_ctrl_c_cancels_a_running_cell_and_stops_its_processes(ray_address, loca
     config.write_text(
         json.dumps(with_overrides(cfg, **{"train.rounds": 1000}).model_dump(mode="json"))
     )
-    driver = subprocess.Popen(fedonco("bench", "--config", str(config), "--out", str(tmp_path / "runs"),
-                                      "--engine", "ray", "--ray-address", ray_address,
-                                      "--cell-cpus", "2"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    driver = subprocess.Popen(
+        fedonco(
+            "bench",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "runs"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            ray_address,
+            "--cell-cpus",
+            "2",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         seen: dict[int, str] = {}
 

@@ -16,11 +16,15 @@ pytestmark = pytest.mark.slow
 
 
 def _verify(run_dir):
-    done = subprocess.run(fedonco("verify", str(run_dir)), capture_output=True, text=True,
-                          timeout=280)  # fmt: skip
+    done = subprocess.run(
+        fedonco("verify", str(run_dir)), capture_output=True, text=True, timeout=280
+    )
     lines = done.stdout.splitlines()
-    bad = {line[9:].split(": reported")[0].split(" (")[0] for line in lines
-           if line.startswith(("MISMATCH", "MISSING"))}  # fmt: skip
+    bad = {
+        line[9:].split(": reported")[0].split(" (")[0]
+        for line in lines
+        if line.startswith(("MISMATCH", "MISSING"))
+    }
     return done, lines, bad
 
 
@@ -33,13 +37,20 @@ def test_verify_agrees_with_a_fresh_run(smoke_bench_dp):
     assert done.returncode == 0 and not bad, done.stdout[-3000:] + done.stderr[-2000:]
     assert lines[-1].startswith("verify: ") and " 0 MISMATCH, 0 MISSING" in lines[-1]
     ok = {line[9:].split(": reported")[0] for line in lines if line.startswith("OK")}
-    for what in ("dpsgd dice", "dpsgd dice site E", "dpsgd epsilon (worst site)",
-                 "dpsgd dp site A epsilon (replace-one, rdp)", "ddp-sgd epsilon (replace-one, ledger)",
-                 "dpsgd final_model_sha256 (released release/model.npz)",
-                 "ddp-sgd initial_model_sha256 (rebuilt from the seed)",
-                 "dpsgd audit labels and sites (a fresh draw of the candidates)",
-                 "dpsgd mia lira auc", "dpsgd mia lira tpr_at_1pct_fpr [Clopper-Pearson 95%]",
-                 "ddp-sgd mia rmia auc_ci95 (bootstrap)", "data test/siteA_000.npz sha256"):  # fmt: skip
+    for what in (
+        "dpsgd dice",
+        "dpsgd dice site E",
+        "dpsgd epsilon (worst site)",
+        "dpsgd dp site A epsilon (replace-one, rdp)",
+        "ddp-sgd epsilon (replace-one, ledger)",
+        "dpsgd final_model_sha256 (released release/model.npz)",
+        "ddp-sgd initial_model_sha256 (rebuilt from the seed)",
+        "dpsgd audit labels and sites (a fresh draw of the candidates)",
+        "dpsgd mia lira auc",
+        "dpsgd mia lira tpr_at_1pct_fpr [Clopper-Pearson 95%]",
+        "ddp-sgd mia rmia auc_ci95 (bootstrap)",
+        "data test/siteA_000.npz sha256",
+    ):
         assert what in ok, what
     for method in ("dpsgd", "ddp-sgd"):
         assert (smoke_bench_dp / method / "audit" / AUDIT_SCORES).is_file()
@@ -56,8 +67,12 @@ def test_a_changed_number_in_results_json_is_named(smoke_bench_dp, tmp_path):
     (run / "results.json").write_text(json.dumps(res, indent=1))
     done, lines, bad = _verify(run)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
-    assert bad == {"dpsgd dice", "ddp-sgd epsilon", f"dpsgd mia {rung} auc",
-                   f"dpsgd mia {rung} every other number"}, bad  # fmt: skip
+    assert bad == {
+        "dpsgd dice",
+        "ddp-sgd epsilon",
+        f"dpsgd mia {rung} auc",
+        f"dpsgd mia {rung} every other number",
+    }, bad
     assert " 4 MISMATCH, 0 MISSING" in lines[-1]
 
 
@@ -69,8 +84,13 @@ def test_a_changed_weight_in_a_released_model_is_named(smoke_bench_dp, tmp_path)
     save_npz(path, params, mode=GROUP_READ)
     done, lines, bad = _verify(run)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
-    assert {"dpsgd release release/model.npz sha256", "dpsgd final_model_sha256", "dpsgd dice",
-            "dpsgd dice_global", "dpsgd ce_loss"} <= bad, bad  # fmt: skip
+    assert {
+        "dpsgd release release/model.npz sha256",
+        "dpsgd final_model_sha256",
+        "dpsgd dice",
+        "dpsgd dice_global",
+        "dpsgd ce_loss",
+    } <= bad, bad
     assert all(b.startswith("dpsgd") for b in bad), bad  # nothing else is blamed
     assert "OK       dpsgd final_model_sha256 (final_model.npz)" in "\n".join(lines)
 
@@ -108,4 +128,6 @@ def test_a_several_seed_run_verifies_every_seed_and_the_summary(local_two_seeds,
     (run / "results.json").write_text(json.dumps(summary))
     done, lines, bad = _verify(run)
     assert done.returncode == 1 and bad == {"summary fedavg"}, bad
-    assert any(line.startswith("MISMATCH summary fedavg (mean ± sd over seeds) dice.sd") for line in lines)  # fmt: skip
+    assert any(
+        line.startswith("MISMATCH summary fedavg (mean ± sd over seeds) dice.sd") for line in lines
+    )

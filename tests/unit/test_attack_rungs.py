@@ -96,8 +96,9 @@ def test_lira_online_with_one_in_and_one_out_model_is_monotone_in_the_signal():
     inside = np.array([[True] * n, [False] * n])
     reference = np.stack([1.0 + 0.1 * d, d])  # IN values tight across candidates, OUT wide
     mu_in, mu_out = reference
-    low, mid, high = (lira_online(mu_out + x * (mu_in - mu_out), reference, inside)
-                      for x in (0.0, 1.0, 3.0))  # fmt: skip
+    low, mid, high = (
+        lira_online(mu_out + x * (mu_in - mu_out), reference, inside) for x in (0.0, 1.0, 3.0)
+    )
     assert (low < mid).all() and (mid < high).all()
     target, refs, member = _synthetic_signals(rng, s=2)
     inside = np.array([[True] * len(member), [False] * len(member)])
@@ -128,8 +129,12 @@ def test_rmia_separates_members_and_a_is_calibrated_on_a_grid():
     target, reference, member = _synthetic_signals(rng, gap=1.5)
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731  (likelihoods in (0, 1))
     z_t, z_r, _ = _synthetic_signals(rng, n=100, gap=0.0)
-    kw = {"target_x": sig(target), "reference_x": sig(reference), "target_z": sig(z_t),
-          "reference_z": sig(z_r)}  # fmt: skip
+    kw = {
+        "target_x": sig(target),
+        "reference_x": sig(reference),
+        "target_z": sig(z_t),
+        "reference_z": sig(z_r),
+    }
     aucs = {a: _auc(rmia_scores(**kw, a=a), member) for a in (0.0, 1.0)}
     assert aucs[1.0] > 0.85 and aucs[0.0] > 0.6  # a = 0 barely uses the references
     assert _auc(rmia_scores(**kw, a=None), member) > 0.85  # online form
@@ -178,8 +183,9 @@ def test_select_on_shadows_scores_every_queried_rung(margin):
         p[:, 4:9, 4:9] = np.where(members[k], 0.9, 0.5)[:, None, None]
         probs.append(np.clip(p + rng.normal(0, 0.05, p.shape).astype(np.float32), 0, 1))
     z = np.flatnonzero(~members.any(axis=0))
-    table, a, a_table = select_on_shadows(probs, masks, members, z, gamma=1.0,
-                                          classifier="lr", seed=SEED)  # fmt: skip
+    table, a, a_table = select_on_shadows(
+        probs, masks, members, z, gamma=1.0, classifier="lr", seed=SEED
+    )
     assert set(table) == set(QUERY_RUNGS)
     assert all(0.0 <= v <= 1.0 for v in table.values())
     # bench/perf/margins.py, seeds 0-4, native and avx2: loss and shadow 1.000, LiRA 0.840-0.877
@@ -217,8 +223,12 @@ def test_a_quoted_rung_weaker_than_another_by_more_than_its_half_width_is_flagge
     the blind rung (no queries) never counts."""
     from bench.report import _mia_table
 
-    attacks = {"blind": _rung(0.9, 0.85, 0.95), "loss": _rung(0.563, 0.50, 0.62),
-               "lira": _rung(0.682, 0.625, 0.738), "rmia": _rung(0.788, 0.74, 0.834)}  # fmt: skip
+    attacks = {
+        "blind": _rung(0.9, 0.85, 0.95),
+        "loss": _rung(0.563, 0.50, 0.62),
+        "lira": _rung(0.682, 0.625, 0.738),
+        "rmia": _rung(0.788, 0.74, 0.834),
+    }
     warning = weaker_rung_warning(attacks, "lira")
     assert warning is not None and "rmia 0.788" in warning and "half-width 0.056" in warning
     assert "loss" not in warning and "blind" not in warning
@@ -226,10 +236,13 @@ def test_a_quoted_rung_weaker_than_another_by_more_than_its_half_width_is_flagge
     attacks["rmia"] = _rung(0.735, 0.69, 0.78)  # 0.735 < 0.682 + 0.0565
     assert weaker_rung_warning(attacks, "lira") is None
     assert weaker_rung_warning(attacks, None) is None and weaker_rung_warning({}, "lira") is None
-    mia = {"attack": "lira", "attacks": {"lira": _rung(0.682, 0.625, 0.738),
-                                         "rmia": _rung(0.788, 0.74, 0.834)},
-           "rung_warning": weaker_rung_warning({"lira": _rung(0.682, 0.625, 0.738),
-                                                "rmia": _rung(0.788, 0.74, 0.834)}, "lira")}  # fmt: skip
+    mia = {
+        "attack": "lira",
+        "attacks": {"lira": _rung(0.682, 0.625, 0.738), "rmia": _rung(0.788, 0.74, 0.834)},
+        "rung_warning": weaker_rung_warning(
+            {"lira": _rung(0.682, 0.625, 0.738), "rmia": _rung(0.788, 0.74, 0.834)}, "lira"
+        ),
+    }
     table = "\n".join(_mia_table([("fedavg", mia)]))
     assert "⚠ fedavg: the quoted rung lira (AUC 0.682" in table
 
@@ -280,13 +293,22 @@ def test_one_rung_table_names_every_rung_once_and_scores_any_evidence():
     probs = rng.random((n, 16, 16)).astype(np.float32)
     masks = rng.random((n, 16, 16)) > 0.8
     ev = rungs.Evidence(
-        masks=masks, probs=probs, loss=rng.random((v, n)), lira_t=rng.random((v, n)),
-        lira_r=rng.random((s, v, n)), rmia_t=rng.random((v, n)), rmia_r=rng.random((s, v, n)),
-        rmia_tz=rng.random((v, 5)), rmia_rz=rng.random((s, v, 5)),
+        masks=masks,
+        probs=probs,
+        loss=rng.random((v, n)),
+        lira_t=rng.random((v, n)),
+        lira_r=rng.random((s, v, n)),
+        rmia_t=rng.random((v, n)),
+        rmia_r=rng.random((s, v, n)),
+        rmia_tz=rng.random((v, 5)),
+        rmia_rz=rng.random((s, v, 5)),
         train_probs=[rng.random((p, 16, 16)).astype(np.float32) for _ in range(s)],
-        train_masks=rng.random((p, 16, 16)) > 0.8, train_members=np.tile([True, False], (s, 4)),
-        images=rng.normal(size=(n, 16, 16)), inside=np.array([[True] * n, [False] * n]),
-        classifier="lr")  # fmt: skip
+        train_masks=rng.random((p, 16, 16)) > 0.8,
+        train_members=np.tile([True, False], (s, 4)),
+        images=rng.normal(size=(n, 16, 16)),
+        inside=np.array([[True] * n, [False] * n]),
+        classifier="lr",
+    )
     with pytest.raises(ValueError, match="offline a is not set"):
         rungs.BY_NAME["rmia"].score(ev)
     ev.a = 0.3

@@ -441,16 +441,20 @@ def test_shadows_are_cached_by_recipe_and_reloaded_bit_identical(tmp_path, monke
     (first,) = train_shadows(cfg, "fedbn", images, masks, 1, seed=0, pool_sites=sites)
     assert len(list(tmp_path.glob("shadow-*.npz"))) == 1 and not first.metrics["cached"]
     real = common.training.local.train_local
-    monkeypatch.setattr(common.training.local, "train_local",
-                        lambda *a, **k: pytest.fail("a cached shadow was trained again"))  # fmt: skip
+    monkeypatch.setattr(
+        common.training.local,
+        "train_local",
+        lambda *a, **k: pytest.fail("a cached shadow was trained again"),
+    )
     (again,) = train_shadows(cfg, "fedbn", images, masks, 1, seed=0, pool_sites=sites)
     assert again.metrics["cached"] and np.array_equal(again.member_mask, first.member_mask)
     assert set(again.site_models) == set(first.site_models)  # FedBN: every site's own model
     for site in (None, *first.site_models):
         assert np.array_equal(again.predict(images, site=site), first.predict(images, site=site))
     monkeypatch.setattr(common.training.local, "train_local", real)
-    (other,) = train_shadows(_cfg(rounds=3, local_epochs=1), "fedbn", images, masks, 1, seed=0,
-                             pool_sites=sites)  # fmt: skip
+    (other,) = train_shadows(
+        _cfg(rounds=3, local_epochs=1), "fedbn", images, masks, 1, seed=0, pool_sites=sites
+    )
     assert not other.metrics["cached"]  # another recipe: another shadow
     assert len(list(tmp_path.glob("shadow-*.npz"))) == 2
 
@@ -468,8 +472,9 @@ def test_shadows_trained_side_by_side_in_processes_equal_those_trained_here(monk
     monkeypatch.setattr(shadows_mod, "PARALLEL_MIN_WORK", 0)
     calls = []
     real = shadows_mod._run_jobs
-    monkeypatch.setattr(shadows_mod, "_run_jobs",
-                        lambda jobs, workers: calls.append(workers) or real(jobs, workers))  # fmt: skip
+    monkeypatch.setattr(
+        shadows_mod, "_run_jobs", lambda jobs, workers: calls.append(workers) or real(jobs, workers)
+    )
     apart = train_shadows(cfg, "fedbn", images, masks, 2, seed=0, pool_sites=sites)
     assert calls == [2]  # two worker processes
     for a, b in zip(here, apart, strict=True):
@@ -507,8 +512,9 @@ def test_auditor_trains_online_shadows_on_half_the_candidates_each(overfit, marg
     pool = (pool_images, pool_masks, np.array(["A", "B"] * 16))
     cand_sites = np.array(["A", "B"] * 32)
     quick = _cfg(rounds=8, local_epochs=5)
-    shadows = train_auditor_shadows(quick, "fedavg", pool, (images, masks, cand_sites), 2,
-                                    seed=1 + SEED)  # fmt: skip
+    shadows = train_auditor_shadows(
+        quick, "fedavg", pool, (images, masks, cand_sites), 2, seed=1 + SEED
+    )
     inside = np.stack([sh.extra_member for sh in shadows])
     assert inside.shape == (2, 64) and (inside.sum(axis=0) == 1).all()  # IN for exactly one of 2
     result = run_auditor(predict, quick, pool, (images, masks), shadows, inside, seed=1 + SEED)
@@ -541,8 +547,16 @@ def test_ladder_with_views_two_shadows_and_a_budget(overfit, margin):
         seen.append(len(x))
         return predict(x)
 
-    result = run_ladder(counting, cfg, "fedavg", pool, (images, masks), shadows=shadows,
-                        seed=2 + SEED, query_budget=budget)  # fmt: skip
+    result = run_ladder(
+        counting,
+        cfg,
+        "fedavg",
+        pool,
+        (images, masks),
+        shadows=shadows,
+        seed=2 + SEED,
+        query_budget=budget,
+    )
     info = result.info
     assert info["views"] == ["id", "hflip"] and sum(seen) == info["queries"] == 2 * (64 + n_z)
     assert info["n_population"] == n_z and info["queries"] <= budget

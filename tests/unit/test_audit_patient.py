@@ -82,18 +82,35 @@ def _run(tmp_path):
     (mdir / "audit" / "all").mkdir(parents=True)
     save_audit_scores(mdir / "audit" / AUDIT_SCORES, rungs, member, sites, cases)
     save_npz(mdir / "audit" / "all" / "scores.npz", rungs)
-    attacks = {k: audit_metrics(v, member, sites=sites, n_boot=cfg.mia.bootstrap, seed=cfg.seed)
-               for k, v in rungs.items()}  # fmt: skip
-    mia = {**{k: attacks["lira"][k] for k in ("auc", "auc_ci95", "tpr_at_10pct_fpr",
-                                             "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr",
-                                             "dp_ceiling")},
-           "n_members": int(member.sum()), "n_nonmembers": int((~member).sum()), "attack": "lira",
-           "attacks": attacks, "attack_info": {"targets": ["all"]},
-           "patient_level": patient_audit(rungs, member, cases, "lira", cfg)}  # fmt: skip
+    attacks = {
+        k: audit_metrics(v, member, sites=sites, n_boot=cfg.mia.bootstrap, seed=cfg.seed)
+        for k, v in rungs.items()
+    }
+    mia = {
+        **{
+            k: attacks["lira"][k]
+            for k in (
+                "auc",
+                "auc_ci95",
+                "tpr_at_10pct_fpr",
+                "tpr_at_1pct_fpr",
+                "tpr_at_0.1pct_fpr",
+                "tpr",
+                "dp_ceiling",
+            )
+        },
+        "n_members": int(member.sum()),
+        "n_nonmembers": int((~member).sum()),
+        "attack": "lira",
+        "attacks": attacks,
+        "attack_info": {"targets": ["all"]},
+        "patient_level": patient_audit(rungs, member, cases, "lira", cfg),
+    }
     entry = json.loads(json.dumps({"epsilon": None, "delta": None, "mia": mia}))
     (tmp_path / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
-    (tmp_path / "results.json").write_text(json.dumps({"seed": cfg.seed,
-                                                       "methods": {"fedavg": entry}}))  # fmt: skip
+    (tmp_path / "results.json").write_text(
+        json.dumps({"seed": cfg.seed, "methods": {"fedavg": entry}})
+    )
     lines: list[str] = []
     run = SeedRun(tmp_path, Report(lines.append), tmp_path / "cache")
     run.test_ok = False  # no dataset: the fresh draw is the integration test's

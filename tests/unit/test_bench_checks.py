@@ -29,8 +29,15 @@ def test_seed_summary_gives_mean_and_sample_sd_per_method():
     from bench.report import seed_summary
 
     def res(dice, auc, eps=None):
-        return {"methods": {"fedavg": {"dice": dice, "epsilon": eps,
-                                       "mia": {"auc": auc, "tpr_at_1pct_fpr": 0.01}}}}  # fmt: skip
+        return {
+            "methods": {
+                "fedavg": {
+                    "dice": dice,
+                    "epsilon": eps,
+                    "mia": {"auc": auc, "tpr_at_1pct_fpr": 0.01},
+                }
+            }
+        }
 
     s = seed_summary({1: res(0.5, 0.6), 2: res(0.7, 0.8), 3: res(0.6, None)})["fedavg"]
     assert s["dice"]["mean"] == pytest.approx(0.6) and s["dice"]["sd"] == pytest.approx(0.1)
@@ -44,8 +51,16 @@ def test_seed_summary_gives_mean_and_sample_sd_per_method():
 def test_check_dp_applies_each_dp_methods_recipe():
     cfg = load_profile("standard")
     check_dp(cfg, SUMMARY)  # dpsgd (sigma 1.2) and dpsgd-pt (target eps 8) both fit
-    big = cfg.model_copy(update={"recipes": {**cfg.recipes, "dpsgd-pt": cfg.recipes[
-        "dpsgd-pt"].model_copy(update={"train": {"batch_size": 100}})}})  # fmt: skip
+    big = cfg.model_copy(
+        update={
+            "recipes": {
+                **cfg.recipes,
+                "dpsgd-pt": cfg.recipes["dpsgd-pt"].model_copy(
+                    update={"train": {"batch_size": 100}}
+                ),
+            }
+        }
+    )
     with pytest.raises(ValueError, match="dpsgd-pt: dp settings do not fit site D: batch_size"):
         check_dp(big, SUMMARY)
     check_dp(big, SUMMARY, ["dpsgd"])  # only the methods asked for
@@ -68,8 +83,13 @@ def test_frontier_points_and_plot(tmp_path):
     from bench.report import frontier_plot, frontier_points, seed_summary
 
     def res(seed):
-        ms = {"groupnorm-pt": {"dice": 0.6 + seed / 100, "epsilon": None,
-                               "mia": {"auc": 0.6, "tpr_at_1pct_fpr": 0.05}}}  # fmt: skip
+        ms = {
+            "groupnorm-pt": {
+                "dice": 0.6 + seed / 100,
+                "epsilon": None,
+                "mia": {"auc": 0.6, "tpr_at_1pct_fpr": 0.05},
+            }
+        }
         for eps in (8.0, 1.0):
             ms[f"dpsgd-pt-target_epsilon-{eps:g}"] = {
                 "dice": 0.4 + eps / 100 + seed / 1000,
@@ -122,10 +142,18 @@ def test_frontier_plot_without_the_audit(tmp_path):
     from bench.report import frontier_plot, seed_summary
 
     def res(seed):
-        e = {"dice": 0.5, "epsilon": 4.0, "mia": None,
-             "sweep": {"target_epsilon": 4.0, "method": "dpsgd-pt"}}  # fmt: skip
-        return {"methods": {"groupnorm-pt": {"dice": 0.6, "epsilon": None, "mia": None},
-                            "dpsgd-pt-target_epsilon-4": e}}  # fmt: skip
+        e = {
+            "dice": 0.5,
+            "epsilon": 4.0,
+            "mia": None,
+            "sweep": {"target_epsilon": 4.0, "method": "dpsgd-pt"},
+        }
+        return {
+            "methods": {
+                "groupnorm-pt": {"dice": 0.6, "epsilon": None, "mia": None},
+                "dpsgd-pt-target_epsilon-4": e,
+            }
+        }
 
     frontier_plot(seed_summary({1: res(1), 2: res(2)}), tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
@@ -137,7 +165,9 @@ def test_the_judge_names_every_release_it_could_not_audit():
 
     assert not_audited("fedavg", True, {"all": "c/fedavg/release"}, {"auc": 0.5}) == []
     assert not_audited("fedavg", True, {}, {"error": "no released model found"}) == [
-        "fedavg", "fedavg (no released model found)"]  # fmt: skip
+        "fedavg",
+        "fedavg (no released model found)",
+    ]
     four = {s: f"run/site{s}" for s in "ABCD"}
     assert not_audited("fedbn", False, four, {"auc": 0.6}) == ["fedbn (site E)"]
     assert not_audited("fedbn", False, {**four, "E": "run/siteE"}, {"auc": 0.6}) == []
@@ -172,8 +202,15 @@ def test_rounds_aborted_counts_rounds_that_give_a_reason_not_the_empty_key():
     from bench.report import method_entry
 
     result = {k: 0.0 for k in ("dice", "dice_site_mean", "dice_global", "fp_rate_empty", "ce_loss")}
-    result.update(dice_per_site={}, rounds=3, n_params=1, initial_model_sha256="a",
-                  final_model_sha256="b", evaluated_at="server", wall_s=1.0)  # fmt: skip
+    result.update(
+        dice_per_site={},
+        rounds=3,
+        n_params=1,
+        initial_model_sha256="a",
+        final_model_sha256="b",
+        evaluated_at="server",
+        wall_s=1.0,
+    )
     fit = {"sites": {"A": {"bytes_up": 1.0}}, "total_weight": 1.0}
     history = [
         {"round": 1, "timing_s": {}, "fit": fit, "aborted": None, "secagg": {}},  # secagg's empty

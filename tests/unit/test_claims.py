@@ -8,23 +8,47 @@ from bench.claims import paper_claims, standard_goals
 
 def _attack(auc, lo, hi, tpr, tests=None):
     ceiling = {"epsilon": 4.0, "tests": tests} if tests else None
-    return {"auc": auc, "auc_ci95": [lo, hi], "tpr_at_1pct_fpr": tpr, "attack": "lira",
-            "attacks": {"lira": {"dp_ceiling": ceiling}}}  # fmt: skip
+    return {
+        "auc": auc,
+        "auc_ci95": [lo, hi],
+        "tpr_at_1pct_fpr": tpr,
+        "attack": "lira",
+        "attacks": {"lira": {"dp_ceiling": ceiling}},
+    }
 
 
 def _test(violates, tpr=0.12, bound=0.4, p=0.9):
-    return {"tpr_at_10pct_fpr": {"estimable": True, "violates": violates, "tpr": tpr,
-                                 "bound": bound, "p_value": p},
-            "tpr_at_1pct_fpr": {"estimable": False, "reason": "needs >= 1,000"}}  # fmt: skip
+    return {
+        "tpr_at_10pct_fpr": {
+            "estimable": True,
+            "violates": violates,
+            "tpr": tpr,
+            "bound": bound,
+            "p_value": p,
+        },
+        "tpr_at_1pct_fpr": {"estimable": False, "reason": "needs >= 1,000"},
+    }
 
 
 def _entry(dice, mia, eps=None, sites=(0.5,) * 5):
-    return {"dice": dice, "epsilon": eps, "mia": mia, "dice_per_site": list(sites),
-            "dice_site_mean": sum(sites) / len(sites)}  # fmt: skip
+    return {
+        "dice": dice,
+        "epsilon": eps,
+        "mia": mia,
+        "dice_per_site": list(sites),
+        "dice_site_mean": sum(sites) / len(sites),
+    }
 
 
-def _results(fedavg_auc_lo=0.6, dp_dice=0.65, eps=6.0, wall=900.0, twin_lo=0.60,
-             fedbn_sites=(0.8,) * 5, violates=False):  # fmt: skip
+def _results(
+    fedavg_auc_lo=0.6,
+    dp_dice=0.65,
+    eps=6.0,
+    wall=900.0,
+    twin_lo=0.60,
+    fedbn_sites=(0.8,) * 5,
+    violates=False,
+):
     return {
         "wall_s": wall,
         "methods": {

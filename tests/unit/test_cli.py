@@ -91,9 +91,21 @@ def test_an_unreachable_release_service_is_one_line_within_the_connect_timeout(t
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = ["attack", "--target", f"127.0.0.1:{port}", "--pool", str(tmp_path), "--candidates",
-            str(tmp_path / "c.npz"), "--config", "configs/smoke.toml", "--out", str(tmp_path / "o"),
-            "--connect-timeout", "1"]  # fmt: skip
+    argv = [
+        "attack",
+        "--target",
+        f"127.0.0.1:{port}",
+        "--pool",
+        str(tmp_path),
+        "--candidates",
+        str(tmp_path / "c.npz"),
+        "--config",
+        "configs/smoke.toml",
+        "--out",
+        str(tmp_path / "o"),
+        "--connect-timeout",
+        "1",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert f"release service at 127.0.0.1:{port}: Describe failed" in err

@@ -120,8 +120,19 @@ def test_compare_ct_small_with_a_generated_dataset_writes_the_report(datasets, t
     md = (out / "compare.md").read_text()
     assert "| noise_sd_hu | HU |" in md and "n/a (a DICOM image without" in md
     # an imported dataset supports the organ statistics (from its records)
-    assert main(["data", "compare", str(root / "imported"), str(root / "synth"), "--out",
-                 str(tmp_path / "r2")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "compare",
+                str(root / "imported"),
+                str(root / "synth"),
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 0
+    )
     rep2 = json.loads((tmp_path / "r2" / "compare.json").read_text())
     for stat in ("organ_hu_mean", "contrast_hu", "tumour_organ_area_ratio", "tumour_diameter_mm"):
         assert "wasserstein" in rep2["distance"][stat], (stat, rep2["distance"][stat])

@@ -84,11 +84,13 @@ def test_cli_help_lists_subcommands(capsys):
 
 
 def test_a_methods_recipe_overrides_train_and_dp_for_that_method_only():
-    cfg = parse_config({
-        "train": {"batch_size": 16, "lr": 1e-3},
-        "dp": {"noise_multiplier": 1.2},
-        "recipes": {"dpsgd-pt": {"train": {"batch_size": 48}, "dp": {"target_epsilon": 4.0}}},
-    })  # fmt: skip
+    cfg = parse_config(
+        {
+            "train": {"batch_size": 16, "lr": 1e-3},
+            "dp": {"noise_multiplier": 1.2},
+            "recipes": {"dpsgd-pt": {"train": {"batch_size": 48}, "dp": {"target_epsilon": 4.0}}},
+        }
+    )
     own = cfg.for_method("dpsgd-pt")
     assert own.train.batch_size == 48 and own.train.lr == 1e-3
     assert own.dp.target_epsilon == 4.0 and own.dp.noise_multiplier is None

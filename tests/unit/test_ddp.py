@@ -77,8 +77,9 @@ def test_skellam_accounting_is_the_gaussians_for_large_noise_and_never_below():
             assert np.all(round_rdp(q, mu, d1, d2, **ar) >= exact * (1 - 1e-9))
             ro = dict(zip(GAUSS_ORDERS, replace_one_rdp(q, sigma), strict=True))
             ro_exact = np.array([ro[float(a)] for a in ORDERS if float(a) in ro])
-            ro_bound = np.array([v for a, v in zip(ORDERS, round_rdp(q, mu, d1, d2), strict=True)
-                                 if float(a) in ro])  # fmt: skip
+            ro_bound = np.array(
+                [v for a, v in zip(ORDERS, round_rdp(q, mu, d1, d2), strict=True) if float(a) in ro]
+            )
             assert np.all(ro_bound >= ro_exact * (1 - 1e-6))
 
 
@@ -114,8 +115,9 @@ def test_epsilon_from_the_records_matches_the_papers_formula():
 
 def test_noise_for_a_target_epsilon_meets_it_tightly():
     d1, d2 = sensitivities(2000.0, 1.0, 2500)
-    for (q, steps, target), adj in itertools.product(((1.0, 25, 4.0), (0.3, 50, 2.0)),
-                                                     ("replace-one", "add-remove")):  # fmt: skip
+    for (q, steps, target), adj in itertools.product(
+        ((1.0, 25, 4.0), (0.3, 50, 2.0)), ("replace-one", "add-remove")
+    ):
         mu = noise_for_epsilon(target, 1e-5, q, steps, d1, d2, adj)
         eps = epsilon_from_rdp(round_rdp(q, mu, d1, d2, adjacency=adj) * steps, 1e-5)
         assert eps <= target
@@ -124,8 +126,9 @@ def test_noise_for_a_target_epsilon_meets_it_tightly():
 
 
 def test_plan_shares_the_noise_for_the_worst_surviving_set():
-    plan = make_plan(q=1.0, clip=1.0, dim=10_000, threshold=3, rounds=10, delta=1e-5,
-                     noise_multiplier=1.5)  # fmt: skip
+    plan = make_plan(
+        q=1.0, clip=1.0, dim=10_000, threshold=3, rounds=10, delta=1e-5, noise_multiplier=1.5
+    )
     assert plan.scale * plan.clip == pytest.approx(50 * math.sqrt(10_000))
     assert plan.delta2 == pytest.approx(plan.scale * plan.clip + 50)  # rounding: sqrt(d)/2
     assert plan.noise_multiplier == pytest.approx(1.5)
@@ -159,8 +162,9 @@ def test_without_noise_and_clipping_the_step_is_fedsgd_on_the_union():
     try:
         ring = np.zeros(sum(p.numel() for p in model.parameters()), np.uint32)
         for i, data in enumerate(sites):
-            vec, metrics = site.noisy_sum(data, keys, q=1.0, clip=clip, scale=scale,
-                                          mu_share=0.0, seed=i, chunk=2)  # fmt: skip
+            vec, metrics = site.noisy_sum(
+                data, keys, q=1.0, clip=clip, scale=scale, mu_share=0.0, seed=i, chunk=2
+            )
             assert vec.dtype == np.uint32 and metrics["num_examples"] == len(data)
             ring += vec
         got = from_ring_sum(ring, scale) / sum(len(d) for d in sites)
@@ -208,8 +212,10 @@ def test_secure_aggregation_reveals_only_the_noisy_sum():
     names = list("ABCDE")
     site = DDPSite(model)
     try:
-        vecs = {s: site.noisy_sum(d, keys, q=1.0, clip=1.0, scale=1e3, mu_share=1e4, seed=i)[0]
-                for i, (s, d) in enumerate(zip(names, _sites(5, 3, seed=4), strict=True))}  # fmt: skip
+        vecs = {
+            s: site.noisy_sum(d, keys, q=1.0, clip=1.0, scale=1e3, mu_share=1e4, seed=i)[0]
+            for i, (s, d) in enumerate(zip(names, _sites(5, 3, seed=4), strict=True))
+        }
     finally:
         site.close()
     assert all(_chi2_bytes(v) > CHI2_CRIT for v in vecs.values())  # a site's sum is not uniform
@@ -248,8 +254,10 @@ def test_sites_draw_their_noise_and_sample_from_their_round_seed():
     data = _sites(1, 6, seed=5)[0]
     site = DDPSite(model)
     try:
-        runs = [site.noisy_sum(data, keys, q=0.5, clip=1.0, scale=1e3, mu_share=100.0, seed=s)[0]
-                for s in (11, 11, 12)]  # fmt: skip
+        runs = [
+            site.noisy_sum(data, keys, q=0.5, clip=1.0, scale=1e3, mu_share=100.0, seed=s)[0]
+            for s in (11, 11, 12)
+        ]
     finally:
         site.close()
     assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
@@ -266,8 +274,15 @@ def test_a_site_refuses_round_parameters_out_of_range():
     good = {"q": 1.0, "clip": 1.0, "scale": 1e3, "mu_share": 10.0}
     site = DDPSite(model)
     try:
-        for key, bad in (("q", 0.0), ("q", float("nan")), ("clip", -1.0), ("scale", math.inf),
-                         ("mu_share", -1.0), ("mu_share", float("nan")), ("mu_share", 1e30)):  # fmt: skip
+        for key, bad in (
+            ("q", 0.0),
+            ("q", float("nan")),
+            ("clip", -1.0),
+            ("scale", math.inf),
+            ("mu_share", -1.0),
+            ("mu_share", float("nan")),
+            ("mu_share", 1e30),
+        ):
             with pytest.raises(DPConfigError, match="out of range"):
                 site.noisy_sum(data, keys, **{**good, key: bad}, seed=0)
         site.noisy_sum(data, keys, **good, seed=0)  # and the sane ones work

@@ -73,8 +73,12 @@ def test_config_default_is_cpu_validated_and_not_per_recipe():
 
 def test_ray_cells_compute_on_what_they_reserve():
     cfg = load_profile("smoke")
-    for spec, gpus, want in (("auto", 1, "cuda"), ("cuda", 0.5, "cuda"), ("auto", 0, "cpu"),
-                             ("cpu", 0, "cpu")):  # fmt: skip
+    for spec, gpus, want in (
+        ("auto", 1, "cuda"),
+        ("cuda", 0.5, "cuda"),
+        ("auto", 0, "cpu"),
+        ("cpu", 0, "cpu"),
+    ):
         got, device = run_device(with_device(cfg, spec), "ray", gpus)
         assert got.train.device == device == want
     for spec, gpus in (("cpu", 1), ("cuda", 0), ("cuda:1", 1)):
@@ -105,7 +109,7 @@ def test_ray_cells_compute_on_what_they_reserve():
             "o",
         ],
         ["bench", "--profile", "smoke", "--out"],
-    ],  # fmt: skip
+    ],
     ids=lambda a: a[0],
 )
 def test_every_command_refuses_cuda_without_cuda_before_it_starts(argv, tmp_path, capsys):
@@ -135,37 +139,49 @@ def test_every_command_refuses_cuda_without_cuda_before_it_starts(argv, tmp_path
 # The same-run determinism test below runs on every machine.
 REFERENCE_TORCH = "2.13.0"
 REFERENCE = [
-    (None, {"nchw": {
-        "local": "3009a4025dc5d60525d503726d285abb7fd13ff9940b88966ccf424811e6bd72",
-        "probs": "da336f70bbba3dd4a593afebac3e63055715d546d7948efc7c252e87c8827be9",
-        "dpsgd": "b703841a39421fccd34573bd25ea8069107b9bf6d1138700e15e78d7949784bd",
-        "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
-        "fed-fedavg": "db91ec88edf574e35088bb21acce6b4d59c11c4188cb89719b53d44122b91abf",
-        "fed-dpsgd": "9e2a7561297479f5d1428808f87a752512667b6361cfb04090a90c32a41eb84d",
-    }, "channels_last": {
-        "local": "69665ab869da12b5fa5f9ab071fe907b96ac135b4306d46a950c86c1a77ff00e",
-        "probs": "8b88b3de8e6ffd7eded45af46ce405a8f21018196a3ea11bf48e6488d37068c8",
-        "dpsgd": "cab5293fd561ac4e5988e4c0a17bdb1aa8e7e9c2782af1a6ed06e6382fd50e5e",
-        "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
-        "fed-fedavg": "4cf0ead26e99b6459e3928824a531f8fbcf8d18c785c90da5ce09126f456a531",
-        "fed-dpsgd": "aece694e4bc0fd4f335ff09ff55f1aacfac13f2aee8303fee970e285d54eeb0e",
-    }}),
-    ("AuthenticAMD AMD EPYC AVX512", {"nchw": {  # recorded 2026-12-04 at fb7dce3 + simulator fix
-        "local": "aac2aa39413b913cd393002b45b08b8f2dc5e56c16662c063242e8127f24a297",
-        "probs": "2c366ae18547a17c2c7e6303b6ecafe64f76e05a062fd91999aa659ba83cb17d",
-        "dpsgd": "5400e8607e5f39f546675351c4f5a8e5461921bb9d638198bad0e1bca259db36",
-        "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
-        "fed-fedavg": "3e52eea896c61bdec8bcbbbce0eb0f58a1721ee2b67bb280ab831bb4aa602552",
-        "fed-dpsgd": "ec0505dbbf94771093374f21962fa8d328f6971cc03dbf7204a043b94a7730c5",
-    }, "channels_last": {
-        "local": "0638e50f1e6397958cc0b7e99621d65ff2be8db752eca6471a8d3d79e90ae805",
-        "probs": "dd1cdb6e06c2983a1670eb564e99c9c495ef7f63f466dcb5b1ea7f7557fb7c68",
-        "dpsgd": "3888e6a320c80e41e2447512a89ee4cffbd205afc9be0dc6a9dea11f7d049b0d",
-        "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
-        "fed-fedavg": "64e8e6905edae86bdd35870578ddac79c6ec73650a6648dc3e85652409e92b2a",
-        "fed-dpsgd": "f659406649a5d2ec544be1d2b53da7bd65f51f4db11dffa50e8e817c61daba79",
-    }}),
-]  # fmt: skip
+    (
+        None,
+        {
+            "nchw": {
+                "local": "3009a4025dc5d60525d503726d285abb7fd13ff9940b88966ccf424811e6bd72",
+                "probs": "da336f70bbba3dd4a593afebac3e63055715d546d7948efc7c252e87c8827be9",
+                "dpsgd": "b703841a39421fccd34573bd25ea8069107b9bf6d1138700e15e78d7949784bd",
+                "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+                "fed-fedavg": "db91ec88edf574e35088bb21acce6b4d59c11c4188cb89719b53d44122b91abf",
+                "fed-dpsgd": "9e2a7561297479f5d1428808f87a752512667b6361cfb04090a90c32a41eb84d",
+            },
+            "channels_last": {
+                "local": "69665ab869da12b5fa5f9ab071fe907b96ac135b4306d46a950c86c1a77ff00e",
+                "probs": "8b88b3de8e6ffd7eded45af46ce405a8f21018196a3ea11bf48e6488d37068c8",
+                "dpsgd": "cab5293fd561ac4e5988e4c0a17bdb1aa8e7e9c2782af1a6ed06e6382fd50e5e",
+                "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+                "fed-fedavg": "4cf0ead26e99b6459e3928824a531f8fbcf8d18c785c90da5ce09126f456a531",
+                "fed-dpsgd": "aece694e4bc0fd4f335ff09ff55f1aacfac13f2aee8303fee970e285d54eeb0e",
+            },
+        },
+    ),
+    (
+        "AuthenticAMD AMD EPYC AVX512",
+        {
+            "nchw": {  # recorded 2026-12-04 at fb7dce3 + simulator fix
+                "local": "aac2aa39413b913cd393002b45b08b8f2dc5e56c16662c063242e8127f24a297",
+                "probs": "2c366ae18547a17c2c7e6303b6ecafe64f76e05a062fd91999aa659ba83cb17d",
+                "dpsgd": "5400e8607e5f39f546675351c4f5a8e5461921bb9d638198bad0e1bca259db36",
+                "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+                "fed-fedavg": "3e52eea896c61bdec8bcbbbce0eb0f58a1721ee2b67bb280ab831bb4aa602552",
+                "fed-dpsgd": "ec0505dbbf94771093374f21962fa8d328f6971cc03dbf7204a043b94a7730c5",
+            },
+            "channels_last": {
+                "local": "0638e50f1e6397958cc0b7e99621d65ff2be8db752eca6471a8d3d79e90ae805",
+                "probs": "dd1cdb6e06c2983a1670eb564e99c9c495ef7f63f466dcb5b1ea7f7557fb7c68",
+                "dpsgd": "3888e6a320c80e41e2447512a89ee4cffbd205afc9be0dc6a9dea11f7d049b0d",
+                "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+                "fed-fedavg": "64e8e6905edae86bdd35870578ddac79c6ec73650a6648dc3e85652409e92b2a",
+                "fed-dpsgd": "f659406649a5d2ec544be1d2b53da7bd65f51f4db11dffa50e8e817c61daba79",
+            },
+        },
+    ),
+]
 
 
 def _machine() -> str:
@@ -212,17 +228,34 @@ def _steps(layout: str, monkeypatch) -> dict[str, str]:
     got["local"] = state_sha256(get_params(m))
     got["probs"] = _digest(predict_probs(m, x, 3))
     m = build_model(base=4, norm="group", groups=2, seed=1).to(cpu)
-    dp_train_local(m, list(zip(x, y, strict=True)), settings=DPSettings(), epochs=1, lr=1e-2,
-                   batch_size=4, seed=5, sigma=1.0, accountant=SiteAccountant("rdp"),
-                   proximal_mu=0.1)  # fmt: skip
+    dp_train_local(
+        m,
+        list(zip(x, y, strict=True)),
+        settings=DPSettings(),
+        epochs=1,
+        lr=1e-2,
+        batch_size=4,
+        seed=5,
+        sigma=1.0,
+        accountant=SiteAccountant("rdp"),
+        proximal_mu=0.1,
+    )
     got["dpsgd"] = state_sha256(get_params(m))
     m = build_model(base=4, norm="group", groups=2, seed=1).to(cpu)
     site = DDPSite(m)
     keys = sorted(k for k, _ in m.named_parameters())
     got["ddp"] = _digest(site.clipped_sum(x, y, keys, clip=1.0, scale=1000.0, chunk=3))
     site.close()
-    cfg = with_overrides(load_profile("smoke"), **{"model.base": 4, "model.groups": 2,
-                         "train.rounds": 2, "train.local_epochs": 1, "train.batch_size": 4})  # fmt: skip
+    cfg = with_overrides(
+        load_profile("smoke"),
+        **{
+            "model.base": 4,
+            "model.groups": 2,
+            "train.rounds": 2,
+            "train.local_epochs": 1,
+            "train.batch_size": 4,
+        },
+    )
     sites = {s: TensorDataset(*_data(6, 16, i)) for i, s in enumerate("AB")}
     for method in ("fedavg", "dpsgd"):
         fed = simulate_method(cfg, method, sites, seed=11, device=cpu)
@@ -236,8 +269,10 @@ def test_cpu_steps_are_bit_identical_run_to_run_on_this_machine(layout, one_thre
     assert _steps(layout, monkeypatch) == _steps(layout, monkeypatch)
 
 
-@pytest.mark.skipif(not torch.__version__.startswith(REFERENCE_TORCH),
-                    reason=f"reference hashes were computed with torch {REFERENCE_TORCH}")  # fmt: skip
+@pytest.mark.skipif(
+    not torch.__version__.startswith(REFERENCE_TORCH),
+    reason=f"reference hashes were computed with torch {REFERENCE_TORCH}",
+)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_cpu_steps_are_bit_identical_to_the_recorded_hashes(layout, one_thread, monkeypatch):
     got, machine = _steps(layout, monkeypatch), _machine()
@@ -313,8 +348,17 @@ def test_evaluation_moves_each_batch_to_the_model(one_thread):
 def test_dp_sgd_moves_its_poisson_batches_to_the_model(one_thread):
     model = Seen(build_model(base=4, norm="group", groups=2, seed=1))
     x, y = _traced()
-    dp_train_local(model, list(zip(x, y, strict=True)), settings=DPSettings(), epochs=1, lr=1e-2,
-                   batch_size=4, seed=5, sigma=1.0, accountant=SiteAccountant("rdp"))  # fmt: skip
+    dp_train_local(
+        model,
+        list(zip(x, y, strict=True)),
+        settings=DPSettings(),
+        epochs=1,
+        lr=1e-2,
+        batch_size=4,
+        seed=5,
+        sigma=1.0,
+        accountant=SiteAccountant("rdp"),
+    )
     _check(model, 2)
 
 
@@ -351,16 +395,31 @@ def test_one_step_of_each_kind_on_cuda():
     cuda = resolve_device("cuda")
     x, y = _data()
     model = build_model(base=4, seed=1).to(cuda)
-    m = train_local(model, DataLoader(TensorDataset(x, y), batch_size=4), epochs=1, lr=1e-2,
-                    seed=0, proximal_mu=0.1)  # fmt: skip
+    m = train_local(
+        model,
+        DataLoader(TensorDataset(x, y), batch_size=4),
+        epochs=1,
+        lr=1e-2,
+        seed=0,
+        proximal_mu=0.1,
+    )
     assert all(p.device.type == "cuda" for p in model.parameters()) and np.isfinite(m["loss"])
     probs = predict_probs(model, x, 3)
     assert probs.shape == (8, 1, 16, 16) and np.isfinite(probs).all()
     sums = evaluate_sums(model, x, y[:, 0].numpy().astype(np.uint8))
     assert all(np.isfinite(v) for v in sums.values())
     dp = build_model(base=4, norm="group", groups=2, seed=1).to(cuda)
-    r = dp_train_local(dp, list(zip(x, y, strict=True)), settings=DPSettings(), epochs=1, lr=1e-2,
-                       batch_size=4, seed=5, sigma=1.0, accountant=SiteAccountant("rdp"))  # fmt: skip
+    r = dp_train_local(
+        dp,
+        list(zip(x, y, strict=True)),
+        settings=DPSettings(),
+        epochs=1,
+        lr=1e-2,
+        batch_size=4,
+        seed=5,
+        sigma=1.0,
+        accountant=SiteAccountant("rdp"),
+    )
     assert all(p.device.type == "cuda" for p in dp.parameters()) and r["epsilon"] > 0
     assert all(np.isfinite(v).all() for v in get_params(dp).values())
     assert device_record(cuda)["gpu"]

@@ -83,9 +83,15 @@ def test_training_loss_decreases_and_writes_the_model_dir(trained):
     losses = json.loads((out / "loss.json").read_text())
     assert len(losses) == 40
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
-    for f in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-              "scheduler/scheduler_config.json", "diffusion.json", "loss.png",
-              "checkpoints/step-20/unet/config.json", "checkpoints/step-20/state.pt"):  # fmt: skip
+    for f in (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "diffusion.json",
+        "loss.png",
+        "checkpoints/step-20/unet/config.json",
+        "checkpoints/step-20/state.pt",
+    ):
         assert (out / f).is_file(), f
     meta = json.loads((out / "diffusion.json").read_text())
     assert meta["image_size"] == 32 and meta["steps"] == 40
@@ -142,8 +148,9 @@ def test_save_load_round_trip(trained, model, tmp_path):
 
     save_model(model, tmp_path / "copy")
     again = load_model(tmp_path / "copy")
-    for (k, p), (k2, q) in zip(model.unet.state_dict().items(), again.unet.state_dict().items(),
-                               strict=True):  # fmt: skip
+    for (k, p), (k2, q) in zip(
+        model.unet.state_dict().items(), again.unet.state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(p, q)
     assert again.meta == model.meta and model_sha256(tmp_path / "copy") == model_sha256(trained[1])
     masks, sites = _masks(), np.array([0, 1, 2])
@@ -160,8 +167,17 @@ def test_load_rejects_a_non_model_dir(tmp_path):
 def test_composite_only_changes_the_region_around_the_tumour(model):
     masks = _masks()
     bg = np.full((3, 32, 32), 100, np.int16)
-    out = generate_hu(model, masks, np.array([0, 1, 2]), [4, 5, 6], mode="composite", steps=3,
-                      background_hu=bg, dilate_px=1, blur_px=1.0)  # fmt: skip
+    out = generate_hu(
+        model,
+        masks,
+        np.array([0, 1, 2]),
+        [4, 5, 6],
+        mode="composite",
+        steps=3,
+        background_hu=bg,
+        dilate_px=1,
+        blur_px=1.0,
+    )
     for m, o in zip(masks, out, strict=True):
         _, w = composite_weight(m, 1, 1.0)
         assert np.array_equal(o[w == 0], bg[0][w == 0])
@@ -175,8 +191,9 @@ def test_bad_inputs_are_value_errors(model):
     with pytest.raises(ValueError, match="seeds"):
         sample_unit(model, np.zeros((2, 32, 32), np.uint8), np.zeros(2), [1], steps=2)
     with pytest.raises(ValueError, match="composite mode needs"):
-        generate_hu(model, np.zeros((1, 32, 32), np.uint8), np.zeros(1), [1], mode="composite",
-                    steps=2)  # fmt: skip
+        generate_hu(
+            model, np.zeros((1, 32, 32), np.uint8), np.zeros(1), [1], mode="composite", steps=2
+        )
     with pytest.raises(ValueError, match="unknown mode"):
         generate_hu(model, np.zeros((1, 32, 32), np.uint8), np.zeros(1), [1], mode="x", steps=2)
 
@@ -207,9 +224,14 @@ def test_diffusion_dataset_loads_like_a_procedural_one(trained, tmp_path, mode):
     assert images.dtype == np.int16 and masks.dtype == np.uint8 and images.shape[1:] == (32, 32)
     assert list(index) == list(range(len(index)))
     assert len(ct_dataset(out, "test")) == 10
-    procedural = build_dataset(parse_config({**d, "data": {**d["data"], "generator": "procedural",
-                               "diffusion_model": None}}, "t"), tmp_path / "p", workers=1,
-                               gallery=False)  # fmt: skip
+    procedural = build_dataset(
+        parse_config(
+            {**d, "data": {**d["data"], "generator": "procedural", "diffusion_model": None}}, "t"
+        ),
+        tmp_path / "p",
+        workers=1,
+        gallery=False,
+    )
     p_images, p_masks, _, _ = load_arrays(tmp_path / "p", "train", "A", procedural)
     assert np.array_equal(p_masks, masks)  # same masks: labels come from the procedural draw
     tumour = masks.reshape(len(masks), -1).any(1)
@@ -226,8 +248,10 @@ def test_dataset_refuses_a_model_of_another_size_or_none(trained, tmp_path):
     _, model_dir = trained
     with pytest.raises(ConfigError, match="needs diffusion_model"):
         parse_config({"data": {"generator": "diffusion"}}, "t")
-    cfg = parse_config({"data": {"image_size": 64, "generator": "diffusion",
-                                 "diffusion_model": str(model_dir)}}, "t")  # fmt: skip
+    cfg = parse_config(
+        {"data": {"image_size": 64, "generator": "diffusion", "diffusion_model": str(model_dir)}},
+        "t",
+    )
     with pytest.raises(ValueError, match="makes 32px slices"):
         build_dataset(cfg, tmp_path / "x", workers=1)
     assert not (tmp_path / "x").exists()
@@ -252,12 +276,35 @@ def test_missing_diffusers_is_a_clear_error(trained, tmp_path, monkeypatch):
 def test_cli_data_with_the_diffusion_generator(trained, tmp_path, capsys):
     cfg_path, model_dir = trained
     out = tmp_path / "cli"
-    rc = main(["data", "--config", str(cfg_path), "--generator", "diffusion", "--model",
-               str(model_dir), "--out", str(out), "--workers", "1", "--no-gallery"])  # fmt: skip
+    rc = main(
+        [
+            "data",
+            "--config",
+            str(cfg_path),
+            "--generator",
+            "diffusion",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-gallery",
+        ]
+    )
     assert rc == 0 and "generator diffusion" in capsys.readouterr().out
     assert read_manifest(out)["generator"] == "diffusion"
-    rc = main(["data", "--config", str(cfg_path), "--generator", "diffusion", "--out",
-               str(tmp_path / "no")])  # fmt: skip
+    rc = main(
+        [
+            "data",
+            "--config",
+            str(cfg_path),
+            "--generator",
+            "diffusion",
+            "--out",
+            str(tmp_path / "no"),
+        ]
+    )
     assert rc == 2 and "needs diffusion_model" in capsys.readouterr().err
 
 
@@ -265,8 +312,9 @@ def test_report_writes_realism_and_fidelity(trained, model, tmp_path):
     from common.data.diffusion.report import diffusion_report
 
     cfg = load_config(trained[0])
-    r = diffusion_report(cfg, trained[1], tmp_path / "rep", n=10, seg_slices=10, seg_epochs=1,
-                         model=model)  # fmt: skip
+    r = diffusion_report(
+        cfg, trained[1], tmp_path / "rep", n=10, seg_slices=10, seg_epochs=1, model=model
+    )
     for f in ("report.json", "report.md", "gallery.png", "hu_histograms.png", "nps.png"):
         assert (tmp_path / "rep" / f).is_file(), f
     assert set(r["fidelity"]) == {"procedural", "whole", "composite", "control"}

@@ -500,7 +500,19 @@ def test_a_reported_history_round_trips_and_hostile_ones_are_refused():
     acc.record(1.2, 0.25, 3)
     acc.record(0.9, 0.5, 2)
     assert history_from_text(history_text(acc)) == [(1.2, 0.25, 6), (0.9, 0.5, 2)]
-    for bad in (None, 7, "nope", "{}", "[[1.2, 0.25]]", "[[0, 0.25, 3]]", "[[1.2, 1.5, 3]]",
-                "[[1.2, 0.25, 2.5]]", "[[1.2, 0.25, true]]", '[[1.2, "x", 3]]', "[[NaN, 0.25, 3]]", "[" + "[1.2,0.25,1]," * 5000 + "]"):  # fmt: skip
+    for bad in (
+        None,
+        7,
+        "nope",
+        "{}",
+        "[[1.2, 0.25]]",
+        "[[0, 0.25, 3]]",
+        "[[1.2, 1.5, 3]]",
+        "[[1.2, 0.25, 2.5]]",
+        "[[1.2, 0.25, true]]",
+        '[[1.2, "x", 3]]',
+        "[[NaN, 0.25, 3]]",
+        "[" + "[1.2,0.25,1]," * 5000 + "]",
+    ):
         with pytest.raises(DPConfigError):
             history_from_text(bad)

@@ -47,8 +47,16 @@ def one_round(generator_seeds=None, seed=0) -> torch.Tensor:
     model = build_model(base=4, norm="group", groups=2, seed=0)
     trainer = DPTrainer(model, DPSettings())
     try:
-        trainer.train_round(tiny_data(), epochs=1, lr=1e-3, batch_size=4, seed=seed, sigma=1.2,
-                            accountant=SiteAccountant(), generator_seeds=generator_seeds)  # fmt: skip
+        trainer.train_round(
+            tiny_data(),
+            epochs=1,
+            lr=1e-3,
+            batch_size=4,
+            seed=seed,
+            sigma=1.2,
+            accountant=SiteAccountant(),
+            generator_seeds=generator_seeds,
+        )
     finally:
         trainer.close()
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -64,22 +72,53 @@ def test_the_servers_view_does_not_determine_a_sites_noise(tmp_path):
     run id, the method) re-derives neither site's noise, and a restarted site (same key file)
     draws the same noise as before its restart."""
     cfg_seed, run_id, method = 42, "dpsgd-0123456789ab", "dpsgd"
-    a = NoiseSource.for_site(SITE_SECRET, state_root=tmp_path / "siteA-host", site="A",
-                             seed=cfg_seed, run_id=run_id, method=method)  # fmt: skip
-    b = NoiseSource.for_site(SITE_SECRET, state_root=tmp_path / "siteB-host", site="A",
-                             seed=cfg_seed, run_id=run_id, method=method)  # fmt: skip
+    a = NoiseSource.for_site(
+        SITE_SECRET,
+        state_root=tmp_path / "siteA-host",
+        site="A",
+        seed=cfg_seed,
+        run_id=run_id,
+        method=method,
+    )
+    b = NoiseSource.for_site(
+        SITE_SECRET,
+        state_root=tmp_path / "siteB-host",
+        site="A",
+        seed=cfg_seed,
+        run_id=run_id,
+        method=method,
+    )
     wa, wb = one_round(seeds_of(a)), one_round(seeds_of(b))
     assert not torch.equal(wa, wb)
     # the server's attempts: the seed it sends the site, and the public-seed simulation key
     sent = site_round_seed(cfg_seed, 1, "A")
-    server_guesses = [one_round(None, seed=sent), one_round(None, seed=cfg_seed),
-                      one_round(seeds_of(NoiseSource.for_site(SEEDED, state_root=tmp_path, site="A",
-                                seed=cfg_seed, run_id=run_id, method=method)))]  # fmt: skip
+    server_guesses = [
+        one_round(None, seed=sent),
+        one_round(None, seed=cfg_seed),
+        one_round(
+            seeds_of(
+                NoiseSource.for_site(
+                    SEEDED,
+                    state_root=tmp_path,
+                    site="A",
+                    seed=cfg_seed,
+                    run_id=run_id,
+                    method=method,
+                )
+            )
+        ),
+    ]
     for guess in server_guesses:
         assert not torch.equal(guess, wa) and not torch.equal(guess, wb)
     # a restart reads the same key: the same stream (and the key is the owner's alone)
-    again = NoiseSource.for_site(SITE_SECRET, state_root=tmp_path / "siteA-host", site="A",
-                                 seed=cfg_seed, run_id=run_id, method=method)  # fmt: skip
+    again = NoiseSource.for_site(
+        SITE_SECRET,
+        state_root=tmp_path / "siteA-host",
+        site="A",
+        seed=cfg_seed,
+        run_id=run_id,
+        method=method,
+    )
     assert seeds_of(again) == seeds_of(a)
     mode = stat.S_IMODE(key_path(tmp_path / "siteA-host", "A").stat().st_mode)
     assert mode == 0o600
@@ -133,8 +172,14 @@ def test_a_deployed_site_refuses_seeded_noise_unless_told(tmp_path):
         SiteClient(cfg, "A", "127.0.0.1:1", tmp_path / "no-data", tmp_path / "state")
     # allowed: it goes on (and then fails on the missing dataset, not on the randomness)
     with pytest.raises(Exception) as info:
-        SiteClient(cfg, "A", "127.0.0.1:1", tmp_path / "no-data", tmp_path / "state",
-                   allow_seeded_noise=True)  # fmt: skip
+        SiteClient(
+            cfg,
+            "A",
+            "127.0.0.1:1",
+            tmp_path / "no-data",
+            tmp_path / "state",
+            allow_seeded_noise=True,
+        )
     assert "allow-seeded-noise" not in str(info.value)
 
 
@@ -147,8 +192,9 @@ def test_the_site_accountant_counts_every_attempt(tmp_path):
     cfg = with_overrides(load_profile("smoke"), **{"train.batch_size": 4})
     data = tiny_data(12)
     noise = NoiseSource(b"s" * 32, SITE_SECRET, "run")
-    orders = FitInstructions(round=1, seed=7, local_epochs=1, lr=1e-3, batch_size=4,
-                             mode=TrainMode.DP)  # fmt: skip
+    orders = FitInstructions(
+        round=1, seed=7, local_epochs=1, lr=1e-3, batch_size=4, mode=TrainMode.DP
+    )
 
     def state():
         return DPState(cfg, len(data), tmp_path, "run", noise, AttemptLog(tmp_path, "run"))
@@ -181,8 +227,10 @@ def test_replace_one_with_full_batches_is_the_gaussian_with_twice_the_sensitivit
         np.testing.assert_allclose(rdp_integral(1.0, sigma), want, rtol=1e-9)
 
 
-@pytest.mark.parametrize(("sigma", "q", "steps"), [(1.2, 0.4, 50), (2.0, 0.4, 25), (1.0, 0.1, 100),
-                                                   (0.9, 16 / 40, 13), (3.0, 0.05, 500)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sigma", "q", "steps"),
+    [(1.2, 0.4, 50), (2.0, 0.4, 25), (1.0, 0.1, 100), (0.9, 16 / 40, 13), (3.0, 0.05, 500)],
+)
 def test_replace_one_epsilon_checked_against_dp_accounting(sigma, q, steps):
     """An independent accountant (Google's dp-accounting, PLD, REPLACE_ONE): ours (RDP of the
     dominating pair) is never below it and agrees to the first digit (within 12%); and replace-one
@@ -223,10 +271,19 @@ def test_results_md_says_where_the_noise_came_from_and_for_which_relation():
     from bench.report import privacy_table
 
     def entry(randomness):
-        return {"epsilon": 4.0, "delta": 1e-5, "accountant": "rdp", "dice": 0.5,
-                "dp": {"noise_multiplier": 4.2, "max_grad_norm": 1.0, "adjacency": "replace-one",
-                       "epsilon_by_adjacency": {"replace-one": 4.0, "add-remove": 1.99},
-                       "randomness": randomness}}  # fmt: skip
+        return {
+            "epsilon": 4.0,
+            "delta": 1e-5,
+            "accountant": "rdp",
+            "dice": 0.5,
+            "dp": {
+                "noise_multiplier": 4.2,
+                "max_grad_norm": 1.0,
+                "adjacency": "replace-one",
+                "epsilon_by_adjacency": {"replace-one": 4.0, "add-remove": 1.99},
+                "randomness": randomness,
+            },
+        }
 
     text = privacy_table({"methods": {"dpsgd-pt": entry("site-secret")}})
     assert "| replace-one | 1.99 |" in text and "site-secret" in text and "public seed" not in text

@@ -19,12 +19,16 @@ def test_cells_of_a_sweep_follow_the_serial_run(tmp_path):
     dirs = {cfg.seed: tmp_path / "a", cfg.seed + 1: tmp_path / "b"}
     cells = plan_cells(cfg, dirs, ("target_epsilon", [1.0, 2.0], "dpsgd-pt"), cpus=3)
     assert [(c.seed, c.name) for c in cells] == [
-        (s, n) for s in dirs for n in ("groupnorm-pt", "dpsgd-pt-target_epsilon-1",
-                                       "dpsgd-pt-target_epsilon-2")]  # fmt: skip
+        (s, n)
+        for s in dirs
+        for n in ("groupnorm-pt", "dpsgd-pt-target_epsilon-1", "dpsgd-pt-target_epsilon-2")
+    ]
     twin, eps1 = cells[0], cells[1]
     assert (twin.config_file, twin.run_subdir, twin.cpus) == ("config.json", "", 3)
-    assert (eps1.config_file, eps1.run_subdir) == ("config-dpsgd-pt-target_epsilon-1.json",
-                                                   "dpsgd-pt-target_epsilon-1")  # fmt: skip
+    assert (eps1.config_file, eps1.run_subdir) == (
+        "config-dpsgd-pt-target_epsilon-1.json",
+        "dpsgd-pt-target_epsilon-1",
+    )
     # what a cell carries is the file its processes read, seed included
     assert eps1.config == (dirs[cfg.seed] / eps1.config_file).read_text()
     c = load_config(dirs[cfg.seed + 1] / cells[4].config_file)
@@ -38,8 +42,9 @@ def test_a_method_directory_crosses_as_a_tar_without_checkpoints(tmp_path):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_text(rel)
     unpack_dir(pack_dir(src), tmp_path / "out")
-    got = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")
-                 if p.is_file())  # fmt: skip
+    got = sorted(
+        str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()
+    )
     assert got == ["logs/server.log", "release/model.npz", "result.json"]
     assert (tmp_path / "out" / "logs" / "server.log").read_text() == "logs/server.log"
 
@@ -110,8 +115,15 @@ def test_the_local_engine_stops_at_an_error():
 
 
 def test_failed_cells_join_the_report(tmp_path):
-    row = {"seed": 8, "cell": "fedbn", "method": "fedbn", "sweep": None, "attempts": 2,
-           "error": "RuntimeError: a | b\nmore", "errors": ["x", "RuntimeError: a | b\nmore"]}  # fmt: skip
+    row = {
+        "seed": 8,
+        "cell": "fedbn",
+        "method": "fedbn",
+        "sweep": None,
+        "attempts": 2,
+        "error": "RuntimeError: a | b\nmore",
+        "errors": ["x", "RuntimeError: a | b\nmore"],
+    }
     (tmp_path / "results.json").write_text(json.dumps({"methods": {"fedavg": {}}}))
     (tmp_path / "results.md").write_text("# results\n\n| table |\n")
     note_failed_cells(tmp_path, [row])
@@ -123,4 +135,8 @@ def test_failed_cells_join_the_report(tmp_path):
     empty.mkdir()
     note_failed_cells(empty, [row], profile="smoke", seed=8)  # nothing succeeded
     assert json.loads((empty / "results.json").read_text()) == {
-        "profile": "smoke", "seed": 8, "methods": {}, "failed_cells": [row]}  # fmt: skip
+        "profile": "smoke",
+        "seed": 8,
+        "methods": {},
+        "failed_cells": [row],
+    }

@@ -85,8 +85,9 @@ def test_fedbn_keeps_each_sites_norm_layers_and_shares_the_rest():
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     mean_key = next(k for k in sorted(local) if k.endswith("running_mean"))
     assert not np.allclose(a[mean_key], b[mean_key])  # site statistics never averaged in training
-    np.testing.assert_allclose(fed.global_params[mean_key], (a[mean_key] + b[mean_key]) / 2,
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        fed.global_params[mean_key], (a[mean_key] + b[mean_key]) / 2, rtol=1e-6
+    )
     site_model = fed.model(cfg, "fedbn", "B")
     np.testing.assert_array_equal(get_params(site_model)[mean_key], b[mean_key])
 
@@ -136,8 +137,9 @@ def test_pooled_is_one_site_holding_every_slice_and_local_is_each_site_alone():
     cfg = _cfg(rounds=1)
     sites = {"A": _site(4, 1), "B": _site(8, 2)}
     pooled = simulate_method(cfg, "pooled", sites, seed=3)
-    want = simulate_federation(cfg, "pooled", {"pooled": ConcatDataset([sites["A"], sites["B"]])},
-                               seed=3)  # fmt: skip
+    want = simulate_federation(
+        cfg, "pooled", {"pooled": ConcatDataset([sites["A"], sites["B"]])}, seed=3
+    )
     assert all(
         np.array_equal(pooled.global_params[k], want.global_params[k]) for k in want.global_params
     )

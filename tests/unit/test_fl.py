@@ -20,20 +20,39 @@ from common.model import buffer_keys, float_keys, get_params, model_for, set_par
 from common.seeds import site_round_seed
 from common.training.local import train_local
 
-PLAIN = FitInstructions(round=3, seed=99, local_epochs=2, lr=1e-3, batch_size=8, proximal_mu=0.01,
-                        secagg=True)  # fmt: skip
-DDP = FitInstructions(round=1, seed=5, local_epochs=1, lr=3e-4, batch_size=16, mode=TrainMode.DDP,
-                      ddp=DDPParams(q=0.25, clip=1.0, scale=512.0, mu_share=3.5))  # fmt: skip
+PLAIN = FitInstructions(
+    round=3, seed=99, local_epochs=2, lr=1e-3, batch_size=8, proximal_mu=0.01, secagg=True
+)
+DDP = FitInstructions(
+    round=1,
+    seed=5,
+    local_epochs=1,
+    lr=3e-4,
+    batch_size=16,
+    mode=TrainMode.DDP,
+    ddp=DDPParams(q=0.25, clip=1.0, scale=512.0, mu_share=3.5),
+)
 
 
-@pytest.mark.parametrize("orders", [PLAIN, dataclasses.replace(PLAIN, mode=TrainMode.DP), DDP],
-                         ids=["plain", "dp", "ddp"])  # fmt: skip
+@pytest.mark.parametrize(
+    "orders",
+    [PLAIN, dataclasses.replace(PLAIN, mode=TrainMode.DP), DDP],
+    ids=["plain", "dp", "ddp"],
+)
 def test_instructions_survive_the_wire_and_keep_its_keys(orders):
     scalars = orders.to_scalars()
     assert FitInstructions.from_scalars(scalars) == orders
     # the keys every site version reads
-    assert {"round", "local_epochs", "lr", "batch_size", "proximal_mu", "seed", "dp",
-            "secagg"} <= set(scalars)  # fmt: skip
+    assert {
+        "round",
+        "local_epochs",
+        "lr",
+        "batch_size",
+        "proximal_mu",
+        "seed",
+        "dp",
+        "secagg",
+    } <= set(scalars)
     assert scalars["dp"] is (orders.mode is TrainMode.DP)
     assert scalars.get("ddp", False) is (orders.mode is TrainMode.DDP)
 
@@ -60,12 +79,12 @@ def test_instructions_survive_the_wire_and_keep_its_keys(orders):
                 "ddp_mu_share": 1.0,
             },
             "exclusive",
-        ),  # fmt: skip
+        ),
         ({"ddp": True}, "'ddp_q' is missing"),
         (
             {"ddp": True, "ddp_q": 1.5, "ddp_clip": 1.0, "ddp_scale": 2.0, "ddp_mu_share": 1.0},
             "ddp_q must be in",
-        ),  # fmt: skip
+        ),
         (
             {
                 "ddp": True,
@@ -75,7 +94,7 @@ def test_instructions_survive_the_wire_and_keep_its_keys(orders):
                 "ddp_mu_share": 1.0,
             },
             "ddp_clip must be a finite",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_a_site_refuses_hostile_instructions_with_the_field_named(change, message):
@@ -101,13 +120,18 @@ def test_the_registry_knows_every_builtin_and_refuses_a_second_name():
 
 def _fake(seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"w": (rng.standard_normal((3, 2)) * scale).astype(np.float32),
-            "bn.running_var": (rng.random(2) + 0.5).astype(np.float32)}  # fmt: skip
+    return {
+        "w": (rng.standard_normal((3, 2)) * scale).astype(np.float32),
+        "bn.running_var": (rng.random(2) + 0.5).astype(np.float32),
+    }
 
 
 def _sum(sites: dict[str, tuple[dict, int]]):
-    return weighted_sum({s: p for s, (p, _) in sites.items()},
-                        {s: float(n) for s, (_, n) in sites.items()}, ["bn.running_var", "w"])  # fmt: skip
+    return weighted_sum(
+        {s: p for s, (p, _) in sites.items()},
+        {s: float(n) for s, (_, n) in sites.items()},
+        ["bn.running_var", "w"],
+    )
 
 
 def test_fedadam_is_reddis_server_adam_on_parameters_and_fedavg_on_buffers():
@@ -178,9 +202,12 @@ SIZE = 32
 
 
 def _cfg() -> Config:
-    return Config(seed=3, data=DataConfig(image_size=SIZE, window=(-160.0, 240.0)),
-                  model=ModelConfig(base=4, groups=4),
-                  train=TrainConfig(rounds=2, local_epochs=1, batch_size=4, lr=0.01))  # fmt: skip
+    return Config(
+        seed=3,
+        data=DataConfig(image_size=SIZE, window=(-160.0, 240.0)),
+        model=ModelConfig(base=4, groups=4),
+        train=TrainConfig(rounds=2, local_epochs=1, batch_size=4, lr=0.01),
+    )
 
 
 def _site(n: int, seed: int) -> TensorDataset:
@@ -209,8 +236,9 @@ def test_the_simulator_runs_fedadam_through_its_hooks():
             loader = DataLoader(ds, batch_size=4, shuffle=True)
             train_local(models[s], loader, epochs=1, lr=0.01, seed=site_round_seed(11, rnd, s))
             done[s] = get_params(models[s])
-        summed, total = aggregation_layer(cfg, done, {s: len(ds) for s, ds in sites.items()},
-                                          {k: current[k] for k in keys})  # fmt: skip
+        summed, total = aggregation_layer(
+            cfg, done, {s: len(ds) for s, ds in sites.items()}, {k: current[k] for k in keys}
+        )
         current = strategy.aggregate_fit(rnd, summed, total, current=current)
     assert all(np.array_equal(fed.global_params[k], current[k]) for k in keys)
     fedavg = simulate_federation(cfg, "fedavg", sites, seed=11)
@@ -221,22 +249,38 @@ def test_the_simulator_samples_sites_as_the_server_does():
     """fl.fraction_fit < 1: the simulator trains the sites configure_fit picks (the server's
     choice for the same seed and round), not every site."""
     base = _cfg()
-    cfg = base.model_copy(update={
-        "fl": base.fl.model_copy(update={"fraction_fit": 0.5, "min_fit_sites": 1}),
-        "train": base.train.model_copy(update={"rounds": 1})})  # fmt: skip
+    cfg = base.model_copy(
+        update={
+            "fl": base.fl.model_copy(update={"fraction_fit": 0.5, "min_fit_sites": 1}),
+            "train": base.train.model_copy(update={"rounds": 1}),
+        }
+    )
     sites = {s: _site(4, i) for i, s in enumerate("ABCD")}
     fed = simulate_federation(cfg, "fedavg", sites, seed=11)
     picked = strategy_for(cfg.model_copy(update={"seed": 11}), "fedavg").configure_fit(1, "ABCD")
     assert len(picked) == 2 and sorted(fed.metrics) == sorted(picked)
 
 
-@pytest.mark.parametrize(("change", "field"), [({"lr": float("nan")}, "lr"),
-                                               ({"round": 2}, "round 2 in a task of round 3"),
-                                               ({"ddp": True}, "ddp_q"),
-                                               ({"control_variates": True, "ddp": True,
-                                                 "ddp_q": 0.5, "ddp_clip": 1.0, "ddp_scale": 2.0,
-                                                 "ddp_mu_share": 1.0}, "not ddp"),
-                                               ({}, "extra tensors ['control/x']")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"lr": float("nan")}, "lr"),
+        ({"round": 2}, "round 2 in a task of round 3"),
+        ({"ddp": True}, "ddp_q"),
+        (
+            {
+                "control_variates": True,
+                "ddp": True,
+                "ddp_q": 0.5,
+                "ddp_clip": 1.0,
+                "ddp_scale": 2.0,
+                "ddp_mu_share": 1.0,
+            },
+            "not ddp",
+        ),
+        ({}, "extra tensors ['control/x']"),
+    ],
+)
 def test_a_site_declines_a_round_whose_orders_are_hostile_and_trains_nothing(change, field):
     """client/app.py at the edge: the server's fit config is parsed before anything is loaded
     or trained; a bad one ends in a Decline naming the field, not an exception out of the site."""
@@ -254,7 +298,10 @@ def test_a_site_declines_a_round_whose_orders_are_hostile_and_trains_nothing(cha
     site.site, site.run_id, site.stub, site.retry_timeout_s = "A", "run", Stub(), 0.0
     site.model = site.initial = None  # training or loading weights would fail loudly
     extras = {} if change else {"control/x": np.zeros(2, np.float32)}  # not asked for
-    task = pb.FitTask(round=3, tensors=ndarrays_to_proto(extras),
-                      config=scalars_to_proto({**PLAIN.to_scalars(), **change}))  # fmt: skip
+    task = pb.FitTask(
+        round=3,
+        tensors=ndarrays_to_proto(extras),
+        config=scalars_to_proto({**PLAIN.to_scalars(), **change}),
+    )
     site.fit(task)
     assert len(declined) == 1 and declined[0].round == 3 and field in declined[0].reason

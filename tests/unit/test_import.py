@@ -80,16 +80,31 @@ def test_resampling_keeps_hu_and_mask_within_tolerance(cases):
     """A case acquired at 3/4 of the site's pixel size (a finer scan, 85 px): import resamples
     it to the site's grid; soft tissue HU and the tumour outline stay close."""
     c = cases[0]
-    fine = ndimage.zoom(c["hu"].astype(np.float32), (4 / 3, 4 / 3, 1), order=1, grid_mode=True,
-                        mode="grid-constant", cval=-1024)  # fmt: skip
+    fine = ndimage.zoom(
+        c["hu"].astype(np.float32),
+        (4 / 3, 4 / 3, 1),
+        order=1,
+        grid_mode=True,
+        mode="grid-constant",
+        cval=-1024,
+    )
     label = ndimage.zoom(
         c["label"], (4 / 3, 4 / 3, 1), order=0, grid_mode=True, mode="grid-constant"
     )
     affine = c["affine"].copy()
     affine[:2, :2] *= 0.75
-    images, masks, recs = convert_case("c", fine, np.rint(label).astype(np.int16), affine,
-                                       tumor_label=2, organ_label=1, px_mm=c["px"], size=SIZE,
-                                       free_ratio=1.0, seed=0)  # fmt: skip
+    images, masks, recs = convert_case(
+        "c",
+        fine,
+        np.rint(label).astype(np.int16),
+        affine,
+        tumor_label=2,
+        organ_label=1,
+        px_mm=c["px"],
+        size=SIZE,
+        free_ratio=1.0,
+        seed=0,
+    )
     assert images.shape[1:] == (SIZE, SIZE)
     for im, mk, r in zip(images, masks, recs, strict=True):
         z = r["z"]
@@ -111,8 +126,12 @@ def test_split_is_by_patient_and_follows_the_sites_csv(cases, tmp_path):
         csv.writer(f).writerows([["case", "site"], *mapping.items()])
     out = tmp_path / "out"
     m = import_dataset(src, out, CFG, sites_csv=table, gallery=False)
-    where = [(cid, site, split) for site, per in m["cases"].items() for split, v in per.items()
-             for cid in v]  # fmt: skip
+    where = [
+        (cid, site, split)
+        for site, per in m["cases"].items()
+        for split, v in per.items()
+        for cid in v
+    ]
     assert sorted(c for c, _, _ in where) == sorted(ids)  # each case once: one site, one split
     assert all(mapping[c] == site for c, site, _ in where)
     for site in SITE_NAMES:  # 3 cases: one each to train, holdout, test
@@ -121,8 +140,9 @@ def test_split_is_by_patient_and_follows_the_sites_csv(cases, tmp_path):
         assert cid in m["cases"][site][split]  # every slice in its patient's split
     again = import_dataset(src, tmp_path / "again", CFG, sites_csv=table, gallery=False)
     assert again["cases"] == m["cases"]  # the seed fixes the split
-    other = import_dataset(src, tmp_path / "other", CFG.model_copy(update={"seed": 8}),
-                           sites_csv=table, gallery=False)  # fmt: skip
+    other = import_dataset(
+        src, tmp_path / "other", CFG.model_copy(update={"seed": 8}), sites_csv=table, gallery=False
+    )
     assert other["cases"] != m["cases"]
 
 
@@ -133,14 +153,26 @@ def test_imported_dataset_loads_trains_and_is_integrity_checked(cases, tmp_path)
 
     src = write_layout(tmp_path, "dicom", cases)
     out = tmp_path / "out"
-    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml",
-            "--tumor-label", "2", "--organ-label", "1"]  # fmt: skip
+    argv = [
+        "data",
+        "import",
+        str(src),
+        "--out",
+        str(out),
+        "--config",
+        "configs/smoke.toml",
+        "--tumor-label",
+        "2",
+        "--organ-label",
+        "1",
+    ]
     assert main(argv) == 0
     assert (out / "gallery.png").is_file() and (out / "summary.md").is_file()
     m = read_manifest(out)
     assert [r["site"] for r in m["summary"]] == list(SITE_NAMES)
-    assert sum(r["n_train"] for r in m["summary"]) == sum(e["n"] for e in m["shards"]
-                                                          if e["split"] == "train")  # fmt: skip
+    assert sum(r["n_train"] for r in m["summary"]) == sum(
+        e["n"] for e in m["shards"] if e["split"] == "train"
+    )
     train = ct_dataset(out, "train", "A")
     x, y = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert x.shape == (4, 1, SIZE, SIZE) and x.min() >= 0 and x.max() <= 1 and y.max() == 1
@@ -185,7 +217,9 @@ def _src(tmp_path, cases, layout="lits"):
 
 def _shape_mismatch(src, cases):
     c = cases[4]
-    save_nifti(src / "segmentation-04.nii", *stored(c["label"][:, :, :-1], c["affine"], ("L", "P", "S")))  # fmt: skip
+    save_nifti(
+        src / "segmentation-04.nii", *stored(c["label"][:, :, :-1], c["affine"], ("L", "P", "S"))
+    )
     return "segmentation-04.nii", {}
 
 
@@ -208,7 +242,9 @@ def _mr_volume(src, cases):
 
 
 def _dicom_gap(src, cases):
-    files = sorted((src / "case03").glob("IM*"), key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])  # fmt: skip
+    files = sorted(
+        (src / "case03").glob("IM*"), key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2]
+    )
     files[2].unlink()
     return "case03: a gap", {"tumor_label": 2}
 
@@ -243,9 +279,17 @@ def _csv_unknown_case(src, cases):
     return "['volume-99'] not in the source", {"sites_csv": table}
 
 
-ERRORS = {"shape": _shape_mismatch, "affine": _affine_mismatch, "tumour": _no_tumour_value,
-          "mr": _mr_volume, "gap": ("dicom", _dicom_gap), "series": ("dicom", _dicom_two_series),
-          "site": _empty_site, "few": _small_site, "csv": _csv_unknown_case}  # fmt: skip
+ERRORS = {
+    "shape": _shape_mismatch,
+    "affine": _affine_mismatch,
+    "tumour": _no_tumour_value,
+    "mr": _mr_volume,
+    "gap": ("dicom", _dicom_gap),
+    "series": ("dicom", _dicom_two_series),
+    "site": _empty_site,
+    "few": _small_site,
+    "csv": _csv_unknown_case,
+}
 
 
 @pytest.mark.parametrize("what", list(ERRORS))

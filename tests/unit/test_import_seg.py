@@ -38,8 +38,10 @@ def test_dicom_seg_imports_the_phantom_tumour_voxels_exactly(cases, tmp_path):
     assert not list(src.rglob("segmentation.nii*"))  # the SEG is the only mask
     seg = pydicom.dcmread(src / "case00" / "mask-0")
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
-    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2])
-         for f in seg.PerFrameFunctionalGroupsSequence]  # fmt: skip
+    z = [
+        float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+        for f in seg.PerFrameFunctionalGroupsSequence
+    ]
     assert z != sorted(z) and z != sorted(z, reverse=True)  # the frames really are shuffled
     # read_case: the label volume is the NIfTI path's (1 liver, 2 tumour, 3 kidney) exactly, the
     # tumour winning where the liver segment overlaps it; the top slice (no frame) is empty
@@ -50,8 +52,20 @@ def test_dicom_seg_imports_the_phantom_tumour_voxels_exactly(cases, tmp_path):
         np.testing.assert_array_equal(hu, c["hu"], case.id)
     # the whole import, --layout auto: every imported slice's mask and image are the phantom's
     out = tmp_path / "out"
-    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml",
-            "--tumor-label", "2", "--organ-label", "1", "--no-gallery"]  # fmt: skip
+    argv = [
+        "data",
+        "import",
+        str(src),
+        "--out",
+        str(out),
+        "--config",
+        "configs/smoke.toml",
+        "--tumor-label",
+        "2",
+        "--organ-label",
+        "1",
+        "--no-gallery",
+    ]
     assert main(argv) == 0
     m = read_manifest(out)
     assert m["import"]["layout"] == "dicom" and m["import"]["tumor_label"] == 2
@@ -81,8 +95,9 @@ def test_tumour_is_the_segment_numbered_tumor_label_and_wins_overlaps(cases, tmp
 def _other_series(src, cases):
     """case01's mask replaced by a SEG of case02's series (same geometry, other UIDs)."""
     (src / "case01" / "mask-1").unlink()
-    write_dicom_seg(src / "case01", cases[2]["label"], cases[2]["affine"], seed=1,
-                    source=src / "case02")  # fmt: skip
+    write_dicom_seg(
+        src / "case01", cases[2]["label"], cases[2]["affine"], seed=1, source=src / "case02"
+    )
     return "case01/mask-1: the DICOM-SEG references series", {}
 
 
@@ -129,8 +144,15 @@ def _two_masks(src, cases):
     return "case00: more than one mask (segmentation.nii.gz, mask-0)", {}
 
 
-ERRORS = {"series": _other_series, "instance": _instance_not_held, "segment": _no_segment, "organ": _no_organ_segment,
-          "position": _frame_moved, "spacing": _spacing, "two": _two_masks}  # fmt: skip
+ERRORS = {
+    "series": _other_series,
+    "instance": _instance_not_held,
+    "segment": _no_segment,
+    "organ": _no_organ_segment,
+    "position": _frame_moved,
+    "spacing": _spacing,
+    "two": _two_masks,
+}
 
 
 @pytest.mark.parametrize("what", list(ERRORS))
@@ -143,8 +165,18 @@ def test_bad_dicom_seg_is_one_line_and_writes_nothing(what, cases, tmp_path, cap
         import_dataset(src, out, CFG, layout="dicom", only_site="A", gallery=False, **opts)
     assert expect in str(err.value) and "\n" not in str(err.value), str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no OUT, no temporary beside it
-    argv = ["data", "import", str(src), "--out", str(out), "--config", "configs/smoke.toml",
-            "--site", "A", *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]]  # fmt: skip
+    argv = [
+        "data",
+        "import",
+        str(src),
+        "--out",
+        str(out),
+        "--config",
+        "configs/smoke.toml",
+        "--site",
+        "A",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()],
+    ]
     assert main(argv) == 2
     text = capsys.readouterr().err
     assert text.startswith("fedonco data: error:") and expect in text, text

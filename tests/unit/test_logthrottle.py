@@ -18,14 +18,18 @@ def _logger(name, flt, caplog):
 
 def test_a_template_passes_a_burst_per_window_and_counts_the_rest(caplog):
     now = [0.0]
-    log = _logger("test.throttle.burst", Throttle(burst=3, window_s=60, clock=lambda: now[0]),
-                  caplog)  # fmt: skip
+    log = _logger(
+        "test.throttle.burst", Throttle(burst=3, window_s=60, clock=lambda: now[0]), caplog
+    )
     for i in range(1000):  # a stranger's flood: 1000 refusals within the window
         log.warning("rejected %s from site %r", "not_found", f"Z{i}")
     log.info("another template %d", 1)  # its own budget
     assert [r.getMessage() for r in caplog.records] == [
-        "rejected not_found from site 'Z0'", "rejected not_found from site 'Z1'",
-        "rejected not_found from site 'Z2'", "another template 1"]  # fmt: skip
+        "rejected not_found from site 'Z0'",
+        "rejected not_found from site 'Z1'",
+        "rejected not_found from site 'Z2'",
+        "another template 1",
+    ]
     now[0] = 61.0  # the next window: the first line says how many were dropped
     log.warning("rejected %s from site %r", "not_found", "Y")
     assert caplog.records[-1].getMessage() == (

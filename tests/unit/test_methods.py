@@ -11,8 +11,9 @@ from common.model import build_model, float_keys, get_params, model_for, norm_ke
 
 
 def test_every_method_is_in_the_table_with_a_known_strategy():
-    assert METHOD_NAMES[:5] == DEFAULT_METHODS == ("fedavg", "fedprox", "fedbn", "dpsgd",
-                                                     "groupnorm")  # fmt: skip
+    assert (
+        METHOD_NAMES[:5] == DEFAULT_METHODS == ("fedavg", "fedprox", "fedbn", "dpsgd", "groupnorm")
+    )
     assert {"dpsgd-pt", "groupnorm-pt", "pooled", "local"} <= set(METHOD_NAMES)
     assert {m.kind for m in METHODS.values()} == {"federated", "pooled", "local"}
     assert load_profile("quick").fl.methods == DEFAULT_METHODS  # new methods are opt-in

@@ -16,12 +16,14 @@ from common.training import pretrain as pt
 
 @pytest.fixture
 def cfg():
-    return parse_config({
-        "seed": 4,
-        "data": {"image_size": 32},
-        "model": {"base": 4, "groups": 2},
-        "pretrain": {"public_size": 12, "epochs": 2, "batch_size": 4, "lr": 0.01},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "seed": 4,
+            "data": {"image_size": 32},
+            "model": {"base": 4, "groups": 2},
+            "pretrain": {"public_size": 12, "epochs": 2, "batch_size": 4, "lr": 0.01},
+        }
+    )
 
 
 def test_public_pool_is_its_own_data(cfg):

@@ -58,8 +58,9 @@ def test_the_attackers_phase_lines_are_relayed_while_it_runs(tmp_path, caplog):
         "print('2026-12-03 10:00:01,000 INFO attacks.cli: 1 target(s) attacked in 1.0s', flush=True)\n"
         "sys.exit(3)\n"
     )
-    rc = run_relaying([sys.executable, "-c", script], tmp_path / "a.log", "audit of fedavg",
-                      poll_s=0.05)  # fmt: skip
+    rc = run_relaying(
+        [sys.executable, "-c", script], tmp_path / "a.log", "audit of fedavg", poll_s=0.05
+    )
     assert rc == 3
     assert [r.getMessage() for r in caplog.records] == [
         "audit of fedavg: shadow federation 1/2: training",

@@ -44,8 +44,12 @@ def test_local_row_releases_each_sites_own_model_with_the_cross_site_matrix(smok
 
 
 def test_reference_lines_say_what_federation_buys():
-    ms = {"fedavg": {"dice": 0.6}, "dpsgd": {"dice": None}, "local": {"dice": 0.45},
-          "pooled": {"dice": 0.65}}  # fmt: skip
+    ms = {
+        "fedavg": {"dice": 0.6},
+        "dpsgd": {"dice": None},
+        "local": {"dice": 0.45},
+        "pooled": {"dice": 0.65},
+    }
     (line,) = reference_lines(ms)
     assert line.startswith("What fedavg buys (Dice 0.600): +0.150 over local (0.450")
     assert "-0.050 against pooled (0.650)" in line

@@ -27,8 +27,10 @@ def _model(seed: int = 0):
 
 def _controls(model, scale: float, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {PREFIX + n: (scale * rng.standard_normal(p.shape)).astype(np.float32)
-            for n, p in trainable(model).items()}  # fmt: skip
+    return {
+        PREFIX + n: (scale * rng.standard_normal(p.shape)).astype(np.float32)
+        for n, p in trainable(model).items()
+    }
 
 
 def test_with_plain_sgd_the_new_control_variate_is_the_papers_option_two():
@@ -56,8 +58,14 @@ def test_zero_control_variates_change_nothing_and_others_change_the_trajectory()
     def train(hook_of):
         model = _model(5)
         hook = hook_of(model)
-        train_local(model, DataLoader(data, batch_size=4, shuffle=True), epochs=1, lr=0.01,
-                    seed=9, grad_hook=hook)  # fmt: skip
+        train_local(
+            model,
+            DataLoader(data, batch_size=4, shuffle=True),
+            epochs=1,
+            lr=0.01,
+            seed=9,
+            grad_hook=hook,
+        )
         return get_params(model)
 
     plain = train(lambda m: None)
@@ -100,10 +108,19 @@ def test_under_dp_the_control_variate_is_made_of_noisy_gradients():
         torch.manual_seed(0)
         model = model_for(cfg, "dpsgd")
         cv = ControlVariates(model, _controls(model, 0.0, 0))
-        dp_train_local(model, data, settings=settings, epochs=1, lr=0.01, batch_size=4, seed=1,
-                       sigma=sigma, accountant=SiteAccountant(settings.accountant,
-                                                              settings.adjacency),
-                       generator_seeds=(123, noise_seed), grad_hook=cv)  # fmt: skip
+        dp_train_local(
+            model,
+            data,
+            settings=settings,
+            epochs=1,
+            lr=0.01,
+            batch_size=4,
+            seed=1,
+            sigma=sigma,
+            accountant=SiteAccountant(settings.accountant, settings.adjacency),
+            generator_seeds=(123, noise_seed),
+            grad_hook=cv,
+        )
         kept, _ = cv.finish()
         return np.concatenate([v.ravel() for v in kept.values()])
 
@@ -126,8 +143,11 @@ def test_the_server_moves_c_by_the_participating_share_of_the_mean_change():
     assert all(o.control_variates for o in orders.values())
     assert set(s.payload_down(1)) == {PREFIX + "w"}  # no control variate for a buffer
     assert set(s.upload_template(params)) == {"w", "bn.running_mean", PREFIX + "w"}
-    summed = {"w": np.full((2, 2), 6.0), "bn.running_mean": np.full(2, 3.0),
-              PREFIX + "w": np.full((2, 2), 1.5)}  # fmt: skip
+    summed = {
+        "w": np.full((2, 2), 6.0),
+        "bn.running_mean": np.full(2, 3.0),
+        PREFIX + "w": np.full((2, 2), 1.5),
+    }
     new = s.aggregate_fit(1, summed, 3.0, {"A": {}, "B": {}}, current=params)
     np.testing.assert_array_equal(new["w"], np.full((2, 2), 2.0, np.float32))  # FedAvg's mean
     np.testing.assert_array_equal(new["bn.running_mean"], np.ones(2, np.float32))
@@ -140,8 +160,13 @@ def test_the_server_moves_c_by_the_participating_share_of_the_mean_change():
         twin.payload_down(2)[PREFIX + "w"], s.payload_down(2)[PREFIX + "w"]
     )
     with pytest.raises(ValueError, match="control variate"):
-        s.aggregate_fit(2, {"w": summed["w"], "bn.running_mean": summed["bn.running_mean"]}, 3.0,
-                        {"A": {}}, current=params)  # fmt: skip
+        s.aggregate_fit(
+            2,
+            {"w": summed["w"], "bn.running_mean": summed["bn.running_mean"]},
+            3.0,
+            {"A": {}},
+            current=params,
+        )
     with pytest.raises(ValueError, match="unexpected state"):
         twin.load_state_dict({"c/evil": np.zeros(1)})
 
@@ -173,8 +198,14 @@ def test_the_simulator_runs_scaffold_through_its_hooks():
         for s, ds in sites.items():
             set_params(models[s], current)
             cv = ControlVariates(models[s], down, kept[s])
-            train_local(models[s], DataLoader(ds, batch_size=4, shuffle=True), epochs=1, lr=0.01,
-                        seed=site_round_seed(11, rnd, s), grad_hook=cv)  # fmt: skip
+            train_local(
+                models[s],
+                DataLoader(ds, batch_size=4, shuffle=True),
+                epochs=1,
+                lr=0.01,
+                seed=site_round_seed(11, rnd, s),
+                grad_hook=cv,
+            )
             kept[s], delta = cv.finish()
             done[s] = {**get_params(models[s]), **delta}
         upload = strategy.upload_template(current)

@@ -55,9 +55,18 @@ def test_noise_is_larger_in_the_body_centre_and_for_large_patients():
 def _flat_scan(dose, cutoff, seed=0):
     hu = np.full((128, 128), 60.0, np.float32)
     img, noise = scan(
-        np.random.default_rng(seed), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0,
-        dose=dose, kernel_cutoff=cutoff, psf_mm=0.6, hu_offset=0.0, hu_gain=1.0, noise_ref_hu=12.0,
-    )  # fmt: skip
+        np.random.default_rng(seed),
+        hu,
+        fov_mm=380.0,
+        body_axes_mm=(160.0, 115.0),
+        body_cy_mm=0.0,
+        dose=dose,
+        kernel_cutoff=cutoff,
+        psf_mm=0.6,
+        hu_offset=0.0,
+        hu_gain=1.0,
+        noise_ref_hu=12.0,
+    )
     return img, noise
 
 
@@ -71,9 +80,18 @@ def test_dose_scales_noise_as_inverse_sqrt():
 def test_calibration_offset_and_gain():
     hu = np.full((64, 64), 100.0, np.float32)
     img, noise = scan(
-        np.random.default_rng(0), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0,
-        dose=1e6, kernel_cutoff=0.8, psf_mm=0.6, hu_offset=10.0, hu_gain=1.02, noise_ref_hu=12.0,
-    )  # fmt: skip
+        np.random.default_rng(0),
+        hu,
+        fov_mm=380.0,
+        body_axes_mm=(160.0, 115.0),
+        body_cy_mm=0.0,
+        dose=1e6,
+        kernel_cutoff=0.8,
+        psf_mm=0.6,
+        hu_offset=10.0,
+        hu_gain=1.02,
+        noise_ref_hu=12.0,
+    )
     assert abs(np.median(img) - 112.0) <= 1
 
 
@@ -83,9 +101,18 @@ def test_smooth_kernel_blurs_edges():
 
     def edge_width(cutoff):
         img, _ = scan(
-            np.random.default_rng(0), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0,
-            dose=1e8, kernel_cutoff=cutoff, psf_mm=0.3, hu_offset=0.0, hu_gain=1.0, noise_ref_hu=12.0,
-        )  # fmt: skip
+            np.random.default_rng(0),
+            hu,
+            fov_mm=380.0,
+            body_axes_mm=(160.0, 115.0),
+            body_cy_mm=0.0,
+            dose=1e8,
+            kernel_cutoff=cutoff,
+            psf_mm=0.3,
+            hu_offset=0.0,
+            hu_gain=1.0,
+            noise_ref_hu=12.0,
+        )
         row = img[64, 40:90].astype(float)
         return int(((row > -80) & (row < 80)).sum())
 
@@ -146,9 +173,18 @@ def test_noise_scales_with_pixel_size_as_brooks_di_chiro():
     for size in (64, 256):
         hu = np.full((size, size), 40.0, np.float32)
         _, noise = scan(
-            _rng(7), hu, fov_mm=380.0, body_axes_mm=(160.0, 115.0), body_cy_mm=0.0, dose=1.0,
-            kernel_cutoff=0.8, psf_mm=0.6, hu_offset=0.0, hu_gain=1.0, noise_ref_hu=12.0,
-        )  # fmt: skip
+            _rng(7),
+            hu,
+            fov_mm=380.0,
+            body_axes_mm=(160.0, 115.0),
+            body_cy_mm=0.0,
+            dose=1.0,
+            kernel_cutoff=0.8,
+            psf_mm=0.6,
+            hu_offset=0.0,
+            hu_gain=1.0,
+            noise_ref_hu=12.0,
+        )
         c = slice(size // 2 - size // 8, size // 2 + size // 8)
         stds[size] = float(noise[c, c].std())
     assert stds[256] == pytest.approx(12.0, rel=0.15)

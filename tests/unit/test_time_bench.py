@@ -11,17 +11,35 @@ from bench.results_doc import readme_bench
 def _entry(train, audit, shadows, targets):
     return {
         "timing_s": {"total": train},
-        "mia": {"attacker_wall_s": audit, "attack_info": {
-            "shared_timing_s": {"shadow_train_s": shadows},
-            "per_target": {t: {"ladder": {"timing_s": {
-                "queries": 2.0, "attacks": 10.0, "rungs": {"map": 6.0, "shadow": 1.0}}}}
-                for t in targets}}},
-    }  # fmt: skip
+        "mia": {
+            "attacker_wall_s": audit,
+            "attack_info": {
+                "shared_timing_s": {"shadow_train_s": shadows},
+                "per_target": {
+                    t: {
+                        "ladder": {
+                            "timing_s": {
+                                "queries": 2.0,
+                                "attacks": 10.0,
+                                "rungs": {"map": 6.0, "shadow": 1.0},
+                            }
+                        }
+                    }
+                    for t in targets
+                },
+            },
+        },
+    }
 
 
 def test_the_phases_add_up_to_the_runs_wall_time_and_split_every_target():
-    results = {"wall_s": 1000.0, "methods": {"fedavg": _entry(100.0, 80.0, 50.0, ["all"]),
-                                             "fedbn": _entry(90.0, 150.0, 60.0, list("ABCDE"))}}  # fmt: skip
+    results = {
+        "wall_s": 1000.0,
+        "methods": {
+            "fedavg": _entry(100.0, 80.0, 50.0, ["all"]),
+            "fedbn": _entry(90.0, 150.0, 60.0, list("ABCDE")),
+        },
+    }
     b = breakdown(results)
     ph = b["phases_s"]
     assert ph["training"] == 190.0 and ph["shadows"] == 110.0
@@ -36,9 +54,18 @@ def test_the_phases_add_up_to_the_runs_wall_time_and_split_every_target():
 
 def test_the_goal_line_and_the_readme_line_say_pass_or_fail(tmp_path):
     results = {"wall_s": 1500.0, "methods": {"fedavg": _entry(600.0, 500.0, 400.0, ["all"])}}
-    record = {"breakdown": breakdown(results), "config": "configs/standard.toml", "seed": 42,
-              "cores": 2, "cpu": "x", "goal_min": 20.0, "pass": False, "commit": "0" * 40,
-              "date": "2026-12-03", "command": "python bench/perf/time_bench.py --out f.json"}  # fmt: skip
+    record = {
+        "breakdown": breakdown(results),
+        "config": "configs/standard.toml",
+        "seed": 42,
+        "cores": 2,
+        "cpu": "x",
+        "goal_min": 20.0,
+        "pass": False,
+        "commit": "0" * 40,
+        "date": "2026-12-03",
+        "command": "python bench/perf/time_bench.py --out f.json",
+    }
     assert "25.0 min" in markdown(record) and "FAIL" in markdown(record)
     path = tmp_path / "make-bench.json"
     assert "not measured yet" in readme_bench(path)

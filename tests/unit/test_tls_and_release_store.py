@@ -33,8 +33,9 @@ def _cert(path):
 
 
 def test_certs_layout_identity_and_signatures(tmp_path):
-    dirs = make_certs(tmp_path, ["A", "B"], ["fl.example.org", "10.0.0.5"],
-                      release_names=["models.example.org"])  # fmt: skip
+    dirs = make_certs(
+        tmp_path, ["A", "B"], ["fl.example.org", "10.0.0.5"], release_names=["models.example.org"]
+    )
     assert set(dirs) == {"server", "site-A", "site-B", "release", "attacker"}
     ca = _cert(tmp_path / "ca.crt")
     for role, d in dirs.items():
@@ -142,8 +143,14 @@ def test_the_release_service_refuses_plaintext_beyond_loopback_before_it_starts(
 
 def test_model_store_names(tmp_path):
     params = get_params(build_model(4, "batch", 2, seed=0))
-    info = {"method": "fedavg", "base": 4, "norm": "batch", "groups": 2, "image_size": 32,
-            "window": [-160, 240]}  # fmt: skip
+    info = {
+        "method": "fedavg",
+        "base": 4,
+        "norm": "batch",
+        "groups": 2,
+        "image_size": 32,
+        "window": [-160, 240],
+    }
     export_release(tmp_path / "root" / "camp" / "fedavg" / "release", params, info)
     export_release(tmp_path / "secret", params, info)  # outside the root
     store = ModelStore(roots=[tmp_path / "root"])
@@ -200,8 +207,9 @@ def test_directories_are_never_writable_by_others_whatever_the_umask(tmp_path):
 
     old = os.umask(0)
     try:
-        export_release(tmp_path / "run" / "release", {"w": np.zeros(2, np.float32)},
-                       {"method": "fedavg"})  # fmt: skip
+        export_release(
+            tmp_path / "run" / "release", {"w": np.zeros(2, np.float32)}, {"method": "fedavg"}
+        )
         dirs = make_certs(tmp_path / "certs", ["A"])
         loose = tmp_path / "state"
         loose.mkdir(mode=0o777)

@@ -41,9 +41,19 @@ def test_bad_metrics_are_refused(kind, metrics, match):
 
 
 def test_good_metrics_pass_unchanged():
-    dp = {**GOOD_FIT, "sample_rate": 0.2, "noise_multiplier": 1.2, "max_grad_norm": 1.0,
-          "delta": 1e-5, "epsilon": 3.1, "accountant": "rdp", "steps_total": 40.0,
-          "accountant_history": "[[1.2,0.2,40]]", "decode_s": 0.1, "bytes_up": 1e6}  # fmt: skip
+    dp = {
+        **GOOD_FIT,
+        "sample_rate": 0.2,
+        "noise_multiplier": 1.2,
+        "max_grad_norm": 1.0,
+        "delta": 1e-5,
+        "epsilon": 3.1,
+        "accountant": "rdp",
+        "steps_total": 40.0,
+        "accountant_history": "[[1.2,0.2,40]]",
+        "decode_s": 0.1,
+        "bytes_up": 1e6,
+    }
     assert check_metrics(TaskKind.FIT, dp) is dp
     assert check_metrics(TaskKind.EVALUATE, GOOD_EVAL) is GOOD_EVAL
     assert check_metrics(TaskKind.MASKED_INPUT, {"clipped": 0, "mask_s": 0.2})
@@ -135,18 +145,34 @@ def test_what_every_emitter_reports_is_in_the_metric_table(tmp_path):
     x, y = torch.rand(8, 1, 16, 16, generator=g), (torch.rand(8, 1, 16, 16, generator=g) > 0.8)
     data = TensorDataset(x, y.float())
     client_side = {"decode_s": 0.1, "encode_s": 0.1, "bytes_up": 10.0, **device_record("cpu")}
-    plain = train_local(build_model(base=4, seed=0), DataLoader(data, batch_size=4), epochs=1,
-                        lr=1e-3, seed=0)  # fmt: skip
+    plain = train_local(
+        build_model(base=4, seed=0), DataLoader(data, batch_size=4), epochs=1, lr=1e-3, seed=0
+    )
     cfg = with_overrides(load_profile("smoke"), **{"train.batch_size": 4})
-    dp = DPState(cfg, len(data), tmp_path, "run", NoiseSource(b"s" * 32, SITE_SECRET, "run"),
-                 AttemptLog(tmp_path, "run")).train(
-        build_model(base=4, norm="group", groups=2, seed=0), list(zip(x, y.float(), strict=True)),
-        FitInstructions(round=1, seed=1, local_epochs=1, lr=1e-3, batch_size=4,
-                        mode=TrainMode.DP), None)  # fmt: skip
+    dp = DPState(
+        cfg,
+        len(data),
+        tmp_path,
+        "run",
+        NoiseSource(b"s" * 32, SITE_SECRET, "run"),
+        AttemptLog(tmp_path, "run"),
+    ).train(
+        build_model(base=4, norm="group", groups=2, seed=0),
+        list(zip(x, y.float(), strict=True)),
+        FitInstructions(round=1, seed=1, local_epochs=1, lr=1e-3, batch_size=4, mode=TrainMode.DP),
+        None,
+    )
     model = build_model(base=4, norm="group", groups=2, seed=0)
     site = DDPSite(model)
-    _vec, ddp = site.noisy_sum(data, sorted(k for k, _ in model.named_parameters()), q=0.5,
-                               clip=1.0, scale=100.0, mu_share=1.0, seed=0)  # fmt: skip
+    _vec, ddp = site.noisy_sum(
+        data,
+        sorted(k for k, _ in model.named_parameters()),
+        q=0.5,
+        clip=1.0,
+        scale=100.0,
+        mu_share=1.0,
+        seed=0,
+    )
     site.close()
     ddp = {**ddp, "randomness": SITE_SECRET, "attempt": 1}  # what client/app.py adds
     for sent in (plain, dp, ddp):

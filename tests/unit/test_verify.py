@@ -32,9 +32,15 @@ def _site_record(history, site_delta=DELTA):
     acc = SiteAccountant("rdp", "replace-one")
     for s, q, n in history:
         acc.record(s, q, n)
-    return {"epsilon": acc.epsilon(site_delta), "delta": site_delta, "accountant": "rdp",
-            "adjacency": "replace-one", "steps": acc.steps, "history": [list(h) for h in history],
-            "epsilon_by_adjacency": epsilons_of(history, site_delta)}  # fmt: skip
+    return {
+        "epsilon": acc.epsilon(site_delta),
+        "delta": site_delta,
+        "accountant": "rdp",
+        "adjacency": "replace-one",
+        "steps": acc.steps,
+        "history": [list(h) for h in history],
+        "epsilon_by_adjacency": epsilons_of(history, site_delta),
+    }
 
 
 def _dpsgd_entry():
@@ -43,8 +49,11 @@ def _dpsgd_entry():
         "B": _site_record([(1.2, 0.5, 4), (1.0, 0.5, 2)]),
     }
     worst = max(per_site, key=lambda s: per_site[s]["epsilon"])
-    return {"epsilon": per_site[worst]["epsilon"], "delta": DELTA,
-            "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site}}  # fmt: skip
+    return {
+        "epsilon": per_site[worst]["epsilon"],
+        "delta": DELTA,
+        "dp": {**per_site[worst], "worst_site": worst, "per_site": per_site},
+    }
 
 
 def _statuses(run):
@@ -80,28 +89,41 @@ def test_a_changed_dp_number_is_a_mismatch_named_by_the_check(tmp_path, where):
     run, cfg, lines = _bundle(tmp_path, {"dpsgd": entry})
     run.check_dp("dpsgd", entry, "dpsgd", tmp_path, cfg.for_method("dpsgd"))
     bad = [c.what for c in run.report.checks if c.status == MISMATCH]
-    expect = {"run": ["dpsgd epsilon (worst site)"],
-              "site": ["dpsgd dp site A epsilon (replace-one, rdp)"],
-              "history": ["dpsgd dp site A epsilon (replace-one, rdp)",
-                          "dpsgd dp site A epsilon_by_adjacency replace-one",
-                          "dpsgd dp site A epsilon_by_adjacency add-remove",
-                          "dpsgd dp site A steps (sum of the history)"],
-              "steps": ["dpsgd dp site A steps (sum of the history)"]}[where]  # fmt: skip
+    expect = {
+        "run": ["dpsgd epsilon (worst site)"],
+        "site": ["dpsgd dp site A epsilon (replace-one, rdp)"],
+        "history": [
+            "dpsgd dp site A epsilon (replace-one, rdp)",
+            "dpsgd dp site A epsilon_by_adjacency replace-one",
+            "dpsgd dp site A epsilon_by_adjacency add-remove",
+            "dpsgd dp site A steps (sum of the history)",
+        ],
+        "steps": ["dpsgd dp site A steps (sum of the history)"],
+    }[where]
     assert bad == expect, lines
 
 
 def test_ddp_epsilon_is_recomputed_from_the_privacy_ledger(tmp_path):
     ledger = [{"round": r, "q": 1.0, "mu": 4.0e6, "delta1": 300.0, "delta2": 60.0} for r in (1, 2)]
     by_adj = {a: epsilon_of(ledger, DELTA, a) for a in ("replace-one", "add-remove")}
-    entry = {"epsilon": by_adj["replace-one"], "delta": DELTA,
-             "dp": {"adjacency": "replace-one", "steps_accounted": 2, "releases_not_in_history": 0,
-                    "epsilon_by_adjacency": by_adj}}  # fmt: skip
+    entry = {
+        "epsilon": by_adj["replace-one"],
+        "delta": DELTA,
+        "dp": {
+            "adjacency": "replace-one",
+            "steps_accounted": 2,
+            "releases_not_in_history": 0,
+            "epsilon_by_adjacency": by_adj,
+        },
+    }
     mdir = tmp_path / "ddp-sgd"
     mdir.mkdir()
     (mdir / "privacy_ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in ledger))
     (mdir / "history.json").write_text(json.dumps([{"ddp": {}}, {"ddp": {}}]))
     run, cfg, lines = _bundle(tmp_path, {"ddp-sgd": entry})
-    mcfg = cfg.for_method("ddp-sgd").model_copy(update={"dp": cfg.dp.model_copy(update={"delta": DELTA})})  # fmt: skip
+    mcfg = cfg.for_method("ddp-sgd").model_copy(
+        update={"dp": cfg.dp.model_copy(update={"delta": DELTA})}
+    )
     assert run.check_dp("ddp-sgd", entry, "ddp-sgd", mdir, mcfg) == by_adj["replace-one"]
     assert not run.report.failed, lines
     # a release the ledger holds but results.json's ε left out
@@ -109,10 +131,13 @@ def test_ddp_epsilon_is_recomputed_from_the_privacy_ledger(tmp_path):
     run.report = Report(lines.append)
     run.check_dp("ddp-sgd", entry, "ddp-sgd", mdir, mcfg)
     bad = {c.what for c in run.report.checks if c.status == MISMATCH}
-    assert bad == {"ddp-sgd dp.steps_accounted (ledger lines)", "ddp-sgd dp.releases_not_in_history",
-                   "ddp-sgd dp.epsilon_by_adjacency replace-one (ledger)",
-                   "ddp-sgd dp.epsilon_by_adjacency add-remove (ledger)",
-                   "ddp-sgd epsilon (replace-one, ledger)"}  # fmt: skip
+    assert bad == {
+        "ddp-sgd dp.steps_accounted (ledger lines)",
+        "ddp-sgd dp.releases_not_in_history",
+        "ddp-sgd dp.epsilon_by_adjacency replace-one (ledger)",
+        "ddp-sgd dp.epsilon_by_adjacency add-remove (ledger)",
+        "ddp-sgd epsilon (replace-one, ledger)",
+    }
 
 
 def _audited(tmp_path, cfg, epsilon=None):
@@ -124,13 +149,38 @@ def _audited(tmp_path, cfg, epsilon=None):
     (mdir / "audit" / "all").mkdir(parents=True)
     save_audit_scores(mdir / "audit" / AUDIT_SCORES, scores, member, sites)
     save_npz(mdir / "audit" / "all" / "scores.npz", scores)
-    attacks = {k: audit_metrics(v, member, sites=sites, epsilon=epsilon, delta=DELTA,
-                                n_boot=cfg.mia.bootstrap, seed=cfg.seed) for k, v in scores.items()}  # fmt: skip
+    attacks = {
+        k: audit_metrics(
+            v,
+            member,
+            sites=sites,
+            epsilon=epsilon,
+            delta=DELTA,
+            n_boot=cfg.mia.bootstrap,
+            seed=cfg.seed,
+        )
+        for k, v in scores.items()
+    }
     top = attacks["lira"]
-    mia = {**{k: top[k] for k in ("auc", "auc_ci95", "tpr_at_10pct_fpr", "tpr_at_1pct_fpr",
-                                  "tpr_at_0.1pct_fpr", "tpr", "dp_ceiling")},
-           "n_members": 20, "n_nonmembers": 20, "attack": "lira", "attacks": attacks,
-           "attack_info": {"targets": ["all"]}}  # fmt: skip
+    mia = {
+        **{
+            k: top[k]
+            for k in (
+                "auc",
+                "auc_ci95",
+                "tpr_at_10pct_fpr",
+                "tpr_at_1pct_fpr",
+                "tpr_at_0.1pct_fpr",
+                "tpr",
+                "dp_ceiling",
+            )
+        },
+        "n_members": 20,
+        "n_nonmembers": 20,
+        "attack": "lira",
+        "attacks": attacks,
+        "attack_info": {"targets": ["all"]},
+    }
     return json.loads(json.dumps({"epsilon": epsilon, "delta": DELTA, "mia": mia})), mdir
 
 
@@ -172,11 +222,14 @@ def test_a_changed_audit_number_or_file_is_a_mismatch(tmp_path, change):
     run.test_ok = False
     run.check_audit("fedavg", entry, mdir, cfg, None)
     bad = [c.what for c in run.report.checks if c.status == MISMATCH]
-    expect = {"auc": "fedavg mia lira auc", "ci": "fedavg mia lira auc_ci95 (bootstrap)",
-              "tpr_ci": "fedavg mia lira tpr_at_10pct_fpr [Clopper-Pearson 95%]",
-              "headline": "fedavg mia headline (the quoted rung, lira) tpr_at_1pct_fpr",
-              "label": "fedavg mia.n_members",
-              "score": "fedavg audit scores == the attacker's all/scores.npz"}[change]  # fmt: skip
+    expect = {
+        "auc": "fedavg mia lira auc",
+        "ci": "fedavg mia lira auc_ci95 (bootstrap)",
+        "tpr_ci": "fedavg mia lira tpr_at_10pct_fpr [Clopper-Pearson 95%]",
+        "headline": "fedavg mia headline (the quoted rung, lira) tpr_at_1pct_fpr",
+        "label": "fedavg mia.n_members",
+        "score": "fedavg audit scores == the attacker's all/scores.npz",
+    }[change]
     assert expect in bad, lines
 
 
@@ -221,7 +274,9 @@ def test_an_unreadable_model_file_exits_2_naming_it(tmp_path, capsys):
     cfg = load_profile("smoke")
     (tmp_path / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
     entry = {"final_model_sha256": "0" * 64, "initial_model_sha256": "0" * 64}
-    (tmp_path / "results.json").write_text(json.dumps({"seed": cfg.seed, "methods": {"fedavg": entry}}))  # fmt: skip
+    (tmp_path / "results.json").write_text(
+        json.dumps({"seed": cfg.seed, "methods": {"fedavg": entry}})
+    )
     (tmp_path / "fedavg").mkdir()
     (tmp_path / "fedavg" / "final_model.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(VerifyError, match="final_model.npz: unreadable .npz"):
@@ -259,8 +314,10 @@ def test_the_benchmark_thread_count_and_changed_versions_come_from_versions_json
 def test_a_method_computed_on_a_gpu_is_noted_before_its_cpu_dice(tmp_path):
     from bench.verify import _cuda_devices
 
-    record = {"server": {"device": "cuda:0", "gpu": "H200"},
-              "sites": {"A": {"device": "cuda:1"}, "B": {"device": "cpu"}}}  # fmt: skip
+    record = {
+        "server": {"device": "cuda:0", "gpu": "H200"},
+        "sites": {"A": {"device": "cuda:1"}, "B": {"device": "cpu"}},
+    }
     assert sorted(_cuda_devices(record)) == ["cuda:0", "cuda:1"]
     assert list(_cuda_devices({"server": {"device": "cpu"}, "sites": {}})) == []
     assert list(_cuda_devices(None)) == []

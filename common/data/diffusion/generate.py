@@ -87,8 +87,15 @@ def diffusion_job(cfg: Config) -> DiffusionJob | None:
             f"is {cfg.data.image_size}; train a model for this size or change the profile"
         )
     dc = cfg.diffusion
-    return DiffusionJob(str(model_dir.resolve()), sha, dc.mode, dc.ddim_steps, dc.sample_batch,
-                        dc.dilate_px, dc.blur_px)  # fmt: skip
+    return DiffusionJob(
+        str(model_dir.resolve()),
+        sha,
+        dc.mode,
+        dc.ddim_steps,
+        dc.sample_batch,
+        dc.dilate_px,
+        dc.blur_px,
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -156,10 +163,15 @@ def regenerate_diffusion_slice(manifest: dict, split: str, site: str, index: int
     if not d:
         raise ValueError("manifest says generator 'diffusion' but has no 'diffusion' entry")
     entry = next(
-        (e for e in manifest["shards"] if e["split"] == split and e["site"] == site
-         and e["start"] <= index < e["start"] + e["n"]),
+        (
+            e
+            for e in manifest["shards"]
+            if e["split"] == split
+            and e["site"] == site
+            and e["start"] <= index < e["start"] + e["n"]
+        ),
         None,
-    )  # fmt: skip
+    )
     if entry is None:
         raise ValueError(f"no slice {index} of site {site} in split {split!r}")
     from common.data.loader import site_spec
@@ -167,12 +179,25 @@ def regenerate_diffusion_slice(manifest: dict, split: str, site: str, index: int
     i = manifest["site_names"].index(site)
     cfg_data = manifest["config"]["data"]
     job = ShardJob(
-        split, i, 0, entry["start"], entry["n"],
+        split,
+        i,
+        0,
+        entry["start"],
+        entry["n"],
         manifest["attacker_seed"] if split == "attacker" else manifest["seed"],
-        site_spec(manifest, site), manifest["image_size"], cfg_data["noise_ref_hu"],
-        DiffusionJob(d["model_dir"], d["model_sha256"], d["mode"], d["ddim_steps"],
-                     d["sample_batch"], d["dilate_px"], d["blur_px"]),
-    )  # fmt: skip
+        site_spec(manifest, site),
+        manifest["image_size"],
+        cfg_data["noise_ref_hu"],
+        DiffusionJob(
+            d["model_dir"],
+            d["model_sha256"],
+            d["mode"],
+            d["ddim_steps"],
+            d["sample_batch"],
+            d["dilate_px"],
+            d["blur_px"],
+        ),
+    )
     return make_slices(job, only=index - entry["start"])[index - entry["start"]]
 
 

@@ -49,8 +49,11 @@ SETS = ("procedural", "whole", "composite", "control")
 
 def _stats(values: np.ndarray) -> dict:
     v = values.astype(np.float64)
-    return {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
-            "sd": float(v.std()) if v.size else None}  # fmt: skip
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()) if v.size else None,
+        "sd": float(v.std()) if v.size else None,
+    }
 
 
 def hu_class_stats(images: np.ndarray) -> dict:
@@ -138,8 +141,9 @@ def train_segmenter(cfg: Config, n: int, epochs: int, seed: int):
     y = torch.from_numpy(np.stack([s.mask for s in slices]).astype(np.float32)).unsqueeze(1)
     model = build_model(cfg.model.base, cfg.model.norm, cfg.model.groups, seed=cfg.seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True)
-    metrics = train_local(model, loader, epochs=epochs, lr=cfg.train.lr, seed=cfg.seed,
-                          optimizer=cfg.train.optimizer)  # fmt: skip
+    metrics = train_local(
+        model, loader, epochs=epochs, lr=cfg.train.lr, seed=cfg.seed, optimizer=cfg.train.optimizer
+    )
     log.info("segmenter: %d slices, %d epochs, loss %.4f", n, epochs, metrics["loss"])
     return model, metrics
 
@@ -158,8 +162,12 @@ def _plots(out: Path, sets: dict, masks: np.ndarray, noise: dict, window) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"procedural": "k", "whole": "tab:blue", "composite": "tab:orange",
-              "control": "tab:gray"}  # fmt: skip
+    colors = {
+        "procedural": "k",
+        "whole": "tab:blue",
+        "composite": "tab:orange",
+        "control": "tab:gray",
+    }
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, imgs in sets.items():
         if name == "control":
@@ -168,8 +176,9 @@ def _plots(out: Path, sets: dict, masks: np.ndarray, noise: dict, window) -> Non
         axes[0].hist(imgs.ravel(), bins=120, range=(-1050, 1500), log=True, **kw)
         axes[1].hist(imgs.ravel(), bins=100, range=(-160, 240), **kw)
         axes[2].hist(imgs[masks.astype(bool)], bins=60, range=(-60, 200), **kw)
-    for ax, title in zip(axes, ("all pixels", "soft-tissue window", "inside tumour masks"),
-                         strict=True):  # fmt: skip
+    for ax, title in zip(
+        axes, ("all pixels", "soft-tissue window", "inside tumour masks"), strict=True
+    ):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("HU")
     axes[0].legend(fontsize=8)
@@ -198,8 +207,9 @@ def _plots(out: Path, sets: dict, masks: np.ndarray, noise: dict, window) -> Non
     for r, i in enumerate(tumour):
         for c, name in enumerate(SETS):
             ax = axes[r, c]
-            ax.imshow(sets[name][i], cmap="gray", vmin=window[0], vmax=window[1],
-                      interpolation="nearest")  # fmt: skip
+            ax.imshow(
+                sets[name][i], cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest"
+            )
             ax.contour(masks[i], levels=[0.5], colors="r", linewidths=0.5)
             ax.set_axis_off()
             if r == 0:
@@ -229,25 +239,41 @@ def markdown(r: dict) -> str:
     for s in sets:
         f = r["fidelity"][s]
         t = r["timing_s_per_slice"].get(s)
-        lines.append(f"| {s} | {f['dice']:.3f} | {f['dice_global']:.3f} | "
-                     f"{_fmt(f['fp_rate_empty'], 3)} | {_fmt(t, 3)} |")  # fmt: skip
-    lines += ["", "## Tumour contrast (mean HU in mask minus a 2-px ring)\n",
-              "| set | tumour HU | ring HU | contrast HU (sd) |", "|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {s} | {f['dice']:.3f} | {f['dice_global']:.3f} | "
+            f"{_fmt(f['fp_rate_empty'], 3)} | {_fmt(t, 3)} |"
+        )
+    lines += [
+        "",
+        "## Tumour contrast (mean HU in mask minus a 2-px ring)\n",
+        "| set | tumour HU | ring HU | contrast HU (sd) |",
+        "|---|---|---|---|",
+    ]
     for s in sets:
         c = r["tumour"][s]
-        lines.append(f"| {s} | {_fmt(c['tumour_hu'])} | {_fmt(c['ring_hu'])} | "
-                     f"{_fmt(c['contrast_hu'])} ({_fmt(c['contrast_sd'])}) |")  # fmt: skip
-    lines += ["", "## HU by tissue class (HU ranges; fraction of pixels, mean ± sd)\n",
-              "| set | " + " | ".join(HU_CLASSES) + " |", "|---|" + "---|" * len(HU_CLASSES)]  # fmt: skip
+        lines.append(
+            f"| {s} | {_fmt(c['tumour_hu'])} | {_fmt(c['ring_hu'])} | "
+            f"{_fmt(c['contrast_hu'])} ({_fmt(c['contrast_sd'])}) |"
+        )
+    lines += [
+        "",
+        "## HU by tissue class (HU ranges; fraction of pixels, mean ± sd)\n",
+        "| set | " + " | ".join(HU_CLASSES) + " |",
+        "|---|" + "---|" * len(HU_CLASSES),
+    ]
     for s in sets:
         h = r["hu_classes"][s]
         cells = [
             f"{h[k]['fraction']:.2f}: {_fmt(h[k]['mean'])} ± {_fmt(h[k]['sd'])}" for k in HU_CLASSES
         ]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "## HU by labelled tissue (procedural layout; composite = procedural outside the "
-              "tumour ring)\n", "| set | " + " | ".join(LABELLED) + " |",
-              "|---|" + "---|" * len(LABELLED)]  # fmt: skip
+    lines += [
+        "",
+        "## HU by labelled tissue (procedural layout; composite = procedural outside the "
+        "tumour ring)\n",
+        "| set | " + " | ".join(LABELLED) + " |",
+        "|---|" + "---|" * len(LABELLED),
+    ]
     for s in ("procedural", "composite"):
         h = r["labelled"][s]
         lines.append(
@@ -255,16 +281,24 @@ def markdown(r: dict) -> str:
             + " | ".join(f"{_fmt(h[k]['mean'])} ± {_fmt(h[k]['sd'])}" for k in LABELLED)
             + " |"
         )
-    lines += ["", "## Noise in flat soft tissue (high-pass residual σ, HU; median per site)\n",
-              "| set | all | " + " | ".join(SITE_NAMES) + " | NPS mean freq (/Nyquist) |",
-              "|---|---|" + "---|" * len(SITE_NAMES) + "---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Noise in flat soft tissue (high-pass residual σ, HU; median per site)\n",
+        "| set | all | " + " | ".join(SITE_NAMES) + " | NPS mean freq (/Nyquist) |",
+        "|---|---|" + "---|" * len(SITE_NAMES) + "---|",
+    ]
     for s in sets:
         ns = r["noise"][s]
         per = " | ".join(_fmt(ns["sigma_by_site"][k]) for k in SITE_NAMES)
         lines.append(f"| {s} | {_fmt(ns['sigma_all'])} | {per} | {_fmt(ns['nps_mean_freq'], 3)} |")
-    lines += ["", f"True noise σ in flat liver of the procedural slices (generator record), "
-              f"median: {_fmt(r['procedural_sigma_liver_hu'])} HU.", "",
-              "Files: gallery.png, hu_histograms.png, nps.png, report.json.", ""]  # fmt: skip
+    lines += [
+        "",
+        f"True noise σ in flat liver of the procedural slices (generator record), "
+        f"median: {_fmt(r['procedural_sigma_liver_hu'])} HU.",
+        "",
+        "Files: gallery.png, hu_histograms.png, nps.png, report.json.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -285,8 +319,9 @@ def diffusion_report(
     out.mkdir(parents=True, exist_ok=True)
     model = model or load_model(model_dir)
     if model.size != cfg.data.image_size:
-        raise ValueError(f"model makes {model.size}px slices, config data.image_size is "
-                         f"{cfg.data.image_size}")  # fmt: skip
+        raise ValueError(
+            f"model makes {model.size}px slices, config data.image_size is {cfg.data.image_size}"
+        )
     dc = cfg.diffusion
     seed = cfg.seed + DIFFUSION_REPORT_OFFSET  # neither the benchmark's nor the training set's
     slices = render_many(cfg, n, seed, split="test", desc="report slices")
@@ -298,8 +333,11 @@ def diffusion_report(
     sets = {"procedural": bg}
     timing = {}
     has_tumour = masks.reshape(n, -1).any(1)
-    for name, mode, empty in (("whole", "whole", False), ("composite", "composite", False),
-                              ("control", "composite", True)):  # fmt: skip
+    for name, mode, empty in (
+        ("whole", "whole", False),
+        ("composite", "composite", False),
+        ("control", "composite", True),
+    ):
         todo = np.arange(n) if mode == "whole" else np.flatnonzero(has_tumour)
         result, t0 = bg.copy(), time.perf_counter()
         for k in range(0, len(todo), dc.sample_batch):
@@ -307,8 +345,9 @@ def diffusion_report(
             sd = [seeds[i] for i in ids]
             cond = np.zeros_like(masks[ids]) if empty else masks[ids]
             if mode == "whole":
-                result[ids] = generate_hu(model, cond, sites[ids], sd, mode="whole",
-                                          steps=dc.ddim_steps)  # fmt: skip
+                result[ids] = generate_hu(
+                    model, cond, sites[ids], sd, mode="whole", steps=dc.ddim_steps
+                )
             else:  # generated around the real mask, conditioned on `cond` (empty: the control)
                 result[ids] = _composite(model, masks[ids], cond, sites[ids], sd, bg[ids], dc)
         sets[name] = result
@@ -328,7 +367,7 @@ def diffusion_report(
                 k: model.meta[k]
                 for k in ("image_size", "n_params", "steps", "final_loss", "step_time_s")
             },
-        },  # fmt: skip
+        },
         "n": n,
         "n_tumour_slices": int(masks.reshape(n, -1).any(1).sum()),
         "ddim_steps": dc.ddim_steps,
@@ -356,12 +395,28 @@ def _composite(model, region_masks, cond_masks, sites, seeds, bg, dc) -> np.ndar
     from common.data.diffusion.sample import composite_weight, sample_unit
 
     if np.array_equal(region_masks, cond_masks):
-        return generate_hu(model, cond_masks, sites, seeds, mode="composite", steps=dc.ddim_steps,
-                           background_hu=bg, dilate_px=dc.dilate_px, blur_px=dc.blur_px)  # fmt: skip
+        return generate_hu(
+            model,
+            cond_masks,
+            sites,
+            seeds,
+            mode="composite",
+            steps=dc.ddim_steps,
+            background_hu=bg,
+            dilate_px=dc.dilate_px,
+            blur_px=dc.blur_px,
+        )
     pairs = [composite_weight(m, dc.dilate_px, dc.blur_px) for m in region_masks]
     region, w = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-    x = sample_unit(model, cond_masks, sites, seeds, steps=dc.ddim_steps,
-                    known=hu_to_unit(bg, model.knots), region=region)  # fmt: skip
+    x = sample_unit(
+        model,
+        cond_masks,
+        sites,
+        seeds,
+        steps=dc.ddim_steps,
+        known=hu_to_unit(bg, model.knots),
+        region=region,
+    )
     hu = w * unit_to_hu(x, model.knots) + (1 - w) * bg.astype(np.float32)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
@@ -371,7 +426,8 @@ def run_diffusion_report(args) -> int:
     from common.config import resolve_config
 
     cfg = resolve_config(args.config, args.profile, args.seed)
-    r = diffusion_report(cfg, args.model, args.out, n=args.n, seg_slices=args.seg_slices,
-                         seg_epochs=args.seg_epochs)  # fmt: skip
+    r = diffusion_report(
+        cfg, args.model, args.out, n=args.n, seg_slices=args.seg_slices, seg_epochs=args.seg_epochs
+    )
     print(markdown(r))
     return 0

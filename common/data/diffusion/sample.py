@@ -130,8 +130,9 @@ def generate_hu(
         region = np.stack([p[0] for p in pairs]) if pairs else np.zeros(np.shape(masks))
         w = np.stack([p[1] for p in pairs]) if pairs else np.zeros(np.shape(masks))
         known = hu_to_unit(background_hu, knots)
-        x = sample_unit(model, masks, sites, seeds, steps=steps, known=known, region=region,
-                        progress=progress)  # fmt: skip
+        x = sample_unit(
+            model, masks, sites, seeds, steps=steps, known=known, region=region, progress=progress
+        )
         hu = w * unit_to_hu(x, knots) + (1 - w) * background_hu.astype(np.float32)
     else:
         raise ValueError(f"unknown mode {mode!r}; use 'whole' or 'composite'")

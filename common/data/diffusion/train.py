@@ -46,8 +46,9 @@ def render_many(cfg: Config, n: int, seed: int, split: str = "train", desc: str 
     out: list[Slice] = []
     for k in tqdm(range(n), desc=desc or f"procedural {split}", unit="slice", disable=None):
         i = k % len(sites)
-        out.append(render_slice(seed, i, split, k // len(sites), sites[i], d.image_size,
-                                d.noise_ref_hu))  # fmt: skip
+        out.append(
+            render_slice(seed, i, split, k // len(sites), sites[i], d.image_size, d.noise_ref_hu)
+        )
     return out
 
 
@@ -169,8 +170,14 @@ def train_diffusion(
         opt.load_state_dict(state["optimizer"])
     unet.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, total), desc="diffusion train", unit="step", initial=start,
-               total=total, disable=None)  # fmt: skip
+    bar = tqdm(
+        range(start, total),
+        desc="diffusion train",
+        unit="step",
+        initial=start,
+        total=total,
+        disable=None,
+    )
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = dc.lr * lr_factor(step, dc.warmup_steps, total)
@@ -205,7 +212,7 @@ def train_diffusion(
             "stress": cfg.data.stress,
             "noise_ref_hu": cfg.data.noise_ref_hu,
             "window": list(cfg.data.window),
-        },  # fmt: skip
+        },
         "profile": cfg.profile,
         "seed": cfg.seed,
         "train_seed": cfg.diffusion_train_seed,
@@ -222,8 +229,14 @@ def train_diffusion(
     save_model(model, out)
     (out / "loss.json").write_text(json.dumps(losses))
     _plot_loss(losses, out / "loss.png")
-    log.info("trained %d steps in %.0f s, loss %.4f -> %.4f; saved to %s",
-             len(losses), elapsed, meta["first_loss"], meta["final_loss"], out)  # fmt: skip
+    log.info(
+        "trained %d steps in %.0f s, loss %.4f -> %.4f; saved to %s",
+        len(losses),
+        elapsed,
+        meta["first_loss"],
+        meta["final_loss"],
+        out,
+    )
     return model
 
 
@@ -237,9 +250,11 @@ def run_diffusion_train(args) -> int:
     model = train_diffusion(cfg, args.out, steps=args.steps, resume=args.resume, device=args.device)
     m = model.meta
     per_step = f"{m['step_time_s']:.3f} s/step" if m["step_time_s"] else "no new steps"
-    print(f"\nDiffusion model ({m['n_params'] / 1e6:.2f} M params, {m['image_size']}px) written "
-          f"to {args.out}: {m['steps']} steps, {per_step}, loss "
-          f"{m['first_loss']:.4f} -> {m['final_loss']:.4f} (loss.png)")  # fmt: skip
+    print(
+        f"\nDiffusion model ({m['n_params'] / 1e6:.2f} M params, {m['image_size']}px) written "
+        f"to {args.out}: {m['steps']} steps, {per_step}, loss "
+        f"{m['first_loss']:.4f} -> {m['final_loss']:.4f} (loss.png)"
+    )
     return 0
 
 

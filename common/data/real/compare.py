@@ -67,8 +67,15 @@ STATS = {  # name: (unit, what one value is)
     "noise_sd_hu": ("HU", "noise sd in flat soft tissue, per slice"),
     "nps_peak_per_mm": ("1/mm", "NPS peak frequency, per slice"),
 }
-TUMOUR_STATS = ("tumour_slice", "tumour_hu_mean", "tumour_hu_sd", "contrast_hu",
-                "tumours_per_slice", "tumour_diameter_mm", "tumour_organ_area_ratio")  # fmt: skip
+TUMOUR_STATS = (
+    "tumour_slice",
+    "tumour_hu_mean",
+    "tumour_hu_sd",
+    "contrast_hu",
+    "tumours_per_slice",
+    "tumour_diameter_mm",
+    "tumour_organ_area_ratio",
+)
 ORGAN_STATS = ("organ_hu_mean", "organ_hu_sd", "contrast_hu", "tumour_organ_area_ratio")
 EMPTY_WHY = {  # why a supported statistic still has no value
     **{s: "no slice with tumour" for s in TUMOUR_STATS},
@@ -115,8 +122,12 @@ def nps_peak(image: np.ndarray, flat: np.ndarray, px_mm: float) -> float | None:
     return float(k / (r * px_mm))
 
 
-def measure_slice(image: np.ndarray, px_mm: float, tumour: np.ndarray | None = None,
-                  organ: np.ndarray | dict | None = None) -> dict[str, list[float]]:  # fmt: skip
+def measure_slice(
+    image: np.ndarray,
+    px_mm: float,
+    tumour: np.ndarray | None = None,
+    organ: np.ndarray | dict | None = None,
+) -> dict[str, list[float]]:
     """Every statistic's values from one slice. ``tumour``: its mask (None: not known);
     ``organ``: its mask, or an imported slice's organ record (``importer.organ_record``)."""
     out: dict[str, list[float]] = {s: [] for s in STATS}
@@ -132,9 +143,11 @@ def measure_slice(image: np.ndarray, px_mm: float, tumour: np.ndarray | None = N
     if isinstance(organ, np.ndarray):
         o = organ.astype(bool)
         inner = o & ~t if t is not None else o
-        organ = {"area_px": int((o | t).sum() if t is not None else o.sum()),
-                 "hu_mean": float(hu[inner].mean()) if inner.any() else None,
-                 "hu_sd": float(hu[inner].std()) if inner.any() else None}  # fmt: skip
+        organ = {
+            "area_px": int((o | t).sum() if t is not None else o.sum()),
+            "hu_mean": float(hu[inner].mean()) if inner.any() else None,
+            "hu_sd": float(hu[inner].std()) if inner.any() else None,
+        }
     has_organ = (
         organ is not None and organ["area_px"] >= MIN_ORGAN_PX and organ["hu_mean"] is not None
     )
@@ -224,13 +237,15 @@ def load_side(path: str | Path, max_slices: int, seed: int = 0) -> Side:
     for i, site in enumerate(m["site_names"]):
         spec = m["sites"][i]
         px = float(spec.get("pixel_mm") or spec["fov_mm"] / m["image_size"])
-        rows = [(split, k) for split in m["splits"]
-                for k in range(len(sample_params(m, split, site)))]  # fmt: skip
+        rows = [
+            (split, k) for split in m["splits"] for k in range(len(sample_params(m, split, site)))
+        ]
         pick = np.sort(rng.choice(len(rows), min(max_slices, len(rows)), replace=False))
         plan.append((site, px, [rows[j] for j in pick]))
     if generator == "import" and not any(r.get("organ") for e in m["shards"] for r in e["samples"]):
-        side.why.update({s: "imported without organ records (re-import with this version)"
-                         for s in ORGAN_STATS})  # fmt: skip
+        side.why.update(
+            {s: "imported without organ records (re-import with this version)" for s in ORGAN_STATS}
+        )
     with progress(sum(len(p[2]) for p in plan), "measuring", "slice") as bar:
         for site, px, rows in plan:
             arrays = {sp: load_arrays(path, sp, site, m) for sp in {sp for sp, _ in rows}}
@@ -252,35 +267,56 @@ def _summary(values: list[float], why: str | None) -> dict:
     if why:
         return {"n": len(values), "n/a": why}
     v = np.asarray(values)
-    return {"n": len(v), "mean": float(v.mean()), "sd": float(v.std()),
-            "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}  # fmt: skip
+    return {
+        "n": len(v),
+        "mean": float(v.mean()),
+        "sd": float(v.std()),
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def distance(a: list[float], b: list[float]) -> dict:
     ks = stats.ks_2samp(a, b)
-    return {"wasserstein": float(stats.wasserstein_distance(a, b)), "ks_d": float(ks.statistic),
-            "ks_p": float(ks.pvalue)}  # fmt: skip
+    return {
+        "wasserstein": float(stats.wasserstein_distance(a, b)),
+        "ks_d": float(ks.statistic),
+        "ks_p": float(ks.pvalue),
+    }
 
 
 def compare(real: Side, synth: Side) -> dict:
     """The report as JSON: each side's statistics pooled and per site, and the distances."""
-    out: dict = {"definitions": {s: {"unit": u, "value": d} for s, (u, d) in STATS.items()},
-                 "rule": {"window_px": WINDOW_PX, "soft_hu": list(SOFT_HU),
-                          "min_flat_px": MIN_FLAT_PX, "min_organ_px": MIN_ORGAN_PX,
-                          "roi_px": ROI_PX}}  # fmt: skip
+    out: dict = {
+        "definitions": {s: {"unit": u, "value": d} for s, (u, d) in STATS.items()},
+        "rule": {
+            "window_px": WINDOW_PX,
+            "soft_hu": list(SOFT_HU),
+            "min_flat_px": MIN_FLAT_PX,
+            "min_organ_px": MIN_ORGAN_PX,
+            "roi_px": ROI_PX,
+        },
+    }
     for name, side in (("real", real), ("synth", synth)):
         out[name] = {
-            "path": side.path, "kind": side.kind, "slices": side.slices,
-            "pooled": {s: _summary(v, side.reason(s, v)) for s in STATS
-                       for v in [side.pooled(s)]},
-            "sites": {site: {s: _summary(v, side.reason(s, v)) for s, v in per.items()}
-                      for site, per in side.values.items()},
-        }  # fmt: skip
+            "path": side.path,
+            "kind": side.kind,
+            "slices": side.slices,
+            "pooled": {s: _summary(v, side.reason(s, v)) for s in STATS for v in [side.pooled(s)]},
+            "sites": {
+                site: {s: _summary(v, side.reason(s, v)) for s, v in per.items()}
+                for site, per in side.values.items()
+            },
+        }
     out["distance"] = {}
     for s in STATS:
         a, b = real.pooled(s), synth.pooled(s)
-        why = [f"{n}: {side.reason(s, v)}" for n, side, v in (("REAL", real, a), ("SYNTH", synth, b))
-               if side.reason(s, v)]  # fmt: skip
+        why = [
+            f"{n}: {side.reason(s, v)}"
+            for n, side, v in (("REAL", real, a), ("SYNTH", synth, b))
+            if side.reason(s, v)
+        ]
         out["distance"][s] = {"n/a": "; ".join(why)} if why else distance(a, b)
     return out
 
@@ -294,28 +330,40 @@ def _cell(d: dict) -> str:
 def markdown(report: dict) -> str:
     r, s = report["real"], report["synth"]
     lines = [
-        "# Realism report: REAL vs SYNTH", "",
+        "# Realism report: REAL vs SYNTH",
+        "",
         f"- REAL: `{r['path']}` ({r['kind']}; {sum(r['slices'].values())} slices measured)",
-        f"- SYNTH: `{s['path']}` ({s['kind']}; {sum(s['slices'].values())} slices measured)", "",
+        f"- SYNTH: `{s['path']}` ({s['kind']}; {sum(s['slices'].values())} slices measured)",
+        "",
         "Each statistic pooled over sites: mean ± sd (n values); distances between the two "
         "distributions: Wasserstein (in the statistic's unit) and two-sample KS (D, p). "
-        "Definitions: common/data/real/compare.py; docs/data.md.", "",
+        "Definitions: common/data/real/compare.py; docs/data.md.",
+        "",
         "| statistic | unit | REAL | n | SYNTH | n | Wasserstein | KS D | KS p |",
         "|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for stat, (unit, _) in STATS.items():
         a, b, d = r["pooled"][stat], s["pooled"][stat], report["distance"][stat]
-        dist = ("n/a | n/a | n/a" if "n/a" in d
-                else f"{d['wasserstein']:.4g} | {d['ks_d']:.3f} | {d['ks_p']:.3g}")  # fmt: skip
-        lines.append(f"| {stat} | {unit} | {_cell(a)} | {a['n']} | {_cell(b)} | {b['n']} "
-                     f"| {dist} |")  # fmt: skip
-    lines += ["", "Per site: mean (n values); n/a: see the table above.", "",
-              "| side | site | slices | " + " | ".join(STATS) + " |",
-              "|---|---|---|" + "---|" * len(STATS)]  # fmt: skip
+        dist = (
+            "n/a | n/a | n/a"
+            if "n/a" in d
+            else f"{d['wasserstein']:.4g} | {d['ks_d']:.3f} | {d['ks_p']:.3g}"
+        )
+        lines.append(
+            f"| {stat} | {unit} | {_cell(a)} | {a['n']} | {_cell(b)} | {b['n']} | {dist} |"
+        )
+    lines += [
+        "",
+        "Per site: mean (n values); n/a: see the table above.",
+        "",
+        "| side | site | slices | " + " | ".join(STATS) + " |",
+        "|---|---|---|" + "---|" * len(STATS),
+    ]
     for name, side in (("REAL", r), ("SYNTH", s)):
         for site, per in side["sites"].items():
-            cells = [f"{d['mean']:.4g} ({d['n']})" if "n/a" not in d else "n/a"
-                     for d in per.values()]  # fmt: skip
+            cells = [
+                f"{d['mean']:.4g} ({d['n']})" if "n/a" not in d else "n/a" for d in per.values()
+            ]
             lines.append(
                 f"| {name} | {site} | {side['slices'][site]} | " + " | ".join(cells) + " |"
             )

@@ -70,8 +70,9 @@ from common.seeds import SPLITS
 log = logging.getLogger(__name__)
 
 
-def select_slices(tumor_z: np.ndarray, organ_z: np.ndarray, free_ratio: float,
-                  rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def select_slices(
+    tumor_z: np.ndarray, organ_z: np.ndarray, free_ratio: float, rng: np.random.Generator
+) -> np.ndarray:
     """The slice rule (module docstring, 2): sorted slice indices of one case."""
     tumour = np.flatnonzero(tumor_z)
     extent = np.flatnonzero(organ_z | tumor_z)
@@ -101,14 +102,26 @@ def organ_record(image: np.ndarray, organ: np.ndarray, tumor: np.ndarray) -> dic
     the area of organ or tumour, and the HU mean and sd of the organ without the tumour (None
     where it has no pixel); ``fedonco data compare`` reads them."""
     hu = image[organ & ~tumor].astype(np.float64)
-    return {"area_px": int((organ | tumor).sum()),
-            "hu_mean": round(float(hu.mean()), 2) if hu.size else None,
-            "hu_sd": round(float(hu.std()), 2) if hu.size else None}  # fmt: skip
+    return {
+        "area_px": int((organ | tumor).sum()),
+        "hu_mean": round(float(hu.mean()), 2) if hu.size else None,
+        "hu_sd": round(float(hu.std()), 2) if hu.size else None,
+    }
 
 
-def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.ndarray, *,
-                 tumor_label: int, organ_label: int | None, px_mm: float, size: int,
-                 free_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:  # fmt: skip
+def convert_case(
+    case_id: str,
+    hu: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+    *,
+    tumor_label: int,
+    organ_label: int | None,
+    px_mm: float,
+    size: int,
+    free_ratio: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(images int16 HU, masks uint8, per-slice records) of one canonical case at the
     dataset's geometry (module docstring, 1-4)."""
     tumor = label == tumor_label
@@ -121,25 +134,47 @@ def convert_case(case_id: str, hu: np.ndarray, label: np.ndarray, affine: np.nda
     offset = [_origin(hu.shape[a], size, scale[a], body.any(axis=1 - a)) for a in (0, 1)]
     images, masks, records = [], [], []
     for z in zs:
-        img = ndimage.affine_transform(hu[:, :, z], scale, offset, output_shape=(size, size),
-                                       order=1, mode="constant", cval=HU_RANGE[0])  # fmt: skip
-        mask, in_organ = (ndimage.affine_transform(m[:, :, z].astype(np.uint8), scale, offset,
-                                                   output_shape=(size, size), order=0, cval=0)
-                          for m in (tumor, organ))  # fmt: skip
+        img = ndimage.affine_transform(
+            hu[:, :, z],
+            scale,
+            offset,
+            output_shape=(size, size),
+            order=1,
+            mode="constant",
+            cval=HU_RANGE[0],
+        )
+        mask, in_organ = (
+            ndimage.affine_transform(
+                m[:, :, z].astype(np.uint8),
+                scale,
+                offset,
+                output_shape=(size, size),
+                order=0,
+                cval=0,
+            )
+            for m in (tumor, organ)
+        )
         images.append(np.clip(np.rint(img), *HU_RANGE).astype(np.int16))
         masks.append(mask)
         area = int(mask.sum())
-        records.append({
-            "case": case_id, "z": int(z), "has_tumor": area > 0,
-            "tumor": {"area_px": area, "size_class": size_class(area * px_mm**2)} if area else None,
-            "noise": {"sigma_liver_hu": None},
-            "organ": organ_record(images[-1], in_organ.astype(bool), mask.astype(bool)),
-        })  # fmt: skip
+        records.append(
+            {
+                "case": case_id,
+                "z": int(z),
+                "has_tumor": area > 0,
+                "tumor": {"area_px": area, "size_class": size_class(area * px_mm**2)}
+                if area
+                else None,
+                "noise": {"sigma_liver_hu": None},
+                "organ": organ_record(images[-1], in_organ.astype(bool), mask.astype(bool)),
+            }
+        )
     return np.stack(images), np.stack(masks), records
 
 
-def assign_sites(case_ids: list[str], sites_csv: str | Path | None,
-                 only_site: str | None = None) -> dict[str, str]:  # fmt: skip
+def assign_sites(
+    case_ids: list[str], sites_csv: str | Path | None, only_site: str | None = None
+) -> dict[str, str]:
     """case id -> site: every case to ``only_site`` (one hospital importing its own CT), from the
     CSV, or round-robin over the sorted ids; every site (or ``only_site``) needs 3 cases."""
     if only_site is not None:
@@ -158,21 +193,31 @@ def assign_sites(case_ids: list[str], sites_csv: str | Path | None,
             rows = rows[1:]
         bad = [r for r in rows if len(r) != 2 or r[1] not in SITE_NAMES]
         if bad:
-            raise ImportDataError(f"{path}: row {bad[0]} is not 'case,site' with a site of "
-                                  f"{', '.join(SITE_NAMES)}")  # fmt: skip
+            raise ImportDataError(
+                f"{path}: row {bad[0]} is not 'case,site' with a site of {', '.join(SITE_NAMES)}"
+            )
         sites = dict(rows)
         unknown, missing = sorted(set(sites) - set(case_ids)), sorted(set(case_ids) - set(sites))
         if unknown or missing:
-            raise ImportDataError(f"{path}: case(s) {unknown or missing} "
-                                  f"{'not in the source' if unknown else 'not in the CSV'}")  # fmt: skip
+            raise ImportDataError(
+                f"{path}: case(s) {unknown or missing} "
+                f"{'not in the source' if unknown else 'not in the CSV'}"
+            )
     for site in [only_site] if only_site else SITE_NAMES:
         n = list(sites.values()).count(site)
         if n < 3:
-            where = (f"in {sites_csv}" if sites_csv else "--site" if only_site
-                     else f"round-robin over {len(case_ids)} cases")  # fmt: skip
-            raise ImportDataError(f"site {site} has {n or 'no'} case{'s' if n != 1 else ''} "
-                                  f"({where}); every site needs at least 3 (train, holdout, "
-                                  "test)")  # fmt: skip
+            where = (
+                f"in {sites_csv}"
+                if sites_csv
+                else "--site"
+                if only_site
+                else f"round-robin over {len(case_ids)} cases"
+            )
+            raise ImportDataError(
+                f"site {site} has {n or 'no'} case{'s' if n != 1 else ''} "
+                f"({where}); every site needs at least 3 (train, holdout, "
+                "test)"
+            )
     return sites
 
 
@@ -207,16 +252,27 @@ def _labels(src: Path, layout: str, tumor_label: int | None, organ_label: int | 
     t, o = msd_labels(src) if layout == "msd" else LABEL_DEFAULTS.get(layout, (None, None))
     tumor_label = t if tumor_label is None else tumor_label
     if tumor_label is None:
-        raise ImportDataError(f"{src}: give --tumor-label (layout {layout} does not say which "
-                              "label value is the tumour)")  # fmt: skip
+        raise ImportDataError(
+            f"{src}: give --tumor-label (layout {layout} does not say which "
+            "label value is the tumour)"
+        )
     return tumor_label, (o if organ_label is None else organ_label)
 
 
-def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str = "auto",
-                   tumor_label: int | None = None, organ_label: int | None = None,
-                   sites_csv: str | Path | None = None, only_site: str | None = None,
-                   free_ratio: float = 1.0,
-                   force: bool = False, gallery: bool = True) -> dict:  # fmt: skip
+def import_dataset(
+    src: str | Path,
+    out: str | Path,
+    cfg: Config,
+    *,
+    layout: str = "auto",
+    tumor_label: int | None = None,
+    organ_label: int | None = None,
+    sites_csv: str | Path | None = None,
+    only_site: str | None = None,
+    free_ratio: float = 1.0,
+    force: bool = False,
+    gallery: bool = True,
+) -> dict:
     """Import the real CT of ``src`` into a dataset at ``out`` for the profile ``cfg`` (its image
     size, sites' pixel sizes, window, split fractions and shard size; ``cfg.seed`` draws the
     slices and the splits). Returns the manifest."""
@@ -243,14 +299,25 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
                 hu, label, affine = read_case(case, tumor_label, organ_label)
                 seen.update(np.unique(label).tolist())
                 images, masks, records[i] = convert_case(
-                    case.id, hu, label, affine, tumor_label=tumor_label, organ_label=organ_label,
-                    px_mm=px[sites[case.id]], size=size, free_ratio=free_ratio, seed=cfg.seed)  # fmt: skip
+                    case.id,
+                    hu,
+                    label,
+                    affine,
+                    tumor_label=tumor_label,
+                    organ_label=organ_label,
+                    px_mm=px[sites[case.id]],
+                    size=size,
+                    free_ratio=free_ratio,
+                    seed=cfg.seed,
+                )
                 (work / f"{i}.npz").write_bytes(npz_bytes({"image": images, "mask": masks}))
                 bar.update(1)
         if tumor_label not in seen:
-            raise ImportDataError(f"{src}: no case's label volume holds the tumour label "
-                                  f"{tumor_label} (values seen: {sorted(seen)}); check "
-                                  "--tumor-label")  # fmt: skip
+            raise ImportDataError(
+                f"{src}: no case's label volume holds the tumour label "
+                f"{tumor_label} (values seen: {sorted(seen)}); check "
+                "--tumor-label"
+            )
         shards = _write_shards(tmp, work, records, cases, sites, splits, cfg.data.shard_size)
         shutil.rmtree(work)
         manifest = {
@@ -271,7 +338,7 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
                 else "round-robin",
                 "split_fractions": dict(zip(SPLITS, split_fractions(cfg), strict=True)),
                 "hu_range": list(HU_RANGE),
-            },  # fmt: skip
+            },
             "seed": cfg.seed,
             "attacker_seed": cfg.attacker_seed,
             "profile": cfg.profile,
@@ -287,7 +354,7 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
                     for sp in SPLITS
                 }
                 for s in SITE_NAMES
-            },  # fmt: skip
+            },
             "shards": shards,
             "subset": {"sites": list(SITE_NAMES), "splits": list(SPLITS)},
         }
@@ -296,13 +363,19 @@ def import_dataset(src: str | Path, out: str | Path, cfg: Config, *, layout: str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("imported %d cases (%d slices) from %s to %s", len(cases),
-             sum(e["n"] for e in shards), src, out)  # fmt: skip
+    log.info(
+        "imported %d cases (%d slices) from %s to %s",
+        len(cases),
+        sum(e["n"] for e in shards),
+        src,
+        out,
+    )
     return manifest
 
 
-def _write_shards(tmp: Path, work: Path, records: dict[int, list[dict]], cases, sites, splits,
-                  shard_size: int) -> list[dict]:  # fmt: skip
+def _write_shards(
+    tmp: Path, work: Path, records: dict[int, list[dict]], cases, sites, splits, shard_size: int
+) -> list[dict]:
     """The shards of every (split, site), the cases in id order, ``shard_size`` slices each."""
     entries = []
     for split in SPLITS:
@@ -310,15 +383,17 @@ def _write_shards(tmp: Path, work: Path, records: dict[int, list[dict]], cases, 
             mine = [i for i, c in enumerate(cases) if sites[c.id] == site and splits[c.id] == split]
             if not mine:
                 continue
-            parts = [npz_from_bytes((work / f"{i}.npz").read_bytes(), ("image", "mask"))
-                     for i in mine]  # fmt: skip
+            parts = [
+                npz_from_bytes((work / f"{i}.npz").read_bytes(), ("image", "mask")) for i in mine
+            ]
             images = np.concatenate([p["image"] for p in parts])
             masks = np.concatenate([p["mask"] for p in parts])
             samples = [r for i in mine for r in records[i]]
             for k, start in enumerate(range(0, len(images), shard_size)):
                 end = start + shard_size
-                entry, data = shard_bytes(split, site, k, start, images[start:end],
-                                          masks[start:end], samples[start:end])  # fmt: skip
+                entry, data = shard_bytes(
+                    split, site, k, start, images[start:end], masks[start:end], samples[start:end]
+                )
                 (tmp / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / entry["file"]).write_bytes(data)
                 entries.append(entry)

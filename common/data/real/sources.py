@@ -80,8 +80,11 @@ def _modality(path: Path) -> str | None:
 
 def _files(folder: Path) -> list[Path]:
     """The files of a DICOM case folder but its NIfTI mask, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and not p.name.endswith(_NII))  # fmt: skip
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_NII)
+    )
 
 
 def dicom_mask(folder: Path) -> Path | None:
@@ -90,8 +93,10 @@ def dicom_mask(folder: Path) -> Path | None:
     nifti = _nifti(folder, "segmentation")
     if len(segs) + (nifti is not None) > 1:
         names = ", ".join(p.name for p in ([nifti] if nifti else []) + segs)
-        raise ImportDataError(f"{folder}: more than one mask ({names}); a case folder holds one "
-                              "segmentation.nii.gz or one DICOM-SEG file")  # fmt: skip
+        raise ImportDataError(
+            f"{folder}: more than one mask ({names}); a case folder holds one "
+            "segmentation.nii.gz or one DICOM-SEG file"
+        )
     return nifti or (segs[0] if segs else None)
 
 
@@ -112,25 +117,37 @@ def detect_layout(src: Path) -> str:
         return "kits"
     if any(dicom_mask(d) for d in src.iterdir() if d.is_dir()):
         return "dicom"
-    raise ImportDataError(f"{src}: no known layout (imagesTr/ of MSD, volume-*.nii of LiTS, "
-                          "case_*/imaging.nii.gz of KiTS, or case folders with a DICOM series "
-                          "and segmentation.nii.gz or a DICOM-SEG); give --layout")  # fmt: skip
+    raise ImportDataError(
+        f"{src}: no known layout (imagesTr/ of MSD, volume-*.nii of LiTS, "
+        "case_*/imaging.nii.gz of KiTS, or case folders with a DICOM series "
+        "and segmentation.nii.gz or a DICOM-SEG); give --layout"
+    )
 
 
 def find_cases(src: Path, layout: str) -> list[Case]:
     """Every case of ``src``, sorted by id; a case without its label file is an error."""
     if layout == "msd":
-        pairs = [(_stem(p), p, src / "labelsTr" / p.name)
-                 for p in (src / "imagesTr").glob("*.nii*") if not p.name.startswith(".")]  # fmt: skip
+        pairs = [
+            (_stem(p), p, src / "labelsTr" / p.name)
+            for p in (src / "imagesTr").glob("*.nii*")
+            if not p.name.startswith(".")
+        ]
     elif layout == "lits":
-        pairs = [(_stem(p), p, p.with_name(p.name.replace("volume-", "segmentation-", 1)))
-                 for p in src.rglob("volume-*.nii*")]  # fmt: skip
+        pairs = [
+            (_stem(p), p, p.with_name(p.name.replace("volume-", "segmentation-", 1)))
+            for p in src.rglob("volume-*.nii*")
+        ]
     elif layout == "kits":
-        pairs = [(p.parent.name, p, _nifti(p.parent, "segmentation") or
-                  p.parent / "segmentation.nii.gz") for p in src.glob("case_*/imaging.nii*")]  # fmt: skip
+        pairs = [
+            (p.parent.name, p, _nifti(p.parent, "segmentation") or p.parent / "segmentation.nii.gz")
+            for p in src.glob("case_*/imaging.nii*")
+        ]
     elif layout == "dicom":
-        pairs = [(d.name, d, dicom_mask(d) or d / "segmentation.nii.gz")
-                 for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")]  # fmt: skip
+        pairs = [
+            (d.name, d, dicom_mask(d) or d / "segmentation.nii.gz")
+            for d in src.iterdir()
+            if d.is_dir() and not d.name.startswith(".")
+        ]
     else:
         raise ImportDataError(f"unknown layout {layout!r}; layouts are {', '.join(LAYOUTS)}")
     for _, image, label in pairs:
@@ -153,8 +170,11 @@ def msd_labels(src: Path) -> tuple[int | None, int | None]:
         return None, None
     labels = json.loads(path.read_text()).get("labels", {})
     # MSD: {"0": "background", "1": "liver", "2": "cancer"}; nnU-Net v2: {"background": 0, ...}
-    named = {int(k): v for k, v in labels.items()} if all(k.isdigit() for k in labels) else {
-        int(v): k for k, v in labels.items() if isinstance(v, int)}  # fmt: skip
+    named = (
+        {int(k): v for k, v in labels.items()}
+        if all(k.isdigit() for k in labels)
+        else {int(v): k for k, v in labels.items() if isinstance(v, int)}
+    )
     tumour = [v for v, n in named.items() if _TUMOUR_NAME.search(n)]
     others = [v for v, n in named.items() if v != 0 and v not in tumour]
     return (tumour[0] if len(tumour) == 1 else None), (others[0] if len(others) == 1 else None)
@@ -200,8 +220,9 @@ def read_series(folder: Path) -> Series:
     for p in _files(folder):
         if _modality(p) == "SEG":
             continue
-        ds = read_ct_file(p, "a case folder holds one DICOM series and its segmentation.nii.gz "
-                          "or DICOM-SEG")  # fmt: skip
+        ds = read_ct_file(
+            p, "a case folder holds one DICOM series and its segmentation.nii.gz or DICOM-SEG"
+        )
         if int(ds.get("NumberOfFrames") or 1) != 1:
             raise ImportDataError(f"{p}: a multi-frame DICOM; one file per slice is read")
         slices.append((p, ds))
@@ -209,8 +230,10 @@ def read_series(folder: Path) -> Series:
         raise ImportDataError(f"{folder}: no DICOM files")
     uids = sorted({str(ds.get("SeriesInstanceUID")) for _, ds in slices})
     if len(uids) > 1:
-        raise ImportDataError(f"{folder}: mixed SeriesInstanceUID ({len(uids)} series: "
-                              f"{', '.join(uids)}); a case folder holds one series")  # fmt: skip
+        raise ImportDataError(
+            f"{folder}: mixed SeriesInstanceUID ({len(uids)} series: "
+            f"{', '.join(uids)}); a case folder holds one series"
+        )
     p0, ds0 = slices[0]
     # ImageOrientationPatient: the direction of a row (column index +1), then of a column
     iop = np.array(ds0.ImageOrientationPatient, float).reshape(2, 3)
@@ -228,9 +251,11 @@ def read_series(folder: Path) -> Series:
         dz = float(np.median(steps))
         i = int(np.argmax(np.abs(steps - dz)))
         if dz <= 0 or abs(steps[i] - dz) > GAP_TOL * dz:
-            raise ImportDataError(f"{folder}: a gap or a duplicate in the series: "
-                                  f"{slices[i][0].name} -> {slices[i + 1][0].name} is "
-                                  f"{steps[i]:.2f} mm, the series' step {dz:.2f} mm")  # fmt: skip
+            raise ImportDataError(
+                f"{folder}: a gap or a duplicate in the series: "
+                f"{slices[i][0].name} -> {slices[i + 1][0].name} is "
+                f"{steps[i]:.2f} mm, the series' step {dz:.2f} mm"
+            )
     try:  # RescaleSlope/RescaleIntercept applied by pydicom
         hu = np.stack([apply_rescale(ds.pixel_array, ds) for _, ds in slices], axis=-1)
     except Exception as err:  # pixel data pydicom cannot decode (a compressed syntax, say)
@@ -263,12 +288,17 @@ def _check_seg_geometry(path: Path, seg, slices: list) -> None:
     by_uid = {str(ds.SOPInstanceUID): ds for _, ds in slices}
     ds0 = slices[0][1]
     if (seg.Rows, seg.Columns) != (ds0.Rows, ds0.Columns):
-        raise ImportDataError(f"{path}: DICOM-SEG frames are {seg.Rows}x{seg.Columns}, the CT "
-                              f"slices {ds0.Rows}x{ds0.Columns}")  # fmt: skip
+        raise ImportDataError(
+            f"{path}: DICOM-SEG frames are {seg.Rows}x{seg.Columns}, the CT "
+            f"slices {ds0.Rows}x{ds0.Columns}"
+        )
     shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
     for i, frame in enumerate(seg.get("PerFrameFunctionalGroupsSequence") or [], start=1):
-        refs = {str(src.ReferencedSOPInstanceUID) for der in frame.get("DerivationImageSequence", [])
-                for src in der.get("SourceImageSequence", [])}  # fmt: skip
+        refs = {
+            str(src.ReferencedSOPInstanceUID)
+            for der in frame.get("DerivationImageSequence", [])
+            for src in der.get("SourceImageSequence", [])
+        }
         for uid in sorted(refs & by_uid.keys()):
             for what, group, name, tol in _GEOMETRY:
                 mine, theirs = _frame_attr(frame, shared, group, name), by_uid[uid].get(name)
@@ -276,14 +306,17 @@ def _check_seg_geometry(path: Path, seg, slices: list) -> None:
                     continue
                 mine, theirs = np.array(mine, float), np.array(theirs, float)
                 if mine.shape != theirs.shape or not np.allclose(mine, theirs, atol=tol):
-                    raise ImportDataError(f"{path}: DICOM-SEG frame {i} {what} "
-                                          f"{mine.round(3).tolist()} differs from the CT slice it "
-                                          f"references ({theirs.round(3).tolist()}, instance "
-                                          f"{uid})")  # fmt: skip
+                    raise ImportDataError(
+                        f"{path}: DICOM-SEG frame {i} {what} "
+                        f"{mine.round(3).tolist()} differs from the CT slice it "
+                        f"references ({theirs.round(3).tolist()}, instance "
+                        f"{uid})"
+                    )
 
 
-def read_dicom_seg(path: Path, slices: list, tumor_label: int | None = None,
-                   organ_label: int | None = None) -> np.ndarray:  # fmt: skip
+def read_dicom_seg(
+    path: Path, slices: list, tumor_label: int | None = None, organ_label: int | None = None
+) -> np.ndarray:
     """The label volume (rows, columns, slices) int16 of a DICOM-SEG on the CT ``slices`` (in
     the series' order, ``Series.slices``): each voxel holds the number of its segment (the rule:
     module docstring). ``tumor_label``, ``organ_label``: segment numbers that must exist."""
@@ -297,14 +330,18 @@ def read_dicom_seg(path: Path, slices: list, tumor_label: int | None = None,
     refs = seg.get_source_image_uids()  # (study, series, instance) of each referenced image
     other = sorted({str(s) for _, s, _ in refs} - {series_uid})
     if other or not refs:
-        raise ImportDataError(f"{path}: the DICOM-SEG references series "
-                              f"{', '.join(other) or '(none)'}, not the case's CT series "
-                              f"{series_uid}")  # fmt: skip
+        raise ImportDataError(
+            f"{path}: the DICOM-SEG references series "
+            f"{', '.join(other) or '(none)'}, not the case's CT series "
+            f"{series_uid}"
+        )
     ct_uids = [str(ds.SOPInstanceUID) for _, ds in slices]
     unknown = sorted({str(i) for _, _, i in refs} - set(ct_uids))
     if unknown:
-        raise ImportDataError(f"{path}: the DICOM-SEG references {len(unknown)} instance(s) the "
-                              f"CT series does not hold (e.g. {unknown[0]})")  # fmt: skip
+        raise ImportDataError(
+            f"{path}: the DICOM-SEG references {len(unknown)} instance(s) the "
+            f"CT series does not hold (e.g. {unknown[0]})"
+        )
     numbers = list(seg.segment_numbers)
     for option, n in (("--tumor-label", tumor_label), ("--organ-label", organ_label)):
         if n is not None and n not in numbers:
@@ -316,11 +353,14 @@ def read_dicom_seg(path: Path, slices: list, tumor_label: int | None = None,
     # painted in this order, so the tumour wins where segments overlap, then the organ
     order = sorted(numbers, key=lambda k: (k == tumor_label, k == organ_label, k))
     try:
-        pix = seg.get_pixels_by_source_instance(ct_uids, segment_numbers=order,
-                                                assert_missing_frames_are_empty=True)  # fmt: skip
+        pix = seg.get_pixels_by_source_instance(
+            ct_uids, segment_numbers=order, assert_missing_frames_are_empty=True
+        )
     except (ValueError, RuntimeError, KeyError) as err:
-        raise ImportDataError(f"{path}: cannot match the DICOM-SEG frames to the CT slices: "
-                              f"{' '.join(str(err).split())}") from None  # fmt: skip
+        raise ImportDataError(
+            f"{path}: cannot match the DICOM-SEG frames to the CT slices: "
+            f"{' '.join(str(err).split())}"
+        ) from None
     label = np.zeros((len(ct_uids), int(seg.Rows), int(seg.Columns)), np.int16)
     for c, k in enumerate(order):  # BINARY 0/1; FRACTIONAL rescaled to 0..1 by highdicom
         label[pix[..., c] >= 0.5] = k
@@ -331,8 +371,9 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith(_NII)
 
 
-def read_case(case: Case, tumor_label: int | None = None, organ_label: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def read_case(
+    case: Case, tumor_label: int | None = None, organ_label: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(HU float32, integer labels int16, affine) of one case in the canonical frame, checked:
     image and label on one grid, and CT intensities. ``tumor_label``/``organ_label`` are used by
     a DICOM-SEG mask only (the segment numbers it must have)."""
@@ -351,20 +392,27 @@ def read_case(case: Case, tumor_label: int | None = None, organ_label: int | Non
         label = np.rint(np.asanyarray(lab.dataobj)).astype(np.int16)  # float labels: nearest
         lab_affine = lab.affine
     if hu.ndim != 3 or label.ndim != 3:
-        raise ImportDataError(f"{case.image}: image {hu.shape}, label {label.shape}: "
-                              "3-D volumes are imported")  # fmt: skip
+        raise ImportDataError(
+            f"{case.image}: image {hu.shape}, label {label.shape}: 3-D volumes are imported"
+        )
     hu, affine = canonical(hu, affine)
     label, lab_affine = canonical(label, lab_affine)
     if hu.shape != label.shape:
-        raise ImportDataError(f"{case.label}: label shape {label.shape} differs from the image's "
-                              f"{hu.shape} ({case.image}; canonical axes)")  # fmt: skip
+        raise ImportDataError(
+            f"{case.label}: label shape {label.shape} differs from the image's "
+            f"{hu.shape} ({case.image}; canonical axes)"
+        )
     if np.abs(affine - lab_affine).max() > AFFINE_TOL_MM:
-        raise ImportDataError(f"{case.label}: label affine differs from the image's ({case.image}) "
-                              f"by up to {np.abs(affine - lab_affine).max():.3g} "
-                              f"(tolerance {AFFINE_TOL_MM} mm)")  # fmt: skip
+        raise ImportDataError(
+            f"{case.label}: label affine differs from the image's ({case.image}) "
+            f"by up to {np.abs(affine - lab_affine).max():.3g} "
+            f"(tolerance {AFFINE_TOL_MM} mm)"
+        )
     low = float(hu.min())
     if low > NOT_CT_HU:
-        raise ImportDataError(f"{case.image}: not CT: its lowest value is {low:.0f}, CT has air "
-                              f"near -1000 HU (an MR volume, or CT without its rescale "
-                              f"intercept)")  # fmt: skip
+        raise ImportDataError(
+            f"{case.image}: not CT: its lowest value is {low:.0f}, CT has air "
+            f"near -1000 HU (an MR volume, or CT without its rescale "
+            f"intercept)"
+        )
     return hu, label, affine

@@ -55,8 +55,10 @@ def rdp_integral(q: float, sigma: float) -> tuple[float, ...]:
 
     def mixture(shift: float) -> np.ndarray:
         rest = math.log1p(-q) if q < 1 else -math.inf
-        return np.logaddexp(rest + log_norm - x**2 / (2 * sigma**2),
-                            math.log(q) + log_norm - (x - shift) ** 2 / (2 * sigma**2))  # fmt: skip
+        return np.logaddexp(
+            rest + log_norm - x**2 / (2 * sigma**2),
+            math.log(q) + log_norm - (x - shift) ** 2 / (2 * sigma**2),
+        )
 
     lp, lq = mixture(1.0), mixture(-1.0)
     terms = a * lp + (1 - a) * lq
@@ -87,8 +89,13 @@ def replace_one_epsilon(history: Sequence[tuple[float, float, int]], delta: floa
 def replace_one_sigma(target_epsilon: float, delta: float, q: float, steps: int) -> float:
     """The smallest σ (to 0.5%) whose replace-one ε after ``steps`` steps at rate ``q`` is at
     most ``target_epsilon`` (``ValueError`` when no σ up to 5,000 reaches it)."""
-    return smallest_noise(lambda s: replace_one_epsilon([(s, q, steps)], delta), target_epsilon,
-                          start=10.0, cap=5000.0, what=f"{steps} steps at q={q:.4g}")  # fmt: skip
+    return smallest_noise(
+        lambda s: replace_one_epsilon([(s, q, steps)], delta),
+        target_epsilon,
+        start=10.0,
+        cap=5000.0,
+        what=f"{steps} steps at q={q:.4g}",
+    )
 
 
 def smallest_noise(eps, target_epsilon: float, *, start: float, cap: float, what: str) -> float:

@@ -50,10 +50,18 @@ def _conv_weight_grad_sample(
         out = w.new_empty((b, *w.shape))
         for i in range(b):
             out[i] = torch.ops.aten.convolution_backward(
-                gy[i : i + 1], x[i : i + 1], w, None, list(layer.stride), list(layer.padding),
-                list(layer.dilation), transposed, output_padding, layer.groups,
+                gy[i : i + 1],
+                x[i : i + 1],
+                w,
+                None,
+                list(layer.stride),
+                list(layer.padding),
+                list(layer.dilation),
+                transposed,
+                output_padding,
+                layer.groups,
                 [False, True, False],
-            )[1]  # fmt: skip
+            )[1]
         return out
     weight_shape = (b * w.shape[0], *w.shape[1:])
     _, grad_w, _ = torch.ops.aten.convolution_backward(

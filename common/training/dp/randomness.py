@@ -87,12 +87,16 @@ def load_or_create_key(path: Path) -> bytes:
             log.info("made this site's DP key %s (0600; keep it, never send it)", path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise DPConfigError(f"{path}: the site's DP key has mode {mode:04o}; others may read it "
-                            f"and regenerate the site's noise. Run `chmod 600 {path}`")  # fmt: skip
+        raise DPConfigError(
+            f"{path}: the site's DP key has mode {mode:04o}; others may read it "
+            f"and regenerate the site's noise. Run `chmod 600 {path}`"
+        )
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
-        raise DPConfigError(f"{path}: a DP key is {KEY_BYTES} bytes, this file has {len(key)}; "
-                            "move it away and a new key is made at the next start")  # fmt: skip
+        raise DPConfigError(
+            f"{path}: a DP key is {KEY_BYTES} bytes, this file has {len(key)}; "
+            "move it away and a new key is made at the next start"
+        )
     return key
 
 
@@ -115,8 +119,9 @@ class NoiseSource:
         self._key, self.mode, self.context = bytes(key), mode, str(context)
 
     @classmethod
-    def for_site(cls, mode: str, *, state_root: Path, site: str, seed: int, run_id: str,
-                 method: str) -> NoiseSource:  # fmt: skip
+    def for_site(
+        cls, mode: str, *, state_root: Path, site: str, seed: int, run_id: str, method: str
+    ) -> NoiseSource:
         """The site's source: its secret key (``site-secret``) or the public seed's."""
         if mode == SITE_SECRET:
             return cls(load_or_create_key(key_path(state_root, site)), mode, run_id)

@@ -211,8 +211,14 @@ def resolve_noise_multiplier(
             )
         except ValueError as e:
             raise DPConfigError(f"{e}. Raise target_epsilon, or train fewer rounds/epochs") from e
-        log.info("target_epsilon %.3g (replace-one) over %d steps at q=%.4g (delta=%g): sigma=%.4f",
-                 settings.target_epsilon, steps_total, sample_rate, settings.delta, sigma)  # fmt: skip
+        log.info(
+            "target_epsilon %.3g (replace-one) over %d steps at q=%.4g (delta=%g): sigma=%.4f",
+            settings.target_epsilon,
+            steps_total,
+            sample_rate,
+            settings.delta,
+            sigma,
+        )
         return sigma
     try:
         sigma = get_noise_multiplier(

@@ -80,15 +80,22 @@ def subsampled_rdp(alpha: int, q: float, rdp) -> float:
     terms = [(alpha - 1) * l1q + math.log(alpha * q - q + 1)]
     terms.append(_log_comb(alpha, 2) + 2 * lq + (alpha - 2) * l1q + rdp(2))
     for j in range(3, alpha + 1):
-        terms.append(math.log(3) + _log_comb(alpha, j) + (alpha - j) * l1q + j * lq
-                     + (j - 1) * rdp(j))  # fmt: skip
+        terms.append(
+            math.log(3) + _log_comb(alpha, j) + (alpha - j) * l1q + j * lq + (j - 1) * rdp(j)
+        )
     top = max(terms)
     log_sum = top + math.log(sum(math.exp(t - top) for t in terms))
     return min(log_sum / (alpha - 1), rdp(alpha))
 
 
-def round_rdp(q: float, mu: float, delta1: float, delta2: float,
-              orders: Sequence[int] = ORDERS, adjacency: str = REPLACE_ONE) -> np.ndarray:  # fmt: skip
+def round_rdp(
+    q: float,
+    mu: float,
+    delta1: float,
+    delta2: float,
+    orders: Sequence[int] = ORDERS,
+    adjacency: str = REPLACE_ONE,
+) -> np.ndarray:
     """The RDP curve (over ``orders``) of one round: a Skellam release of variance ``mu`` over a
     Poisson sample at rate ``q``, for ``adjacency`` (module docstring)."""
     if not (mu > 0 and math.isfinite(mu)):
@@ -96,8 +103,13 @@ def round_rdp(q: float, mu: float, delta1: float, delta2: float,
     if check_adjacency(adjacency) == REPLACE_ONE:
         if q == 1:  # the difference of two rounded clipped gradients: sensitivities doubled
             return round_rdp(q, mu, 2 * delta1, 2 * delta2, orders, ADD_REMOVE)
-        return np.array([(a - 0.5) / (a - 1) * _ar(2 * a, q, mu, delta1, delta2)
-                         + _ar(2 * a - 1, q, mu, delta1, delta2) for a in orders])  # fmt: skip
+        return np.array(
+            [
+                (a - 0.5) / (a - 1) * _ar(2 * a, q, mu, delta1, delta2)
+                + _ar(2 * a - 1, q, mu, delta1, delta2)
+                for a in orders
+            ]
+        )
     return np.array([_ar(int(a), q, mu, delta1, delta2) for a in orders])
 
 
@@ -118,15 +130,22 @@ def epsilon_of(rounds: Iterable[Mapping], delta: float, adjacency: str = REPLACE
     round's history), for ``adjacency``; 0 for none."""
     counts = Counter(
         (float(r["q"]), float(r["mu"]), float(r["delta1"]), float(r["delta2"])) for r in rounds
-    )  # fmt: skip  (a run's rounds repeat a few mechanisms)
+    )  # (a run's rounds repeat a few mechanisms)
     if not counts:
         return 0.0
     total = sum(n * round_rdp(*mech, adjacency=adjacency) for mech, n in counts.items())
     return epsilon_from_rdp(total, delta)
 
 
-def noise_for_epsilon(target_epsilon: float, delta: float, q: float, steps: int,
-                      delta1: float, delta2: float, adjacency: str = REPLACE_ONE) -> float:  # fmt: skip
+def noise_for_epsilon(
+    target_epsilon: float,
+    delta: float,
+    q: float,
+    steps: int,
+    delta1: float,
+    delta2: float,
+    adjacency: str = REPLACE_ONE,
+) -> float:
     """The smallest mu (to 0.5% in sigma = sqrt(mu)/Delta2) whose ε after ``steps`` rounds at rate
     ``q`` is at most ``target_epsilon`` under ``adjacency``."""
     if not (target_epsilon > 0 and steps >= 1):
