@@ -20,7 +20,7 @@ import numpy as np
 
 from attacks.rungs import AUDITOR_RUNGS, QUERY_RUNGS
 from bench.fleet import fedonco, run_relaying, spawn, stop, wait_for_port
-from common.config import SITE_NAMES, Config
+from common.config import Config
 from common.data.loader import load_arrays, sample_params
 from common.data.store import read_manifest
 from common.io import GROUP_READ, load_npz, save_npz, write_json_atomic
@@ -42,9 +42,9 @@ def draw_candidates(
     from its sample record in the manifest (an imported dataset's ``case``; "" where the dataset
     records none, as the generator's do); the draw itself is the same either way.
 
-    Up to ``n_members`` / 5 members per site, split between tumour and tumour-free slices in the
-    site's own training proportions; each stratum takes min(its quota, its train slices, its
-    holdout slices / ratio) members and ratio times as many non-members (TPR at 0.1% FPR needs
+    Up to ``n_members`` / (the number of sites) members per site, split between tumour and
+    tumour-free slices in the site's own training proportions; each stratum takes min(its quota,
+    its train slices, its holdout slices / ratio) members and ratio times as many non-members (TPR at 0.1% FPR needs
     >= 1,000 non-members, more than a profile has training slices). Members and non-members then
     come from the
     sites, and carry tumours, in the same proportions: a site whose scanner shifts every score, or
@@ -54,8 +54,9 @@ def draw_candidates(
     rng = candidates_rng(seed)
     manifest = read_manifest(data_dir)
     parts = []
-    per_site = max(1, n_members // len(SITE_NAMES))
-    for site in SITE_NAMES:
+    sites = manifest["site_names"]
+    per_site = max(1, n_members // len(sites))
+    for site in sites:
         train = load_arrays(data_dir, "train", site, manifest)[:2]
         holdout = load_arrays(data_dir, "holdout", site, manifest)[:2]
         cases = [
@@ -279,8 +280,7 @@ def local_targets(method_dir: Path) -> dict[str, str]:
     layout = RunLayout(method_dir)
     if (layout.release / "release.json").is_file():
         return {"all": layout.release.name}
-    sites = {s: layout.site_release(s, relative=True) for s in SITE_NAMES}
-    return {s: str(p) for s, p in sites.items() if (method_dir / p / "release.json").is_file()}
+    return {s: str(p) for s, p in layout.site_releases(relative=True).items()}
 
 
 def audit(

@@ -12,7 +12,7 @@ import sys
 import threading
 import traceback
 
-from common.config import SITE_NAMES, ConfigError
+from common.config import DEFAULT_SITE_NAMES, ConfigError
 from common.methods import METHOD_NAMES
 from common.progress import LOG_FORMAT
 
@@ -265,13 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--sites",
         metavar="CSV",
-        help="case,site rows (sites A-E); default: "
+        help="case,site rows (sites of the profile's roster, default A-E); default: "
         "round-robin over the sorted case ids. Every site needs >= 3 cases",
     )
     q.add_argument(
         "--site",
-        choices=list(SITE_NAMES),
-        help="every case to this one site (a "
+        help="every case to this one site of the profile's roster (a "
         "hospital importing its own CT for `fedonco client --site`; >= 3 cases); the "
         "other sites stay empty",
     )
@@ -699,13 +698,24 @@ def build_parser() -> argparse.ArgumentParser:
         "certs",
         help="make the federation's CA and mutual-TLS certificates",
         description="Create a private CA, a server certificate (for the names the sites dial) and "
-        "one client certificate per site (common name site-<ID>), each role in its own "
+        "one client certificate per site (common name site-<ID>, or the roster's cert_name "
+        "with --config), each role in its own "
         "directory: OUT/server, OUT/site-A, ... with ca.crt, tls.crt, tls.key; also OUT/release "
         "(the release service's TLS certificate) and OUT/attacker (a caller of it). Give each "
         "site only its own directory; OUT/ca.key stays with the federation operator.",
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--sites", default=",".join(SITE_NAMES), help="site IDs (default %(default)s)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
+        "--sites",
+        default=",".join(DEFAULT_SITE_NAMES),
+        help="site IDs (default %(default)s)",
+    )
+    who.add_argument(
+        "--config",
+        metavar="PATH",
+        help="a profile whose [[sites]] roster names the sites and their certificates' CNs",
+    )
     p.add_argument(
         "--server-name",
         action="append",

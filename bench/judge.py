@@ -21,7 +21,7 @@ import grpc
 
 from bench.audit import attacker_pool, audit
 from bench.report import write_report
-from common.config import SITE_NAMES, load_config
+from common.config import DEFAULT_SITE_NAMES, load_config
 from common.data.store import read_manifest
 from common.io import write_json_atomic
 from common.layout import RunLayout
@@ -63,14 +63,16 @@ def release_names(
     address: str,
     wait_s: float,
     tls_dir: Path | None = None,
+    sites: list[str] | None = None,
 ) -> dict:
     """Names of the method's released model(s) on the release service: the server's global
     model under the campaign directory, or (FedBN) each site's own model, which the site
-    publishes under ``<run_id>/site<ID>`` when the run ends (a site that died has none)."""
+    publishes under ``<run_id>/site<ID>`` when the run ends (a site that died has none).
+    ``sites``: the roster's site IDs (default A-E)."""
     if (RunLayout(run_dir / method).release / "release.json").is_file():
         return {"all": f"{run_dir.name}/{method}/release"}
     names = {}
-    for s in SITE_NAMES:
+    for s in sites or DEFAULT_SITE_NAMES:
         name = f"{result['run_id']}/site{s}"
         if model_available(address, name, wait_s, tls_dir):
             names[s] = name
@@ -79,10 +81,13 @@ def release_names(
     return names
 
 
-def not_audited(method: str, global_release: bool, names: dict, mia: dict) -> list[str]:
+def not_audited(
+    method: str, global_release: bool, names: dict, mia: dict, sites: list[str] | None = None
+) -> list[str]:
     """What of ``method`` the audit missed: its global model, or (a method whose sites release
-    their own models) each site that published none; and an audit that failed outright."""
-    expected = {"all"} if global_release else set(SITE_NAMES)
+    their own models) each site of the roster (``sites``, default A-E) that published none; and
+    an audit that failed outright."""
+    expected = {"all"} if global_release else set(sites or DEFAULT_SITE_NAMES)
     out = [method if s == "all" else f"{method} (site {s})" for s in sorted(expected - set(names))]
     if mia.get("error"):
         out.append(f"{method} ({mia['error']})")
@@ -113,10 +118,10 @@ def judge(
         result = json.loads(layout.result.read_text())
         result["dir"] = str(mdir)
         if cfg.mia.enabled:
-            names = release_names(run_dir, method, result, address, 60.0, tls_dir)
+            names = release_names(run_dir, method, result, address, 60.0, tls_dir, cfg.site_names)
             result["mia"] = audit(cfg, cfg_path, mdir, data_dir, result, names, address, tls_dir)
             global_release = (layout.release / "release.json").is_file()
-            unaudited += not_audited(method, global_release, names, result["mia"])
+            unaudited += not_audited(method, global_release, names, result["mia"], cfg.site_names)
             dice = result.get("dice")
             log.info(
                 "%s: Dice %s, MIA AUC %s",

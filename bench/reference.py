@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import SITE_NAMES, Config
+from common.config import Config
 from common.data.loader import load_arrays
 from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
@@ -38,9 +38,11 @@ from common.training.pretrain import initial_model
 from common.transforms import to_inputs
 
 
-def _site_data(data_dir: Path, split: str, window) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+def _site_data(
+    data_dir: Path, split: str, window, sites: list[str]
+) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
     out = {}
-    for site in SITE_NAMES:
+    for site in sites:
         images, masks, _, _ = load_arrays(data_dir, split, site)
         out[site] = (to_inputs(images, window), masks)
     return out
@@ -59,7 +61,7 @@ def train_reference(
     cfg = cfg.for_method(method)
     t0 = time.perf_counter()
     window = tuple(cfg.data.window)
-    train = _site_data(data_dir, "train", window)
+    train = _site_data(data_dir, "train", window, cfg.site_names)
     sites = {
         s: TensorDataset(x, torch.from_numpy(m.astype(np.float32)).unsqueeze(1))
         for s, (x, m) in train.items()
@@ -70,11 +72,11 @@ def train_reference(
     fed = simulate_method(
         cfg, method, sites, seed=cfg.seed, device=device, desc=f"{method} (reference row)"
     )  # rounds: bar or log lines
-    test = _site_data(data_dir, "test", window)
+    test = _site_data(data_dir, "test", window, cfg.site_names)
     bs = cfg.train.eval_batch_size
     models = {
         s: fed.model(cfg, method, s if spec.kind == "local" else None)
-        for s in SITE_NAMES
+        for s in cfg.site_names
         if spec.kind != "local" or s in fed.site_params
     }
     own = {s: evaluate_sums(models[s], *test[s], bs) for s in models}

@@ -15,19 +15,25 @@ import numpy as np
 
 from attacks.rungs import ORDER
 from bench.claims import paper_claims, standard_goals
-from common.config import SITE_NAMES, Config
+from common.config import DEFAULT_SITE_NAMES, Config
 from common.layout import RunLayout
 from common.methods import METHODS, SWEEP_METHOD
-
-SITE_COLS = [f"dice_{s}" for s in SITE_NAMES]
 
 
 def _nan(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def method_entry(method: str, result: dict, history: list[dict]) -> dict:
-    """One method's block of results.json, from its result.json and history.json."""
+def _sites(results: dict) -> list[str]:
+    """The run's roster (results.json ``sites``; runs before the roster had A-E)."""
+    return list(results.get("sites") or DEFAULT_SITE_NAMES)
+
+
+def method_entry(
+    method: str, result: dict, history: list[dict], sites: list[str] = DEFAULT_SITE_NAMES
+) -> dict:
+    """One method's block of results.json, from its result.json and history.json; ``sites``:
+    the roster, the order of ``dice_per_site``."""
     rounds = [r for r in history if "fit" in r]
     t = [r["timing_s"] for r in history]
 
@@ -45,7 +51,7 @@ def method_entry(method: str, result: dict, history: list[dict]) -> dict:
         "dice_site_mean": result["dice_site_mean"],
         "dice_global": result["dice_global"],
         "fp_rate_empty": result["fp_rate_empty"],
-        "dice_per_site": [result["dice_per_site"].get(s) for s in SITE_NAMES],
+        "dice_per_site": [result["dice_per_site"].get(s) for s in sites],
         "ce_loss": result["ce_loss"],
         "rounds": result["rounds"],
         "rounds_aborted": sum(1 for r in history if r.get("aborted")),
@@ -98,9 +104,9 @@ def _fmt(x, nd=3) -> str:
 def markdown(results: dict) -> str:
     lines = [
         "| method | Dice | Dice (site mean) | "
-        + " | ".join(f"Dice {s}" for s in SITE_NAMES)
+        + " | ".join(f"Dice {s}" for s in _sites(results))
         + " | global Dice | FP rate (tumor-free) | CE | ε (δ) | rounds | wall s |",
-        "|---" * (9 + len(SITE_NAMES)) + "|",
+        "|---" * (9 + len(_sites(results))) + "|",
     ]
     for m, r in results["methods"].items():
         lines.append(
@@ -319,10 +325,10 @@ def plots(histories: dict[str, list[dict]], results: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     methods = list(results["methods"])
     w = 0.8 / max(len(methods), 1)
-    x = np.arange(len(SITE_NAMES))
+    x = np.arange(len(_sites(results)))
     for i, m in enumerate(methods):
         ax.bar(x + i * w, [_nan(d) for d in results["methods"][m]["dice_per_site"]], w, label=m)
-    ax.set_xticks(x + w * (len(methods) - 1) / 2, [f"site {s}" for s in SITE_NAMES])
+    ax.set_xticks(x + w * (len(methods) - 1) / 2, [f"site {s}" for s in _sites(results)])
     ax.set(ylabel="Dice", title="final test Dice per site", ylim=(0, 1))
     ax.legend()
     fig.tight_layout()
@@ -353,13 +359,16 @@ def write_report(
     results = {
         "profile": cfg.profile,
         "seed": cfg.seed,
-        "sites": list(SITE_NAMES),
+        "sites": cfg.site_names,
         "data_summary": manifest["summary"],
         # "import": real CT (`fedonco data import`, `fedonco bench --data`); else generated
         "data_generator": manifest.get("generator", "procedural"),
         "wall_s": wall_s,
         "disk_bytes": disk_bytes(run_dir),  # the seed's directory: dataset, models, logs, audits
-        "methods": {m: method_entry(m, r, histories[m]) for m, r in results_by_method.items()},
+        "methods": {
+            m: method_entry(m, r, histories[m], cfg.site_names)
+            for m, r in results_by_method.items()
+        },
     }
     results["claims"] = paper_claims(results)
     results["goals"] = standard_goals(results)
@@ -380,7 +389,7 @@ def write_report(
                 "method",
                 "dice",
                 "dice_site_mean",
-                *SITE_COLS,
+                *(f"dice_{s}" for s in cfg.site_names),
                 "dice_global",
                 "fp_rate_empty",
                 "ce_loss",

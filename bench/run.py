@@ -40,7 +40,6 @@ from bench.engine import (
 from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
 from bench.report import note_failed_cells, write_report, write_seed_summary
 from common.config import (
-    SITE_NAMES,
     Config,
     Recipe,
     parse_config,
@@ -50,7 +49,7 @@ from common.config import (
 )
 from common.data.build import split_sizes
 from common.data.diffusion.generate import build_dataset
-from common.data.store import read_manifest
+from common.data.store import check_roster, read_manifest
 from common.data.summary import summary_markdown
 from common.device import DeviceError, resolve_device
 from common.layout import RunLayout
@@ -115,7 +114,7 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     )
     procs = [server]
     try:
-        for site in SITE_NAMES:  # started with the server: they retry until it listens
+        for site in cfg.site_names:  # started with the server: they retry until it listens
             procs.append(
                 spawn(
                     fedonco(
@@ -442,10 +441,7 @@ def given_dataset(data: Path, cfg: Config, args) -> dict:
             f"'{cfg.profile}' trains on {cfg.data.image_size} px; import or "
             "generate it with the same profile"
         )
-    if list(manifest["site_names"]) != list(SITE_NAMES):
-        raise ValueError(
-            f"{what}: sites {manifest['site_names']}, the federation has {list(SITE_NAMES)}"
-        )
+    check_roster(manifest, cfg.site_names, what)
     need = ["train", "test"] + (["holdout"] if cfg.mia.enabled else [])
     for row in manifest["summary"]:
         empty = [s for s in need if not row.get(f"n_{s}")]
@@ -466,7 +462,8 @@ def planned_manifest(cfg: Config) -> dict:
     """The training slices per site that the dataset will hold (what ``check_dp`` reads), without
     generating it."""
     counts = split_sizes(cfg)["train"]
-    return {"summary": [{"site": s, "n_train": n} for s, n in zip(SITE_NAMES, counts, strict=True)]}
+    sites = zip(cfg.site_names, counts, strict=True)
+    return {"summary": [{"site": s, "n_train": n} for s, n in sites]}
 
 
 def plan_cells(

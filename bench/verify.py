@@ -457,7 +457,6 @@ class SeedRun:
 
     def check_dice(self, name: str, entry: dict, method: str, mdir: Path, mcfg) -> None:
         from bench.audit import local_targets
-        from common.config import SITE_NAMES
         from common.evaluation import evaluate_sums, summarize
         from common.methods import get_method
         from common.metrics import metrics_from_sums
@@ -488,33 +487,29 @@ class SeedRun:
                     )
                 )
                 return
-        test = {s: self._test(s) for s in SITE_NAMES}
+        sites = mcfg.site_names
+        test = {s: self._test(s) for s in sites}
         bs = mcfg.train.eval_batch_size
         # the evaluators' thread count: server and sites run with one, a reference row is
         # evaluated in the benchmark's own process
         threads = 1 if get_method(method).kind == "federated" else self.bench_threads
         with torch_threads(threads):
             if "all" in models:
-                sums = {s: evaluate_sums(models["all"], *test[s], bs) for s in SITE_NAMES}
+                sums = {s: evaluate_sums(models["all"], *test[s], bs) for s in sites}
             else:
                 sums = {s: evaluate_sums(models[s], *test[s], bs) for s in models}
             cross = {}
             if get_method(method).kind == "local":
                 cross = {
-                    s: {
-                        t: metrics_from_sums(evaluate_sums(m, *test[t], bs))["dice"]
-                        for t in SITE_NAMES
-                    }
+                    s: {t: metrics_from_sums(evaluate_sums(m, *test[t], bs))["dice"] for t in sites}
                     for s, m in models.items()
                 }
         got = summarize(sums)
         for key in ("dice", "dice_site_mean", "dice_global", "fp_rate_empty", "ce_loss"):
             value = got[key] if key == "dice_site_mean" else got["overall"][key]
             r.number(f"{name} {key}", entry[key], value)
-        per_site = [
-            got["per_site"][s]["dice"] if s in got["per_site"] else None for s in SITE_NAMES
-        ]
-        for s, reported, value in zip(SITE_NAMES, entry["dice_per_site"], per_site, strict=True):
+        per_site = [got["per_site"][s]["dice"] if s in got["per_site"] else None for s in sites]
+        for s, reported, value in zip(sites, entry["dice_per_site"], per_site, strict=True):
             r.number(f"{name} dice site {s}", reported, value)
         if cross:
             r.tree(

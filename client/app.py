@@ -84,6 +84,10 @@ class SiteClient:
         self.device = torch.device(device or "cpu")  # where this site trains and evaluates
         self.device_info = device_record(self.device)  # reported with every update
         self._check_randomness(cfg)  # before anything else: a deployed site refuses seeded noise
+        if site not in cfg.site_names:
+            raise ValueError(
+                f"site {site!r} is not in the profile's roster ({', '.join(cfg.site_names)})"
+            )
         self.cfg, self.site, self.server = cfg, site, server
         self.data_dir, self.retry_timeout_s = Path(data_dir), retry_timeout_s
         self.state_root, self.publish_dir = Path(state_dir), publish_dir
@@ -100,13 +104,13 @@ class SiteClient:
         self.pending: PendingUpdate | None = None
         creds, self.tls_dir = None, tls_dir
         if tls_dir is not None:
-            from common.wire.tls import certificate_site, channel_credentials
+            from common.wire.tls import certificate_cn, channel_credentials
 
-            cert_site = certificate_site(tls_dir)
-            if cert_site != site:
+            cn, want = certificate_cn(tls_dir), cfg.site_certs.get(site)
+            if cn != want:
                 raise ValueError(
-                    f"{tls_dir}: the client certificate is for site {cert_site!r}, "
-                    f"not {site!r} (the server would refuse it)"
+                    f"{tls_dir}: the client certificate's common name is {cn!r}, the roster "
+                    f"gives site {site!r} {want!r} (the server would refuse it)"
                 )
             creds = channel_credentials(tls_dir)
         self.stub = pb_grpc.FederationStub(create_channel(server, credentials=creds))

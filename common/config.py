@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SITE_NAMES = ("A", "B", "C", "D", "E")
+# The default roster: five sites, named as the generator's five site presets (their scanners and
+# patient mixes, common/data/sites.py). A profile's [[sites]] tables replace it.
+SITE_PRESETS = ("A", "B", "C", "D", "E")
+SITE_CERT_PREFIX = "site-"  # a site's certificate CN is this and its name, unless cert_name says
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")  # a site's ID: also a path part and a CN
 SIZE_CLASSES = ("tiny", "small", "medium", "large")
 # The shipped profiles; FEDONCO_CONFIG_DIR points elsewhere (an installed wheel has no configs/).
 CONFIG_DIR = Path(
@@ -69,6 +74,62 @@ class SiteOverride(_Frozen):
         return v
 
 
+class SiteEntry(_Frozen):
+    """One site of the federation (a ``[[sites]]`` table of a profile)."""
+
+    name: str = Field(description="the site's ID: letters, digits, '-' and '_', at most 32")
+    cert_name: str | None = Field(
+        None,
+        description="CN of its client certificate (default: site-<name>, as `fedonco tls init` issues)",
+    )
+    preset: str | None = Field(
+        None,
+        description="which of the procedural generator's site presets (A-E) its synthetic data "
+        "follows; default: the roster position's, A, B, C, D, E, A, ...",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not SITE_NAME.fullmatch(v):
+            raise ValueError(
+                f"site name {v!r}: 1-32 of letters, digits, '-' and '_', not starting with '-' or '_'"
+            )
+        return v
+
+    @field_validator("cert_name")
+    @classmethod
+    def _cert(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError(f"cert_name {v!r}: 1-64 of letters, digits, '.', '-' and '_'")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v):
+        if v is not None and v not in SITE_PRESETS:
+            raise ValueError(f"preset {v!r}: one of {', '.join(SITE_PRESETS)}")
+        return v
+
+    @property
+    def common_name(self) -> str:
+        """The CN the server requires of this site's client certificate."""
+        return self.cert_name or f"{SITE_CERT_PREFIX}{self.name}"
+
+
+def default_roster(n: int = len(SITE_PRESETS)) -> tuple[SiteEntry, ...]:
+    """``n`` sites: A-E for up to five, else S001, S002, ... (presets cycling A-E)."""
+    if n < 1:
+        raise ValueError("a federation has at least one site")
+    if n <= len(SITE_PRESETS):
+        return tuple(SiteEntry(name=p) for p in SITE_PRESETS[:n])
+    return tuple(SiteEntry(name=f"S{i + 1:03d}") for i in range(n))
+
+
+DEFAULT_ROSTER = default_roster()
+DEFAULT_SITE_NAMES = tuple(e.name for e in DEFAULT_ROSTER)
+
+
 class DataConfig(_Frozen):
     """The synthetic CT generator and the splits it writes (train, holdout, test, attacker)."""
 
@@ -82,7 +143,9 @@ class DataConfig(_Frozen):
     train_total: int = Field(4000, ge=5, description="training slices over all sites")
     holdout_per_site: int = Field(200, ge=1)
     test_per_site: int = Field(200, ge=1)
-    attacker_size: int = Field(1000, ge=0, description="attacker pool, over all 5 distributions")
+    attacker_size: int = Field(
+        1000, ge=0, description="attacker pool, spread evenly over the sites"
+    )
     attacker_seed: int | None = Field(None, ge=0, description="default: seed + 1000003")
     noise_ref_hu: float = Field(
         12.0, gt=0, description="noise sigma at dose 1, ref kernel, 380/256 mm pixel (paper's 256²)"
@@ -103,14 +166,6 @@ class DataConfig(_Frozen):
     def _window(cls, v):
         if not v[0] < v[1]:
             raise ValueError("window must be [lo, hi] HU with lo < hi")
-        return v
-
-    @field_validator("overrides")
-    @classmethod
-    def _sites(cls, v):
-        unknown = sorted(set(v) - set(SITE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown site(s) {unknown}; sites are {list(SITE_NAMES)}")
         return v
 
     @model_validator(mode="after")
@@ -159,7 +214,9 @@ class FLConfig(_Frozen):
     server_beta2: float = Field(0.99, ge=0, lt=1, description="FedAdam: second-moment decay")
     server_tau: float = Field(1e-3, gt=0, description="FedAdam: adaptivity bound tau")
     fraction_fit: float = Field(1.0, gt=0, le=1)
-    min_fit_sites: int = Field(3, ge=1, le=5, description="fewer updates -> the round is skipped")
+    min_fit_sites: int = Field(
+        3, ge=1, description="fewer updates -> the round is skipped (<= the roster's sites)"
+    )
     round_timeout_s: float = Field(600.0, gt=0, description="a site later than this is left out")
     wait_for_sites_s: float = Field(120.0, gt=0, description="how long to wait for registration")
     heartbeat_s: float = Field(2.0, gt=0)
@@ -389,6 +446,34 @@ class Config(_Frozen):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     recipes: dict[str, Recipe] = Field(default_factory=dict)
+    sites: tuple[SiteEntry, ...] = DEFAULT_ROSTER
+
+    @model_validator(mode="after")
+    def _roster(self):
+        if not self.sites:
+            raise ValueError("sites: the roster needs at least one [[sites]] entry")
+        names = [s.name for s in self.sites]
+        certs = [s.common_name for s in self.sites]
+        for what, seen in (("name", names), ("cert_name", certs)):
+            twice = sorted({x for x in seen if seen.count(x) > 1})
+            if twice:
+                raise ValueError(f"sites: {what} {', '.join(twice)} given twice")
+        unknown = sorted(set(self.data.overrides) - set(names))
+        if unknown:
+            raise ValueError(
+                f"data.overrides: unknown site(s) {unknown}; the roster's sites are {names}"
+            )
+        return self
+
+    @property
+    def site_names(self) -> list[str]:
+        """The roster's site IDs, in order."""
+        return [s.name for s in self.sites]
+
+    @property
+    def site_certs(self) -> dict[str, str]:
+        """Each site's ID -> the CN its client certificate must carry."""
+        return {s.name: s.common_name for s in self.sites}
 
     @model_validator(mode="after")
     def _recipes_apply(self):
@@ -445,8 +530,10 @@ class Config(_Frozen):
 
     @model_validator(mode="after")
     def _secagg_threshold(self):
-        if self.secagg.enabled and self.secagg.threshold > len(SITE_NAMES):
-            raise ValueError(f"secagg.threshold must be <= {len(SITE_NAMES)} sites")
+        if self.fl.min_fit_sites > len(self.sites):
+            raise ValueError(f"fl.min_fit_sites must be <= the roster's {len(self.sites)} sites")
+        if self.secagg.enabled and self.secagg.threshold > len(self.sites):
+            raise ValueError(f"secagg.threshold must be <= the roster's {len(self.sites)} sites")
         k = self.secagg.neighbours
         if self.secagg.enabled and k is not None and self.secagg.threshold > k + 1:
             raise ValueError("secagg.threshold must be <= secagg.neighbours + 1")

@@ -63,3 +63,10 @@ class RunLayout:
         the run directory (how the release service names it)."""
         rel = Path("site-state") / self.root.name / f"site{site}" / "release"
         return rel if relative else self.root / rel
+
+    def site_releases(self, relative: bool = False) -> dict[str, Path]:
+        """Every site's own released model present under the run (site -> its ``site_release``),
+        in site order: whatever roster the run had."""
+        base = self.root / "site-state" / self.root.name
+        found = sorted(p.parent.parent.name for p in base.glob("site*/release/release.json"))
+        return {d[len("site") :]: self.site_release(d[len("site") :], relative) for d in found}

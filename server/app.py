@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from common.config import SITE_NAMES, Config
+from common.config import Config
 from common.data.loader import load_arrays
-from common.data.store import read_manifest
+from common.data.store import check_roster, read_manifest
 from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
 from common.fl.strategy import strategy_for, sum_weighted_updates
@@ -96,6 +96,8 @@ class Server:
                 f"{method} is a reference row that `fedonco bench` trains in one "
                 "process, not a federation a server runs"
             )
+        manifest = read_manifest(data_dir)
+        check_roster(manifest, cfg.site_names, f"--data {data_dir}")
         self.strategy = strategy_for(cfg, method)
         torch.manual_seed(cfg.seed)
         self.model = initial_model(cfg, method, self.device)  # public pretraining, if any
@@ -131,11 +133,14 @@ class Server:
             self.done, self.history, self.params, self.skipped = 0, [], initial, []
             self.initial_sha = state_sha256(initial)
             self._save_state()
-        manifest = read_manifest(data_dir)
         images, self.test_masks, _, self.test_sites = load_arrays(data_dir, "test", None, manifest)
         self.test_inputs = to_inputs(images, manifest["window"])
         self.state = RoundState(
-            self.run_id, list(SITE_NAMES), cfg.fl.heartbeat_s, cfg.fl.max_examples_per_site
+            self.run_id,
+            cfg.site_names,
+            cfg.fl.heartbeat_s,
+            cfg.fl.max_examples_per_site,
+            certs=cfg.site_certs,
         )
         self.t_start = time.perf_counter()
         self.transport = "plaintext"  # serve_campaign sets what the port speaks
@@ -223,7 +228,7 @@ class Server:
             return out
         set_params(self.model, self.params)
         sums = {}
-        for site in SITE_NAMES:
+        for site in self.cfg.site_names:
             sel = self.test_sites == site
             sums[site] = evaluate_sums(
                 self.model,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common.config import SITE_NAMES
+from common.config import DEFAULT_ROSTER
 from common.io import GROUP_DIR, secure_dir, write_json_atomic
 from common.layout import RunLayout
 from common.methods import METHOD_NAMES, get_method
@@ -71,7 +71,7 @@ def serve_campaign(
     tls_dir: Path | None = None,
     hold=None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
-    sites: int = len(SITE_NAMES),
+    sites: int = len(DEFAULT_ROSTER),
 ) -> list[dict]:
     """Serve one run after another on one port: ``runs`` are zero-argument factories of Servers
     (built only when their turn comes). Sites registered with ``runs_left > 0`` re-register for
@@ -171,6 +171,7 @@ def run_server_cmd(args) -> int:
             tls_dir,
             hold,
             federation_message_limit(cfg, methods),
+            sites=len(cfg.sites),
         )
         for r in results:
             print(json.dumps({k: r[k] for k in ("method", "rounds", "dice", "final_model_sha256")}))
@@ -192,7 +193,13 @@ def run_server_cmd(args) -> int:
         )
         limit = federation_message_limit(cfg, [method])
         (result,) = serve_campaign(
-            [lambda: made[0]], args.address, _port_file(args), tls_dir, hold, limit
+            [lambda: made[0]],
+            args.address,
+            _port_file(args),
+            tls_dir,
+            hold,
+            limit,
+            sites=len(cfg.sites),
         )
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the rounds done so far are checkpointed
         done = made[0].done if made else 0

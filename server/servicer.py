@@ -14,7 +14,7 @@ from common.logthrottle import Throttle
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_proto
-from common.wire.tls import site_of_peer
+from common.wire.tls import peer_common_name
 from server.records import (
     SECAGG_STAGES,
     EvalResult,
@@ -79,7 +79,8 @@ class FederationServicer(pb_grpc.FederationServicer):
     installs one run after another on the same port).
 
     With ``authenticate`` (mutual TLS) every call must come from the site its client certificate
-    names: the claimed ``site_id`` is checked against the certificate's common name."""
+    names: the certificate's common name must be the one the run's roster gives the claimed
+    ``site_id`` (``RoundState.certs``)."""
 
     def __init__(
         self,
@@ -93,15 +94,15 @@ class FederationServicer(pb_grpc.FederationServicer):
     def open_run(self, state: RoundState, run_info: dict) -> None:
         self._open = (state, run_info)
 
-    def _authorize(self, context, site_id: str) -> None:
+    def _authorize(self, context, site_id: str, state: RoundState) -> None:
         if not self.authenticate:
             return
-        peer = site_of_peer(context)
-        if peer != site_id:
+        peer = peer_common_name(context)
+        if peer is None or peer != state.certs.get(site_id):
             log.warning(
-                "refused a call claiming site %r from certificate site %r",
+                "refused a call claiming site %r from certificate %r",
                 clip_text(site_id, 32),
-                clip_text(peer, 32),
+                clip_text(peer, 64),
             )
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -109,11 +110,11 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
 
     def _call(self, context, site_id: str, fn):
-        """Authorize the caller, then run ``fn(state, info)`` on the open run."""
-        self._authorize(context, site_id)
+        """Authorize the caller against the open run's roster, then run ``fn(state, info)``."""
         state, info = self._open
         if state is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no run is open yet")
+        self._authorize(context, site_id, state)
         try:
             return fn(state, info)
         except Rejected as err:

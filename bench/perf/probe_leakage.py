@@ -31,7 +31,7 @@ from attacks.calibrated import lira_signal  # noqa: E402
 from attacks.features import IDX, image_features  # noqa: E402
 from attacks.shadows import dataset, train_shadows  # noqa: E402
 from bench.audit_metrics import audit_metrics  # noqa: E402
-from common.config import SITE_NAMES, load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from common.data.build import build_dataset  # noqa: E402
 from common.data.loader import load_arrays  # noqa: E402
 from common.fl.simulate import simulate_method  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> int:
     if not (data / "manifest.json").is_file():
         build_dataset(cfg, data, gallery=False)
     window = tuple(cfg.data.window)
-    train = {s: load_arrays(data, "train", s) for s in SITE_NAMES}
+    train = {s: load_arrays(data, "train", s) for s in cfg.site_names}
     holdout, test, pool = (load_arrays(data, s) for s in ("holdout", "test", "attacker"))
     mem_i = np.concatenate([t[0] for t in train.values()])
     mem_m = np.concatenate([t[1] for t in train.values()])

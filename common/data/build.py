@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import SITE_NAMES, Config
+from common.config import Config
 from common.data.generate import SPLITS, render_slice
-from common.data.sites import SiteSpec, resolve_sites, split_counts
+from common.data.sites import SiteSpec, preset_labels, resolve_sites, split_counts
 from common.data.store import FORMAT_VERSION, sha256_bytes, shard_name
 from common.io import npz_bytes, write_json_atomic
 from common.progress import progress
@@ -39,29 +39,30 @@ class ShardJob:
     diffusion: object | None = (
         None  # common.data.diffusion.generate.DiffusionJob (generator=diffusion)
     )
+    label: int = 0  # the diffusion model's class label: the site's preset (sites.preset_labels)
 
 
 def split_sizes(cfg: Config) -> dict[str, list[int]]:
     """Slices per split and site (train by site size fractions; attacker pool spread evenly)."""
     d = cfg.data
-    sites = resolve_sites(d)
+    sites = resolve_sites(d, cfg.sites)
     sizes = {
         "train": split_counts(d.train_total, [s.size_fraction for s in sites]),
         "holdout": [d.holdout_per_site] * len(sites),
         "test": [d.test_per_site] * len(sites),
         "attacker": split_counts(d.attacker_size, [1.0] * len(sites))
         if d.attacker_size
-        else [0] * 5,
+        else [0] * len(sites),
     }
     return sizes
 
 
-def check_subset(sites: list[str] | None, splits: list[str] | None) -> None:
-    bad = [s for s in sites or [] if s not in SITE_NAMES]
+def check_subset(cfg: Config, sites: list[str] | None, splits: list[str] | None) -> None:
+    bad = [s for s in sites or [] if s not in cfg.site_names]
     bad += [s for s in splits or [] if s not in SPLITS]
     if bad:
         raise ValueError(
-            f"unknown site(s)/split(s) {bad}: sites are {', '.join(SITE_NAMES)}, "
+            f"unknown site(s)/split(s) {bad}: sites are {', '.join(cfg.site_names)}, "
             f"splits {', '.join(SPLITS)}"
         )
 
@@ -72,20 +73,21 @@ def plan(
     """The shard jobs; ``sites``/``splits`` select a subset (each slice is the same as in the
     full dataset: a site can generate only its own data). ``diffusion``: the diffusion layer's
     job (``common.data.diffusion.generate.DiffusionJob``) that a diffusion dataset needs."""
-    check_subset(sites, splits)
+    check_subset(cfg, sites, splits)
     if (cfg.data.generator == "diffusion") != (diffusion is not None):
         raise ValueError(
             "a diffusion dataset is built by common.data.diffusion.generate.build_dataset "
             "(it needs the model); a procedural one takes no diffusion job"
         )
-    specs = resolve_sites(cfg.data)
+    specs = resolve_sites(cfg.data, cfg.sites)
+    labels = preset_labels(cfg.sites)
     jobs = []
     for split, counts in split_sizes(cfg).items():
         if splits and split not in splits:
             continue
         seed = cfg.attacker_seed if split == "attacker" else cfg.seed
         for i, (spec, n) in enumerate(zip(specs, counts, strict=True)):
-            if sites and SITE_NAMES[i] not in sites:
+            if sites and spec.name not in sites:
                 continue
             for k, start in enumerate(range(0, n, cfg.data.shard_size)):
                 m = min(cfg.data.shard_size, n - start)
@@ -101,6 +103,7 @@ def plan(
                         cfg.data.image_size,
                         cfg.data.noise_ref_hu,
                         diffusion,
+                        labels[i],
                     )
                 )
     return jobs
@@ -220,7 +223,7 @@ def build_dataset(
     ``common.data.diffusion.generate.build_dataset``, which passes its ``diffusion`` job."""
     sites_sel, splits_sel = only_sites, only_splits  # (``sites`` below are the site specs)
     out = Path(out)
-    check_subset(sites_sel, splits_sel)
+    check_subset(cfg, sites_sel, splits_sel)
     tmp = prepare_out(out, force)
     try:
         jobs = plan(cfg, sites_sel, splits_sel, diffusion)
@@ -237,7 +240,7 @@ def build_dataset(
                 bar.update(entry["n"])
             if pool:
                 pool.shutdown()
-        sites = resolve_sites(cfg.data)
+        sites = resolve_sites(cfg.data, cfg.sites)
         manifest = {
             "format_version": FORMAT_VERSION,
             "generator": cfg.data.generator,
@@ -248,11 +251,11 @@ def build_dataset(
             "image_size": cfg.data.image_size,
             "window": list(cfg.data.window),
             "sites": [s.to_dict() for s in sites],
-            "site_names": list(SITE_NAMES),
+            "site_names": cfg.site_names,
             "splits": list(SPLITS),
             "shards": shards,
             "subset": {
-                "sites": sorted(sites_sel or SITE_NAMES),
+                "sites": sorted(sites_sel or cfg.site_names),
                 "splits": list(splits_sel or SPLITS),
             },
         }

@@ -1,4 +1,7 @@
-"""The five sites and their non-IID knobs.
+"""The sites' synthetic scanners and patients, and their non-IID knobs.
+
+Five presets (A-E) hold each site's extreme values; a roster site (``[[sites]]`` of a profile)
+follows one of them (``preset``, default its position's), so any number of sites can be generated.
 
 Every knob is interpolated between a shared reference site (the ``iid`` preset: all sites draw
 from one distribution) and the site's own extreme value, by a severity factor:
@@ -10,9 +13,10 @@ probability vector (so it stays a distribution). The paper's stress setting then
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
-from common.config import SITE_NAMES, SIZE_CLASSES, DataConfig
+from common.config import DEFAULT_ROSTER, SITE_PRESETS, SIZE_CLASSES, DataConfig, SiteEntry
 
 SEVERITY = {"iid": 0.0, "mild": 1 / 3, "moderate": 2 / 3, "extreme": 1.0}
 
@@ -150,13 +154,36 @@ def _stress_mix(dominant: str) -> tuple[float, float, float, float]:
     return tuple(0.9 if c == dominant else 0.1 / 3 for c in SIZE_CLASSES)
 
 
-def resolve_sites(cfg: DataConfig) -> list[SiteSpec]:
-    """The five resolved site specs for a data config (preset -> stress -> overrides)."""
+def site_presets(roster: Sequence[SiteEntry]) -> list[str]:
+    """The generator preset each site of ``roster`` follows: its own, else its position's (A-E,
+    then A-E again)."""
+    return [e.preset or SITE_PRESETS[i % len(SITE_PRESETS)] for i, e in enumerate(roster)]
+
+
+def preset_labels(roster: Sequence[SiteEntry]) -> list[int]:
+    """Each site's preset as the diffusion model's class label (A-E -> 0-4): the model learned
+    the five presets' scanners, so a roster site is generated as its preset's scanner."""
+    return [SITE_PRESETS.index(p) for p in site_presets(roster)]
+
+
+def roster_of(manifest: dict) -> tuple[SiteEntry, ...]:
+    """The roster a dataset was built with (its resolved config; A-E before the roster)."""
+    entries = manifest.get("config", {}).get("sites")
+    return tuple(SiteEntry(**e) for e in entries) if entries else DEFAULT_ROSTER
+
+
+def resolve_sites(cfg: DataConfig, roster: Sequence[SiteEntry] = DEFAULT_ROSTER) -> list[SiteSpec]:
+    """The resolved site specs, one per site of ``roster`` (a config's ``sites``), in its order:
+    preset -> severity -> stress (the first two sites) -> the site's overrides."""
     s = SEVERITY[cfg.severity]
-    sites = [_interpolate(EXTREME[n], s) for n in SITE_NAMES]
+    sites = [
+        replace(_interpolate(EXTREME[p], s), name=e.name)
+        for p, e in zip(site_presets(roster), roster, strict=True)
+    ]
     if cfg.stress == "paper":
         sites[0] = replace(sites[0], size_mix=_stress_mix("large"))
-        sites[1] = replace(sites[1], size_mix=_stress_mix("small"))
+        if len(sites) > 1:
+            sites[1] = replace(sites[1], size_mix=_stress_mix("small"))
     out = []
     for site in sites:
         ov = cfg.overrides.get(site.name)

@@ -51,6 +51,17 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def check_roster(manifest: dict, sites: list[str], what: str) -> None:
+    """A dataset serves a federation only if it holds the roster's sites, in the roster's order
+    (``sites``: the config's ``site_names``)."""
+    have = list(manifest.get("site_names", []))
+    if have != list(sites):
+        raise ValueError(
+            f"{what}: the dataset's sites are {have}, the roster's {list(sites)}; build or "
+            "import it with the same [[sites]] as the run"
+        )
+
+
 def load_shard(root: str | Path, entry: dict) -> dict[str, np.ndarray]:
     """Read one shard after checking its sha256 against the manifest entry."""
     path = Path(root) / entry["file"]

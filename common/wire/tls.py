@@ -13,9 +13,10 @@ needs and nothing more::
                                             with client certificates required, it names the caller
                                             for the query budget
 
-A site's identity is the certificate's common name, ``site-<ID>``: the server reads it from the
-TLS handshake (``site_of_peer``) and refuses a site that claims another ID. The server requires a
-client certificate signed by the CA; clients verify the server against the same CA. Private keys
+A site's identity is the certificate's common name, ``site-<ID>`` (or the roster's ``cert_name``
+for the site): the server reads it from the TLS handshake (``peer_common_name``) and refuses a
+call whose claimed site ID has another CN in the roster. The server requires a client
+certificate signed by the CA; clients verify the server against the same CA. Private keys
 are written with mode 0600 and never logged.
 """
 
@@ -30,12 +31,13 @@ from pathlib import Path
 
 import grpc
 
+from common.config import SITE_CERT_PREFIX
 from common.io import PUBLIC_DIR, secure_dir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 CA_CERT, CERT, KEY = "ca.crt", "tls.crt", "tls.key"
-SITE_PREFIX = "site-"
+SITE_PREFIX = SITE_CERT_PREFIX
 DEFAULT_SERVER_NAMES = ("server", "localhost", "127.0.0.1")
 DEFAULT_RELEASE_NAMES = ("release", "localhost", "127.0.0.1")
 RELEASE_ROLE, ATTACKER_ROLE = "release", "attacker"
@@ -137,9 +139,13 @@ def make_certs(
     force: bool = False,
     release_names: list[str] | None = None,
     owner: tuple[int, int] | None = None,
+    common_names: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Create the CA, the server certificate, one certificate per site, the release service's
     certificate and the attacker's (a release-service caller) under ``out``.
+
+    Site ``s``'s certificate is in ``out/site-<s>`` with CN ``common_names[s]`` (a roster's
+    ``cert_name``; default ``site-<s>``).
 
     ``owner`` (uid, gid): hand each role's directory and files to the account its process runs
     as (e.g. a container's unprivileged user), keys staying 0600, i.e. readable by that account
@@ -161,8 +167,9 @@ def make_certs(
     _write(out / "ca.key", _key_pem(ca_key), private=True)
     _write(out / CA_CERT, ca_pem)
     release = list(release_names or DEFAULT_RELEASE_NAMES)
+    cns = common_names or {}
     roles = {"server": (names[0], names)} | {
-        site_common_name(s): (site_common_name(s), None) for s in sites
+        site_common_name(s): (cns.get(s, site_common_name(s)), None) for s in sites
     }
     roles |= {RELEASE_ROLE: (release[0], release), ATTACKER_ROLE: (ATTACKER_ROLE, None)}
     dirs = {}
@@ -245,24 +252,30 @@ def channel_credentials(tls_dir: Path) -> grpc.ChannelCredentials:
     )
 
 
-def certificate_site(tls_dir: Path) -> str | None:
-    """The site ID a client certificate stands for (``site-A`` -> ``A``), or None."""
+def certificate_cn(tls_dir: Path) -> str:
+    """The common name of the certificate in ``tls_dir``."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     cert = x509.load_pem_x509_certificate((Path(tls_dir) / CERT).read_bytes())
-    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def certificate_site(tls_dir: Path) -> str | None:
+    """The site ID a client certificate of the default naming stands for (``site-A`` -> ``A``),
+    or None."""
+    cn = certificate_cn(tls_dir)
     return cn[len(SITE_PREFIX) :] if cn.startswith(SITE_PREFIX) else None
 
 
-def site_of_peer(context: grpc.ServicerContext) -> str | None:
-    """The site ID from the peer's verified client certificate, or None without TLS."""
+def peer_common_name(context: grpc.ServicerContext) -> str | None:
+    """The CN of the peer's verified client certificate ("" if it has none), or None without
+    TLS. The server compares it with the roster's CN of the site the call claims to be."""
     auth = context.auth_context()
     if auth.get("transport_security_type", [b""])[0] != b"ssl":
         return None
     cns = auth.get("x509_common_name") or [b""]
-    cn = cns[0].decode(errors="replace")
-    return cn[len(SITE_PREFIX) :] if cn.startswith(SITE_PREFIX) else ""
+    return cns[0].decode(errors="replace")
 
 
 # OpenSSL's verify codes that mean "not signed by a CA I trust", a name mismatch, and expiry
@@ -390,6 +403,12 @@ def parse_owner(text: str) -> tuple[int, int]:
 
 def run_certs_cmd(args) -> int:
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    cns = None
+    if args.config:  # the roster's sites, each with its certificate's CN
+        from common.config import load_config
+
+        roster = load_config(args.config)
+        sites, cns = roster.site_names, roster.site_certs
     dirs = make_certs(
         Path(args.out),
         sites,
@@ -397,6 +416,7 @@ def run_certs_cmd(args) -> int:
         force=args.force,
         release_names=args.release_name,
         owner=args.owner,
+        common_names=cns,
     )
     print(f"CA: {Path(args.out) / CA_CERT} (keep {Path(args.out) / 'ca.key'} private)")
     for role, d in dirs.items():

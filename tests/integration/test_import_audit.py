@@ -14,7 +14,7 @@ from realct import CFG, bench_on, phantom_case, write_layout
 
 from bench.audit import AUDIT_SCORES, load_audit_cases, load_audit_scores
 from bench.fleet import fedonco
-from common.config import SITE_NAMES, with_overrides
+from common.config import DEFAULT_SITE_NAMES, with_overrides
 from common.data.real.importer import import_dataset
 from common.data.store import read_manifest
 
@@ -26,7 +26,7 @@ def test_audit_of_an_imported_dataset_reports_slices_and_patients(tmp_path):
     cases = [phantom_case(k, n_z=N_Z, no_tumour=None) for k in range(5 * CASES_PER_SITE)]
     import_dataset(write_layout(tmp_path, "lits", cases), tmp_path / "data", CFG, gallery=False)
     m = read_manifest(tmp_path / "data")
-    for site in SITE_NAMES:  # train, holdout, test and attacker cases at every site
+    for site in DEFAULT_SITE_NAMES:  # train, holdout, test and attacker cases at every site
         assert all(m["cases"][site][split] for split in m["splits"]), m["cases"][site]
     cfg = with_overrides(CFG, **{"fl.methods": ["fedavg"], "mia.enabled": True})
     run_dir = bench_on(tmp_path, cfg, timeout=600)
@@ -36,7 +36,10 @@ def test_audit_of_an_imported_dataset_reports_slices_and_patients(tmp_path):
     # holdout cases of the manifest
     scores, member, _sites = load_audit_scores(run_dir / "fedavg" / "audit" / AUDIT_SCORES)
     ids = load_audit_cases(run_dir / "fedavg" / "audit" / AUDIT_SCORES)
-    of = {split: {c for s in SITE_NAMES for c in m["cases"][s][split]} for split in m["splits"]}
+    of = {
+        split: {c for s in DEFAULT_SITE_NAMES for c in m["cases"][s][split]}
+        for split in m["splits"]
+    }
     assert set(ids[member]) <= of["train"] and set(ids[~member]) <= of["holdout"]
     assert (mia["n_members"], mia["n_nonmembers"]) == (int(member.sum()), int((~member).sum()))
     p = mia["patient_level"]

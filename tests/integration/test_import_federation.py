@@ -8,7 +8,7 @@ import json
 import pytest
 from realct import CFG, bench_on, phantom_case, write_layout
 
-from common.config import SITE_NAMES, with_overrides
+from common.config import DEFAULT_SITE_NAMES, with_overrides
 from common.data.real.importer import import_dataset
 from common.data.store import read_manifest
 
@@ -29,9 +29,10 @@ def test_bench_trains_each_site_on_its_imported_patients(imported):
     root, m = imported
     train = {
         s: [r for e in m["shards"] if (e["split"], e["site"]) == ("train", s) for r in e["samples"]]
-        for s in SITE_NAMES
+        for s in DEFAULT_SITE_NAMES
     }
-    for site in SITE_NAMES:  # the splits are by patient, and every split the run reads is there
+    # the splits are by patient, and every split the run reads is there
+    for site in DEFAULT_SITE_NAMES:
         per = m["cases"][site]
         assert all(per[split] for split in ("train", "holdout", "test")), (site, per)
         ids = [c for split in per.values() for c in split]
@@ -51,9 +52,9 @@ def test_bench_trains_each_site_on_its_imported_patients(imported):
         assert r["failures"] == {}
         fit = r["fit"]["sites"]
         assert {s: int(fit[s]["num_examples"]) for s in fit} == {
-            s: len(train[s]) for s in SITE_NAMES
+            s: len(train[s]) for s in DEFAULT_SITE_NAMES
         }
-        assert set(r["eval"]["per_site"]) == set(SITE_NAMES)
+        assert set(r["eval"]["per_site"]) == set(DEFAULT_SITE_NAMES)
     fedavg = results["methods"]["fedavg"]
     assert fedavg["final_model_sha256"] != fedavg["initial_model_sha256"]
     assert "imported CT" in (run_dir / "results.md").read_text().splitlines()[0]

@@ -26,7 +26,7 @@ from realct import (
 from scipy import ndimage
 
 from bench.cli import main
-from common.config import SITE_NAMES
+from common.config import DEFAULT_SITE_NAMES
 from common.data.loader import ct_dataset, load_arrays, regenerate_slice
 from common.data.real.importer import convert_case, import_dataset
 from common.data.real.sources import (
@@ -70,7 +70,7 @@ def test_each_layout_reproduces_the_phantom_exactly(layout, cases, tmp_path):
         assert len(mine - tumour_z) == min(len(free), max(len(tumour_z), 1)), cid
         for z in mine:
             image, mask, site, _ = got[(cid, z)]
-            assert site == SITE_NAMES[k % 5]
+            assert site == DEFAULT_SITE_NAMES[k % 5]
             np.testing.assert_array_equal(mask, c["mask"][:, :, z], err_msg=f"{cid} z={z}")
             np.testing.assert_array_equal(image, c["hu"][:, :, z], err_msg=f"{cid} z={z}")
     assert sum(m.sum() for _, m, _, _ in got.values()) == sum(c["mask"].sum() for c in cases)
@@ -121,7 +121,9 @@ def test_split_is_by_patient_and_follows_the_sites_csv(cases, tmp_path):
     src = write_layout(tmp_path, "lits", cases)
     ids = case_ids("lits")
     table = tmp_path / "sites.csv"
-    mapping = {cid: SITE_NAMES[(k // 3) % 5] for k, cid in enumerate(ids)}  # 0-2 A, 3-5 B, ...
+    mapping = {
+        cid: DEFAULT_SITE_NAMES[(k // 3) % 5] for k, cid in enumerate(ids)
+    }  # 0-2 A, 3-5 B, ...
     with table.open("w", newline="") as f:
         csv.writer(f).writerows([["case", "site"], *mapping.items()])
     out = tmp_path / "out"
@@ -134,7 +136,7 @@ def test_split_is_by_patient_and_follows_the_sites_csv(cases, tmp_path):
     ]
     assert sorted(c for c, _, _ in where) == sorted(ids)  # each case once: one site, one split
     assert all(mapping[c] == site for c, site, _ in where)
-    for site in SITE_NAMES:  # 3 cases: one each to train, holdout, test
+    for site in DEFAULT_SITE_NAMES:  # 3 cases: one each to train, holdout, test
         assert [len(m["cases"][site][s]) for s in ("train", "holdout", "test")] == [1, 1, 1]
     for (cid, _), (_, _, site, split) in imported_slices(out).items():
         assert cid in m["cases"][site][split]  # every slice in its patient's split
@@ -169,7 +171,7 @@ def test_imported_dataset_loads_trains_and_is_integrity_checked(cases, tmp_path)
     assert main(argv) == 0
     assert (out / "gallery.png").is_file() and (out / "summary.md").is_file()
     m = read_manifest(out)
-    assert [r["site"] for r in m["summary"]] == list(SITE_NAMES)
+    assert [r["site"] for r in m["summary"]] == list(DEFAULT_SITE_NAMES)
     assert sum(r["n_train"] for r in m["summary"]) == sum(
         e["n"] for e in m["shards"] if e["split"] == "train"
     )
@@ -260,21 +262,21 @@ def _dicom_two_series(src, cases):
 def _empty_site(src, cases):
     table = src.parent / "sites.csv"
     table.write_text(
-        "".join(f"{cid},{SITE_NAMES[k % 4]}\n" for k, cid in enumerate(case_ids("lits")))
+        "".join(f"{cid},{DEFAULT_SITE_NAMES[k % 4]}\n" for k, cid in enumerate(case_ids("lits")))
     )
     return "site E has no cases", {"sites_csv": table}
 
 
 def _small_site(src, cases):
     table = src.parent / "sites.csv"
-    sites = ["E" if k < 2 else SITE_NAMES[k % 4] for k in range(N_CASES)]
+    sites = ["E" if k < 2 else DEFAULT_SITE_NAMES[k % 4] for k in range(N_CASES)]
     table.write_text("".join(f"{c},{s}\n" for c, s in zip(case_ids("lits"), sites, strict=True)))
     return "site E has 2 cases", {"sites_csv": table}
 
 
 def _csv_unknown_case(src, cases):
     table = src.parent / "sites.csv"
-    rows = [f"{c},{SITE_NAMES[k % 5]}\n" for k, c in enumerate(case_ids("lits"))]
+    rows = [f"{c},{DEFAULT_SITE_NAMES[k % 5]}\n" for k, c in enumerate(case_ids("lits"))]
     table.write_text("case,site\n" + "".join(rows) + "volume-99,A\n")
     return "['volume-99'] not in the source", {"sites_csv": table}
 
@@ -350,7 +352,7 @@ def test_one_hospital_imports_its_own_cases_as_one_site(cases, tmp_path, capsys)
     m = read_manifest(out)
     assert m["import"]["site_rule"] == "site C"
     assert sorted(c for per in m["cases"]["C"].values() for c in per) == case_ids("lits")
-    assert all(not per for s in SITE_NAMES if s != "C" for per in m["cases"][s].values())
+    assert all(not per for s in DEFAULT_SITE_NAMES if s != "C" for per in m["cases"][s].values())
     assert {e["site"] for e in m["shards"]} == {"C"}
     assert len(ct_dataset(out, "train", "C")) == m["summary"][2]["n_train"] > 0
     assert len(ct_dataset(out, "train", "A")) == 0

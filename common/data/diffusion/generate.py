@@ -139,7 +139,7 @@ def diffuse_shard(job, slices: list, only: int | None = None) -> None:
         images = generate_hu(
             model,
             np.stack([slices[i].mask for i in group]),
-            np.full(len(group), job.site_index),
+            np.full(len(group), job.label),
             seeds,
             mode=dj.mode,
             steps=dj.steps,
@@ -175,6 +175,7 @@ def regenerate_diffusion_slice(manifest: dict, split: str, site: str, index: int
     if entry is None:
         raise ValueError(f"no slice {index} of site {site} in split {split!r}")
     from common.data.loader import site_spec
+    from common.data.sites import preset_labels, roster_of
 
     i = manifest["site_names"].index(site)
     cfg_data = manifest["config"]["data"]
@@ -197,6 +198,7 @@ def regenerate_diffusion_slice(manifest: dict, split: str, site: str, index: int
             d["dilate_px"],
             d["blur_px"],
         ),
+        preset_labels(roster_of(manifest))[i],
     )
     return make_slices(job, only=index - entry["start"])[index - entry["start"]]
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from common.config import SITE_NAMES, Config
+from common.config import SITE_PRESETS, Config
 from common.data.anatomy import LABEL
 from common.data.diffusion.generate import slice_seed
 from common.data.diffusion.model import DiffusionModel, load_model
@@ -101,13 +101,13 @@ def flat_residual(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def noise_stats(images: np.ndarray, sites: np.ndarray) -> dict:
     """Residual sigma in flat regions per site (median over slices) and the mean radial NPS."""
-    per_site: dict[str, list[float]] = {s: [] for s in SITE_NAMES}
+    per_site: dict[str, list[float]] = {s: [] for s in SITE_PRESETS}
     nps, fractions = [], []
     for img, s in zip(images, sites, strict=True):
         res, flat = flat_residual(img)
         if flat.sum() < 20:
             continue
-        per_site[SITE_NAMES[int(s)]].append(float(res[flat].std()))
+        per_site[SITE_PRESETS[int(s)]].append(float(res[flat].std()))
         freq, p = radial_nps(np.where(flat, res - res[flat].mean(), 0.0))
         nps.append(p / flat.mean())
         fractions.append(float(flat.mean()))
@@ -284,12 +284,12 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         "## Noise in flat soft tissue (high-pass residual σ, HU; median per site)\n",
-        "| set | all | " + " | ".join(SITE_NAMES) + " | NPS mean freq (/Nyquist) |",
-        "|---|---|" + "---|" * len(SITE_NAMES) + "---|",
+        "| set | all | " + " | ".join(SITE_PRESETS) + " | NPS mean freq (/Nyquist) |",
+        "|---|---|" + "---|" * len(SITE_PRESETS) + "---|",
     ]
     for s in sets:
         ns = r["noise"][s]
-        per = " | ".join(_fmt(ns["sigma_by_site"][k]) for k in SITE_NAMES)
+        per = " | ".join(_fmt(ns["sigma_by_site"][k]) for k in SITE_PRESETS)
         lines.append(f"| {s} | {_fmt(ns['sigma_all'])} | {per} | {_fmt(ns['nps_mean_freq'], 3)} |")
     lines += [
         "",
@@ -328,7 +328,7 @@ def diffusion_report(
     masks = np.stack([s.mask for s in slices])
     bg = np.stack([s.image for s in slices])
     tissue = np.stack([s.tissue for s in slices])
-    sites = np.array([SITE_NAMES.index(s.params["site"]) for s in slices])
+    sites = np.array([SITE_PRESETS.index(s.params["site"]) for s in slices])
     seeds = [slice_seed(seed, int(st), "test", k) for k, st in enumerate(sites)]
     sets = {"procedural": bg}
     timing = {}

@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from common.config import SITE_NAMES, Config
+from common.config import SITE_PRESETS, Config
 from common.data.diffusion.model import (
     DiffusionModel,
     build_scheduler,
@@ -62,7 +62,7 @@ def training_tensors(cfg: Config, slices: list[Slice]) -> dict[str, torch.Tensor
         "x0": torch.from_numpy(hu_to_unit(images, dc.hu_knots)).unsqueeze(1),
         "mask": torch.from_numpy(masks.astype(np.float32) * 2 - 1).unsqueeze(1),
         "weight": torch.from_numpy(1.0 + (dc.tumor_weight - 1.0) * near.astype(np.float32)),
-        "site": torch.tensor([SITE_NAMES.index(s.params["site"]) for s in slices]),
+        "site": torch.tensor([SITE_PRESETS.index(s.params["site"]) for s in slices]),
     }
 
 
@@ -205,7 +205,7 @@ def train_diffusion(
     tail = losses[-max(1, min(100, len(losses) // 10)) :]
     meta = {
         "image_size": size,
-        "site_names": list(SITE_NAMES),
+        "site_names": list(SITE_PRESETS),
         "diffusion": dc.model_dump(mode="json"),
         "data": {
             "severity": cfg.data.severity,

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from common.config import SITE_NAMES, Config
+from common.config import Config
 from common.data.build import install, prepare_out, shard_bytes, write_manifest
 from common.data.real.sources import (
     LABEL_DEFAULTS,
@@ -173,28 +173,32 @@ def convert_case(
 
 
 def assign_sites(
-    case_ids: list[str], sites_csv: str | Path | None, only_site: str | None = None
+    case_ids: list[str],
+    sites_csv: str | Path | None,
+    only_site: str | None,
+    roster: list[str],
 ) -> dict[str, str]:
-    """case id -> site: every case to ``only_site`` (one hospital importing its own CT), from the
-    CSV, or round-robin over the sorted ids; every site (or ``only_site``) needs 3 cases."""
+    """case id -> site of ``roster``: every case to ``only_site`` (one hospital importing its own
+    CT), from the CSV, or round-robin over the sorted ids; every site (or ``only_site``) needs 3
+    cases."""
     if only_site is not None:
-        if only_site not in SITE_NAMES:
-            raise ImportDataError(f"site {only_site!r} is not one of {', '.join(SITE_NAMES)}")
+        if only_site not in roster:
+            raise ImportDataError(f"site {only_site!r} is not one of {', '.join(roster)}")
         if sites_csv is not None:
             raise ImportDataError("give --site or --sites, not both")
         sites = dict.fromkeys(case_ids, only_site)
     elif sites_csv is None:
-        sites = {c: SITE_NAMES[i % len(SITE_NAMES)] for i, c in enumerate(sorted(case_ids))}
+        sites = {c: roster[i % len(roster)] for i, c in enumerate(sorted(case_ids))}
     else:
         path = Path(sites_csv)
         with path.open(newline="") as f:
             rows = [[x.strip() for x in r] for r in csv.reader(f) if any(x.strip() for x in r)]
         if rows and [x.lower() for x in rows[0]] == ["case", "site"]:
             rows = rows[1:]
-        bad = [r for r in rows if len(r) != 2 or r[1] not in SITE_NAMES]
+        bad = [r for r in rows if len(r) != 2 or r[1] not in roster]
         if bad:
             raise ImportDataError(
-                f"{path}: row {bad[0]} is not 'case,site' with a site of {', '.join(SITE_NAMES)}"
+                f"{path}: row {bad[0]} is not 'case,site' with a site of {', '.join(roster)}"
             )
         sites = dict(rows)
         unknown, missing = sorted(set(sites) - set(case_ids)), sorted(set(case_ids) - set(sites))
@@ -203,7 +207,7 @@ def assign_sites(
                 f"{path}: case(s) {unknown or missing} "
                 f"{'not in the source' if unknown else 'not in the CSV'}"
             )
-    for site in [only_site] if only_site else SITE_NAMES:
+    for site in [only_site] if only_site else roster:
         n = list(sites.values()).count(site)
         if n < 3:
             where = (
@@ -222,16 +226,18 @@ def assign_sites(
 
 
 def split_fractions(cfg: Config) -> list[float]:
-    d, n = cfg.data, len(SITE_NAMES)
+    d, n = cfg.data, len(cfg.sites)
     sizes = [d.train_total, n * d.holdout_per_site, n * d.test_per_site, d.attacker_size]
     return [s / sum(sizes) for s in sizes]
 
 
-def split_cases(sites: dict[str, str], fractions: list[float], seed: int) -> dict[str, str]:
-    """case id -> split (module docstring: by patient, per site)."""
+def split_cases(
+    sites: dict[str, str], fractions: list[float], seed: int, roster: list[str]
+) -> dict[str, str]:
+    """case id -> split (module docstring: by patient, per site of ``roster``)."""
     rng = np.random.default_rng(seed)
     out = {}
-    for site in SITE_NAMES:
+    for site in roster:
         cases = list(rng.permutation(sorted(c for c, s in sites.items() if s == site)))
         if not cases:  # a single site's import (--site): the others have none
             continue
@@ -284,10 +290,11 @@ def import_dataset(
     layout = detect_layout(src) if layout == "auto" else layout
     cases = find_cases(src, layout)
     tumor_label, organ_label = _labels(src, layout, tumor_label, organ_label)
-    sites = assign_sites([c.id for c in cases], sites_csv, only_site)
-    splits = split_cases(sites, split_fractions(cfg), cfg.seed)
+    roster = cfg.site_names
+    sites = assign_sites([c.id for c in cases], sites_csv, only_site, roster)
+    splits = split_cases(sites, split_fractions(cfg), cfg.seed, roster)
     size = cfg.data.image_size
-    px = {s.name: s.fov_mm / size for s in resolve_sites(cfg.data)}
+    px = {s.name: s.fov_mm / size for s in resolve_sites(cfg.data, cfg.sites)}
     tmp = prepare_out(out, force)
     try:
         work = tmp / ".cases"
@@ -318,7 +325,9 @@ def import_dataset(
                 f"{tumor_label} (values seen: {sorted(seen)}); check "
                 "--tumor-label"
             )
-        shards = _write_shards(tmp, work, records, cases, sites, splits, cfg.data.shard_size)
+        shards = _write_shards(
+            tmp, work, records, cases, sites, splits, cfg.data.shard_size, roster
+        )
         shutil.rmtree(work)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -345,18 +354,18 @@ def import_dataset(
             "config": cfg.model_dump(mode="json"),
             "image_size": size,
             "window": list(cfg.data.window),
-            "sites": [{"name": s, "fov_mm": px[s] * size, "pixel_mm": px[s]} for s in SITE_NAMES],
-            "site_names": list(SITE_NAMES),
+            "sites": [{"name": s, "fov_mm": px[s] * size, "pixel_mm": px[s]} for s in roster],
+            "site_names": roster,
             "splits": list(SPLITS),
             "cases": {
                 s: {
                     sp: sorted(c for c in sites if sites[c] == s and splits[c] == sp)
                     for sp in SPLITS
                 }
-                for s in SITE_NAMES
+                for s in roster
             },
             "shards": shards,
-            "subset": {"sites": list(SITE_NAMES), "splits": list(SPLITS)},
+            "subset": {"sites": roster, "splits": list(SPLITS)},
         }
         write_manifest(tmp, manifest, gallery)
         install(tmp, out)
@@ -374,12 +383,20 @@ def import_dataset(
 
 
 def _write_shards(
-    tmp: Path, work: Path, records: dict[int, list[dict]], cases, sites, splits, shard_size: int
+    tmp: Path,
+    work: Path,
+    records: dict[int, list[dict]],
+    cases,
+    sites,
+    splits,
+    shard_size: int,
+    roster: list[str],
 ) -> list[dict]:
-    """The shards of every (split, site), the cases in id order, ``shard_size`` slices each."""
+    """The shards of every (split, site of ``roster``), the cases in id order, ``shard_size``
+    slices each."""
     entries = []
     for split in SPLITS:
-        for site in SITE_NAMES:
+        for site in roster:
             mine = [i for i, c in enumerate(cases) if sites[c.id] == site and splits[c.id] == split]
             if not mine:
                 continue
