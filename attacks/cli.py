@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.options import AttackOptions
 from attacks.remote import RemoteModel
 from common.config import load_config
 from common.data.loader import load_arrays
@@ -44,7 +45,7 @@ def load_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
     return images, masks, sites
 
 
-def run_attack_cmd(args) -> int:
+def run_attack_cmd(args: AttackOptions) -> int:
     """Score each target's candidates: ``--model``, ``--candidates`` and ``--out`` are given once
     per target, in the same order. The shadow models depend only on the public recipe, the pool
     and the seed, so one set serves every target (FedBN: each site's released model). With
@@ -61,14 +62,14 @@ def run_attack_cmd(args) -> int:
     from common.config import with_device
     from common.device import device_record, resolve_device
 
-    cfg = with_device(load_config(args.config), getattr(args, "device", None))
+    cfg = with_device(load_config(args.config), args.device)
     device = resolve_device(cfg.train.device)  # one line, before anything starts, if no CUDA
     n_shadows = args.shadows or cfg.mia.n_shadows
     n_auditor = cfg.mia.auditor_shadows if args.auditor is None else args.auditor
     budget = args.query_budget or cfg.mia.query_budget
     t0 = time.perf_counter()
-    tls_dir = Path(args.tls_dir) if getattr(args, "tls_dir", None) else None
-    wait = getattr(args, "connect_timeout", 20.0)
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    wait = args.connect_timeout
     targets = [
         RemoteModel(args.target, name, tls_dir=tls_dir, connect_timeout=wait) for name in models
     ]

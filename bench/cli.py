@@ -6,68 +6,32 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 import traceback
 
-from common.config import DEFAULT_SITE_NAMES, ConfigError
-from common.methods import METHOD_NAMES
+from common.cli_args import (
+    add_config_args,
+    add_device_arg,
+    add_release_tls_arg,
+    count,
+)
+from common.config import ConfigError
 from common.progress import LOG_FORMAT
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--config", help="TOML profile file, e.g. configs/quick.toml")
-    g.add_argument("--profile", help="name of a shipped profile: smoke, quick or paper")
-    p.add_argument("--seed", type=int, help="override the profile's seed")
+def _typed(kind, ns: argparse.Namespace):
+    """argparse's namespace as the role's typed options: every argument of the command is a field
+    (a TypeError here means a role's parser and its options disagree; tests/unit/test_cli.py)."""
+    from dataclasses import fields
 
-
-def _count(text: str) -> int:
-    """A count on the command line (seeds, rounds, threads, ...): a whole number >= 1. argparse
-    turns the ValueError into one usage line (``--seeds 0`` used to run one seed silently)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def _add_device_arg(
-    p: argparse.ArgumentParser, what: str, default: str | None = None, extra: str = ""
-) -> None:
-    source = f"default {default}" if default else "default: the config's train.device, cpu"
-    p.add_argument(
-        "--device",
-        default=default,
-        metavar="DEVICE",
-        help=f"where {what}: auto (CUDA if this process sees a GPU, else the CPU), "
-        f"cpu, cuda or cuda:N ({source}). A CUDA device that is not there is an error "
-        f"before anything starts; float32 throughout, no AMP (docs/gpu.md){extra}",
-    )
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _add_tls_args(p: argparse.ArgumentParser, role: str) -> None:
-    p.add_argument(
-        "--tls-dir",
-        default=os.environ.get("FEDONCO_TLS_DIR") or None,
-        help=f"mutual TLS: directory with ca.crt, tls.crt, tls.key for the {role} "
-        "(from `fedonco certs`; env FEDONCO_TLS_DIR)",
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        default=_env_flag("FEDONCO_INSECURE"),
-        help="allow plaintext gRPC on a non-loopback address (closed test networks "
-        "only; env FEDONCO_INSECURE=1). Loopback is always allowed.",
-    )
+    names = {f.name for f in fields(kind)}
+    dispatch = {"func", "command", "verbose"} | {k for k in vars(ns) if k.endswith("_command")}
+    extra = sorted(set(vars(ns)) - names - dispatch)
+    if extra:
+        raise TypeError(f"{kind.__name__} has no field for the argument(s) {extra}")
+    return kind(**{k: v for k, v in vars(ns).items() if k in names})
 
 
 # Each command's handler, imported when the command runs (``fedonco --help`` stays fast, and a
@@ -94,39 +58,45 @@ def _data_compare(args) -> int:
 
 
 def _diffusion_train(args) -> int:
+    from common.data.diffusion.options import TrainOptions
     from common.data.diffusion.train import run_diffusion_train
 
-    return run_diffusion_train(args)
+    return run_diffusion_train(_typed(TrainOptions, args))
 
 
 def _diffusion_report(args) -> int:
+    from common.data.diffusion.options import ReportOptions
     from common.data.diffusion.report import run_diffusion_report
 
-    return run_diffusion_report(args)
+    return run_diffusion_report(_typed(ReportOptions, args))
 
 
 def _server(args) -> int:
     from server.campaign import run_server_cmd
+    from server.options import ServerOptions
 
-    return run_server_cmd(args)
+    return run_server_cmd(_typed(ServerOptions, args))
 
 
 def _client(args) -> int:
     from client.app import run_client_cmd
+    from client.options import ClientOptions
 
-    return run_client_cmd(args)
+    return run_client_cmd(_typed(ClientOptions, args))
 
 
 def _release(args) -> int:
     from server.inference import run_release_cmd
+    from server.options import ReleaseOptions
 
-    return run_release_cmd(args)
+    return run_release_cmd(_typed(ReleaseOptions, args))
 
 
 def _attack(args) -> int:
     from attacks.cli import run_attack_cmd
+    from attacks.options import AttackOptions
 
-    return run_attack_cmd(args)
+    return run_attack_cmd(_typed(AttackOptions, args))
 
 
 def _bench(args) -> int:
@@ -135,25 +105,18 @@ def _bench(args) -> int:
     return run_bench(args)
 
 
-def _owner(text: str) -> tuple[int, int]:
-    from common.wire.tls import parse_owner
-
-    try:
-        return parse_owner(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _certs(args) -> int:
+    from common.wire.options import CertsOptions
     from common.wire.tls import run_certs_cmd
 
-    return run_certs_cmd(args)
+    return run_certs_cmd(_typed(CertsOptions, args))
 
 
 def _health(args) -> int:
     from common.wire.channel import run_health_cmd
+    from common.wire.options import HealthOptions
 
-    return run_health_cmd(args)
+    return run_health_cmd(_typed(HealthOptions, args))
 
 
 def _judge(args) -> int:
@@ -174,16 +137,6 @@ def _verify(args) -> int:
     return run_verify_cmd(args)
 
 
-def _add_release_tls_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tls-dir",
-        default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
-        help="the release service speaks TLS: verify it against DIR/ca.crt (and "
-        "present DIR/tls.crt + tls.key if there, e.g. `fedonco certs`' OUT/attacker; "
-        "env FEDONCO_RELEASE_TLS_DIR)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedonco",
@@ -201,11 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest.json, summary.md and gallery.png into OUT. `fedonco data import SRC ...` "
         "imports real CT instead (`fedonco data import --help`).",
     )
-    _add_config_args(p)
+    add_config_args(p)
     # not required=True: `data import` takes its own --out (checked in bench/data_cli.py)
     p.add_argument("--out", help="output directory (must not exist, or --force)")
     p.add_argument("--force", action="store_true", help="replace OUT if it already exists")
-    p.add_argument("--workers", type=_count, default=None, help="processes (default: CPU count)")
+    p.add_argument("--workers", type=count, default=None, help="processes (default: CPU count)")
     p.add_argument("--no-gallery", action="store_true", help="skip gallery.png")
     p.add_argument(
         "--sites",
@@ -246,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DICOM-SEG file (default: auto, from what SRC holds)",
     )
     q.add_argument("--out", required=True, help="output directory (must not exist, or --force)")
-    _add_config_args(q)
+    add_config_args(q)
     q.add_argument(
         "--tumor-label",
         type=int,
@@ -312,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--max-slices",
-        type=_count,
+        type=count,
         default=200,
         metavar="N",
         help="measure at most N slices per site, drawn with a fixed seed (default %(default)s)",
@@ -330,25 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dsub = p.add_subparsers(dest="diffusion_command", metavar="ACTION", required=True)
     q = dsub.add_parser("train", help="train a model (progress bar, checkpoints, loss.png)")
-    _add_config_args(q)
-    q.add_argument("--out", required=True, help="model directory (new, or --resume)")
-    q.add_argument("--steps", type=_count, help="override diffusion.steps")
-    q.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    q.add_argument("--threads", type=_count, help="torch threads (default: torch's)")
-    q.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    from common.data.diffusion.options import add_train_arguments
+
+    add_train_arguments(q)
     q.set_defaults(func=_diffusion_train)
     q = dsub.add_parser("report", help="realism and mask-fidelity report of a trained model")
-    _add_config_args(q)
-    q.add_argument("--model", required=True, help="model directory")
-    q.add_argument("--out", required=True, help="report directory (report.md/.json, PNGs)")
-    q.add_argument("--n", type=_count, default=200, help="slices per generator (default 200)")
-    q.add_argument(
-        "--seg-slices",
-        type=_count,
-        default=1000,
-        help="procedural slices to train the fidelity segmenter on (default 1000)",
-    )
-    q.add_argument("--seg-epochs", type=_count, default=8, help="segmenter epochs (default 8)")
+    from common.data.diffusion.options import add_report_arguments
+
+    add_report_arguments(q)
     q.set_defaults(func=_diffusion_report)
 
     p = sub.add_parser(
@@ -358,39 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         "after every round, checkpoint, and write history.json / result.json into the run "
         "directory. Sites dial this server; it never dials them.",
     )
-    p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--method", choices=list(METHOD_NAMES), help="FL method")
-    g.add_argument(
-        "--methods",
-        help="a campaign: one run per method (comma-separated), one after "
-        "another on the same port, into RUN_DIR/<method>; sites follow from run to run",
-    )
-    p.add_argument("--data", required=True, help="dataset directory (the server reads 'test')")
-    p.add_argument("--run-dir", help="new run directory")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last round")
-    p.add_argument(
-        "--address",
-        default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50051"),
-        help="host:port to listen on; port 0 picks a free one (default %(default)s)",
-    )
-    p.add_argument("--port-file", help="write the bound port to this file")
-    p.add_argument("--rounds", type=_count, help="override train.rounds")
-    p.add_argument("--threads", type=_count, default=None, help="torch threads")
-    _add_device_arg(p, "the server's model computes (evaluation, public pretraining)")
-    _add_tls_args(p, "server")
-    p.add_argument(
-        "--hold-until",
-        metavar="FILE",
-        help="after the last run keep the sites "
-        "waiting until FILE exists (compose: the judge's end-of-audit marker)",
-    )
-    p.add_argument(
-        "--hold-timeout",
-        type=float,
-        default=3600.0,
-        help="longest wait for --hold-until, seconds (default %(default)s)",
-    )
+    from server.options import add_server_arguments
+
+    add_server_arguments(p)
     p.set_defaults(func=_server)
 
     p = sub.add_parser(
@@ -399,39 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="One site: dials the server, trains on its own training slices only, and "
         "pushes weighted updates. Retries with backoff while the server is not up.",
     )
-    p.add_argument("--config", required=True, help="TOML profile or a run's config.json")
-    p.add_argument("--site", help="site id A-E (env FEDONCO_SITE)")
-    p.add_argument("--server", help="server host:port (env FEDONCO_SERVER)")
-    p.add_argument(
-        "--data", required=True, help="dataset directory (only this site's shards are read)"
-    )
-    p.add_argument("--state-dir", help="where local state is kept (default: DATA-state)")
-    p.add_argument("--threads", type=_count, default=1, help="torch threads (default 1)")
-    _add_device_arg(p, "this site computes (training, DP-SGD, evaluation)")
-    p.add_argument(
-        "--retry-timeout",
-        type=float,
-        default=float(os.environ.get("FEDONCO_RETRY_TIMEOUT", 0) or 0),
-        help="give up after the server was unreachable this long, seconds (default 0: "
-        "retry for ever, backing off to one attempt every ~35 s, one log line each; "
-        "env FEDONCO_RETRY_TIMEOUT)",
-    )
-    _add_tls_args(p, "site")
-    p.add_argument(
-        "--publish-dir",
-        default=os.environ.get("FEDONCO_PUBLISH_DIR") or None,
-        help="FedBN: also publish this site's released model to "
-        "PUBLISH_DIR/<run_id>/site<ID> (e.g. the release service's model store)",
-    )
-    p.add_argument(
-        "--allow-seeded-noise",
-        action="store_true",
-        help="accept dp.randomness = 'seeded-simulation': this site's DP noise then "
-        "derives from the run's public seed, so the server (or anyone with the "
-        "config) can regenerate and subtract it and epsilon protects nothing against "
-        "them. For simulations (`fedonco bench` passes it); a deployed site keeps "
-        "the default 'site-secret' key (docs/dp.md, \"Randomness\")",
-    )
+    from client.options import add_client_arguments
+
+    add_client_arguments(p)
     p.set_defaults(func=_client)
 
     p = sub.add_parser(
@@ -443,51 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rsub = p.add_subparsers(dest="release_command", metavar="ACTION", required=True)
     q = rsub.add_parser("serve", help="run the Inference service")
-    q.add_argument(
-        "--model", help="the default model: a release directory (model.npz + release.json)"
-    )
-    q.add_argument(
-        "--models-root",
-        action="append",
-        metavar="DIR",
-        help="also serve any release under DIR by its relative path as the request's "
-        "model name (repeatable)",
-    )
-    q.add_argument("--address", default=os.environ.get("FEDONCO_LISTEN", "127.0.0.1:50052"))
-    q.add_argument("--port-file", help="write the bound port to this file")
-    q.add_argument("--max-batch", type=_count, default=64, help="slices per Predict (default 64)")
-    _add_device_arg(q, "the served models compute", default="cpu")
-    q.add_argument("--exit-when", metavar="FILE", help="stop once FILE exists (compose)")
-    q.add_argument(
-        "--tls-dir",
-        default=os.environ.get("FEDONCO_RELEASE_TLS_DIR") or None,
-        help="serve over TLS with the certificate in DIR (ca.crt, tls.crt, tls.key: "
-        "`fedonco certs` makes OUT/release; env FEDONCO_RELEASE_TLS_DIR)",
-    )
-    q.add_argument(
-        "--insecure",
-        action="store_true",
-        default=_env_flag("FEDONCO_INSECURE"),
-        help="without --tls-dir: allow plaintext on a non-loopback address (closed "
-        "test networks only; env FEDONCO_INSECURE=1). Loopback is always allowed.",
-    )
-    q.add_argument(
-        "--client-certs",
-        action="store_true",
-        default=os.environ.get("FEDONCO_RELEASE_CLIENT_CERTS") == "1",
-        help="with --tls-dir: require a client certificate signed by DIR/ca.crt from "
-        "every caller (mutual TLS); it names the caller for --max-queries (without it, "
-        "no certificate is asked for and a caller is its host; env "
-        "FEDONCO_RELEASE_CLIENT_CERTS=1)",
-    )
-    q.add_argument(
-        "--max-queries",
-        type=_count,
-        metavar="Q",
-        help="slices one caller (client "
-        "certificate with --client-certs, else host) may have predicted; beyond it RESOURCE_EXHAUSTED "
-        "(default: no limit)",
-    )
+    from server.options import add_release_arguments
+
+    add_release_arguments(q)
     q.set_defaults(func=_release)
 
     p = sub.add_parser(
@@ -499,66 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         "loss-map CNN, offline LiRA and RMIA (each candidate under mia.views); with --auditor, "
         "the auditor's online LiRA and RMIA too.",
     )
-    p.add_argument("--target", required=True, help="release service host:port")
-    p.add_argument(
-        "--model",
-        action="append",
-        help="model name on the release service (default: "
-        "its default model); repeat with --candidates and --out, once per target",
-    )
-    p.add_argument("--pool", required=True, help="dataset directory with the 'attacker' split")
-    p.add_argument(
-        "--candidates",
-        action="append",
-        required=True,
-        help=".npz with 'images' and 'masks' (no labels), one per target",
-    )
-    p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
-    p.add_argument(
-        "--out",
-        action="append",
-        required=True,
-        help="output directory (scores.npz, attack.json), one per target",
-    )
-    p.add_argument(
-        "--site",
-        action="append",
-        help="the site that released this model, for a "
-        "method whose sites release their own models (FedBN; public knowledge): the "
-        "shadow federation's model of that site is the reference; once per target",
-    )
-    p.add_argument(
-        "--shadows",
-        type=int,
-        help="number of shadow federations (default: "
-        "mia.n_shadows; >= 2 lets the attack pick its strongest rung on them)",
-    )
-    p.add_argument(
-        "--auditor",
-        type=int,
-        metavar="N",
-        help="also run the auditor's online rungs "
-        "with N shadows that train on half the candidates each (even; default "
-        "mia.auditor_shadows; needs 'sites' in the candidates)",
-    )
-    _add_release_tls_arg(p)
-    p.add_argument(
-        "--query-budget",
-        type=_count,
-        metavar="Q",
-        help="at most Q Predict calls per "
-        "target (slices); views beyond it are dropped (default mia.query_budget)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=20.0,
-        metavar="S",
-        help="give up (one error line, exit 2) when the release service has not "
-        "answered within S seconds (default %(default)s)",
-    )
-    _add_device_arg(p, "the attacker's shadow federations compute")
+    from attacks.options import add_attack_arguments
+
+    add_attack_arguments(p)
     p.set_defaults(func=_attack)
 
     p = sub.add_parser(
@@ -568,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         "then run every method of fl.methods with a real server and five client processes over 127.0.0.1, and "
         "write runs/<run_id>/ (config, versions, history, results.json/.md/.csv, plots).",
     )
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--out", default="runs", help="parent directory of the run (default: runs)")
-    _add_device_arg(
+    add_device_arg(
         p,
         "every process of the run computes (server, sites, release service, "
         "attacker; public pretraining and reference rows here), passed to each",
@@ -590,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seeds",
-        type=_count,
+        type=count,
         default=1,
         metavar="N",
         help="run everything once per seed (SEED, SEED+1, ..., each with its own data, "
@@ -647,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cell-cpus",
-        type=_count,
+        type=count,
         metavar="N",
         help="--engine ray: CPUs a cell reserves on its node (default 6: a server and "
         "five sites; fewer only make a cell slower, never different)",
@@ -704,40 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(the release service's TLS certificate) and OUT/attacker (a caller of it). Give each "
         "site only its own directory; OUT/ca.key stays with the federation operator.",
     )
-    p.add_argument("--out", required=True, help="output directory")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument(
-        "--sites",
-        default=",".join(DEFAULT_SITE_NAMES),
-        help="site IDs (default %(default)s)",
-    )
-    who.add_argument(
-        "--config",
-        metavar="PATH",
-        help="a profile whose [[sites]] roster names the sites and their certificates' CNs",
-    )
-    p.add_argument(
-        "--server-name",
-        action="append",
-        metavar="NAME",
-        help="DNS name or IP the sites dial (repeatable; default: server, localhost, 127.0.0.1)",
-    )
-    p.add_argument(
-        "--release-name",
-        action="append",
-        metavar="NAME",
-        help="DNS name or IP callers dial for the release service (repeatable; "
-        "default: release, localhost, 127.0.0.1)",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing CA")
-    p.add_argument(
-        "--owner",
-        type=_owner,
-        metavar="UID:GID",
-        help="hand each role's directory to this account (the user its container runs "
-        "as: `deploy/compose user` prints it for the simulation); keys stay 0600, so "
-        "readable by that account only. Needs root unless it is you",
-    )
+    from common.wire.options import add_certs_arguments
+
+    add_certs_arguments(p)
     p.set_defaults(func=_certs)
 
     p = sub.add_parser(
@@ -747,21 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         "1 otherwise. For container health checks; with mutual TLS give a --tls-dir whose "
         "certificate the server accepts (the server's own directory works).",
     )
-    p.add_argument("address", help="host:port")
-    p.add_argument(
-        "--tls-dir",
-        default=os.environ.get("FEDONCO_TLS_DIR") or None,
-        help="mutual TLS directory (env FEDONCO_TLS_DIR)",
-    )
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
-    p.add_argument(
-        "--tls-check",
-        metavar="SITE",
-        help="instead: check that site SITE can talk "
-        "TLS to ADDRESS with --tls-dir (its certificate names SITE, the handshake "
-        "works); exit 2 naming the cause, 0 when it works or nothing listens yet (a "
-        "site runs this before it generates its data)",
-    )
+    from common.wire.options import add_health_arguments
+
+    add_health_arguments(p)
     p.set_defaults(func=_health)
 
     p = sub.add_parser(
@@ -780,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset with every site's train/holdout and the attacker split",
     )
     p.add_argument("--release", required=True, help="release service host:port")
-    _add_release_tls_arg(p)
+    add_release_tls_arg(p)
     p.add_argument("--methods", required=True, help="comma-separated, as given to the server")
     p.add_argument(
         "--timeout",

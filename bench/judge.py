@@ -12,7 +12,6 @@ the campaign is over; it writes the marker even when it fails, so nobody waits f
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from common.data.store import read_manifest
 from common.io import write_json_atomic
 from common.layout import RunLayout
 from common.methods import METHOD_NAMES
+from common.records import read_result
 
 log = logging.getLogger(__name__)
 DONE = "audit.done"
@@ -115,7 +115,7 @@ def judge(
         layout = RunLayout(mdir)
         log.info("waiting for %s to finish (%s)", method, layout.result)
         wait_for(layout.result, timeout_s, method)
-        result = json.loads(layout.result.read_text())
+        result = read_result(layout.result).to_json()
         result["dir"] = str(mdir)
         if cfg.mia.enabled:
             names = release_names(run_dir, method, result, address, 60.0, tls_dir, cfg.site_names)

@@ -16,7 +16,6 @@ black-box attacker, whose shadows are trained the same way).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -28,11 +27,11 @@ from common.data.loader import load_arrays
 from common.device import device_record
 from common.evaluation import evaluate_sums, summarize
 from common.fl.simulate import simulate_method
-from common.io import write_json_atomic
 from common.layout import RunLayout
 from common.methods import get_method
 from common.metrics import metrics_from_sums
 from common.model import count_parameters, get_params, state_sha256
+from common.records import read_result, run_result, write_record
 from common.release import export_release, release_info
 from common.training.pretrain import initial_model
 from common.transforms import to_inputs
@@ -124,6 +123,6 @@ def train_reference(
         "train_s": time.perf_counter() - t0,
         "device": {"bench": device_record(device)},  # trained and evaluated in this process
     }
-    write_json_atomic(layout.result, result)
+    write_record(layout.result, run_result(result))
     layout.history.write_text("[]\n")  # no federated rounds to record
-    return json.loads(layout.result.read_text())
+    return read_result(layout.result).to_json()

@@ -18,6 +18,7 @@ from bench.claims import paper_claims, standard_goals
 from common.config import DEFAULT_SITE_NAMES, Config
 from common.layout import RunLayout
 from common.methods import METHODS, SWEEP_METHOD
+from common.records import read_history
 
 
 def _nan(x) -> float:
@@ -353,8 +354,8 @@ def write_report(
     cfg: Config, run_dir: Path, results_by_method: dict, manifest: dict, wall_s: float
 ) -> str:
     histories = {
-        m: json.loads(RunLayout(Path(r["dir"])).history.read_text())
-        for m, r in results_by_method.items()
+        m: [r.to_json() for r in read_history(RunLayout(Path(res["dir"])).history)]
+        for m, res in results_by_method.items()
     }
     results = {
         "profile": cfg.profile,

@@ -55,6 +55,7 @@ from common.device import DeviceError, resolve_device
 from common.layout import RunLayout
 from common.methods import SWEEP_METHOD, get_method
 from common.progress import LogProgress, progress
+from common.records import RecordError, read_result, read_state
 from common.training.dp.randomness import SEEDED
 from common.training.pretrain import CACHE_ENV, pretrained_params
 from common.versions import collect_versions
@@ -152,7 +153,7 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
                 log.warning("a client did not exit after the run; terminating it")
     finally:
         stop(procs)
-    result = json.loads(RunLayout(mdir).result.read_text())
+    result = read_result(RunLayout(mdir).result).to_json()
     return _audited(cfg, config_path, mdir, data_dir, result, t0)
 
 
@@ -175,17 +176,17 @@ def _watch(cfg: Config, method: str, mdir: Path, server: subprocess.Popen) -> No
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=0.5)
             try:
-                st = json.loads(state.read_text())
-            except (OSError, json.JSONDecodeError):
+                st = read_state(state)
+            except (OSError, RecordError):
                 continue
-            if st["round"] > done:
-                bar.update(st["round"] - done)
-                done = st["round"]
-                last = st["history"][-1]
-                n_ok = len(last.get("fit", {}).get("sites", {}))
+            if st.round > done:
+                bar.update(st.round - done)
+                done = st.round
+                last = st.history[-1]
+                n_ok = len(last.fit.sites) if last.fit else 0
                 bar.set_postfix(
-                    dice=f"{last['eval']['overall'].get('dice', float('nan')):.3f}",
-                    sites=f"{n_ok}/{len(last['selected'])}",
+                    dice=f"{last.eval.overall.get('dice', float('nan')):.3f}",
+                    sites=f"{n_ok}/{len(last.selected)}",
                 )
 
 

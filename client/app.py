@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from client.options import ClientOptions
 from client.secure import PendingUpdate, advertise_request, stage_answer
 from common.config import Config
 from common.data.loader import ct_dataset, load_arrays
@@ -562,7 +563,7 @@ class SiteClient:
                 time.sleep(resp.wait.retry_after_s)
 
 
-def run_client_cmd(args) -> int:
+def run_client_cmd(args: ClientOptions) -> int:
     from common.config import load_config, with_device
     from common.device import resolve_device
 

@@ -10,7 +10,6 @@ global model after that round), ``history.json`` and, at the end, ``final_model.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from common.model import (
     state_sha256,
 )
 from common.progress import progress
+from common.records import read_state, round_record, run_result, server_state, write_record
 from common.release import export_release, release_info
 from common.training.ddp import wrap_free
 from common.training.dp.accountant import epsilons_of, history_from_text
@@ -113,12 +113,13 @@ class Server:
         if resume:
             if not state_file.is_file():
                 raise FileNotFoundError(f"--resume: {state_file} not found")
-            st = json.loads(state_file.read_text())
-            if st["method"] != method:
-                raise ValueError(f"--resume: {run_dir} is a {st['method']} run, not {method}")
-            self.run_id, self.done, self.history = st["run_id"], st["round"], st["history"]
-            self.skipped = st.get("skipped", [])
-            self.initial_sha = st["initial_model_sha256"]
+            st = read_state(state_file)
+            if st.method != method:
+                raise ValueError(f"--resume: {run_dir} is a {st.method} run, not {method}")
+            self.run_id, self.done = st.run_id, st.round
+            self.history = [r.to_json() for r in st.history]
+            self.skipped = [r.to_json() for r in st.skipped]
+            self.initial_sha = st.initial_model_sha256
             self.params = load_npz(layout.checkpoint(self.done)) if self.done else initial
             opt = layout.strategy_checkpoint(self.done)
             if self.done and opt.is_file():  # the strategy's own state (an optimizer's moments)
@@ -243,17 +244,15 @@ class Server:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _save_state(self) -> None:
-        write_json_atomic(
-            self.layout.state,
-            {
-                "run_id": self.run_id,
-                "method": self.method,
-                "round": self.done,
-                "history": self.history,
-                "initial_model_sha256": self.initial_sha,
-                "skipped": self.skipped,
-            },
-        )
+        state = {
+            "run_id": self.run_id,
+            "method": self.method,
+            "round": self.done,
+            "history": self.history,
+            "initial_model_sha256": self.initial_sha,
+            "skipped": self.skipped,
+        }
+        write_record(self.layout.state, server_state(state))
 
     def checkpoint(self, rnd: int) -> None:
         ckpt = self.layout.checkpoints
@@ -320,7 +319,7 @@ class Server:
                     raise KeyboardInterrupt
                 continue
             skips = 0
-            self.history.append(record)
+            self.history.append(round_record(record).to_json())  # the schema, before it is kept
             self.checkpoint(rnd)
             ev = record["eval"]["overall"]
             bar.update(1)
@@ -422,7 +421,7 @@ class Server:
             "wall_s": time.perf_counter() - self.t_start,  # from the wait for the sites on
             **self.privacy(),
         }
-        write_json_atomic(self.layout.result, result)
+        write_record(self.layout.result, run_result(result))
         return result
 
 

@@ -21,10 +21,12 @@ from common.config import DEFAULT_ROSTER
 from common.io import GROUP_DIR, secure_dir, write_json_atomic
 from common.layout import RunLayout
 from common.methods import METHOD_NAMES, get_method
+from common.records import read_state
 from common.versions import collect_versions
 from common.wire.channel import MAX_MESSAGE_BYTES, MiB, create_server
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from server.app import Server
+from server.options import ServerOptions
 from server.servicer import FederationServicer
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def serve_campaign(
         server.stop(grace=1.0)
 
 
-def run_server_cmd(args) -> int:
+def run_server_cmd(args: ServerOptions) -> int:
     from common.config import load_config, with_device, with_overrides
     from common.device import resolve_device
     from common.wire.tls import plaintext_allowed
@@ -181,7 +183,7 @@ def run_server_cmd(args) -> int:
         raise ValueError("give --run-dir (new run) or --resume RUN_DIR")
     method = args.method
     if args.resume and method is None:
-        method = json.loads(RunLayout(run_dir).state.read_text())["method"]
+        method = read_state(RunLayout(run_dir).state).method
     if method is None:
         raise ValueError("give --method (fedavg, fedprox or fedbn)")
     fresh = not args.resume and not (run_dir.is_dir() and any(run_dir.iterdir()))

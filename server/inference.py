@@ -23,6 +23,7 @@ from common.wire.channel import create_server
 from common.wire.rpc import inference_pb2 as pb
 from common.wire.rpc import inference_pb2_grpc as pb_grpc
 from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
+from server.options import ReleaseOptions
 
 log = logging.getLogger(__name__)
 log.addFilter(Throttle())  # it logs refusals of what any caller sends: bounded
@@ -273,7 +274,7 @@ def serve(
     return 0
 
 
-def run_release_cmd(args) -> int:
+def run_release_cmd(args: ReleaseOptions) -> int:
     from common.device import resolve_device
 
     if not args.model and not args.models_root:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from common.logthrottle import Throttle
+from common.wire.options import HealthOptions
 
 log = logging.getLogger(__name__)
 # gRPC logs a multi-line traceback for every request it cannot deserialise: anyone can send such
@@ -158,7 +159,7 @@ def check_health(
         channel.close()
 
 
-def run_health_cmd(args) -> int:
+def run_health_cmd(args: HealthOptions) -> int:
     if args.tls_check:
         return _tls_check(args.address, args.tls_dir, args.tls_check)
     creds = None

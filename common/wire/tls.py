@@ -33,6 +33,7 @@ import grpc
 
 from common.config import SITE_CERT_PREFIX
 from common.io import PUBLIC_DIR, secure_dir, write_bytes_atomic
+from common.wire.options import CertsOptions
 
 log = logging.getLogger(__name__)
 
@@ -393,15 +394,7 @@ def plaintext_allowed(address: str, insecure: bool, role: str) -> None:
     )
 
 
-def parse_owner(text: str) -> tuple[int, int]:
-    """``UID:GID`` (numbers) -> (uid, gid); for ``fedonco certs --owner``."""
-    uid, sep, gid = text.partition(":")
-    if not (sep and uid.isdigit() and gid.isdigit()):
-        raise ValueError(f"--owner wants UID:GID as numbers, e.g. 10001:10001, not {text!r}")
-    return int(uid), int(gid)
-
-
-def run_certs_cmd(args) -> int:
+def run_certs_cmd(args: CertsOptions) -> int:
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     cns = None
     if args.config:  # the roster's sites, each with its certificate's CN

@@ -150,7 +150,7 @@ def test_client_cli_checks_its_certificate_and_plaintext_needs_opt_in(setup):
         text=True,
         timeout=60,
     )
-    assert r.returncode == 2 and "certificate is for site 'A'" in r.stderr
+    assert r.returncode == 2 and "common name is 'site-A', the roster gives site 'B'" in r.stderr
     r = subprocess.run(
         fedonco(*base, "--site", "A", "--server", "10.1.2.3:50051"),
         capture_output=True,

@@ -17,12 +17,12 @@ from common.config import load_profile
 from common.data.build import make_shard, plan
 from common.model import build_model, get_params
 from common.release import export_release
+from common.wire.options import parse_owner
 from common.wire.tls import (
     certificate_site,
     channel_credentials,
     is_loopback,
     make_certs,
-    parse_owner,
     plaintext_allowed,
 )
 from server.inference import ModelStore

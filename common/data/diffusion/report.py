@@ -35,6 +35,7 @@ from common.config import SITE_PRESETS, Config
 from common.data.anatomy import LABEL
 from common.data.diffusion.generate import slice_seed
 from common.data.diffusion.model import DiffusionModel, load_model
+from common.data.diffusion.options import ReportOptions
 from common.data.diffusion.sample import generate_hu
 from common.data.diffusion.train import render_many
 from common.data.scanner import radial_nps
@@ -421,7 +422,7 @@ def _composite(model, region_masks, cond_masks, sites, seeds, bg, dc) -> np.ndar
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
 
-def run_diffusion_report(args) -> int:
+def run_diffusion_report(args: ReportOptions) -> int:
     """`fedonco diffusion report`."""
     from common.config import resolve_config
 

@@ -31,6 +31,7 @@ from common.data.diffusion.model import (
     load_model,
     save_model,
 )
+from common.data.diffusion.options import TrainOptions
 from common.data.generate import Slice, render_slice
 from common.data.sites import resolve_sites
 
@@ -240,7 +241,7 @@ def train_diffusion(
     return model
 
 
-def run_diffusion_train(args) -> int:
+def run_diffusion_train(args: TrainOptions) -> int:
     """`fedonco diffusion train`."""
     from common.config import resolve_config
 
