@@ -224,3 +224,18 @@ def test_the_committed_runs_carry_fedprox_and_fedadam_next_to_fedavg():
         assert res["methods"]["fedadam"]["mia"]["selected_on"].startswith("shadow AUC")
     merged = merge([load_run(RUNS), fl])
     assert all({"fedavg", "fedprox", "fedadam"} <= set(m.methods) for m in merged.values())
+
+
+def test_the_committed_runs_carry_scaffold_next_to_fedavg():
+    """Issue 27: SCAFFOLD on the standard profile, three seeds (docs/runs/standard-scaffold:
+    `fedonco bench --config configs/standard.toml --methods scaffold --seed N`), merged per seed
+    with the standard run and audited like every method."""
+    assert "docs/runs/standard-scaffold" in committed_rundirs()
+    run = load_run(ROOT / "docs" / "runs" / "standard-scaffold")
+    assert set(run.results) == {42, 43, 44} and not run.sweep
+    for seed, res in run.results.items():
+        assert set(res["methods"]) == {"scaffold"}, seed
+        entry = res["methods"]["scaffold"]
+        assert entry["mia"]["selected_on"].startswith("shadow AUC") and entry["rounds"] == 10
+    merged = merge([load_run(RUNS), run])
+    assert all({"fedavg", "scaffold"} <= set(m.methods) for m in merged.values())
