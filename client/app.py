@@ -374,12 +374,13 @@ class SiteClient:
         )
         if not self._push(self.stub.PushUpdate, request, task.round):
             return
+        loss = metrics.get("loss")  # a DP round reports no un-noised loss
         log.info(
-            "site %s: round %d trained (loss %.4f, %.1fs)",
+            "site %s: round %d trained (%s, %.1fs)",
             self.site,
             task.round,
-            metrics["loss"],
-            metrics["train_time_s"],
+            "DP" if loss is None else f"loss {loss:.4f}",
+            metrics.get("train_time_s", 0.0),
         )
 
     def release(self) -> None:

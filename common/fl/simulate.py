@@ -13,7 +13,8 @@ control variate) and ``aggregate_fit`` on the example-weighted sum of what the s
 aggregation layer computes it (secure aggregation's quantised sum, or the plain sum of float32
 uploads): with the same thread count a simulated run is the federation's, bit for bit. What
 it leaves out: timeouts and dropouts, secure aggregation's masks (they cancel in the sum), and a
-real site's DP randomness (a simulated site draws from the public seed).
+real site's secret DP randomness (a simulated site draws what a real site draws under
+``dp.randomness = 'seeded-simulation'``, from the public seed: the same ``NoiseSource``).
 """
 
 from __future__ import annotations
@@ -106,9 +107,10 @@ def simulate_federation(
     strategy.setup(initial, shared, buffers, cfg)
     bar = progress(cfg.train.rounds, desc, "round") if desc else None
     if strategy.ring_plan() is not None:
-        return _simulate_ddp(cfg, strategy, sites, names, first, shared, device, bar)
+        noise = {s: _seeded_noise(seed, method, s) for s in names}
+        return _simulate_ddp(cfg, strategy, sites, names, first, shared, noise, device, bar)
     global_params = {k: initial[k] for k in shared}
-    dp = _DPSites(cfg, models, sites) if spec.dp else None
+    dp = _DPSites(cfg, models, sites, seed, method) if spec.dp else None
     metrics: dict[str, dict] = {}
     control: dict[str, dict[str, np.ndarray]] = {s: {} for s in names}  # SCAFFOLD's c_i per site
     try:
@@ -233,14 +235,24 @@ def aggregation_layer(
     return unflatten(dequantize(ring, scale), dict(template), keys), total
 
 
+def _seeded_noise(seed: int, method: str, site: str):
+    """A simulated site's DP randomness: the ``NoiseSource`` a real site uses under
+    ``dp.randomness = 'seeded-simulation'`` (a public function of the run's seed, the site and the
+    method), first attempt of every round; so a simulated DP run is the seeded federation's."""
+    from common.training.dp.randomness import SEEDED, NoiseSource, simulation_key
+
+    return NoiseSource(simulation_key(seed, site), SEEDED, method)
+
+
 def _simulate_ddp(
-    cfg, strategy: Strategy, sites, names, model, shared, device, bar=None
+    cfg, strategy: Strategy, sites, names, model, shared, noise, device, bar=None
 ) -> SimulatedFederation:
     """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
     ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
     aggregation reveals), and the strategy's step."""
     from common.secagg import unflatten
     from common.training.ddp import DDPSite, from_ring_sum
+    from common.training.dp.randomness import DDP_NOISE, DDP_SAMPLING
 
     params = get_params(model)
     plan = strategy.ring_plan()
@@ -260,7 +272,10 @@ def _simulate_ddp(
                     clip=p.clip,
                     scale=p.scale,
                     mu_share=p.mu_share,
-                    seed=orders.seed,
+                    rngs=(
+                        noise[s].numpy_rng(rnd, 1, DDP_SAMPLING),
+                        noise[s].numpy_rng(rnd, 1, DDP_NOISE),
+                    ),
                     chunk=orders.batch_size,
                 )
                 ring += vec  # uint32 arithmetic wraps modulo 2**32, as secure aggregation's
@@ -280,7 +295,9 @@ def _simulate_ddp(
 class _DPSites:
     """Each site's DP-SGD trainer, σ and accountant for one simulated run."""
 
-    def __init__(self, cfg, models: Mapping[str, nn.Module], sites: Mapping[str, object]):
+    def __init__(
+        self, cfg, models: Mapping[str, nn.Module], sites: Mapping[str, object], seed, method
+    ):
         from common.training.dp import DPSettings, DPTrainer, SiteAccountant
 
         t = cfg.train
@@ -306,12 +323,15 @@ class _DPSites:
             s: SiteAccountant(self.settings.accountant, self.settings.adjacency) for s in models
         }
         self.trainers = {s: DPTrainer(m, self.settings) for s, m in models.items()}
+        self.noise = {s: _seeded_noise(seed, method, s) for s in models}
 
     def train(
         self, site: str, orders: FitInstructions, global_params, grad_hook=None
     ) -> dict | None:
         from common.training.dp import PrivacyBudgetExhausted
+        from common.training.dp.randomness import DP_NOISE, DP_SAMPLING
 
+        noise, rnd = self.noise[site], orders.round
         try:
             return self.trainers[site].train_round(
                 self.sites[site],
@@ -324,6 +344,10 @@ class _DPSites:
                 proximal_mu=orders.proximal_mu,
                 global_params=global_params,
                 optimizer=self.cfg.train.optimizer,
+                generator_seeds=(
+                    noise.torch_seed(rnd, 1, DP_SAMPLING),
+                    noise.torch_seed(rnd, 1, DP_NOISE),
+                ),
                 grad_hook=grad_hook,
             )
         except PrivacyBudgetExhausted as err:

@@ -179,11 +179,14 @@ def test_every_method_completes(runs, env):
     assert runs["fedprox"]["final_model_sha256"] != runs["fedavg"]["final_model_sha256"]
 
 
-PARITY = ("fedavg", "fedprox", "fedbn", "groupnorm", "fedadam", "scaffold")
+PARITY = ("fedavg", "fedprox", "fedbn", "groupnorm", "fedadam", "scaffold", "dpsgd")
+SECURE_PARITY = ("scaffold", "ddp-sgd")  # with secure aggregation on (ddp-sgd needs it)
 
 
 def _serve(cfg, methods, root: Path, name: str) -> Path:
-    """``methods`` as one campaign of a server and five client processes; the run directory."""
+    """``methods`` as one campaign of a server and five client processes; the run directory.
+    Under ``dp.randomness = 'seeded-simulation'`` the sites accept the seeded noise."""
+    seeded = ["--allow-seeded-noise"] if cfg.dp.randomness == "seeded-simulation" else []
     path, run_dir, logs = _write_config(cfg, root / f"{name}.json"), root / name, root / name[:3]
     address = f"127.0.0.1:{free_port()}"
     procs = [
@@ -221,6 +224,7 @@ def _serve(cfg, methods, root: Path, name: str) -> Path:
                     str(root / "data"),
                     "--state-dir",
                     str(root / f"{name}-state"),
+                    *seeded,
                 ),
                 logs / f"site{s}.log",
             )
@@ -235,11 +239,14 @@ def _serve(cfg, methods, root: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def parity(env):
-    """Every weights method as one plaintext campaign without secure aggregation (2 rounds,
-    2 local epochs; FedProx's mu raised to 1 so that its pull shows in so few steps), and the
-    same methods in the in-process simulator the attacker's shadows use, with the same data and
-    seed, on one thread as the sites train. SCAFFOLD once more with secure aggregation on: its
-    control variates' changes travel summed with the weights."""
+    """Every method as one plaintext campaign without secure aggregation (2 rounds, 2 local
+    epochs; FedProx's mu raised to 1 so that its pull shows in so few steps), and the same
+    methods in the in-process simulator the attacker's shadows use, with the same data and
+    seed, on one thread as the sites train. SCAFFOLD once more with secure aggregation on (its
+    control variates' changes travel summed with the weights), and distributed DP, which needs
+    it. The DP sites draw their noise as in `fedonco bench` (dp.randomness =
+    'seeded-simulation': from the public seed, the simulator's source too); a deployed site's
+    secret noise is the one thing no simulation can reproduce."""
     import torch
 
     from common.data.loader import ct_dataset
@@ -253,21 +260,24 @@ def parity(env):
             "train.local_epochs": 2,
             "secagg.enabled": False,
             "fl.proximal_mu": 1.0,
+            "dp.randomness": "seeded-simulation",
         },
     )
     scfg = with_overrides(pcfg, **{"secagg.enabled": True})
     run_dir = _serve(pcfg, PARITY, root, "parity")
-    secure = _serve(scfg, ["scaffold"], root, "psec")
+    secure = _serve(scfg, SECURE_PARITY, root, "psec")
     sites = {s: ct_dataset(root / "data", "train", s) for s in "ABCDE"}
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         sims = {m: simulate_method(pcfg, m, sites, seed=pcfg.seed) for m in PARITY}
-        sims["scaffold+secagg"] = simulate_method(scfg, "scaffold", sites, seed=pcfg.seed)
+        for m in SECURE_PARITY:
+            sims[f"{m}+secagg"] = simulate_method(scfg, m, sites, seed=pcfg.seed)
     finally:
         torch.set_num_threads(old)
     real = {m: load_params(run_dir / m / "final_model.npz") for m in PARITY}
-    real["scaffold+secagg"] = load_params(secure / "scaffold" / "final_model.npz")
+    for m in SECURE_PARITY:
+        real[f"{m}+secagg"] = load_params(secure / m / "final_model.npz")
     return sims, real
 
 
@@ -291,8 +301,9 @@ def test_the_simulator_trains_what_the_federation_trains(parity, method):
     Strategy object the gRPC server does, so each weights method simulates as it runs: same
     initial model, site sampling, seeds, instructions and aggregation rule. The check has
     teeth: the methods that share FedAvg's network differ from it by far more than the
-    tolerance, so a method simulated as FedAvg would fail here. (A DP method draws its noise
-    from a site secret the simulator does not hold: its parity is the mechanism's,
+    tolerance, so a method simulated as FedAvg would fail here, and DP-SGD differs from its
+    non-DP twin. (DP runs here with the seeded noise of `fedonco bench`; a deployed site's
+    secret noise cannot be simulated: its parity is the mechanism's,
     tests/unit/test_federated.py.)"""
     sims, real = parity
     keys = sims[method].shared_keys
@@ -301,19 +312,25 @@ def test_the_simulator_trains_what_the_federation_trains(parity, method):
     assert gap <= PARITY_TOL, (method, gap)
     if method == "fedbn":  # round 1 trains as FedAvg; what differs is what leaves a site
         assert set(keys) < set(sims["fedavg"].shared_keys)
-    if method in ("fedprox", "fedadam", "scaffold"):
-        other = _gap(sims["fedavg"].global_params, real[method], keys)
-        print(f"{method}: ... and FedAvg's simulation is {other:.2e} away")
-        assert other > 1e-3, (method, other)  # measured: 3.6e-1, 1.2e-1, 8.8e-2
+    twin = {"fedprox": "fedavg", "fedadam": "fedavg", "scaffold": "fedavg", "dpsgd": "groupnorm"}
+    if method in twin:
+        other = _gap(sims[twin[method]].global_params, real[method], keys)
+        print(f"{method}: ... and {twin[method]}'s simulation is {other:.2e} away")
+        assert other > 1e-3, (method, other)  # measured: 3.6e-1, 1.2e-1, 8.8e-2, ...
 
 
-def test_scaffold_through_secure_aggregation_trains_what_the_simulator_trains(parity):
+@pytest.mark.parametrize("method", SECURE_PARITY)
+def test_through_secure_aggregation_the_simulator_trains_what_the_federation_trains(parity, method):
+    """The same with secure aggregation: the simulator sums the sites' quantised vectors as the
+    masked sum reveals them (SCAFFOLD's control variates with the weights; distributed DP's
+    noisy integer sums modulo 2**32)."""
     sims, real = parity
-    keys = sims["scaffold"].shared_keys
-    gap = _gap(sims["scaffold+secagg"].global_params, real["scaffold+secagg"], keys)
-    other = _gap(sims["fedavg"].global_params, real["scaffold+secagg"], keys)
+    twin = {"scaffold": "fedavg", "ddp-sgd": "groupnorm"}[method]
+    keys = sims[f"{method}+secagg"].shared_keys
+    gap = _gap(sims[f"{method}+secagg"].global_params, real[f"{method}+secagg"], keys)
+    other = _gap(sims[twin].global_params, real[f"{method}+secagg"], keys)
     print(
-        f"scaffold with secure aggregation: {gap:.2e} from its simulation, {other:.2e} from FedAvg's"
+        f"{method} with secure aggregation: {gap:.2e} from its simulation, {other:.2e} from {twin}'s"
     )
     assert gap <= PARITY_TOL and other > 1e-3, (gap, other)
 

@@ -133,8 +133,9 @@ def test_every_command_refuses_cuda_without_cuda_before_it_starts(argv, tmp_path
 # default layout since (other oneDNN kernels, so other float32 roundings).
 # The first sets were recorded on the machine of the 2026-12-03 CI runs (its fingerprint was not
 # recorded: None); their fed-dpsgd entries predate the simulator's exact mirror of secure
-# aggregation (common/fl/simulate.py aggregation_layer, issue 27), so on that machine the test
-# now skips instead of failing, printing the hashes to record. On a machine whose fingerprint has
+# aggregation (common/fl/simulate.py aggregation_layer, issue 27) and its DP noise drawn from the
+# seeded site's NoiseSource, so on that machine the test now skips instead of failing, printing
+# the hashes to record. On a machine whose fingerprint has
 # a set, any moved bit fails; on an unknown machine the test skips and prints what to record.
 # The same-run determinism test below runs on every machine.
 REFERENCE_TORCH = "2.13.0"
@@ -163,13 +164,13 @@ REFERENCE = [
     (
         "AuthenticAMD AMD EPYC AVX512",
         {
-            "nchw": {  # recorded 2026-12-04 at fb7dce3 + simulator fix
+            "nchw": {  # recorded 2026-12-04 (fed-dpsgd: the simulator's seeded NoiseSource)
                 "local": "aac2aa39413b913cd393002b45b08b8f2dc5e56c16662c063242e8127f24a297",
                 "probs": "2c366ae18547a17c2c7e6303b6ecafe64f76e05a062fd91999aa659ba83cb17d",
                 "dpsgd": "5400e8607e5f39f546675351c4f5a8e5461921bb9d638198bad0e1bca259db36",
                 "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
                 "fed-fedavg": "3e52eea896c61bdec8bcbbbce0eb0f58a1721ee2b67bb280ab831bb4aa602552",
-                "fed-dpsgd": "ec0505dbbf94771093374f21962fa8d328f6971cc03dbf7204a043b94a7730c5",
+                "fed-dpsgd": "a77f01c034a693c3eac2481d107fc9455b260a4037a4cf687a423b2db4bf2ef9",
             },
             "channels_last": {
                 "local": "0638e50f1e6397958cc0b7e99621d65ff2be8db752eca6471a8d3d79e90ae805",
@@ -177,7 +178,7 @@ REFERENCE = [
                 "dpsgd": "3888e6a320c80e41e2447512a89ee4cffbd205afc9be0dc6a9dea11f7d049b0d",
                 "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
                 "fed-fedavg": "64e8e6905edae86bdd35870578ddac79c6ec73650a6648dc3e85652409e92b2a",
-                "fed-dpsgd": "f659406649a5d2ec544be1d2b53da7bd65f51f4db11dffa50e8e817c61daba79",
+                "fed-dpsgd": "e294bc85ec3cc7efff4cf3ba224386127cc6854b43a0bd206020088a5732cde8",
             },
         },
     ),
