@@ -306,3 +306,19 @@ def test_docs_dp_md_quotes_the_privacy_table_the_command_prints():
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     doc = (root / "docs" / "dp.md").read_text()
     assert rows and all(line in doc for line in rows), [r for r in rows if r not in doc]
+
+
+def test_a_tiny_sigma_is_bounded_not_integrated_and_calibration_ends():
+    """σ below the integration floor: the full-batch closed form (an upper bound; a tiny σ used
+    to ask the grid for ~48 GB), still decreasing in σ across the floor; and a target ε so large
+    that any σ meets it ends the bisection instead of halving σ towards 0."""
+    from common.training.dp.adjacency import SIGMA_FLOOR
+
+    tiny = replace_one_rdp(0.01, 1e-6)
+    assert np.all(np.isfinite(tiny)) and min(tiny) > 1e11
+    below = replace_one_rdp(0.3, SIGMA_FLOOR * 0.999)
+    above = replace_one_rdp(0.3, SIGMA_FLOOR)
+    assert np.all(below >= above) and np.any(below > above)
+    sigma = replace_one_sigma(1e9, DELTA, 0.01, 10)
+    assert 0 < sigma < SIGMA_FLOOR
+    assert replace_one_epsilon([(sigma, 0.01, 10)], DELTA) <= 1e9

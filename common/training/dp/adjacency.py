@@ -39,9 +39,15 @@ ADJACENCIES = (REPLACE_ONE, ADD_REMOVE)
 ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
 
+# Below this σ the integration grid (spacing σ/50 over ~2·max(ORDERS) + 24σ) would hold more
+# than ~3M points per order, and ε is astronomical anyway (2α/σ² > 32α): the q = 1 closed form,
+# an upper bound for any q (subsampling never increases the divergence), stands in.
+SIGMA_FLOOR = 0.25
+
+
 @functools.lru_cache(maxsize=256)
 def _replace_one_rdp(q: float, sigma: float) -> tuple[float, ...]:
-    if q >= 1.0:  # closed form: two Gaussians 2 apart
+    if q >= 1.0 or sigma < SIGMA_FLOOR:  # closed form: two Gaussians 2 apart
         return tuple((2.0 * np.asarray(ORDERS) / sigma**2).tolist())
     return rdp_integral(q, sigma)
 
