@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the generator (scipy) is imported only to regenerate a slic
 def load_arrays(
     root: str | Path, split: str, site: str | None = None, manifest: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(images int16 HU, masks uint8, slice indices, site letters) of one split, one or all sites.
+    """(images int16 HU, masks uint8, slice indices, site IDs) of one split, one or all sites.
 
     Every shard's sha256 is checked against the manifest before its bytes are used.
     """
@@ -46,7 +46,8 @@ def load_arrays(
     images = np.concatenate([p["image"] for p, _ in parts])
     masks = np.concatenate([p["mask"] for p, _ in parts])
     index = np.concatenate([p["index"] for p, _ in parts])
-    sites = np.concatenate([np.full(len(p["index"]), s, "U1") for p, s in parts])
+    # as wide as the longest ID (a roster's names are up to 32 characters, not letters A-E)
+    sites = np.concatenate([np.full(len(p["index"]), s, f"U{len(s)}") for p, s in parts])
     return images, masks, index, sites
 
 

@@ -149,3 +149,7 @@ def test_a_seven_site_roster_trains_over_mtls_and_refuses_the_default_cn(roster_
     assert sorted(history[0]["fit"]["sites"]) == sorted(names)
     result = json.loads((run_dir / "result.json").read_text())
     assert sorted(result["dice_per_site"]) == sorted(names)
+    # the server evaluated each site on that site's own test slices (all of them)
+    tests = {row["site"]: row["n_test"] for row in manifest["summary"]}
+    for s, m in history[0]["eval"]["per_site"].items():
+        assert m["n_tumor_images"] + m["n_empty_images"] == tests[s] > 0, (s, m)
