@@ -472,7 +472,8 @@ def fit_phase(
     record["secagg"] = out.record
     record["failures"].update(
         {
-            s: f"dropped during secure aggregation ({k})"
+            s: f"dropped during secure aggregation ({k}): "
+            + out.record["dropout_reasons"].get(s, "no reason recorded")
             for k, sites in out.record["dropouts"].items()
             for s in sites
         }

@@ -60,7 +60,13 @@ def secure_aggregate(
     length = int(sum(shared[k].size for k in keys))
     timeout = cfg.fl.round_timeout_s
     steps: dict[str, float] = {}  # the server's own secure-aggregation work, per step (s)
-    record: dict = {"dropouts": {}, "threshold": cfg.secagg.threshold, "server_steps_s": steps}
+    # dropouts: per stage, the sites that left; dropout_reasons: why (declined, or which deadline)
+    record: dict = {
+        "dropouts": {},
+        "dropout_reasons": {},
+        "threshold": cfg.secagg.threshold,
+        "server_steps_s": steps,
+    }
 
     def timed(fn, *args):
         t = time.perf_counter()
@@ -74,6 +80,7 @@ def secure_aggregate(
             kind, rnd, {s: {} for s in sites}, None, spec, timeout, payloads
         )
         record["dropouts"][kind.value] = sorted(failures)
+        record["dropout_reasons"].update(failures)
         return results
 
     weights = {s: a.num_examples for s, a in advertised.items()}

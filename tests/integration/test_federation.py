@@ -833,16 +833,14 @@ def test_secagg_site_dropping_after_sharing_keys_is_recovered(env, tmp_path):
 
 def test_a_site_restarted_after_advertising_keys_is_dropped_at_once(env, tmp_path):
     """Issue 15: the restarted site declines the stages it cannot serve (no update, no keys),
-    the survivors' shares recover the sum, and the round does not wait for its timeout (20 s);
-    before, the site re-polled the same stage in a tight loop until the deadline."""
-    import time
-
-    start = time.monotonic()
+    the survivors' shares recover the sum, and the round does not wait for its timeout (20 s):
+    the server records E as having declined, not as missing the deadline; before, the site
+    re-polled the same stage in a tight loop until the deadline."""
     rec, sent, _srv = _secagg_round(env, tmp_path, {"E": "restart:share_keys"})
-    took = time.monotonic() - start
     assert rec["secagg"]["dropouts"]["share_keys"] == ["E"] and set(sent) == set("ABCD")
     assert rec["secagg"]["survivors"] == list("ABCD") and "fit" in rec
-    assert rec["timing_s"]["fit_phase"] < 15.0, took  # far from the 20 s deadline
+    why = rec["failures"]["E"]
+    assert why.startswith("dropped during secure aggregation (share_keys): declined"), why
 
 
 def test_secagg_sites_dropping_during_unmasking_with_t_left(env, tmp_path):
