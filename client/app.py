@@ -35,8 +35,6 @@ from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
 from common.secagg import SecAggClient, SecAggError, flatten
 from common.training.dp.randomness import (
-    DDP_NOISE,
-    DDP_SAMPLING,
     SEEDED,
     SEEDED_REFUSAL,
     AttemptLog,
@@ -451,10 +449,7 @@ class SiteClient:
 
                 self.ddp = DDPSite(self.model)
             attempt = self.attempts.next(rnd)  # recorded before anything is drawn: fresh shares
-            rngs = (
-                noise.numpy_rng(rnd, attempt, DDP_SAMPLING),
-                noise.numpy_rng(rnd, attempt, DDP_NOISE),
-            )
+            rngs = noise.ddp_rngs(rnd, attempt)
             p = orders.ddp
             vec, metrics = self.ddp.noisy_sum(
                 self.train_set,

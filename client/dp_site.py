@@ -26,7 +26,7 @@ from common.training.dp import (
     SiteAccountant,
     history_text,
 )
-from common.training.dp.randomness import DP_NOISE, DP_SAMPLING, AttemptLog, NoiseSource
+from common.training.dp.randomness import AttemptLog, NoiseSource
 
 log = logging.getLogger(__name__)
 __all__ = ["DPState", "PrivacyBudgetExhausted"]
@@ -80,10 +80,7 @@ class DPState:
             self.trainer = DPTrainer(model, self.settings)
         acc, before, rnd = self.accountant, self.accountant.steps, orders.round
         attempt = self.attempts.next(rnd)  # recorded before anything is drawn
-        seeds = (
-            self.noise.torch_seed(rnd, attempt, DP_SAMPLING),
-            self.noise.torch_seed(rnd, attempt, DP_NOISE),
-        )
+        seeds = self.noise.dp_seeds(rnd, attempt)
         try:
             m = self.trainer.train_round(
                 dataset,

@@ -29,6 +29,13 @@ else:  # pragma: no cover
 # patient mixes, common/data/sites.py). A profile's [[sites]] tables replace it.
 SITE_PRESETS = ("A", "B", "C", "D", "E")
 SITE_CERT_PREFIX = "site-"  # a site's certificate CN is this and its name, unless cert_name says
+
+
+def default_cert_name(site: str) -> str:
+    """The CN of a site's client certificate when the roster names none (`fedonco certs`')."""
+    return f"{SITE_CERT_PREFIX}{site}"
+
+
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")  # a site's ID: also a path part and a CN
 SIZE_CLASSES = ("tiny", "small", "medium", "large")
 # The shipped profiles; FEDONCO_CONFIG_DIR points elsewhere (an installed wheel has no configs/).
@@ -114,7 +121,7 @@ class SiteEntry(_Frozen):
     @property
     def common_name(self) -> str:
         """The CN the server requires of this site's client certificate."""
-        return self.cert_name or f"{SITE_CERT_PREFIX}{self.name}"
+        return self.cert_name or default_cert_name(self.name)
 
 
 def default_roster(n: int = len(SITE_PRESETS)) -> tuple[SiteEntry, ...]:

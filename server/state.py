@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import SITE_CERT_PREFIX
+from common.config import default_cert_name
 from common.logthrottle import Throttle
 from server.records import TaskKind
 from server.validation import clip_text
@@ -79,7 +79,7 @@ class RoundState:
         self.run_id = run_id
         self.sites = list(sites)
         # site -> the CN its client certificate must carry (under mutual TLS)
-        self.certs = certs or {s: f"{SITE_CERT_PREFIX}{s}" for s in self.sites}
+        self.certs = certs or {s: default_cert_name(s) for s in self.sites}
         self.heartbeat_s = heartbeat_s
         self.max_examples = max_examples  # the cap on a site's claimed num_examples
         self._cv = threading.Condition()

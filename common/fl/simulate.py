@@ -239,9 +239,9 @@ def _seeded_noise(seed: int, method: str, site: str):
     """A simulated site's DP randomness: the ``NoiseSource`` a real site uses under
     ``dp.randomness = 'seeded-simulation'`` (a public function of the run's seed, the site and the
     method), first attempt of every round; so a simulated DP run is the seeded federation's."""
-    from common.training.dp.randomness import SEEDED, NoiseSource, simulation_key
+    from common.training.dp.randomness import NoiseSource
 
-    return NoiseSource(simulation_key(seed, site), SEEDED, method)
+    return NoiseSource.seeded(seed, site, method)
 
 
 def _simulate_ddp(
@@ -252,7 +252,6 @@ def _simulate_ddp(
     aggregation reveals), and the strategy's step."""
     from common.secagg import unflatten
     from common.training.ddp import DDPSite, from_ring_sum
-    from common.training.dp.randomness import DDP_NOISE, DDP_SAMPLING
 
     params = get_params(model)
     plan = strategy.ring_plan()
@@ -272,10 +271,7 @@ def _simulate_ddp(
                     clip=p.clip,
                     scale=p.scale,
                     mu_share=p.mu_share,
-                    rngs=(
-                        noise[s].numpy_rng(rnd, 1, DDP_SAMPLING),
-                        noise[s].numpy_rng(rnd, 1, DDP_NOISE),
-                    ),
+                    rngs=noise[s].ddp_rngs(rnd, 1),
                     chunk=orders.batch_size,
                 )
                 ring += vec  # uint32 arithmetic wraps modulo 2**32, as secure aggregation's
@@ -329,7 +325,6 @@ class _DPSites:
         self, site: str, orders: FitInstructions, global_params, grad_hook=None
     ) -> dict | None:
         from common.training.dp import PrivacyBudgetExhausted
-        from common.training.dp.randomness import DP_NOISE, DP_SAMPLING
 
         noise, rnd = self.noise[site], orders.round
         try:
@@ -344,10 +339,7 @@ class _DPSites:
                 proximal_mu=orders.proximal_mu,
                 global_params=global_params,
                 optimizer=self.cfg.train.optimizer,
-                generator_seeds=(
-                    noise.torch_seed(rnd, 1, DP_SAMPLING),
-                    noise.torch_seed(rnd, 1, DP_NOISE),
-                ),
+                generator_seeds=noise.dp_seeds(rnd, 1),
                 grad_hook=grad_hook,
             )
         except PrivacyBudgetExhausted as err:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import grpc
 
-from common.config import SITE_CERT_PREFIX
+from common.config import SITE_CERT_PREFIX, default_cert_name
 from common.io import PUBLIC_DIR, secure_dir, write_bytes_atomic
 from common.wire.options import CertsOptions
 
@@ -45,7 +45,7 @@ RELEASE_ROLE, ATTACKER_ROLE = "release", "attacker"
 
 
 def site_common_name(site: str) -> str:
-    return f"{SITE_PREFIX}{site}"
+    return default_cert_name(site)
 
 
 def _name(cn: str):

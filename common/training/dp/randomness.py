@@ -125,7 +125,21 @@ class NoiseSource:
         """The site's source: its secret key (``site-secret``) or the public seed's."""
         if mode == SITE_SECRET:
             return cls(load_or_create_key(key_path(state_root, site)), mode, run_id)
-        return cls(simulation_key(seed, site), mode, method)
+        return cls.seeded(seed, site, method)
+
+    @classmethod
+    def seeded(cls, seed: int, site: str, method: str) -> NoiseSource:
+        """The ``seeded-simulation`` source: a public function of the run's seed, the site and the
+        method (what ``fedonco bench``'s sites and the in-process simulator draw from)."""
+        return cls(simulation_key(seed, site), SEEDED, method)
+
+    def dp_seeds(self, rnd: int, attempt: int) -> tuple[int, int]:
+        """DP-SGD's (Poisson sampling, noise) ``torch.Generator`` seeds for one round attempt."""
+        return self.torch_seed(rnd, attempt, DP_SAMPLING), self.torch_seed(rnd, attempt, DP_NOISE)
+
+    def ddp_rngs(self, rnd: int, attempt: int) -> tuple[np.random.Generator, np.random.Generator]:
+        """Distributed DP's (sampling, noise share) generators for one round attempt."""
+        return self.numpy_rng(rnd, attempt, DDP_SAMPLING), self.numpy_rng(rnd, attempt, DDP_NOISE)
 
     def digest(self, rnd: int, attempt: int, purpose: str) -> bytes:
         msg = PRF_LABEL + f"|{self.context}|{int(rnd)}|{int(attempt)}|{purpose}".encode()
