@@ -41,8 +41,9 @@ def _typed(kind, ns: argparse.Namespace):
 
 def _data(args) -> int:
     from bench.data_cli import run_data
+    from bench.options import DataOptions
 
-    return run_data(args)
+    return run_data(_typed(DataOptions, args))
 
 
 def _data_import(args) -> int:
@@ -100,9 +101,10 @@ def _attack(args) -> int:
 
 
 def _bench(args) -> int:
+    from bench.options import BenchOptions
     from bench.run import run_bench
 
-    return run_bench(args)
+    return run_bench(_typed(BenchOptions, args))
 
 
 def _certs(args) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from bench.options import DataOptions
 from common.config import resolve_config, with_overrides
 from common.data.diffusion.generate import build_dataset
 from common.data.summary import summary_markdown
@@ -14,11 +15,11 @@ from common.data.summary import summary_markdown
 log = logging.getLogger(__name__)
 
 
-def run_data(args) -> int:
+def run_data(args: DataOptions) -> int:
     if not args.out:
         raise ValueError("the following argument is required: --out")
     cfg = resolve_config(args.config, args.profile, args.seed)
-    if getattr(args, "generator", None) or getattr(args, "model", None):
+    if args.generator or args.model:
         generator = args.generator or ("diffusion" if args.model else cfg.data.generator)
         model = args.model or cfg.data.diffusion_model
         cfg = with_overrides(cfg, **{"data.generator": generator, "data.diffusion_model": model})

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.options import BenchOptions
+
 log = logging.getLogger(__name__)
 
 RAY_HINT = "pip install -e '.[ray]'"
@@ -297,15 +299,15 @@ def import_ray():
     return ray
 
 
-def make_engine(args) -> LocalEngine | RayEngine:
+def make_engine(args: BenchOptions) -> LocalEngine | RayEngine:
     """The engine of ``fedonco bench`` (``--engine``, ``--ray-address`` or env RAY_ADDRESS)."""
-    engine = getattr(args, "engine", None) or "local"
+    engine = args.engine
     ray_only = [
         f
         for f, v in (
-            ("--ray-address", getattr(args, "ray_address", None)),
-            ("--cell-cpus", getattr(args, "cell_cpus", None)),
-            ("--cell-gpus", getattr(args, "cell_gpus", None)),
+            ("--ray-address", args.ray_address),
+            ("--cell-cpus", args.cell_cpus),
+            ("--cell-gpus", args.cell_gpus),
         )
         if v is not None
     ]
@@ -316,7 +318,7 @@ def make_engine(args) -> LocalEngine | RayEngine:
     if engine != "ray":
         raise ValueError(f"--engine: local or ray, got {engine!r}")
     import_ray()  # fail now, naming the extra, not after the run directory exists
-    return RayEngine(getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS") or None)
+    return RayEngine(args.ray_address or os.environ.get("RAY_ADDRESS") or None)
 
 
 # ----------------------------------------------------------------------------------------------

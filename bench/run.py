@@ -38,6 +38,7 @@ from bench.engine import (
     unpack_dir,
 )
 from bench.fleet import fedonco, free_port, spawn, stop, tail, wait_for_port
+from bench.options import BenchOptions
 from bench.report import note_failed_cells, write_report, write_seed_summary
 from common.config import (
     Config,
@@ -272,19 +273,17 @@ DRY_RUN = {
 }
 
 
-def bench_config(args) -> Config:
+def bench_config(args: BenchOptions) -> Config:
     """The run's config: the profile, --seed, --device, --methods, --dp-randomness and --dry-run
     applied."""
-    cfg = with_device(
-        resolve_config(args.config, args.profile, args.seed), getattr(args, "device", None)
-    )
+    cfg = with_device(resolve_config(args.config, args.profile, args.seed), args.device)
     # a benchmark reruns bit-identically: its sites' DP noise derives from the seed, unless asked
-    cfg = with_overrides(cfg, **{"dp.randomness": getattr(args, "dp_randomness", None) or SEEDED})
-    if getattr(args, "methods", None):
+    cfg = with_overrides(cfg, **{"dp.randomness": args.dp_randomness or SEEDED})
+    if args.methods:
         cfg = with_overrides(cfg, **{"fl.methods": [m.strip() for m in args.methods.split(",")]})
-    if getattr(args, "auditor", None) is not None:
+    if args.auditor is not None:
         cfg = with_overrides(cfg, **{"mia.auditor_shadows": args.auditor})
-    if getattr(args, "dry_run", False):
+    if args.dry_run:
         cfg = with_overrides(cfg, profile=f"{cfg.profile}-dryrun", **DRY_RUN)
         # a recipe's own train settings (e.g. a large DP batch) would undo the dry run's
         recipes = {m: r.model_copy(update={"train": {}}) for m, r in cfg.recipes.items()}
@@ -292,7 +291,7 @@ def bench_config(args) -> Config:
     return cfg
 
 
-def run_bench(args, cell_fn: CellFn | None = None) -> int:
+def run_bench(args: BenchOptions, cell_fn: CellFn | None = None) -> int:
     """``fedonco bench``: plan the cells (method × seed × sweep value), run them on the engine
     (``--engine``), write each seed's report and, with several seeds, mean ± sd. Returns 1 when a
     cell failed (after its retry; what succeeded is reported), 130 on Ctrl-C. ``cell_fn``: what a
@@ -300,19 +299,19 @@ def run_bench(args, cell_fn: CellFn | None = None) -> int:
     cfg = bench_config(args)
     sweep = parse_sweep(args.sweep) if args.sweep else None
     if sweep:
-        method = getattr(args, "sweep_method", None) or SWEEP_METHOD
+        method = args.sweep_method or SWEEP_METHOD
         if not get_method(method).dp:
             raise ValueError(f"--sweep-method {method}: not a DP method")
         sweep = (*sweep, method)
-    if getattr(args, "dry_run", False):
+    if args.dry_run:
         print(
             "DRY RUN: the profile's shapes on a handful of slices for one round; its numbers "
             "mean nothing, it checks that every part runs."
         )
-    n_seeds = getattr(args, "seeds", None) or 1
+    n_seeds = args.seeds
     if n_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
-    data = getattr(args, "data", None)
+    data = args.data
     given = given_dataset(Path(data), cfg, args) if data else None
     if sweep or any(get_method(m).dp for m in cfg.fl.methods):
         # fail before any process starts, naming the site
@@ -389,11 +388,9 @@ def seed_config(cfg: Config, seed: int) -> Config:
     return cfg if seed == cfg.seed else with_overrides(cfg, seed=seed)
 
 
-def cell_resources(args) -> tuple[int, float]:
-    cpus = getattr(args, "cell_cpus", None)
-    gpus = getattr(args, "cell_gpus", None)
-    cpus = DEFAULT_CELL_CPUS if cpus is None else cpus
-    gpus = 0 if gpus is None else gpus
+def cell_resources(args: BenchOptions) -> tuple[int, float]:
+    cpus = DEFAULT_CELL_CPUS if args.cell_cpus is None else args.cell_cpus
+    gpus = 0 if args.cell_gpus is None else args.cell_gpus
     if cpus < 1 or gpus < 0:
         raise ValueError(f"--cell-cpus must be >= 1 and --cell-gpus >= 0, got {cpus}, {gpus:g}")
     return cpus, gpus
@@ -427,12 +424,12 @@ def run_device(cfg: Config, engine: str, gpus: float):
     return with_overrides(cfg, **{"train.device": want}), want
 
 
-def given_dataset(data: Path, cfg: Config, args) -> dict:
+def given_dataset(data: Path, cfg: Config, args: BenchOptions) -> dict:
     """The manifest of ``fedonco bench --data DIR`` (e.g. ``fedonco data import``'s output),
     checked against the run before anything starts: one line naming what does not fit."""
-    if getattr(args, "dry_run", False):
+    if args.dry_run:
         raise ValueError("--dry-run makes its own tiny dataset; it does not take --data")
-    if getattr(args, "engine", "local") != "local":
+    if args.engine != "local":
         raise ValueError("--data runs with --engine local only (a Ray node would not have DIR)")
     manifest = read_manifest(data)
     what = f"--data {data}"

@@ -37,7 +37,14 @@ from common.model import (
     state_sha256,
 )
 from common.progress import progress
-from common.records import read_state, round_record, run_result, server_state, write_record
+from common.records import (
+    ServerState,
+    SkippedRound,
+    read_state,
+    round_record,
+    run_result,
+    write_record,
+)
 from common.release import export_release, release_info
 from common.training.ddp import wrap_free
 from common.training.dp.accountant import epsilons_of, history_from_text
@@ -117,8 +124,7 @@ class Server:
             if st.method != method:
                 raise ValueError(f"--resume: {run_dir} is a {st.method} run, not {method}")
             self.run_id, self.done = st.run_id, st.round
-            self.history = [r.to_json() for r in st.history]
-            self.skipped = [r.to_json() for r in st.skipped]
+            self.history, self.skipped = list(st.history), list(st.skipped)
             self.initial_sha = st.initial_model_sha256
             self.params = load_npz(layout.checkpoint(self.done)) if self.done else initial
             opt = layout.strategy_checkpoint(self.done)
@@ -151,7 +157,7 @@ class Server:
     def run_round(self, rnd: int) -> dict | None:
         """One round: configure -> sites train -> (secure) sum -> strategy -> evaluate; None when
         too few sites are alive to start it (the caller skips it)."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             orders = self.strategy.configure_fit(rnd, self.state.alive_sites())
         except ValueError as err:  # a site went silent since the loop looked: a thin round
@@ -195,6 +201,7 @@ class Server:
             slowest_train=slowest,
             fl_overhead=(round_wall - slowest) / round_wall if round_wall else 0.0,
             secagg_server=record.get("secagg", {}).get("secagg_server_s", 0.0),
+            server_cpu=time.process_time() - cpu0,  # this process, all its threads
         )
         record["bytes_down_per_site"] = tensors_nbytes(payload)
         return record
@@ -244,15 +251,17 @@ class Server:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _save_state(self) -> None:
-        state = {
-            "run_id": self.run_id,
-            "method": self.method,
-            "round": self.done,
-            "history": self.history,
-            "initial_model_sha256": self.initial_sha,
-            "skipped": self.skipped,
-        }
-        write_record(self.layout.state, server_state(state))
+        """state.json: the history is a list of records checked once, when each was kept (not
+        re-validated every round: that made a long run's bookkeeping quadratic)."""
+        state = ServerState(
+            run_id=self.run_id,
+            method=self.method,
+            round=self.done,
+            history=self.history,
+            initial_model_sha256=self.initial_sha,
+            skipped=self.skipped,
+        )
+        write_record(self.layout.state, state)
 
     def checkpoint(self, rnd: int) -> None:
         ckpt = self.layout.checkpoints
@@ -296,20 +305,20 @@ class Server:
             if record is None:
                 skips += 1
                 self.skipped.append(
-                    {
-                        "round": rnd,
-                        "attempt": skips,
-                        "alive": alive,
-                        "reason": f"{len(alive)} live site(s) < min_fit_sites="
+                    SkippedRound(
+                        round=rnd,
+                        attempt=skips,
+                        alive=alive,
+                        reason=f"{len(alive)} live site(s) < min_fit_sites="
                         f"{self.cfg.fl.min_fit_sites}",
-                    }
+                    )
                 )
                 log.warning(
                     "round %d skipped (%d of %d in a row): %s",
                     rnd,
                     skips,
                     self.cfg.fl.max_skipped_rounds,
-                    self.skipped[-1]["reason"],
+                    self.skipped[-1].reason,
                 )
                 self._save_state()
                 if skips >= self.cfg.fl.max_skipped_rounds:
@@ -319,7 +328,7 @@ class Server:
                     raise KeyboardInterrupt
                 continue
             skips = 0
-            self.history.append(round_record(record).to_json())  # the schema, before it is kept
+            self.history.append(round_record(record))  # the schema, before it is kept
             self.checkpoint(rnd)
             ev = record["eval"]["overall"]
             bar.update(1)
@@ -339,7 +348,7 @@ class Server:
         site last reported it (``device``, and ``gpu`` on CUDA)."""
         sites = {}
         for rec in self.history:
-            for site, m in rec.get("fit", {}).get("sites", {}).items():
+            for site, m in (rec.fit.sites if rec.fit else {}).items():
                 if "device" in m:
                     sites[site] = {k: m[k] for k in ("device", "gpu") if k in m}
         return {"server": device_record(self.device), "sites": dict(sorted(sites.items()))}
@@ -353,8 +362,8 @@ class Server:
             releases = self.ledger.entries  # every unmasked sum, also those a crash lost
             adjacency = self.ddp.adjacency
             eps = {adj: epsilon_of(releases, self.ddp.delta, adj) for adj in ADJACENCIES}
-            kept = sum("ddp" in h for h in self.history)
-            randomness = _consensus(h.get("fit", {}).get("sites", {}) for h in self.history)
+            kept = sum(h.ddp is not None for h in self.history)
+            randomness = _consensus(h.fit.sites if h.fit else {} for h in self.history)
             return {
                 "epsilon": eps[adjacency],
                 "delta": self.ddp.delta,
@@ -370,7 +379,7 @@ class Server:
             }
         per_site = {}
         for rec in self.history:  # the latest report of each site
-            for site, m in rec.get("fit", {}).get("sites", {}).items():
+            for site, m in (rec.fit.sites if rec.fit else {}).items():
                 per_site[site] = _site_privacy(site, m)
         if not per_site:
             return {
@@ -398,15 +407,15 @@ class Server:
             export_release(
                 self.layout.release, self.params, release_info(self.cfg, self.method, self.params)
             )
-        write_json_atomic(self.layout.history, self.history)
-        last = self.history[-1]["eval"] if self.history else {}
+        write_json_atomic(self.layout.history, [r.to_json() for r in self.history])
+        last = self.history[-1].eval.to_json() if self.history else {}
         result = {
             "method": self.method,
             "run_id": self.run_id,
             "rounds": self.done,
             "status": status,
             "transport": self.transport,
-            "skipped_rounds": self.skipped,
+            "skipped_rounds": [r.to_json() for r in self.skipped],
             "n_params": count_parameters(self.model),
             "initial_model_sha256": self.initial_sha,
             "final_model_sha256": state_sha256(self.params),

@@ -1,28 +1,33 @@
 """The federation's own cost from 5 to 100 sites: the real server, lightweight sites.
 
-`python bench/perf/perf_scale.py [--sites 5 10 20 50 100] [--params 262777 1230000]
+`python bench/perf/perf_scale.py [--sites 5 10 20 50 100] [--bases 24 52]
     [--graphs complete secagg+] [--dropouts 0 0.1] [--rounds 3] [--flower PYTHON]`
 
-For each (n, parameters, graph, dropout) one fresh federation: the real gRPC service
-(``server.campaign.serve_campaign``: servicer, round state, limits) and the real round code
-(``server.app.fit_phase`` -> ``server.secure.secure_aggregate``) in a server process, and n
+For each (n, model size, graph, dropout) one fresh federation of the ``groupnorm`` method: the
+real server (``server.app.Server`` under ``server.campaign.serve_campaign``: servicer, round
+state, limits, the strategy, the server's evaluation, checkpoints and run files) over a roster of
+n sites (``common.config.default_roster``) and a tiny generated dataset of those n sites, and n
 lightweight sites in ``--workers`` processes (a thread per site, its own channel) that speak the
 real protocol with the real site code (``client.secure``: keys, Shamir shares, AES masks) but
-draw their update at random instead of training, so only the federation's cost is measured.
+answer the global model with a seeded perturbation of it instead of training, so only the
+federation's cost is measured. ``--bases``: the U-Net's base width (24: the standard profile's
+262,777 parameters; 52: the paper's 1,230,373).
 SecAgg+ uses a k-regular graph, k = 2*ceil(log2 n) (even; the complete graph when k >= n-1).
 Dropouts: that fraction of the sites (every 10th) declines the masked-input stage after sharing
 its keys, each round: the server must rebuild their pairwise masks from the survivors' shares.
 A decline is immediate: failure *detection* (heartbeats, deadlines) is not part of the cost.
 
-Per configuration (medians over rounds 2..R; round 1 warms connections up): round wall time
-(fit phase, as the server sees it), the server process's CPU time per round and peak RSS,
-bytes up and down per site, the server's unmask step, and the sites' mean CPU per round.
-Every site's work shares this machine's cores, so the wall time is an upper bound on what
-sites on their own machines would see. With ``--flower PYTHON`` (a Python with flwr installed,
-e.g. .venv-flower/bin/python; `make perf` creates it) the secure-aggregation maths alone, ours
-and Flower's SecAgg+ primitives, run side by side in process at the same n, k, size and dropout
-(bench/perf/flower_secaggplus.py). Writes OUT/scale.json, OUT/scale.md and plots/scale.png
-(log-log) under OUT.
+Correct in the same run: the server process replays the sites' perturbations over the rounds'
+survivors and fails the row if its final model is off by more than the rounds' quantisation
+bounds. Per configuration (medians over rounds 2..R; round 1 warms connections up): the fit
+phase's wall time as the server sees it, the server's evaluation, the server process's CPU time
+per round (all threads) and peak RSS, bytes up and down per site, the server's unmask step, and
+the sites' mean CPU per round. Every site's work shares this machine's cores, so the wall time is
+an upper bound on what sites on their own machines would see. With ``--flower PYTHON`` (a Python
+with flwr installed, e.g. .venv-flower/bin/python; `make perf` creates it) the
+secure-aggregation maths alone, ours and Flower's SecAgg+ primitives, run side by side in process
+at the same n, k, size and dropout (bench/perf/flower_secaggplus.py). Writes OUT/scale.json,
+OUT/scale.md and plots/scale.png (log-log) under OUT.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,10 +50,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bench.fleet import spawn, stop, wait_for_port  # noqa: E402
-from common.config import load_profile, with_overrides  # noqa: E402
+from common.config import default_roster, load_profile, parse_config  # noqa: E402
 
-STANDARD_PARAMS = 262_777  # the standard profile's U-Net (groupnorm), shared entries
-PAPER_PARAMS = 1_230_373  # the paper-size U-Net
+METHOD = "groupnorm"  # FedAvg over every parameter (GroupNorm: no buffers, nothing kept local)
+STANDARD_BASE, PAPER_BASE = 24, 52  # 262,777 and 1,230,373 parameters
+WEIGHT = 100  # every site's n_k
+PERTURBATION = np.float32(0.01)
 
 
 def neighbours_for(n: int, graph: str) -> int | None:
@@ -58,8 +66,10 @@ def neighbours_for(n: int, graph: str) -> int | None:
     return None if k >= n - 1 else k
 
 
-def site_ids(n: int) -> list[str]:
-    return [f"S{i:03d}" for i in range(n)]
+def threshold_for(n: int, k: int | None) -> int:
+    """t: a majority of a closed neighbourhood (k+1 sites), at least 2."""
+    size = n if k is None else k + 1
+    return max(2, size // 2 + 1)
 
 
 def dropping(sites: list[str], fraction: float) -> set[str]:
@@ -68,97 +78,64 @@ def dropping(sites: list[str], fraction: float) -> set[str]:
     return set(sites[:: max(1, len(sites) // k)][:k]) if k else set()
 
 
-def scale_config(k: int | None, threshold: int):
-    """The smoke profile's settings with generous timeouts; the secure-aggregation graph and
-    threshold for n sites are set past the profile's validation, which assumes five sites."""
-    cfg = with_overrides(
-        load_profile("smoke"),
-        **{"fl.heartbeat_s": 30.0, "fl.round_timeout_s": 600.0, "fl.wait_for_sites_s": 600.0},
-    )
-    secagg = cfg.secagg.model_copy(update={"neighbours": k, "threshold": threshold})
-    fl = cfg.fl.model_copy(update={"min_fit_sites": threshold})
-    return cfg.model_copy(update={"secagg": secagg, "fl": fl})
+def scale_config(n: int, base: int = STANDARD_BASE, graph: str = "secagg+", rounds: int = 3):
+    """The smoke profile over a roster of n sites: the U-Net of ``base``, secure aggregation on
+    the graph and threshold for n, one slice per site and split (the server evaluates n test
+    slices a round), generous timeouts (only the federation's cost is measured)."""
+    k = neighbours_for(n, graph)
+    t = threshold_for(n, k)
+    data = load_profile("smoke").model_dump(mode="json")
+    data["sites"] = [{"name": s.name} for s in default_roster(n)]
+    data["model"] |= {"base": base, "norm": "group"}
+    data["train"] |= {"rounds": rounds}
+    data["data"] |= {
+        "image_size": 32,
+        "train_total": n,
+        "holdout_per_site": 1,
+        "test_per_site": 1,
+        "attacker_size": 0,
+    }
+    data["fl"] |= {
+        "heartbeat_s": 30.0,
+        "round_timeout_s": 600.0,
+        "wait_for_sites_s": 600.0,
+        "min_fit_sites": t,
+    }
+    data["secagg"] |= {"enabled": True, "neighbours": k, "threshold": t}
+    data["mia"]["enabled"] = False
+    return parse_config(data, f"scale config (n={n}, base={base}, {graph})")
 
 
-def threshold_for(n: int, k: int | None) -> int:
-    """t: a majority of a closed neighbourhood (k+1 sites), at least 2."""
-    size = n if k is None else k + 1
-    return max(2, size // 2 + 1)
+def perturbation(like: dict[str, np.ndarray], rnd: int, index: int) -> dict[str, np.ndarray]:
+    """What site ``index`` (its roster position) adds to the global model in round ``rnd``:
+    seeded noise of the model's shapes, in sorted key order (no training)."""
+    rng = np.random.default_rng([rnd, index])
+    return {
+        k: rng.standard_normal(np.shape(like[k])).astype(np.float32) * PERTURBATION
+        for k in sorted(like)
+    }
 
 
 # -- the server process -------------------------------------------------------------------------
 
-WEIGHT = 100  # every site's n_k
 
-
-def light_update(vec: np.ndarray, rnd: int, site: str) -> np.ndarray:
-    """A site's "trained" parameters: the global ones plus seeded noise (no training)."""
-    rng = np.random.default_rng([rnd, int(site[1:])])
-    return vec + rng.standard_normal(vec.size).astype(np.float32) * np.float32(0.01)
-
-
-class ScaleRun:
-    """One federation without training for ``serve_campaign``: the real round state and fit
-    phase over n sites; the model is a random float32 vector of ``params`` entries."""
-
-    def __init__(self, cfg, sites: list[str], params: int, rounds: int, out: Path):
-        from server.state import RoundState
-
-        self.cfg, self.rounds, self.out = cfg, rounds, out
-        self.state = RoundState("scale-run", sites, cfg.fl.heartbeat_s)
-        rng = np.random.default_rng(0)
-        self.shared = {"w": rng.standard_normal(params).astype(np.float32) * 0.05}
-        self.transport = "plaintext"
-
-    def run_info(self, runs_left: int = 0, linger: bool = False) -> dict:
-        return {"method": "fedavg", "rounds": self.rounds, "runs_left": 0, "linger": 0}
-
-    def serve_rounds(self, stop: threading.Event) -> dict:
-        from common.wire.serde import ndarrays_to_proto, tensors_nbytes
-        from server.app import fit_phase
-
-        sites = self.state.sites
-        self.state.wait_for_sites(len(sites), self.cfg.fl.wait_for_sites_s, stop)
-        rows = []
-        for rnd in range(1, self.rounds + 1):
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            payload = ndarrays_to_proto(self.shared)
-            configs = {s: {"round": rnd, "secagg": 1} for s in self.state.alive_sites()}
-            record: dict = {}
-            summed, total, metrics = fit_phase(
-                self.cfg, self.state, rnd, configs, payload, self.shared, record
-            )
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            if summed is None:
-                raise RuntimeError(f"round {rnd} aborted: {record.get('aborted')}")
-            sec = record["secagg"]
-            # correct in the same run: the survivors' weighted sum, within the quantisation bound
-            exact = sum(
-                light_update(self.shared["w"], rnd, s).astype(np.float64) * WEIGHT
-                for s in sec["survivors"]
-            )
-            err = float(np.abs(summed["w"] - exact).max())
-            if err > sec["error_bound_sum"]:
-                raise RuntimeError(
-                    f"round {rnd}: secure sum off by {err} > {sec['error_bound_sum']}"
-                )
-            rows.append(
-                {
-                    "round": rnd,
-                    "wall_s": wall,
-                    "server_cpu_s": cpu,
-                    "survivors": len(sec["survivors"]),
-                    "dropped": len(sec["dropped"]),
-                    "steps_s": sec["server_steps_s"],
-                    "bytes_down": tensors_nbytes(payload),
-                    "max_err": err,
-                    "error_bound": sec["error_bound_sum"],
-                }
-            )
-        self.state.finish(self.rounds, "completed", wait_s=5.0)
-        out = {"rounds": rows, "peak_rss_mb": peak_rss_mb()}
-        self.out.write_text(json.dumps(out))
-        return out
+def replay_error(initial: dict, final: dict, history, sites: list[str]) -> tuple[float, float]:
+    """(largest |final - expected|, its bound): the expected model is the initial one plus, each
+    round, the mean of the survivors' perturbations (every site weighs WEIGHT); the bound sums
+    each round's quantisation bound on the mean, plus float32 rounding of the model."""
+    index = {s: i for i, s in enumerate(sites)}
+    expected = {k: v.astype(np.float64) for k, v in initial.items()}
+    bound = 0.0
+    for rec in history:
+        survivors = rec.secagg["survivors"]
+        for s in survivors:
+            for k, d in perturbation(initial, rec.round, index[s]).items():
+                expected[k] += d.astype(np.float64) / len(survivors)
+        bound += rec.secagg["error_bound_sum"] / rec.fit.total_weight
+    top = max(float(np.abs(v).max()) for v in expected.values())
+    bound += len(history) * 2 * float(np.finfo(np.float32).eps) * max(1.0, top)
+    err = max(float(np.abs(final[k] - expected[k]).max()) for k in expected)
+    return err, bound
 
 
 def peak_rss_mb() -> float:
@@ -171,30 +148,59 @@ def peak_rss_mb() -> float:
 
 
 def serve(args) -> int:
-    from server.campaign import serve_campaign
+    """One federation's server: the real ``Server`` in ``serve_campaign``; then the check of
+    its final model and the per-round rows its history holds."""
+    from server.app import Server
+    from server.campaign import federation_message_limit, serve_campaign
 
-    sites = site_ids(args.n)
-    k = neighbours_for(args.n, args.graph)
-    cfg = scale_config(k, threshold_for(args.n, k))
-    run = ScaleRun(cfg, sites, args.params, args.rounds, Path(args.out))
-    limit = 2 * 4 * args.params + (1 << 20)
+    cfg = scale_config(args.n, args.base, args.graph, args.rounds)
+    server = Server(cfg, METHOD, Path(args.data), Path(args.run_dir), resume=False)
+    initial = dict(server.params)
     serve_campaign(
-        [lambda: run],
+        [lambda: server],
         "127.0.0.1:0",
         Path(args.port_file),
-        max_message_bytes=limit,
-        sites=len(sites),
+        max_message_bytes=federation_message_limit(cfg, [METHOD]),
+        sites=args.n,
     )
+    history = server.history
+    if len(history) != args.rounds or any(r.aborted for r in history):
+        raise RuntimeError(f"rounds aborted or missing: {[r.aborted for r in history]}")
+    err, bound = replay_error(initial, server.params, history, cfg.site_names)
+    if err > bound:
+        raise RuntimeError(f"the federation's model is off by {err} > the bound {bound}")
+    rows = [
+        {
+            "round": r.round,
+            "fit_s": r.timing_s["fit_phase"],
+            "evaluate_s": r.timing_s["evaluate"],
+            "server_cpu_s": r.timing_s["server_cpu"],
+            "survivors": len(r.secagg["survivors"]),
+            "dropped": len(r.secagg["dropped"]),
+            "steps_s": r.secagg["server_steps_s"],
+            "bytes_down": r.bytes_down_per_site,
+        }
+        for r in history
+    ]
+    out = {
+        "params": sum(v.size for v in initial.values()),
+        "rounds": rows,
+        "peak_rss_mb": peak_rss_mb(),
+        "max_err": err,
+        "error_bound": bound,
+    }
+    Path(args.out).write_text(json.dumps(out))
     return 0
 
 
 # -- the sites' processes -----------------------------------------------------------------------
 
 
-def light_site(site: str, server: str, drops: bool, out: dict) -> None:
-    """A site that speaks the real protocol (client.secure) with a random update."""
+def light_site(site: str, index: int, server: str, drops: bool, out: dict) -> None:
+    """A site that speaks the real protocol (client.secure) and answers each round's global model
+    with the model plus its seeded perturbation (``index``: its roster position)."""
     from client.secure import PendingUpdate, advertise_request, stage_answer
-    from common.secagg import SecAggClient
+    from common.secagg import SecAggClient, flatten
     from common.wire.channel import create_channel
     from common.wire.rpc import federation_pb2 as pb
     from common.wire.rpc import federation_pb2_grpc as pb_grpc
@@ -221,9 +227,11 @@ def light_site(site: str, server: str, drops: bool, out: dict) -> None:
         if kind == "fit":
             rnd = resp.fit.round
             bytes_at[rnd] = (up, down - resp.ByteSize())
-            (vec,) = proto_to_ndarrays(resp.fit.tensors).values()
-            update = light_update(vec, rnd, site) * np.float32(WEIGHT)
-            secagg, pending = SecAggClient(site, run_id, rnd), PendingUpdate(rnd, update, WEIGHT)
+            glob = proto_to_ndarrays(resp.fit.tensors)
+            delta = perturbation(glob, rnd, index)
+            update = {k: glob[k] + delta[k] for k in glob}
+            weighted = flatten(update, sorted(update)) * WEIGHT
+            secagg, pending = SecAggClient(site, run_id, rnd), PendingUpdate(rnd, weighted, WEIGHT)
             call("AdvertiseKeys", advertise_request(site, run_id, secagg, pending, {}))
             last = rnd
         elif kind == "secagg":
@@ -255,10 +263,12 @@ def light_site(site: str, server: str, drops: bool, out: dict) -> None:
 
 def sites_worker(args) -> int:
     ids = args.ids.split(",")
+    index = {s.name: i for i, s in enumerate(default_roster(args.n))}
     drops = set(args.drop.split(",")) if args.drop else set()
     out: dict = {}
     threads = [
-        threading.Thread(target=light_site, args=(s, args.server, s in drops, out)) for s in ids
+        threading.Thread(target=light_site, args=(s, index[s], args.server, s in drops, out))
+        for s in ids
     ]
     for t in threads:
         t.start()
@@ -272,33 +282,35 @@ def sites_worker(args) -> int:
 # -- the driver ---------------------------------------------------------------------------------
 
 
+def scale_data(n: int, tmp: Path) -> Path:
+    """The n-site dataset every federation of n sites uses (generated once per directory)."""
+    from common.data.build import build_dataset
+
+    data = tmp / f"data-n{n}"
+    if not (data / "manifest.json").is_file():
+        build_dataset(scale_config(n), data, workers=1, gallery=False, force=True)
+    return data
+
+
 def one_federation(
-    n: int, params: int, graph: str, dropout: float, rounds: int, workers: int, tmp: Path
+    n: int, base: int, graph: str, dropout: float, rounds: int, workers: int, tmp: Path
 ) -> dict:
     me = [sys.executable, str(Path(__file__).resolve())]
-    sites = site_ids(n)
+    sites = [s.name for s in default_roster(n)]
     drops = dropping(sites, dropout)
-    tag = f"n{n}-p{params}-{graph}-d{dropout:g}"
+    tag = f"n{n}-b{base}-{graph}-d{dropout:g}"
     port_file, server_out = tmp / f"{tag}.port", tmp / f"{tag}.server.json"
     for stale in tmp.glob(f"{tag}.*"):  # an earlier run's port file would send the sites astray
-        stale.unlink()
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    data = scale_data(n, tmp)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     server = spawn(
         [
             *me,
             "serve",
-            "--n",
-            str(n),
-            "--params",
-            str(params),
-            "--graph",
-            graph,
-            "--rounds",
-            str(rounds),
-            "--port-file",
-            str(port_file),
-            "--out",
-            str(server_out),
+            *("--n", str(n), "--base", str(base), "--graph", graph, "--rounds", str(rounds)),
+            *("--data", str(data), "--run-dir", str(tmp / f"{tag}.run")),
+            *("--port-file", str(port_file), "--out", str(server_out)),
         ],
         tmp / f"{tag}.server.log",
         env,
@@ -313,14 +325,9 @@ def one_federation(
                 [
                     *me,
                     "sites",
-                    "--ids",
-                    ",".join(ids),
-                    "--server",
-                    address,
-                    "--drop",
-                    ",".join(sorted(drops & set(ids))),
-                    "--out",
-                    str(tmp / f"{tag}.sites{w}.json"),
+                    *("--n", str(n), "--ids", ",".join(ids), "--server", address),
+                    *("--drop", ",".join(sorted(drops & set(ids)))),
+                    *("--out", str(tmp / f"{tag}.sites{w}.json")),
                 ],
                 tmp / f"{tag}.sites{w}.log",
                 env,
@@ -339,29 +346,36 @@ def one_federation(
     measured = srv["rounds"][1:] or srv["rounds"]
     rounds_ = [r["round"] for r in measured]
 
-    def med(values):
-        return statistics.median(values)
+    def med(key):
+        return statistics.median(r[key] for r in measured)
 
     live = [s for s in sites if s not in drops]
+    k = neighbours_for(n, graph)
     return {
         "n": n,
-        "params": params,
+        "base": base,
+        "params": srv["params"],
         "graph": graph,
-        "k": neighbours_for(n, graph),
+        "k": k,
         "dropout": dropout,
         "dropped": len(drops),
-        "threshold": threshold_for(n, neighbours_for(n, graph)),
-        "round_wall_s": med([r["wall_s"] for r in measured]),
-        "server_cpu_s": med([r["server_cpu_s"] for r in measured]),
-        "unmask_s": med([r["steps_s"].get("unmask", 0.0) for r in measured]),
-        "server_secagg_s": med([sum(r["steps_s"].values()) for r in measured]),
+        "threshold": threshold_for(n, k),
+        "round_wall_s": med("fit_s"),
+        "evaluate_s": med("evaluate_s"),
+        "server_cpu_s": med("server_cpu_s"),
+        "unmask_s": statistics.median(r["steps_s"].get("unmask", 0.0) for r in measured),
+        "server_secagg_s": statistics.median(sum(r["steps_s"].values()) for r in measured),
         "peak_rss_mb": srv["peak_rss_mb"],
-        "bytes_up_per_site": med([site_rows[s]["bytes"][str(r)][0] for s in live for r in rounds_]),
-        "bytes_down_per_site": med(
-            [site_rows[s]["bytes"][str(r)][1] for s in live for r in rounds_]
+        "max_err": srv["max_err"],
+        "error_bound": srv["error_bound"],
+        "bytes_up_per_site": statistics.median(
+            site_rows[s]["bytes"][str(r)][0] for s in live for r in rounds_
+        ),
+        "bytes_down_per_site": statistics.median(
+            site_rows[s]["bytes"][str(r)][1] for s in live for r in rounds_
         ),
         "site_cpu_s": statistics.mean(
-            [site_rows[s]["cpu_s"].get(str(r), 0.0) for s in live for r in rounds_]
+            site_rows[s]["cpu_s"].get(str(r), 0.0) for s in live for r in rounds_
         ),
         "rounds": srv["rounds"],
     }
@@ -372,7 +386,7 @@ def maths(n: int, params: int, graph: str, dropout: float, flower: str | None) -
     from bench.perf.perf_secagg import one_round
     from common.secagg import quantization_scale
 
-    sites = site_ids(n)
+    sites = [s.name for s in default_roster(n)]
     k = neighbours_for(n, graph)
     t = threshold_for(n, k)
     rng = np.random.default_rng(1)
@@ -415,18 +429,28 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd")
     s = sub.add_parser("serve")  # internal: the server process of one federation
     s.add_argument("--n", type=int, required=True)
-    s.add_argument("--params", type=int, required=True)
+    s.add_argument("--base", type=int, required=True)
     s.add_argument("--graph", required=True)
     s.add_argument("--rounds", type=int, required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--run-dir", required=True)
     s.add_argument("--port-file", required=True)
     s.add_argument("--out", required=True)
     w = sub.add_parser("sites")  # internal: a process of lightweight sites
+    w.add_argument("--n", type=int, required=True)
     w.add_argument("--ids", required=True)
     w.add_argument("--server", required=True)
     w.add_argument("--drop", default="")
     w.add_argument("--out", required=True)
     p.add_argument("--sites", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    p.add_argument("--params", type=int, nargs="+", default=[STANDARD_PARAMS, PAPER_PARAMS])
+    p.add_argument(
+        "--bases",
+        type=int,
+        nargs="+",
+        default=[STANDARD_BASE, PAPER_BASE],
+        help="U-Net base widths (24: the standard profile's 262,777 parameters; 52: the paper's "
+        "1,230,373)",
+    )
     p.add_argument(
         "--graphs", nargs="+", default=["complete", "secagg+"], choices=["complete", "secagg+"]
     )
@@ -452,7 +476,7 @@ def drive(args) -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     grid = [
         (n, d, g, f)
-        for d in args.params
+        for d in args.bases
         for g in args.graphs
         for f in args.dropouts
         for n in args.sites
@@ -464,7 +488,7 @@ def drive(args) -> int:
         row = one_federation(n, d, g, f, args.rounds, args.workers, tmp)
         # the maths side by side wherever the row is SecAgg+'s graph (complete at small n)
         if not args.no_maths and (g == "secagg+" or neighbours_for(n, "secagg+") is None):
-            row["maths"] = maths(n, d, g, f, args.flower)
+            row["maths"] = maths(n, row["params"], g, f, args.flower)
         rows.append(row)
         (out / "scale.json").write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
@@ -476,9 +500,9 @@ def drive(args) -> int:
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| params | graph (k) | dropout | n | round wall s | server CPU s | unmask s | "
-        "server RSS MB | up/site MiB | down/site MiB | site CPU s | ours maths: client / server s"
-        " | Flower maths: client / server s |\n" + "|---" * 13 + "|\n"
+        "| params | graph (k) | dropout | n | fit phase s | server eval s | server CPU s | "
+        "unmask s | server RSS MB | up/site MiB | down/site MiB | site CPU s | "
+        "ours maths: client / server s | Flower maths: client / server s |\n" + "|---" * 14 + "|\n"
     )
     lines = []
     for r in rows:
@@ -487,7 +511,8 @@ def markdown(rows: list[dict]) -> str:
         fl = m.get("flower")
         lines.append(
             f"| {r['params']:,} | {r['graph']} ({r['k'] or r['n'] - 1}) | {r['dropout']:.0%} | "
-            f"{r['n']} | {r['round_wall_s']:.2f} | {r['server_cpu_s']:.2f} | {r['unmask_s']:.2f} | "
+            f"{r['n']} | {r['round_wall_s']:.2f} | {r['evaluate_s']:.2f} | "
+            f"{r['server_cpu_s']:.2f} | {r['unmask_s']:.2f} | "
             f"{r['peak_rss_mb']:.0f} | {r['bytes_up_per_site'] / 2**20:.2f} | "
             f"{r['bytes_down_per_site'] / 2**20:.2f} | {r['site_cpu_s']:.2f} | "
             + (f"{ours['client_s']:.3f} / {ours['server_s']:.3f} | " if ours else "| ")
@@ -520,7 +545,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(ns, [r[key] for r in rs], style, marker="o", label=label)
     for ax, title in zip(
         axes,
-        ("round wall time (s)", "server CPU per round (s)", "server peak RSS (MB)"),
+        ("fit phase wall time (s)", "server CPU per round (s)", "server peak RSS (MB)"),
         strict=True,
     ):
         ax.set_xscale("log")

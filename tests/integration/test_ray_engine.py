@@ -154,8 +154,9 @@ def test_a_failing_cell_is_retried_once_then_reported(ray_address, local_two_see
     seed's cell returns the local run's files (no federation: the engine and the report are what
     is tested) and notes the thread settings it ran with. The command's exit status is 1 and what
     succeeded is reported."""
-    from bench.cli import build_parser
+    from bench.cli import _typed, build_parser
     from bench.engine import driver_threads
+    from bench.options import BenchOptions
     from bench.run import run_bench
 
     cfg, config, local = local_two_seeds
@@ -202,7 +203,7 @@ def test_a_failing_cell_is_retried_once_then_reported(ray_address, local_two_see
             "2",
         ]
     )
-    assert run_bench(args, cell_fn=cell_fn) == 1
+    assert run_bench(_typed(BenchOptions, args), cell_fn=cell_fn) == 1
     threads = json.loads((attempts / "threads").read_text())
     assert tuple(threads) == driver_threads()  # not Ray's OMP_NUM_THREADS=2 for a 2-CPU task
     assert {p.name: len(p.read_text()) for p in attempts.glob("seed*")} == {

@@ -61,10 +61,11 @@ def test_a_tar_member_outside_the_directory_is_refused(tmp_path):
 
 
 def test_the_engine_options(monkeypatch):
-    from bench.cli import build_parser
+    from bench.cli import _typed, build_parser
+    from bench.options import BenchOptions
 
     def args(*argv):
-        return build_parser().parse_args(["bench", *argv])
+        return _typed(BenchOptions, build_parser().parse_args(["bench", *argv]))
 
     assert isinstance(make_engine(args()), LocalEngine)
     with pytest.raises(ValueError, match="--ray-address, --cell-cpus: only with --engine ray"):
