@@ -66,6 +66,7 @@ RPCS = {  # request type -> RPC name
     pb.AdvertiseKeysRequest: "AdvertiseKeys",
     pb.ShareKeysRequest: "ShareKeys",
     pb.PushMaskedInputRequest: "PushMaskedInput",
+    pb.ConfirmRequest: "Confirm",
     pb.UnmaskRequest: "Unmask",
 }
 
@@ -172,6 +173,7 @@ def requests(run_id: str, names: list[str], legal=None):
         st.builds(pb.AdvertiseKeysRequest, **common, keys=keys, num_examples=n, metrics=metrics),
         st.builds(pb.ShareKeysRequest, **common, ciphertexts=blobs),
         st.builds(pb.PushMaskedInputRequest, **common, masked=tensor, metrics=metrics),
+        st.builds(pb.ConfirmRequest, **common, tags=blobs),
         st.builds(pb.UnmaskRequest, **common, shares=blobs),
         _raw(RPCS.values()),
     ).filter(lambda r: isinstance(r, Raw) or not legal(r))
@@ -347,11 +349,12 @@ class SecAggFuzzTarget(FuzzTarget):
 
     overrides = {"fl.min_fit_sites": 3, "secagg.enabled": True, "secagg.threshold": 3}
     honest = ("A", "B", "C")
-    STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+    STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmask")
     REQUEST = {
         "advertise_keys": pb.AdvertiseKeysRequest,
         "share_keys": pb.ShareKeysRequest,
         "masked_input": pb.PushMaskedInputRequest,
+        "consistency": pb.ConfirmRequest,
         "unmask": pb.UnmaskRequest,
     }
 
@@ -419,8 +422,12 @@ class SecAggFuzzTarget(FuzzTarget):
                 ),
                 timeout=30,
             )
+        elif stage == "consistency":
+            tags = c.confirm(list(task.consistency.survivors))
+            self.stub.Confirm(pb.ConfirmRequest(**base, tags=tags), timeout=30)
         else:
-            shares = c.unmask(list(task.unmask.survivors), list(task.unmask.dropped))
+            st = task.unmask
+            shares = c.unmask(list(st.survivors), list(st.dropped), dict(st.confirmations))
             self.stub.Unmask(pb.UnmaskRequest(**base, shares=shares), timeout=30)
 
     def stages(self):

@@ -478,7 +478,10 @@ class SiteClient:
 
     def _advertise(self, rnd: int, pending: PendingUpdate, metrics: dict, t_decode: float):
         """Keep the update here; send only fresh public keys (and n_k, not secret)."""
-        self.secagg = SecAggClient(self.site, self.run_id, rnd)
+        settings = self.run_cfg.secagg  # the federation's t and graph: a server may not change them
+        self.secagg = SecAggClient(
+            self.site, self.run_id, rnd, expect=(settings.threshold, settings.neighbours)
+        )
         self.pending = pending
         metrics.update(decode_s=t_decode)
         request = advertise_request(self.site, self.run_id, self.secagg, pending, metrics)

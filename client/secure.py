@@ -49,7 +49,7 @@ def stage_answer(
 ) -> tuple[str, object]:
     """(Federation RPC name, request) answering the stage ``task`` opens. Raises
     ``common.secagg.SecAggError`` for a stage this site must refuse (e.g. both shares of one
-    peer asked for)."""
+    peer asked for, a survivor set without this site)."""
     rnd, stage = task.round, task.WhichOneof("stage")
     base = {"site_id": site, "run_id": run_id, "round": rnd}
     if stage == "share_keys":
@@ -75,6 +75,9 @@ def stage_answer(
             **base, masked=tensor, metrics=scalars_to_proto(metrics)
         )
         return "PushMaskedInput", request
+    if stage == "consistency":
+        tags = secagg.confirm(list(task.consistency.survivors))
+        return "Confirm", pb.ConfirmRequest(**base, tags=tags)
     st = task.unmask
-    shares = secagg.unmask(list(st.survivors), list(st.dropped))
+    shares = secagg.unmask(list(st.survivors), list(st.dropped), dict(st.confirmations))
     return "Unmask", pb.UnmaskRequest(**base, shares=shares)

@@ -544,6 +544,14 @@ class Config(_Frozen):
         k = self.secagg.neighbours
         if self.secagg.enabled and k is not None and self.secagg.threshold > k + 1:
             raise ValueError("secagg.threshold must be <= secagg.neighbours + 1")
+        size = len(self.sites) if k is None or k >= len(self.sites) - 1 else k + 1
+        if self.secagg.enabled and 2 * self.secagg.threshold <= size:
+            raise ValueError(
+                f"secagg.threshold must be a majority of a site's neighbourhood (> {size}/2): "
+                "with fewer, a server showing two groups of sites different survivor sets could "
+                "collect both kinds of share of one site and unmask its update alone "
+                "(docs/threat-model.md)"
+            )
         if self.secagg.enabled and self.fl.min_fit_sites < self.secagg.threshold:
             raise ValueError("fl.min_fit_sites must be >= secagg.threshold (fewer cannot unmask)")
         return self

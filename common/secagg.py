@@ -3,20 +3,31 @@
 Pure protocol core (no gRPC, no torch): the server learns only the sum of the surviving sites'
 uint32 vectors. Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
 Learning" (CCS'17); sparse graph from Bell et al., "Secure Single-Server Aggregation with
-(Poly)Logarithmic Overhead" (CCS'20). Threat model: honest-but-curious server, up to n - t sites
-dropping at any stage. There is no signature / consistency-check round, so a *malicious* server
-(substituting public keys, telling two clients different survivor lists) is out of scope.
+(Poly)Logarithmic Overhead" (CCS'20). Threat model: up to n - t sites dropping at any stage; the
+server learns only sums of >= t inputs of a neighbourhood, also when it lies about who dropped
+(a site reveals shares only for a survivor set that includes itself, keeps >= t of its
+neighbourhood, and that >= t of its neighbourhood confirmed with a MAC under their pairwise keys:
+stage 4, Bonawitz's consistency check with pairwise MACs in place of signatures). Not covered:
+a server that substitutes public keys in stage 2 (no PKI binds a site's keys to its identity
+here), and colluding sites. docs/threat-model.md states who is trusted for what.
 
-Stages (U1 >= U2 >= U3 >= U4: the sites still present after each one):
+Stages (U1 >= U2 >= U3 >= U4 >= U5: the sites still present after each one):
   1. advertise keys  client -> server: two fresh X25519 public keys (enc, mask), 32 bytes each.
   2. share keys      server -> client: the U1 keys (+ its neighbours); client -> server: one AES-GCM
                      ciphertext (CT_LEN bytes) per neighbour with its Shamir shares of the
                      self-mask seed b and of the mask secret key.
   3. masked input    server -> client: the ciphertexts addressed to it (from its U2 neighbours);
                      client -> server: y = x + PRG(b) +- sum_j PRG(s_ij), uint32 (4 bytes/param).
-  4. unmasking       server -> client: (survivors U3, dropped U2 \\ U3); client -> server: one
-                     SHARE_LEN-byte share per peer of its neighbourhood (b for survivors, the mask
-                     key for dropped peers). The server removes all masks and keeps the sum.
+  4. consistency     server -> client: the survivors U3; client -> server: one TAG_LEN-byte
+                     HMAC of U3 per neighbour in U3, under their pairwise key (the server cannot
+                     forge one). The site refuses a U3 without itself or with < t of its
+                     neighbourhood.
+  5. unmasking       server -> client: (survivors U3, dropped U2 \\ U3, the tags addressed to it);
+                     client -> server: one SHARE_LEN-byte share per peer of its neighbourhood (b
+                     for survivors, the mask key for dropped peers), only if U3 is the set it
+                     confirmed, its dropped neighbours are exactly those it holds shares of and
+                     that are not in U3, and >= t of its closed neighbourhood confirmed the same
+                     U3. The server removes all masks and keeps the sum.
 Crypto is from ``cryptography`` only: X25519, HKDF-SHA256, AES-256-GCM (shares) and the AES-256-CTR
 keystream viewed as uint32 (masks). Shamir sharing (ours) is over GF(2**521 - 1).
 """
@@ -34,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,7 +58,8 @@ PRIME = 2**521 - 1  # Mersenne prime > 2**256: every 32-byte secret is a field e
 SHARE_LEN = 2 + 66  # x (uint16) || y (521 bits), big-endian
 CT_LEN = 12 + 2 * SHARE_LEN + 16  # nonce || AES-GCM(b share || mask-key share) || tag = 164
 KEY_LEN = 32
-STAGES = ("advertise_keys", "share_keys", "masked_input", "unmasking")
+TAG_LEN = 32  # HMAC-SHA256 of a survivor set (stage 4)
+STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmasking")
 _CHUNK = 1 << 15  # words per keystream block (128 KiB): the accumulator chunk stays in cache
 _ZEROS = bytes(4 * _CHUNK)
 Keys = Mapping[str, tuple[bytes, bytes]]  # site -> (enc_pk, mask_pk)
@@ -305,12 +317,18 @@ def _aad(run_id: str, rnd: int, sender: str, recipient: str) -> bytes:
 
 
 class SecAggClient:
-    """One site's side of one round, with fresh X25519 key pairs (os-random)."""
+    """One site's side of one round, with fresh X25519 key pairs (os-random). ``expect``: the
+    federation's (threshold t, neighbours k) as the site's own config gives them; the server's
+    share-keys stage must then ask for exactly that t and this site's neighbours in the graph
+    over the advertised keys (a server lowering t or shrinking a neighbourhood would unmask
+    sums of fewer inputs)."""
 
-    def __init__(self, site: str, run_id: str, rnd: int) -> None:
+    def __init__(
+        self, site: str, run_id: str, rnd: int, expect: tuple[int, int | None] | None = None
+    ) -> None:
         if not site or not isinstance(rnd, int) or rnd < 0:
             raise ValueError("need a site name and a round number >= 0")
-        self.site, self.run_id, self.rnd = site, run_id, rnd
+        self.site, self.run_id, self.rnd, self._expect = site, run_id, rnd, expect
         self._enc_sk, self._mask_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
         self._pub = tuple(k.public_key().public_bytes_raw() for k in (self._enc_sk, self._mask_sk))
         self._stage = "new"
@@ -350,6 +368,17 @@ class SecAggClient:
         self.threshold = int(threshold)
         if not 2 <= self.threshold <= len(self._nb) + 1:
             raise SecAggError(f"threshold {threshold} needs 2..{len(self._nb) + 1} (neighbours+me)")
+        if self._expect is not None:
+            t, k = self._expect
+            if self.threshold != t:
+                raise SecAggError(
+                    f"{self.site}: asked for threshold {threshold}, the federation's is {t}"
+                )
+            if self._nb != neighbour_graph(self.run_id, self.rnd, public_keys, k)[self.site]:
+                raise SecAggError(
+                    f"{self.site}: the server's neighbour set ({len(self._nb)} sites) is not the "
+                    f"graph's over the {len(public_keys)} advertised keys"
+                )
         xs = {s: i + 1 for i, s in enumerate(sorted(public_keys))}
         holders = [xs[j] for j in [*self._nb, self.site]]
         self._b = os.urandom(32)
@@ -395,25 +424,84 @@ class SecAggClient:
         apply_masks(out, streams)
         return out
 
-    def unmask(self, survivors: Sequence[str], dropped: Sequence[str]) -> dict[str, bytes]:
-        """Peer -> my share: of b for survivors, of the mask secret key for dropped peers.
+    def _view_tag(self, sender: str, recipient: str, view: Sequence[str]) -> bytes:
+        """HMAC-SHA256 of the survivor set ``view`` from ``sender`` to ``recipient``, under a key
+        only the two of them can derive (their X25519 agreement of stage 2)."""
+        peer = recipient if sender == self.site else sender
+        lo, hi = sorted((self.site, peer))
+        key = _hkdf(
+            _exchange(self._enc_sk, self._keys[peer][0]),
+            _pack("view", self.run_id, self.rnd, lo, hi),
+        )
+        h = hmac.HMAC(key, hashes.SHA256())
+        h.update(_pack("survivors", self.run_id, self.rnd, sender, recipient, *view))
+        return h.finalize()
+
+    def confirm(self, survivors: Sequence[str]) -> dict[str, bytes]:
+        """Stage 4: neighbour -> my MAC of the survivor set, for each neighbour in it. Refuses
+        (SecAggError) a set without me (my masked input arrived, or I would not be asked) or
+        with fewer than t of my closed neighbourhood: the sum the server could unmask would be
+        one of fewer than t inputs (e.g. a single peer's, isolated by claiming the others
+        dropped)."""
+        self._at("masked", "consistency")
+        view = sorted(set(survivors))
+        if len(view) != len(survivors):
+            raise SecAggError("the survivor set names a site twice")
+        if unknown := set(view) - set(self._keys):
+            raise SecAggError(f"unknown sites {sorted(unknown)} among the survivors")
+        if self.site not in view:
+            raise SecAggError(f"{self.site}: the survivor set leaves out my own masked input")
+        mine = set(self._nb) | {self.site}
+        if (have := len(mine & set(view))) < self.threshold:
+            raise SecAggError(
+                f"{self.site}: only {have} of my neighbourhood among the survivors, need "
+                f"t = {self.threshold} (the sum would expose fewer than t inputs)"
+            )
+        if never := (mine & set(view)) - set(self._held):
+            raise SecAggError(f"survivors I never got shares from: {sorted(never)}")
+        self._view = view
+        self._stage = "confirmed"
+        return {j: self._view_tag(self.site, j, view) for j in sorted(set(view) & set(self._nb))}
+
+    def unmask(
+        self, survivors: Sequence[str], dropped: Sequence[str], confirmations: Mapping[str, bytes]
+    ) -> dict[str, bytes]:
+        """Stage 5: peer -> my share: of b for survivors, of the mask secret key for dropped peers.
 
         Sites outside my neighbourhood are skipped (SecAgg+: the global lists may be passed).
-        Refuses (revealing nothing) on: a site in both lists, myself in dropped, an unknown site, a
-        neighbour I never got shares from, or a peer whose share of the other kind already went out.
+        Refuses (revealing nothing) unless ``survivors`` is the set I confirmed, my dropped
+        neighbours are exactly the ones I hold shares of that are not survivors, and >= t of my
+        closed neighbourhood (me included) confirmed that same set (``confirmations``: sender ->
+        its tag to me). Also refuses a peer whose share of the other kind already went out.
         """
-        self._at("masked", "unmask")
+        self._at("confirmed", "unmask")
         surv, drop = set(survivors), set(dropped)
+        if sorted(surv) != self._view or len(surv) != len(survivors):
+            raise SecAggError("the survivor set differs from the one I confirmed")
         if surv & drop:
             raise SecAggError(f"asked for both shares of {sorted(surv & drop)}")
-        if self.site in drop:
-            raise SecAggError("asked for my own mask key while I am alive")
-        if unknown := (surv | drop) - set(self._keys):
+        if unknown := drop - set(self._keys):
             raise SecAggError(f"unknown sites {sorted(unknown)}")
         mine = set(self._nb) | {self.site}
+        expected = set(self._held) - surv - {self.site}
+        if (drop & mine) != expected:
+            raise SecAggError(
+                f"dropped neighbours {sorted(drop & mine)} are not the ones that shared keys "
+                f"and are not survivors ({sorted(expected)})"
+            )
+        ok = [
+            j
+            for j, tag in confirmations.items()
+            if j in surv & set(self._nb)
+            and isinstance(tag, bytes)
+            and secrets.compare_digest(tag, self._view_tag(j, self.site, self._view))
+        ]
+        if len(ok) + 1 < self.threshold:
+            raise SecAggError(
+                f"{self.site}: {len(ok) + 1} of my neighbourhood confirmed this survivor set, need "
+                f"t = {self.threshold} (the server may be showing sites different sets)"
+            )
         surv, drop = surv & mine, drop & mine
-        if never := (surv | drop) - set(self._held):
-            raise SecAggError(f"never got shares from {sorted(never)}")
         rev = self._revealed
         if bad := {j for j in surv if rev.get(j) == "sk"} | {j for j in drop if rev.get(j) == "b"}:
             raise SecAggError(f"the other share of {sorted(bad)} was already revealed")
@@ -447,12 +535,13 @@ class SecAggServer:
         self.run_id, self.rnd, self.sites = run_id, rnd, sorted(sites)
         self.threshold, self.vector_len = int(threshold), int(vector_len)
         self.dropouts: dict[str, list[str]] = {s: [] for s in STAGES}
+        self._k = neighbours
         self._graph = neighbour_graph(run_id, rnd, self.sites, neighbours)
         if len(self.sites) < self.threshold:
             raise SecAggAbort(f"only {len(self.sites)} sites for threshold {self.threshold}")
         if min(len(v) for v in self._graph.values()) + 1 < self.threshold:
             raise ValueError(f"threshold {threshold} exceeds the neighbourhood size of the graph")
-        self.u1 = self.u2 = self.u3 = self.u4 = []  # the sites present after each stage
+        self.u1 = self.u2 = self.u3 = self.u4 = self.u5 = []  # present after each stage
         self._stage = 0
 
     def neighbours_of(self, site: str) -> list[str]:
@@ -480,28 +569,41 @@ class SecAggServer:
             log.warning("round %d: dropping %s for malformed or duplicated keys", self.rnd, bad)
         self.u1 = sorted(set(keys) - set(bad))
         self.dropouts["advertise_keys"] = sorted(set(self.sites) - set(self.u1))
+        # the graph over U1, the key list every site receives: each can recompute its neighbours
+        self._graph = neighbour_graph(self.run_id, self.rnd, self.u1, self._k) if self.u1 else {}
         self._require("advertise_keys", self.u1)
         self.keys = {s: (keys[s][0], keys[s][1]) for s in self.u1}
         self._x = {s: i + 1 for i, s in enumerate(self.u1)}
         self._stage = 1
         return dict(self.keys)
 
-    def route_shares(self, cts: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, bytes]]:
-        """sender -> recipient -> ct  ==>  recipient -> sender -> ct, among U2 only."""
-        self._enter(1, cts, self.u1)
-        u2 = []
-        for s, out in cts.items():
-            want = {j for j in self._graph[s] if j in self.keys}
-            good = all(isinstance(c, bytes) and len(c) == CT_LEN for c in out.values())
-            if set(out) == want and good:
-                u2.append(s)
+    def _route(
+        self, stage: int, msgs: Mapping[str, Mapping[str, bytes]], senders: list[str], size: int
+    ) -> tuple[list[str], dict[str, dict[str, bytes]]]:
+        """sender -> recipient -> blob  ==>  (the senders whose message is well formed: one blob
+        of ``size`` bytes per neighbour among ``senders``; recipient -> sender -> blob among them).
+        A malformed message counts as its sender dropping."""
+        name = STAGES[stage]
+        self._enter(stage, msgs, senders)
+        ok = []
+        for s, out in msgs.items():
+            want = {j for j in self._graph[s] if j in senders}
+            if set(out) == want and all(
+                isinstance(v, bytes) and len(v) == size for v in out.values()
+            ):
+                ok.append(s)
             else:
-                log.warning("round %d: malformed share_keys from %s, dropping it", self.rnd, s)
-        self.u2 = sorted(u2)
-        self.dropouts["share_keys"] = sorted(set(self.u1) - set(u2))
+                log.warning("round %d: malformed %s from %s, dropping it", self.rnd, name, s)
+        ok = sorted(ok)
+        self.dropouts[name] = sorted(set(senders) - set(ok))
+        return ok, {r: {s: msgs[s][r] for s in ok if r in msgs[s]} for r in ok}
+
+    def route_shares(self, cts: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, bytes]]:
+        """Stage 2: sender -> recipient -> ct  ==>  recipient -> sender -> ct, among U2 only."""
+        self.u2, routed = self._route(1, cts, self.u1, CT_LEN)
         self._require("share_keys", self.u2)
         self._stage = 2
-        return {r: {s: cts[s][r] for s in self.u2 if r in cts[s]} for r in self.u2}
+        return routed
 
     def receive_masked(self, masked: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
         """(survivors U3, dropped U2 \\ U3). Only uint32 vectors of vector_len count as arrived."""
@@ -522,10 +624,20 @@ class SecAggServer:
         self._stage = 3
         return list(self.u3), dropped
 
+    def route_confirmations(
+        self, tags: Mapping[str, Mapping[str, bytes]]
+    ) -> dict[str, dict[str, bytes]]:
+        """Stage 4: sender -> recipient -> tag  ==>  recipient -> sender -> tag, among the
+        survivors that confirmed (U4; the server cannot check a tag, only route it)."""
+        self.u4, routed = self._route(3, tags, self.u3, TAG_LEN)
+        self._require("consistency", self.u4, [*self.u3, *self._recover])
+        self._stage = 4
+        return routed
+
     def unmask(self, shares: Mapping[str, Mapping[str, bytes]]) -> np.ndarray:
-        """The uint32 sum of the survivors' vectors, from the shares of >= t responders (U4)."""
-        self._enter(3, shares, self.u3)
-        u4 = []
+        """The uint32 sum of the survivors' vectors, from the shares of >= t responders (U5)."""
+        self._enter(4, shares, self.u4)
+        u5 = []
         for k, resp in shares.items():
             closed = set(self._graph[k]) | {k}
             want = closed & (set(self.u3) | set(self._recover))
@@ -534,15 +646,15 @@ class SecAggServer:
             except SecAggError:
                 xs = {0}
             if set(resp) == want and xs == {self._x[k]}:
-                u4.append(k)
+                u5.append(k)
             else:
                 log.warning("round %d: malformed unmask reply from %s, dropping it", self.rnd, k)
-        self.u4 = sorted(u4)
-        self.dropouts["unmasking"] = sorted(set(self.u3) - set(u4))
-        self._require("unmasking", self.u4, [*self.u3, *self._recover])
+        self.u5 = sorted(u5)
+        self.dropouts["unmasking"] = sorted(set(self.u4) - set(u5))
+        self._require("unmasking", self.u5, [*self.u3, *self._recover])
 
         def secret(j: str) -> bytes:
-            return shamir_combine([shares[k][j] for k in self.u4 if j in shares[k]], self.threshold)
+            return shamir_combine([shares[k][j] for k in self.u5 if j in shares[k]], self.threshold)
 
         # remove every survivor's self-mask ...
         streams = [(self_mask_seed(secret(i), self.run_id, self.rnd, i), -1) for i in self.u3]
@@ -557,7 +669,7 @@ class SecAggServer:
                     streams.append((seed, -1 if j < k else 1))
         acc = self._masked[self.u3[0]].copy()
         apply_masks(acc, streams, [self._masked[i] for i in self.u3[1:]])
-        self._masked, self._stage = {}, 4
+        self._masked, self._stage = {}, 5
         return acc
 
 

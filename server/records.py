@@ -19,7 +19,8 @@ class TaskKind(str, enum.Enum):
     ADVERTISE_KEYS = "advertise_keys"  # train, keep the update, advertise fresh public keys
     SHARE_KEYS = "share_keys"  # secure aggregation, stage 2
     MASKED_INPUT = "masked_input"  # stage 3
-    UNMASK = "unmask"  # stage 4
+    CONSISTENCY = "consistency"  # stage 4
+    UNMASK = "unmask"  # stage 5
     EVALUATE = "evaluate"  # evaluate the shared weights with the site's own norm layers
     WAIT = "wait"
     FINISHED = "finished"
@@ -28,7 +29,12 @@ class TaskKind(str, enum.Enum):
         return self.value
 
 
-SECAGG_STAGES = (TaskKind.SHARE_KEYS, TaskKind.MASKED_INPUT, TaskKind.UNMASK)
+SECAGG_STAGES = (
+    TaskKind.SHARE_KEYS,
+    TaskKind.MASKED_INPUT,
+    TaskKind.CONSISTENCY,
+    TaskKind.UNMASK,
+)
 
 
 # -- results a site sends ------------------------------------------------------------------------
@@ -76,8 +82,15 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """Stage 4: the site's MAC of the survivor set, by recipient (its neighbours among them)."""
+
+    tags: dict[str, bytes]
+
+
+@dataclass(frozen=True)
 class UnmaskReply:
-    """Stage 4: the site's shares for the survivors' self masks / the dropped sites' keys."""
+    """Stage 5: the site's shares for the survivors' self masks / the dropped sites' keys."""
 
     shares: dict[str, bytes]
 
@@ -100,6 +113,12 @@ class MaskedInputStage:
 
 
 @dataclass(frozen=True)
+class ConsistencyStage:
+    survivors: list[str]
+
+
+@dataclass(frozen=True)
 class UnmaskStage:
     survivors: list[str]
     dropped: list[str]
+    confirmations: dict[str, bytes] = field(default_factory=dict)  # sender -> its tag to me

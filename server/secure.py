@@ -24,6 +24,7 @@ from common.secagg import (
     unflatten,
 )
 from server.records import (
+    ConsistencyStage,
     KeyAdvertisement,
     MaskedInputStage,
     ShareKeysStage,
@@ -51,7 +52,7 @@ def secure_aggregate(
     shared: dict[str, np.ndarray],
     ring_scale: float | None = None,
 ) -> SecAggOutcome:
-    """Run share keys -> masked input -> unmask for the sites that advertised keys.
+    """Run share keys -> masked input -> consistency -> unmask for the sites that advertised keys.
 
     ``ring_scale``: the sites send integer vectors they made themselves (distributed DP: their
     noise shares are integers), scaled by this s; the sum is divided by it. Otherwise each site
@@ -117,8 +118,14 @@ def secure_aggregate(
             spec={"masked": ("uint32", (length,))},
         )
         survivors, dropped = timed(srv.receive_masked, {s: m.masked for s, m in masked.items()})
+        confirmed = phase(
+            TaskKind.CONSISTENCY, survivors, {s: ConsistencyStage(survivors) for s in survivors}
+        )
+        tags = timed(srv.route_confirmations, {s: c.tags for s, c in confirmed.items()})
         revealed = phase(
-            TaskKind.UNMASK, survivors, {s: UnmaskStage(survivors, dropped) for s in survivors}
+            TaskKind.UNMASK,
+            sorted(tags),
+            {s: UnmaskStage(survivors, dropped, tags[s]) for s in tags},
         )
         total_u32 = timed(srv.unmask, {s: r.shares for s, r in revealed.items()})
     except (SecAggAbort, SecAggError) as err:

@@ -17,6 +17,8 @@ from common.wire.serde import proto_to_ndarrays, scalars_from_proto, scalars_to_
 from common.wire.tls import peer_common_name
 from server.records import (
     SECAGG_STAGES,
+    Confirmation,
+    ConsistencyStage,
     EvalResult,
     FitResult,
     KeyAdvertisement,
@@ -69,9 +71,12 @@ def secagg_task(rnd: int, stage) -> pb.SecAggTask:
     if isinstance(stage, MaskedInputStage):
         st = pb.MaskedInputStage(ciphertexts=stage.ciphertexts, scale=stage.scale, clip=stage.clip)
         return pb.SecAggTask(round=rnd, masked_input=st)
-    return pb.SecAggTask(
-        round=rnd, unmask=pb.UnmaskStage(survivors=stage.survivors, dropped=stage.dropped)
+    if isinstance(stage, ConsistencyStage):
+        return pb.SecAggTask(round=rnd, consistency=pb.ConsistencyStage(survivors=stage.survivors))
+    st = pb.UnmaskStage(
+        survivors=stage.survivors, dropped=stage.dropped, confirmations=stage.confirmations
     )
+    return pb.SecAggTask(round=rnd, unmask=st)
 
 
 class FederationServicer(pb_grpc.FederationServicer):
@@ -253,6 +258,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             return MaskedInput(proto_to_ndarrays([request.masked], spec)["masked"], metrics)
 
         return self._submit(context, TaskKind.MASKED_INPUT, request, decode)
+
+    def Confirm(self, request, context):
+        return self._submit(
+            context,
+            TaskKind.CONSISTENCY,
+            request,
+            lambda _s, st: Confirmation(_secrets(request.tags, st.sites, "tags")),
+        )
 
     def Unmask(self, request, context):
         return self._submit(

@@ -54,7 +54,8 @@ def one_round(d: int, n_sites: int, t: int, mu_share: float, rng) -> dict:
         site_s[s] += time.perf_counter() - t0
     t0 = time.perf_counter()
     surv, dropped = srv.receive_masked(masked)
-    shares = {s: clients[s].unmask(surv, dropped) for s in surv}
+    tags = srv.route_confirmations({s: clients[s].confirm(surv) for s in surv})
+    shares = {s: clients[s].unmask(surv, dropped, tags[s]) for s in tags}
     server_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     from_ring_sum(srv.unmask(shares), 1e4)

@@ -60,10 +60,14 @@ def one_round(params, weights, scale, clip, drop_after_shares=(), neighbours=Non
         t_q.append(dq)
         t_m.append(dm)
     (surv, dropped), t_recv = _t(srv.receive_masked, masked)
-    shares, t_reveal = {}, []
-    for s in surv:
-        shares[s], dt = _t(clients[s].unmask, surv, dropped)
-        t_reveal.append(dt)
+    tags, t_reveal = {}, {}
+    for s in surv:  # the consistency check, then the shares
+        tags[s], t_reveal[s] = _t(clients[s].confirm, surv)
+    routed_tags, t_route = _t(srv.route_confirmations, tags)
+    shares = {}
+    for s in routed_tags:
+        shares[s], dt = _t(clients[s].unmask, surv, dropped, routed_tags[s])
+        t_reveal[s] += dt
     total, t_unmask = _t(srv.unmask, shares)
     return {
         "total": total,
@@ -71,8 +75,8 @@ def one_round(params, weights, scale, clip, drop_after_shares=(), neighbours=Non
         "setup": statistics.mean(t_setup.values()),
         "quantize": statistics.mean(t_q),
         "mask": statistics.mean(t_m),
-        "reveal": statistics.mean(t_reveal),
-        "server": t_recv + t_unmask,
+        "reveal": statistics.mean(t_reveal.values()),
+        "server": t_recv + t_route + t_unmask,
         "bytes": next(iter(masked.values())).nbytes,
     }
 

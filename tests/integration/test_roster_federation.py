@@ -41,7 +41,8 @@ def roster_run(tmp_path_factory):
     data["sites"] = ROSTER
     data["train"] |= {"rounds": 1, "local_epochs": 2}
     data["data"] |= {"train_total": 56, "attacker_size": 14}
-    data["fl"] |= {"heartbeat_s": 0.5, "wait_for_sites_s": 120.0}
+    data["fl"] |= {"heartbeat_s": 0.5, "wait_for_sites_s": 120.0, "min_fit_sites": 4}
+    data["secagg"]["threshold"] = 4  # a majority of seven (common/config.py)
     data["mia"]["enabled"] = False
     cfg = parse_config(data)
     (root / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))

@@ -491,7 +491,11 @@ def test_the_shadow_cache_key_follows_proximal_mu_and_secure_aggregation():
     cfg, cpu = _cfg(), torch.device("cpu")
     key = _cache_key(cfg, "fedprox", 0, 0, "d", cpu)
     assert key == _cache_key(cfg, "fedprox", 0, 0, "d", cpu)
-    for change in ({"fl.proximal_mu": 0.5}, {"secagg.threshold": 2}, {"secagg.clip": 8.0}):
+    for change in (
+        {"fl.proximal_mu": 0.5},
+        {"secagg.threshold": 4, "fl.min_fit_sites": 4},
+        {"secagg.clip": 8.0},
+    ):
         assert _cache_key(with_overrides(cfg, **change), "fedprox", 0, 0, "d", cpu) != key, change
 
 

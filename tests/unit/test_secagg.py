@@ -26,7 +26,14 @@ from common.secagg import (
 RUN = "run-test"
 N = 4096  # tiny vectors; 16 KiB of bytes = 64 expected per byte value for the chi-square test
 CHI2_CRIT = chi2.ppf(1 - 1e-6, 255)  # a false alarm once in a million per vector
-STAGES = ("before_keys", "after_keys", "after_shares", "after_masked", "during_unmask")
+STAGES = (
+    "before_keys",
+    "after_keys",
+    "after_shares",
+    "after_masked",
+    "after_confirm",
+    "during_unmask",
+)
 
 
 def _chi2_bytes(v: np.ndarray) -> float:
@@ -68,16 +75,25 @@ def run_round(vectors, t, k=None, rnd=1, drop=None, run_id=RUN):
         if s not in drop["after_shares"]
     }
     h.surv, h.dropped = srv.receive_masked(h.masked)
+    h.tags = srv.route_confirmations(
+        {s: clients[s].confirm(h.surv) for s in h.surv if s not in drop["after_masked"]}
+    )
     h.shares = {}
-    for s in h.surv:
-        if s in drop["after_masked"]:
+    for s in h.tags:
+        if s in drop["after_confirm"]:
             continue
-        reply = clients[s].unmask(h.surv, h.dropped)
+        reply = clients[s].unmask(h.surv, h.dropped, h.tags[s])
         if s in drop["during_unmask"]:  # cut off mid-reply: a partial answer counts as a dropout
             reply = dict(list(reply.items())[:-1])
         h.shares[s] = reply
     h.total = srv.unmask(h.shares)
     return h
+
+
+def _reveal(srv, clients, surv, dropped):
+    """Stages 4 and 5 for every survivor: confirm the survivor set, then reveal the shares."""
+    tags = srv.route_confirmations({s: clients[s].confirm(surv) for s in surv})
+    return {s: clients[s].unmask(surv, dropped, tags[s]) for s in tags}
 
 
 def _check_sum(h, q, exact, scale):
@@ -240,13 +256,15 @@ def test_one_site_drops_after_each_stage(stage):
     sites = list("ABCDE")
     q, exact, scale = _updates(sites, np.random.default_rng(3))
     h = run_round(q, t=3, drop={stage: ["C"]})
-    in_sum = stage in ("after_masked", "during_unmask")  # its masked vector already arrived
+    # its masked vector already arrived
+    in_sum = stage in ("after_masked", "after_confirm", "during_unmask")
     assert ("C" in h.surv) == in_sum
     _check_sum(h, q, exact, scale)
     where = {
         "before_keys": "advertise_keys",
         "after_keys": "share_keys",
         "after_shares": "masked_input",
+        "after_masked": "consistency",
     }.get(stage, "unmasking")
     assert h.server.dropouts[where] == ["C"]
 
@@ -333,33 +351,27 @@ def test_server_state_recovers_no_single_update():
     assert all(some not in ct for cts in h.routed.values() for ct in cts.values())
 
 
-def test_b_and_t_minus_1_mask_key_shares_do_not_unmask_a_survivor():
+def test_sites_shown_another_survivor_set_refuse_to_reveal():
+    """A server that shows A, B and C one survivor set (everyone) and D and E another ("A
+    dropped"), to collect b_A from the first and A's mask key from the second (A's input alone),
+    gets nothing from D and E: only 2 of their closed neighbourhood confirmed their set, t = 3.
+    The server routes every tag to every site (it cannot tell which ones verify)."""
     sites = list("ABCDE")
-    q, _, _ = _updates(sites, np.random.default_rng(10))
+    q, exact, scale = _updates(sites, np.random.default_rng(10))
     clients = {s: SecAggClient(s, RUN, 1) for s in sites}
     srv = SecAggServer(RUN, 1, sites, 3, N)
     u1 = srv.receive_keys({s: c.advertise_keys() for s, c in clients.items()})
     routed = srv.route_shares({s: clients[s].share_keys(u1, 3) for s in sites})
-    y = {s: clients[s].masked_input(routed[s], q[s]) for s in sites}
-    # a curious server gets b_A from three sites and claims "A dropped" to the other two
-    b_a = sa.shamir_combine([clients[s].unmask(["A"], [])["A"] for s in "ABC"], 3)
-    sk_parts = [clients[s].unmask([], ["A"])["A"] for s in "DE"]
-    with pytest.raises(SecAggAbort):
-        sa.shamir_combine(sk_parts, 3)
-    pts = [sa._decode_share(p) for p in sk_parts] + [(11, 12345)]  # guess a third point
-    guess = sa.interpolate(pts, 0) % 2**256
-    sk = sa.X25519PrivateKey.from_private_bytes(guess.to_bytes(32, "big"))
-    assert sk.public_key().public_bytes_raw() != u1["A"][1]
-    v = y["A"].copy()
-    streams = [(sa.self_mask_seed(b_a, RUN, 1, "A"), -1)]
-    for j in "BCDE":
-        shared = sk.exchange(sa.X25519PublicKey.from_public_bytes(u1[j][1]))
-        streams.append((sa.pair_mask_seed(shared, RUN, 1, "A", j), 1))  # A subtracted for j > A
-    sa.apply_masks(v, streams)
-    assert _chi2_bytes(v) < CHI2_CRIT
-    # and the sites that gave b_A refuse its mask key (Bonawitz's rule)
-    with pytest.raises(SecAggError, match="already revealed"):
-        clients["B"].unmask([], ["A"])
+    for s in sites:
+        clients[s].masked_input(routed[s], q[s])
+    everyone, without_a = sites, ["B", "C", "D", "E"]
+    tags = {s: clients[s].confirm(everyone if s in "ABC" else without_a) for s in sites}
+    to = {r: {s: tags[s][r] for s in sites if r in tags[s]} for r in sites}
+    for s in "ABC":  # three valid confirmations of their set: they reveal (b of every survivor)
+        assert set(clients[s].unmask(everyone, [], to[s])) == set(sites)
+    for s in "DE":
+        with pytest.raises(SecAggError, match="2 of my neighbourhood confirmed"):
+            clients[s].unmask(without_a, ["A"], to[s])
 
 
 def _masked_ready(sites="ABCDE", t=3, rnd=1, run_id=RUN):
@@ -369,24 +381,35 @@ def _masked_ready(sites="ABCDE", t=3, rnd=1, run_id=RUN):
     return clients, keys, cts
 
 
-def test_client_refuses_both_shares_of_one_peer():
+def test_client_reveals_only_a_confirmed_survivor_set():
     clients, _, cts = _masked_ready()
-    c = clients["A"]
-    c.masked_input({s: cts[s]["A"] for s in "BCD"}, np.zeros(8, np.uint32))  # E never shared
-    with pytest.raises(SecAggError, match="both"):
-        c.unmask(["A", "B", "C"], ["B"])
-    with pytest.raises(SecAggError, match="own mask key"):
-        c.unmask(["B"], ["A"])
-    with pytest.raises(SecAggError, match="never got shares"):
-        c.unmask(["A", "B"], ["E"])
+    for s in "ABCD":  # E's shares reach no one (it left after sharing keys)
+        clients[s].masked_input({j: cts[j][s] for j in "ABCD" if j != s}, np.zeros(8, np.uint32))
+    a = clients["A"]
+    with pytest.raises(SecAggError, match="leaves out my own"):
+        a.confirm(["B", "C", "D"])
+    with pytest.raises(SecAggError, match="only 2 of my neighbourhood"):
+        a.confirm(["A", "B"])  # t = 3: the sum of A and B would give B's input to A's server
     with pytest.raises(SecAggError, match="unknown"):
-        c.unmask(["A", "Z"], [])
-    assert set(c.unmask(["A", "B", "C"], ["D"])) == {"A", "B", "C", "D"}
-    with pytest.raises(SecAggError, match="already revealed"):
-        c.unmask(["D"], [])
-    with pytest.raises(SecAggError, match="already revealed"):
-        c.unmask([], ["B"])
-    assert c.unmask(["A", "B"], ["D"])["D"] == c.unmask(["A"], ["D"])["D"]  # a retry is fine
+        a.confirm(["A", "B", "Z"])
+    with pytest.raises(SecAggError, match="never got shares"):
+        a.confirm(["A", "B", "E"])
+    view = ["A", "B", "C"]  # D dropped before its masked input
+    tags = {s: clients[s].confirm(view) for s in view}
+    to_a = {s: tags[s]["A"] for s in "BC"}
+    with pytest.raises(SecAggError, match="differs from the one I confirmed"):
+        a.unmask(["A", "B", "C", "D"], [], to_a)
+    with pytest.raises(SecAggError, match="both"):
+        a.unmask(view, ["B", "D"], to_a)
+    with pytest.raises(SecAggError, match="dropped neighbours"):
+        a.unmask(view, [], to_a)  # D shared keys and is no survivor: its mask key is due
+    with pytest.raises(SecAggError, match="2 of my neighbourhood confirmed"):
+        a.unmask(view, ["D"], {"B": to_a["B"]})
+    with pytest.raises(SecAggError, match="2 of my neighbourhood confirmed"):
+        a.unmask(view, ["D"], {"B": to_a["B"], "C": tags["C"]["B"]})  # C's tag to B, not to A
+    shares = a.unmask(view, ["D"], to_a)
+    assert set(shares) == {"A", "B", "C", "D"}
+    assert a.unmask(view, ["D"], to_a) == shares  # a retry is fine
 
 
 # -- binding to run, round, sender and recipient -------------------------------------------------
@@ -464,7 +487,7 @@ def test_malformed_masked_vector_counts_as_dropout():
     masked["D"] = masked["D"].astype(np.int64)
     surv, dropped = srv.receive_masked(masked)
     assert surv == ["A", "C", "E"] and dropped == ["B", "D"]
-    total = srv.unmask({s: clients[s].unmask(surv, dropped) for s in surv})
+    total = srv.unmask(_reveal(srv, clients, surv, dropped))
     h = SimpleNamespace(total=total, surv=surv)
     _check_sum(h, q, exact, scale)
 
@@ -477,8 +500,8 @@ def test_unmask_reply_with_foreign_shares_counts_as_dropout():
     u1 = srv.receive_keys({s: c.advertise_keys() for s, c in clients.items()})
     routed = srv.route_shares({s: clients[s].share_keys(u1, 3) for s in sites})
     surv, dropped = srv.receive_masked({s: clients[s].masked_input(routed[s], q[s]) for s in sites})
-    replies = {s: clients[s].unmask(surv, dropped) for s in surv}
+    replies = _reveal(srv, clients, surv, dropped)
     replies["D"] = dict(replies["C"])  # D echoes C's shares (not its own x-coordinate)
     total = srv.unmask(replies)
-    assert srv.dropouts["unmasking"] == ["D"] and srv.u4 == ["A", "B", "C", "E"]
+    assert srv.dropouts["unmasking"] == ["D"] and srv.u5 == ["A", "B", "C", "E"]
     _check_sum(SimpleNamespace(total=total, surv=surv), q, exact, scale)

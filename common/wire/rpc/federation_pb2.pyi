@@ -212,16 +212,18 @@ class PublicKeys(_message.Message):
     def __init__(self, enc_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ...) -> None: ...
 
 class SecAggTask(_message.Message):
-    __slots__ = ("round", "share_keys", "masked_input", "unmask")
+    __slots__ = ("round", "share_keys", "masked_input", "unmask", "consistency")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     round: int
     share_keys: ShareKeysStage
     masked_input: MaskedInputStage
     unmask: UnmaskStage
-    def __init__(self, round: _Optional[int] = ..., share_keys: _Optional[_Union[ShareKeysStage, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputStage, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskStage, _Mapping]] = ...) -> None: ...
+    consistency: ConsistencyStage
+    def __init__(self, round: _Optional[int] = ..., share_keys: _Optional[_Union[ShareKeysStage, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputStage, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskStage, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyStage, _Mapping]] = ...) -> None: ...
 
 class ShareKeysStage(_message.Message):
     __slots__ = ("public_keys", "threshold", "neighbours")
@@ -257,13 +259,28 @@ class MaskedInputStage(_message.Message):
     clip: float
     def __init__(self, ciphertexts: _Optional[_Mapping[str, bytes]] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ...) -> None: ...
 
+class ConsistencyStage(_message.Message):
+    __slots__ = ("survivors",)
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class UnmaskStage(_message.Message):
-    __slots__ = ("survivors", "dropped")
+    __slots__ = ("survivors", "dropped", "confirmations")
+    class ConfirmationsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+    confirmations: _containers.ScalarMap[str, bytes]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., confirmations: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class AdvertiseKeysRequest(_message.Message):
     __slots__ = ("site_id", "run_id", "round", "keys", "num_examples", "metrics")
@@ -327,6 +344,25 @@ class PushMaskedInputRequest(_message.Message):
     masked: _types_pb2.Tensor
     metrics: _containers.MessageMap[str, _types_pb2.Scalar]
     def __init__(self, site_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., masked: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ..., metrics: _Optional[_Mapping[str, _types_pb2.Scalar]] = ...) -> None: ...
+
+class ConfirmRequest(_message.Message):
+    __slots__ = ("site_id", "run_id", "round", "tags")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    run_id: str
+    round: int
+    tags: _containers.ScalarMap[str, bytes]
+    def __init__(self, site_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., tags: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class UnmaskRequest(_message.Message):
     __slots__ = ("site_id", "run_id", "round", "shares")

@@ -79,6 +79,11 @@ class FederationStub:
                 request_serializer=fedonco_dot_v1_dot_federation__pb2.PushMaskedInputRequest.SerializeToString,
                 response_deserializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
                 _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/fedonco.v1.Federation/Confirm',
+                request_serializer=fedonco_dot_v1_dot_federation__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+                _registered_method=True)
         self.Unmask = channel.unary_unary(
                 '/fedonco.v1.Federation/Unmask',
                 request_serializer=fedonco_dot_v1_dot_federation__pb2.UnmaskRequest.SerializeToString,
@@ -153,6 +158,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Confirm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Unmask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -205,6 +216,11 @@ def add_FederationServicer_to_server(servicer, server):
             'PushMaskedInput': grpc.unary_unary_rpc_method_handler(
                     servicer.PushMaskedInput,
                     request_deserializer=fedonco_dot_v1_dot_federation__pb2.PushMaskedInputRequest.FromString,
+                    response_serializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=fedonco_dot_v1_dot_federation__pb2.ConfirmRequest.FromString,
                     response_serializer=fedonco_dot_v1_dot_federation__pb2.SecAggResponse.SerializeToString,
             ),
             'Unmask': grpc.unary_unary_rpc_method_handler(
@@ -455,6 +471,33 @@ class Federation:
             target,
             '/fedonco.v1.Federation/PushMaskedInput',
             fedonco_dot_v1_dot_federation__pb2.PushMaskedInputRequest.SerializeToString,
+            fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedonco.v1.Federation/Confirm',
+            fedonco_dot_v1_dot_federation__pb2.ConfirmRequest.SerializeToString,
             fedonco_dot_v1_dot_federation__pb2.SecAggResponse.FromString,
             options,
             channel_credentials,
