@@ -14,25 +14,37 @@ vectors and whatever shares the sites reveal. Attacks (issue 29, "a malicious ag
   low-threshold     stage 2 asks for t = 2, then split-views (two shares of each kind suffice).
   key-substitution  the victim is shown the server's own public keys in place of its peers' (a
                     man in the middle in stage 2): the victim encrypts its shares to the server.
+                    Against ``pki`` sites the server also forges the keys' bindings: first it
+                    replays each peer's real signature and certificate, then it signs the fake
+                    keys with its own CA-issued certificate (the one a real server holds).
 
-Sites: ``honest`` is what ``fedonco client`` runs (the federation's t and graph expected, the
-survivor set checked and confirmed by t of the neighbourhood before any share leaves);
+Sites: ``honest`` is what ``fedonco client`` runs without TLS (the federation's t and graph
+expected, the survivor set checked and confirmed by t of the neighbourhood before any share
+leaves); ``pki`` is what it runs under mutual TLS: the same checks, and every peer's keys must be
+signed with the certificate the roster gives that peer, issued by the federation's CA
+(``common/keybind.py``; a throwaway CA and certificates from ``fedonco certs``' own code);
 ``trusting`` is a deliberately weakened site, the protocol before those checks (it confirms any
 set and reveals what it is asked, refusing only both shares of one peer and its own mask key):
 the positive control every attack must win.
 
 The outcome: whether the server's reconstruction equals the victim's vector bit for bit, which
-sites refused, and why. ``threat_table()`` runs every attack against both kinds of site.
+sites refused, and why. ``threat_table()`` runs every attack against every kind of site.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from common.config import default_cert_name
+from common.keybind import KeySigner, KeyVerifier
 from common.secagg import (
     SecAggClient,
     SecAggError,
@@ -45,7 +57,40 @@ from common.secagg import (
 
 RUN, ROUND = "malicious-aggregator", 1
 ATTACKS = ("dropout-lie", "split-views", "low-threshold", "key-substitution")
-SITES = ("honest", "trusting")
+SITES = ("honest", "trusting", "pki")
+
+
+@dataclass(frozen=True)
+class _PKI:
+    """A throwaway federation PKI: the CA, each site's signer, the roster's CNs, and the
+    server's own CA-issued certificate (what a lying server holds)."""
+
+    ca_pem: bytes
+    names: dict[str, str]  # site -> its certificate's CN (the roster's)
+    signers: dict[str, KeySigner]
+    server: KeySigner
+
+
+@functools.lru_cache(maxsize=4)
+def _pki(sites: tuple[str, ...]) -> _PKI:
+    """Certificates for ``sites`` from `fedonco certs`' own code, read back into memory."""
+    from common.wire.tls import make_certs
+
+    quiet = logging.getLogger("common.wire.tls")  # no "wrote a CA ... to /tmp/..." line
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = make_certs(Path(tmp) / "certs", list(sites))
+            names = {s: default_cert_name(s) for s in sites}
+            return _PKI(
+                ca_pem=(Path(tmp) / "certs" / "ca.crt").read_bytes(),
+                names=names,
+                signers={s: KeySigner.from_tls_dir(dirs[names[s]]) for s in sites},
+                server=KeySigner.from_tls_dir(dirs["server"]),
+            )
+    finally:
+        quiet.setLevel(level)
 
 
 class TrustingSite(SecAggClient):
@@ -125,10 +170,13 @@ def isolate(
     rng = np.random.default_rng(seed)
     x = {s: rng.integers(0, 2**32, length, dtype=np.uint32) for s in names}
 
+    pki = _pki(tuple(names)) if sites == "pki" else None
+
     def site(s: str) -> SecAggClient:
         if sites == "trusting":
             return TrustingSite(s, RUN, ROUND)
-        return SecAggClient(s, RUN, ROUND, expect=(threshold, None))
+        verify = KeyVerifier(pki.ca_pem, pki.names) if pki else None
+        return SecAggClient(s, RUN, ROUND, expect=(threshold, None), verify=verify)
 
     clients = {s: site(s) for s in names}
     refused: dict[str, str] = {}
@@ -141,12 +189,16 @@ def isolate(
             return None
 
     keys = {s: c.advertise_keys() for s, c in clients.items()}
+    # pki: each site signs its keys (the server relays the bindings as they came)
+    bindings = {s: pki.signers[s].sign(RUN, ROUND, s, *keys[s]) for s in names} if pki else {}
     t_asked = 2 if attack == "low-threshold" else threshold
     others = [s for s in names if s != victim]
     if attack == "key-substitution":
-        return _key_substitution(clients, keys, x, victim, threshold, sites, ask, refused)
+        return _key_substitution(
+            clients, keys, x, victim, threshold, sites, ask, refused, pki, bindings
+        )
     graph = neighbour_graph(RUN, ROUND, keys, None)
-    cts = {s: ask(s, clients[s].share_keys, keys, t_asked, graph[s]) for s in names}
+    cts = {s: ask(s, clients[s].share_keys, keys, t_asked, graph[s], bindings) for s in names}
     if any(v is None for v in cts.values()):
         return Outcome(attack, sites, False, refused, "sites refused the share-keys stage")
     y = {}
@@ -197,15 +249,32 @@ def isolate(
     )
 
 
-def _key_substitution(clients, keys, x, victim, threshold, sites, ask, refused) -> Outcome:
+def _key_substitution(
+    clients, keys, x, victim, threshold, sites, ask, refused, pki=None, bindings=None
+) -> Outcome:
     """The victim sees the server's keys for every peer (fake peers the server runs with the
-    real site code); the others are left alone. The victim's shares are encrypted to the fakes."""
+    real site code); the others are left alone. The victim's shares are encrypted to the fakes.
+    With a PKI the server tries each forgery of the fake keys' bindings in turn: the peers' real
+    signatures and certificates (over their real keys), then its own certificate's signature."""
     names = sorted(clients)
     fakes = {j: SecAggClient(j, RUN, ROUND) for j in names if j != victim}
     shown = {victim: keys[victim], **{j: f.advertise_keys() for j, f in fakes.items()}}
     graph = neighbour_graph(RUN, ROUND, shown, None)
-    cts = ask(victim, clients[victim].share_keys, shown, threshold, graph[victim])
+    forgeries = [{}]  # no PKI: no bindings shown, none checked
+    if pki is not None:
+        own = {victim: bindings[victim]}
+        forgeries = [
+            own | {j: bindings[j] for j in fakes},  # replayed: signed over the real keys
+            own | {j: pki.server.sign(RUN, ROUND, j, *shown[j]) for j in fakes},  # server's cert
+        ]
+    reasons = []
+    for forged in forgeries:
+        cts = ask(victim, clients[victim].share_keys, shown, threshold, graph[victim], forged)
+        if cts is not None:
+            break
+        reasons.append(refused.pop(victim).removeprefix(f"{victim}: "))
     if cts is None:
+        refused[victim] = f"{victim}: " + " / ".join(reasons)
         return Outcome("key-substitution", sites, False, refused, "the victim refused stage 2")
     fake_cts = {j: f.share_keys(shown, threshold, graph[j]) for j, f in fakes.items()}
     routed = {j: fake_cts[j][victim] for j in fakes}
@@ -236,7 +305,7 @@ def _key_substitution(clients, keys, x, victim, threshold, sites, ask, refused) 
 
 
 def threat_table(n: int = 5, threshold: int = 3, seed: int = 0) -> list[Outcome]:
-    """Every attack against honest and trusting sites."""
+    """Every attack against every kind of site (honest, trusting, pki)."""
     return [isolate(a, s, n=n, threshold=threshold, seed=seed) for a in ATTACKS for s in SITES]
 
 
@@ -260,7 +329,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m attacks.aggregator",
         description="A lying server against one secure-aggregation round (in process, the real "
-        "site code): each attack against the sites `fedonco client` runs and against a "
+        "site code): each attack against the sites `fedonco client` runs (without TLS: honest; "
+        "under mutual TLS: pki, which checks its peers' key bindings) and against a "
         "deliberately weakened site. Prints a markdown table (docs/threat-model.md).",
     )
     p.add_argument("--sites", type=int, default=5, help="n (default 5)")

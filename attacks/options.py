@@ -89,3 +89,55 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
         "answered within S seconds (default %(default)s)",
     )
     add_device_arg(p, "the attacker's shadow federations compute")
+
+
+@dataclass(frozen=True)
+class WhiteboxOptions:
+    release: list[str]
+    pool: str
+    candidates: list[str]
+    config: str
+    out: list[str]
+    site: list[str] | None = None
+    shadows: int | None = None
+    seed: int = 0
+    device: str | None = None
+
+
+def add_whitebox_arguments(p: argparse.ArgumentParser) -> None:
+    """The white-box attacker's arguments (fields of WhiteboxOptions)."""
+    p.add_argument(
+        "--release",
+        action="append",
+        required=True,
+        help="a released model's directory (release.json + model.npz); repeat with "
+        "--candidates and --out, once per target",
+    )
+    p.add_argument("--pool", required=True, help="dataset directory with the 'attacker' split")
+    p.add_argument(
+        "--candidates",
+        action="append",
+        required=True,
+        help=".npz with 'images' and 'masks' (no labels), one per target",
+    )
+    p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
+    p.add_argument(
+        "--out",
+        action="append",
+        required=True,
+        help="output directory (scores.npz, attack.json), one per target",
+    )
+    p.add_argument(
+        "--site",
+        action="append",
+        help="the site that released this model (FedBN; public): the shadows' model of that "
+        "site is the reference; once per target",
+    )
+    p.add_argument(
+        "--shadows",
+        type=int,
+        help="number of shadow federations (default mia.n_shadows; >= 2 lets the attack "
+        "pick its strongest rung on them)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p, "the attacker's shadow federations and gradients compute")

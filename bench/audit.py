@@ -212,6 +212,26 @@ def load_audit_cases(path: Path) -> np.ndarray | None:
     return load_npz(path).get("cases")
 
 
+def score_rungs(scores: dict, member: np.ndarray, sites: np.ndarray, result: dict, cfg) -> dict:
+    """Every rung's ``audit_metrics`` (AUC with CI, TPRs, per site, the DP ceiling at the run's
+    ε) from its pooled per-candidate scores."""
+    from bench.audit_metrics import audit_metrics
+
+    eps, delta = result.get("epsilon"), result.get("delta")
+    return {
+        name: audit_metrics(
+            s,
+            member,
+            sites=sites,
+            epsilon=eps,
+            delta=delta,
+            n_boot=cfg.mia.bootstrap,
+            seed=cfg.seed,
+        )
+        for name, s in scores.items()
+    }
+
+
 def strongest_rung(ladders: list[dict]) -> tuple[str | None, str]:
     """The rung the summary quotes, from what the attacker measured on its own shadows (the mean
     of each rung's shadow AUC over the targets), never from the target's labels; with one shadow
@@ -300,7 +320,7 @@ def audit(
     release service at ``address``; by default the run's releases on disk, served here by a
     local release service. One attacker process attacks every target (``tls_dir``: the
     release service at ``address`` speaks TLS)."""
-    from bench.audit_metrics import audit_metrics, roc_plot
+    from bench.audit_metrics import roc_plot
 
     images, masks, member, sites, cases = draw_candidates(
         data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio, with_cases=True
@@ -339,19 +359,7 @@ def audit(
     scores = {k: v[covered] for k, v in scores.items()}
     save_audit_scores(out / AUDIT_SCORES, scores, member, sites, cases)  # `fedonco verify` rescores
     wall = time.perf_counter() - t0
-    eps, delta = result.get("epsilon"), result.get("delta")
-    attacks = {
-        name: audit_metrics(
-            s,
-            member,
-            sites=sites,
-            epsilon=eps,
-            delta=delta,
-            n_boot=cfg.mia.bootstrap,
-            seed=cfg.seed,
-        )
-        for name, s in scores.items()
-    }
+    attacks = score_rungs(scores, member, sites, result, cfg)
     roc_plot({k: (v, member) for k, v in scores.items()}, out / "roc.png")
     auditor = {k: attacks.pop(k) for k in AUDITOR_RUNGS if k in attacks}
     best, selection = strongest_rung([i.get("ladder") or {} for i in info["per_target"].values()])
@@ -396,3 +404,75 @@ def audit(
             f"blind baseline AUC {blind:.3f} outside [0.45, 0.55]: the member/non-member split may be biased"
         )
     return mia
+
+
+WHITEBOX_SCORES = "whitebox_scores.npz"  # <method>/audit-whitebox/: as AUDIT_SCORES
+
+
+def whitebox_audit(
+    cfg: Config, config_path: Path, method_dir: Path, data_dir: Path, result: dict
+) -> dict:
+    """The white-box attacker (``fedonco attack-whitebox``, its own process) against the run's
+    release(s) on disk, on the same candidates as the black-box audit (the same draw), scored
+    like it: every rung's AUC with CI and TPRs, and the rung the attacker chose on its shadows.
+    The attacker reads the released weights and its pool, never the labels."""
+    from attacks.whitebox import WB_RUNGS
+
+    images, masks, member, sites = draw_candidates(
+        data_dir, cfg.mia.n_members, cfg.seed, cfg.mia.nonmember_ratio
+    )
+    pool = attacker_pool(data_dir, method_dir.parent / "attacker-pool")
+    logs, out = method_dir / "logs", method_dir / "audit-whitebox"
+    logs.mkdir(parents=True, exist_ok=True)
+    targets = local_targets(method_dir)
+    if not targets:
+        return {"error": "no released model found", "attacks": {}}
+    t0 = time.perf_counter()
+    args = ["attack-whitebox", "--pool", str(pool), "--config", str(config_path)]
+    args += ["--seed", str(cfg.seed), "--device", cfg.train.device]
+    picks = {t: np.ones(len(images), bool) if t == "all" else sites == t for t in targets}
+    for tag, name in targets.items():
+        d = out / tag
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(d / "candidates.npz", images=images[picks[tag]], masks=masks[picks[tag]])
+        args += ["--release", str(method_dir / name), "--candidates", str(d / "candidates.npz")]
+        args += ["--out", str(d)] + (["--site", tag] if tag != "all" else [])
+    log_file = logs / "attacker-whitebox.log"
+    rc = run_relaying(fedonco(*args), log_file, f"white-box audit of {method_dir.name}")
+    if rc != 0:
+        raise RuntimeError(f"white-box attacker exited {rc}: see {log_file}")
+    scores = {r: np.full(len(images), np.nan) for r in WB_RUNGS}
+    infos = {}
+    for tag in targets:
+        part = load_npz(out / tag / "scores.npz")
+        infos[tag] = json.loads((out / tag / "attack.json").read_text())
+        for r in scores:
+            scores[r][picks[tag]] = part[r]
+    covered = ~np.isnan(scores["wb_calibrated"])
+    member, sites = member[covered], sites[covered]
+    scores = {k: v[covered] for k, v in scores.items()}
+    save_audit_scores(out / WHITEBOX_SCORES, scores, member, sites)
+    attacks = score_rungs(scores, member, sites, result, cfg)
+    tables = [i.get("selection") or {} for i in infos.values()]
+    if all(tables):
+        mean = {r: float(np.mean([t[r] for t in tables])) for r in WB_RUNGS}
+        best = max(sorted(mean), key=mean.get)
+        order = sorted(mean, key=mean.get, reverse=True)
+        how = "shadow AUC " + ", ".join(f"{r} {mean[r]:.3f}" for r in order)
+    else:
+        best, how = "wb_calibrated", "fixed (one shadow)"
+    top = attacks[best]
+    return {
+        "attack": best,
+        "selected_on": how,
+        "auc": top["auc"],
+        "auc_ci95": top["auc_ci95"],
+        "tpr_at_1pct_fpr": top["tpr_at_1pct_fpr"],
+        "tpr_at_10pct_fpr": top["tpr_at_10pct_fpr"],
+        "tpr": top["tpr"],
+        "attacks": attacks,
+        "n_members": int(member.sum()),
+        "n_nonmembers": int((~member).sum()),
+        "attacker_wall_s": time.perf_counter() - t0,
+        "per_target": {t: {k: i.get(k) for k in ("selection", "wall_s")} for t, i in infos.items()},
+    }

@@ -100,6 +100,20 @@ def _attack(args) -> int:
     return run_attack_cmd(_typed(AttackOptions, args))
 
 
+def _attack_whitebox(args) -> int:
+    from attacks.cli import run_whitebox_cmd
+    from attacks.options import WhiteboxOptions
+
+    return run_whitebox_cmd(_typed(WhiteboxOptions, args))
+
+
+def _threats(args) -> int:
+    from bench.options import ThreatsOptions
+    from bench.threats import run_threats_cmd
+
+    return run_threats_cmd(_typed(ThreatsOptions, args))
+
+
 def _bench(args) -> int:
     from bench.options import BenchOptions
     from bench.run import run_bench
@@ -345,6 +359,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_attack_arguments(p)
     p.set_defaults(func=_attack)
+
+    p = sub.add_parser(
+        "attack-whitebox",
+        help="white-box membership-inference attack on released weights",
+        description="Score candidate slices for membership from a released model's weights "
+        "(per-candidate loss gradients, summarised per U-Net block), the public config and the "
+        "attacker's own pool: gradient-norm threshold, Nasr et al.'s learned attack on the "
+        "per-block gradient norms, and the gradient norm calibrated against the shadow "
+        "federations (the black-box attacker's, same recipe and seed). Writes scores.npz and "
+        "attack.json per target.",
+    )
+    from attacks.options import add_whitebox_arguments
+
+    add_whitebox_arguments(p)
+    p.set_defaults(func=_attack_whitebox)
+
+    p = sub.add_parser(
+        "threats",
+        help="what each defence buys: black-box and white-box MIA, the server's view, a lying "
+        "server (one table)",
+        description="Run the benchmark for the releases the table needs (groupnorm-pt, dpsgd-pt, "
+        "ddp-sgd-pt: no DP, per-site DP, distributed DP) with the white-box attacker on, then "
+        "write threats.md / threats.json in the run directory: per configuration (no defence, "
+        "secure aggregation, per-site DP, distributed DP, both) the black-box and white-box AUC "
+        "with CIs over the seeds, what the server holds, and how many lying-server attacks "
+        "isolate one site without TLS and under mutual TLS (bench/threats.py).",
+    )
+    p.add_argument(
+        "--config", default="configs/standard.toml", help="profile (default %(default)s)"
+    )
+    p.add_argument("--seed", type=int, help="first seed (default: the profile's)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    p.add_argument("--out", default="runs/threats", help="where the run goes (default %(default)s)")
+    p.add_argument("--report", metavar="RUN", help="only write the table of a finished run")
+    p.set_defaults(func=_threats)
 
     p = sub.add_parser(
         "bench",

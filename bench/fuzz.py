@@ -47,6 +47,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from common.keybind import MAX_CERT_BYTES, MAX_SIGNATURE_BYTES
 from common.secagg import CT_LEN, SHARE_LEN
 from common.wire.channel import create_channel, create_server
 from common.wire.rpc import federation_pb2 as pb
@@ -152,7 +153,17 @@ def requests(run_id: str, names: list[str], legal=None):
         lambda n: st.binary(min_size=n, max_size=n)
     )
     blobs = st.dictionaries(site, blob, max_size=4)
-    keys = st.builds(pb.PublicKeys, enc_pk=st.binary(max_size=40), mask_pk=st.binary(max_size=40))
+    # key bindings (mutual TLS) at and just over their bounds too: relayed, never parsed here
+    binding = st.binary(max_size=64) | st.sampled_from(
+        [MAX_SIGNATURE_BYTES, MAX_SIGNATURE_BYTES + 1, MAX_CERT_BYTES, MAX_CERT_BYTES + 1]
+    ).flatmap(lambda n: st.binary(min_size=n, max_size=n))
+    keys = st.builds(
+        pb.PublicKeys,
+        enc_pk=st.binary(max_size=40),
+        mask_pk=st.binary(max_size=40),
+        signature=binding,
+        certificate=binding,
+    )
     common = {"site_id": site, "run_id": run, "round": rnd}
     if legal is None:
 

@@ -43,3 +43,12 @@ class DataOptions:
     splits: str | None = None  # comma-separated
     generator: str | None = None
     model: str | None = None
+
+
+@dataclass(frozen=True)
+class ThreatsOptions:
+    config: str = "configs/standard.toml"
+    seed: int | None = None
+    seeds: int = 1
+    out: str = "runs/threats"
+    report: str | None = None

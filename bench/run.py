@@ -165,6 +165,10 @@ def _audited(cfg: Config, config_path: Path, mdir: Path, data_dir: Path, result:
         from bench.audit import audit
 
         result["mia"] = audit(cfg, config_path, mdir, data_dir, result)
+        if cfg.mia.whitebox:
+            from bench.audit import whitebox_audit
+
+            result["mia"]["whitebox"] = whitebox_audit(cfg, config_path, mdir, data_dir, result)
     return result
 
 

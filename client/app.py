@@ -30,6 +30,7 @@ from common.evaluation import evaluate_sums
 from common.fl.instructions import FitInstructions, TrainMode
 from common.fl.strategy import split_extras
 from common.io import load_npz, safe_name, save_npz, secure_dir
+from common.keybind import KeySigner, KeyVerifier
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
@@ -102,6 +103,11 @@ class SiteClient:
         self.secagg: SecAggClient | None = None  # this round's secure-aggregation state
         self.pending: PendingUpdate | None = None
         creds, self.tls_dir = None, tls_dir
+        # mutual TLS: this site signs its secure-aggregation keys with its certificate's key and
+        # checks its peers' against the CA and the roster's CNs (common/keybind.py); without TLS
+        # there is no certificate and neither happens
+        self.key_signer: KeySigner | None = None
+        self.key_verifier: KeyVerifier | None = None
         if tls_dir is not None:
             from common.wire.tls import certificate_cn, channel_credentials
 
@@ -112,6 +118,8 @@ class SiteClient:
                     f"gives site {site!r} {want!r} (the server would refuse it)"
                 )
             creds = channel_credentials(tls_dir)
+            self.key_signer = KeySigner.from_tls_dir(tls_dir)
+            self.key_verifier = KeyVerifier.from_tls_dir(tls_dir, cfg.site_certs)
         self.stub = pb_grpc.FederationStub(create_channel(server, credentials=creds))
 
     # -- local state ----------------------------------------------------------------------------
@@ -480,11 +488,17 @@ class SiteClient:
         """Keep the update here; send only fresh public keys (and n_k, not secret)."""
         settings = self.run_cfg.secagg  # the federation's t and graph: a server may not change them
         self.secagg = SecAggClient(
-            self.site, self.run_id, rnd, expect=(settings.threshold, settings.neighbours)
+            self.site,
+            self.run_id,
+            rnd,
+            expect=(settings.threshold, settings.neighbours),
+            verify=self.key_verifier,  # mutual TLS: every peer's keys signed by its certificate
         )
         self.pending = pending
         metrics.update(decode_s=t_decode)
-        request = advertise_request(self.site, self.run_id, self.secagg, pending, metrics)
+        request = advertise_request(
+            self.site, self.run_id, self.secagg, pending, metrics, signer=self.key_signer
+        )
         self._push(self.stub.AdvertiseKeys, request, rnd)
 
     def secagg_stage(self, task: pb.SecAggTask) -> None:

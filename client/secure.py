@@ -5,6 +5,11 @@ its keys and unmasking; ``stage_answer`` turns one stage task into the request t
 The cryptography lives in ``common.secagg``; this module only builds the site's messages (the
 mirror of ``server/secure.py``). Used by the real site (``client/app.py``) and by the
 lightweight sites of the scale benchmark (``bench/perf/perf_scale.py``).
+
+Under mutual TLS a site signs its advertised keys with its certificate's key (``signer``, a
+``common.keybind.KeySigner``) and its ``SecAggClient`` verifies every peer's signature and
+certificate before sharing (``verify``); the bindings travel in ``PublicKeys``. Without TLS
+there is no signer: the fields stay empty and nothing is checked.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.keybind import KeySigner
 from common.secagg import SecAggClient, quantize
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.serde import ndarrays_to_proto, scalars_to_proto
@@ -30,15 +36,27 @@ class PendingUpdate:
 
 
 def advertise_request(
-    site: str, run_id: str, secagg: SecAggClient, pending: PendingUpdate, metrics: dict
+    site: str,
+    run_id: str,
+    secagg: SecAggClient,
+    pending: PendingUpdate,
+    metrics: dict,
+    signer: KeySigner | None = None,
 ) -> pb.AdvertiseKeysRequest:
-    """Stage 0: fresh public keys and n_k (not secret); the update stays at the site."""
+    """Stage 0: fresh public keys and n_k (not secret); the update stays at the site. With
+    ``signer`` (mutual TLS) the keys go with the site's signature over them and its certificate,
+    for the round and run its ``SecAggClient`` is for (what its peers verify)."""
     enc_pk, mask_pk = secagg.advertise_keys()
+    keys = pb.PublicKeys(enc_pk=enc_pk, mask_pk=mask_pk)
+    if signer is not None:
+        keys.signature, keys.certificate = signer.sign(
+            secagg.run_id, secagg.rnd, secagg.site, enc_pk, mask_pk
+        )
     return pb.AdvertiseKeysRequest(
         site_id=site,
         run_id=run_id,
         round=pending.round,
-        keys=pb.PublicKeys(enc_pk=enc_pk, mask_pk=mask_pk),
+        keys=keys,
         num_examples=pending.num_examples,
         metrics=scalars_to_proto(metrics),
     )
@@ -55,7 +73,12 @@ def stage_answer(
     if stage == "share_keys":
         st = task.share_keys
         keys = {s: (k.enc_pk, k.mask_pk) for s, k in st.public_keys.items()}
-        cts = secagg.share_keys(keys, int(st.threshold), list(st.neighbours))
+        bindings = {
+            s: (k.signature, k.certificate)
+            for s, k in st.public_keys.items()
+            if k.signature or k.certificate
+        }
+        cts = secagg.share_keys(keys, int(st.threshold), list(st.neighbours), bindings)
         return "ShareKeys", pb.ShareKeysRequest(**base, ciphertexts=cts)
     if stage == "masked_input":
         st = task.masked_input

@@ -342,6 +342,11 @@ class MIAConfig(_Frozen):
     auditor_shadows: int = Field(
         0, ge=0, description="the auditor's online shadows (even, >= 2; 0: no auditor run)"
     )
+    whitebox: bool = Field(
+        False,
+        description="also run the white-box attacker on the released weights "
+        "(attacks/whitebox.py; results' mia.whitebox)",
+    )
 
     @field_validator("views")
     @classmethod

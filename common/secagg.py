@@ -7,13 +7,17 @@ Learning" (CCS'17); sparse graph from Bell et al., "Secure Single-Server Aggrega
 server learns only sums of >= t inputs of a neighbourhood, also when it lies about who dropped
 (a site reveals shares only for a survivor set that includes itself, keeps >= t of its
 neighbourhood, and that >= t of its neighbourhood confirmed with a MAC under their pairwise keys:
-stage 4, Bonawitz's consistency check with pairwise MACs in place of signatures). Not covered:
-a server that substitutes public keys in stage 2 (no PKI binds a site's keys to its identity
-here), and colluding sites. docs/threat-model.md states who is trusted for what.
+stage 4, Bonawitz's consistency check with pairwise MACs in place of signatures). A server that
+substitutes public keys in stage 2 is stopped only where the sites check that each peer's keys
+are bound to its identity (``SecAggClient(verify=...)``: under mutual TLS, a signature by the
+peer's CA-issued certificate, ``common/keybind.py``); without it nothing binds them. Not covered:
+colluding sites. docs/threat-model.md states who is trusted for what.
 
 Stages (U1 >= U2 >= U3 >= U4 >= U5: the sites still present after each one):
-  1. advertise keys  client -> server: two fresh X25519 public keys (enc, mask), 32 bytes each.
-  2. share keys      server -> client: the U1 keys (+ its neighbours); client -> server: one AES-GCM
+  1. advertise keys  client -> server: two fresh X25519 public keys (enc, mask), 32 bytes each
+                     (under mutual TLS with the site's signature over them and its certificate).
+  2. share keys      server -> client: the U1 keys (+ its neighbours; with ``verify``, every one
+                     checked against its binding first); client -> server: one AES-GCM
                      ciphertext (CT_LEN bytes) per neighbour with its Shamir shares of the
                      self-mask seed b and of the mask secret key.
   3. masked input    server -> client: the ciphertexts addressed to it (from its U2 neighbours);
@@ -41,7 +45,7 @@ import math
 import os
 import secrets
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -63,6 +67,10 @@ STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmask
 _CHUNK = 1 << 15  # words per keystream block (128 KiB): the accumulator chunk stays in cache
 _ZEROS = bytes(4 * _CHUNK)
 Keys = Mapping[str, tuple[bytes, bytes]]  # site -> (enc_pk, mask_pk)
+Bindings = Mapping[str, tuple[bytes, bytes]]  # site -> (signature, certificate) over its keys
+# verify(run_id, rnd, site, enc_pk, mask_pk, signature, certificate): raises ValueError unless
+# the certificate binds those keys to the site (common.keybind.KeyVerifier)
+Verify = Callable[[str, int, str, bytes, bytes, bytes, bytes], object]
 
 
 class SecAggError(ValueError):
@@ -321,14 +329,22 @@ class SecAggClient:
     federation's (threshold t, neighbours k) as the site's own config gives them; the server's
     share-keys stage must then ask for exactly that t and this site's neighbours in the graph
     over the advertised keys (a server lowering t or shrinking a neighbourhood would unmask
-    sums of fewer inputs)."""
+    sums of fewer inputs). ``verify`` (``Verify``; under mutual TLS): every peer's keys of the
+    share-keys stage must come with a binding to its identity that ``verify`` accepts (a server
+    showing keys of its own in place of a peer's cannot sign them with the peer's certificate)."""
 
     def __init__(
-        self, site: str, run_id: str, rnd: int, expect: tuple[int, int | None] | None = None
+        self,
+        site: str,
+        run_id: str,
+        rnd: int,
+        expect: tuple[int, int | None] | None = None,
+        verify: Verify | None = None,
     ) -> None:
         if not site or not isinstance(rnd, int) or rnd < 0:
             raise ValueError("need a site name and a round number >= 0")
         self.site, self.run_id, self.rnd, self._expect = site, run_id, rnd, expect
+        self._verify = verify
         self._enc_sk, self._mask_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
         self._pub = tuple(k.public_key().public_bytes_raw() for k in (self._enc_sk, self._mask_sk))
         self._stage = "new"
@@ -349,19 +365,41 @@ class SecAggClient:
         self._stage = "advertised"
         return self._pub
 
+    def _check_bindings(self, public_keys: Keys, bindings: Bindings) -> None:
+        """Refuse (SecAggError) unless every peer's keys come with a binding ``verify`` accepts."""
+        for s in sorted(public_keys):
+            if s == self.site:
+                continue
+            if s not in bindings:
+                raise SecAggError(f"{self.site}: no key binding (signature, certificate) for {s}")
+            try:
+                self._verify(self.run_id, self.rnd, s, *public_keys[s], *bindings[s])
+            except (ValueError, TypeError) as err:
+                raise SecAggError(
+                    f"{self.site}: the keys shown for {s} fail their key binding ({err})"
+                ) from None
+
     def share_keys(
-        self, public_keys: Keys, threshold: int, neighbours: Sequence[str] | None = None
+        self,
+        public_keys: Keys,
+        threshold: int,
+        neighbours: Sequence[str] | None = None,
+        bindings: Bindings | None = None,
     ) -> dict[str, bytes]:
         """Recipient -> AES-GCM ciphertext of my shares of b and of my mask secret key.
 
         ``neighbours`` (None: all of public_keys) is intersected with public_keys (U1); an empty
         list means no neighbours. A holder's x-coordinate is 1 + its index in sorted(public_keys).
+        ``bindings``: each site's (signature, certificate) over its keys; with ``verify`` every
+        peer in public_keys needs one that verifies, or nothing is shared (SecAggError).
         """
         self._at("advertised", "share keys")
         if bad := _check_keys(public_keys):
             raise SecAggError(f"duplicate or malformed public keys from {bad}")
         if tuple(public_keys.get(self.site, ())) != self._pub:
             raise SecAggError(f"{self.site}: my own public keys were not echoed back")
+        if self._verify is not None:
+            self._check_bindings(public_keys, bindings or {})
         self._keys = {s: tuple(k) for s, k in public_keys.items()}
         cand = public_keys if neighbours is None else neighbours
         self._nb = sorted({j for j in cand if j in public_keys and j != self.site})

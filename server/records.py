@@ -58,12 +58,15 @@ class EvalResult:
 @dataclass(frozen=True)
 class KeyAdvertisement:
     """Secure aggregation, stage 1: the site trained and keeps its update; only n_k (not secret),
-    its training metrics and two fresh public keys leave it."""
+    its training metrics and two fresh public keys leave it (under mutual TLS with its signature
+    over them and its certificate, which the server relays: ``common.keybind``)."""
 
     enc_pk: bytes
     mask_pk: bytes
     num_examples: int
     metrics: dict
+    signature: bytes = b""
+    certificate: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ShareKeysStage:
     public_keys: dict[str, tuple[bytes, bytes]]  # site -> (enc_pk, mask_pk)
     threshold: int
     neighbours: list[str] = field(default_factory=list)
+    bindings: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # site -> (sig, cert)
 
 
 @dataclass(frozen=True)

@@ -96,12 +96,22 @@ def secure_aggregate(
         )
         u1 = timed(srv.receive_keys, {s: (a.enc_pk, a.mask_pk) for s, a in advertised.items()})
         public = {j: u1[j] for j in sorted(u1)}
+        # each site's signature over its keys and its certificate (mutual TLS), relayed as they
+        # came: the sites check them (common.keybind), the server cannot make one for a site
+        bindings = {
+            j: (advertised[j].signature, advertised[j].certificate)
+            for j in public
+            if advertised[j].signature or advertised[j].certificate
+        }
         shares = phase(
             TaskKind.SHARE_KEYS,
             sorted(u1),
             {
                 s: ShareKeysStage(
-                    public, cfg.secagg.threshold, [j for j in srv.neighbours_of(s) if j in u1]
+                    public,
+                    cfg.secagg.threshold,
+                    [j for j in srv.neighbours_of(s) if j in u1],
+                    bindings,
                 )
                 for s in u1
             },

@@ -10,6 +10,7 @@ import logging
 
 import grpc
 
+from common.keybind import MAX_CERT_BYTES, MAX_SIGNATURE_BYTES
 from common.logthrottle import Throttle
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
@@ -63,7 +64,10 @@ def _secrets(entries, sites: list[str], what: str) -> dict[str, bytes]:
 def secagg_task(rnd: int, stage) -> pb.SecAggTask:
     """Encode one secure-aggregation stage record for one site."""
     if isinstance(stage, ShareKeysStage):
-        keys = {s: pb.PublicKeys(enc_pk=e, mask_pk=m) for s, (e, m) in stage.public_keys.items()}
+        keys = {}
+        for s, (enc, mask) in stage.public_keys.items():
+            sig, cert = stage.bindings.get(s, (b"", b""))
+            keys[s] = pb.PublicKeys(enc_pk=enc, mask_pk=mask, signature=sig, certificate=cert)
         st = pb.ShareKeysStage(
             public_keys=keys, threshold=stage.threshold, neighbours=stage.neighbours
         )
@@ -238,9 +242,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             keys = (request.keys.enc_pk, request.keys.mask_pk)
             if any(len(k) != KEY_BYTES for k in keys):
                 raise ValueError(f"public keys must be {KEY_BYTES} bytes each")
+            sig, cert = request.keys.signature, request.keys.certificate  # relayed, not checked
+            if len(sig) > MAX_SIGNATURE_BYTES:
+                raise ValueError(f"a key signature of {len(sig)} bytes > {MAX_SIGNATURE_BYTES}")
+            if len(cert) > MAX_CERT_BYTES:
+                raise ValueError(f"a certificate of {len(cert)} bytes > {MAX_CERT_BYTES}")
             n = check_num_examples(request.num_examples, st.max_examples)
             metrics = check_metrics(TaskKind.ADVERTISE_KEYS, scalars_from_proto(request.metrics))
-            return KeyAdvertisement(*keys, n, metrics)
+            return KeyAdvertisement(*keys, n, metrics, signature=sig, certificate=cert)
 
         return self._submit(context, TaskKind.ADVERTISE_KEYS, request, decode)
 

@@ -33,11 +33,11 @@ import grpc
 
 from common.config import SITE_CERT_PREFIX, default_cert_name
 from common.io import PUBLIC_DIR, secure_dir, write_bytes_atomic
+from common.keybind import CA_CERT, CERT, KEY  # a role directory's files (ca.crt, tls.crt/key)
 from common.wire.options import CertsOptions
 
 log = logging.getLogger(__name__)
 
-CA_CERT, CERT, KEY = "ca.crt", "tls.crt", "tls.key"
 SITE_PREFIX = SITE_CERT_PREFIX
 DEFAULT_SERVER_NAMES = ("server", "localhost", "127.0.0.1")
 DEFAULT_RELEASE_NAMES = ("release", "localhost", "127.0.0.1")

@@ -1,7 +1,9 @@
 """A malicious aggregator against secure aggregation (attacks/aggregator.py): each attack wins
 against the deliberately weakened site (the positive control) and loses against the site code
 `fedonco client` runs, except key substitution, which no check of a single site can see without
-a PKI binding the sites' keys (docs/threat-model.md says so; this test keeps the claim honest)."""
+a PKI binding the sites' keys: it wins against the plain site and loses against the site under
+mutual TLS, which checks every peer's keys against its certificate (docs/threat-model.md says
+so; these tests keep the claim honest)."""
 
 import pytest
 
@@ -52,6 +54,7 @@ def test_sites_shown_the_victim_dropped_get_too_few_confirmations(n, t):
 def test_a_threshold_that_is_no_majority_is_refused_by_the_config():
     # the attack wins against honest sites when t <= n/2: each half confirms its own set
     assert isolate("split-views", "honest", n=6, threshold=3).isolated
+    assert isolate("split-views", "pki", n=6, threshold=3).isolated  # bindings do not help here
     cfg = load_profile("smoke")
     with pytest.raises(ValueError, match="majority"):
         with_overrides(cfg, **{"secagg.threshold": 2, "fl.min_fit_sites": 2})
@@ -67,16 +70,54 @@ def test_the_site_refuses_a_neighbour_set_that_is_not_the_graphs():
 
 
 def test_key_substitution_is_not_detected_by_any_single_site_check():
-    """The limitation docs/threat-model.md states: the server relays the public keys, and nothing
-    binds them to a site's identity, so it can stand in for every peer of the victim."""
+    """The limitation docs/threat-model.md states without TLS: the server relays the public keys,
+    and nothing binds them to a site's identity, so it can stand in for every peer of the
+    victim."""
     out = isolate("key-substitution", "honest")
     assert out.isolated and out.refused == {}
 
 
-def test_the_threat_table_has_every_attack_against_both_kinds_of_site():
+def test_key_substitution_is_refused_by_a_site_that_checks_key_bindings():
+    """Under mutual TLS each peer's keys must be signed with the certificate the roster gives
+    it: the server can neither reuse a peer's signature over other keys nor sign its own keys
+    with its certificate (another CN). The victim shares nothing."""
+    out = isolate("key-substitution", "pki")
+    assert not out.isolated and set(out.refused) == {"A"}
+    why = out.refused["A"]
+    assert why.count("key binding") == 2
+    assert "signature does not verify" in why  # the peers' real signatures, replayed
+    assert "certificate CN 'server' is not the roster's 'site-B'" in why  # the server's own
+
+
+@pytest.mark.parametrize("attack", ["dropout-lie", "split-views", "low-threshold"])
+def test_the_other_attacks_end_at_a_pki_site_as_at_the_plain_one(attack):
+    """The bindings the server relays unchanged verify, so the same checks refuse the same lies."""
+    plain, pki = isolate(attack, "honest"), isolate(attack, "pki")
+    assert not pki.isolated and pki.refused == plain.refused and pki.detail == plain.detail
+    assert not any("key binding" in why for why in pki.refused.values())
+
+
+def test_a_pki_site_refuses_keys_without_a_binding():
+    from attacks.aggregator import RUN, _pki
+    from common.keybind import KeyVerifier
+
+    pki = _pki(tuple("ABC"))
+    clients = {s: SecAggClient(s, RUN, 1, verify=KeyVerifier(pki.ca_pem, pki.names)) for s in "ABC"}
+    keys = {s: c.advertise_keys() for s, c in clients.items()}
+    signed = {s: pki.signers[s].sign(RUN, 1, s, *keys[s]) for s in "ABC"}
+    with pytest.raises(SecAggError, match="no key binding .* for C"):
+        clients["A"].share_keys(keys, 2, None, {s: signed[s] for s in "AB"})
+    with pytest.raises(SecAggError, match="fail their key binding"):  # signed for another round
+        clients["A"].share_keys(
+            keys, 2, None, signed | {"B": pki.signers["B"].sign(RUN, 2, "B", *keys["B"])}
+        )
+    assert set(clients["A"].share_keys(keys, 2, None, signed)) == {"B", "C"}
+
+
+def test_the_threat_table_has_every_attack_against_every_kind_of_site():
     rows = threat_table()
     assert [(r.attack, r.sites) for r in rows] == [
-        (a, s) for a in ATTACKS for s in ("honest", "trusting")
+        (a, s) for a in ATTACKS for s in ("honest", "trusting", "pki")
     ]
     won = {(r.attack, r.sites) for r in rows if r.isolated}
     assert won == {

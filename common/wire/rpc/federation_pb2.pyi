@@ -204,12 +204,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, run_active: _Optional[bool] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class PublicKeys(_message.Message):
-    __slots__ = ("enc_pk", "mask_pk")
+    __slots__ = ("enc_pk", "mask_pk", "signature", "certificate")
     ENC_PK_FIELD_NUMBER: _ClassVar[int]
     MASK_PK_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     enc_pk: bytes
     mask_pk: bytes
-    def __init__(self, enc_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    certificate: bytes
+    def __init__(self, enc_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class SecAggTask(_message.Message):
     __slots__ = ("round", "share_keys", "masked_input", "unmask", "consistency")
