@@ -18,7 +18,7 @@ DEVICE_ARG = $(if $(strip $(DEVICE)),--device $(strip $(DEVICE)))
 
 WHEELS ?= deploy/wheelhouse
 
-.PHONY: venv lock bench frontier fuzz test test-heavy test-all test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
+.PHONY: venv lock bench frontier threats fuzz test test-heavy test-all test-fast lint format perf clean proto proto-check wheelhouse images site-image e2e flower-venv
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ FRONTIER_METHOD ?= dpsgd-pt
 frontier: venv
 	$(VENV)/bin/fedonco bench --config $(CONFIG) --sweep target_epsilon=1,2,4,8 \
 		--sweep-method $(FRONTIER_METHOD) --seeds 3 --out $(OUT) $(DEVICE_ARG)
+
+# What each defence buys (docs/threat-model.md): the no-DP, per-site DP and distributed DP releases
+# with the black-box and white-box attackers, the inversion of the server's view and the lying
+# server; writes threats.md into the run directory.
+THREATS_SEEDS ?= 1
+threats: venv
+	$(VENV)/bin/fedonco threats --config $(CONFIG) --seeds $(THREATS_SEEDS) --out runs/threats
 
 # Fuzz the Federation service with 20,000 property-based messages, then the release service with as
 # many (bench/fuzz.py): the servers must never exit, the model must end as the honest site made it,

@@ -141,3 +141,37 @@ def add_whitebox_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_device_arg(p, "the attacker's shadow federations and gradients compute")
+
+
+@dataclass(frozen=True)
+class InversionOptions:
+    view: str
+    config: str
+    out: str
+    images: int = 1
+    steps: int | None = None
+    restarts: int | None = None
+    seed: int = 0
+
+
+def add_inversion_arguments(p: argparse.ArgumentParser) -> None:
+    """The inversion attacker's arguments (fields of InversionOptions)."""
+    p.add_argument(
+        "--view",
+        required=True,
+        help="directory with what the server holds for the round: view.json, sent.npz (the "
+        "global weights it sent) and held.npz (one site's upload, the sites' mean, or "
+        "distributed DP's noisy gradient sum)",
+    )
+    p.add_argument("--config", required=True, help="the public training recipe (profile/config)")
+    p.add_argument(
+        "--out", required=True, help="output directory (reconstruction.npz, attack.json)"
+    )
+    p.add_argument(
+        "--images", type=count, default=1, help="slices to reconstruct (default %(default)s)"
+    )
+    p.add_argument(
+        "--steps", type=count, help="optimisation steps per restart (default: the module's)"
+    )
+    p.add_argument("--restarts", type=count, help="random restarts (default: the module's)")
+    p.add_argument("--seed", type=int, default=0)

@@ -107,6 +107,13 @@ def _attack_whitebox(args) -> int:
     return run_whitebox_cmd(_typed(WhiteboxOptions, args))
 
 
+def _attack_inversion(args) -> int:
+    from attacks.cli import run_inversion_cmd
+    from attacks.options import InversionOptions
+
+    return run_inversion_cmd(_typed(InversionOptions, args))
+
+
 def _threats(args) -> int:
     from bench.options import ThreatsOptions
     from bench.threats import run_threats_cmd
@@ -376,6 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_attack_whitebox)
 
     p = sub.add_parser(
+        "attack-inversion",
+        help="reconstruct training slices from what the server holds for a round",
+        description="Gradient inversion (Geiping et al. 2020): optimise dummy slices and soft "
+        "masks whose loss gradient at the global model matches the round's view (one site's "
+        "update, the sites' mean under secure aggregation, or distributed DP's noisy sum; "
+        "attacks/inversion.py). Writes reconstruction.npz and attack.json.",
+    )
+    from attacks.options import add_inversion_arguments
+
+    add_inversion_arguments(p)
+    p.set_defaults(func=_attack_inversion)
+
+    p = sub.add_parser(
         "threats",
         help="what each defence buys: black-box and white-box MIA, the server's view, a lying "
         "server (one table)",
@@ -392,7 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="first seed (default: the profile's)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
     p.add_argument("--out", default="runs/threats", help="where the run goes (default %(default)s)")
-    p.add_argument("--report", metavar="RUN", help="only write the table of a finished run")
+    p.add_argument(
+        "--report",
+        nargs="+",
+        metavar="RUN",
+        help="only write the table, from finished runs (their seeds together)",
+    )
+    p.add_argument(
+        "--table",
+        metavar="DIR",
+        help="with --report: where threats.md/json go (default: the first RUN)",
+    )
+    p.add_argument(
+        "--invert",
+        action="store_true",
+        help="with --report: first run the inversion of the server's view for seeds that lack it",
+    )
     p.set_defaults(func=_threats)
 
     p = sub.add_parser(

@@ -51,4 +51,6 @@ class ThreatsOptions:
     seed: int | None = None
     seeds: int = 1
     out: str = "runs/threats"
-    report: str | None = None
+    report: list[str] | None = None
+    table: str | None = None
+    invert: bool = False

@@ -1,17 +1,19 @@
 """What each defence buys: one table over the attacks of docs/threat-model.md.
 
     fedonco threats --config configs/standard.toml --seeds 3 --out runs/threats   (make threats)
-    fedonco threats --report runs/threats/seeds42-44                      (the table again)
+    fedonco threats --report RUN [RUN ...] [--table DIR]   (the table again, seeds of several runs)
 
 ``fedonco threats`` runs the benchmark (``bench.run.run_bench``: the real server, five site
 processes, the release service and both attackers as their own processes) for the three releases
-the rows need — ``groupnorm-pt`` (no DP), ``dpsgd-pt`` (per-site DP-SGD at the profile's ε) and
-``ddp-sgd-pt`` (distributed DP at the same ε) — with the white-box attacker on (``mia.whitebox``),
+the rows need — ``groupnorm`` (no DP, the profile's own recipe: many local epochs from scratch,
+the leaky one), ``groupnorm-pt`` (no DP, the DP rows' twin: public pretraining, the same short
+fine-tuning), ``dpsgd-pt`` (per-site DP-SGD at the profile's ε) and ``ddp-sgd-pt``
+(distributed DP at the same ε) — with the white-box attacker on (``mia.whitebox``),
 and writes ``threats.md`` / ``threats.json`` beside the run's results from its results.json files
 and the lying-server harness (``attacks.aggregator``, in process, deterministic).
 
-Rows: no defence, secure aggregation, per-site DP, distributed DP, secure aggregation + per-site
-DP. Columns:
+Rows: no defence (the profile's own recipe, and the DP rows' twin), secure aggregation, per-site
+DP, distributed DP, secure aggregation + per-site DP. Columns:
 
 - black-box and white-box AUC of the strongest rung (chosen on shadow data), mean ± sd over the
   seeds, with the per-seed 95% CIs; measured on the release of the row's method. Secure
@@ -22,7 +24,8 @@ DP. Columns:
 - malicious-aggregator isolation: how many of the lying-server attacks recover one site's input
   exactly against the sites ``fedonco client`` runs, without TLS and under mutual TLS (key
   bindings). Without secure aggregation the server needs no attack: it holds every update.
-- inversion of the server's view: not measured yet (``attacks/inversion.py``'s note says why).
+- inversion of the server's view: the victim's slice reconstructed from what the server holds
+  in round 1 of a FedSGD federation (``invert_views``; ``attacks/inversion.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-METHODS = ("groupnorm-pt", "dpsgd-pt", "ddp-sgd-pt")
+METHODS = ("groupnorm", "groupnorm-pt", "dpsgd-pt", "ddp-sgd-pt")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Row:
 
 
 ROWS = (
+    Row("no defence, the profile's own recipe", "groupnorm", False, "none"),
     Row("no defence", "groupnorm-pt", False, "none"),
     Row("secure aggregation", "groupnorm-pt", True, "none"),
     Row("per-site DP-SGD", "dpsgd-pt", False, "per-site"),
@@ -68,10 +72,19 @@ def isolation_counts(n: int, threshold: int) -> dict[str, tuple[int, int]]:
     }
 
 
-def _seed_results(run: Path) -> dict[int, dict]:
+def _seed_results(runs: list[Path]) -> dict[int, dict]:
+    """Every seed's results of the runs, their methods merged (a method of one seed in two runs
+    is an error)."""
     from bench.results_doc import load_run
 
-    return load_run(run).results
+    out: dict[int, dict] = {}
+    for run in runs:
+        for seed, r in load_run(run).results.items():
+            have = out.setdefault(seed, {"seed": seed, "methods": {}})["methods"]
+            if twice := set(have) & set(r["methods"]):
+                raise ValueError(f"seed {seed}: {sorted(twice)} in more than one of the runs")
+            have.update(r["methods"])
+    return out
 
 
 def _auc_cell(values: list[tuple[float, list[float]]]) -> str:
@@ -114,13 +127,34 @@ def _epsilon(results: dict[int, dict], method: str) -> str:
     return f"{max(eps):.2f}" if eps else "∞ (no DP)"
 
 
-def threats_table(results: dict[int, dict], n_sites: int, threshold: int) -> dict:
-    """The table (markdown) and its numbers from a run's per-seed results."""
+def _inversion_cell(scored: list[dict]) -> str:
+    if not scored:
+        return "not measured"
+    psnr = [s["psnr_max"] for s in scored]
+    rec = [s["recovered_fraction"] for s in scored]
+    dice = [s["mask_dice_max"] for s in scored]
+    return (
+        f"PSNR {np.mean(psnr):.1f} dB (max {np.max(psnr):.1f}), recovered {np.mean(rec):.2f} "
+        f"(≥ {scored[0]['threshold_db']:.0f} dB), mask Dice ≤ {np.max(dice):.2f}"
+    )
+
+
+def threats_table(
+    results: dict[int, dict],
+    n_sites: int,
+    threshold: int,
+    inversion: dict[int, dict] | None = None,
+) -> dict:
+    """The table (markdown) and its numbers from a run's per-seed results (and per-seed
+    inversion scores, ``invert_views``)."""
+    inversion = inversion or {}
     iso = isolation_counts(n_sites, threshold)
     lines = [
         f"Seeds {', '.join(str(s) for s in sorted(results))}; secure aggregation t = {threshold} "
         f"of {n_sites}. AUC: mean ± sd over seeds of the rung the attacker chose on its shadows "
-        "(per-seed 95% CIs).",
+        "(per-seed 95% CIs). Inversion: the server's view of round 1 of a FedSGD federation "
+        "(one SGD step on one tumour slice per site), the best-matching true slice's PSNR, the "
+        "fraction of the slices the view covers recovered, the reconstructed mask's Dice.",
         "",
         "| configuration | release | ε | black-box AUC (rung) | white-box AUC (rung) | "
         "server holds | isolation: no TLS | isolation: mTLS | inversion |",
@@ -147,19 +181,44 @@ def threats_table(results: dict[int, dict], n_sites: int, threshold: int) -> dic
             "server_holds": view,
             "isolation_no_tls": no_tls,
             "isolation_mtls": tls,
-            "inversion": "not measured",
+            "inversion": _inversion_cell(
+                [inv[row.name] for inv in inversion.values() if row.name in inv]
+            ),
         }
         rows.append({**cells, "black_box_aucs": bb, "white_box_aucs": wb})
         lines.append("| " + " | ".join(cells.values()) + " |")
     return {"markdown": "\n".join(lines) + "\n", "rows": rows, "isolation": iso}
 
 
-def write_threats(run: Path, cfg) -> str:
-    """threats.md and threats.json in ``run`` (a run directory of ``fedonco bench``)."""
-    results = _seed_results(run)
-    table = threats_table(results, len(cfg.sites), cfg.secagg.threshold)
-    (run / "threats.md").write_text(table["markdown"])
-    (run / "threats.json").write_text(json.dumps(table, indent=1, default=float) + "\n")
+def seed_dirs(run: Path) -> dict[int, Path]:
+    """Each seed's directory of a run (the run itself for a one-seed run)."""
+    top = run / "results.json"
+    if top.is_file() and "seed" in json.loads(top.read_text()):
+        return {int(json.loads(top.read_text())["seed"]): run}
+    return {int(p.name[4:]): p for p in sorted(run.glob("seed[0-9]*")) if p.is_dir()}
+
+
+INVERSION_DIR = "threats-inversion"
+
+
+def _inversion_file(seed_dir: Path) -> Path:
+    return seed_dir / INVERSION_DIR / "inversion.json"
+
+
+def write_threats(runs: list[Path], cfg, out: Path) -> str:
+    """threats.md and threats.json in ``out`` from the seeds of ``runs`` (run directories of
+    ``fedonco bench``, with each seed's inversion scores where ``invert_views`` ran)."""
+    results = _seed_results(runs)
+    inversion = {}
+    for run in runs:
+        for seed, d in seed_dirs(run).items():
+            if seed not in inversion and _inversion_file(d).is_file():
+                inversion[seed] = json.loads(_inversion_file(d).read_text())
+    table = threats_table(results, len(cfg.sites), cfg.secagg.threshold, inversion)
+    table["runs"] = [str(r) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "threats.md").write_text(table["markdown"])
+    (out / "threats.json").write_text(json.dumps(table, indent=1, default=float) + "\n")
     return table["markdown"]
 
 
@@ -172,16 +231,41 @@ def _run_config(run: Path):
     raise ValueError(f"{run}: no config.json of a benchmark run (nor seed<N>/config.json)")
 
 
+def invert_missing(runs: list[Path], cfg) -> None:
+    """Run the inversion step (``invert_views``) for every seed of ``runs`` that has no scores
+    yet, on that seed's data and with its cached public pretraining."""
+    import os
+
+    from common.config import with_overrides
+    from common.training.pretrain import CACHE_ENV
+
+    done = {s for run in runs for s, d in seed_dirs(run).items() if _inversion_file(d).is_file()}
+    for run in runs:
+        for seed, d in seed_dirs(run).items():
+            if seed in done or not (d / "data").is_dir():
+                continue
+            done.add(seed)
+            os.environ[CACHE_ENV] = str(d / "cache")  # the run's public pretraining, not again
+            log.info("inversion of the server's view, seed %d", seed)
+            scfg = with_overrides(cfg, seed=seed)
+            invert_views(scfg, d / "data", d / INVERSION_DIR, seed, d / "logs-inversion.log")
+
+
 def run_threats_cmd(args) -> int:
     """``fedonco threats``: the benchmark of the rows' releases with the white-box attacker on,
-    then the table; ``--report RUN``: only the table, from a finished run."""
+    the inversion of the server's view per seed, then the table; ``--report RUN...``: the table
+    from finished runs (with ``--invert``, first the inversion of seeds that lack it)."""
     from bench.options import BenchOptions
     from bench.run import run_bench
     from common.config import resolve_config, with_overrides
 
     if args.report:
-        run = Path(args.report)
-        print(write_threats(run, _run_config(run)), end="")
+        runs = [Path(r) for r in args.report]
+        cfg = _run_config(runs[0])
+        if args.invert:
+            invert_missing(runs, cfg)
+        out = Path(args.table) if args.table else runs[0]
+        print(write_threats(runs, cfg, out), end="")
         return 0
     cfg = resolve_config(args.config, None, args.seed)
     cfg = with_overrides(cfg, **{"fl.methods": list(METHODS), "mia.whitebox": True})
@@ -194,6 +278,110 @@ def run_threats_cmd(args) -> int:
     runs = [p for p in out.iterdir() if p.is_dir() and p not in before]
     if len(runs) != 1:
         raise RuntimeError(f"expected one new run directory in {out}, found {len(runs)}")
-    print(write_threats(runs[0], cfg), end="")
+    invert_missing(runs, cfg)
+    print(write_threats(runs, cfg, runs[0]), end="")
     print(f"\nthe table: {runs[0] / 'threats.md'} (and threats.json)")
     return rc
+
+
+# ---------------------------------------------------------------------------------------------
+# Inversion of the server's view
+
+# The setting where inversion is known to work on classifiers: FedSGD, one plain-SGD step on a
+# batch of one, each site holding one training slice (its first tumour slice), round 1.
+FEDSGD = {
+    "train.rounds": 1,
+    "train.local_epochs": 1,
+    "train.batch_size": 1,
+    "train.optimizer": "sgd",
+}
+INVERSION_BUDGET = ("--steps", "300", "--restarts", "1")  # fixed before any run, not tuned
+VICTIM_INDEX = 0  # the roster's first site is the victim of the rows without secure aggregation
+
+
+def _views_for(cfg, row: Row, sites: dict, seed: int):
+    """(the view's config, its RoundView of round 1) for ``row`` under FEDSGD."""
+    from common.config import with_overrides
+    from common.fl.simulate import simulate_federation
+
+    mcfg = with_overrides(cfg.for_method(row.method), **FEDSGD, **{"secagg.enabled": row.secagg})
+    seen = []
+    simulate_federation(mcfg, row.method, sites, seed=seed, observe=seen.append)
+    return mcfg, seen[0]
+
+
+def write_views(cfg, data_dir: Path, out: Path, seed: int) -> dict[str, dict]:
+    """For each row, what the server holds in round 1 of a FEDSGD federation of one tumour slice
+    per site (the row's method, DP and secure aggregation): a directory the inversion attacker
+    reads (view.json, sent.npz, held.npz, config.json), and the true slices it is scored on
+    (the victim's, or every site's where the server holds only a sum)."""
+    from attacks.shadows import dataset
+    from common.data.loader import load_arrays
+    from common.io import save_npz
+
+    window = tuple(cfg.data.window)
+    truth, sites = {}, {}
+    for entry in cfg.sites:
+        images, masks, *_ = load_arrays(data_dir, "train", entry.name)
+        tumour = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+        i = int(tumour[0]) if len(tumour) else 0
+        truth[entry.name] = (images[i : i + 1], masks[i : i + 1])
+        sites[entry.name] = dataset(images[i : i + 1], masks[i : i + 1], window)
+    victim = cfg.sites[VICTIM_INDEX].name
+    views = {}
+    for k, row in enumerate(ROWS):
+        mcfg, rv = _views_for(cfg, row, sites, seed)
+        if rv.uploads and not row.secagg:
+            kind, held, covers = "update", rv.uploads[victim], [victim]
+        elif row.dp == "distributed":
+            kind, held, covers = "noisy-gradient-sum", rv.summed, sorted(sites)
+        else:
+            kind, covers = "mean", sorted(sites)
+            held = {n: np.asarray(v / rv.total, np.float32) for n, v in rv.summed.items()}
+        d = out / f"view{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        save_npz(d / "sent.npz", {n: np.asarray(v) for n, v in rv.sent.items()})
+        save_npz(d / "held.npz", {n: np.asarray(v, np.float32) for n, v in held.items()})
+        (d / "view.json").write_text(json.dumps({"method": row.method, "kind": kind}) + "\n")
+        (d / "config.json").write_text(json.dumps(mcfg.model_dump(mode="json"), indent=1) + "\n")
+        views[row.name] = {"dir": d, "kind": kind, "covers": covers}
+    for v in views.values():
+        v["truth"] = [truth[s] for s in v["covers"]]
+    return views
+
+
+def invert_views(cfg, data_dir: Path, out: Path, seed: int, log_file: Path) -> dict[str, dict]:
+    """Write the views (``write_views``), run the inversion attacker on each as its own process,
+    and score its reconstruction against the true slices (``attacks.inversion``)."""
+    from attacks.inversion import match_reconstructions
+    from bench.fleet import fedonco, run_relaying
+    from common.io import load_npz
+    from common.transforms import window_hu
+
+    views = write_views(cfg, data_dir, out, seed)
+    scored = {}
+    for name, v in views.items():
+        d = v["dir"]
+        args = ["attack-inversion", "--view", str(d), "--config", str(d / "config.json")]
+        args += ["--out", str(d / "attack"), "--seed", str(seed), *INVERSION_BUDGET]
+        rc = run_relaying(fedonco(*args), log_file, f"inversion, {name}")
+        if rc != 0:
+            raise RuntimeError(f"inversion attacker exited {rc}: see {log_file}")
+        rec = load_npz(d / "attack" / "reconstruction.npz")
+        info = json.loads((d / "attack" / "attack.json").read_text())
+        images = np.concatenate([window_hu(i, tuple(cfg.data.window)) for i, _m in v["truth"]])
+        masks = np.concatenate([m for _i, m in v["truth"]])
+        match = match_reconstructions(rec["images"], rec["masks"], images, masks)
+        scored[name] = {
+            "kind": v["kind"],
+            "sites": v["covers"],
+            "cosine": info["cosine"],
+            "psnr_max": match["psnr_max"],
+            "ssim_mean": match["ssim_mean"],
+            "mask_dice_max": max(r["mask_dice"] for r in match["per_slice"]),
+            "recovered_fraction": match["recovered_fraction"],
+            "threshold_db": match["threshold_db"],
+            "wall_s": info["wall_s"],
+        }
+    (out / "inversion.json").write_text(json.dumps(scored, indent=1) + "\n")
+    return scored

@@ -20,7 +20,7 @@ real site's secret DP randomness (a simulated site draws what a real site draws 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,25 @@ from common.progress import progress
 from common.training.scaffold import ControlVariates
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundView:
+    """One round as the server sees it: the global weights it sent (``sent``), every site's
+    upload in the clear (``uploads``, site -> weights; what a server without secure aggregation
+    holds; empty for distributed DP, whose sites upload only a noisy ring share), and what the
+    aggregation layer gives it (``summed``, the example-weighted sum, or distributed DP's
+    decoded noisy gradient sum; ``total``, the sum of the weights)."""
+
+    rnd: int
+    sent: dict[str, np.ndarray]
+    uploads: dict[str, dict[str, np.ndarray]]
+    weights: dict[str, float]
+    summed: dict[str, np.ndarray]
+    total: float
+
+
+Observer = Callable[[RoundView], None]
 
 
 @dataclass
@@ -74,10 +93,12 @@ def simulate_federation(
     seed: int,
     device: torch.device | None = None,
     desc: str | None = None,
+    observe: Observer | None = None,
 ):
     """Run the rounds of ``method`` (``cfg.for_method(method)``) over ``sites`` (site -> dataset of
     (image (1, H, W), mask (1, H, W)) items) on ``device`` (default CPU) and return a
-    ``SimulatedFederation``.
+    ``SimulatedFederation``. ``observe``: called once a round with what the aggregation layer
+    hands the server (``RoundView``; the inversion attack's view, ``bench/threats.py``).
 
     Deterministic on CPU for a ``seed`` (it replaces ``cfg.seed`` for the sites' seeds and the
     site sampling). A DP method trains every site with DP-SGD (its own σ for its size and its
@@ -108,7 +129,9 @@ def simulate_federation(
     bar = progress(cfg.train.rounds, desc, "round") if desc else None
     if strategy.ring_plan() is not None:
         noise = {s: _seeded_noise(seed, method, s) for s in names}
-        return _simulate_ddp(cfg, strategy, sites, names, first, shared, noise, device, bar)
+        return _simulate_ddp(
+            cfg, strategy, sites, names, first, shared, noise, device, bar, observe
+        )
     global_params = {k: initial[k] for k in shared}
     dp = _DPSites(cfg, models, sites, seed, method) if spec.dp else None
     metrics: dict[str, dict] = {}
@@ -135,13 +158,17 @@ def simulate_federation(
             if not done:
                 log.info("simulated federation: no site left in round %d; stopping", rnd)
                 break
+            weights = {s: len(sites[s]) for s in done}
             summed, total = aggregation_layer(
                 cfg,
                 done,
-                {s: len(sites[s]) for s in done},
+                weights,
                 strategy.upload_template(global_params),
                 exact=spec.kind != "federated",
             )
+            if observe is not None:
+                sent = dict(global_params)
+                observe(RoundView(rnd, sent, done, dict(weights), summed, total))
             global_params = strategy.aggregate_fit(
                 rnd, summed, total, round_metrics, current=global_params
             )
@@ -245,7 +272,7 @@ def _seeded_noise(seed: int, method: str, site: str):
 
 
 def _simulate_ddp(
-    cfg, strategy: Strategy, sites, names, model, shared, noise, device, bar=None
+    cfg, strategy: Strategy, sites, names, model, shared, noise, device, bar=None, observe=None
 ) -> SimulatedFederation:
     """Distributed DP-SGD in one process: each round, every site's noisy integer sum (the same
     ``DDPSite.noisy_sum`` and seeds as a real site), their sum modulo 2**32 (what secure
@@ -276,6 +303,9 @@ def _simulate_ddp(
                 )
                 ring += vec  # uint32 arithmetic wraps modulo 2**32, as secure aggregation's
             noisy = unflatten(from_ring_sum(ring, plan.scale), params, shared)
+            if observe is not None:
+                weights = {s: float(len(sites[s])) for s in names}
+                observe(RoundView(rnd, dict(params), {}, weights, noisy, total_n))
             params = strategy.aggregate_fit(rnd, noisy, total_n, current=params)
             set_params(model, params, strict=False)
             if bar is not None:

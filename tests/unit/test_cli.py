@@ -51,6 +51,10 @@ COMMANDS = {
     ): ("attacks.cli", "run_whitebox_cmd"),
     ("bench",): ("bench.run", "run_bench"),
     ("threats",): ("bench.threats", "run_threats_cmd"),
+    ("attack-inversion", "--view", "v", "--config", "c", "--out", "o"): (
+        "attacks.cli",
+        "run_inversion_cmd",
+    ),
     ("certs", "--out", "x"): ("common.wire.tls", "run_certs_cmd"),
     ("health", "127.0.0.1:1"): ("common.wire.channel", "run_health_cmd"),
     ("judge", "--run-dir", "r", "--data", "d", "--release", "a", "--methods", "fedavg"): (

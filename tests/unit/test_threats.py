@@ -37,8 +37,67 @@ def test_rows_read_their_release_and_the_lying_server_harness():
     assert rows["per-site DP-SGD"]["epsilon"] == "4.00"
     ddp = rows["distributed DP (needs secure aggregation)"]
     assert ddp["black_box"] == "not run (-)" and ddp["epsilon"] == "not run"
+    assert rows["no defence, the profile's own recipe"]["black_box"] == "not run (-)"
     # the real harness: key substitution wins without TLS, nothing wins under mutual TLS
     assert table["isolation"] == isolation_counts(5, 3) == {"honest": (1, 4), "pki": (0, 4)}
     assert sa["isolation_no_tls"] == "1/4 attacks" and sa["isolation_mtls"] == "0/4 attacks"
     assert none["isolation_no_tls"].startswith("always")
     assert "| no defence | groupnorm-pt |" in table["markdown"]
+
+
+def test_the_inversion_column_reads_each_seeds_scores():
+    scored = {
+        "psnr_max": 9.0,
+        "recovered_fraction": 0.0,
+        "mask_dice_max": 0.1,
+        "threshold_db": 20.0,
+    }
+    inversion = {
+        1: {"no defence": scored},
+        2: {"no defence": {**scored, "psnr_max": 11.0, "recovered_fraction": 1.0}},
+    }
+    table = threats_table({1: _results(1, 0.7, 0.8), 2: _results(2, 0.7, 0.8)}, 5, 3, inversion)
+    rows = {r["configuration"]: r for r in table["rows"]}
+    assert rows["no defence"]["inversion"] == (
+        "PSNR 10.0 dB (max 11.0), recovered 0.50 (≥ 20 dB), mask Dice ≤ 0.10"
+    )
+    assert rows["secure aggregation"]["inversion"] == "not measured"
+
+
+def test_views_hold_what_the_server_holds(tmp_path):
+    """The smoke profile's round-1 FedSGD views: the victim's upload in the clear without secure
+    aggregation, the sites' mean with it, the noisy gradient sum for distributed DP; each view
+    is scored against the slices it covers."""
+    from bench.threats import write_views
+    from common.config import load_profile, with_overrides
+    from common.data.build import build_dataset
+
+    # the rows' -pt methods start from a public pretraining: a small one here
+    cfg = with_overrides(load_profile("smoke"), **{"pretrain.public_size": 8, "pretrain.epochs": 1})
+    data = tmp_path / "data"
+    build_dataset(cfg, data, gallery=False, only_splits=["train"])
+    views = write_views(cfg, data, tmp_path / "views", cfg.seed)
+    kinds = {name: (v["kind"], len(v["covers"])) for name, v in views.items()}
+    assert kinds == {
+        "no defence, the profile's own recipe": ("update", 1),
+        "no defence": ("update", 1),
+        "secure aggregation": ("mean", 5),
+        "per-site DP-SGD": ("update", 1),
+        "distributed DP (needs secure aggregation)": ("noisy-gradient-sum", 5),
+        "secure aggregation + per-site DP-SGD": ("mean", 5),
+    }
+    import json
+
+    import numpy as np
+
+    from common.io import load_npz
+
+    for v in views.values():
+        d = v["dir"]
+        assert json.loads((d / "view.json").read_text())["kind"] == v["kind"]
+        sent, held = load_npz(d / "sent.npz"), load_npz(d / "held.npz")
+        assert set(sent) >= set(held) and all(np.isfinite(a).all() for a in held.values())
+    # one plain-SGD step of one slice moved the weights: the view is not the model it was sent
+    d = views["no defence"]["dir"]
+    sent, held = load_npz(d / "sent.npz"), load_npz(d / "held.npz")
+    assert any(not np.array_equal(sent[k], held[k]) for k in held)
