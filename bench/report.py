@@ -282,7 +282,34 @@ def _mia_table(mia_rows) -> list[str]:
             "|---|---|---|---|---|---|---|",
             *patients,
         ]
-    return lines + quoted + ([""] + notes if notes else [])
+    return lines + quoted + _whitebox_table(mia_rows) + ([""] + notes if notes else [])
+
+
+def _whitebox_table(mia_rows) -> list[str]:
+    """The white-box attacker (``mia.whitebox``: the released weights, the same candidates),
+    beside the black box's quoted rung; nothing when it did not run."""
+    rows = [(m, mia, mia["whitebox"]) for m, mia in mia_rows if mia.get("whitebox")]
+    if not rows:
+        return []
+    names = sorted({a for _m, _mia, wb in rows for a in wb.get("attacks", {})})
+    lines = [
+        "",
+        "White box (`fedonco attack-whitebox`: per-candidate loss gradients of the released "
+        "weights; the rung chosen on the shadows), beside the black box's quoted rung: AUC "
+        "[95% CI] / TPR@1%FPR [95% CI].",
+        "",
+        "| method | " + " | ".join(names) + " | strongest (white box) | black box (quoted) |",
+        "|---" * (3 + len(names)) + "|",
+    ]
+    for m, mia, wb in rows:
+        cells = [_attack_cell(wb.get("attacks", {}).get(a)) for a in names]
+        black = _attack_cell(mia.get("attacks", {}).get(mia.get("attack") or ""))
+        lines.append(
+            f"| {m} | "
+            + " | ".join(cells)
+            + f" | {wb.get('attack')} | {mia.get('attack')}: {black} |"
+        )
+    return lines
 
 
 def _patient_row(m: str, p: dict) -> str:

@@ -756,6 +756,46 @@ class SeedRun:
                 {k: got.get(k) for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr")},
             )
         self.check_patient_level(name, mia, scores, member, cases, cfg)
+        self.check_whitebox(name, entry, mdir, cfg, epsilon)
+
+    def check_whitebox(self, name: str, entry: dict, mdir: Path, cfg, epsilon) -> None:
+        """The white-box audit's numbers (``mia.whitebox``) from its saved scores and labels."""
+        from bench.audit import WHITEBOX_SCORES, load_audit_scores
+        from bench.audit_metrics import audit_metrics
+
+        r, wb = self.report, (entry.get("mia") or {}).get("whitebox")
+        if not wb or not wb.get("attacks"):
+            return
+        path = mdir / "audit-whitebox" / WHITEBOX_SCORES
+        if not path.is_file():
+            r.missing(f"{name} white-box scores", f"{path} not found")
+            return
+        try:
+            scores, member, sites = load_audit_scores(path)
+        except Exception as err:
+            raise VerifyError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+        fresh = {}
+        for rung, reported in wb["attacks"].items():
+            if rung not in scores:
+                r.missing(f"{name} white-box {rung}", f"no scores for it in {path.name}")
+                continue
+            fresh[rung] = audit_metrics(
+                scores[rung],
+                member,
+                sites=sites,
+                epsilon=epsilon,
+                delta=entry.get("delta"),
+                n_boot=cfg.mia.bootstrap,
+                seed=cfg.seed,
+            )
+            r.tree(f"{name} white-box {rung}", reported, fresh[rung])
+        if wb.get("attack") in fresh:
+            keys = ("auc", "auc_ci95", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "tpr")
+            r.tree(
+                f"{name} white-box headline ({wb['attack']})",
+                {k: wb.get(k) for k in keys},
+                {k: fresh[wb["attack"]].get(k) for k in keys},
+            )
 
     def check_patient_level(
         self, name: str, mia: dict, scores: dict, member: np.ndarray, cases: np.ndarray | None, cfg

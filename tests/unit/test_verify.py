@@ -233,6 +233,54 @@ def test_a_changed_audit_number_or_file_is_a_mismatch(tmp_path, change):
     assert expect in bad, lines
 
 
+@pytest.mark.parametrize("change", [None, "auc", "headline", "score"])
+def test_the_white_box_audit_is_recomputed_from_its_saved_scores(tmp_path, change):
+    from bench.audit import WHITEBOX_SCORES
+
+    cfg = load_profile("smoke")
+    entry, mdir = _audited(tmp_path, cfg)
+    rng = np.random.default_rng(1)
+    member = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    sites = np.array(list("ABCDE") * 8)
+    scores = {"wb_gradnorm": rng.normal(size=40) + member, "wb_shadow": rng.normal(size=40)}
+    (mdir / "audit-whitebox").mkdir()
+    save_audit_scores(mdir / "audit-whitebox" / WHITEBOX_SCORES, scores, member, sites)
+    attacks = {
+        k: audit_metrics(
+            v, member, sites=sites, delta=DELTA, n_boot=cfg.mia.bootstrap, seed=cfg.seed
+        )
+        for k, v in scores.items()
+    }
+    top = attacks["wb_gradnorm"]
+    wb = {k: top[k] for k in ("auc", "auc_ci95", "tpr_at_1pct_fpr", "tpr_at_10pct_fpr", "tpr")}
+    entry["mia"]["whitebox"] = json.loads(
+        json.dumps({**wb, "attack": "wb_gradnorm", "attacks": attacks})
+    )
+    if change == "auc":
+        entry["mia"]["whitebox"]["attacks"]["wb_shadow"]["auc"] += 0.001
+    elif change == "headline":
+        entry["mia"]["whitebox"]["auc"] = 0.99
+    elif change == "score":
+        path = mdir / "audit-whitebox" / WHITEBOX_SCORES
+        z = dict(np.load(path))
+        z["score_wb_gradnorm"] = z["score_wb_gradnorm"] + np.r_[1.0, np.zeros(39)]
+        save_npz(path, z)
+    run, cfg, lines = _bundle(tmp_path, {"fedavg": entry})
+    run.test_ok = False
+    run.check_audit("fedavg", entry, mdir, cfg, None)
+    bad = [c.what for c in run.report.checks if c.status == MISMATCH]
+    if change is None:
+        assert not run.report.failed, lines
+        assert _statuses(run)["fedavg white-box headline (wb_gradnorm)"] == OK
+        return
+    expect = {
+        "auc": "fedavg white-box wb_shadow",
+        "headline": "fedavg white-box headline (wb_gradnorm)",
+        "score": "fedavg white-box wb_gradnorm",
+    }[change]
+    assert any(b.startswith(expect) for b in bad), (bad, lines)
+
+
 def test_tree_diff_compares_floats_within_the_tolerance_and_the_rest_exactly():
     assert tree_diff({"a": [1.0, None, "x"]}, {"a": [1.0 + 1e-12, None, "x"]})[0] == []
     assert tree_diff({"a": 1.0}, {"a": 1.0 + 1e-6})[0] == [(".a", 1.0, 1.0 + 1e-6)]
