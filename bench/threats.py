@@ -5,14 +5,14 @@
 
 ``fedonco threats`` runs the benchmark (``bench.run.run_bench``: the real server, five site
 processes, the release service and both attackers as their own processes) for the three releases
-the rows need — ``groupnorm`` (no DP, the profile's own recipe: many local epochs from scratch,
-the leaky one), ``groupnorm-pt`` (no DP, the DP rows' twin: public pretraining, the same short
+the rows need — ``fedavg`` (no DP, the profile's own recipe: many local epochs from scratch
+with BatchNorm, the one that leaks in docs/results.md), ``groupnorm-pt`` (no DP, the DP rows' twin: public pretraining, the same short
 fine-tuning), ``dpsgd-pt`` (per-site DP-SGD at the profile's ε) and ``ddp-sgd-pt``
 (distributed DP at the same ε) — with the white-box attacker on (``mia.whitebox``),
 and writes ``threats.md`` / ``threats.json`` beside the run's results from its results.json files
 and the lying-server harness (``attacks.aggregator``, in process, deterministic).
 
-Rows: no defence (the profile's own recipe, and the DP rows' twin), secure aggregation, per-site
+Rows: no defence (FedAvg at the profile's own recipe, and the DP rows' twin), secure aggregation, per-site
 DP, distributed DP, secure aggregation + per-site DP. Columns:
 
 - black-box and white-box AUC of the strongest rung (chosen on shadow data), mean ± sd over the
@@ -39,7 +39,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-METHODS = ("groupnorm", "groupnorm-pt", "dpsgd-pt", "ddp-sgd-pt")
+METHODS = ("fedavg", "groupnorm-pt", "dpsgd-pt", "ddp-sgd-pt")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Row:
 
 
 ROWS = (
-    Row("no defence, the profile's own recipe", "groupnorm", False, "none"),
+    Row("no defence, FedAvg (the profile's leaky recipe)", "fedavg", False, "none"),
     Row("no defence", "groupnorm-pt", False, "none"),
     Row("secure aggregation", "groupnorm-pt", True, "none"),
     Row("per-site DP-SGD", "dpsgd-pt", False, "per-site"),

@@ -37,7 +37,7 @@ def test_rows_read_their_release_and_the_lying_server_harness():
     assert rows["per-site DP-SGD"]["epsilon"] == "4.00"
     ddp = rows["distributed DP (needs secure aggregation)"]
     assert ddp["black_box"] == "not run (-)" and ddp["epsilon"] == "not run"
-    assert rows["no defence, the profile's own recipe"]["black_box"] == "not run (-)"
+    assert rows["no defence, FedAvg (the profile's leaky recipe)"]["black_box"] == "not run (-)"
     # the real harness: key substitution wins without TLS, nothing wins under mutual TLS
     assert table["isolation"] == isolation_counts(5, 3) == {"honest": (1, 4), "pki": (0, 4)}
     assert sa["isolation_no_tls"] == "1/4 attacks" and sa["isolation_mtls"] == "0/4 attacks"
@@ -79,7 +79,7 @@ def test_views_hold_what_the_server_holds(tmp_path):
     views = write_views(cfg, data, tmp_path / "views", cfg.seed)
     kinds = {name: (v["kind"], len(v["covers"])) for name, v in views.items()}
     assert kinds == {
-        "no defence, the profile's own recipe": ("update", 1),
+        "no defence, FedAvg (the profile's leaky recipe)": ("update", 1),
         "no defence": ("update", 1),
         "secure aggregation": ("mean", 5),
         "per-site DP-SGD": ("update", 1),
