@@ -116,6 +116,18 @@ def _attack_names(results: dict[int, dict], method: str, key: str | None) -> str
     return "/".join(sorted(names)) or "-"
 
 
+def _dice(results: dict[int, dict], method: str) -> str:
+    d = [
+        float(r["methods"][method]["dice"])
+        for r in results.values()
+        if method in r["methods"] and r["methods"][method].get("dice") is not None
+    ]
+    if not d:
+        return "not run"
+    sd = f" ± {np.std(d, ddof=1):.3f}" if len(d) > 1 else ""
+    return f"{np.mean(d):.3f}{sd} ({', '.join(f'{x:.3f}' for x in d)})"
+
+
 def _epsilon(results: dict[int, dict], method: str) -> str:
     if not any(method in r["methods"] for r in results.values()):
         return "not run"
@@ -156,9 +168,9 @@ def threats_table(
         "(one SGD step on one tumour slice per site), the best-matching true slice's PSNR, the "
         "fraction of the slices the view covers recovered, the reconstructed mask's Dice.",
         "",
-        "| configuration | release | ε | black-box AUC (rung) | white-box AUC (rung) | "
+        "| configuration | release | Dice (per seed) | ε | black-box AUC (rung) | white-box AUC (rung) | "
         "server holds | isolation: no TLS | isolation: mTLS | inversion |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for row in ROWS:
@@ -175,6 +187,7 @@ def threats_table(
         cells = {
             "configuration": row.name,
             "release": row.method,
+            "dice": _dice(results, row.method),
             "epsilon": _epsilon(results, row.method),
             "black_box": _auc_cell(bb) + f" ({_attack_names(results, row.method, None)})",
             "white_box": _auc_cell(wb) + f" ({_attack_names(results, row.method, 'whitebox')})",
@@ -303,10 +316,15 @@ def _views_for(cfg, row: Row, sites: dict, seed: int):
     """(the view's config, its RoundView of round 1) for ``row`` under FEDSGD."""
     from common.config import with_overrides
     from common.fl.simulate import simulate_federation
+    from common.model import get_params
+    from common.training.pretrain import initial_model
 
+    # round 1 starts where the run's round 1 did: the method's own initial model (its public
+    # pretraining with the recipe's optimizer), whatever FEDSGD's local step is
+    start = get_params(initial_model(cfg.for_method(row.method), row.method))
     mcfg = with_overrides(cfg.for_method(row.method), **FEDSGD, **{"secagg.enabled": row.secagg})
     seen = []
-    simulate_federation(mcfg, row.method, sites, seed=seed, observe=seen.append)
+    simulate_federation(mcfg, row.method, sites, seed=seed, observe=seen.append, initial=start)
     return mcfg, seen[0]
 
 

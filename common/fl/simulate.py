@@ -94,11 +94,14 @@ def simulate_federation(
     device: torch.device | None = None,
     desc: str | None = None,
     observe: Observer | None = None,
+    initial: Mapping[str, np.ndarray] | None = None,
 ):
     """Run the rounds of ``method`` (``cfg.for_method(method)``) over ``sites`` (site -> dataset of
     (image (1, H, W), mask (1, H, W)) items) on ``device`` (default CPU) and return a
     ``SimulatedFederation``. ``observe``: called once a round with what the aggregation layer
     hands the server (``RoundView``; the inversion attack's view, ``bench/threats.py``).
+    ``initial``: the weights round 1 starts from (default: the method's initial model, after
+    its public pretraining if it has one).
 
     Deterministic on CPU for a ``seed`` (it replaces ``cfg.seed`` for the sites' seeds and the
     site sampling). A DP method trains every site with DP-SGD (its own σ for its size and its
@@ -118,7 +121,8 @@ def simulate_federation(
     # row's single site) trains them all
     fl = cfg.fl.model_copy(update={"min_fit_sites": min(cfg.fl.min_fit_sites, len(names))})
     strategy = strategy_for(cfg.model_copy(update={"seed": seed, "fl": fl}), method)
-    initial = get_params(initial_model(cfg, method, device))  # public pretraining, if any
+    if initial is None:
+        initial = get_params(initial_model(cfg, method, device))  # public pretraining, if any
     models = {s: model_for(cfg, method).to(device) for s in names}
     for m in models.values():
         set_params(m, initial)

@@ -19,8 +19,8 @@ def _results(seed, bb, wb):
     return {
         "seed": seed,
         "methods": {
-            "groupnorm-pt": {"mia": mia(bb, wb), "epsilon": None},
-            "dpsgd-pt": {"mia": mia(0.5, 0.5), "epsilon": 4.0},
+            "groupnorm-pt": {"mia": mia(bb, wb), "epsilon": None, "dice": 0.5},
+            "dpsgd-pt": {"mia": mia(0.5, 0.5), "epsilon": 4.0, "dice": 0.4},
         },
     }
 
@@ -35,6 +35,7 @@ def test_rows_read_their_release_and_the_lying_server_harness():
     assert none["white_box"].startswith("0.820 ± 0.028") and "(wb_shadow)" in none["white_box"]
     assert sa["black_box"] == none["black_box"]  # secure aggregation releases the same model
     assert rows["per-site DP-SGD"]["epsilon"] == "4.00"
+    assert rows["per-site DP-SGD"]["dice"] == "0.400 ± 0.000 (0.400, 0.400)"
     ddp = rows["distributed DP (needs secure aggregation)"]
     assert ddp["black_box"] == "not run (-)" and ddp["epsilon"] == "not run"
     assert rows["no defence, FedAvg (the profile's leaky recipe)"]["black_box"] == "not run (-)"
