@@ -17,6 +17,11 @@ vectors and whatever shares the sites reveal. Attacks (issue 29, "a malicious ag
                     Against ``pki`` sites the server also forges the keys' bindings: first it
                     replays each peer's real signature and certificate, then it signs the fake
                     keys with its own CA-issued certificate (the one a real server holds).
+  model-split       the victim is sent the global model, every other site a crafted one
+                    (``dead_model``: every norm layer's scale 0 and shift -1, so no ReLU fires and
+                    local training changes nothing but the head's bias): the others' updates are
+                    zero and the sum the server unmasks honestly is the victim's update. The same
+                    holds for other orders or another quantisation scale sent to the victim.
 
 Sites: ``honest`` is what ``fedonco client`` runs without TLS (the federation's t and graph
 expected, the survivor set checked and confirmed by t of the neighbourhood before any share
@@ -24,8 +29,11 @@ leaves); ``pki`` is what it runs under mutual TLS: the same checks, and every pe
 signed with the certificate the roster gives that peer, issued by the federation's CA
 (``common/keybind.py``; a throwaway CA and certificates from ``fedonco certs``' own code);
 ``trusting`` is a deliberately weakened site, the protocol before those checks (it confirms any
-set and reveals what it is asked, refusing only both shares of one peer and its own mask key):
-the positive control every attack must win.
+set and reveals what it is asked, refusing only both shares of one peer and its own mask key,
+and its masks are not bound to the round it was sent): the positive control every attack must
+win. ``honest`` and ``pki`` sites bind their pairwise masks and confirmations to the round they
+were sent (``common.secagg.mask_context``): sites sent different rounds have masks that do not
+cancel and confirmations that do not verify.
 
 The outcome: whether the server's reconstruction equals the victim's vector bit for bit, which
 sites refused, and why. ``threat_table()`` runs every attack against every kind of site.
@@ -34,6 +42,7 @@ sites refused, and why. ``threat_table()`` runs every attack against every kind 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -49,6 +58,7 @@ from common.secagg import (
     SecAggClient,
     SecAggError,
     apply_masks,
+    mask_context,
     neighbour_graph,
     pair_mask_seed,
     self_mask_seed,
@@ -56,7 +66,7 @@ from common.secagg import (
 )
 
 RUN, ROUND = "malicious-aggregator", 1
-ATTACKS = ("dropout-lie", "split-views", "low-threshold", "key-substitution")
+ATTACKS = ("dropout-lie", "split-views", "low-threshold", "key-substitution", "model-split")
 SITES = ("honest", "trusting", "pki")
 
 
@@ -100,6 +110,11 @@ class TrustingSite(SecAggClient):
     def __init__(self, site: str, run_id: str, rnd: int) -> None:
         super().__init__(site, run_id, rnd, expect=None)
 
+    def masked_input(
+        self, ciphertexts: Mapping[str, bytes], vector: np.ndarray, context: bytes = b""
+    ) -> np.ndarray:
+        return super().masked_input(ciphertexts, vector)  # masks not bound to the round
+
     def confirm(self, survivors: Sequence[str]) -> dict[str, bytes]:
         self._at("masked", "consistency")
         self._stage = "confirmed"
@@ -123,6 +138,23 @@ class TrustingSite(SecAggClient):
         return {j: self._held[j][0 if j in surv else 1] for j in sorted(surv | drop)}
 
 
+def dead_model(model) -> dict[str, np.ndarray]:
+    """The crafted global model of ``model-split`` (a ``common.model.UNet``): its weights with
+    every norm layer's scale 0 and shift -1. No ReLU after a norm fires, so a site's local
+    training moves no weight but the head's bias (the gradient of everything else is zero; Adam
+    and SGD then leave it as it was)."""
+    from torch import nn
+
+    from common.model import get_params
+
+    params = get_params(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.GroupNorm | nn.BatchNorm2d):
+            params[f"{name}.weight"] = np.zeros_like(params[f"{name}.weight"])
+            params[f"{name}.bias"] = np.full_like(params[f"{name}.bias"], -1.0)
+    return params
+
+
 @dataclass
 class Outcome:
     attack: str
@@ -132,11 +164,15 @@ class Outcome:
     detail: str = ""
 
 
-def _strip(y: np.ndarray, victim: str, b: bytes, pair: Mapping[str, bytes]) -> np.ndarray:
-    """The victim's vector from its masked one, its self-mask seed and its pairwise secrets."""
+def _strip(
+    y: np.ndarray, victim: str, b: bytes, pair: Mapping[str, bytes], context: bytes
+) -> np.ndarray:
+    """The victim's vector from its masked one, its self-mask seed and its pairwise secrets
+    (``context``: the round the server sent it)."""
     streams = [(self_mask_seed(b, RUN, ROUND, victim), -1)]
     for j, shared in pair.items():  # the victim added +PRG(s) for j < victim, -PRG(s) otherwise
-        streams.append((pair_mask_seed(shared, RUN, ROUND, victim, j), -1 if j < victim else 1))
+        seed = pair_mask_seed(shared, RUN, ROUND, victim, j, context)
+        streams.append((seed, -1 if j < victim else 1))
     out = y.copy()
     apply_masks(out, streams)
     return out
@@ -169,6 +205,14 @@ def isolate(
     names = [chr(ord("A") + i) for i in range(n)]
     rng = np.random.default_rng(seed)
     x = {s: rng.integers(0, 2**32, length, dtype=np.uint32) for s in names}
+    # the round each site was sent (common.secagg.mask_context); model-split: the victim's differs
+    # and the others' crafted model leaves their updates zero
+    context = {s: mask_context(hashlib.sha256(b"global model").digest(), 1e4, 1.0) for s in names}
+    if attack == "model-split":
+        context[victim] = mask_context(hashlib.sha256(b"the victim's model").digest(), 1e4, 1.0)
+        x.update({s: np.zeros(length, np.uint32) for s in names if s != victim})
+    if sites == "trusting":  # its masks are not bound to the round (TrustingSite.masked_input)
+        context = dict.fromkeys(names, b"")
 
     pki = _pki(tuple(names)) if sites == "pki" else None
 
@@ -195,7 +239,7 @@ def isolate(
     others = [s for s in names if s != victim]
     if attack == "key-substitution":
         return _key_substitution(
-            clients, keys, x, victim, threshold, sites, ask, refused, pki, bindings
+            clients, keys, x, victim, threshold, sites, ask, refused, pki, bindings, context
         )
     graph = neighbour_graph(RUN, ROUND, keys, None)
     cts = {s: ask(s, clients[s].share_keys, keys, t_asked, graph[s], bindings) for s in names}
@@ -204,9 +248,11 @@ def isolate(
     y = {}
     for s in names:
         routed = {j: cts[j][s] for j in names if j != s}
-        y[s] = ask(s, clients[s].masked_input, routed, x[s])
+        y[s] = ask(s, clients[s].masked_input, routed, x[s], context[s])
     # what each site is shown: (survivor set, dropped sites)
-    if attack == "dropout-lie":
+    if attack == "model-split":  # nothing to lie about but the round itself
+        views = {s: (names, []) for s in names}
+    elif attack == "dropout-lie":
         views = {s: ([victim, s] if s != victim else names, []) for s in names}
         views.update({s: (sorted({victim, s}), [j for j in others if j != s]) for s in others})
     else:  # split-views, low-threshold: the first half sees everyone, the rest "victim dropped"
@@ -220,6 +266,8 @@ def isolate(
         if tags[s] is not None:
             got = ask(s, clients[s].unmask, sorted(views[s][0]), views[s][1], inbox[s])
             revealed[s] = got or {}
+    if attack == "model-split":  # the honest unmasking of the sum, read as the victim's update
+        return _read_sum(y, revealed, t_asked, x[victim], refused, sites)
     b_v = _secret(
         [r[victim] for s, r in revealed.items() if victim in r and victim in views[s][0]], t_asked
     )
@@ -243,14 +291,36 @@ def isolate(
             refused,
             f"pairwise secrets with {len(pair)} of {len(others)} peers",
         )
-    got = _strip(y[victim], victim, b_v, pair)
+    got = _strip(y[victim], victim, b_v, pair, context[victim])
     return Outcome(
         attack, sites, bool(np.array_equal(got, x[victim])), refused, "all masks removed"
     )
 
 
+def _read_sum(y, revealed, t, target, refused, sites) -> Outcome:
+    """The server's honest unmasking: every survivor's self mask off the sum of the masked
+    inputs (pairwise masks cancel only between sites sent the same round)."""
+    y = {s: v for s, v in y.items() if v is not None}
+    streams = []
+    for s in sorted(y):
+        b = _secret([r[s] for r in revealed.values() if s in r], t)
+        if b is None:
+            return Outcome("model-split", sites, False, refused, f"no self-mask seed of {s}")
+        streams.append((self_mask_seed(b, RUN, ROUND, s), -1))
+    total = np.zeros_like(target)
+    apply_masks(total, streams, [y[s] for s in sorted(y)])
+    same = bool(np.array_equal(total, target))
+    return Outcome(
+        "model-split",
+        sites,
+        same,
+        refused,
+        "the sum is the victim's update" if same else "the victim's masks did not cancel",
+    )
+
+
 def _key_substitution(
-    clients, keys, x, victim, threshold, sites, ask, refused, pki=None, bindings=None
+    clients, keys, x, victim, threshold, sites, ask, refused, pki=None, bindings=None, context=None
 ) -> Outcome:
     """The victim sees the server's keys for every peer (fake peers the server runs with the
     real site code); the others are left alone. The victim's shares are encrypted to the fakes.
@@ -278,11 +348,12 @@ def _key_substitution(
         return Outcome("key-substitution", sites, False, refused, "the victim refused stage 2")
     fake_cts = {j: f.share_keys(shown, threshold, graph[j]) for j, f in fakes.items()}
     routed = {j: fake_cts[j][victim] for j in fakes}
-    y = ask(victim, clients[victim].masked_input, routed, x[victim])
+    ctx = context[victim]  # the fakes mask under the same round: the server runs them
+    y = ask(victim, clients[victim].masked_input, routed, x[victim], ctx)
     if y is None:
         return Outcome("key-substitution", sites, False, refused, "the victim sent no masked input")
     for j, f in fakes.items():  # each fake decrypts the victim's shares addressed to it
-        f.masked_input({victim: cts[j], **{k: fake_cts[k][j] for k in fakes if k != j}}, x[j])
+        f.masked_input({victim: cts[j], **{k: fake_cts[k][j] for k in fakes if k != j}}, x[j], ctx)
     view = names
     tags = {j: f.confirm(view) for j, f in fakes.items()}
     b_shares = [
@@ -294,7 +365,7 @@ def _key_substitution(
     pair = {j: _agree(fake_sk[j], keys[victim][1]) for j in fakes}
     if b_v is None:
         return Outcome("key-substitution", sites, False, refused, "no self-mask seed")
-    got = _strip(y, victim, b_v, pair)
+    got = _strip(y, victim, b_v, pair, ctx)
     return Outcome(
         "key-substitution",
         sites,
@@ -305,8 +376,16 @@ def _key_substitution(
 
 
 def threat_table(n: int = 5, threshold: int = 3, seed: int = 0) -> list[Outcome]:
-    """Every attack against every kind of site (honest, trusting, pki)."""
-    return [isolate(a, s, n=n, threshold=threshold, seed=seed) for a in ATTACKS for s in SITES]
+    """Every attack against every kind of site (honest, trusting, pki). The sites' warnings
+    (e.g. confirmations that do not verify) are kept out of the output: the table says who
+    refused and why."""
+    quiet = logging.getLogger("common.secagg")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return [isolate(a, s, n=n, threshold=threshold, seed=seed) for a in ATTACKS for s in SITES]
+    finally:
+        quiet.setLevel(level)
 
 
 def markdown(rows: list[Outcome]) -> str:

@@ -48,14 +48,14 @@ import grpc
 import numpy as np
 
 from common.keybind import MAX_CERT_BYTES, MAX_SIGNATURE_BYTES
-from common.secagg import CT_LEN, SHARE_LEN
+from common.secagg import CT_LEN, SHARE_LEN, mask_context, round_digest
 from common.wire.channel import create_channel, create_server
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.rpc import inference_pb2 as ipb
 from common.wire.rpc import inference_pb2_grpc as ipb_grpc
 from common.wire.rpc import types_pb2 as tpb
-from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays
+from common.wire.serde import ndarrays_to_proto, proto_to_ndarrays, scalars_from_proto
 
 RPCS = {  # request type -> RPC name
     pb.RegisterSiteRequest: "RegisterSite",
@@ -299,7 +299,13 @@ class FuzzTarget(_Target):
             self.run_id = self.stub.RegisterSite(
                 pb.RegisterSiteRequest(site_id=site), timeout=10
             ).run_id
-        self.sent = {site: proto_to_ndarrays(self.pull(site).fit.tensors) for site in self.honest}
+        tasks = {site: self.pull(site).fit for site in self.honest}
+        self.sent = {site: proto_to_ndarrays(t.tensors) for site, t in tasks.items()}
+        # what a site binds its secure-aggregation masks to (common.secagg.mask_context)
+        self.digest = {
+            site: round_digest(self.sent[site], scalars_from_proto(t.config))
+            for site, t in tasks.items()
+        }
 
     def pull(self, site: str, kind: str = "fit", timeout: float = 60.0):
         """Site's next task of ``kind`` (fit, secagg), polling until it is there."""
@@ -426,7 +432,9 @@ class SecAggFuzzTarget(FuzzTarget):
         elif stage == "masked_input":
             st = task.masked_input
             q, clipped = quantize(self.vectors[site], self.weights[site], st.clip, st.scale)
-            masked = ndarrays_to_proto({"masked": c.masked_input(dict(st.ciphertexts), q)})[0]
+            context = mask_context(self.digest[site], st.scale, st.clip)
+            masked = c.masked_input(dict(st.ciphertexts), q, context)
+            masked = ndarrays_to_proto({"masked": masked})[0]
             self.stub.PushMaskedInput(
                 pb.PushMaskedInputRequest(
                     **base, masked=masked, metrics=scalars_to_proto({"clipped": clipped})

@@ -166,7 +166,8 @@ def threats_table(
         f"of {n_sites}. AUC: mean ± sd over seeds of the rung the attacker chose on its shadows "
         "(per-seed 95% CIs). Inversion: the server's view of round 1 of a FedSGD federation "
         "(one SGD step on one tumour slice per site), the best-matching true slice's PSNR, the "
-        "fraction of the slices the view covers recovered, the reconstructed mask's Dice.",
+        "fraction of the slices the view covers recovered, the reconstructed mask's Dice; "
+        f"seeds {', '.join(str(k) for k in sorted(inversion)) or 'none'}.",
         "",
         "| configuration | release | Dice (per seed) | ε | black-box AUC (rung) | white-box AUC (rung) | "
         "server holds | isolation: no TLS | isolation: mTLS | inversion |",

@@ -34,7 +34,7 @@ from common.keybind import KeySigner, KeyVerifier
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
 from common.release import export_release, release_info
-from common.secagg import SecAggClient, SecAggError, flatten
+from common.secagg import SecAggClient, SecAggError, flatten, round_digest
 from common.training.dp.randomness import (
     SEEDED,
     SEEDED_REFUSAL,
@@ -289,10 +289,12 @@ class SiteClient:
 
     def fit(self, task: pb.FitTask) -> None:
         t0 = time.perf_counter()
-        shared, extras = split_extras(proto_to_ndarrays(task.tensors))
+        tensors = proto_to_ndarrays(task.tensors)
+        shared, extras = split_extras(tensors)
         control = None  # SCAFFOLD's correction, when the orders ask for it
         try:  # the server's orders: typed and range-checked before anything trains on them
-            orders = FitInstructions.from_scalars(scalars_from_proto(task.config))
+            scalars = scalars_from_proto(task.config)
+            orders = FitInstructions.from_scalars(scalars)
             if orders.round != task.round:
                 raise ValueError(
                     f"fit config: round {orders.round} in a task of round {task.round}"
@@ -306,9 +308,12 @@ class SiteClient:
         except ValueError as err:
             self._decline(task.round, str(err))
             return
+        # secure aggregation binds this site's masks to the round it was sent (a server sending
+        # sites different models or orders cannot unmask their sum: common.secagg.mask_context)
+        digest = round_digest(tensors, scalars) if orders.secagg else b""
         t_decode = time.perf_counter() - t0
         if orders.mode is TrainMode.DDP:
-            self._ddp_step(task.round, shared, orders, t_decode)
+            self._ddp_step(task.round, shared, orders, t_decode, digest)
             return
         if orders.mode is TrainMode.DP:
             if self.dp is None:
@@ -361,7 +366,8 @@ class SiteClient:
         n = len(self.train_set)
         if orders.secagg:
             update = flatten(up, sorted(up)) * n
-            self._advertise(task.round, PendingUpdate(task.round, update, n), metrics, t_decode)
+            pending = PendingUpdate(task.round, update, n, digest=digest)
+            self._advertise(task.round, pending, metrics, t_decode)
             return
         t1 = time.perf_counter()
         tensors = ndarrays_to_proto(weighted_contribution(up, n))
@@ -445,7 +451,9 @@ class SiteClient:
 
     # -- secure aggregation ---------------------------------------------------------------------
 
-    def _ddp_step(self, rnd: int, shared: dict, orders: FitInstructions, t_decode: float) -> None:
+    def _ddp_step(
+        self, rnd: int, shared: dict, orders: FitInstructions, t_decode: float, digest: bytes
+    ) -> None:
         """Distributed DP-SGD: this site's rounded clipped gradient sum over its Poisson sample
         plus its Skellam share, as an integer vector that only secure aggregation sees."""
 
@@ -482,7 +490,9 @@ class SiteClient:
             self._decline(rnd, str(err))
             return
         n = len(self.train_set)
-        self._advertise(rnd, PendingUpdate(rnd, vec, n, ring=True), metrics, t_decode)
+        self._advertise(
+            rnd, PendingUpdate(rnd, vec, n, ring=True, digest=digest), metrics, t_decode
+        )
 
     def _advertise(self, rnd: int, pending: PendingUpdate, metrics: dict, t_decode: float):
         """Keep the update here; send only fresh public keys (and n_k, not secret)."""

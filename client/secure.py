@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.keybind import KeySigner
-from common.secagg import SecAggClient, quantize
+from common.secagg import SecAggClient, mask_context, quantize
 from common.wire.rpc import federation_pb2 as pb
 from common.wire.serde import ndarrays_to_proto, scalars_to_proto
 
@@ -33,6 +33,7 @@ class PendingUpdate:
     weighted: np.ndarray  # n_k * params_k, flattened in sorted key order (or, ring: the vector)
     num_examples: int
     ring: bool = False  # distributed DP: already an integer vector mod 2**32, noise share included
+    digest: bytes = b""  # common.secagg.round_digest of the task it was trained on
 
 
 def advertise_request(
@@ -87,7 +88,8 @@ def stage_answer(
             q, clipped = pending.weighted, 0
         else:
             q, clipped = quantize(pending.weighted, pending.num_examples, st.clip, st.scale)
-        masked = secagg.masked_input(dict(st.ciphertexts), q)
+        context = mask_context(pending.digest, st.scale, st.clip)
+        masked = secagg.masked_input(dict(st.ciphertexts), q, context)
         metrics = {
             "mask_s": time.perf_counter() - t0,
             "clipped": clipped,

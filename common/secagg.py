@@ -247,10 +247,39 @@ def self_mask_seed(b: bytes, run_id: str, rnd: int, site: str) -> bytes:
     return _hkdf(b, _pack("self-mask", run_id, rnd, site), 48)
 
 
-def pair_mask_seed(shared: bytes, run_id: str, rnd: int, a: str, b: str) -> bytes:
-    """48 bytes for the pairwise mask PRG(s_ab), from the X25519 secret of the two mask keys."""
+def pair_mask_seed(
+    shared: bytes, run_id: str, rnd: int, a: str, b: str, context: bytes = b""
+) -> bytes:
+    """48 bytes for the pairwise mask PRG(s_ab), from the X25519 secret of the two mask keys and
+    the round's ``context`` as each of the two sites saw it (``mask_context``): the masks of two
+    sites cancel only if the server sent both the same round."""
     lo, hi = sorted((a, b))
-    return _hkdf(shared, _pack("pair-mask", run_id, rnd, lo, hi), 48)
+    return _hkdf(shared, _pack("pair-mask", run_id, rnd, lo, hi, context), 48)
+
+
+# Per-site seeds are the one field of the orders that differs between the sites of a round.
+_PER_SITE_ORDERS = frozenset({"seed"})
+
+
+def round_digest(tensors: Mapping[str, np.ndarray], orders: Mapping[str, object]) -> bytes:
+    """SHA-256 of what the server sent a site for a round and every site of it gets alike: the
+    tensors of the fit task (global model and extras: name, dtype, shape, bytes) and the orders
+    but their per-site seed. Site and server compute it from the decoded task."""
+    h = hashlib.sha256(_LABEL + b"round")
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(_pack("tensor", name, a.dtype.str, repr(a.shape), a.tobytes()))
+    for key in sorted(set(orders) - _PER_SITE_ORDERS):
+        h.update(_pack("order", key, repr(orders[key])))
+    return h.digest()
+
+
+def mask_context(digest: bytes, scale: float, clip: float) -> bytes:
+    """What a site's pairwise masks and its confirmation are bound to: the round's digest and
+    the masked-input stage's quantisation (a server that sent one site another model, other
+    orders or another scale could otherwise read that site's update off a sum whose other
+    inputs it made zero)."""
+    return digest + struct.pack(">dd", float(scale), float(clip))
 
 
 def apply_masks(
@@ -431,8 +460,14 @@ class SecAggClient:
         self._stage = "shared"
         return out
 
-    def masked_input(self, ciphertexts: Mapping[str, bytes], vector: np.ndarray) -> np.ndarray:
-        """vector + PRG(b) + sum_{j<me} PRG(s_ij) - sum_{j>me} PRG(s_ij), j over the U2 senders."""
+    def masked_input(
+        self, ciphertexts: Mapping[str, bytes], vector: np.ndarray, context: bytes = b""
+    ) -> np.ndarray:
+        """vector + PRG(b) + sum_{j<me} PRG(s_ij) - sum_{j>me} PRG(s_ij), j over the U2 senders.
+
+        ``context`` (``mask_context``: the round this site was sent) goes into every pairwise
+        seed and into this site's confirmations: sites sent different rounds get masks that do
+        not cancel and tags that do not verify."""
         self._at("shared", "masked input")
         if not isinstance(vector, np.ndarray) or vector.dtype != np.uint32 or vector.ndim != 1:
             raise ValueError("vector must be a flat uint32 array (see quantize)")
@@ -452,19 +487,21 @@ class SecAggClient:
         if len(held) + 1 < self.threshold:
             raise SecAggAbort(f"{self.site}: {len(held) + 1} of my neighbourhood left, need t")
         self._held.update(held)
-        self._stage = "masked"
+        self._stage, self._context = "masked", bytes(context)
         ids = (self.run_id, self.rnd, self.site)
         streams = [(self_mask_seed(self._b, *ids), 1)]
         for j in sorted(held):
             shared = _exchange(self._mask_sk, self._keys[j][1])
-            streams.append((pair_mask_seed(shared, *ids, j), 1 if j < self.site else -1))
+            seed = pair_mask_seed(shared, *ids, j, self._context)
+            streams.append((seed, 1 if j < self.site else -1))
         out = np.array(vector, dtype=np.uint32, order="C", copy=True)
         apply_masks(out, streams)
         return out
 
     def _view_tag(self, sender: str, recipient: str, view: Sequence[str]) -> bytes:
-        """HMAC-SHA256 of the survivor set ``view`` from ``sender`` to ``recipient``, under a key
-        only the two of them can derive (their X25519 agreement of stage 2)."""
+        """HMAC-SHA256 of the survivor set ``view`` and of the round's context (as this site saw
+        it) from ``sender`` to ``recipient``, under a key only the two of them can derive (their
+        X25519 agreement of stage 2)."""
         peer = recipient if sender == self.site else sender
         lo, hi = sorted((self.site, peer))
         key = _hkdf(
@@ -472,7 +509,7 @@ class SecAggClient:
             _pack("view", self.run_id, self.rnd, lo, hi),
         )
         h = hmac.HMAC(key, hashes.SHA256())
-        h.update(_pack("survivors", self.run_id, self.rnd, sender, recipient, *view))
+        h.update(_pack("survivors", self.run_id, self.rnd, sender, recipient, self._context, *view))
         return h.finalize()
 
     def confirm(self, survivors: Sequence[str]) -> dict[str, bytes]:
@@ -527,17 +564,27 @@ class SecAggClient:
                 f"dropped neighbours {sorted(drop & mine)} are not the ones that shared keys "
                 f"and are not survivors ({sorted(expected)})"
             )
-        ok = [
-            j
-            for j, tag in confirmations.items()
-            if j in surv & set(self._nb)
-            and isinstance(tag, bytes)
-            and secrets.compare_digest(tag, self._view_tag(j, self.site, self._view))
-        ]
+        ok, bad_tags = [], []
+        for j, tag in sorted(confirmations.items()):
+            if j not in surv & set(self._nb):
+                continue
+            valid = isinstance(tag, bytes) and secrets.compare_digest(
+                tag, self._view_tag(j, self.site, self._view)
+            )
+            (ok if valid else bad_tags).append(j)
+        if bad_tags:  # only a server that showed us different sets or rounds makes these
+            log.warning(
+                "%s: round %d: the confirmations of %s do not verify: they saw another survivor "
+                "set or another round (model, orders, scale) than I did",
+                self.site,
+                self.rnd,
+                bad_tags,
+            )
         if len(ok) + 1 < self.threshold:
             raise SecAggError(
                 f"{self.site}: {len(ok) + 1} of my neighbourhood confirmed this survivor set, need "
-                f"t = {self.threshold} (the server may be showing sites different sets)"
+                f"t = {self.threshold} (the server may be showing sites different survivor sets, "
+                "models, orders or scales)"
             )
         surv, drop = surv & mine, drop & mine
         rev = self._revealed
@@ -672,8 +719,9 @@ class SecAggServer:
         self._stage = 4
         return routed
 
-    def unmask(self, shares: Mapping[str, Mapping[str, bytes]]) -> np.ndarray:
-        """The uint32 sum of the survivors' vectors, from the shares of >= t responders (U5)."""
+    def unmask(self, shares: Mapping[str, Mapping[str, bytes]], context: bytes = b"") -> np.ndarray:
+        """The uint32 sum of the survivors' vectors, from the shares of >= t responders (U5).
+        ``context``: the ``mask_context`` of the round the server sent every site."""
         self._enter(4, shares, self.u4)
         u5 = []
         for k, resp in shares.items():
@@ -703,7 +751,7 @@ class SecAggServer:
             for k in self._graph[j]:
                 if k in self._masked:  # k added +PRG(s_jk) if j < k, else -PRG(s_jk)
                     shared = _exchange(sk, self.keys[k][1])
-                    seed = pair_mask_seed(shared, self.run_id, self.rnd, j, k)
+                    seed = pair_mask_seed(shared, self.run_id, self.rnd, j, k, context)
                     streams.append((seed, -1 if j < k else 1))
         acc = self._masked[self.u3[0]].copy()
         apply_masks(acc, streams, [self._masked[i] for i in self.u3[1:]])

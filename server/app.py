@@ -46,6 +46,7 @@ from common.records import (
     write_record,
 )
 from common.release import export_release, release_info
+from common.secagg import round_digest
 from common.training.ddp import wrap_free
 from common.training.dp.accountant import epsilons_of, history_from_text
 from common.training.dp.adjacency import ADJACENCIES
@@ -53,7 +54,14 @@ from common.training.dp.settings import DPConfigError
 from common.training.dp.skellam import epsilon_of
 from common.training.pretrain import initial_model
 from common.transforms import to_inputs
-from common.wire.serde import ndarrays_to_proto, spec_of, tensors_nbytes
+from common.wire.serde import (
+    ndarrays_to_proto,
+    proto_to_ndarrays,
+    scalars_from_proto,
+    scalars_to_proto,
+    spec_of,
+    tensors_nbytes,
+)
 from server.ledger import PrivacyLedger
 from server.records import TaskKind
 from server.secure import secure_aggregate
@@ -434,6 +442,19 @@ class Server:
         return result
 
 
+def sent_digest(payload, configs: dict) -> bytes:
+    """``common.secagg.round_digest`` of the round as the sites decode it: the sites' masks
+    are bound to it, and the server needs it to remove the masks of sites that dropped. Every
+    site of a round is sent the same tensors and, but for its seed, the same orders."""
+    tensors = proto_to_ndarrays(payload)
+    digests = {
+        round_digest(tensors, scalars_from_proto(scalars_to_proto(c))) for c in configs.values()
+    }
+    if len(digests) != 1:
+        raise RuntimeError("the sites of one round were given different orders (a server bug)")
+    return digests.pop()
+
+
 def fit_phase(
     cfg: Config,
     state: RoundState,
@@ -476,7 +497,13 @@ def fit_phase(
             )
             return None, 0.0, {}
     out = secure_aggregate(
-        cfg, state, rnd, advertised, upload, ring_scale=plan.scale if plan else None
+        cfg,
+        state,
+        rnd,
+        advertised,
+        upload,
+        ring_scale=plan.scale if plan else None,
+        digest=sent_digest(payload, configs),
     )
     record["secagg"] = out.record
     record["failures"].update(

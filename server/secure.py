@@ -19,6 +19,7 @@ from common.secagg import (
     SecAggError,
     SecAggServer,
     dequantize,
+    mask_context,
     quantization_error_bound,
     quantization_scale,
     unflatten,
@@ -51,12 +52,14 @@ def secure_aggregate(
     advertised: dict[str, KeyAdvertisement],
     shared: dict[str, np.ndarray],
     ring_scale: float | None = None,
+    digest: bytes = b"",
 ) -> SecAggOutcome:
     """Run share keys -> masked input -> consistency -> unmask for the sites that advertised keys.
 
     ``ring_scale``: the sites send integer vectors they made themselves (distributed DP: their
     noise shares are integers), scaled by this s; the sum is divided by it. Otherwise each site
-    quantises its weighted update at the scale chosen here."""
+    quantises its weighted update at the scale chosen here. ``digest``: the round the sites were
+    sent (``server.app.sent_digest``); their pairwise masks are bound to it."""
     keys = sorted(shared)
     length = int(sum(shared[k].size for k in keys))
     timeout = cfg.fl.round_timeout_s
@@ -137,7 +140,8 @@ def secure_aggregate(
             sorted(tags),
             {s: UnmaskStage(survivors, dropped, tags[s]) for s in tags},
         )
-        total_u32 = timed(srv.unmask, {s: r.shares for s, r in revealed.items()})
+        context = mask_context(digest, scale, cfg.secagg.clip)  # what each site masked under
+        total_u32 = timed(srv.unmask, {s: r.shares for s, r in revealed.items()}, context)
     except (SecAggAbort, SecAggError) as err:
         record.update(aborted=str(err), secagg_server_s=sum(steps.values()))
         log.warning("round %d: secure aggregation aborted: %s", rnd, err)

@@ -200,11 +200,11 @@ def light_site(site: str, index: int, server: str, drops: bool, out: dict) -> No
     """A site that speaks the real protocol (client.secure) and answers each round's global model
     with the model plus its seeded perturbation (``index``: its roster position)."""
     from client.secure import PendingUpdate, advertise_request, stage_answer
-    from common.secagg import SecAggClient, flatten
+    from common.secagg import SecAggClient, flatten, round_digest
     from common.wire.channel import create_channel
     from common.wire.rpc import federation_pb2 as pb
     from common.wire.rpc import federation_pb2_grpc as pb_grpc
-    from common.wire.serde import proto_to_ndarrays
+    from common.wire.serde import proto_to_ndarrays, scalars_from_proto
 
     stub = pb_grpc.FederationStub(create_channel(server))
     up = down = 0
@@ -231,7 +231,9 @@ def light_site(site: str, index: int, server: str, drops: bool, out: dict) -> No
             delta = perturbation(glob, rnd, index)
             update = {k: glob[k] + delta[k] for k in glob}
             weighted = flatten(update, sorted(update)) * WEIGHT
-            secagg, pending = SecAggClient(site, run_id, rnd), PendingUpdate(rnd, weighted, WEIGHT)
+            digest = round_digest(glob, scalars_from_proto(resp.fit.config))
+            secagg = SecAggClient(site, run_id, rnd)
+            pending = PendingUpdate(rnd, weighted, WEIGHT, digest=digest)
             call("AdvertiseKeys", advertise_request(site, run_id, secagg, pending, {}))
             last = rnd
         elif kind == "secagg":

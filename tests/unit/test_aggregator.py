@@ -12,7 +12,9 @@ from common.config import load_profile, with_overrides
 from common.secagg import SecAggClient, SecAggError
 
 
-@pytest.mark.parametrize("attack", ["dropout-lie", "low-threshold", "key-substitution"])
+@pytest.mark.parametrize(
+    "attack", ["dropout-lie", "low-threshold", "key-substitution", "model-split"]
+)
 def test_every_attack_isolates_the_victim_at_a_trusting_site(attack):
     assert isolate(attack, "trusting").isolated
 
@@ -125,6 +127,7 @@ def test_the_threat_table_has_every_attack_against_every_kind_of_site():
         ("low-threshold", "trusting"),
         ("key-substitution", "honest"),
         ("key-substitution", "trusting"),
+        ("model-split", "trusting"),
     }
 
 
@@ -133,3 +136,46 @@ def test_an_unknown_attack_or_site_kind_is_refused():
         isolate("no-such-attack")
     with pytest.raises(ValueError, match="attack in"):
         isolate("dropout-lie", "gullible")
+
+
+@pytest.mark.parametrize("sites", ["honest", "pki"])
+def test_a_site_sent_another_round_refuses_and_its_masks_do_not_cancel(sites):
+    """model-split: the victim was sent another model than its peers. Its peers' confirmations
+    do not verify for it (it refuses to unmask: detected), and the peers, who each see t valid
+    confirmations, reveal; yet the sum the server unmasks is not the victim's update: the
+    victim's pairwise masks were bound to its round and do not cancel against its peers'."""
+    out = isolate("model-split", sites)
+    assert not out.isolated and out.detail == "the victim's masks did not cancel"
+    assert set(out.refused) == {"A"}
+    assert "1 of my neighbourhood confirmed" in out.refused["A"]
+
+
+def test_a_crafted_model_leaves_every_other_sites_update_zero():
+    """The premise of model-split, on the real U-Net and the real local training: under
+    dead_model a site's training moves nothing but the head's bias, while the same site trained
+    from the honest model moves every weight; so the sum of the peers' updates is zero there and
+    a server that split the round would read the victim's update off the sum."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from attacks.aggregator import dead_model
+    from common.model import build_model, get_params, set_params
+    from common.training.local import train_local
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 16, 16, generator=gen)
+    y = (torch.rand(8, 1, 16, 16, generator=gen) > 0.8).float()
+
+    def update(params):
+        model = build_model(base=4, norm="group", groups=2, seed=1)
+        set_params(model, params)
+        loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
+        train_local(model, loader, epochs=2, lr=1e-2, seed=0)
+        return {k: get_params(model)[k] - params[k] for k in params}
+
+    model = build_model(base=4, norm="group", groups=2, seed=1)
+    honest, crafted = update(get_params(model)), update(dead_model(model))
+    moved = sorted(k for k, d in crafted.items() if np.any(d != 0))
+    assert moved == ["head.bias"]
+    assert all(np.any(d != 0) for d in honest.values())

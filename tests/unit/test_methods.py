@@ -53,6 +53,14 @@ def test_the_strategy_emits_the_whole_fit_config(name):
     assert (
         conf["dp"] is (m.dp and not m.distributed_dp) and conf.get("ddp", False) is m.distributed_dp
     )
+    # every site of a round gets the same orders but its seed: secure aggregation binds the
+    # sites' masks to them (common.secagg.round_digest), the server sends one digest's round
+    everyone = strategy.configure_fit(1, list("ABCDE"))
+    common = {
+        s: {k: v for k, v in o.to_scalars().items() if k != "seed"} for s, o in everyone.items()
+    }
+    assert all(c == common["A"] for c in common.values()), common
+    assert len({o.seed for o in everyone.values()}) == 5
     norm_types = {type(mod).__name__ for mod in model_for(cfg, name).modules()}
     assert ("GroupNorm" in norm_types) == (m.norm == "group" or cfg.model.norm == "group")
     assert ("BatchNorm2d" in norm_types) == (m.norm_type(cfg.model.norm) == "batch")

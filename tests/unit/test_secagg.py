@@ -52,9 +52,11 @@ def _updates(sites, rng, clip=2.0, n=N):
     return q, exact, scale
 
 
-def run_round(vectors, t, k=None, rnd=1, drop=None, run_id=RUN):
-    """One in-process round; ``drop`` maps a stage name of STAGES to the sites that drop there."""
+def run_round(vectors, t, k=None, rnd=1, drop=None, run_id=RUN, context=None, server_context=b""):
+    """One in-process round; ``drop`` maps a stage name of STAGES to the sites that drop there;
+    ``context``: site -> the round it was sent (``mask_context``; default b"" for all)."""
     drop = {st: set(drop.get(st, ())) if drop else set() for st in STAGES}
+    context = context or {}
     sites = sorted(vectors)
     n = len(next(iter(vectors.values())))
     clients = {s: SecAggClient(s, run_id, rnd) for s in sites}
@@ -70,7 +72,7 @@ def run_round(vectors, t, k=None, rnd=1, drop=None, run_id=RUN):
     }
     h.routed = srv.route_shares(cts)
     h.masked = {
-        s: clients[s].masked_input(h.routed[s], vectors[s])
+        s: clients[s].masked_input(h.routed[s], vectors[s], context.get(s, b""))
         for s in h.routed
         if s not in drop["after_shares"]
     }
@@ -86,7 +88,7 @@ def run_round(vectors, t, k=None, rnd=1, drop=None, run_id=RUN):
         if s in drop["during_unmask"]:  # cut off mid-reply: a partial answer counts as a dropout
             reply = dict(list(reply.items())[:-1])
         h.shares[s] = reply
-    h.total = srv.unmask(h.shares)
+    h.total = srv.unmask(h.shares, server_context)
     return h
 
 
@@ -505,3 +507,42 @@ def test_unmask_reply_with_foreign_shares_counts_as_dropout():
     total = srv.unmask(replies)
     assert srv.dropouts["unmasking"] == ["D"] and srv.u5 == ["A", "B", "C", "E"]
     _check_sum(SimpleNamespace(total=total, surv=surv), q, exact, scale)
+
+
+def test_masks_are_bound_to_the_round_each_site_was_sent():
+    """Sites sent the same round (model, orders, scale: one mask_context) sum exactly, and the
+    server needs that context to remove the masks of a site that dropped; a site sent another
+    round refuses to unmask (its peers' confirmations do not verify) and, though its peers reveal,
+    its pairwise masks do not cancel: the sum is noise, not its update."""
+    rng = np.random.default_rng(5)
+    vectors = {s: rng.integers(0, 2**32, N, dtype=np.uint32) for s in "ABCDE"}
+    want = np.zeros(N, np.uint32)
+    for s in "BCDE":
+        want += vectors[s]
+    ctx = sa.mask_context(sa.round_digest({"w": np.ones(3, np.float32)}, {"lr": 0.1}), 1e4, 1.0)
+    same = dict.fromkeys("ABCDE", ctx)
+    h = run_round(vectors, 3, drop={"after_shares": {"A"}}, context=same, server_context=ctx)
+    assert np.array_equal(h.total, want)  # A dropped: its pair masks removed under ctx
+    h = run_round(vectors, 3, drop={"after_shares": {"A"}}, context=same)
+    assert not np.array_equal(h.total, want)  # the server must know the round it sent
+    other = sa.mask_context(sa.round_digest({"w": np.zeros(3, np.float32)}, {"lr": 0.1}), 1e4, 1.0)
+    with pytest.raises(SecAggError, match="1 of my neighbourhood confirmed"):
+        run_round(vectors, 3, context={**same, "A": other}, server_context=ctx)
+    h = run_round(
+        vectors, 3, drop={"after_confirm": {"A"}}, context={**same, "A": other}, server_context=ctx
+    )
+    assert not np.array_equal(h.total, want + vectors["A"])  # A's update is not in the clear
+    assert _chi2_bytes(h.total - want) < 400  # what is left is uniform: A's masks, not A's input
+
+
+def test_the_round_digest_covers_the_model_and_the_common_orders_but_not_the_seed():
+    w = {"a": np.arange(4, dtype=np.float32), "b": np.ones((2, 2), np.float32)}
+    orders = {"round": 1, "lr": 0.001, "local_epochs": 2, "seed": 7, "secagg": True}
+    d = sa.round_digest(w, orders)
+    assert sa.round_digest(w, {**orders, "seed": 8}) == d  # each site has its own seed
+    assert sa.round_digest({**w, "a": w["a"] + 1e-7}, orders) != d
+    assert sa.round_digest({**w, "a": w["a"].astype(np.float64)}, orders) != d
+    assert sa.round_digest({**w, "b": w["b"].reshape(4)}, orders) != d
+    assert sa.round_digest(w, {**orders, "lr": 0.002}) != d
+    assert sa.round_digest(w, {**orders, "local_epochs": 3}) != d
+    assert sa.mask_context(d, 1e4, 1.0) != sa.mask_context(d, 1e4 * (1 + 1e-15), 1.0)

@@ -40,8 +40,8 @@ def test_rows_read_their_release_and_the_lying_server_harness():
     assert ddp["black_box"] == "not run (-)" and ddp["epsilon"] == "not run"
     assert rows["no defence, FedAvg (the profile's leaky recipe)"]["black_box"] == "not run (-)"
     # the real harness: key substitution wins without TLS, nothing wins under mutual TLS
-    assert table["isolation"] == isolation_counts(5, 3) == {"honest": (1, 4), "pki": (0, 4)}
-    assert sa["isolation_no_tls"] == "1/4 attacks" and sa["isolation_mtls"] == "0/4 attacks"
+    assert table["isolation"] == isolation_counts(5, 3) == {"honest": (1, 5), "pki": (0, 5)}
+    assert sa["isolation_no_tls"] == "1/5 attacks" and sa["isolation_mtls"] == "0/5 attacks"
     assert none["isolation_no_tls"].startswith("always")
     assert "| no defence | groupnorm-pt |" in table["markdown"]
 
@@ -102,3 +102,4 @@ def test_views_hold_what_the_server_holds(tmp_path):
     d = views["no defence"]["dir"]
     sent, held = load_npz(d / "sent.npz"), load_npz(d / "held.npz")
     assert any(not np.array_equal(sent[k], held[k]) for k in held)
+
