@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 log = logging.getLogger(__name__)
 
-_LABEL = b"fedonco-secagg/v1"
+_LABEL = b"fedonco-secagg/v2"  # v2: masks and confirmations bound to the round (mask_context)
 PRIME = 2**521 - 1  # Mersenne prime > 2**256: every 32-byte secret is a field element
 SHARE_LEN = 2 + 66  # x (uint16) || y (521 bits), big-endian
 CT_LEN = 12 + 2 * SHARE_LEN + 16  # nonce || AES-GCM(b share || mask-key share) || tag = 164
