@@ -399,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         "threats",
         help="what each defence buys: black-box and white-box MIA, the server's view, a lying "
         "server (one table)",
-        description="Run the benchmark for the releases the table needs (groupnorm-pt, dpsgd-pt, "
-        "ddp-sgd-pt: no DP, per-site DP, distributed DP) with the white-box attacker on, then "
+        description="Run the benchmark for the releases the table needs (fedavg, groupnorm-pt, "
+        "dpsgd-pt, ddp-sgd-pt: no DP, per-site DP, distributed DP) with the white-box attacker "
+        "on, then "
         "write threats.md / threats.json in the run directory: per configuration (no defence, "
         "secure aggregation, per-site DP, distributed DP, both) the black-box and white-box AUC "
         "with CIs over the seeds, what the server holds, and how many lying-server attacks "
@@ -427,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--invert",
         action="store_true",
         help="with --report: first run the inversion of the server's view for seeds that lack it",
+    )
+    p.add_argument(
+        "--methods",
+        metavar="M1,M2",
+        help="only these of the table's releases (fedavg, groupnorm-pt, dpsgd-pt, ddp-sgd-pt; "
+        "default all): to spread a table's seeds or rows over runs that --report joins",
     )
     p.set_defaults(func=_threats)
 

@@ -54,3 +54,4 @@ class ThreatsOptions:
     report: list[str] | None = None
     table: str | None = None
     invert: bool = False
+    methods: str | None = None

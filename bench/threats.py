@@ -117,15 +117,21 @@ def _attack_names(results: dict[int, dict], method: str, key: str | None) -> str
 
 
 def _dice(results: dict[int, dict], method: str) -> str:
-    d = [
-        float(r["methods"][method]["dice"])
-        for r in results.values()
+    by_seed = {
+        seed: float(r["methods"][method]["dice"])
+        for seed, r in sorted(results.items())
         if method in r["methods"] and r["methods"][method].get("dice") is not None
-    ]
-    if not d:
+    }
+    if not by_seed:
         return "not run"
+    d = list(by_seed.values())
     sd = f" ± {np.std(d, ddof=1):.3f}" if len(d) > 1 else ""
-    return f"{np.mean(d):.3f}{sd} ({', '.join(f'{x:.3f}' for x in d)})"
+    only = (
+        f"; seed{'s' * (len(d) > 1)} {', '.join(map(str, by_seed))} only"
+        if len(by_seed) < len(results)
+        else ""
+    )
+    return f"{np.mean(d):.3f}{sd} ({', '.join(f'{x:.3f}' for x in d)}{only})"
 
 
 def _epsilon(results: dict[int, dict], method: str) -> str:
@@ -281,8 +287,15 @@ def run_threats_cmd(args) -> int:
         out = Path(args.table) if args.table else runs[0]
         print(write_threats(runs, cfg, out), end="")
         return 0
+    methods = list(METHODS)
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods or set(methods) - set(METHODS) or len(set(methods)) != len(methods):
+            raise ValueError(
+                f"--methods {args.methods!r}: give distinct ones of {', '.join(METHODS)}"
+            )
     cfg = resolve_config(args.config, None, args.seed)
-    cfg = with_overrides(cfg, **{"fl.methods": list(METHODS), "mia.whitebox": True})
+    cfg = with_overrides(cfg, **{"fl.methods": methods, "mia.whitebox": True})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / f"threats-{cfg.profile}-seed{cfg.seed}.json"

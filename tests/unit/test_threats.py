@@ -103,3 +103,19 @@ def test_views_hold_what_the_server_holds(tmp_path):
     sent, held = load_npz(d / "sent.npz"), load_npz(d / "held.npz")
     assert any(not np.array_equal(sent[k], held[k]) for k in held)
 
+
+def test_methods_must_be_the_tables_own(capsys):
+    from bench import cli
+
+    for bad in ("fedprox", "fedavg,fedavg", ","):
+        assert cli.main(["threats", "--methods", bad]) == 2
+        assert "--methods" in capsys.readouterr().err
+
+
+def test_a_release_measured_on_fewer_seeds_says_which():
+    from bench.threats import _dice
+
+    results = {42: {"methods": {"fedavg": {"dice": 0.5}}}, 43: {"methods": {}}}
+    assert _dice(results, "fedavg") == "0.500 (0.500; seed 42 only)"
+    assert _dice(results, "dpsgd-pt") == "not run"
+
