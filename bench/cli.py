@@ -114,6 +114,13 @@ def _attack_inversion(args) -> int:
     return run_inversion_cmd(_typed(InversionOptions, args))
 
 
+def _study(args) -> int:
+    from bench.options import StudyOptions
+    from bench.study import run_study_cmd
+
+    return run_study_cmd(_typed(StudyOptions, args))
+
+
 def _threats(args) -> int:
     from bench.options import ThreatsOptions
     from bench.threats import run_threats_cmd
@@ -411,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default="configs/standard.toml", help="profile (default %(default)s)"
     )
     p.add_argument("--seed", type=int, help="first seed (default: the profile's)")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    p.add_argument("--seeds", type=count, default=1, help="number of seeds (default 1)")
     p.add_argument("--out", default="runs/threats", help="where the run goes (default %(default)s)")
     p.add_argument(
         "--report",
@@ -436,6 +443,35 @@ def build_parser() -> argparse.ArgumentParser:
         "default all): to spread a table's seeds or rows over runs that --report joins",
     )
     p.set_defaults(func=_threats)
+
+    p = sub.add_parser(
+        "study",
+        help="the paper's experiments and open questions: heterogeneity, participation, dp-grid",
+        description="Run a study: a few arms (config overrides) x the methods its question "
+        "compares x seeds, each arm an ordinary benchmark run in <out>/<study>-<profile>-seed<N>/"
+        "<arm>/; then study.json, study.md (a table, verdict lines: paired differences with 95% "
+        "CIs over the seeds, 'not distinguishable' when they contain 0) and plots/ (training "
+        "curves, Dice against the strongest attack's AUC, per-site Dice). heterogeneity: FedAvg, "
+        "FedProx, FedBN with and without the paper's stressed sites (no audit). participation: "
+        "FedAvg and DP-SGD at 100/80/60% of the sites per round. dp-grid: DP-SGD over sigma at "
+        "C = 1 and over C at sigma = 1.2. Each cell is a full federation: a study of the standard "
+        "profile takes hours on 2 cores; --config configs/quick.toml for a first look "
+        "(bench/study.py).",
+    )
+    p.add_argument("name", nargs="?", help="heterogeneity, participation or dp-grid")
+    p.add_argument(
+        "--config", default="configs/standard.toml", help="profile (default %(default)s)"
+    )
+    p.add_argument("--seed", type=int, help="first seed (default: the profile's)")
+    p.add_argument("--seeds", type=count, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--out", default="runs/studies", help="where it goes (default %(default)s)")
+    p.add_argument(
+        "--engine", default="local", choices=("local", "ray"), help="where the cells run"
+    )
+    p.add_argument(
+        "--report", metavar="DIR", help="only write the report again from DIR/study.json"
+    )
+    p.set_defaults(func=_study)
 
     p = sub.add_parser(
         "bench",

@@ -55,3 +55,14 @@ class ThreatsOptions:
     table: str | None = None
     invert: bool = False
     methods: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    name: str | None = None
+    config: str = "configs/standard.toml"
+    seed: int | None = None
+    seeds: int = 3
+    out: str = "runs/studies"
+    engine: str = "local"
+    report: str | None = None

@@ -51,6 +51,7 @@ COMMANDS = {
     ): ("attacks.cli", "run_whitebox_cmd"),
     ("bench",): ("bench.run", "run_bench"),
     ("threats",): ("bench.threats", "run_threats_cmd"),
+    ("study", "heterogeneity"): ("bench.study", "run_study_cmd"),
     ("attack-inversion", "--view", "v", "--config", "c", "--out", "o"): (
         "attacks.cli",
         "run_inversion_cmd",

@@ -1,0 +1,468 @@
+"""The paper's experiments and open questions as one-command studies (issue 30).
+
+    fedonco study heterogeneity --config configs/standard.toml --seeds 3 --out runs/studies
+    fedonco study --report runs/studies/heterogeneity-standard-seed42   (the report again)
+
+A study is a few *arms* (config overrides: the paper's stressed sites, a fraction of sites per
+round, a DP-SGD noise multiplier or clipping norm) × the methods its question compares × seeds.
+Each arm is one ordinary ``fedonco bench`` run (``bench.run.run_bench``: the real server, site
+processes, the audit where the question needs leakage), in ``<study dir>/<arm>/``, on the local
+engine or Ray (``--engine``). ``study.json`` keeps what the report needs from every arm's
+results (Dice, per-site Dice, the strongest attack's AUC and CI, ε, the test-Dice curve per
+round) so ``study.md``, its plots and its verdicts regenerate from that one file.
+
+Verdicts compare arms or methods paired by seed (same data, same initial weights): the mean
+difference with a 95% t-interval over the seeds; "not distinguishable" when it contains 0 (and
+with one seed, which gives no interval). Studies:
+
+- ``heterogeneity`` (experiment 3): FedAvg, FedProx, FedBN with the profile's sites and with the
+  paper's stress (site A 90% large tumours, site B 90% small: ``data.stress = "paper"``); Dice
+  and per-site Dice, no audit (the question is utility).
+- ``participation`` (open question 4): FedAvg and DP-SGD at 100%, 80% and 60% of the five sites
+  per round (``fl.fraction_fit``; 60% = 3 sites, the fewest secure aggregation at t = 3 admits),
+  with the audit: Dice, per-site spread, leakage, and DP-SGD's ε (each site's own accountant
+  counts only the rounds it trained in).
+- ``dp-grid`` (open question 1 / experiment 2): the paper's DP-SGD at σ ∈ {0.5, 1, 1.2, 1.5, 2}
+  with C = 1 and at C ∈ {0.1, 0.5, 1, 5} with σ = 1.2, with the audit: Dice against the
+  strongest attack's AUC and against ε, and the operating point the benchmark recommends (the
+  highest Dice among the cells whose every seed's AUC CI contains 0.5: no measured leakage;
+  chosen on the test split, so it is a reading of this run, not a tuned setting).
+
+The volumetric question (open question 3: a 3D U-Net on synthetic volumes) needs a 3D generator
+and model the project does not have; it is not a study yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # a directory name
+    label: str  # what the report calls it
+    overrides: dict = field(default_factory=dict)  # common.config.with_overrides keys
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    methods: tuple[str, ...]
+    arms: tuple[Arm, ...]
+    audit: bool  # whether the question needs leakage (the audit is most of a cell's time)
+
+
+STUDIES = {
+    s.name: s
+    for s in (
+        Study(
+            "heterogeneity",
+            "Experiment 3: under heterogeneity stress (site A 90% large tumours, site B 90% "
+            "small), do FedProx and FedBN beat FedAvg, overall and at the stressed sites?",
+            ("fedavg", "fedprox", "fedbn"),
+            (
+                Arm("profile", "the profile's sites", {"data.stress": "none"}),
+                Arm("stress", "paper stress (A large, B small)", {"data.stress": "paper"}),
+            ),
+            audit=False,
+        ),
+        Study(
+            "participation",
+            "Open question 4: what do 80% and 60% of the sites per round cost in Dice, per-site "
+            "spread and leakage, and what do they do to DP-SGD's ε?",
+            ("fedavg", "dpsgd"),
+            (
+                Arm("all", "100% (5 of 5 sites per round)", {"fl.fraction_fit": 1.0}),
+                Arm("frac80", "80% (4 of 5)", {"fl.fraction_fit": 0.8}),
+                Arm("frac60", "60% (3 of 5)", {"fl.fraction_fit": 0.6}),
+            ),
+            audit=True,
+        ),
+        Study(
+            "dp-grid",
+            "Open question 1 / experiment 2: DP-SGD's noise multiplier σ and clipping norm C "
+            "against Dice, the strongest attack's AUC and ε.",
+            ("dpsgd",),
+            tuple(
+                Arm(f"sigma{s:g}", f"σ = {s:g}, C = 1", {"dp.noise_multiplier": s})
+                for s in (0.5, 1.0, 1.2, 1.5, 2.0)
+            )
+            + tuple(
+                Arm(f"clip{c:g}", f"σ = 1.2, C = {c:g}", {"dp.max_grad_norm": c})
+                for c in (0.1, 0.5, 5.0)
+            ),
+            audit=True,
+        ),
+    )
+}
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def arm_config(study: Study, arm: Arm, config: str, seed: int | None):
+    """The resolved config of one arm: the profile, the study's methods, the arm's overrides."""
+    from common.config import resolve_config, with_overrides
+
+    cfg = resolve_config(config, None, seed)
+    return with_overrides(
+        cfg, **{"fl.methods": list(study.methods), "mia.enabled": study.audit, **arm.overrides}
+    )
+
+
+def run_study_cmd(args) -> int:
+    """``fedonco study NAME``: every arm as a benchmark run, then study.json/md and plots;
+    ``--report DIR``: the report again from DIR/study.json."""
+    if args.report:
+        out = Path(args.report)
+        summary = json.loads((out / "study.json").read_text())
+        print(write_report(summary, out), end="")
+        return 0
+    if args.name not in STUDIES:
+        given = f"study {args.name!r}" if args.name else "no study named"
+        raise ValueError(f"{given}: name one of {', '.join(STUDIES)} (or --report DIR)")
+    from bench.options import BenchOptions
+    from bench.run import run_bench
+
+    study = STUDIES[args.name]
+    first = arm_config(study, study.arms[0], args.config, args.seed)
+    out = Path(args.out) / f"{study.name}-{first.profile}-seed{first.seed}"
+    if (out / "study.json").exists():
+        raise ValueError(f"{out} already holds a study; --out elsewhere, or remove it")
+    rc = 0
+    for i, arm in enumerate(study.arms, 1):
+        log.info("study %s: arm %d/%d: %s", study.name, i, len(study.arms), arm.label)
+        cfg = arm_config(study, arm, args.config, args.seed)
+        adir = out / arm.name
+        adir.mkdir(parents=True, exist_ok=True)
+        path = adir / "config.json"
+        path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
+        opts = BenchOptions(
+            config=str(path), seeds=args.seeds, out=str(adir), engine=args.engine, device=None
+        )
+        rc = max(rc, run_bench(opts))
+    summary = collect(study, out)
+    (out / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(write_report(summary, out), end="")
+    print(f"\nthe study: {out / 'study.md'} (and study.json, plots/)")
+    return rc
+
+
+def _run_dir(arm_dir: Path) -> Path:
+    runs = sorted(p for p in arm_dir.iterdir() if p.is_dir())
+    if len(runs) != 1:
+        raise ValueError(f"{arm_dir}: expected one benchmark run, found {len(runs)}")
+    return runs[0]
+
+
+def _curve(run: Path, seed: int, method: str, one_seed: bool) -> list[float]:
+    base = run if one_seed else run / f"seed{seed}"
+    path = base / method / "history.json"
+    if not path.is_file():
+        return []
+    return [float(r["eval"]["overall"].get("dice") or 0.0) for r in json.loads(path.read_text())]
+
+
+def cell_of(entry: dict) -> dict:
+    """What the study keeps of one method's results.json entry."""
+    mia = entry.get("mia") or {}
+    return {
+        "dice": entry.get("dice"),
+        "dice_per_site": entry.get("dice_per_site"),
+        "epsilon": entry.get("epsilon"),
+        "auc": mia.get("auc"),
+        "auc_ci95": mia.get("auc_ci95"),
+        "tpr_at_1pct_fpr": mia.get("tpr_at_1pct_fpr"),
+        "attack": mia.get("attack"),
+    }
+
+
+def collect(study: Study, out: Path) -> dict:
+    """study.json: per arm, seed and method, what the report needs (from each arm's run)."""
+    from bench.results_doc import load_run
+
+    arms = {}
+    for arm in study.arms:
+        run_dir = _run_dir(out / arm.name)
+        run = load_run(run_dir)
+        one = len(run.results) == 1 and (run_dir / "results.json").is_file()
+        seeds = {}
+        for seed, res in sorted(run.results.items()):
+            seeds[str(seed)] = {
+                m: {**cell_of(e), "curve": _curve(run_dir, seed, m, one)}
+                for m, e in res["methods"].items()
+            }
+            sites = res.get("sites")
+        arms[arm.name] = {
+            "label": arm.label,
+            "overrides": arm.overrides,
+            "wall_s": sum(float(r.get("wall_s") or 0.0) for r in run.results.values()),
+            "seeds": seeds,
+        }
+    return {
+        "study": study.name,
+        "question": study.question,
+        "methods": list(study.methods),
+        "sites": sites,
+        "arms": arms,
+    }
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float | None]:
+    """Mean of a - b (paired by seed) and the half-width of its 95% t-interval (None: 1 seed)."""
+    from scipy.stats import t
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if d.size < 2:
+        return float(d.mean()), None
+    return float(d.mean()), float(t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+
+
+def compare(a: list[float], b: list[float], what: str, than: str, unit: str = "") -> str:
+    """One verdict line: 'what' is higher / lower than 'than' by ..., or not distinguishable."""
+    mean, half = paired(a, b)
+    if half is None:
+        return f"{what} vs {than}: {mean:+.3f}{unit} (one seed: not distinguishable, no interval)"
+    sure = abs(mean) > half
+    word = ("higher" if mean > 0 else "lower") if sure else "not distinguishable"
+    return (
+        f"{what} vs {than}: {mean:+.3f}{unit} ± {half:.3f} (95% CI over {len(a)} seeds, paired): "
+        f"{word}"
+    )
+
+
+def _values(summary: dict, arm: str, method: str, key: str) -> list[float]:
+    out = []
+    for cells in summary["arms"][arm]["seeds"].values():
+        v = (cells.get(method) or {}).get(key)
+        out.append(float("nan") if v is None else float(v))
+    return out
+
+
+def _sd(v: list[float]) -> float:
+    v = [x for x in v if not math.isnan(x)]
+    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def _mean_sd(v: list[float]) -> str:
+    v = [x for x in v if not math.isnan(x)]
+    if not v:
+        return "–"
+    sd = f" ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else ""
+    return f"{np.mean(v):.3f}{sd}"
+
+
+# -- verdicts -------------------------------------------------------------------------------------
+
+
+def verdicts(summary: dict) -> list[str]:
+    name, arms, methods = summary["study"], list(summary["arms"]), summary["methods"]
+    lines = []
+    if name == "heterogeneity":
+        for arm in arms:
+            for m in methods[1:]:
+                lines.append(
+                    f"{summary['arms'][arm]['label']}: "
+                    + compare(
+                        _values(summary, arm, m, "dice"),
+                        _values(summary, arm, methods[0], "dice"),
+                        f"{m} Dice",
+                        methods[0],
+                    )
+                )
+        stressed = arms[-1]
+        for m in methods:
+            lines.append(
+                "stress vs profile: "
+                + compare(
+                    _values(summary, stressed, m, "dice"),
+                    _values(summary, arms[0], m, "dice"),
+                    f"{m} Dice",
+                    "the profile's sites",
+                )
+            )
+        for m in methods[1:]:
+            lines.append(f"{summary['arms'][stressed]['label']}: {_per_site(summary, stressed, m)}")
+    else:
+        ref = arms[0]
+        for arm in arms[1:]:
+            for m in methods:
+                for key, what in (("dice", "Dice"), ("auc", "strongest-attack AUC")):
+                    if all(math.isnan(x) for x in _values(summary, arm, m, key)):
+                        continue
+                    lines.append(
+                        f"{summary['arms'][arm]['label']}: "
+                        + compare(
+                            _values(summary, arm, m, key),
+                            _values(summary, ref, m, key),
+                            f"{m} {what}",
+                            summary["arms"][ref]["label"],
+                        )
+                    )
+        if name == "dp-grid":
+            lines.append(operating_point(summary))
+    return lines
+
+
+def _per_site(summary: dict, arm: str, method: str) -> str:
+    """On how many sites ``method``'s per-site Dice (mean over seeds) beats the first method's."""
+    base = summary["methods"][0]
+    cells = summary["arms"][arm]["seeds"].values()
+    mine = np.nanmean([c[method]["dice_per_site"] for c in cells], axis=0)
+    theirs = np.nanmean([c[base]["dice_per_site"] for c in cells], axis=0)
+    sites = summary.get("sites") or [str(i) for i in range(len(mine))]
+    above = [s for s, a, b in zip(sites, mine, theirs, strict=True) if a > b]
+    return (
+        f"{method} above {base} on {len(above)} of {len(sites)} sites' mean Dice "
+        f"({', '.join(above) or 'none'})"
+    )
+
+
+def operating_point(summary: dict) -> str:
+    """The highest mean Dice among the cells none of whose seeds' AUC CI excludes 0.5."""
+    best = None
+    for a in summary["arms"].values():
+        for m in summary["methods"]:
+            cells = [c.get(m) or {} for c in a["seeds"].values()]
+            cis = [c.get("auc_ci95") for c in cells]
+            if not cis or any(ci is None or ci[0] > 0.5 for ci in cis):
+                continue
+            dice = float(np.mean([c["dice"] for c in cells]))
+            if best is None or dice > best[0]:
+                best = (dice, a["label"], m, max(c.get("epsilon") or math.inf for c in cells))
+    if best is None:
+        return "operating point: every cell leaks measurably in some seed (AUC CI above 0.5)"
+    return (
+        f"operating point: {best[1]} ({best[2]}): Dice {best[0]:.3f}, ε {best[3]:.2f}, no "
+        "seed's AUC CI above 0.5 (read on the test split: a reading, not a tuned setting)"
+    )
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def write_report(summary: dict, out: Path) -> str:
+    """study.md and plots/ in ``out``; returns the markdown."""
+    arms, methods = summary["arms"], summary["methods"]
+    n_seeds = max(len(a["seeds"]) for a in arms.values())
+    lines = [
+        f"# Study: {summary['study']}",
+        "",
+        summary["question"],
+        "",
+        f"Seeds per arm: {n_seeds}. Mean ± sd over the seeds; wall time per arm as the runs "
+        "recorded it.",
+        "",
+        "| arm | method | Dice | ε | strongest-attack AUC | TPR@1%FPR | wall (min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, a in arms.items():
+        for m in methods:
+            eps = [
+                (c.get(m) or {}).get("epsilon")
+                for c in a["seeds"].values()
+                if (c.get(m) or {}).get("epsilon") is not None
+            ]
+            cells = [
+                a["label"],
+                m,
+                _mean_sd(_values(summary, key, m, "dice")),
+                f"{max(eps):.2f}" if eps else "–",
+                _mean_sd(_values(summary, key, m, "auc")),
+                _mean_sd(_values(summary, key, m, "tpr_at_1pct_fpr")),
+                f"{a['wall_s'] / 60:.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(summary)]
+    lines += [
+        "",
+        "![test Dice per round](plots/curves.png)",
+        "",
+        "![Dice against the strongest attack](plots/dice_vs_auc.png)",
+        "",
+        "![per-site Dice](plots/dice_per_site.png)",
+        "",
+    ]
+    text = "\n".join(lines)
+    (out / "study.md").write_text(text)
+    plot(summary, out / "plots")
+    return text
+
+
+def plot(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    arms, methods = summary["arms"], summary["methods"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for a in arms.values():
+        for m in methods:
+            curves = [c[m]["curve"] for c in a["seeds"].values() if (c.get(m) or {}).get("curve")]
+            if not curves:
+                continue
+            n = min(map(len, curves))
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            ax.plot(range(1, n + 1), mean, marker=".", label=f"{m}, {a['label']}")
+    ax.set(xlabel="round", ylabel="test Dice (mean over seeds)", title="training curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, a in arms.items():
+        for m in methods:
+            d, auc = _values(summary, key, m, "dice"), _values(summary, key, m, "auc")
+            if all(math.isnan(x) for x in auc):
+                continue
+            ax.errorbar(
+                np.nanmean(auc),
+                np.nanmean(d),
+                xerr=_sd(auc),
+                yerr=_sd(d),
+                marker="o",
+                capsize=3,
+                label=f"{m}, {a['label']}",
+            )
+    ax.axvline(0.5, color="gray", ls="--", lw=0.8)
+    ax.set(xlabel="strongest-attack AUC", ylabel="Dice", title="utility against leakage")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "dice_vs_auc.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = [
+        (f"{m}, {a['label']}", np.nanmean([c[m]["dice_per_site"] for c in a["seeds"].values()], 0))
+        for a in arms.values()
+        for m in methods
+    ]
+    sites = summary.get("sites") or [str(i) for i in range(len(bars[0][1]))]
+    w = 0.8 / len(bars)
+    x = np.arange(len(sites))
+    for i, (label, v) in enumerate(bars):
+        ax.bar(x + i * w, v, w, label=label)
+    ax.set_xticks(x + w * (len(bars) - 1) / 2, [f"site {s}" for s in sites])
+    ax.set(ylabel="Dice (mean over seeds)", title="final test Dice per site", ylim=(0, 1))
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "dice_per_site.png", dpi=110)
+    plt.close(fig)

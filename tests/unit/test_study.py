@@ -1,0 +1,117 @@
+"""fedonco study (bench/study.py): the arms run as benchmark runs with their overrides, study.json
+keeps what the report needs, and the verdicts follow paired 95% intervals over the seeds."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+from bench.study import STUDIES, collect, compare, operating_point, paired, verdicts, write_report
+
+SITES = ["A", "B", "C", "D", "E"]
+
+
+def _write_run(arm_dir, methods: dict[str, list[float]], seeds=(1, 2, 3), auc=None, eps=None):
+    """A benchmark run's layout as run_bench writes it: seed<N>/results.json and each method's
+    history.json (``methods``: method -> its Dice per seed)."""
+    run = arm_dir / "smoke-seeds1-3-20260101-000000"
+    for i, seed in enumerate(seeds):
+        entries = {}
+        for m, dice in methods.items():
+            d = dice[i]
+            (run / f"seed{seed}" / m).mkdir(parents=True)
+            hist = [{"round": r, "eval": {"overall": {"dice": d * r / 2}}} for r in (1, 2)]
+            (run / f"seed{seed}" / m / "history.json").write_text(json.dumps(hist))
+            mia = (
+                {"auc": auc[m][i], "auc_ci95": [auc[m][i] - 0.05, auc[m][i] + 0.05]} if auc else {}
+            )
+            entries[m] = {
+                "dice": d,
+                "dice_per_site": [d + 0.01 * k for k in range(5)],
+                "epsilon": (eps or {}).get(m),
+                "mia": mia,
+            }
+        (run / f"seed{seed}" / "results.json").write_text(
+            json.dumps({"seed": seed, "sites": SITES, "methods": entries, "wall_s": 60.0})
+        )
+
+
+def test_paired_intervals_and_their_words():
+    mean, half = paired([0.6, 0.62, 0.61], [0.5, 0.51, 0.5])
+    assert mean == pytest.approx(0.1067, abs=1e-4) and 0 < half < mean
+    assert compare([0.6, 0.62, 0.61], [0.5, 0.51, 0.5], "x", "y").endswith(": higher")
+    assert compare([0.5, 0.51, 0.5], [0.6, 0.62, 0.61], "x", "y").endswith(": lower")
+    assert compare([0.6, 0.4, 0.5], [0.5, 0.5, 0.5], "x", "y").endswith("not distinguishable")
+    assert "one seed" in compare([0.6], [0.5], "x", "y")
+
+
+def test_a_study_regenerates_from_its_json_with_the_effect_it_holds(tmp_path):
+    study = STUDIES["heterogeneity"]
+    _write_run(
+        tmp_path / "profile",
+        {"fedavg": [0.5, 0.52, 0.51], "fedprox": [0.5, 0.53, 0.5], "fedbn": [0.6, 0.63, 0.61]},
+    )
+    _write_run(
+        tmp_path / "stress",
+        {"fedavg": [0.4, 0.42, 0.41], "fedprox": [0.4, 0.41, 0.43], "fedbn": [0.3, 0.61, 0.45]},
+    )
+    summary = collect(study, tmp_path)
+    assert summary["sites"] == SITES and list(summary["arms"]) == ["profile", "stress"]
+    cell = summary["arms"]["profile"]["seeds"]["2"]["fedbn"]
+    assert cell["dice"] == 0.63 and cell["curve"] == pytest.approx([0.315, 0.63])
+    lines = verdicts(summary)
+    assert "the profile's sites: fedbn Dice vs fedavg: +0.103" in lines[1]
+    assert lines[1].endswith("higher")
+    assert any(v.startswith("stress vs profile: fedavg") and v.endswith("lower") for v in lines)
+    assert any("fedbn Dice vs fedavg" in v and "not distinguishable" in v for v in lines[2:4])
+    text = write_report(json.loads(json.dumps(summary)), tmp_path)
+    assert (tmp_path / "study.md").read_text() == text
+    assert "| paper stress (A large, B small) | fedbn | 0.453 ± 0.155 | – | – | – | 3.0 |" in text
+    for png in ("curves.png", "dice_vs_auc.png", "dice_per_site.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
+    (tmp_path / "study.json").write_text(json.dumps(summary))
+    assert cli.main(["study", "--report", str(tmp_path)]) == 0
+    assert (tmp_path / "study.md").read_text() == text
+
+
+def test_the_operating_point_is_the_best_cell_without_measured_leakage(tmp_path):
+    study = STUDIES["dp-grid"]
+    for arm in study.arms:
+        leaky = arm.name == "sigma0.5"  # the best Dice, but one seed's CI lies above 0.5
+        dice = {"sigma0.5": 0.7, "sigma1": 0.6, "clip5": 0.65}.get(arm.name, 0.4)
+        auc = [0.6, 0.5, 0.5] if leaky else [0.52, 0.5, 0.49]
+        _write_run(
+            tmp_path / arm.name, {"dpsgd": [dice] * 3}, auc={"dpsgd": auc}, eps={"dpsgd": 3.0}
+        )
+    line = operating_point(collect(study, tmp_path))
+    assert line.startswith("operating point: σ = 1.2, C = 5 (dpsgd): Dice 0.650, ε 3.00")
+
+
+def test_each_arm_is_a_benchmark_run_with_its_overrides(tmp_path, monkeypatch):
+    import bench.run
+
+    seen = []
+
+    def fake_run_bench(opts):  # records what the study asks for, writes a run's layout
+        cfg = json.loads(Path(opts.config).read_text())
+        seen.append(
+            (cfg["fl"]["fraction_fit"], cfg["fl"]["methods"], cfg["mia"]["enabled"], opts.seeds)
+        )
+        _write_run(Path(opts.out), {m: [0.5, 0.5] for m in cfg["fl"]["methods"]}, seeds=(7, 8))
+        return 0
+
+    monkeypatch.setattr(bench.run, "run_bench", fake_run_bench)
+    args = ["study", "participation", "--config", "configs/smoke.toml", "--seeds", "2"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    assert seen == [(f, ["fedavg", "dpsgd"], True, 2) for f in (1.0, 0.8, 0.6)]
+    out = tmp_path / "participation-smoke-seed7"
+    assert json.loads((out / "study.json").read_text())["arms"]["frac60"]["label"] == "60% (3 of 5)"
+    assert cli.main([*args, "--out", str(tmp_path)]) == 2  # already holds a study: refused
+
+
+def test_a_study_needs_a_known_name(capsys):
+    assert cli.main(["study"]) == 2
+    assert "no study named" in capsys.readouterr().err
+    assert cli.main(["study", "volumetric"]) == 2
+    assert "heterogeneity, participation, dp-grid" in capsys.readouterr().err
