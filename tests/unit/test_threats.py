@@ -119,3 +119,18 @@ def test_a_release_measured_on_fewer_seeds_says_which():
     assert _dice(results, "fedavg") == "0.500 (0.500; seed 42 only)"
     assert _dice(results, "dpsgd-pt") == "not run"
 
+
+def test_the_committed_table_is_what_the_command_writes(tmp_path):
+    """docs/runs/threats/threats.md (docs/threat-model.md links it) comes from the committed
+    results of the standard profile's three seeds by `fedonco threats --report ... --table ...`,
+    never typed."""
+    from pathlib import Path
+
+    from bench import cli
+    from bench.threats import seed_dirs
+
+    root = Path(__file__).resolve().parents[2] / "docs" / "runs" / "threats"
+    run = root / "standard-pt"
+    assert sorted(seed_dirs(run)) == [42, 43, 44]
+    assert cli.main(["threats", "--report", str(run), "--table", str(tmp_path)]) == 0
+    assert (tmp_path / "threats.md").read_text() == (root / "threats.md").read_text()
