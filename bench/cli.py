@@ -437,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --report: first run the inversion of the server's view for seeds that lack it",
     )
     p.add_argument(
+        "--no-invert",
+        dest="no_invert",
+        action="store_true",
+        help="skip the inversion of the server's view (it does not depend on the releases: a run "
+        "of further rows can take it from another run that --report joins)",
+    )
+    p.add_argument(
         "--methods",
         metavar="M1,M2",
         help="only these of the table's releases (fedavg, groupnorm-pt, dpsgd-pt, ddp-sgd-pt; "

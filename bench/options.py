@@ -54,6 +54,7 @@ class ThreatsOptions:
     report: list[str] | None = None
     table: str | None = None
     invert: bool = False
+    no_invert: bool = False
     methods: str | None = None
 
 

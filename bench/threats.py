@@ -305,7 +305,8 @@ def run_threats_cmd(args) -> int:
     runs = [p for p in out.iterdir() if p.is_dir() and p not in before]
     if len(runs) != 1:
         raise RuntimeError(f"expected one new run directory in {out}, found {len(runs)}")
-    invert_missing(runs, cfg)
+    if not args.no_invert:
+        invert_missing(runs, cfg)
     print(write_threats(runs, cfg, runs[0]), end="")
     print(f"\nthe table: {runs[0] / 'threats.md'} (and threats.json)")
     return rc

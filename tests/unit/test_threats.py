@@ -134,3 +134,33 @@ def test_the_committed_table_is_what_the_command_writes(tmp_path):
     assert sorted(seed_dirs(run)) == [42, 43, 44]
     assert cli.main(["threats", "--report", str(run), "--table", str(tmp_path)]) == 0
     assert (tmp_path / "threats.md").read_text() == (root / "threats.md").read_text()
+
+
+def test_no_invert_skips_the_inversion_and_still_writes_the_table(tmp_path, monkeypatch):
+    """A run of further rows (--methods fedavg --no-invert) trains only its releases; the
+    inversion, which does not depend on them, comes from the run --report joins it with."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import bench.run
+    import bench.threats as threats
+    from bench import cli
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "runs" / "threats" / "standard-pt"
+    calls = {"bench": [], "invert": []}
+
+    def fake_bench(opts):  # the committed run stands in for a finished benchmark
+        calls["bench"].append(json.loads(Path(opts.config).read_text())["fl"]["methods"])
+        shutil.copytree(committed / "seed42", Path(opts.out) / "run" / "seed42")
+        return 0
+
+    monkeypatch.setattr(bench.run, "run_bench", fake_bench)
+    monkeypatch.setattr(threats, "invert_missing", lambda runs, cfg: calls["invert"].append(runs))
+    for flags, inverted in (([], 1), (["--no-invert"], 1)):  # calls so far
+        out = tmp_path / str(len(flags))
+        argv = ["threats", "--methods", "fedavg", "--out", str(out), *flags]
+        assert cli.main(argv) == 0
+        assert (out / "run" / "threats.md").is_file()
+        assert len(calls["invert"]) == inverted
+    assert calls["bench"] == [["fedavg"], ["fedavg"]]
