@@ -122,7 +122,8 @@ def test_a_release_measured_on_fewer_seeds_says_which():
 
 def test_the_committed_table_is_what_the_command_writes(tmp_path):
     """docs/runs/threats/threats.md (docs/threat-model.md links it) comes from the committed
-    results of the standard profile's three seeds by `fedonco threats --report ... --table ...`,
+    results of the standard profile's three seeds (two runs: the -pt releases, FedAvg) by
+    `fedonco threats --report ... --table ...`,
     never typed."""
     from pathlib import Path
 
@@ -130,9 +131,11 @@ def test_the_committed_table_is_what_the_command_writes(tmp_path):
     from bench.threats import seed_dirs
 
     root = Path(__file__).resolve().parents[2] / "docs" / "runs" / "threats"
-    run = root / "standard-pt"
-    assert sorted(seed_dirs(run)) == [42, 43, 44]
-    assert cli.main(["threats", "--report", str(run), "--table", str(tmp_path)]) == 0
+    runs = [root / "standard-pt", root / "standard-fedavg"]  # the -pt rows, the FedAvg row
+    assert all(sorted(seed_dirs(run)) == [42, 43, 44] for run in runs)
+    argv = ["threats", "--report", *map(str, runs), "--table", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert "not run" not in (tmp_path / "threats.md").read_text()
     assert (tmp_path / "threats.md").read_text() == (root / "threats.md").read_text()
 
 
