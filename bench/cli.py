@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "study",
-        help="the paper's experiments and open questions: heterogeneity, participation, dp-grid",
+        help="the paper's experiments and open questions: heterogeneity, participation, dp-grid, "
+        "volumetric",
         description="Run a study: a few arms (config overrides) x the methods its question "
         "compares x seeds, each arm an ordinary benchmark run in <out>/<study>-<profile>-seed<N>/"
         "<arm>/; then study.json, study.md (a table, verdict lines: paired differences with 95% "
@@ -461,13 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
         "curves, Dice against the strongest attack's AUC, per-site Dice). heterogeneity: FedAvg, "
         "FedProx, FedBN with and without the paper's stressed sites (no audit). participation: "
         "FedAvg and DP-SGD at 100/80/60% of the sites per round. dp-grid: DP-SGD over sigma at "
-        "C = 1 and over C at sigma = 1.2. Each cell is a full federation: a study of the standard "
-        "profile takes hours on 2 cores; --config configs/quick.toml for a first look "
+        "C = 1 and over C at sigma = 1.2. volumetric: a 3D U-Net on synthetic volumes against "
+        "the 2D U-Net on the same patients' slices, Dice and patient-level leakage (in-process "
+        "federations, bench/volumetric.py). Each cell is a full federation: a study of the "
+        "standard profile takes hours on 2 cores; --config configs/quick.toml for a first look "
         "(bench/study.py).",
     )
-    p.add_argument("name", nargs="?", help="heterogeneity, participation or dp-grid")
+    p.add_argument("name", nargs="?", help="heterogeneity, participation, dp-grid or volumetric")
     p.add_argument(
-        "--config", default="configs/standard.toml", help="profile (default %(default)s)"
+        "--config",
+        help="profile (default configs/standard.toml; volumetric: configs/volumetric.toml)",
     )
     p.add_argument("--seed", type=int, help="first seed (default: the profile's)")
     p.add_argument("--seeds", type=count, default=3, help="seeds per arm (default 3)")

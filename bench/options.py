@@ -61,7 +61,7 @@ class ThreatsOptions:
 @dataclass(frozen=True)
 class StudyOptions:
     name: str | None = None
-    config: str = "configs/standard.toml"
+    config: str | None = None  # None: the study's own default profile
     seed: int | None = None
     seeds: int = 3
     out: str = "runs/studies"

@@ -28,8 +28,10 @@ with one seed, which gives no interval). Studies:
   highest Dice among the cells whose every seed's AUC CI contains 0.5: no measured leakage;
   chosen on the test split, so it is a reading of this run, not a tuned setting).
 
-The volumetric question (open question 3: a 3D U-Net on synthetic volumes) needs a 3D generator
-and model the project does not have; it is not a study yet.
+- ``volumetric`` (open question 3): a 3D U-Net on synthetic volumes against the 2D U-Net on the
+  same patients' slices (``bench/volumetric.py``; its own profile, configs/volumetric.toml):
+  Dice per volume and patient-level leakage. Its federations run in process (the simulator of
+  the real rounds), not through the gRPC engine.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Study:
     methods: tuple[str, ...]
     arms: tuple[Arm, ...]
     audit: bool  # whether the question needs leakage (the audit is most of a cell's time)
+    config: str = "configs/standard.toml"  # the profile it runs on unless --config says
 
 
 STUDIES = {
@@ -102,6 +105,18 @@ STUDIES = {
             ),
             audit=True,
         ),
+        Study(
+            "volumetric",
+            "Open question 3: does a 3D U-Net on the volumes segment better than the 2D U-Net "
+            "on the same patients' slices, and does it leak more or less about its patients?",
+            ("fedavg",),
+            (
+                Arm("slices2d", "2D U-Net on the volumes' axial slices", {"model.dims": 2}),
+                Arm("volumes3d", "3D U-Net on the volumes", {"model.dims": 3}),
+            ),
+            audit=True,
+            config="configs/volumetric.toml",
+        ),
     )
 }
 
@@ -134,14 +149,17 @@ def run_study_cmd(args) -> int:
     from bench.run import run_bench
 
     study = STUDIES[args.name]
-    first = arm_config(study, study.arms[0], args.config, args.seed)
+    config = args.config or study.config
+    first = arm_config(study, study.arms[0], config, args.seed)
     out = Path(args.out) / f"{study.name}-{first.profile}-seed{first.seed}"
     if (out / "study.json").exists():
         raise ValueError(f"{out} already holds a study; --out elsewhere, or remove it")
+    if study.name == "volumetric":
+        return _run_volumetric(study, config, args, out)
     rc = 0
     for i, arm in enumerate(study.arms, 1):
         log.info("study %s: arm %d/%d: %s", study.name, i, len(study.arms), arm.label)
-        cfg = arm_config(study, arm, args.config, args.seed)
+        cfg = arm_config(study, arm, config, args.seed)
         adir = out / arm.name
         adir.mkdir(parents=True, exist_ok=True)
         path = adir / "config.json"
@@ -155,6 +173,21 @@ def run_study_cmd(args) -> int:
     print(write_report(summary, out), end="")
     print(f"\nthe study: {out / 'study.md'} (and study.json, plots/)")
     return rc
+
+
+def _run_volumetric(study: Study, config: str, args, out: Path) -> int:
+    from bench.volumetric import run_volumetric
+    from common.config import resolve_config
+
+    if args.engine != "local":
+        raise ValueError(
+            "the volumetric study runs its federations in process (bench/volumetric.py): "
+            "--engine ray is not supported for it"
+        )
+    summary = run_volumetric(study, resolve_config(config, None, args.seed), args.seeds, out)
+    print(write_report(summary, out), end="")
+    print(f"\nthe study: {out / 'study.md'} (and study.json, plots/)")
+    return 0
 
 
 def _run_dir(arm_dir: Path) -> Path:

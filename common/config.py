@@ -188,6 +188,9 @@ class ModelConfig(_Frozen):
     base: int = Field(16, ge=4, le=128)
     norm: Literal["batch", "group"] = "batch"
     groups: int = Field(4, ge=1, description="GroupNorm groups (must divide base)")
+    dims: Literal[2, 3] = Field(
+        2, description="2: the paper's slice model; 3: the volumetric study's 3D U-Net"
+    )
 
 
 class TrainConfig(_Frozen):
@@ -445,6 +448,29 @@ class Recipe(_Frozen):
     dp: dict[str, Any] = Field(default_factory=dict)
 
 
+class VolumeConfig(_Frozen):
+    """The volumetric study (``fedonco study volumetric``, bench/volumetric.py): synthetic
+    patients as volumes of ``depth`` axial slices of ``data.image_size`` pixels, each site with
+    its own patients; the 3D U-Net trains on the volumes, its 2D twin on their slices."""
+
+    depth: int = Field(16, ge=4, le=256, description="axial slices per volume (multiple of 4)")
+    slice_mm: float = Field(6.0, gt=0, le=20, description="slice spacing (mm)")
+    train_per_site: int = Field(8, ge=1, description="member patients per site")
+    holdout_per_site: int = Field(8, ge=1, description="non-member patients per site (audit)")
+    test_per_site: int = Field(4, ge=1, description="test patients per site (Dice)")
+    attacker_patients: int = Field(
+        80, ge=2, description="the attacker's pool: each shadow trains on a random half"
+    )
+    n_shadows: int = Field(2, ge=1, le=16, description="shadow federations per model")
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError("depth must be a multiple of 4 (the 3D U-Net pools twice)")
+        return v
+
+
 class Config(_Frozen):
     profile: str = "custom"
     seed: int = Field(0, ge=0)
@@ -457,6 +483,7 @@ class Config(_Frozen):
     mia: MIAConfig = Field(default_factory=MIAConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    volume: VolumeConfig = Field(default_factory=VolumeConfig)
     recipes: dict[str, Recipe] = Field(default_factory=dict)
     sites: tuple[SiteEntry, ...] = DEFAULT_ROSTER
 

@@ -40,24 +40,37 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def _norm(norm: Norm, channels: int, groups: int) -> nn.Module:
+Dims = Literal[2, 3]
+
+
+def _layers(dims: int):
+    """(Conv, BatchNorm, MaxPool, ConvTranspose) of a 2D or a 3D network."""
+    if dims == 2:
+        return nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ConvTranspose2d
+    if dims == 3:
+        return nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.ConvTranspose3d
+    raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+
+
+def _norm(norm: Norm, channels: int, groups: int, dims: int = 2) -> nn.Module:
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
+        return _layers(dims)[1](channels)
     if norm == "group":
         return nn.GroupNorm(groups, channels)
     raise ValueError(f"unknown norm {norm!r}; use 'batch' or 'group'")
 
 
 class ConvBlock(nn.Sequential):
-    """Two (3x3 conv without bias -> norm -> ReLU)."""
+    """Two (3x3 (3x3x3) conv without bias -> norm -> ReLU)."""
 
-    def __init__(self, in_ch: int, out_ch: int, norm: Norm, groups: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, norm: Norm, groups: int, dims: int = 2) -> None:
+        conv = _layers(dims)[0]
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-            _norm(norm, out_ch, groups),
+            conv(in_ch, out_ch, 3, padding=1, bias=False),
+            _norm(norm, out_ch, groups, dims),
             nn.ReLU(inplace=False),  # not in place: Opacus' per-sample hooks need the inputs
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-            _norm(norm, out_ch, groups),
+            conv(out_ch, out_ch, 3, padding=1, bias=False),
+            _norm(norm, out_ch, groups, dims),
             nn.ReLU(inplace=False),
         )
 
@@ -66,10 +79,12 @@ HEAD_BIAS = -3.0
 
 
 class UNet(nn.Module):
-    """2-level 2D U-Net for binary tumor segmentation: (B, in_ch, H, W) -> logits (B, 1, H, W)."""
+    """2-level U-Net for binary tumor segmentation: (B, in_ch, H, W) -> logits (B, 1, H, W), or
+    with ``dims=3`` (the volumetric study's 3D U-Net: 3x3x3 convolutions, 2x2x2 pooling)
+    (B, in_ch, D, H, W) -> logits (B, 1, D, H, W)."""
 
     def __init__(
-        self, in_ch: int = 1, base: int = 16, norm: Norm = "batch", groups: int = 8
+        self, in_ch: int = 1, base: int = 16, norm: Norm = "batch", groups: int = 8, dims: Dims = 2
     ) -> None:
         super().__init__()
         if in_ch < 1 or base < 1:
@@ -80,24 +95,28 @@ class UNet(nn.Module):
                 f"GroupNorm needs groups to divide every channel count; base={base} is not "
                 f"divisible by groups={groups}. Use groups in {divisors}, or change base."
             )
-        b = base
-        self.enc1 = ConvBlock(in_ch, b, norm, groups)
-        self.enc2 = ConvBlock(b, 2 * b, norm, groups)
-        self.pool = nn.MaxPool2d(2)
-        self.bottleneck = ConvBlock(2 * b, 4 * b, norm, groups)
-        self.up2 = nn.ConvTranspose2d(4 * b, 2 * b, kernel_size=2, stride=2)
-        self.dec2 = ConvBlock(4 * b, 2 * b, norm, groups)
-        self.up1 = nn.ConvTranspose2d(2 * b, b, kernel_size=2, stride=2)
-        self.dec1 = ConvBlock(2 * b, b, norm, groups)
-        self.head = nn.Conv2d(b, 1, kernel_size=1)
+        b, d = base, dims
+        conv, _, pool, up = _layers(d)
+        self.dims = d
+        self.enc1 = ConvBlock(in_ch, b, norm, groups, d)
+        self.enc2 = ConvBlock(b, 2 * b, norm, groups, d)
+        self.pool = pool(2)
+        self.bottleneck = ConvBlock(2 * b, 4 * b, norm, groups, d)
+        self.up2 = up(4 * b, 2 * b, kernel_size=2, stride=2)
+        self.dec2 = ConvBlock(4 * b, 2 * b, norm, groups, d)
+        self.up1 = up(2 * b, b, kernel_size=2, stride=2)
+        self.dec1 = ConvBlock(2 * b, b, norm, groups, d)
+        self.head = conv(b, 1, kernel_size=1)
         # Start from a tumor prior of ~5% per pixel (logit -3) instead of p = 0.5 everywhere: the
         # soft-Dice term otherwise keeps the model on an all-background plateau for many epochs
         # (measured: 10+ pooled epochs at 96x96 vs 2 with this prior).
         nn.init.constant_(self.head.bias, HEAD_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"input height and width must be multiples of 4, got {x.shape}")
+        if x.dim() != self.dims + 2:
+            raise ValueError(f"a {self.dims}D U-Net takes (B, C, {self.dims} sides), got {x.shape}")
+        if any(side % 4 for side in x.shape[2:]):
+            raise ValueError(f"every spatial side must be a multiple of 4, got {x.shape}")
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool(e1))
         z = self.bottleneck(self.pool(e2))
@@ -116,6 +135,7 @@ def build_model(
     groups: int = 8,
     seed: int = 0,
     channels_last: bool | None = None,
+    dims: Dims = 2,
 ) -> UNet:
     """A U-Net whose initial weights depend only on ``seed``.
 
@@ -131,9 +151,10 @@ def build_model(
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = UNet(in_ch=1, base=base, norm=norm, groups=groups)
+        model = UNet(in_ch=1, base=base, norm=norm, groups=groups, dims=dims)
     if CHANNELS_LAST if channels_last is None else channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+        model = model.to(memory_format=fmt)
     return model
 
 
@@ -144,7 +165,7 @@ def model_for(cfg, method: str) -> UNet:
     from common.methods import get_method
 
     norm = get_method(method).norm_type(cfg.model.norm)
-    return build_model(cfg.model.base, norm, cfg.model.groups, cfg.seed)
+    return build_model(cfg.model.base, norm, cfg.model.groups, cfg.seed, dims=cfg.model.dims)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -27,7 +27,7 @@ def test_parameter_counts(base: int, expected: int, norm: str) -> None:
 def test_forward_shape_and_input_check() -> None:
     model = build_model(base=4, seed=0).eval()
     assert model(torch.zeros(2, 1, 16, 20)).shape == (2, 1, 16, 20)
-    with pytest.raises(ValueError, match="multiples of 4"):
+    with pytest.raises(ValueError, match="multiple of 4"):
         model(torch.zeros(1, 1, 18, 16))
 
 

@@ -113,5 +113,5 @@ def test_each_arm_is_a_benchmark_run_with_its_overrides(tmp_path, monkeypatch):
 def test_a_study_needs_a_known_name(capsys):
     assert cli.main(["study"]) == 2
     assert "no study named" in capsys.readouterr().err
-    assert cli.main(["study", "volumetric"]) == 2
-    assert "heterogeneity, participation, dp-grid" in capsys.readouterr().err
+    assert cli.main(["study", "volume"]) == 2
+    assert "heterogeneity, participation, dp-grid, volumetric" in capsys.readouterr().err
