@@ -98,13 +98,8 @@ class PatientSet(torch.utils.data.Dataset):
     axial slices ((1, N, N) items, ``dims`` 2)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, window, dims: int) -> None:
-        from common.transforms import window_hu
-
-        x = torch.from_numpy(window_hu(images, window))
-        y = torch.from_numpy(masks.astype(np.float32))
-        if dims == 2:
-            x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
-        self.x, self.y = x.unsqueeze(1), y.unsqueeze(1)
+        self.x = _inputs(images, window, dims)
+        self.y = _inputs(masks.astype(np.float32), None, dims)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -126,10 +121,12 @@ def arm_config(cfg, dims: int):
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def _inputs(images: np.ndarray, cfg, dims: int) -> torch.Tensor:
+def _inputs(volumes: np.ndarray, window, dims: int) -> torch.Tensor:
+    """(n, D, N, N) volumes as model inputs: windowed HU (``window``; None: as they are), one
+    (1, D, N, N) item per volume (3D) or one (1, N, N) item per slice (2D)."""
     from common.transforms import window_hu
 
-    x = torch.from_numpy(window_hu(images, cfg.data.window))
+    x = torch.from_numpy(volumes if window is None else window_hu(volumes, window))
     return (x if dims == 3 else x.reshape(-1, *x.shape[2:])).unsqueeze(1)
 
 
@@ -140,7 +137,7 @@ def predict_volumes(model, images: np.ndarray, cfg, dims: int) -> np.ndarray:
 
     batch = 2 if dims == 3 else cfg.train.eval_batch_size
     with torch.no_grad():
-        probs = predict_probs(model, _inputs(images, cfg, dims), batch)
+        probs = predict_probs(model, _inputs(images, cfg.data.window, dims), batch)
     return probs.reshape(images.shape)
 
 
@@ -158,9 +155,8 @@ def patient_signal(model, images: np.ndarray, masks: np.ndarray, cfg, dims: int)
     (3D) or the mean of its slices' losses (2D)."""
     from common.metrics import seg_loss
 
-    x = _inputs(images, cfg, dims)
-    y = torch.from_numpy(masks.astype(np.float32))
-    y = (y if dims == 3 else y.reshape(-1, *y.shape[2:])).unsqueeze(1)
+    x = _inputs(images, cfg.data.window, dims)
+    y = _inputs(masks.astype(np.float32), None, dims)
     was = model.training
     model.eval()
     losses = []

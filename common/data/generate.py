@@ -51,6 +51,23 @@ def _round(obj):
     return obj
 
 
+def scan_at_site(rng, hu: np.ndarray, spec: SiteSpec, anat, noise_ref_hu: float):
+    """``scan`` of one noise-free HU slice with ``spec``'s scanner and ``anat``'s body outline."""
+    return scan(
+        rng,
+        hu,
+        fov_mm=spec.fov_mm,
+        body_axes_mm=anat.body_axes_mm,
+        body_cy_mm=anat.params["body_center_y_mm"],
+        dose=spec.dose,
+        kernel_cutoff=spec.kernel_cutoff,
+        psf_mm=spec.psf_mm,
+        hu_offset=spec.hu_offset,
+        hu_gain=spec.hu_gain,
+        noise_ref_hu=noise_ref_hu,
+    )
+
+
 def render_slice(
     seed: int,
     site_index: int,
@@ -69,19 +86,7 @@ def render_slice(
         clean, mask, tumor = add_tumors(rng, anat.hu, liver, px, spec.size_mix, spec.contrast_hu)
     else:
         clean, mask, tumor = anat.hu, np.zeros(liver.shape, np.uint8), None
-    image, noise = scan(
-        rng,
-        clean,
-        fov_mm=spec.fov_mm,
-        body_axes_mm=anat.body_axes_mm,
-        body_cy_mm=anat.params["body_center_y_mm"],
-        dose=spec.dose,
-        kernel_cutoff=spec.kernel_cutoff,
-        psf_mm=spec.psf_mm,
-        hu_offset=spec.hu_offset,
-        hu_gain=spec.hu_gain,
-        noise_ref_hu=noise_ref_hu,
-    )
+    image, noise = scan_at_site(rng, clean, spec, anat, noise_ref_hu)
     # Measured noise in flat liver: eroded liver away from any tumor (what a physicist's ROI sees).
     flat = ndimage.binary_erosion(liver, iterations=2) & ~ndimage.binary_dilation(
         mask, iterations=3

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.data.anatomy import LABEL, build_anatomy
-from common.data.scanner import scan
+from common.data.generate import scan_at_site
 from common.data.sites import SiteSpec
 from common.data.tumor import N_LESIONS, RADIUS_MM, WARP
 from common.seeds import SPLIT_CODE
@@ -145,23 +145,6 @@ def render_volume(
     tissue = _extrude(anat.tissue, depth, order=0)
     liver = tissue == LABEL["liver"]
     hu, mask, tumour = _add_lesions(rng, hu, liver, px, slice_mm, spec)
-    image = np.stack(
-        [
-            scan(
-                rng,
-                hu[k],
-                fov_mm=spec.fov_mm,
-                body_axes_mm=anat.body_axes_mm,
-                body_cy_mm=anat.params["body_center_y_mm"],
-                dose=spec.dose,
-                kernel_cutoff=spec.kernel_cutoff,
-                psf_mm=spec.psf_mm,
-                hu_offset=spec.hu_offset,
-                hu_gain=spec.hu_gain,
-                noise_ref_hu=noise_ref_hu,
-            )[0]
-            for k in range(depth)
-        ]
-    )
+    image = np.stack([scan_at_site(rng, hu[k], spec, anat, noise_ref_hu)[0] for k in range(depth)])
     params = {"site": spec.name, "split": split, "index": index, "tumour": tumour}
     return Volume(image, mask, params)
