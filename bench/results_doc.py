@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.claims import paper_claims, standard_goals
+from bench.runfiles import Run, load_run
+from bench.runfiles import read_json as _read
 from common.methods import METHOD_NAMES, METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,68 +52,13 @@ BLOCK = re.compile(
 # Which file holds which block (every block exactly once).
 BLOCKS = {
     README: ("readme-make", "readme-time", "readme-results"),
-    RESULTS: ("runs", "summary", "per-seed", "verdicts", "frontier"),
+    RESULTS: ("runs", "summary", "per-seed", "verdicts", "frontier", "studies"),
 }
 
 
 # ----------------------------------------------------------------------------------------------
 # loading and merging
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    path: Path
-    files: dict[int, Path]  # seed -> its results.json
-    results: dict[int, dict]
-    sweep: bool = False
-
-
-def _read(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{p}: not a readable results.json ({err})") from None
-
-
-def load_run(folder: Path) -> Run:
-    """A run directory: a one-seed ``results.json``, or ``seed<N>/results.json`` files (a
-    several-seed run; its summary ``results.json``, when present, must agree with them)."""
-    folder = Path(folder)
-    top = folder / "results.json"
-    files: dict[int, Path] = {}
-    summary = _read(top) if top.is_file() else None
-    if summary is not None and "seed" in summary:
-        files[int(summary["seed"])] = top
-    else:
-        for p in sorted(folder.glob("seed*/results.json")):
-            r = _read(p)
-            if "seed" not in r or "methods" not in r:
-                raise ValueError(f"{p}: not one seed's results.json (no seed or methods)")
-            files[int(r["seed"])] = p
-    if not files:
-        raise ValueError(f"{folder}: no results.json of a run (nor seed<N>/results.json)")
-    results = {s: _read(p) for s, p in files.items()}
-    for s, p in files.items():
-        if int(results[s]["seed"]) != s:
-            raise ValueError(f"{p}: seed {results[s]['seed']}, expected {s}")
-    sweep = any(e.get("sweep") for r in results.values() for e in r["methods"].values())
-    if summary is not None and "seeds" in summary:
-        _check_summary(top, summary, results)
-    return Run(folder, files, results, sweep)
-
-
-def _check_summary(path: Path, summary: dict, results: dict[int, dict]) -> None:
-    from bench.report import seed_summary
-
-    if sorted(summary["seeds"]) != sorted(results):
-        raise ValueError(f"{path}: seeds {summary['seeds']}, but seed<N>/ holds {sorted(results)}")
-    again = json.loads(json.dumps(seed_summary(results), default=float))
-    if again != summary["methods"]:
-        raise ValueError(
-            f"{path}: its mean ± sd do not match its seed<N>/results.json files "
-            "(edited by hand?); regenerate the run's report"
-        )
 
 
 @dataclass
@@ -563,8 +510,9 @@ def readme_make(path: Path) -> str:
         f"already holds the wheels, as it did there), then `make test` "
         f"{r['target_s'] / 60:.1f} min, {status}; the clone then takes "
         f"{r['clone_bytes'] / 1e9:.1f} GB on disk ({r['venv_bytes'] / 1e9:.1f} GB of it .venv). "
-        f"`make test-heavy` (the full benchmarks, Docker, Ray, fuzz and scale tests) is not "
-        f"included; CI runs both. Measured by `{r['command']}`."
+        f"`make test-heavy` (the full benchmarks, Docker, Ray, fuzz and scale tests, parity "
+        f"and verify on real runs) is not included, nor run by CI (`.ci/run`: `make test`). "
+        f"Measured by `{r['command']}`."
     )
 
 
@@ -588,9 +536,13 @@ def readme_bench(path: Path) -> str:
 
 def render(dirs: list[Path], root: Path) -> dict[Path, bytes]:
     """Every file ``fedonco report docs`` writes, as bytes, keyed by its path under ``root``."""
-    runs = [load_run(d) for d in dirs]
+    from bench.study import docs_section
+
+    studies = [d for d in dirs if (d / "study.json").is_file()]
+    runs = [load_run(d) for d in dirs if d not in studies]
     made = {
         **blocks(runs),
+        "studies": docs_section([(_rel(d), _read(d / "study.json")) for d in studies]),
         "readme-make": readme_make(root / MAKE_TEST) + "\n" + readme_bench(root / MAKE_BENCH),
     }
     cmd = "fedonco report docs " + " ".join(_rel(d) for d in dirs)

@@ -221,7 +221,7 @@ def cell_of(entry: dict) -> dict:
 
 def collect(study: Study, out: Path) -> dict:
     """study.json: per arm, seed and method, what the report needs (from each arm's run)."""
-    from bench.results_doc import load_run
+    from bench.runfiles import load_run
 
     arms = {}
     for arm in study.arms:
@@ -386,18 +386,14 @@ def operating_point(summary: dict) -> str:
 # -- the report -----------------------------------------------------------------------------------
 
 
-def write_report(summary: dict, out: Path) -> str:
-    """study.md and plots/ in ``out``; returns the markdown."""
+def n_seeds(summary: dict) -> int:
+    return max(len(a["seeds"]) for a in summary["arms"].values())
+
+
+def table(summary: dict) -> list[str]:
+    """The study's table: one row per arm and method, mean ± sd over the seeds."""
     arms, methods = summary["arms"], summary["methods"]
-    n_seeds = max(len(a["seeds"]) for a in arms.values())
     lines = [
-        f"# Study: {summary['study']}",
-        "",
-        summary["question"],
-        "",
-        f"Seeds per arm: {n_seeds}. Mean ± sd over the seeds; wall time per arm as the runs "
-        "recorded it.",
-        "",
         "| arm | method | Dice | ε | strongest-attack AUC | TPR@1%FPR | wall (min) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -418,6 +414,59 @@ def write_report(summary: dict, out: Path) -> str:
                 f"{a['wall_s'] / 60:.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def profile_of(folder: Path, summary: dict) -> str:
+    """The profile a committed study ran on: study.json's, else its (first arm's) config.json."""
+    if summary.get("profile"):
+        return summary["profile"]
+    for path in (folder / "config.json", *sorted(folder.glob("*/config.json"))):
+        if path.is_file():
+            return json.loads(path.read_text()).get("profile", "?")
+    return "?"
+
+
+def docs_section(studies: list[tuple[str, dict]]) -> str:
+    """The 'studies' block of docs/results.md: for each committed study (its directory relative
+    to the repository root, its study.json) the question, the table, the verdicts, the wall time
+    and where its plots are."""
+    if not studies:
+        return "No study is committed under `docs/runs/studies/` yet."
+    lines = []
+    for rel, summary in studies:
+        wall = sum(float(a.get("wall_s") or 0.0) for a in summary["arms"].values())
+        profile = profile_of(Path(rel), summary)
+        link = rel.removeprefix("docs/")
+        lines += [
+            f"### `fedonco study {summary['study']}` ({profile} profile, "
+            f"{n_seeds(summary)} seeds, {wall / 60:.0f} min of runs)",
+            "",
+            summary["question"],
+            "",
+            *table(summary),
+            "",
+            *[f"- {v}" for v in verdicts(summary)],
+            "",
+            f"Plots (training curves, Dice against the strongest attack, per-site Dice) and the "
+            f"report: [`{rel}/study.md`]({link}/study.md).",
+            "",
+        ]
+    return "\n".join(lines).rstrip("\n")
+
+
+def write_report(summary: dict, out: Path) -> str:
+    """study.md and plots/ in ``out``; returns the markdown."""
+    lines = [
+        f"# Study: {summary['study']}",
+        "",
+        summary["question"],
+        "",
+        f"Seeds per arm: {n_seeds(summary)}. Mean ± sd over the seeds; wall time per arm as the "
+        "runs recorded it.",
+        "",
+        *table(summary),
+    ]
     lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(summary)]
     lines += [
         "",

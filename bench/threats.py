@@ -75,7 +75,7 @@ def isolation_counts(n: int, threshold: int) -> dict[str, tuple[int, int]]:
 def _seed_results(runs: list[Path]) -> dict[int, dict]:
     """Every seed's results of the runs, their methods merged (a method of one seed in two runs
     is an error)."""
-    from bench.results_doc import load_run
+    from bench.runfiles import load_run
 
     out: dict[int, dict] = {}
     for run in runs:

@@ -1,6 +1,7 @@
 """`docker compose up` end to end: the five-site simulation in containers.
 
-Needs a running Docker engine and the fedonco-bench image (`make images`, which CI runs first).
+Needs a running Docker engine and the fedonco-bench image (`make images`). `make test-heavy` runs
+these tests; CI does not.
 With CI=true a missing engine or image fails the tests; elsewhere they are skipped, saying why.
 Every stack gets its own project name, runs directory and subnet, and is removed at the end.
 """

@@ -7,7 +7,8 @@ import pytest
 
 from bench.fleet import fedonco
 
-pytestmark = pytest.mark.slow
+# heavy: ~95 s (two smoke benchmarks) on a 2-core AVX2 machine; `make test` stays under 15 min there
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_device_cpu_gives_the_same_model_and_records_the_cpu(local_two_seeds, tmp_path):

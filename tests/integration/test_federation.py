@@ -295,6 +295,7 @@ def _gap(a: dict, b: dict, keys) -> float:
 PARITY_TOL = 0.0
 
 
+@pytest.mark.heavy  # the parity fixture: ~110 s on a 2-core AVX2 machine
 @pytest.mark.parametrize("method", PARITY)
 def test_the_simulator_trains_what_the_federation_trains(parity, method):
     """Issue 27: the attacker's shadow federations (common/fl/simulate.py) drive the same
@@ -319,6 +320,7 @@ def test_the_simulator_trains_what_the_federation_trains(parity, method):
         assert other > 1e-3, (method, other)  # measured: 3.6e-1, 1.2e-1, 8.8e-2, ...
 
 
+@pytest.mark.heavy  # the parity fixture: ~110 s on a 2-core AVX2 machine
 @pytest.mark.parametrize("method", SECURE_PARITY)
 def test_through_secure_aggregation_the_simulator_trains_what_the_federation_trains(parity, method):
     """The same with secure aggregation: the simulator sums the sites' quantised vectors as the

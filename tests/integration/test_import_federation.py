@@ -12,7 +12,8 @@ from common.config import DEFAULT_SITE_NAMES, with_overrides
 from common.data.real.importer import import_dataset
 from common.data.store import read_manifest
 
-pytestmark = pytest.mark.slow
+# heavy: ~30 s on a 2-core AVX2 machine; `make test` stays under 15 min there
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 CASES_PER_SITE, N_Z, ROUNDS = 4, 6, 2
 
 

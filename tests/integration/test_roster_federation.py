@@ -21,7 +21,8 @@ from common.wire.rpc import federation_pb2 as pb
 from common.wire.rpc import federation_pb2_grpc as pb_grpc
 from common.wire.tls import channel_credentials, make_certs
 
-pytestmark = pytest.mark.slow
+# heavy: ~25 s on a 2-core AVX2 machine; `make test` stays under 15 min there
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 ROSTER = [
     {"name": "north"},

@@ -12,7 +12,8 @@ from bench.audit import AUDIT_SCORES
 from bench.fleet import fedonco
 from common.io import GROUP_READ, load_npz, save_npz
 
-pytestmark = pytest.mark.slow
+# heavy: ~170 s on a 2-core AVX2 machine; `make test` stays under 15 min there
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def _verify(run_dir):

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.study import STUDIES, collect, compare, operating_point, paired, verdicts, write_report
+from bench.study import (
+    STUDIES,
+    collect,
+    compare,
+    docs_section,
+    operating_point,
+    paired,
+    verdicts,
+    write_report,
+)
 
 SITES = ["A", "B", "C", "D", "E"]
 
@@ -73,6 +82,25 @@ def test_a_study_regenerates_from_its_json_with_the_effect_it_holds(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(summary))
     assert cli.main(["study", "--report", str(tmp_path)]) == 0
     assert (tmp_path / "study.md").read_text() == text
+
+
+def test_docs_results_md_gets_each_committed_studys_table_verdicts_and_link(tmp_path):
+    study = STUDIES["heterogeneity"]
+    _write_run(tmp_path / "profile", {m: [0.5, 0.52, 0.51] for m in study.methods})
+    _write_run(tmp_path / "stress", {m: [0.4, 0.41, 0.45] for m in study.methods})
+    (tmp_path / "profile" / "config.json").write_text(json.dumps({"profile": "quick"}))
+    summary = collect(study, tmp_path)
+    text = docs_section([("docs/runs/studies/heterogeneity", summary)])
+    assert text.startswith("### `fedonco study heterogeneity` (? profile, 3 seeds, 6 min of runs)")
+    assert "| paper stress (A large, B small) | fedbn | 0.420 ± 0.026 | – | – | – | 3.0 |" in text
+    assert "- stress vs profile: fedavg Dice vs the profile's sites: -0.090" in text
+    assert (
+        "[`docs/runs/studies/heterogeneity/study.md`](runs/studies/heterogeneity/study.md)" in text
+    )
+    # the profile comes from study.json or, for a study of benchmark runs, an arm's config.json
+    real = docs_section([(str(tmp_path), summary)])
+    assert "(quick profile, 3 seeds" in real
+    assert docs_section([]).startswith("No study is committed")
 
 
 def test_the_operating_point_is_the_best_cell_without_measured_leakage(tmp_path):
