@@ -90,13 +90,11 @@ def test_docs_results_md_gets_each_committed_studys_table_verdicts_and_link(tmp_
     _write_run(tmp_path / "stress", {m: [0.4, 0.41, 0.45] for m in study.methods})
     (tmp_path / "profile" / "config.json").write_text(json.dumps({"profile": "quick"}))
     summary = collect(study, tmp_path)
-    text = docs_section([("docs/runs/studies/heterogeneity", summary)])
+    text = docs_section([("docs/runs/studies/elsewhere", summary)])
     assert text.startswith("### `fedonco study heterogeneity` (? profile, 3 seeds, 6 min of runs)")
     assert "| paper stress (A large, B small) | fedbn | 0.420 ± 0.026 | – | – | – | 3.0 |" in text
     assert "- stress vs profile: fedavg Dice vs the profile's sites: -0.090" in text
-    assert (
-        "[`docs/runs/studies/heterogeneity/study.md`](runs/studies/heterogeneity/study.md)" in text
-    )
+    assert "[`docs/runs/studies/elsewhere/study.md`](runs/studies/elsewhere/study.md)" in text
     # the profile comes from study.json or, for a study of benchmark runs, an arm's config.json
     real = docs_section([(str(tmp_path), summary)])
     assert "(quick profile, 3 seeds" in real
