@@ -534,15 +534,21 @@ def readme_bench(path: Path) -> str:
     )
 
 
+def _study(folder: Path, profile_of) -> dict:
+    """A committed study's study.json, with its profile read from the folder as given."""
+    summary = _read(folder / "study.json")
+    return {**summary, "profile": profile_of(folder, summary)}
+
+
 def render(dirs: list[Path], root: Path) -> dict[Path, bytes]:
     """Every file ``fedonco report docs`` writes, as bytes, keyed by its path under ``root``."""
-    from bench.study import docs_section
+    from bench.study import docs_section, profile_of
 
     studies = [d for d in dirs if (d / "study.json").is_file()]
     runs = [load_run(d) for d in dirs if d not in studies]
     made = {
         **blocks(runs),
-        "studies": docs_section([(_rel(d), _read(d / "study.json")) for d in studies]),
+        "studies": docs_section([(_rel(d), _study(d, profile_of)) for d in studies]),
         "readme-make": readme_make(root / MAKE_TEST) + "\n" + readme_bench(root / MAKE_BENCH),
     }
     cmd = "fedonco report docs " + " ".join(_rel(d) for d in dirs)
