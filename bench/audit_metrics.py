@@ -72,14 +72,19 @@ def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) two-sided interval of a binomial proportion k / n
-    (``scipy.stats.binomtest(...).proportion_ci(method="exact")``)."""
-    from scipy.stats import binomtest
+    """Exact (Clopper–Pearson) two-sided interval of a binomial proportion k / n: the beta
+    quantiles B(a/2; k, n-k+1) and B(1-a/2; k+1, n-k) (``scipy.special.betaincinv``). Equal to
+    ``scipy.stats.binomtest(...).proportion_ci(method="exact")`` within 1e-12 (its root finder's
+    tolerance; tested) and ~1,000x faster, which the audit's many TPR points and the ceiling
+    test's seeds add up."""
+    from scipy.special import betaincinv
 
     if n < 1 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
+    a = (1.0 - confidence) / 2
+    lo = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, a))
+    hi = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - a))
+    return lo, hi
 
 
 def tpr_point(scores: np.ndarray, labels: np.ndarray, fpr: float) -> dict:
