@@ -223,7 +223,7 @@ def collect(study: Study, out: Path) -> dict:
     """study.json: per arm, seed and method, what the report needs (from each arm's run)."""
     from bench.runfiles import load_run
 
-    arms = {}
+    arms, profile = {}, None
     for arm in study.arms:
         run_dir = _run_dir(out / arm.name)
         run = load_run(run_dir)
@@ -235,6 +235,7 @@ def collect(study: Study, out: Path) -> dict:
                 for m, e in res["methods"].items()
             }
             sites = res.get("sites")
+            profile = res.get("profile") or profile
         arms[arm.name] = {
             "label": arm.label,
             "overrides": arm.overrides,
@@ -243,6 +244,7 @@ def collect(study: Study, out: Path) -> dict:
         }
     return {
         "study": study.name,
+        "profile": profile,  # None from runs that do not record theirs: profile_of reads config.json
         "question": study.question,
         "methods": list(study.methods),
         "sites": sites,

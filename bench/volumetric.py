@@ -345,6 +345,7 @@ def run_volumetric(study, cfg, seeds: int, out: Path) -> dict:
         bar.close()
     summary = {
         "study": study.name,
+        "profile": cfg.profile,
         "question": study.question,
         "methods": [METHOD],
         "sites": [s.name for s in cfg.sites],

@@ -21,9 +21,11 @@ from bench.study import (
 SITES = ["A", "B", "C", "D", "E"]
 
 
-def _write_run(arm_dir, methods: dict[str, list[float]], seeds=(1, 2, 3), auc=None, eps=None):
-    """A benchmark run's layout as run_bench writes it: seed<N>/results.json and each method's
-    history.json (``methods``: method -> its Dice per seed)."""
+def _write_run(
+    arm_dir, methods: dict[str, list[float]], seeds=(1, 2, 3), auc=None, eps=None, extra=None
+):
+    """A benchmark run's layout as run_bench writes it: seed<N>/results.json (with ``extra``'s
+    keys) and each method's history.json (``methods``: method -> its Dice per seed)."""
     run = arm_dir / "smoke-seeds1-3-20260101-000000"
     for i, seed in enumerate(seeds):
         entries = {}
@@ -42,7 +44,9 @@ def _write_run(arm_dir, methods: dict[str, list[float]], seeds=(1, 2, 3), auc=No
                 "mia": mia,
             }
         (run / f"seed{seed}" / "results.json").write_text(
-            json.dumps({"seed": seed, "sites": SITES, "methods": entries, "wall_s": 60.0})
+            json.dumps(
+                {"seed": seed, "sites": SITES, "methods": entries, "wall_s": 60.0, **(extra or {})}
+            )
         )
 
 
@@ -98,6 +102,22 @@ def test_docs_results_md_gets_each_committed_studys_table_verdicts_and_link(tmp_
     # the profile comes from study.json or, for a study of benchmark runs, an arm's config.json
     real = docs_section([(str(tmp_path), summary)])
     assert "(quick profile, 3 seeds" in real
+    # a study collected from runs that record their profile (results.json) keeps it
+    _write_run(
+        tmp_path / "p2" / "profile",
+        {m: [0.5] for m in study.methods},
+        seeds=(1,),
+        extra={"profile": "standard"},
+    )
+    _write_run(
+        tmp_path / "p2" / "stress",
+        {m: [0.4] for m in study.methods},
+        seeds=(1,),
+        extra={"profile": "standard"},
+    )
+    kept = collect(study, tmp_path / "p2")
+    assert kept["profile"] == "standard" and summary["profile"] is None
+    assert "(standard profile, 1 seed" in docs_section([("elsewhere", kept)])
     assert docs_section([]).startswith("No study is committed")
 
 
