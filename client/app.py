@@ -522,10 +522,14 @@ class SiteClient:
         try:
             name, request = stage_answer(self.site, self.run_id, self.secagg, self.pending, task)
             self._push(getattr(self.stub, name), request, rnd)
-        except SecAggError as err:  # e.g. asked for both shares of one peer: refuse, say nothing
+        except SecAggError as err:  # e.g. asked for both shares of one peer: refuse, and say so
+            # The reason holds nothing the server did not send (it names the check that failed);
+            # declining ends the stage for this site at once, where silence held the round until
+            # its timeout with the stage offered (and refused, and logged) again every poll.
             log.error(
                 "site %s: refused secure-aggregation %s of round %d: %s", self.site, stage, rnd, err
             )
+            self._decline(rnd, f"refused the {stage} stage: {err}")
 
     def run(self) -> int:
         """Take part in the open run, and in every later run of a campaign."""

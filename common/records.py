@@ -65,6 +65,7 @@ class EvalSummary(_Record):
     per_site: dict[str, dict[str, Number]]
     dice_site_mean: Number
     failures: dict[str, str] = Field(default_factory=dict)  # sites that evaluated nothing
+    error: str | None = None  # why the model could not be evaluated (e.g. outputs not finite)
 
 
 class DDPRecord(_Record):

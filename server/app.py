@@ -198,7 +198,17 @@ class Server:
             record["timing_s"] = {"aggregate": time.perf_counter() - t1}
         round_wall = time.perf_counter() - t0
         t2 = time.perf_counter()
-        record["eval"] = self.evaluate(rnd)
+        try:
+            record["eval"] = self.evaluate(rnd)
+        except (ValueError, ArithmeticError) as err:  # e.g. a model whose outputs are not finite
+            log.error("round %d: the global model could not be evaluated: %s", rnd, err)
+            record["eval"] = {
+                "where": self.traits.evaluated_at,
+                "overall": {},
+                "per_site": {},
+                "dice_site_mean": float("nan"),
+                "error": f"{type(err).__name__}: {err}",
+            }
         timing = record.setdefault("timing_s", {})
         slowest = max((_number(m.get("train_time_s")) for m in metrics.values()), default=0.0)
         timing.update(
