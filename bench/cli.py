@@ -480,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", default="local", choices=("local", "ray"), help="where the cells run"
     )
     p.add_argument(
+        "--arms",
+        metavar="A,B",
+        help="run only these arms now (default all); arms a finished earlier invocation left in "
+        "--out are kept, an unfinished one runs again: a long study spread over several "
+        "invocations; study.json is written once every arm has finished",
+    )
+    p.add_argument(
         "--report", metavar="DIR", help="only write the report again from DIR/study.json"
     )
     p.set_defaults(func=_study)

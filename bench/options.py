@@ -67,3 +67,4 @@ class StudyOptions:
     out: str = "runs/studies"
     engine: str = "local"
     report: str | None = None
+    arms: str | None = None  # --arms A,B: only these arms now (finished ones are kept)

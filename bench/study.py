@@ -156,18 +156,39 @@ def run_study_cmd(args) -> int:
         raise ValueError(f"{out} already holds a study; --out elsewhere, or remove it")
     if study.name == "volumetric":
         return _run_volumetric(study, config, args, out)
+    chosen = _chosen_arms(study, args.arms)
     rc = 0
     for i, arm in enumerate(study.arms, 1):
-        log.info("study %s: arm %d/%d: %s", study.name, i, len(study.arms), arm.label)
         cfg = arm_config(study, arm, config, args.seed)
         adir = out / arm.name
-        adir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n"
+        if _finished_arm(adir, text, args.seeds):
+            log.info(
+                "study %s: arm %d/%d: %s: ran before, kept",
+                study.name,
+                i,
+                len(study.arms),
+                arm.label,
+            )
+            continue
+        if arm.name not in chosen:
+            continue
+        _set_aside(adir)
+        log.info("study %s: arm %d/%d: %s", study.name, i, len(study.arms), arm.label)
+        adir.mkdir(parents=True)
         path = adir / "config.json"
-        path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
+        path.write_text(text)
         opts = BenchOptions(
             config=str(path), seeds=args.seeds, out=str(adir), engine=args.engine, device=None
         )
         rc = max(rc, run_bench(opts))
+    left = [a.name for a in study.arms if not _finished_arm(out / a.name, None, args.seeds)]
+    if left:
+        print(
+            f"\n{out}: arms still to run: {', '.join(left)} (the same command runs them; "
+            "the finished ones are kept); no study.json yet"
+        )
+        return rc or 0
     summary = collect(study, out)
     (out / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(write_report(summary, out), end="")
@@ -175,10 +196,54 @@ def run_study_cmd(args) -> int:
     return rc
 
 
+def _chosen_arms(study: Study, arms: str | None) -> set[str]:
+    """The arms ``--arms A,B`` names (all when None); an unknown name is refused."""
+    names = [a.name for a in study.arms]
+    if arms is None:
+        return set(names)
+    chosen = {a.strip() for a in arms.split(",") if a.strip()}
+    unknown = sorted(chosen - set(names))
+    if unknown or not chosen:
+        raise ValueError(f"--arms {arms!r}: {study.name}'s arms are {', '.join(names)}")
+    return chosen
+
+
+def _finished_arm(adir: Path, config_text: str | None, seeds: int) -> bool:
+    """Whether ``adir`` holds an arm an earlier invocation ran to the end: one benchmark run with
+    its results for every seed. One of another config (``config_text``, when given) or another
+    number of seeds is refused, not mixed into this study."""
+    path = adir / "config.json"
+    runs = [p for p in adir.iterdir() if p.is_dir()] if adir.is_dir() else []
+    if len(runs) != 1 or not (runs[0] / "results.json").is_file() or not path.is_file():
+        return False
+    from bench.runfiles import load_run
+
+    have = len(load_run(runs[0]).results)
+    if config_text is not None and path.read_text() != config_text:
+        raise ValueError(f"{adir} holds a finished arm of another config; --out elsewhere")
+    if have != seeds:
+        raise ValueError(f"{adir} holds a finished arm of {have} seed(s), not --seeds {seeds}")
+    return True
+
+
+def _set_aside(adir: Path) -> None:
+    """An arm an earlier invocation did not finish: moved to ``<arm>.unfinished`` (replacing an
+    older one), so that its run starts again and nothing of it is lost until the next time."""
+    import shutil
+
+    if adir.exists():
+        aside = adir.with_name(adir.name + ".unfinished")
+        shutil.rmtree(aside, ignore_errors=True)
+        adir.rename(aside)
+        log.warning("%s did not finish: moved to %s; the arm runs again", adir, aside)
+
+
 def _run_volumetric(study: Study, config: str, args, out: Path) -> int:
     from bench.volumetric import run_volumetric
     from common.config import resolve_config
 
+    if args.arms:
+        raise ValueError("--arms: the volumetric study runs both its arms in one process")
     if args.engine != "local":
         raise ValueError(
             "the volumetric study runs its federations in process (bench/volumetric.py): "

@@ -48,6 +48,8 @@ def _write_run(
                 {"seed": seed, "sites": SITES, "methods": entries, "wall_s": 60.0, **(extra or {})}
             )
         )
+    if len(seeds) > 1:  # a finished several-seed run's summary (write_seed_summary)
+        (run / "results.json").write_text("{}")
 
 
 def test_paired_intervals_and_their_words():
@@ -161,3 +163,42 @@ def test_a_study_needs_a_known_name(capsys):
     assert "no study named" in capsys.readouterr().err
     assert cli.main(["study", "volume"]) == 2
     assert "heterogeneity, participation, dp-grid, volumetric" in capsys.readouterr().err
+
+
+def test_a_study_spread_over_invocations_keeps_finished_arms_and_reruns_an_unfinished_one(
+    tmp_path, monkeypatch, capsys
+):
+    """--arms runs some arms now; a later invocation keeps them, moves an unfinished arm aside
+    and runs it again, and writes study.json once every arm has finished. A finished arm of
+    another number of seeds, or an unknown arm, is refused."""
+    import bench.run
+
+    study = STUDIES["participation"]
+    ran = []
+
+    def fake_bench(opts):
+        arm = Path(opts.out).name
+        ran.append(arm)
+        _write_run(Path(opts.out), {m: [0.5, 0.52, 0.51] for m in study.methods})
+        return 0
+
+    monkeypatch.setattr(bench.run, "run_bench", fake_bench)
+    base = ["study", "participation", "--config", "configs/smoke.toml", "--out", str(tmp_path)]
+    assert cli.main([*base, "--arms", "frac80"]) == 0
+    (out,) = tmp_path.glob("participation-smoke-seed*")
+    assert ran == ["frac80"] and not (out / "study.json").exists()
+    # an arm an interrupted invocation left behind: its config and a run without results
+    (out / "all" / "smoke-seeds42-44-x").mkdir(parents=True)
+    (out / "all" / "config.json").write_text("{}")
+    assert cli.main(base) == 0
+    assert ran == ["frac80", "all", "frac60"]
+    assert (out / "all.unfinished" / "smoke-seeds42-44-x").is_dir()
+    summary = json.loads((out / "study.json").read_text())
+    assert list(summary["arms"]) == ["all", "frac80", "frac60"]
+    assert cli.main([*base, "--out", str(tmp_path / "x"), "--arms", "half"]) == 2
+    (out / "study.json").unlink()
+    assert cli.main([*base, "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "participation's arms are all, frac80, frac60" in err
+    assert "holds a finished arm of 3 seed(s), not --seeds 2" in err
+    assert ran == ["frac80", "all", "frac60"]  # neither ran anything
