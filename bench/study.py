@@ -344,9 +344,16 @@ def compare(a: list[float], b: list[float], what: str, than: str, unit: str = ""
 
 
 def _values(summary: dict, arm: str, method: str, key: str) -> list[float]:
+    """One value per seed of ``key`` of the cell; ``spread``: the sd of its per-site Dice."""
     out = []
     for cells in summary["arms"][arm]["seeds"].values():
-        v = (cells.get(method) or {}).get(key)
+        cell = cells.get(method) or {}
+        if key == "spread":
+            per = cell.get("dice_per_site") or []
+            per = list(per.values()) if isinstance(per, dict) else per
+            v = _sd([float(x) for x in per if x is not None]) if len(per) > 1 else None
+        else:
+            v = cell.get(key)
         out.append(float("nan") if v is None else float(v))
     return out
 
@@ -397,9 +404,12 @@ def verdicts(summary: dict) -> list[str]:
             lines.append(f"{summary['arms'][stressed]['label']}: {_per_site(summary, stressed, m)}")
     else:
         ref = arms[0]
+        keys = [("dice", "Dice"), ("auc", "strongest-attack AUC"), ("epsilon", "ε")]
+        if name == "participation":  # open question 4 asks about the spread over the sites too
+            keys.insert(1, ("spread", "per-site Dice spread (sd over the sites)"))
         for arm in arms[1:]:
             for m in methods:
-                for key, what in (("dice", "Dice"), ("auc", "strongest-attack AUC")):
+                for key, what in keys:
                     if all(math.isnan(x) for x in _values(summary, arm, m, key)):
                         continue
                     lines.append(

@@ -202,3 +202,34 @@ def test_a_study_spread_over_invocations_keeps_finished_arms_and_reruns_an_unfin
     assert "participation's arms are all, frac80, frac60" in err
     assert "holds a finished arm of 3 seed(s), not --seeds 2" in err
     assert ran == ["frac80", "all", "frac60"]  # neither ran anything
+
+
+def test_participation_verdicts_compare_dice_spread_leakage_and_epsilon_with_all_sites():
+    """Open question 4's verdict lines: per arm and method against 100% of the sites, Dice, the
+    sd of the per-site Dice, the strongest attack's AUC and ε (a method without ε: no ε line)."""
+
+    def cell(dice, per_site, auc, eps):
+        return {"dice": dice, "dice_per_site": per_site, "auc": auc, "epsilon": eps}
+
+    def arm(label, spread, eps):
+        seeds = {}
+        for i, seed in enumerate(("1", "2", "3")):
+            per = [0.5 - spread, 0.5, 0.5 + spread + 0.01 * i]
+            seeds[seed] = {
+                "fedavg": cell(0.5 + 0.01 * i, per, 0.6 + 0.01 * i, None),
+                "dpsgd": cell(0.4 + 0.01 * i, per, 0.5, eps + 0.01 * i),
+            }
+        return {"label": label, "wall_s": 60.0, "seeds": seeds}
+
+    summary = {
+        "study": "participation",
+        "methods": ["fedavg", "dpsgd"],
+        "arms": {"all": arm("100%", 0.05, 4.0), "frac60": arm("60%", 0.2, 2.5)},
+    }
+    lines = verdicts(summary)
+    spread = [v for v in lines if "per-site Dice spread" in v]
+    assert len(spread) == 2 and all(v.endswith("higher") for v in spread), spread
+    eps = [v for v in lines if " ε vs " in v]
+    assert len(eps) == 1 and eps[0].startswith("60%: dpsgd ε vs 100%: -1.500")
+    assert eps[0].endswith("lower")
+    assert any(v.startswith("60%: fedavg Dice vs 100%: +0.000") for v in lines), lines
