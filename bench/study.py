@@ -374,6 +374,9 @@ def _mean_sd(v: list[float]) -> str:
 # -- verdicts -------------------------------------------------------------------------------------
 
 
+UNTRAINED_DICE = 0.01  # below it on every seed: the model predicts (almost) nothing
+
+
 def verdicts(summary: dict) -> list[str]:
     name, arms, methods = summary["study"], list(summary["arms"]), summary["methods"]
     lines = []
@@ -423,6 +426,15 @@ def verdicts(summary: dict) -> list[str]:
                     )
         if name == "dp-grid":
             lines.append(operating_point(summary))
+    for arm, a in summary["arms"].items():  # a comparison with a model that never learnt
+        for m in methods:
+            dice = [x for x in _values(summary, arm, m, "dice") if not math.isnan(x)]
+            if dice and max(dice) < UNTRAINED_DICE:
+                lines.append(
+                    f"caution: {a['label']}, {m}: Dice below {UNTRAINED_DICE} on every seed: the "
+                    "model did not learn to segment in this budget; its comparisons measure an "
+                    "untrained model, not the arm's design"
+                )
     return lines
 
 

@@ -233,3 +233,12 @@ def test_participation_verdicts_compare_dice_spread_leakage_and_epsilon_with_all
     assert len(eps) == 1 and eps[0].startswith("60%: dpsgd ε vs 100%: -1.500")
     assert eps[0].endswith("lower")
     assert any(v.startswith("60%: fedavg Dice vs 100%: +0.000") for v in lines), lines
+    assert not any(v.startswith("caution") for v in lines)
+    # a cell whose model never learnt (Dice ~0 on every seed) is flagged, once
+    for c in summary["arms"]["frac60"]["seeds"].values():
+        c["dpsgd"]["dice"] = 0.0
+    caution = [v for v in verdicts(summary) if v.startswith("caution")]
+    assert caution == [
+        "caution: 60%, dpsgd: Dice below 0.01 on every seed: the model did not learn to segment "
+        "in this budget; its comparisons measure an untrained model, not the arm's design"
+    ]
