@@ -22,8 +22,9 @@ with one seed, which gives no interval). Studies:
   per round (``fl.fraction_fit``; 60% = 3 sites, the fewest secure aggregation at t = 3 admits),
   with the audit: Dice, per-site spread, leakage, and DP-SGD's ε (each site's own accountant
   counts only the rounds it trained in).
-- ``dp-grid`` (open question 1 / experiment 2): the paper's DP-SGD at σ ∈ {0.5, 1, 1.2, 1.5, 2}
-  with C = 1 and at C ∈ {0.1, 0.5, 1, 5} with σ = 1.2, with the audit: Dice against the
+- ``dp-grid`` (open question 1 / experiment 2): DP-SGD at σ ∈ {0.5, 1, 1.2, 1.5, 2} with C = 1
+  and at C ∈ {0.1, 0.5, 1, 5} with σ = 1.2, in the DP recipe that learns here (``dpsgd-pt``:
+  public pretraining, then DP fine-tuning; σ set directly, not from a target ε), with the audit: Dice against the
   strongest attack's AUC and against ε, and the operating point the benchmark recommends (the
   highest Dice among the cells whose every seed's AUC CI contains 0.5: no measured leakage;
   chosen on the test split, so it is a reading of this run, not a tuned setting).
@@ -64,6 +65,18 @@ class Study:
     config: str = "configs/standard.toml"  # the profile it runs on unless --config says
 
 
+# The grid's method: the paper's DP-SGD from scratch does not learn on the standard or the quick
+# profile (Dice 0.000 on every seed at σ 1.2: docs/results.md; the participation study), so a grid
+# of it would compare untrained models. Its σ is set directly: the arm's [dp] replaces the
+# recipe's target ε (the recipe's [train], e.g. the standard profile's fine-tuning lr, is kept).
+DP_GRID_METHOD = "dpsgd-pt"
+
+
+def _dp_arm(name: str, label: str, sigma: float, clip: float) -> Arm:
+    dp = {"noise_multiplier": sigma, "max_grad_norm": clip}
+    return Arm(name, label, {f"recipes.{DP_GRID_METHOD}.dp": dp})
+
+
 STUDIES = {
     s.name: s
     for s in (
@@ -93,16 +106,15 @@ STUDIES = {
         Study(
             "dp-grid",
             "Open question 1 / experiment 2: DP-SGD's noise multiplier σ and clipping norm C "
-            "against Dice, the strongest attack's AUC and ε.",
-            ("dpsgd",),
+            "against Dice, the strongest attack's AUC and ε (the DP recipe that learns on these "
+            "profiles, public pretraining then DP fine-tuning, with σ set directly instead of "
+            "from a target ε).",
+            (DP_GRID_METHOD,),
             tuple(
-                Arm(f"sigma{s:g}", f"σ = {s:g}, C = 1", {"dp.noise_multiplier": s})
+                _dp_arm(f"sigma{s:g}", f"σ = {s:g}, C = 1", s, 1.0)
                 for s in (0.5, 1.0, 1.2, 1.5, 2.0)
             )
-            + tuple(
-                Arm(f"clip{c:g}", f"σ = 1.2, C = {c:g}", {"dp.max_grad_norm": c})
-                for c in (0.1, 0.5, 5.0)
-            ),
+            + tuple(_dp_arm(f"clip{c:g}", f"σ = 1.2, C = {c:g}", 1.2, c) for c in (0.1, 0.5, 5.0)),
             audit=True,
         ),
         Study(

@@ -675,12 +675,14 @@ def with_device(cfg: Config, device: str | None) -> Config:
 
 
 def with_overrides(cfg: Config, **fields: Any) -> Config:
-    """A copy of cfg with top-level or dotted fields replaced, re-validated."""
+    """A copy of cfg with top-level or dotted fields replaced, re-validated. A missing parent is
+    created (``recipes.dpsgd-pt.dp`` on a profile without that recipe); validation refuses one
+    that names no field."""
     data = cfg.model_dump(mode="json")
     for key, value in fields.items():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node[p]
+            node = node.setdefault(p, {})
         node[leaf] = value
     return parse_config(data, "overrides")

@@ -9,6 +9,7 @@ import pytest
 from bench import cli
 from bench.study import (
     STUDIES,
+    arm_config,
     collect,
     compare,
     docs_section,
@@ -129,11 +130,38 @@ def test_the_operating_point_is_the_best_cell_without_measured_leakage(tmp_path)
         leaky = arm.name == "sigma0.5"  # the best Dice, but one seed's CI lies above 0.5
         dice = {"sigma0.5": 0.7, "sigma1": 0.6, "clip5": 0.65}.get(arm.name, 0.4)
         auc = [0.6, 0.5, 0.5] if leaky else [0.52, 0.5, 0.49]
-        _write_run(
-            tmp_path / arm.name, {"dpsgd": [dice] * 3}, auc={"dpsgd": auc}, eps={"dpsgd": 3.0}
-        )
+        m = study.methods[0]
+        _write_run(tmp_path / arm.name, {m: [dice] * 3}, auc={m: auc}, eps={m: 3.0})
     line = operating_point(collect(study, tmp_path))
-    assert line.startswith("operating point: σ = 1.2, C = 5 (dpsgd): Dice 0.650, ε 3.00")
+    assert line.startswith("operating point: σ = 1.2, C = 5 (dpsgd-pt): Dice 0.650, ε 3.00")
+
+
+@pytest.mark.parametrize("profile", ["configs/standard.toml", "configs/quick.toml"])
+def test_dp_grid_arms_set_sigma_and_clip_of_the_dp_recipe_not_a_target_epsilon(profile):
+    study = STUDIES["dp-grid"]
+    base = arm_config(study, study.arms[0], profile, None)
+    seen = set()
+    for arm in study.arms:
+        cfg = arm_config(study, arm, profile, None).for_method("dpsgd-pt")
+        assert cfg.dp.target_epsilon is None
+        seen.add((cfg.dp.noise_multiplier, cfg.dp.max_grad_norm))
+        # the recipe's training (the standard profile's fine-tuning lr, rounds) is kept
+        assert cfg.train == base.for_method("dpsgd-pt").train
+    assert seen == {(s, 1.0) for s in (0.5, 1.0, 1.2, 1.5, 2.0)} | {
+        (1.2, c) for c in (0.1, 0.5, 5.0)
+    }
+    if profile.endswith("standard.toml"):
+        assert base.for_method("dpsgd-pt").train.lr == 0.0003
+
+
+def test_overrides_create_a_missing_recipe_but_refuse_a_field_that_does_not_exist():
+    from common.config import resolve_config, with_overrides
+
+    cfg = resolve_config("configs/quick.toml", None, None)
+    made = with_overrides(cfg, **{"recipes.dpsgd-pt.dp": {"noise_multiplier": 0.7}})
+    assert made.for_method("dpsgd-pt").dp.noise_multiplier == 0.7
+    with pytest.raises(ValueError):
+        with_overrides(cfg, **{"trian.lr": 0.1})
 
 
 def test_each_arm_is_a_benchmark_run_with_its_overrides(tmp_path, monkeypatch):
