@@ -167,3 +167,15 @@ def test_no_invert_skips_the_inversion_and_still_writes_the_table(tmp_path, monk
         assert (out / "run" / "threats.md").is_file()
         assert len(calls["invert"]) == inverted
     assert calls["bench"] == [["fedavg"], ["fedavg"]]
+
+
+def test_the_threats_profile_is_the_standard_one_with_a_narrower_unet():
+    """`make threats`'s profile (configs/threats.toml) differs from the standard one only in the
+    U-Net's width (and its name): the same sites, recipes, ε and audit."""
+    from common.config import resolve_config
+
+    std = resolve_config("configs/standard.toml", None, None).model_dump(mode="json")
+    thr = resolve_config("configs/threats.toml", None, None).model_dump(mode="json")
+    assert (thr.pop("profile"), std.pop("profile")) == ("threats", "standard")
+    assert (thr["model"].pop("base"), std["model"].pop("base")) == (16, 24)
+    assert thr == std
