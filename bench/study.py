@@ -578,10 +578,60 @@ def write_report(summary: dict, out: Path) -> str:
         "![per-site Dice](plots/dice_per_site.png)",
         "",
     ]
+    if _has_epsilon(summary):
+        lines += ["![Dice against ε](plots/dice_vs_epsilon.png)", ""]
     text = "\n".join(lines)
     (out / "study.md").write_text(text)
     plot(summary, out / "plots")
     return text
+
+
+def _has_epsilon(summary: dict) -> bool:
+    """Whether any cell of the study reports an ε (a DP method's): it gets a Dice-vs-ε plot."""
+    return any(
+        math.isfinite(x)
+        for key in summary["arms"]
+        for m in summary["methods"]
+        for x in _values(summary, key, m, "epsilon")
+    )
+
+
+def _scatter(plt, summary: dict, key: str, xlabel: str, path: Path) -> None:
+    """Dice against ``key`` (the strongest attack's AUC, or ε), one point per arm and method:
+    mean over the seeds with ± sd bars on both axes."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seen = []
+    for arm, a in summary["arms"].items():
+        for m in summary["methods"]:
+            d, x = _values(summary, arm, m, "dice"), _values(summary, arm, m, key)
+            x = [v if math.isfinite(v) else math.nan for v in x]  # ε = inf: no DP, no point
+            if all(math.isnan(v) for v in x):
+                continue
+            seen += [v for v in x if not math.isnan(v)]
+            ax.errorbar(
+                np.nanmean(x),
+                np.nanmean(d),
+                xerr=_sd(x),
+                yerr=_sd(d),
+                marker="o",
+                capsize=3,
+                label=f"{m}, {a['label']}",
+            )
+    if key == "auc":
+        ax.axvline(0.5, color="gray", ls="--", lw=0.8)
+        title = "utility against leakage"
+    else:
+        title = "utility against the privacy budget"
+        if min(seen) > 0 and max(seen) / min(seen) > 10:  # a grid over decades of ε
+            ax.set_xscale("log")
+            xlabel += " (log scale)"
+    ax.set(xlabel=xlabel, ylabel="Dice", title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(summary: dict, out: Path) -> None:
@@ -608,29 +658,9 @@ def plot(summary: dict, out: Path) -> None:
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, a in arms.items():
-        for m in methods:
-            d, auc = _values(summary, key, m, "dice"), _values(summary, key, m, "auc")
-            if all(math.isnan(x) for x in auc):
-                continue
-            ax.errorbar(
-                np.nanmean(auc),
-                np.nanmean(d),
-                xerr=_sd(auc),
-                yerr=_sd(d),
-                marker="o",
-                capsize=3,
-                label=f"{m}, {a['label']}",
-            )
-    ax.axvline(0.5, color="gray", ls="--", lw=0.8)
-    ax.set(xlabel="strongest-attack AUC", ylabel="Dice", title="utility against leakage")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "dice_vs_auc.png", dpi=110)
-    plt.close(fig)
+    _scatter(plt, summary, "auc", "strongest-attack AUC", out / "dice_vs_auc.png")
+    if _has_epsilon(summary):
+        _scatter(plt, summary, "epsilon", "ε", out / "dice_vs_epsilon.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     bars = [

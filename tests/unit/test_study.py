@@ -86,6 +86,8 @@ def test_a_study_regenerates_from_its_json_with_the_effect_it_holds(tmp_path):
     assert "| paper stress (A large, B small) | fedbn | 0.453 ± 0.155 | – | – | – | 3.0 |" in text
     for png in ("curves.png", "dice_vs_auc.png", "dice_per_site.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
+    assert not (tmp_path / "plots" / "dice_vs_epsilon.png").exists()  # no DP method, no ε
+    assert "dice_vs_epsilon" not in text
     (tmp_path / "study.json").write_text(json.dumps(summary))
     assert cli.main(["study", "--report", str(tmp_path)]) == 0
     assert (tmp_path / "study.md").read_text() == text
@@ -132,8 +134,11 @@ def test_the_operating_point_is_the_best_cell_without_measured_leakage(tmp_path)
         auc = [0.6, 0.5, 0.5] if leaky else [0.52, 0.5, 0.49]
         m = study.methods[0]
         _write_run(tmp_path / arm.name, {m: [dice] * 3}, auc={m: auc}, eps={m: 3.0})
-    line = operating_point(collect(study, tmp_path))
+    summary = collect(study, tmp_path)
+    line = operating_point(summary)
     assert line.startswith("operating point: σ = 1.2, C = 5 (dpsgd-pt): Dice 0.650, ε 3.00")
+    assert "![Dice against ε](plots/dice_vs_epsilon.png)" in write_report(summary, tmp_path)
+    assert (tmp_path / "plots" / "dice_vs_epsilon.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("profile", ["configs/standard.toml", "configs/quick.toml"])
