@@ -495,6 +495,8 @@ def rewrite(path: Path, text: str, made: dict[str, str], names: tuple[str, ...],
 
 MAKE_TEST = Path("docs/runs/make-test.json")  # bench/perf/time_make.py test --out ...
 MAKE_BENCH = Path("docs/runs/make-bench.json")  # bench/perf/time_bench.py --out ...
+MAKE_THREATS = Path("docs/runs/make-threats.json")  # bench/perf/time_make.py threats --out ...
+THREATS_GOAL_MIN = 30.0  # issue 29: `make threats` within 30 minutes on 2 cores
 
 
 def readme_make(path: Path) -> str:
@@ -534,6 +536,27 @@ def readme_bench(path: Path) -> str:
     )
 
 
+def readme_threats(path: Path) -> str:
+    """The README's line on `make threats` (configs/threats.toml, one seed): its wall time on a
+    fresh clone against its goal, from the file bench/perf/time_make.py wrote."""
+    if not path.is_file():
+        return (
+            "- `make threats`: not measured yet "
+            f"(`python bench/perf/time_make.py threats --out {MAKE_THREATS}`)."
+        )
+    r = json.loads(path.read_text())
+    minutes = r["target_s"] / 60
+    ok = r["rc"] == 0 and r["rc_venv"] == 0
+    verdict = "PASS" if ok and minutes <= THREATS_GOAL_MIN else "FAIL"
+    status = "exit 0" if ok else f"FAILED (exit {r['rc'] or r['rc_venv']})"
+    return (
+        f"- `make threats` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
+        f"{r['commit'][:10]}; configs/threats.toml, one seed): {minutes:.1f} min after `make "
+        f"venv`, {status} (goal <= {THREATS_GOAL_MIN:.0f} min: {verdict}). Measured by "
+        f"`{r['command']}`."
+    )
+
+
 def _study(folder: Path, profile_of) -> dict:
     """A committed study's study.json, with its profile read from the folder as given."""
     summary = _read(folder / "study.json")
@@ -549,7 +572,13 @@ def render(dirs: list[Path], root: Path) -> dict[Path, bytes]:
     made = {
         **blocks(runs),
         "studies": docs_section([(_rel(d), _study(d, profile_of)) for d in studies]),
-        "readme-make": readme_make(root / MAKE_TEST) + "\n" + readme_bench(root / MAKE_BENCH),
+        "readme-make": "\n".join(
+            (
+                readme_make(root / MAKE_TEST),
+                readme_bench(root / MAKE_BENCH),
+                readme_threats(root / MAKE_THREATS),
+            )
+        ),
     }
     cmd = "fedonco report docs " + " ".join(_rel(d) for d in dirs)
     out = {}

@@ -201,6 +201,30 @@ def test_the_readme_make_line_comes_from_the_timing_file(tmp_path):
     assert "1.9 GB on disk (1.8 GB of it .venv)" in line and "commit 0123456789" in line
 
 
+@pytest.mark.parametrize(
+    "target_s, rc, verdict",
+    [
+        (1700.0, 0, "exit 0 (goal <= 30 min: PASS)"),
+        (1900.0, 0, "exit 0 (goal <= 30 min: FAIL)"),
+        (600.0, 2, "FAILED (exit 2) (goal <= 30 min: FAIL)"),
+    ],
+)
+def test_the_readme_threats_line_judges_the_timing_file_against_30_minutes(
+    tmp_path, target_s, rc, verdict
+):
+    import json
+
+    from bench.results_doc import readme_threats
+
+    assert "not measured yet" in readme_threats(tmp_path / "absent.json")
+    f = tmp_path / "make-threats.json"
+    record = {"target": "threats", "commit": "0123456789abcdef", "rc_venv": 0, "venv_s": 80.0}
+    record |= {"rc": rc, "target_s": target_s, "cpu": "EPYC", "cores": 2, "date": "2026-12-06"}
+    f.write_text(json.dumps(record | {"command": "python bench/perf/time_make.py threats"}))
+    line = readme_threats(f)
+    assert f"{target_s / 60:.1f} min after `make venv`, {verdict}" in line
+
+
 def test_the_committed_frontier_sweeps_the_dp_recipe_over_three_seeds():
     """Issue 25: the privacy frontier (`dpsgd-pt` at replace-one ε 1, 2, 4, 8 and its non-DP
     twin) rerun on the current accounting, one `fedonco bench --sweep ...` per seed."""
