@@ -137,8 +137,35 @@ def test_the_operating_point_is_the_best_cell_without_measured_leakage(tmp_path)
     summary = collect(study, tmp_path)
     line = operating_point(summary)
     assert line.startswith("operating point: σ = 1.2, C = 5 (dpsgd-pt): Dice 0.650, ε 3.00")
+    assert "the best Dice among them" in line
     assert "![Dice against ε](plots/dice_vs_epsilon.png)" in write_report(summary, tmp_path)
     assert (tmp_path / "plots" / "dice_vs_epsilon.png").stat().st_size > 1000
+
+
+def test_the_operating_point_buys_the_lowest_epsilon_that_costs_no_measurable_dice(tmp_path):
+    """As the quick profile's grid measured: Dice flat over σ. The recommended cell is the
+    largest σ (lowest ε) whose Dice is not distinguishable from the best cell's, not the best
+    cell's noisy maximum; a cell distinguishably worse is passed over even at a lower ε."""
+    study = STUDIES["dp-grid"]
+    m = study.methods[0]
+    dice = {
+        "sigma0.5": [0.50, 0.46, 0.52],  # the best mean
+        "sigma1": [0.49, 0.47, 0.51],
+        "sigma2": [0.48, 0.47, 0.50],  # within the paired CI of the best: chosen
+        "clip0.1": [0.30, 0.31, 0.29],
+    }
+    eps = {"sigma0.5": 74.0, "sigma1": 25.0, "sigma2": 10.5, "clip0.1": 1.0}  # clip0.1: worse
+    for arm in study.arms:
+        d = dice.get(arm.name, [0.40, 0.41, 0.39])
+        _write_run(
+            tmp_path / arm.name,
+            {m: d},
+            auc={m: [0.51, 0.50, 0.49]},
+            eps={m: eps.get(arm.name, 19.7)},
+        )
+    line = operating_point(collect(study, tmp_path))
+    assert line.startswith("operating point: σ = 2, C = 1 (dpsgd-pt): Dice 0.483, ε 10.50"), line
+    assert "not distinguishable from the best such cell's (σ = 0.5, C = 1, 0.493)" in line
 
 
 @pytest.mark.parametrize("profile", ["configs/standard.toml", "configs/quick.toml"])
