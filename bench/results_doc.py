@@ -499,6 +499,12 @@ MAKE_THREATS = Path("docs/runs/make-threats.json")  # bench/perf/time_make.py th
 THREATS_GOAL_MIN = 30.0  # issue 29: `make threats` within 30 minutes on 2 cores
 
 
+def _machine(r: dict) -> str:
+    """'2 cores, AMD EPYC (AVX512)': the capability when the file records it."""
+    cap = f" ({r['torch_cpu']})" if r.get("torch_cpu") else ""
+    return f"{r['cores']} cores, {r['cpu']}{cap}"
+
+
 def readme_make(path: Path) -> str:
     """The README's line on `make test`: its wall time on a fresh clone and the disk it takes,
     from the file bench/perf/time_make.py wrote."""
@@ -507,7 +513,7 @@ def readme_make(path: Path) -> str:
     r = json.loads(path.read_text())
     status = "passed" if r["rc"] == 0 and r["rc_venv"] == 0 else f"FAILED (exit {r['rc']})"
     return (
-        f"- `make test` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
+        f"- `make test` on a fresh clone ({r['date']}, {_machine(r)}, commit "
         f"{r['commit'][:10]}): `make venv` {r['venv_s'] / 60:.1f} min (less when pip's cache "
         f"already holds the wheels, as it did there), then `make test` "
         f"{r['target_s'] / 60:.1f} min, {status}; the clone then takes "
@@ -550,7 +556,7 @@ def readme_threats(path: Path) -> str:
     verdict = "PASS" if ok and minutes <= THREATS_GOAL_MIN else "FAIL"
     status = "exit 0" if ok else f"FAILED (exit {r['rc'] or r['rc_venv']})"
     return (
-        f"- `make threats` on a fresh clone ({r['date']}, {r['cores']} cores, {r['cpu']}, commit "
+        f"- `make threats` on a fresh clone ({r['date']}, {_machine(r)}, commit "
         f"{r['commit'][:10]}; configs/threats.toml, one seed): {minutes:.1f} min after `make "
         f"venv`, {status} (goal <= {THREATS_GOAL_MIN:.0f} min: {verdict}). Measured by "
         f"`{r['command']}`."

@@ -41,6 +41,15 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float]:
     return rc, time.perf_counter() - t0
 
 
+def _torch_cpu() -> str | None:
+    """The CPU capability torch dispatches to here (e.g. AVX512), None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("target", help="the make target to time after `make venv`, e.g. test")
@@ -69,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "clone_bytes": disk_bytes(clone),
         "venv_bytes": disk_bytes(clone / ".venv"),
         "cpu": _cpu(),
+        "torch_cpu": _torch_cpu(),  # AVX2 / AVX512: machines of one model name differ in it
         "cores": os.cpu_count(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "command": f"python bench/perf/time_make.py {args.target} --out {args.out}",

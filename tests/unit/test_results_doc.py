@@ -223,6 +223,9 @@ def test_the_readme_threats_line_judges_the_timing_file_against_30_minutes(
     f.write_text(json.dumps(record | {"command": "python bench/perf/time_make.py threats"}))
     line = readme_threats(f)
     assert f"{target_s / 60:.1f} min after `make venv`, {verdict}" in line
+    assert "2 cores, EPYC, commit" in line  # a file of before the capability was recorded
+    f.write_text(json.dumps(record | {"torch_cpu": "AVX512", "command": "x"}))
+    assert "2 cores, EPYC (AVX512), commit" in readme_threats(f)
 
 
 def test_the_committed_frontier_sweeps_the_dp_recipe_over_three_seeds():
