@@ -14,6 +14,7 @@ autotuning). Untested on a GPU (docs/gpu.md).
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,22 @@ _SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 class DeviceError(ValueError):
     """A device setting that is malformed or names hardware this process does not have."""
+
+
+# The memory layout of the model's convolutions (``common.model.build_model``): channels_last,
+# the default, or nchw, the layout before it; a switch for benchmarks that compare the two
+# (bench/perf/time_layout.py). Every process of a run inherits it; versions.json records it.
+LAYOUT_ENV = "FEDONCO_LAYOUT"
+LAYOUTS = ("channels_last", "nchw")
+
+
+def default_layout() -> str:
+    """The layout ``FEDONCO_LAYOUT`` asks for (channels_last when unset); a DeviceError names
+    the allowed values for anything else."""
+    value = os.environ.get(LAYOUT_ENV, LAYOUTS[0])
+    if value not in LAYOUTS:
+        raise DeviceError(f"{LAYOUT_ENV}={value!r}: expected one of {', '.join(LAYOUTS)}")
+    return value
 
 
 def device_spec(text: str) -> str:

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.device import default_layout
+
 Norm = Literal["batch", "group"]
 
 # Every normalisation layer, found by module type (never by a "bn" substring in the name).
@@ -125,8 +127,9 @@ class UNet(nn.Module):
         return self.head(d1)
 
 
-# The default layout of build_model's convolution weights (see there); tests flip it to compare.
-CHANNELS_LAST = True
+# The default layout of build_model's convolution weights (see there): None reads
+# FEDONCO_LAYOUT (common.device.default_layout: channels_last unless it says nchw); tests set it.
+CHANNELS_LAST: bool | None = None
 
 
 def build_model(
@@ -142,7 +145,7 @@ def build_model(
     The global torch RNG is neither read nor changed: initialisation runs inside a forked RNG
     seeded with ``seed``, so every method of a benchmark starts from the same weights.
 
-    ``channels_last`` (default ``CHANNELS_LAST``): the convolution weights are stored NHWC, so
+    ``channels_last`` (default ``CHANNELS_LAST``, else ``FEDONCO_LAYOUT``): the convolution weights are stored NHWC, so
     oneDNN runs every convolution (and the activations it produces) in that layout without
     reordering: a training step 1.3-1.4x faster on the CPU (``bench/perf/perf_train.py``). Only
     the storage changes: the initial weights' values, names and shapes (``get_params``,
@@ -152,7 +155,11 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UNet(in_ch=1, base=base, norm=norm, groups=groups, dims=dims)
-    if CHANNELS_LAST if channels_last is None else channels_last:
+    if channels_last is None:
+        channels_last = CHANNELS_LAST
+    if channels_last is None:
+        channels_last = default_layout() == "channels_last"
+    if channels_last:
         fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
         model = model.to(memory_format=fmt)
     return model

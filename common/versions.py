@@ -80,7 +80,12 @@ def collect_versions(device=None) -> dict:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             libs[name] = None
-    from common.device import device_record
+    from common.device import DeviceError, default_layout, device_record
+
+    try:
+        layout = default_layout()
+    except DeviceError as e:
+        layout = str(e)
 
     threads = None
     try:
@@ -99,6 +104,7 @@ def collect_versions(device=None) -> dict:
         # what the benchmark's own process computes (public pretraining, the reference rows)
         # depends on it in the last bits; `fedonco verify` recomputes with the same count
         "torch_threads": threads,
+        "layout": layout,  # of the model's convolutions (FEDONCO_LAYOUT): its float32 rounding
         "libraries": libs,
         "lock": lock_status(),
     }

@@ -386,6 +386,37 @@ def test_a_cpu_run_records_no_gpu_name():
     assert collect_versions("cuda")["device"] == "cuda" and "gpu" not in collect_versions("cuda")
 
 
+@pytest.mark.parametrize("value", [None, "channels_last", "nchw"])
+def test_the_layout_switch_sets_build_models_default_and_versions_records_it(value, monkeypatch):
+    """FEDONCO_LAYOUT (a benchmark's A/B of the convolution layout, bench/perf/time_layout.py):
+    every process of a run builds its model in the layout it names; versions.json says which."""
+    import common.model
+
+    monkeypatch.setattr(common.model, "CHANNELS_LAST", None)  # the default: read the variable
+    if value is None:
+        monkeypatch.delenv("FEDONCO_LAYOUT", raising=False)
+    else:
+        monkeypatch.setenv("FEDONCO_LAYOUT", value)
+    conv = build_model(base=4, seed=1).enc1[3].weight  # 4 -> 4 channels: the layouts differ
+    nhwc = conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nhwc == (value != "nchw")
+    assert collect_versions()["layout"] == (value or "channels_last")
+    # an explicit argument wins over the variable
+    assert build_model(base=4, seed=1, channels_last=False).enc1[3].weight.is_contiguous()
+
+
+def test_a_misspelt_layout_is_one_clear_error(monkeypatch):
+    import common.model
+
+    monkeypatch.setattr(common.model, "CHANNELS_LAST", None)
+    monkeypatch.setenv("FEDONCO_LAYOUT", "nhwc")
+    with pytest.raises(
+        DeviceError, match="FEDONCO_LAYOUT='nhwc': expected one of channels_last, nchw"
+    ):
+        build_model(base=4)
+    assert "expected one of" in collect_versions()["layout"]
+
+
 # ----------------------------------------------------------------------------------------------
 # CUDA (skipped on a machine without it)
 # ----------------------------------------------------------------------------------------------
