@@ -18,6 +18,7 @@ from common.cli_args import (
     count,
 )
 from common.config import ConfigError
+from common.device import default_layout
 from common.progress import LOG_FORMAT
 
 
@@ -735,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        default_layout()  # FEDONCO_LAYOUT misspelt: refused before anything starts or is written
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, OSError) as err:
         if args.verbose:  # -v: the whole traceback, for a bug report

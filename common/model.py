@@ -145,8 +145,8 @@ def build_model(
     The global torch RNG is neither read nor changed: initialisation runs inside a forked RNG
     seeded with ``seed``, so every method of a benchmark starts from the same weights.
 
-    ``channels_last`` (default ``CHANNELS_LAST``, else ``FEDONCO_LAYOUT``): the convolution weights are stored NHWC, so
-    oneDNN runs every convolution (and the activations it produces) in that layout without
+    ``channels_last`` (default ``CHANNELS_LAST``, else ``FEDONCO_LAYOUT``): the convolution
+    weights are stored NHWC, so oneDNN runs every convolution (and the activations it produces) in that layout without
     reordering: a training step 1.3-1.4x faster on the CPU (``bench/perf/perf_train.py``). Only
     the storage changes: the initial weights' values, names and shapes (``get_params``,
     ``state_sha256``) are those of the NCHW model; trained weights differ by float32 rounding
@@ -157,8 +157,8 @@ def build_model(
         model = UNet(in_ch=1, base=base, norm=norm, groups=groups, dims=dims)
     if channels_last is None:
         channels_last = CHANNELS_LAST
-    if channels_last is None:
-        channels_last = default_layout() == "channels_last"
+        if channels_last is None:
+            channels_last = default_layout() == "channels_last"
     if channels_last:
         fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
         model = model.to(memory_format=fmt)

@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps({k: record[k] for k in list(record)[4:7]}, indent=1))
+    ratios = ("train_ratio_nchw_over_channels_last", "wall_ratio_nchw_over_channels_last")
+    print(json.dumps({k: record[k] for k in ratios}, indent=1))
     return 0
 
 

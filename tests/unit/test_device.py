@@ -417,6 +417,16 @@ def test_a_misspelt_layout_is_one_clear_error(monkeypatch):
     assert "expected one of" in collect_versions()["layout"]
 
 
+def test_every_command_refuses_a_misspelt_layout_before_it_starts(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FEDONCO_LAYOUT", "nhwc")
+    out = tmp_path / "runs"
+    argv = ["bench", "--config", "configs/smoke.toml", "--dry-run", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fedonco bench: error: FEDONCO_LAYOUT='nhwc': expected one of channels_last, nchw"
+    assert not out.exists()  # nothing started, nothing written
+
+
 # ----------------------------------------------------------------------------------------------
 # CUDA (skipped on a machine without it)
 # ----------------------------------------------------------------------------------------------
