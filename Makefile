@@ -15,6 +15,8 @@ CONFIG ?= configs/standard.toml
 OUT ?= runs
 DEVICE ?=   # e.g. DEVICE=cuda: --device for every process of the run (docs/gpu.md); empty: cpu
 DEVICE_ARG = $(if $(strip $(DEVICE)),--device $(strip $(DEVICE)))
+METHODS ?=  # e.g. METHODS=fedavg,dpsgd: --methods (instead of the profile's fl.methods); empty: the profile's
+METHODS_ARG = $(if $(strip $(METHODS)),--methods $(strip $(METHODS)))
 
 WHEELS ?= deploy/wheelhouse
 
@@ -45,7 +47,7 @@ lock:
 venv: $(VENV)/.installed
 
 bench: venv
-	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT) $(DEVICE_ARG)
+	$(VENV)/bin/fedonco bench --config $(CONFIG) --out $(OUT) $(DEVICE_ARG) $(METHODS_ARG)
 
 # The privacy frontier: the DP recipe at eps 1, 2, 4, 8 and its non-DP twin, 3 seeds each
 # (plots/frontier.png: Dice and TPR@1%FPR against eps, mean ± sd).

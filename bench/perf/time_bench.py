@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from attacks.rungs import LADDER as RUNGS  # noqa: E402  (the attacker's rungs, in order)
 from bench.perf.margins import _cpu  # noqa: E402
 
+DEFAULT_CONFIG = "configs/standard.toml"  # what `make bench` runs
 SHADOW_READY = re.compile(r"shadow federation \d+/\d+ \(.*\) ready in ([\d.]+)s")
 
 
@@ -154,7 +155,7 @@ def newest_run(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/standard.toml")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--run", type=Path, help="read this finished run instead of running the bench")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--goal-min", type=float, default=20.0)
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             print(f"the bench exited {rc}", file=sys.stderr)
             return rc
-        run, command = newest_run(out), f"python bench/perf/time_bench.py --out {args.out}"
+        config = "" if args.config == DEFAULT_CONFIG else f" --config {args.config}"
+        run = newest_run(out)
+        command = f"python bench/perf/time_bench.py{config} --out {args.out}"
         if args.keep:
             print(f"run kept in {run}")
     else:

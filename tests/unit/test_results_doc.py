@@ -115,6 +115,35 @@ def test_runs_of_one_seed_merge_and_a_method_given_twice_differently_is_refused(
     assert str(a / "results.json") in str(err.value) and str(c / "results.json") in str(err.value)
 
 
+def test_a_run_of_more_methods_than_the_profile_runs_today_is_not_judged_as_make_bench(
+    tmp_path, monkeypatch
+):
+    """The profile's fl.methods shrank (configs/standard.toml: four rows since the committed
+    six-row runs): the time of a committed run that also holds the dropped rows is shown with
+    them named, and the time goal is "not measured", never a FAIL of today's `make bench`."""
+    from bench import results_doc
+
+    def entry(dice, auc):
+        return {**_entry(dice, auc), "dice_per_site": [dice] * 2, "dice_site_mean": dice}
+
+    run = _one_seed_run(
+        tmp_path, "a", 7, {"fedavg": entry(0.5, 0.7), "fedbn": entry(0.4, 0.6)}, 1800.0
+    )
+    seeds = merge([load_run(run)])
+    assert seeds[7].beyond(run / "results.json", ["fedavg"]) == ["fedbn"]
+    assert seeds[7].beyond(run / "results.json", ["fedavg", "fedbn"]) == []
+    monkeypatch.setattr(results_doc, "_profile_methods", lambda profile: ["fedavg"])
+    text = results_doc.verdicts(seeds)
+    assert "which also ran fedbn, not in the profile's methods today" in text
+    goal = next(line for line in text.splitlines() if "all methods and audits" in line)
+    assert goal.startswith("- goal: n/a") and "not measured" in goal, goal
+    line = next(x for x in results_doc.readme_time(seeds).splitlines() if "seed 7" in x)
+    assert "30.0 min" in line and "(fedbn no longer in the profile's methods" in line
+    monkeypatch.setattr(results_doc, "_profile_methods", lambda profile: ["fedavg", "fedbn"])
+    goal = next(x for x in results_doc.verdicts(seeds).splitlines() if "all methods and" in x)
+    assert goal.startswith("- goal: FAIL") and goal.endswith("30.0 min"), goal
+
+
 def _sweep_copy(tmp_path: Path) -> Path:
     return Path(shutil.copytree(FIXTURES / "sweep", tmp_path / "sweep"))
 
