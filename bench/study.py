@@ -18,10 +18,16 @@ with one seed, which gives no interval). Studies:
 - ``heterogeneity`` (experiment 3): FedAvg, FedProx, FedBN with the profile's sites and with the
   paper's stress (site A 90% large tumours, site B 90% small: ``data.stress = "paper"``); Dice
   and per-site Dice, no audit (the question is utility).
-- ``participation`` (open question 4): FedAvg and DP-SGD at 100%, 80% and 60% of the five sites
-  per round (``fl.fraction_fit``; 60% = 3 sites, the fewest secure aggregation at t = 3 admits),
-  with the audit: Dice, per-site spread, leakage, and DP-SGD's ε (each site's own accountant
-  counts only the rounds it trained in).
+- ``participation`` (open question 4): FedAvg, per-site DP-SGD and distributed DP-SGD at 100%,
+  80% and 60% of the five sites per round (``fl.fraction_fit``; 60% = 3 sites, the fewest secure
+  aggregation at t = 3 admits), with the audit: Dice, per-site spread, leakage and ε. The DP
+  methods are the recipes that learn on these profiles (public pretraining, then DP: ``dpsgd-pt``,
+  ``ddp-sgd-pt``; the paper's from-scratch ``dpsgd`` stays at Dice 0 and would compare untrained
+  models). Per-site DP-SGD: each site's own accountant counts only the rounds it trained in, so
+  fewer rounds per site lower ε. Distributed DP: each site adds a noise share sized for the
+  secure-aggregation threshold t (``mu / t``), so a round's summed noise is (sites in the round) x
+  mu / t — more than the target when more than t sites take part — and the accountant counts the
+  noise each round really carried: ε rises as participation falls to t.
 - ``dp-grid`` (open question 1 / experiment 2): DP-SGD at σ ∈ {0.5, 1, 1.2, 1.5, 2} with C = 1
   and at C ∈ {0.1, 0.5, 1, 5} with σ = 1.2, in the DP recipe that learns here (``dpsgd-pt``:
   public pretraining, then DP fine-tuning; σ set directly, not from a target ε), with the audit: Dice against the
@@ -95,8 +101,9 @@ STUDIES = {
         Study(
             "participation",
             "Open question 4: what do 80% and 60% of the sites per round cost in Dice, per-site "
-            "spread and leakage, and what do they do to DP-SGD's ε?",
-            ("fedavg", "dpsgd"),
+            "spread and leakage, and what do they do to the ε of per-site and of distributed "
+            "DP-SGD?",
+            ("fedavg", "dpsgd-pt", "ddp-sgd-pt"),
             (
                 Arm("all", "100% (5 of 5 sites per round)", {"fl.fraction_fit": 1.0}),
                 Arm("frac80", "80% (4 of 5)", {"fl.fraction_fit": 0.8}),

@@ -212,7 +212,7 @@ def test_each_arm_is_a_benchmark_run_with_its_overrides(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.run, "run_bench", fake_run_bench)
     args = ["study", "participation", "--config", "configs/smoke.toml", "--seeds", "2"]
     assert cli.main([*args, "--out", str(tmp_path)]) == 0
-    assert seen == [(f, ["fedavg", "dpsgd"], True, 2) for f in (1.0, 0.8, 0.6)]
+    assert seen == [(f, ["fedavg", "dpsgd-pt", "ddp-sgd-pt"], True, 2) for f in (1.0, 0.8, 0.6)]
     out = tmp_path / "participation-smoke-seed7"
     assert json.loads((out / "study.json").read_text())["arms"]["frac60"]["label"] == "60% (3 of 5)"
     assert cli.main([*args, "--out", str(tmp_path)]) == 2  # already holds a study: refused
