@@ -226,7 +226,11 @@ def test_the_readme_make_line_comes_from_the_timing_file(tmp_path):
         )
     )
     line = readme_make(f)
-    assert "`make venv` 2.8 min (less when" in line and "then `make test` 6.5 min, passed" in line
+    assert "`make venv` 2.8 min (less when" in line
+    assert "then `make test` 6.5 min (goal <= 15 min: PASS), passed" in line
+    f.write_text(f.read_text().replace('"target_s": 390.0', '"target_s": 934.5'))
+    assert "then `make test` 15.6 min (goal <= 15 min: FAIL), passed" in readme_make(f)
+    f.write_text(f.read_text().replace('"target_s": 934.5', '"target_s": 390.0'))
     assert "1.9 GB on disk (1.8 GB of it .venv)" in line and "commit 0123456789" in line
 
 
