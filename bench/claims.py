@@ -168,7 +168,7 @@ def standard_goals(results: dict) -> list[str]:
     ms = results["methods"]
     out = []
     wall = results.get("wall_s")
-    took = f"{wall / 60:.1f} min" if wall is not None else "not measured (no run of these methods)"
+    took = f"{wall / 60:.1f} min" if wall is not None else "not measured on a run of these methods"
     out.append(
         f"{_pass(None if wall is None else wall <= WALL_S)} all methods and audits in <= "
         f"{WALL_S // 60} min: {took}"
