@@ -38,7 +38,7 @@ from server.records import ConsistencyStage, TaskKind, UnmaskStage
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("dropout-lie", "model-split")
+ATTACKS = ("dropout-lie", "model-split", "trap")
 
 
 @dataclass
@@ -59,11 +59,12 @@ class Outcome:
 class LyingServer(Server):
     """``Server`` that lies in the rounds of ``lies`` (round -> one of ATTACKS) to ``victim``."""
 
-    def __init__(self, *args, lies: dict[int, str], victim: str, **kwargs):
+    def __init__(self, cfg, method, data_dir, *args, lies: dict[int, str], victim: str, **kwargs):
         bad = sorted(set(lies.values()) - set(ATTACKS))
         if bad:
             raise ValueError(f"attacks {bad}: each one of {', '.join(ATTACKS)}")
-        super().__init__(*args, **kwargs)
+        super().__init__(cfg, method, data_dir, *args, **kwargs)
+        self.data_dir = data_dir  # the trap's public slices: the attacker pool
         if not self.cfg.secagg.enabled:
             raise ValueError("the lying server attacks secure aggregation: enable it")
         self.lies, self.victim = dict(lies), victim
@@ -102,6 +103,19 @@ class LyingServer(Server):
             }
             other = ndarrays_to_proto({**dead, **self.strategy.payload_down(rnd)})
             return {s: payload if s == self.victim else other for s in configs}
+        if attack == "trap" and kind == TaskKind.ADVERTISE_KEYS:
+            from attacks.trap import craft
+            from common.data.loader import load_arrays
+            from common.transforms import window_hu
+
+            public, *_ = load_arrays(self.data_dir, "attacker")
+            window = tuple(self.cfg.data.window)
+            crafted, _trap = craft(
+                self.params, window_hu(public, window), self.cfg.train.batch_size, rnd
+            )
+            shared = {k: crafted[k] for k in self.shared}
+            trap = ndarrays_to_proto({**shared, **self.strategy.payload_down(rnd)})
+            return {s: trap for s in configs}
         if attack == "dropout-lie" and kind == TaskKind.CONSISTENCY:
             return {s: ConsistencyStage(sorted({s, self.victim})) for s in configs}
         if attack == "dropout-lie" and kind == TaskKind.UNMASK:

@@ -33,6 +33,7 @@ from common.io import load_npz, safe_name, save_npz, secure_dir
 from common.keybind import KeySigner, KeyVerifier
 from common.methods import get_method
 from common.model import get_params, model_for, set_params
+from common.modelcheck import check_model
 from common.release import export_release, release_info
 from common.secagg import SecAggClient, SecAggError, flatten, round_digest
 from common.training.dp.randomness import (
@@ -305,6 +306,9 @@ class SiteClient:
             set_params(self.model, {**shared, **self._local_before(task.round, local_keys)})
             if orders.control_variates:  # SCAFFOLD: checks the server's c before training
                 control = ControlVariates(self.model, extras, self._kept_before(task.round))
+            # a model crafted to make this site's update reveal its inputs (trap weights) is
+            # refused before anything trains on the site's data (common/modelcheck.py)
+            check_model(self.model, self._check_batch(orders.batch_size))
         except ValueError as err:
             self._decline(task.round, str(err))
             return
@@ -406,6 +410,13 @@ class SiteClient:
         log.info("site %s released its model to %s", self.site, self.state_dir / "release")
         if self.publish_dir is not None:  # e.g. the release service's model store
             export_release(self.publish_dir / self.run_id / f"site{self.site}", params, info)
+
+    def _check_batch(self, batch_size: int) -> torch.Tensor:
+        """The site's first training slices (a batch of the orders' size), where its model is:
+        what ``check_model`` runs the received model on."""
+        k = max(1, min(batch_size, len(self.train_set)))
+        x = torch.stack([self.train_set[i][0] for i in range(k)])
+        return x.to(next(self.model.parameters()).device)
 
     def _decline(self, rnd: int, reason: str) -> None:
         log.warning("site %s: sitting out round %d: %s", self.site, rnd, reason)

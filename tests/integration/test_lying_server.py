@@ -66,8 +66,10 @@ def test_a_lying_server_gets_nothing_from_the_sites_fedonco_client_runs(tmp_path
     """Round 1, dropout-lie: every site refuses to confirm a survivor set of two and says so;
     no share leaves any site, the round aborts. Round 2, model-split: the victim sees none of
     its peers' confirmations verify (they were sent another round) and declines to unmask; its
-    peers unmask, and the sum carries pairwise masks that do not cancel: noise, not a model."""
-    outs, logs = _lie(tmp_path, smoke_data, {1: "dropout-lie", 2: "model-split"})
+    peers unmask, and the sum carries pairwise masks that do not cancel: noise, not a model.
+    Round 3, trap: every site is sent a model with trap weights and declines the fit task
+    before training on it (common/modelcheck.py); nothing is uploaded, the round aborts."""
+    outs, logs = _lie(tmp_path, smoke_data, {1: "dropout-lie", 2: "model-split", 3: "trap"})
     lie = outs[1]
     assert lie.aborted and not lie.isolated
     assert not any(lie.revealed.values()), lie.revealed  # no share left any site
@@ -82,6 +84,12 @@ def test_a_lying_server_gets_nothing_from_the_sites_fedonco_client_runs(tmp_path
     assert split.revealed and "A" not in split.revealed
     if split.max_change is not None:  # unmasked: uniform noise over the quantisation ring
         assert split.max_change > 100.0, split.max_change
+    trap = outs[3]
+    assert trap.aborted and not trap.revealed
+    for s in "ABCDE":
+        why = trap.failures.get(s, "")
+        assert why.startswith("declined: the model looks crafted"), (s, why)
+        assert "trap weights" in logs[s] and "Traceback" not in logs[s]
 
 
 def test_positive_control_model_split_reads_the_victims_model_off_weakened_sites(
