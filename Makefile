@@ -58,7 +58,8 @@ frontier: venv
 
 # What each defence buys (docs/threat-model.md): the no-DP, per-site DP and distributed DP releases
 # with the black-box and white-box attackers, the inversion of the server's view and the lying
-# server; writes threats.md into the run directory.
+# server; writes threats.md into the run directory; then trap weights, a crafted model sent to
+# every site alike (python -m bench.trap, ~1 min: runs/threats/trap/trap.md).
 # Its own profile (configs/threats.toml: the standard one with a narrower U-Net) so that one seed
 # fits ~30 min on 2 cores; `make threats THREATS_CONFIG=configs/standard.toml THREATS_SEEDS=3` is
 # the committed table's (docs/runs/threats: hours).
@@ -66,6 +67,7 @@ THREATS_SEEDS ?= 1
 THREATS_CONFIG ?= configs/threats.toml
 threats: venv
 	$(VENV)/bin/fedonco threats --config $(THREATS_CONFIG) --seeds $(THREATS_SEEDS) --out runs/threats
+	$(VENV)/bin/python -m bench.trap --config $(THREATS_CONFIG) --seeds 5 --out runs/threats/trap
 
 # Fuzz the Federation service with 20,000 property-based messages, then the release service with as
 # many (bench/fuzz.py): the servers must never exit, the model must end as the honest site made it,

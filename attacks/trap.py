@@ -34,7 +34,8 @@ gives back every one-position bin; the sum of the sites (secure aggregation: bin
 positions of sites normalised with their own statistics), several local steps or Adam (the
 update is no longer one gradient) and per-site norm layers the server does not set (FedBN)
 stop it but for a bin holding one position over all sites; the site's own check of the model
-it is sent (``common.modelcheck``) refuses it.
+it is sent (``common.modelcheck``) refuses it, and the variant built to pass that check
+(``offset``, ``cosine``: dense units, kernels apart) gets bins that mix many positions.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Trap:
     """What the server keeps of the model it crafted (all public or its own choice)."""
 
     kernel: np.ndarray  # (9,) the trap channels' shared 3x3 kernel
+    kernels: np.ndarray  # (n, 9) each trap channel's kernel: ``kernel``, or near it (``cosine``)
     thresholds: np.ndarray  # (n,) descending: channel STAT+1+j fires where x_hat > thresholds[j]
     cov: np.ndarray  # (9, 9) the public slices' 3x3 patch covariance
     var_centre: float  # the public slices' pixel variance (cov's centre entry)
@@ -82,7 +84,12 @@ def patches(images: np.ndarray) -> np.ndarray:
 def responses(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """The trap kernel's normalised response x_hat per position, (N*H*W,), as the site's
     BatchNorm computes it in training over its whole batch of ``images``."""
-    z = (patches(images) @ kernel).ravel()
+    return _xhat(patches(images).reshape(-1, 9), kernel)
+
+
+def _xhat(p: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """x_hat of a batch given as its patches (positions, 9)."""
+    z = p @ kernel
     return (z - z.mean()) / np.sqrt(z.var() + BN_EPS)
 
 
@@ -91,12 +98,19 @@ def craft(
     public: np.ndarray,
     batch_slices: int = 1,
     seed: int = 0,
+    offset: int = 0,
+    cosine: float = 1.0,
 ) -> tuple[dict[str, np.ndarray], Trap]:
     """The crafted global model (``params`` with enc1's first block replaced) and its ``Trap``.
 
     ``public``: (N, H, W) public slices on the [0, 1] window (the attacker pool); thresholds
     are set on batches of ``batch_slices`` of them, the sites' batch size (public orders), so
-    that channel c fires on about c positions of a site's batch."""
+    that channel c fires on about ``offset`` + c positions of a site's batch. ``cosine`` < 1:
+    each trap channel's kernel is turned away from the shared one to that cosine (a random
+    direction per channel). Both make an attacker who evades the site's check
+    (``common.modelcheck``: units firing on at least 1%, kernels no closer than its limit)."""
+    if not 0 < cosine <= 1 or offset < 0:
+        raise ValueError(f"cosine must be in (0, 1] and offset >= 0, got {cosine}, {offset}")
     weight = np.asarray(params[CONV])
     b = weight.shape[0]
     if weight.shape[1:] != (1, 3, 3) or b < 3:
@@ -110,20 +124,30 @@ def craft(
     cov = np.cov(p.T)
     kernel *= np.sqrt(EPS_MARGIN * BN_EPS / (kernel @ cov @ kernel))
     n = b - 1
+    turn = rng.standard_normal((n, 9))
+    turn -= np.outer(turn @ kernel / (kernel @ kernel), kernel)  # orthogonal to the kernel
+    turn *= np.linalg.norm(kernel) / np.linalg.norm(turn, axis=1, keepdims=True)
+    angle = np.arccos(cosine)
+    kernels = np.cos(angle) * kernel + np.sin(angle) * turn
+    k = len(public) // batch_slices
+    batches = p[: k * batch_slices * public.shape[1] * public.shape[2]].reshape(k, -1, 9)
+
     # the public batches' x_hat, ranked: the threshold for "about c positions" is the mean of
     # the (c + 1/2)-th largest response over batches
-    k = len(public) // batch_slices
-    ranked = np.stack(
-        [
-            -np.sort(-responses(public[i * batch_slices : (i + 1) * batch_slices], kernel))[: n + 1]
-            for i in range(k)
-        ]
-    )
-    thresholds = ((ranked[:, :n] + ranked[:, 1 : n + 1]) / 2).mean(0)
+    def ranked(w, ranks):  # kernel w's x_hat at ranks [first, last] (1 = largest)
+        return np.stack([-np.sort(-_xhat(x, w))[: ranks[-1]] for x in batches])[:, ranks[0] - 1 :]
+
+    if cosine == 1.0:  # one kernel: channel j's threshold between ranks offset + j and + j + 1
+        r = ranked(kernel, [offset + 1, offset + n + 1])
+        thresholds = ((r[:, :n] + r[:, 1:]) / 2).mean(0)
+    else:  # each channel its own kernel, its own threshold at the same rank
+        thresholds = np.array(
+            [ranked(w, [offset + j + 1, offset + j + 2]).mean() for j, w in enumerate(kernels)]
+        )
     out = {name: np.array(v, copy=True) for name, v in params.items()}
     conv = np.zeros_like(weight)
     conv[STAT, 0, 1, 1] = 1.0
-    conv[STAT + 1 :, 0] = kernel.reshape(3, 3)
+    conv[STAT + 1 :, 0] = kernels.reshape(n, 3, 3)
     out[CONV] = conv
     scale = np.full(b, NORM_SCALE, weight.dtype)
     scale[STAT] = 1.0
@@ -138,7 +162,7 @@ def craft(
     out[f"{NORM}.running_var"] = np.zeros(b, weight.dtype)
     nxt = np.asarray(params[NEXT])
     out[NEXT] = np.repeat(nxt[:, :1], b, axis=1)  # the same outgoing weights for every channel
-    return out, Trap(kernel, thresholds, cov, float(cov[4, 4]))
+    return out, Trap(kernel, kernels, thresholds, cov, float(cov[4, 4]))
 
 
 def recover(
@@ -179,13 +203,23 @@ def recover(
 
 def true_bins(trap: Trap, batches: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
     """For scoring (the benchmark knows the slices): each bin's true patches, over the sites'
-    batches (each (B, H, W) on the [0, 1] window, normalised on its own as at its site)."""
+    batches (each (B, H, W) on the [0, 1] window, normalised on its own as at its site). Bin j
+    is what trap channel j's gradient has beyond channel j-1's: the positions where j fires and
+    j-1 does not, and, with kernels that differ (``cosine`` < 1), those where j-1 fires and j
+    does not (they enter with the opposite sign: such a bin is a mix)."""
+    return _bins(trap, [patches(batch).reshape(-1, 9) for batch in batches])
+
+
+def _bins(trap: Trap, batches: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """``true_bins`` of batches given as their patches (positions, 9)."""
     bins: list[list[np.ndarray]] = [[] for _ in trap.thresholds]
-    upper = np.concatenate([[np.inf], trap.thresholds[:-1]])
-    for batch in batches:
-        xh, p = responses(batch, trap.kernel), patches(batch).reshape(-1, 9)
-        for j, (lo, hi) in enumerate(zip(trap.thresholds, upper, strict=True)):
-            bins[j].extend(p[(xh > lo) & (xh <= hi)])
+    for p in batches:
+        fired = [_xhat(p, k) > t for k, t in zip(trap.kernels, trap.thresholds, strict=True)]
+        before = np.zeros(len(p), bool)
+        for j, now in enumerate(fired):
+            bins[j].extend(p[now & ~before])
+            bins[j].extend(p[before & ~now])
+            before = now
     return bins
 
 
@@ -194,9 +228,10 @@ def public_guess(trap: Trap, public: np.ndarray, batch_slices: int = 1) -> np.nd
     it (public batches of ``batch_slices`` slices), (n, 9). The baseline an estimate must beat:
     the top responses of one kernel look alike, so a bin's patches resemble each other."""
     n = len(public) // batch_slices
-    batches = [public[i * batch_slices : (i + 1) * batch_slices] for i in range(n)]
-    overall = patches(public).reshape(-1, 9).mean(0)
-    return np.stack([np.mean(b, 0) if b else overall for b in true_bins(trap, batches)])
+    p = patches(public[: n * batch_slices])
+    overall = p.reshape(-1, 9).mean(0)
+    batches = p.reshape(n, -1, 9)
+    return np.stack([np.mean(b, 0) if b else overall for b in _bins(trap, batches)])
 
 
 def score(estimates: np.ndarray, bins: list[list[np.ndarray]], pixels: int) -> dict:

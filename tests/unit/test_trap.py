@@ -6,7 +6,8 @@ threat model credits, and the check refuses the crafted model while passing hone
 Margins (smoke profile, seeds 0-4, measured natively, under ATEN_CPU_CAPABILITY=avx2 and with one
 torch thread: the same counts): the positive control recovers 11 patches (every one-position bin
 with a non-flat patch), the public guess 3, the honest model 0; secure aggregation 1, five local
-steps, Adam and FedBN 0."""
+steps, Adam and FedBN 0; the trap made to pass the check passes it on 3 of 5 seeds and recovers
+0 there."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from attacks.trap import craft, patches, recover, score, true_bins
 from bench.trap import ROWS, markdown, run_row
 from common.config import load_profile
 from common.model import build_model, get_params, set_params
-from common.modelcheck import ModelCheckError, check_model, firing, kernel_cosines
+from common.modelcheck import MAX_COSINE, ModelCheckError, check_model, firing, kernel_cosines
 
 SEEDS = range(5)
 
@@ -68,6 +69,15 @@ def test_a_site_that_checks_refuses_the_trap_and_the_table_says_so(rows):
     assert "refuses the round on 5/5 seeds" in md and "(positive control)" in md
 
 
+def test_an_attacker_who_evades_the_check_gets_no_patch(rows):
+    """Dense units (>= 2% of the batch) and kernels apart (0.95 to a shared one): where the check
+    lets it through, its bins are mixes of many positions."""
+    name = next(n for n in rows if n.startswith("a trap made to pass the check"))
+    trained = [r for r in rows[name] if "refused" not in r]
+    assert trained  # measured: 3 of 5 pass the check
+    assert _total(trained) <= 1  # measured 0
+
+
 def test_the_estimate_is_exact_for_a_bin_of_one_position():
     """The algebra alone, in float64 on noise slices: one plain-SGD step, every one-position
     bin's patch comes back above 30 dB (not exactly: the server takes the patch covariance from
@@ -112,6 +122,16 @@ def test_patches_are_zero_padded_like_the_convolution():
 def test_the_check_passes_freshly_initialised_models(norm, seed):
     model = build_model(base=8, norm=norm, groups=2, seed=seed)
     check_model(model, torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_the_kernel_rule_passes_the_paper_width_at_initialisation():
+    """At base 52 (the paper's U-Net) the first convolution holds 52 kernels of 9 weights:
+    random initialisation alone comes close to the 0.99 limit (largest over these 2000 seeds:
+    0.9898; trained models at that width are untested)."""
+    for seed in range(2000):
+        torch.manual_seed(seed)
+        conv = torch.nn.Conv2d(1, 52, 3, bias=False)
+        assert kernel_cosines(torch.nn.Sequential(conv))["0"] < MAX_COSINE, seed
 
 
 def test_the_check_refuses_the_trap_for_both_reasons():
