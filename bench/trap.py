@@ -195,7 +195,8 @@ def honest_margins(cfg, data_dir: Path, methods: list[str]) -> dict:
                 acc["sparse"].append(
                     max(int(((f > 0) & (f < SPARSE_FRACTION)).sum()) for f in units)
                 )
-            acc["before"].update(view.uploads)
+            for s, up in view.uploads.items():  # its weights (SCAFFOLD's control variate aside)
+                acc["before"][s] = {k: v for k, v in up.items() if k in start}
 
         simulate_federation(mcfg, method, sites, seed=cfg.seed, observe=look, desc=method)
         out[method] = {

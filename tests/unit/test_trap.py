@@ -194,3 +194,16 @@ def test_the_committed_table_is_what_the_command_writes():
     result = json.loads((run / "trap.json").read_text())
     assert (run / "trap.md").read_text() == markdown(result)
     assert {"config.json", "versions.json"} <= {p.name for p in run.iterdir()}
+
+
+def test_honest_federations_pass_the_check(smoke, smoke_data):
+    """Every round's global model of honest FedAvg and SCAFFOLD federations (the smoke profile;
+    SCAFFOLD's uploads carry its control variates) on every site's first batch: measured least
+    firing fraction 18.7% and largest kernel cosine 0.38 (both methods), far from 1% and 0.99."""
+    from bench.trap import honest_margins
+    from common.modelcheck import SPARSE_FRACTION
+
+    for method, m in honest_margins(smoke, smoke_data, ["fedavg", "scaffold"]).items():
+        assert m["rounds"] == smoke.train.rounds
+        assert m["least_firing"] > 5 * SPARSE_FRACTION, method
+        assert m["largest_cosine"] < MAX_COSINE - 0.3, method
