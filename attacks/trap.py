@@ -26,8 +26,8 @@ Two approximations: the mean patch is the pixel mean in every slot (zero padding
 border slots differ) and ``Cov`` is the public slices' covariance scaled to the site's pixel
 variance. Everything else in the model is the global model the server would have sent.
 
-What it can reach, by construction: one 3x3 patch per bin, at most ``base - 2`` patches of the
-site's batch per round (216 of a 64x64 slice's 4096 pixels at base 24), never a whole slice;
+What it can reach, by construction: one 3x3 patch per bin, at most ``base - 1`` patches of the
+site's batch per round (23 at base 24: 207 of a 64x64 slice's 4096 pixels), never a whole slice;
 deeper layers could trap more and are not built here. What it obtains per configuration is
 measured by ``python -m bench.trap`` (tests/unit/test_trap.py): one site's update in the clear
 gives back every one-position bin; the sum of the sites (secure aggregation: bins then mix
