@@ -81,14 +81,9 @@ def patches(images: np.ndarray) -> np.ndarray:
     return F.unfold(x, 3, padding=1).transpose(1, 2).double().numpy()
 
 
-def responses(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """The trap kernel's normalised response x_hat per position, (N*H*W,), as the site's
-    BatchNorm computes it in training over its whole batch of ``images``."""
-    return _xhat(patches(images).reshape(-1, 9), kernel)
-
-
 def _xhat(p: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """x_hat of a batch given as its patches (positions, 9)."""
+    """The kernel's normalised response x_hat per position, as the site's BatchNorm computes it
+    in training over its whole batch, given as the batch's patches (positions, 9)."""
     z = p @ kernel
     return (z - z.mean()) / np.sqrt(z.var() + BN_EPS)
 
