@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.device import keep_freed_memory
 from common.fl.strategy import strategy_for
 from common.io import load_npz, save_npz
 from common.methods import get_method
@@ -180,6 +181,7 @@ def _train_one(job: dict) -> tuple[dict, dict]:
 
     if job.get("log_level") is not None:  # a worker: its lines join the parent's stderr
         logging.basicConfig(level=job["log_level"], format=LOG_FORMAT)
+        keep_freed_memory()  # a spawned worker does not inherit the parent's malloc settings
     old = torch.get_num_threads()
     if job["device"].type == "cpu":
         torch.set_num_threads(job["threads"])

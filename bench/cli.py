@@ -18,7 +18,7 @@ from common.cli_args import (
     count,
 )
 from common.config import ConfigError
-from common.device import default_layout
+from common.device import default_layout, keep_freed_memory
 from common.progress import LOG_FORMAT
 
 
@@ -737,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         default_layout()  # FEDONCO_LAYOUT misspelt: refused before anything starts or is written
+        keep_freed_memory()  # FEDONCO_ALLOCATOR: the same, and applied to this process
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, OSError) as err:
         if args.verbose:  # -v: the whole traceback, for a bug report

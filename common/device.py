@@ -45,6 +45,46 @@ def default_layout() -> str:
     return value
 
 
+# glibc's malloc hands large blocks back to the kernel when they are freed (mmap'd blocks above a
+# threshold, the heap's top above another), so a training step that allocates and frees the same
+# few-MB activations and per-sample gradients every step page-faults them in again every step.
+# "keep" (the default) keeps freed memory in the process; "system" leaves malloc as it is.
+# Speed only: the arithmetic, and so every model hash, is the same either way (torch aligns its
+# buffers itself). The process keeps its peak memory until it exits.
+ALLOCATOR_ENV = "FEDONCO_ALLOCATOR"
+ALLOCATORS = ("keep", "system")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_allocator = "system"  # what this process has: malloc untouched until keep_freed_memory runs
+
+
+def allocator_in_effect() -> str:
+    """ "keep" once ``keep_freed_memory`` has changed this process's malloc, else "system"."""
+    return _allocator
+
+
+def keep_freed_memory() -> str:
+    """Apply ``FEDONCO_ALLOCATOR`` to this process; returns the allocator in effect: "keep"
+    (glibc's mallopt: blocks up to 1 GiB from the heap, which is never trimmed), or "system"
+    when asked for or where malloc is not glibc's (mallopt missing or refusing). Idempotent; a
+    DeviceError names the allowed values for anything else."""
+    global _allocator
+    value = os.environ.get(ALLOCATOR_ENV, ALLOCATORS[0])
+    if value not in ALLOCATORS:
+        raise DeviceError(f"{ALLOCATOR_ENV}={value!r}: expected one of {', '.join(ALLOCATORS)}")
+    if value == "system" or _allocator == "keep":
+        return _allocator  # a process that kept its memory cannot give it back: it says so
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows)
+        return _allocator
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1):
+        _allocator = "keep"
+    return _allocator  # "system" e.g. under musl, whose mallopt does nothing and says so
+
+
 def device_spec(text: str) -> str:
     """``text`` if it is a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``), else
     ``DeviceError``: the syntax only, nothing is asked of the hardware (nor is torch imported)."""

@@ -80,7 +80,7 @@ def collect_versions(device=None) -> dict:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             libs[name] = None
-    from common.device import DeviceError, default_layout, device_record
+    from common.device import DeviceError, allocator_in_effect, default_layout, device_record
 
     try:
         layout = default_layout()
@@ -105,6 +105,7 @@ def collect_versions(device=None) -> dict:
         # depends on it in the last bits; `fedonco verify` recomputes with the same count
         "torch_threads": threads,
         "layout": layout,  # of the model's convolutions (FEDONCO_LAYOUT): its float32 rounding
+        "allocator": allocator_in_effect(),  # FEDONCO_ALLOCATOR: speed only, never a result
         "libraries": libs,
         "lock": lock_status(),
     }

@@ -7,6 +7,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+from common.device import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as every `fedonco` process does (FEDONCO_ALLOCATOR; speed only)
+
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):

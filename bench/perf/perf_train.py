@@ -8,7 +8,8 @@ thread count, the step kinds the federation runs, each in the NCHW layout and in
 (``build_model(channels_last=...)``, the default), timed interleaved so that drift on a shared
 machine hits every variant alike (best of ``--steps`` after a warm-up):
 
-- ``plain``: forward, backward, Adam step (FedAvg, FedBN; BatchNorm net; groupnorm: GroupNorm)
+- ``plain``: forward, backward, Adam step (FedAvg, FedBN; BatchNorm net)
+- ``plain-gn``: the same on the GroupNorm net (the groupnorm rows; DP-SGD's non-DP twin)
 - ``fedprox``: the same plus the proximal term (mu 0.01)
 - ``dp``: one DP-SGD step as common/training/dp/ runs it (the project's per-sample sampler,
   Opacus' DPOptimizer: clip, noise, step; GroupNorm net)
@@ -19,6 +20,10 @@ FLOPs come from ``torch.utils.flop_counter`` (convolutions and matmuls: what sge
 of); each kind's GFLOP/s is divided by the GFLOP/s of a 2048x2048 fp32 matmul on the same
 threads in the same run. ``--federation N``: N processes with 1 thread each, as N sites share
 the cores in a federation, each running plain steps for a fixed time; their aggregate GFLOP/s.
+After the table, DP-SGD's step over ``plain-gn``'s (the same network and batch) per size,
+threads and layout: issue 31's "DP overhead" ratio. The process's malloc follows
+``FEDONCO_ALLOCATOR`` as every ``fedonco`` process does (``common.device.keep_freed_memory``;
+``FEDONCO_ALLOCATOR=system`` for the allocator before it); the output names it.
 Training is most of every profile's wall time (the target federations and the audit's shadow
 federations are both training), so this is the one hot path under everything.
 """
@@ -39,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from common.device import keep_freed_memory  # noqa: E402
 from common.metrics import seg_loss  # noqa: E402
 from common.model import build_model  # noqa: E402
 from common.training.local import proximal_anchor, proximal_term  # noqa: E402
@@ -69,7 +75,7 @@ def _batch(side: int, n: int = BATCH):
 
 def step_fn(kind: str, base: int, side: int, channels_last: bool):
     """A closure that runs one step of ``kind``, and what to call when done."""
-    norm = "group" if kind == "dp" else "batch"
+    norm = "group" if kind in ("dp", "plain-gn") else "batch"
     model = build_model(base, norm, GROUPS, seed=0, channels_last=channels_last)
     x, y = _batch(side, 64 if kind == "eval" else BATCH)
     if kind == "eval":
@@ -122,7 +128,8 @@ def step_fn(kind: str, base: int, side: int, channels_last: bool):
 def flops_of(kind: str, base: int, side: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    run, close = step_fn("plain" if kind in ("fedprox", "dp") else kind, base, side, False)
+    useful = {"fedprox": "plain", "dp": "plain-gn"}.get(kind, kind)
+    run, close = step_fn(useful, base, side, False)
     with FlopCounterMode(display=False) as fc:
         run()
     close()
@@ -166,8 +173,25 @@ def measure(size: str, threads: int, kinds: list[str], steps: int) -> list[dict]
     return rows
 
 
+def dp_ratios(rows: list[dict]) -> list[dict]:
+    """DP-SGD's step time over the plain step of the same GroupNorm net, per size, thread
+    count and layout (rows of ``measure`` holding both kinds)."""
+    t = {(r["size"], r["threads"], r["layout"], r["kind"]): r["step_s"] for r in rows}
+    return [
+        {
+            "size": sz,
+            "threads": th,
+            "layout": lay,
+            "dp_over_plain": dp / t[(sz, th, lay, "plain-gn")],
+        }
+        for (sz, th, lay, kind), dp in t.items()
+        if kind == "dp" and (sz, th, lay, "plain-gn") in t
+    ]
+
+
 def _site_worker(args):
     base, side, channels_last, seconds = args
+    keep_freed_memory()  # a spawned process: as a site's `fedonco client` would
     torch.set_num_threads(1)
     run, _ = step_fn("plain", base, side, channels_last)
     run()
@@ -208,8 +232,8 @@ def main() -> None:
     ap.add_argument(
         "--kinds",
         nargs="+",
-        default=["plain", "fedprox", "dp", "eval"],
-        choices=["plain", "fedprox", "dp", "eval"],
+        default=["plain", "plain-gn", "fedprox", "dp", "eval"],
+        choices=["plain", "plain-gn", "fedprox", "dp", "eval"],
     )
     ap.add_argument("--steps", type=int, default=5, help="timed rounds per variant (best of)")
     ap.add_argument(
@@ -221,10 +245,11 @@ def main() -> None:
     ap.add_argument("--federation-s", type=float, default=20.0)
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
+    allocator = keep_freed_memory()
     rows = []
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; best of {args.steps}"
+        f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; best of {args.steps}; malloc {allocator}"
     )
     print("| size | threads | kind | layout | ms/step | GFLOP | GFLOP/s | x sgemm | vs NCHW |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -238,6 +263,13 @@ def main() -> None:
                     f"{r['fraction_of_sgemm']:.2f} (of {r['sgemm_gflops']:.0f}) | "
                     f"{r['speedup_vs_nchw']:.2f}x |"
                 )
+    ratios = dp_ratios(rows)
+    if ratios:
+        print("\nDP-SGD step / plain step of the same GroupNorm net (goal <= 1.3):")
+        for r in ratios:
+            print(
+                f"- {r['size']}, {r['threads']} thread(s), {r['layout']}: {r['dp_over_plain']:.2f}x"
+            )
     fed = []
     if args.federation:
         print(
@@ -253,7 +285,16 @@ def main() -> None:
                 )
     if args.out:
         args.out.write_text(
-            json.dumps({"steps": rows, "federation": fed, "torch": torch.__version__}, indent=1)
+            json.dumps(
+                {
+                    "steps": rows,
+                    "dp_over_plain": ratios,
+                    "federation": fed,
+                    "torch": torch.__version__,
+                    "malloc": allocator,
+                },
+                indent=1,
+            )
         )
 
 

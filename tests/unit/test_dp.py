@@ -28,6 +28,7 @@ from common.training.dp import (  # noqa: E402
     SiteAccountant,
     dp_steps_per_epoch,
     dp_train_local,
+    grad_sample,  # noqa: E402
     make_grad_sample_module,
     per_sample_backward,
     release_grad_sample_module,
@@ -223,16 +224,50 @@ class OddConvs(nn.Module):
         return self.head(torch.relu(self.up(self.norm(self.b(self.a(x))))))
 
 
+class TiledConvs(nn.Module):
+    """Layers whose kernel equals their stride, in channels_last (the fast sampler's one-matmul
+    path): a 2x2 stride-2 conv on an odd side (its last row and column are never seen), a 2x2
+    stride-2 transposed conv, a 1x1 head with bias; and a 2x2 stride-2 transposed conv with
+    output_padding, which is not such a layer (the per-image path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+        self.down = nn.Conv2d(3, 4, 2, stride=2, bias=True)
+        self.up = nn.ConvTranspose2d(4, 2, 2, stride=2, bias=True)
+        self.pad = nn.ConvTranspose2d(4, 2, 2, stride=2, output_padding=1, bias=False)
+        self.head = nn.Conv2d(2, 1, 1)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        d = torch.relu(self.down(torch.relu(self.a(x))))
+        u = nn.functional.pad(self.up(d), (0, 1, 0, 1)) + self.pad(d)
+        return self.head(torch.relu(u))
+
+
 @pytest.mark.parametrize("mode", ["fast", "hooks", "functorch"])
-@pytest.mark.parametrize("net", ["unet", "odd"])
-def test_per_sample_gradients_match_a_per_image_autograd_loop(mode, net):
+@pytest.mark.parametrize("net", ["unet", "odd", "tiled"])
+def test_per_sample_gradients_match_a_per_image_autograd_loop(mode, net, monkeypatch):
     torch.manual_seed(0)
-    model = tiny_model() if net == "unet" else OddConvs()
-    data = tiny_data(5)
+    model = {"unet": tiny_model, "odd": OddConvs, "tiled": TiledConvs}[net]()
+    data = tiny_data(5, size=9 if net == "tiled" else 16)
     ref = reference_grad_samples(copy.deepcopy(model), data)
     gsm = make_grad_sample_module(model, mode)
+    tiled = []  # the layers the one-matmul path computed
+    one_matmul = grad_sample._tiled_weight_grad_sample
+    monkeypatch.setattr(
+        grad_sample,
+        "_tiled_weight_grad_sample",
+        lambda x, gy, k, t: tiled.append((k, t)) or one_matmul(x, gy, k, t),
+    )
     x, y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
     loss = per_sample_backward(gsm, x, y)
+    expected = {
+        "unet": [((1, 1), False), ((2, 2), True), ((2, 2), True)],  # head, the two up-convs
+        "odd": [],  # NCHW: grouped convolutions
+        "tiled": [((1, 1), False), ((2, 2), True), ((2, 2), False)],
+    }[net]
+    assert sorted(tiled) == sorted(expected if mode == "fast" else [])
     with torch.no_grad():
         assert float(loss) == pytest.approx(float(seg_loss(gsm(x), y)), rel=1e-5)
     params = list(model.parameters())

@@ -26,8 +26,10 @@ def _conv_weight_grad_sample(
     NCHW but a transposing copy of both tensors in channels_last, so channels_last activations
     (the ``build_model`` default) take one weight-gradient call per sample on ``x[b:b+1]``, a
     view in that layout: the per-sample part of a DP step 60 vs 93 ms at the standard size, one
-    thread (``bench/perf/perf_train.py`` has the step). A one-channel input is both layouts and
-    stays on the grouped path (NCHW models keep their weights bit for bit).
+    thread (``bench/perf/perf_train.py`` has the step); in that layout a layer whose kernel tiles
+    its input (``_tiled_weight_grad_sample``: the U-Net's 2x2 up-convolutions and 1x1 head) is one
+    batched matmul instead. A one-channel input is both layouts and stays on the grouped path
+    (NCHW models keep their weights bit for bit).
     """
     b = x.shape[0]
     w = layer.weight
@@ -47,6 +49,14 @@ def _conv_weight_grad_sample(
         and not x.is_contiguous()
         and x.is_contiguous(memory_format=torch.channels_last)
     ):
+        if (
+            tuple(layer.kernel_size) == tuple(layer.stride)
+            and not any(layer.padding)
+            and set(layer.dilation) == {1}
+            and layer.groups == 1
+            and not any(output_padding)
+        ):
+            return _tiled_weight_grad_sample(x, gy, tuple(layer.kernel_size), transposed)
         out = w.new_empty((b, *w.shape))
         for i in range(b):
             out[i] = torch.ops.aten.convolution_backward(
@@ -78,6 +88,33 @@ def _conv_weight_grad_sample(
         [False, True, False],
     )
     return grad_w.view(b, *w.shape)
+
+
+def _tiled_weight_grad_sample(
+    x: torch.Tensor, gy: torch.Tensor, kernel: tuple[int, int], transposed: bool
+) -> torch.Tensor:
+    """Per-sample weight gradients (B, *weight.shape) of a 2-D (transposed) convolution whose
+    kernel equals its stride, without padding, dilation or groups (a 1x1 convolution, a 2x2
+    stride-2 up-convolution): each position of the smaller map meets its own (kh, kw) tile of the
+    larger one, so sample b's gradient is one matmul, (C_small x positions) @ (positions x
+    kh*kw*C_large), and the batch is one ``bmm``. The tiles are a view of channels_last maps when
+    the kernel is 1x1, else one copy of the larger map. Same weight layout as the layer:
+    (C_out, C_in, kh, kw) for a convolution (the smaller map is the output gradient),
+    (C_in, C_out, kh, kw) for a transposed one (the smaller map is its input)."""
+    small, large = (x, gy) if transposed else (gy, x)
+    b, c_small, h, w = small.shape
+    c_large = large.shape[1]
+    kh, kw = kernel
+    tiles = (
+        large[:, :, : h * kh, : w * kw]  # a convolution ignores rows/columns beyond the last tile
+        .permute(0, 2, 3, 1)
+        .reshape(b, h, kh, w, kw, c_large)
+        .permute(0, 1, 3, 2, 4, 5)
+        .reshape(b, h * w, kh * kw * c_large)
+    )
+    rows = small.permute(0, 2, 3, 1).reshape(b, h * w, c_small)
+    grad = torch.bmm(rows.transpose(1, 2), tiles).view(b, c_small, kh, kw, c_large)
+    return grad.permute(0, 1, 4, 2, 3).contiguous()
 
 
 def _fast_conv_grad_sample(
