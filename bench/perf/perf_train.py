@@ -1,7 +1,7 @@
 """Training-step throughput of the project's U-Net as a fraction of this machine's sgemm.
 
 `python bench/perf/perf_train.py [--sizes standard paper] [--threads 1 2] [--steps 5]
-[--federation 5] [--out FILE.json]`
+[--federation 5] [--device cpu|cuda] [--out FILE.json]`
 
 For each model size (standard: base 24, 64x64; paper: base 52, 256x256; batch 16, Adam) and
 thread count, the step kinds the federation runs, each in the NCHW layout and in channels_last
@@ -20,8 +20,14 @@ FLOPs come from ``torch.utils.flop_counter`` (convolutions and matmuls: what sge
 of); each kind's GFLOP/s is divided by the GFLOP/s of a 2048x2048 fp32 matmul on the same
 threads in the same run. ``--federation N``: N processes with 1 thread each, as N sites share
 the cores in a federation, each running plain steps for a fixed time; their aggregate GFLOP/s.
+``--device cuda``: the same steps on the GPU (timed between ``torch.cuda.synchronize`` calls;
+float32, TF32 off, as ``common.device`` runs CUDA), each as a fraction of the same run's dense
+fp32 matmul (8192², TF32 off) and of its TF32 matmul (TF32 on, the tensor cores' float32
+peak); no thread counts and no federation row there. Untested: no GPU has run it yet.
 After the table, DP-SGD's step over ``plain-gn``'s (the same network and batch) per size,
-threads and layout: issue 31's "DP overhead" ratio. The process's malloc follows
+threads and layout: issue 31's "DP overhead" ratio, as the median over the rounds of the ratio
+of the two steps timed one after the other in a round (a shared machine's drift between runs
+moved the ratio of best steps by +-0.05 on this project's 2-core machine). The process's malloc follows
 ``FEDONCO_ALLOCATOR`` as every ``fedonco`` process does (``common.device.keep_freed_memory``;
 ``FEDONCO_ALLOCATOR=system`` for the allocator before it); the output names it.
 Training is most of every profile's wall time (the target federations and the audit's shadow
@@ -35,6 +41,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -44,25 +51,41 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common.device import keep_freed_memory  # noqa: E402
+from common.device import DeviceError, keep_freed_memory, resolve_device  # noqa: E402
 from common.metrics import seg_loss  # noqa: E402
 from common.model import build_model  # noqa: E402
 from common.training.local import proximal_anchor, proximal_term  # noqa: E402
 
 SIZES = {"standard": (24, 64), "paper": (52, 256)}  # base, image side
 BATCH, GROUPS = 16, 4
+DEVICE = torch.device("cpu")  # --device: where every step and the matmul peak run
 
 
-def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def sgemm_gflops(n: int | None = None, reps: int = 5, tf32: bool = False) -> float:
+    """GFLOP/s of an n x n float32 matmul here (2048 on the CPU, 8192 on a GPU); ``tf32``: with
+    TF32 allowed for the call (a GPU's tensor-core float32 peak)."""
+    n = n or (8192 if DEVICE.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(reps))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
     return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:
+    _sync()
     t = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t
 
 
@@ -70,13 +93,13 @@ def _batch(side: int, n: int = BATCH):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 1, side, side, generator=g)
     y = (torch.rand(n, 1, side, side, generator=g) > 0.9).float()
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def step_fn(kind: str, base: int, side: int, channels_last: bool):
     """A closure that runs one step of ``kind``, and what to call when done."""
     norm = "group" if kind in ("dp", "plain-gn") else "batch"
-    model = build_model(base, norm, GROUPS, seed=0, channels_last=channels_last)
+    model = build_model(base, norm, GROUPS, seed=0, channels_last=channels_last).to(DEVICE)
     x, y = _batch(side, 64 if kind == "eval" else BATCH)
     if kind == "eval":
         model.eval()
@@ -102,7 +125,7 @@ def step_fn(kind: str, base: int, side: int, channels_last: bool):
             noise_multiplier=1.2,
             max_grad_norm=1.0,
             expected_batch_size=BATCH,
-            generator=torch.Generator().manual_seed(0),
+            generator=torch.Generator(device=DEVICE).manual_seed(0),
         )
 
         def run():
@@ -138,20 +161,25 @@ def flops_of(kind: str, base: int, side: int) -> float:
     return float(fc.get_total_flops())
 
 
-def measure(size: str, threads: int, kinds: list[str], steps: int) -> list[dict]:
-    torch.set_num_threads(threads)
+def measure(size: str, threads: int | None, kinds: list[str], steps: int) -> list[dict]:
+    """Best step time of each kind in both layouts (``threads`` None: a GPU)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     base, side = SIZES[size]
     variants = {(k, cl): step_fn(k, base, side, cl) for k in kinds for cl in (False, True)}
-    best = dict.fromkeys(variants, float("inf"))
-    peak = 0.0
+    times = {key: [] for key in variants}
+    peak = tf32 = 0.0
     for fn, _close in variants.values():
         fn()  # warm-up
     for _ in range(steps):
         peak = max(peak, sgemm_gflops(reps=2))
+        if DEVICE.type == "cuda":
+            tf32 = max(tf32, sgemm_gflops(reps=2, tf32=True))
         for key, (fn, _close) in variants.items():
-            best[key] = min(best[key], _timed(fn))
+            times[key].append(_timed(fn))
     for _fn, close in variants.values():
         close()
+    best = {key: min(ts) for key, ts in times.items()}
     rows = []
     for (kind, cl), t in best.items():
         flops = flops_of(kind, base, side)
@@ -163,11 +191,13 @@ def measure(size: str, threads: int, kinds: list[str], steps: int) -> list[dict]
                 "kind": kind,
                 "layout": "channels_last" if cl else "nchw",
                 "step_s": t,
+                "steps_s": times[(kind, cl)],  # every round's, in order
                 "gflop": flops / 1e9,
                 "gflops": gf,
                 "sgemm_gflops": peak,
                 "fraction_of_sgemm": gf / peak,
                 "speedup_vs_nchw": best[(kind, False)] / t,
+                **({"tf32_gflops": tf32, "fraction_of_tf32": gf / tf32} if tf32 else {}),
             }
         )
     return rows
@@ -175,18 +205,27 @@ def measure(size: str, threads: int, kinds: list[str], steps: int) -> list[dict]
 
 def dp_ratios(rows: list[dict]) -> list[dict]:
     """DP-SGD's step time over the plain step of the same GroupNorm net, per size, thread
-    count and layout (rows of ``measure`` holding both kinds)."""
-    t = {(r["size"], r["threads"], r["layout"], r["kind"]): r["step_s"] for r in rows}
-    return [
-        {
-            "size": sz,
-            "threads": th,
-            "layout": lay,
-            "dp_over_plain": dp / t[(sz, th, lay, "plain-gn")],
-        }
-        for (sz, th, lay, kind), dp in t.items()
-        if kind == "dp" and (sz, th, lay, "plain-gn") in t
-    ]
+    count and layout (rows of ``measure`` holding both kinds): the median over the rounds of
+    the two steps' ratio within a round (timed one after the other, so drift of a shared
+    machine cancels), and the ratio of the best steps beside it."""
+    by = {(r["size"], r["threads"], r["layout"], r["kind"]): r for r in rows}
+    out = []
+    for (size, threads, layout, kind), dp in by.items():
+        plain = by.get((size, threads, layout, "plain-gn"))
+        if kind != "dp" or plain is None:
+            continue
+        paired = [d / p for d, p in zip(dp["steps_s"], plain["steps_s"], strict=True)]
+        out.append(
+            {
+                "size": size,
+                "threads": threads,
+                "layout": layout,
+                "dp_over_plain": statistics.median(paired),
+                "dp_over_plain_rounds": paired,
+                "best_over_best": dp["step_s"] / plain["step_s"],
+            }
+        )
+    return out
 
 
 def _site_worker(args):
@@ -224,7 +263,7 @@ def federation(size: str, n_sites: int, seconds: float) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["standard"], choices=sorted(SIZES))
@@ -243,35 +282,49 @@ def main() -> None:
         help="site processes for the shared-cores row (0: skip)",
     )
     ap.add_argument("--federation-s", type=float, default=20.0)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] (untested)")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    global DEVICE
+    try:
+        DEVICE = resolve_device(args.device)
+    except DeviceError as err:  # a GPU that is not there: one line, before anything
+        raise SystemExit(f"perf_train: {err}") from None
+    gpu = DEVICE.type == "cuda"
     allocator = keep_freed_memory()
     rows = []
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; best of {args.steps}; malloc {allocator}"
+        + (f"; {torch.cuda.get_device_name(DEVICE)}" if gpu else "")
     )
     print("| size | threads | kind | layout | ms/step | GFLOP | GFLOP/s | x sgemm | vs NCHW |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        for threads in args.threads:
+        for threads in [None] if gpu else args.threads:
             for r in measure(size, threads, args.kinds, args.steps):
                 rows.append(r)
+                tf32 = (
+                    f"; {r['fraction_of_tf32']:.2f} of TF32 {r['tf32_gflops']:.0f}" if gpu else ""
+                )
                 print(
-                    f"| {size} | {threads} | {r['kind']} | {r['layout']} | "
+                    f"| {size} | {threads or 'GPU'} | {r['kind']} | {r['layout']} | "
                     f"{1000 * r['step_s']:.0f} | {r['gflop']:.2f} | {r['gflops']:.0f} | "
-                    f"{r['fraction_of_sgemm']:.2f} (of {r['sgemm_gflops']:.0f}) | "
+                    f"{r['fraction_of_sgemm']:.2f} (of {r['sgemm_gflops']:.0f}{tf32}) | "
                     f"{r['speedup_vs_nchw']:.2f}x |"
                 )
     ratios = dp_ratios(rows)
     if ratios:
         print("\nDP-SGD step / plain step of the same GroupNorm net (goal <= 1.3):")
         for r in ratios:
+            where = "GPU" if gpu else f"{r['threads']} thread(s)"
             print(
-                f"- {r['size']}, {r['threads']} thread(s), {r['layout']}: {r['dp_over_plain']:.2f}x"
+                f"- {r['size']}, {where}, {r['layout']}: {r['dp_over_plain']:.2f}x (median of "
+                f"{len(r['dp_over_plain_rounds'])} rounds; best over best "
+                f"{r['best_over_best']:.2f}x)"
             )
     fed = []
-    if args.federation:
+    if args.federation and not gpu:
         print(
             f"\n{args.federation} one-thread site processes training at once "
             f"({args.federation_s:.0f} s each):"
@@ -292,6 +345,7 @@ def main() -> None:
                     "federation": fed,
                     "torch": torch.__version__,
                     "malloc": allocator,
+                    "device": str(DEVICE),
                 },
                 indent=1,
             )

@@ -30,11 +30,15 @@ def test_a_run_is_read_with_the_layout_it_recorded(tmp_path):
     run = tmp_path / "nchw" / "standard-seed42-x"
     run.mkdir(parents=True)
     timing = {"total": 10.0, "train": 8.0, "evaluate": 1.0}
-    (run / "results.json").write_text(
-        json.dumps({"wall_s": 12.5, "methods": {"fedavg": {"timing_s": timing}}})
-    )
-    (run / "versions.json").write_text(json.dumps({"layout": "nchw"}))
+    fedavg = {"timing_s": timing, "final_model_sha256": "ab" * 32}
+    (run / "results.json").write_text(json.dumps({"wall_s": 12.5, "methods": {"fedavg": fedavg}}))
+    (run / "versions.json").write_text(json.dumps({"layout": "nchw", "allocator": "keep"}))
     got = summarise(tmp_path / "nchw", "nchw")
-    assert got == {"run_wall_s": 12.5, "methods": {"fedavg": {"total": 10.0, "train": 8.0}}}
+    expected = {"total": 10.0, "train": 8.0, "final_model_sha256": "ab" * 32}
+    assert got == {"run_wall_s": 12.5, "methods": {"fedavg": expected}}
     with pytest.raises(SystemExit, match="versions.json says layout 'nchw'"):
         summarise(tmp_path / "nchw", "channels_last")
+    # --switch allocator reads the allocator the run recorded
+    assert summarise(tmp_path / "nchw", "keep", "allocator")["methods"]["fedavg"] == expected
+    with pytest.raises(SystemExit, match="versions.json says allocator 'keep'"):
+        summarise(tmp_path / "nchw", "system", "allocator")
