@@ -26,6 +26,7 @@ import warnings
 
 import torch
 
+from common.device import keep_freed_memory
 from common.metrics import seg_loss
 from common.model import build_model, count_parameters
 from common.training.dp import (
@@ -161,7 +162,7 @@ def step_times(args) -> None:
     print(
         f"\nstep time: GroupNorm U-Net base {args.base} ({count_parameters(model):,} params), "
         f"{args.size}x{args.size}, batch {args.batch}, Adam, {args.device} "
-        f"({torch.get_num_threads()} CPU threads), "
+        f"({torch.get_num_threads()} CPU threads, malloc {args.malloc}), "
         f"median of {args.steps} steps"
     )
     print(f"| {'mode':<14} | {'s/step':>8} | {'ratio':>6} | note")
@@ -216,6 +217,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--skip-timing", action="store_true")
     args = ap.parse_args()
+    args.malloc = keep_freed_memory()  # as every fedonco process (FEDONCO_ALLOCATOR)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.skip_timing:
