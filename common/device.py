@@ -58,7 +58,8 @@ _allocator = "system"  # what this process has: malloc untouched until keep_free
 
 
 def allocator_in_effect() -> str:
-    """ "keep" once ``keep_freed_memory`` has changed this process's malloc, else "system"."""
+    """The allocator this process has: "keep" once ``keep_freed_memory`` changed its malloc,
+    else "system"."""
     return _allocator
 
 
