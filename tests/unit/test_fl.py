@@ -4,6 +4,7 @@ and the simulator driving a strategy's hooks."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -305,3 +306,36 @@ def test_a_site_declines_a_round_whose_orders_are_hostile_and_trains_nothing(cha
     )
     site.fit(task)
     assert len(declined) == 1 and declined[0].round == 3 and field in declined[0].reason
+
+
+def test_a_site_beats_while_it_checks_and_trains_a_fit_task():
+    """client/app.py: heartbeats run from a fit task's arrival, not only once training starts:
+    the pre-fit check of the received model and DP-SGD's setup count (at the paper's size they
+    took ~6 s of the 7 s the server gives a silent site, which skipped the dry run's round)."""
+    from client.app import SiteClient
+    from common.wire.rpc import federation_pb2 as pb
+
+    beats, tasks = (
+        [],
+        iter(
+            [
+                pb.PullTaskResponse(fit=pb.FitTask(round=1)),
+                pb.PullTaskResponse(finished=pb.FinishedTask(rounds_completed=1)),
+            ]
+        ),
+    )
+
+    class Stub:
+        def PullTask(self, request, timeout, wait_for_ready):  # noqa: N802 (the gRPC names)
+            return next(tasks)
+
+        def Heartbeat(self, request, timeout):  # noqa: N802
+            beats.append(request.round)
+
+    site = SiteClient.__new__(SiteClient)
+    site.site, site.run_id, site.stub, site.retry_timeout_s = "A", "run", Stub(), 0.0
+    site.heartbeat_s, site.runs_left = 0.05, 0
+    site.release = lambda: None
+    site.fit = lambda task: time.sleep(0.5)  # stands for the check, the setup and the training
+    assert site.run_one() is False
+    assert len(beats) >= 3 and set(beats) == {1}
