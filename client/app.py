@@ -464,14 +464,12 @@ class SiteClient:
         plus its Skellam share, as an integer vector that only secure aggregation sees."""
 
         noise = self._noise_source()
-
-        def work():
-            if self.ddp is None:  # Opacus' wrapper, once (slow to import: beat meanwhile)
+        try:
+            if self.ddp is None:  # Opacus' wrapper, once (slow to import; the fit's heartbeats run)
                 from common.training.ddp import DDPSite
 
                 self.ddp = DDPSite(self.model)
             attempt = self.attempts.next(rnd)  # recorded before anything is drawn: fresh shares
-            rngs = noise.ddp_rngs(rnd, attempt)
             p = orders.ddp
             vec, metrics = self.ddp.noisy_sum(
                 self.train_set,
@@ -480,21 +478,13 @@ class SiteClient:
                 clip=p.clip,
                 scale=p.scale,
                 mu_share=p.mu_share,
-                rngs=rngs,
+                rngs=noise.ddp_rngs(rnd, attempt),
                 chunk=orders.batch_size,
             )
-            return vec, {
-                **metrics,
-                "randomness": noise.mode,
-                "attempt": attempt,
-                **self.device_info,
-            }
-
-        try:
-            vec, metrics = work()
         except DPConfigError as err:  # the server's round parameters: network input
             self._decline(rnd, str(err))
             return
+        metrics = {**metrics, "randomness": noise.mode, "attempt": attempt, **self.device_info}
         n = len(self.train_set)
         self._advertise(
             rnd, PendingUpdate(rnd, vec, n, ring=True, digest=digest), metrics, t_decode
