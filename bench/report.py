@@ -70,6 +70,7 @@ def method_entry(
         "accountant": result.get("accountant"),
         "dp": result.get("dp"),
         "mia": result.get("mia"),
+        "pretraining": result.get("pretraining"),  # a pretrained method's public check
         "timing_s": {
             "total": result.get("wall_s"),
             "train": float(sum(x.get("slowest_train", 0.0) for x in t)),

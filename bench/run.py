@@ -58,7 +58,7 @@ from common.methods import SWEEP_METHOD, get_method
 from common.progress import LogProgress, progress
 from common.records import RecordError, read_result, read_state
 from common.training.dp.randomness import SEEDED
-from common.training.pretrain import CACHE_ENV, pretrained_params
+from common.training.pretrain import CACHE_ENV, pretrained
 from common.versions import collect_versions
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,13 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     port_file = mdir / "port"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
+    pretraining = None
     if get_method(method).pretrained:  # once, into the run's cache: the server starts from it
         print(
             f"{method}: public pretraining ({cfg.pretrain.public_size} public slices, "
             f"{cfg.pretrain.epochs} epochs; cached for the server and the attacker)"
         )
-        pretrained_params(cfg.for_method(method), method, device)
+        pretraining = pretrained(cfg.for_method(method), method, device)[1]
     address = f"127.0.0.1:{free_port()}"
     seeded = ["--allow-seeded-noise"] if cfg.for_method(method).dp.randomness == SEEDED else []
     server = spawn(
@@ -155,6 +156,8 @@ def run_method(cfg: Config, config_path: Path, method: str, run_dir: Path, data_
     finally:
         stop(procs)
     result = read_result(RunLayout(mdir).result).to_json()
+    if pretraining is not None:  # what the public holdout said of each attempt
+        result["pretraining"] = pretraining
     return _audited(cfg, config_path, mdir, data_dir, result, t0)
 
 

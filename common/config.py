@@ -438,6 +438,22 @@ class PretrainConfig(_Frozen):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
+    holdout_size: int = Field(
+        64,
+        ge=0,
+        description="public holdout slices (the public scanner's holdout split) the pretrained "
+        "model is checked on; 0: no check",
+    )
+    min_dice: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="a pretrained model whose Dice on the public holdout is below this has "
+        "collapsed (e.g. it predicts no tumour anywhere) and is trained again from another "
+        "public init; 0 (default): measured and recorded, never judged (tiny test profiles "
+        "learn nothing in their few steps); the standard and threats profiles set 0.05",
+    )
+    attempts: int = Field(3, ge=1, description="pretrainings tried before giving up")
 
 
 class Recipe(_Frozen):
