@@ -183,6 +183,27 @@ REFERENCE = [
             },
         },
     ),
+    (
+        "AuthenticAMD AMD EPYC AVX2",
+        {
+            "nchw": {  # recorded 2026-12-07 at 0030b1d
+                "local": "7f6c50e4b86d2612a96f6c49ad48fcf3bf4eb951f32cceab4eec4c46bef6a527",
+                "probs": "455922ddc2d6988d253e3109896fbf68f0b8ec107530148179674e6340620ccd",
+                "dpsgd": "18a8b9f9e90525db6ec90a37a693c6eae6c26315adcc3f169b4e1cca3b000149",
+                "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+                "fed-fedavg": "6f381b994c716ff777ec12c86978a3154837dc92fe8adb764181de53677e9dcf",
+                "fed-dpsgd": "cc916cac270eec1bbb149f50d955815b8b44a3cc3c12948f81a1f5d14c5e6f44",
+            },
+            "channels_last": {
+                "local": "7a60fc175d609a1e2a98d234853daec140a1b78141fa6164e54dbfe6783f4080",
+                "probs": "549c521c242bb812d3dfb5a245fc3f50ac982a30a0ace70928d290b8c3f46bb5",
+                "dpsgd": "60a68e8dbd974bffa3b1e6155febe11908740d6fa9fa0d1073417cf62a306749",
+                "ddp": "b082df537c26c9bf547829ee7b579b5b73c7a09c845f5fca1b92e08374aed033",
+                "fed-fedavg": "7478870ecc145e911b187b769b22ba27aa718179b4c707ceb4ac1afae15e3eee",
+                "fed-dpsgd": "f3ff909722543463bd507f8061f0211df818bec2654e04a3d1994b7dbc2659df",
+            },
+        },
+    ),
 ]
 
 
