@@ -61,24 +61,14 @@ def local_two_seeds(tmp_path_factory):
     run once per test session: the reference that test_bench_seeds.py checks and that the Ray
     engine must reproduce (tests/integration/test_ray_engine.py). Returns (cfg, its config file,
     the run directory)."""
-    import json
-    import subprocess
+    from benchrun import bench_ok
 
-    from bench.fleet import fedonco
     from common.config import load_profile, with_overrides
 
     tmp = tmp_path_factory.mktemp("local-two-seeds")
     cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.methods": ["fedavg"]})
+    run_dir = bench_ok(tmp, cfg, "--seeds", "2")
     path = tmp / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(
-        fedonco("bench", "--config", str(path), "--seeds", "2", "--out", str(tmp / "runs")),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp / "runs").iterdir()
     return cfg, path, run_dir
 
 
@@ -88,10 +78,8 @@ def smoke_bench_dp(tmp_path_factory):
     distributed DP (`ddp-sgd`), with the membership-inference audit on, run once per test session:
     a run bundle with both kinds of privacy record and saved audit scores
     (tests/integration/test_verify_bench.py). Returns the run directory."""
-    import json
-    import subprocess
+    from benchrun import bench_ok
 
-    from bench.fleet import fedonco
     from common.config import load_profile, with_overrides
 
     tmp = tmp_path_factory.mktemp("smoke-bench-dp")
@@ -99,14 +87,5 @@ def smoke_bench_dp(tmp_path_factory):
     cfg = with_overrides(
         load_profile("smoke"), **{"fl.methods": ["dpsgd", "ddp-sgd"], "fl.heartbeat_s": 5.0}
     )
-    path = tmp / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(
-        fedonco("bench", "--config", str(path), "--out", str(tmp / "runs")),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp / "runs").iterdir()
+    run_dir = bench_ok(tmp, cfg)
     return run_dir

@@ -5,7 +5,6 @@ run `fedonco bench --data` through ``bench_on``)."""
 
 import json
 import random
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
+from benchrun import bench_ok
 from nibabel import orientations as nio
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from bench.fleet import fedonco
 from common.config import load_profile
 from common.data.anatomy import LABEL
 from common.data.generate import render_slice
@@ -267,22 +266,4 @@ def imported_slices(out: Path) -> dict:
 def bench_on(root: Path, cfg, timeout: int) -> Path:
     """`fedonco bench --config cfg --data root/data --out root/runs` (cfg written to
     root/smoke.json); asserts it succeeded and returns its run directory."""
-    path = root / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(
-        fedonco(
-            "bench",
-            "--config",
-            str(path),
-            "--data",
-            str(root / "data"),
-            "--out",
-            str(root / "runs"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (run_dir,) = (root / "runs").iterdir()
-    return run_dir
+    return bench_ok(root, cfg, "--data", str(root / "data"), timeout=timeout)

@@ -3,11 +3,10 @@ run's results.json, and a recipe whose pretraining collapses on every attempt st
 one line that says what to change (common/training/pretrain.py)."""
 
 import json
-import subprocess
 
 import pytest
+from benchrun import run_bench
 
-from bench.fleet import fedonco
 from common.config import load_profile, with_overrides
 
 pytestmark = pytest.mark.slow
@@ -24,15 +23,7 @@ SMALL = {  # a public pool this small pretrains in a second
 
 def _bench(tmp_path, **overrides):
     cfg = with_overrides(load_profile("smoke"), **SMALL, **overrides)
-    path = tmp_path / "smoke.json"
-    path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = subprocess.run(
-        fedonco("bench", "--config", str(path), "--out", str(tmp_path / "runs")),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return cfg, done
+    return cfg, run_bench(tmp_path, cfg)
 
 
 def test_the_public_check_of_the_pretrained_model_is_recorded(tmp_path):
