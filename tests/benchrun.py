@@ -7,11 +7,13 @@ from pathlib import Path
 
 from bench.fleet import fedonco
 
+CONFIG = "smoke.json"  # the config file run_bench writes under its root
+
 
 def run_bench(root: Path, cfg, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`fedonco bench --config root/smoke.json --out root/runs ARGS` with ``cfg`` written to
-    root/smoke.json; returns the finished process (its output captured as text)."""
-    path = root / "smoke.json"
+    """`fedonco bench --config root/CONFIG --out root/runs ARGS` with ``cfg`` written to
+    root/CONFIG; returns the finished process (its output captured as text)."""
+    path = root / CONFIG
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
     return subprocess.run(
         fedonco("bench", "--config", str(path), "--out", str(root / "runs"), *args),

@@ -61,15 +61,14 @@ def local_two_seeds(tmp_path_factory):
     run once per test session: the reference that test_bench_seeds.py checks and that the Ray
     engine must reproduce (tests/integration/test_ray_engine.py). Returns (cfg, its config file,
     the run directory)."""
-    from benchrun import bench_ok
+    from benchrun import CONFIG, bench_ok
 
     from common.config import load_profile, with_overrides
 
     tmp = tmp_path_factory.mktemp("local-two-seeds")
     cfg = with_overrides(load_profile("smoke"), **{"mia.enabled": False, "fl.methods": ["fedavg"]})
     run_dir = bench_ok(tmp, cfg, "--seeds", "2")
-    path = tmp / "smoke.json"
-    return cfg, path, run_dir
+    return cfg, tmp / CONFIG, run_dir
 
 
 @pytest.fixture(scope="session")
